@@ -1,0 +1,75 @@
+import Foundation
+
+/// Measurements printed by `finch bench`. Timings are medians over repetitions after a warm-up.
+public enum Benchmarks {
+    static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+    }
+
+    static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
+
+    /// GFLOP/s of C[m, n] = A[m, k] B[k, n] in f32 (2mnk FLOPs per product).
+    public static func sgemm(m: Int, n: Int, k: Int, repetitions: Int = 5) -> Double {
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
+        let b = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
+        let c = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
+        defer { a.deallocate(); b.deallocate(); c.deallocate() }
+        var rng = FinchRandom(seed: 1)
+        for i in 0..<m * k { a[i] = rng.nextFloat() - 0.5 }
+        for i in 0..<k * n { b[i] = rng.nextFloat() - 0.5 }
+        var times: [Double] = []
+        for rep in 0...repetitions {
+            let start = now()
+            BLAS.sgemm(.none, .none, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: c, ldc: n)
+            if rep > 0 { times.append(now() - start) }
+        }
+        return 2 * Double(m) * Double(n) * Double(k) / median(times) / 1e9
+    }
+
+    public struct StepTiming: Sendable {
+        public var secondsPerStep: Double
+        public var tokensPerSecond: Double
+        /// Matmul FLOPs of one forward + backward, counted as 2 per multiply-add.
+        public var flops: Double
+    }
+
+    /// Time of one forward + backward step (cross-entropy on every position) of `model`.
+    public static func step(model: Transformer, batch: Int, seq: Int, repetitions: Int = 3) -> StepTiming {
+        var rng = FinchRandom(seed: 2)
+        let ids = (0..<batch * seq).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
+        let tokens = TokenBatch(batch: batch, seq: seq, ids: ids)
+        let targets = TokenBatch.shiftedTargets(labels: ids, batch: batch, seq: seq)
+        var times: [Double] = []
+        for rep in 0...repetitions {
+            model.parameters?.zeroGrads()
+            let start = now()
+            model.crossEntropyStep(tokens, targets: targets, weight: 1 / Float(batch * (seq - 1)))
+            if rep > 0 { times.append(now() - start) }
+        }
+        let t = median(times)
+        return StepTiming(secondsPerStep: t, tokensPerSecond: Double(batch * seq) / t,
+                          flops: stepFLOPs(config: model.config, fineTuning: model.fineTuning, batch: batch, seq: seq))
+    }
+
+    /// Matmul FLOPs of one training step, counted as the model needs them (causal attention
+    /// counted in full, as most reports do): forward 2*N*P for the weights, backward 2*N*P for
+    /// input gradients, plus 2*N*P more for weight gradients in full fine-tuning.
+    public static func stepFLOPs(config c: ModelConfig, fineTuning: FineTuning, batch: Int, seq: Int) -> Double {
+        let n = Double(batch * seq)
+        let perLayer = Double(c.hiddenSize * (c.qDim + 2 * c.kvDim) + c.qDim * c.hiddenSize + 3 * c.hiddenSize * c.intermediateSize)
+        let weights = perLayer * Double(c.layerCount) + Double(c.vocabSize * c.hiddenSize)
+        let attention = 2 * Double(seq) * Double(c.qDim) * Double(c.layerCount)   // QK^T and PV per token
+        var forward = 2 * n * (weights + attention)
+        var loraExtra = 0.0
+        if case let .lora(lora) = fineTuning {
+            let perLayerLoRA = Double(lora.rank) * Double((c.hiddenSize + c.qDim) + 2 * (c.hiddenSize + c.kvDim)
+                + (c.qDim + c.hiddenSize) + 3 * (c.hiddenSize + c.intermediateSize))
+            loraExtra = 2 * n * perLayerLoRA * Double(c.layerCount)
+            forward += loraExtra
+        }
+        let backward = fineTuning == .full ? 2 * forward : forward + 2 * loraExtra
+        return forward + backward
+    }
+}

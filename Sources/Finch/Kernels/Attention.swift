@@ -1,0 +1,146 @@
+import Foundation
+
+/// Sizes of one causal self-attention call. Tensors are token-major:
+/// q and out are [batch * seq, heads * headDim]; k and v are [batch * seq, kvHeads * headDim].
+public struct AttentionShape: Sendable {
+    public var batch: Int
+    public var seq: Int
+    public var heads: Int
+    public var kvHeads: Int
+    public var headDim: Int
+
+    public init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        self.batch = batch; self.seq = seq; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+    }
+    var qStride: Int { heads * headDim }
+    var kvStride: Int { kvHeads * headDim }
+    var group: Int { heads / kvHeads }
+    var scale: Float { 1 / Float(headDim).squareRoot() }
+}
+
+/// Runs `body(b, kvHead, scratch)` for every (batch row, KV head) pair on all cores. The q heads
+/// that share a KV head run in one task, so that dK and dV of that head have a single writer.
+/// Inside the parallel region BLAS runs single-threaded; with fewer tasks than cores it keeps its threads.
+private func forEachKVGroup(_ shape: AttentionShape, scratchFloats: Int,
+                            _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+    let tasks = shape.batch * shape.kvHeads
+    let workers = min(tasks, Parallel.coreCount)
+    if workers <= 1 {
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
+        defer { scratch.deallocate() }
+        for task in 0..<tasks { body(task / shape.kvHeads, task % shape.kvHeads, scratch) }
+        return
+    }
+    BLAS.setThreadCount(1)
+    defer { BLAS.setThreadCount(Parallel.coreCount) }
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
+        defer { scratch.deallocate() }
+        var task = w
+        while task < tasks {
+            body(task / shape.kvHeads, task % shape.kvHeads, scratch)
+            task += workers
+        }
+    }
+}
+
+@inline(__always)
+private func keyIsVisible(_ i: Int, _ j: Int, _ mask: UnsafePointer<Float>?) -> Bool {
+    j <= i && (mask == nil || mask![j] != 0)
+}
+
+/// Causal attention with grouped KV heads and a key padding mask [batch, seq] (1 keep, 0 pad).
+/// Writes out and the log-sum-exp of each score row, lse [batch, heads, seq], which is all
+/// backward needs to rebuild the probabilities. A query with no visible key outputs zeros.
+public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                             q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                             keyMask: UnsafePointer<Float>?, shape: AttentionShape) {
+    let T = shape.seq, D = shape.headDim
+    forEachKVGroup(shape, scratchFloats: T * T) { b, kvh, scores in
+        let kb = k + b * T * shape.kvStride + kvh * D
+        let vb = v + b * T * shape.kvStride + kvh * D
+        let mask = keyMask.map { $0 + b * T }
+        for h in kvh * shape.group..<(kvh + 1) * shape.group {
+            let qb = q + b * T * shape.qStride + h * D
+            // scores = scale * Q K^T   [T, T]
+            BLAS.sgemm(.none, .transpose, m: T, n: T, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
+                       b: kb, ldb: shape.kvStride, c: scores, ldc: T)
+            let lseRow = lse + (b * shape.heads + h) * T
+            for i in 0..<T {
+                let s = scores + i * T
+                var maxScore = -Float.infinity
+                for j in 0...i where keyIsVisible(i, j, mask) { maxScore = max(maxScore, s[j]) }
+                if maxScore == -Float.infinity {
+                    (s).update(repeating: 0, count: T)
+                    lseRow[i] = -Float.infinity
+                    continue
+                }
+                var sum: Float = 0
+                for j in 0..<T {
+                    if keyIsVisible(i, j, mask) { let e = expf(s[j] - maxScore); s[j] = e; sum += e } else { s[j] = 0 }
+                }
+                let inv = 1 / sum
+                for j in 0...i { s[j] *= inv }
+                lseRow[i] = maxScore + logf(sum)
+            }
+            // out = P V   [T, D]
+            BLAS.sgemm(.none, .none, m: T, n: D, k: T, a: scores, lda: T, b: vb, ldb: shape.kvStride,
+                       c: out + b * T * shape.qStride + h * D, ldc: shape.qStride)
+        }
+    }
+}
+
+/// Backward of `attentionForward`. Writes dq, dk and dv (not accumulating).
+/// P is rebuilt from lse; dS = P * (dP - rowsum(dO * O)).
+public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                              dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                              v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                              keyMask: UnsafePointer<Float>?, shape: AttentionShape) {
+    let T = shape.seq, D = shape.headDim
+    forEachKVGroup(shape, scratchFloats: 2 * T * T) { b, kvh, scratch in
+        let p = scratch, ds = scratch + T * T
+        let kb = k + b * T * shape.kvStride + kvh * D
+        let vb = v + b * T * shape.kvStride + kvh * D
+        let dkb = dk + b * T * shape.kvStride + kvh * D
+        let dvb = dv + b * T * shape.kvStride + kvh * D
+        for t in 0..<T {
+            (dkb + t * shape.kvStride).update(repeating: 0, count: D)
+            (dvb + t * shape.kvStride).update(repeating: 0, count: D)
+        }
+        let mask = keyMask.map { $0 + b * T }
+        for h in kvh * shape.group..<(kvh + 1) * shape.group {
+            let qb = q + b * T * shape.qStride + h * D
+            let ob = out + b * T * shape.qStride + h * D
+            let dob = dout + b * T * shape.qStride + h * D
+            let lseRow = lse + (b * shape.heads + h) * T
+            BLAS.sgemm(.none, .transpose, m: T, n: T, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
+                       b: kb, ldb: shape.kvStride, c: p, ldc: T)
+            // dP = dO V^T   [T, T]
+            BLAS.sgemm(.none, .transpose, m: T, n: T, k: D, a: dob, lda: shape.qStride,
+                       b: vb, ldb: shape.kvStride, c: ds, ldc: T)
+            for i in 0..<T {
+                let pr = p + i * T, dsr = ds + i * T
+                let l = lseRow[i]
+                var delta: Float = 0
+                for d in 0..<D { delta += dob[i * shape.qStride + d] * ob[i * shape.qStride + d] }
+                for j in 0..<T {
+                    if l != -Float.infinity && keyIsVisible(i, j, mask) {
+                        let prob = expf(pr[j] - l)
+                        pr[j] = prob
+                        dsr[j] = prob * (dsr[j] - delta)
+                    } else {
+                        pr[j] = 0
+                        dsr[j] = 0
+                    }
+                }
+            }
+            // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q
+            BLAS.sgemm(.transpose, .none, m: T, n: D, k: T, a: p, lda: T, b: dob, ldb: shape.qStride,
+                       beta: 1, c: dvb, ldc: shape.kvStride)
+            BLAS.sgemm(.none, .none, m: T, n: D, k: T, alpha: shape.scale, a: ds, lda: T, b: kb, ldb: shape.kvStride,
+                       c: dq + b * T * shape.qStride + h * D, ldc: shape.qStride)
+            BLAS.sgemm(.transpose, .none, m: T, n: D, k: T, alpha: shape.scale, a: ds, lda: T, b: qb, ldb: shape.qStride,
+                       beta: 1, c: dkb, ldc: shape.kvStride)
+        }
+    }
+}

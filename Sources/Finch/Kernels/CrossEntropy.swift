@@ -1,0 +1,82 @@
+import Foundation
+
+/// What the backward half of `crossEntropy` should produce.
+public struct CrossEntropyBackward {
+    /// d loss / d logit_r = rowWeights[r] * (softmax_r - onehot(target_r)); nil weights mean `uniformWeight` for all.
+    public var rowWeights: UnsafePointer<Float>?
+    public var uniformWeight: Float
+    /// dHidden [rows, dim] += ...
+    public var dHidden: UnsafeMutablePointer<Float>
+    /// dHead [vocab, dim] += ..., in full fine-tuning.
+    public var dHead: UnsafeMutablePointer<Float>?
+
+    public init(rowWeights: UnsafePointer<Float>? = nil, uniformWeight: Float = 1,
+                dHidden: UnsafeMutablePointer<Float>, dHead: UnsafeMutablePointer<Float>? = nil) {
+        self.rowWeights = rowWeights; self.uniformWeight = uniformWeight; self.dHidden = dHidden; self.dHead = dHead
+    }
+}
+
+/// Softmax cross-entropy of the language-model head, fused with its backward.
+///
+/// hidden [rows, dim] are the final normed states; logits = hidden head^T [rows, vocab] are
+/// never held for more than `chunkRows` rows at once. Rows whose target is negative are skipped
+/// entirely (no head work). Writes log p(target) of each scored row into `logProbs` [rows]
+/// (0 for skipped rows) and returns the sum of -log p over scored rows and their count.
+@discardableResult
+public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
+                         head: WeightMatrix, logProbs: UnsafeMutablePointer<Float>? = nil,
+                         backward: CrossEntropyBackward? = nil, chunkRows: Int = 128) -> (loss: Double, count: Int) {
+    let dim = head.columns, vocab = head.rows
+    let scored = (0..<rows).filter { targets[$0] >= 0 }
+    for r in 0..<rows where targets[r] < 0 { logProbs?[r] = 0 }
+    guard !scored.isEmpty else { return (0, 0) }
+    let chunk = min(chunkRows, scored.count)
+    let h = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)       // [chunk, dim]
+    let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * vocab) // [chunk, vocab]
+    let dh = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)      // [chunk, dim]
+    let rowLogProb = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
+    defer { h.deallocate(); logits.deallocate(); dh.deallocate(); rowLogProb.deallocate() }
+    var totalLoss = 0.0
+
+    var start = 0
+    while start < scored.count {
+        let n = min(chunk, scored.count - start)
+        for i in 0..<n { (h + i * dim).update(from: hidden + scored[start + i] * dim, count: dim) }
+        head.multiply(h, n: n, into: logits)
+        parallelFor(n, grain: 4) { range in
+            for i in range {
+                let row = scored[start + i]
+                let l = logits + i * vocab
+                let target = Int(targets[row])
+                var m = -Float.infinity
+                for j in 0..<vocab { m = max(m, l[j]) }
+                var sum: Float = 0
+                for j in 0..<vocab { sum += expf(l[j] - m) }
+                let logSumExp = m + logf(sum)
+                rowLogProb[i] = l[target] - logSumExp
+                if let backward {
+                    let w = backward.rowWeights?[row] ?? backward.uniformWeight
+                    for j in 0..<vocab { l[j] = w * expf(l[j] - logSumExp) }
+                    l[target] -= w
+                }
+            }
+        }
+        for i in 0..<n {
+            logProbs?[scored[start + i]] = rowLogProb[i]
+            totalLoss -= Double(rowLogProb[i])
+        }
+        if let backward {
+            head.multiplyTransposed(logits, n: n, into: dh, accumulate: false)
+            for i in 0..<n {
+                let dst = backward.dHidden + scored[start + i] * dim
+                for c in 0..<dim { dst[c] += dh[i * dim + c] }
+            }
+            if let dHead = backward.dHead {
+                BLAS.sgemm(.transpose, .none, m: vocab, n: dim, k: n, a: logits, lda: vocab, b: h, ldb: dim,
+                           beta: 1, c: dHead, ldc: dim)
+            }
+        }
+        start += n
+    }
+    return (totalLoss, scored.count)
+}

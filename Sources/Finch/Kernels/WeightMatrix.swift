@@ -1,0 +1,111 @@
+import Foundation
+
+/// A frozen or trainable weight matrix [rows, columns] (rows = outputs of a linear layer).
+/// Float weights are used in place; quantized ones stay quantized and are dequantized
+/// tile by tile inside each product, so a 4-bit base costs 4 bits per weight in memory.
+public final class WeightMatrix: @unchecked Sendable {
+    public let rows: Int
+    public let columns: Int
+    public let dtype: DType
+    /// Raw storage: `rows * dtype.rowBytes(columns)` bytes.
+    public let storage: UnsafeRawPointer
+    let owner: AnyObject?
+
+    /// Rows dequantized per tile: large enough for an efficient GEMM, small enough to stay in cache.
+    static let tileRows = 128
+
+    public init(rows: Int, columns: Int, dtype: DType, storage: UnsafeRawPointer, owner: AnyObject?) {
+        self.rows = rows
+        self.columns = columns
+        self.dtype = dtype
+        self.storage = storage
+        self.owner = owner
+    }
+
+    /// Wraps f32 memory owned elsewhere (a parameter buffer, say).
+    public convenience init(rows: Int, columns: Int, floats: UnsafePointer<Float>, owner: AnyObject?) {
+        self.init(rows: rows, columns: columns, dtype: .f32, storage: UnsafeRawPointer(floats), owner: owner)
+    }
+
+    /// Takes a stored tensor as it is when it is f32 and 4-byte aligned, or quantized; converts
+    /// F16 / BF16 (and unaligned f32) to f32 once, since sgemm needs f32 operands anyway.
+    public convenience init(_ tensor: TensorData) {
+        let rows = tensor.rows, columns = tensor.columns
+        if tensor.dtype.isQuantized || (tensor.dtype == .f32 && Int(bitPattern: tensor.bytes) % 4 == 0) {
+            self.init(rows: rows, columns: columns, dtype: tensor.dtype, storage: tensor.bytes, owner: tensor.owner)
+        } else {
+            let owned = OwnedBytes(count: rows * columns * 4)
+            let dst = owned.pointer.assumingMemoryBound(to: Float.self)
+            let rowBytes = tensor.dtype.rowBytes(columns: columns)
+            parallelFor(rows, grain: 64) { range in
+                for r in range { dequantizeRow(tensor.dtype, tensor.bytes + r * rowBytes, dst + r * columns, count: columns) }
+            }
+            self.init(rows: rows, columns: columns, dtype: .f32, storage: UnsafeRawPointer(dst), owner: owned)
+        }
+    }
+
+    public var floats: UnsafePointer<Float>? { dtype == .f32 ? storage.assumingMemoryBound(to: Float.self) : nil }
+    public var byteCount: Int { rows * dtype.rowBytes(columns: columns) }
+
+    /// Writes rows [start, start+count) as f32 into dst [count, columns].
+    public func dequantizeRows(_ start: Int, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
+        let rowBytes = dtype.rowBytes(columns: columns)
+        parallelFor(count, grain: 16) { range in
+            for r in range {
+                dequantizeRow(self.dtype, self.storage + (start + r) * rowBytes, dst + r * self.columns, count: self.columns)
+            }
+        }
+    }
+
+    /// A dense f32 copy (owned), for weights used so often that dequantizing each time costs too much.
+    public func denseCopy() -> WeightMatrix {
+        if dtype == .f32 { return self }
+        let owned = OwnedBytes(count: rows * columns * 4)
+        let dst = owned.pointer.assumingMemoryBound(to: Float.self)
+        dequantizeRows(0, rows, into: dst)
+        return WeightMatrix(rows: rows, columns: columns, floats: dst, owner: owned)
+    }
+
+    /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`).
+    public func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+        let beta: Float = accumulate ? 1 : 0
+        if let w = floats {
+            BLAS.sgemm(.none, .transpose, m: n, n: rows, k: columns, a: x, lda: columns, b: w, ldb: columns,
+                       beta: beta, c: y, ldc: rows)
+            return
+        }
+        withTile { tile, start, count in
+            BLAS.sgemm(.none, .transpose, m: n, n: count, k: columns, a: x, lda: columns, b: tile, ldb: columns,
+                       beta: beta, c: y + start, ldc: rows)
+        }
+    }
+
+    /// dx[n, columns] += dy[n, rows] W.
+    public func multiplyTransposed(_ dy: UnsafePointer<Float>, n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
+        if let w = floats {
+            BLAS.sgemm(.none, .none, m: n, n: columns, k: rows, a: dy, lda: rows, b: w, ldb: columns,
+                       beta: accumulate ? 1 : 0, c: dx, ldc: columns)
+            return
+        }
+        var first = !accumulate
+        withTile { tile, start, count in
+            BLAS.sgemm(.none, .none, m: n, n: columns, k: count, a: dy + start, lda: rows, b: tile, ldb: columns,
+                       beta: first ? 0 : 1, c: dx, ldc: columns)
+            first = false
+        }
+    }
+
+    /// Calls `body` with each dequantized tile of rows, in order.
+    private func withTile(_ body: (UnsafePointer<Float>, Int, Int) -> Void) {
+        let tileRows = min(Self.tileRows, rows)
+        let tile = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * columns)
+        defer { tile.deallocate() }
+        var start = 0
+        while start < rows {
+            let count = min(tileRows, rows - start)
+            dequantizeRows(start, count, into: tile)
+            body(tile, start, count)
+            start += count
+        }
+    }
+}

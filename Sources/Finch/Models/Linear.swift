@@ -1,0 +1,100 @@
+import Foundation
+
+/// Buffers one linear layer keeps from forward for its backward, sized for `n` tokens.
+struct LinearSaved {
+    /// xa = dropout(x) A^T  [n, rank] (LoRA only).
+    var xa: UnsafeMutablePointer<Float>?
+    /// The dropout mask [n, in], 0 or 1/keep (LoRA with dropout while training only).
+    var dropoutMask: UnsafeMutablePointer<Float>?
+}
+
+/// A projection y = x W^T + bias, with an optional LoRA pair and, in full fine-tuning, gradients.
+final class Linear {
+    let name: String              // HF module path, e.g. model.layers.0.self_attn.q_proj
+    let weight: WeightMatrix      // [out, in]
+    let bias: UnsafeMutablePointer<Float>?        // [out]
+    var weightGrad: UnsafeMutablePointer<Float>?  // [out, in], full fine-tuning only
+    var biasGrad: UnsafeMutablePointer<Float>?    // [out]
+    var lora: LoRAModule?
+
+    var inFeatures: Int { weight.columns }
+    var outFeatures: Int { weight.rows }
+
+    init(name: String, weight: WeightMatrix, bias: UnsafeMutablePointer<Float>?) {
+        self.name = name
+        self.weight = weight
+        self.bias = bias
+    }
+
+    /// y[n, out] (+)= x[n, in] W^T + bias + scale * dropout(x) A^T B^T.
+    func forward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
+                 saved: LinearSaved, random: inout FinchRandom, training: Bool) {
+        weight.multiply(x, n: n, into: y, accumulate: accumulate)
+        if let bias {
+            let out = outFeatures
+            parallelFor(n, grain: 64) { range in
+                for t in range { let row = y + t * out; for j in 0..<out { row[j] += bias[j] } }
+            }
+        }
+        guard let lora, let xa = saved.xa else { return }
+        let count = n * inFeatures
+        var dropped: UnsafeMutablePointer<Float>?
+        defer { dropped?.deallocate() }
+        if training, lora.dropout > 0, let mask = saved.dropoutMask {
+            let keep = 1 - lora.dropout, inverse = 1 / keep
+            for i in 0..<count { mask[i] = random.nextFloat() < keep ? inverse : 0 }
+            dropped = .allocate(capacity: count)
+            for i in 0..<count { dropped![i] = x[i] * mask[i] }
+        }
+        let loraInput = dropped.map { UnsafePointer($0) } ?? x
+        // xa = x A^T  [n, r];  y += scale * xa B^T
+        BLAS.sgemm(.none, .transpose, m: n, n: lora.rank, k: inFeatures, a: loraInput, lda: inFeatures,
+                   b: lora.a, ldb: inFeatures, c: xa, ldc: lora.rank)
+        BLAS.sgemm(.none, .transpose, m: n, n: outFeatures, k: lora.rank, alpha: lora.scale, a: xa, lda: lora.rank,
+                   b: lora.b, ldb: lora.rank, beta: 1, c: y, ldc: outFeatures)
+    }
+
+    /// Given dy [n, out]: dx (+)= dy W (+ the LoRA path), and gradients of what trains.
+    /// `x` is the forward input; `scratch` holds at least n * rank floats.
+    func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
+                  accumulate: Bool, saved: LinearSaved, scratch: UnsafeMutablePointer<Float>) {
+        let out = outFeatures, inF = inFeatures
+        if let weightGrad {
+            // dW += dy^T x
+            BLAS.sgemm(.transpose, .none, m: out, n: inF, k: n, a: dy, lda: out, b: x, ldb: inF, beta: 1, c: weightGrad, ldc: inF)
+        }
+        if let biasGrad {
+            parallelFor(out, grain: 64) { cols in
+                for t in 0..<n { let row = dy + t * out; for j in cols { biasGrad[j] += row[j] } }
+            }
+        }
+        if let dx { weight.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
+        guard let lora, let xa = saved.xa else { return }
+        let r = lora.rank
+        var dropped: UnsafeMutablePointer<Float>?
+        defer { dropped?.deallocate() }
+        if let mask = saved.dropoutMask {
+            dropped = .allocate(capacity: n * inF)
+            for i in 0..<n * inF { dropped![i] = x[i] * mask[i] }
+        }
+        let loraInput = dropped.map { UnsafePointer($0) } ?? x
+        // dB += scale * dy^T xa   [out, r]
+        BLAS.sgemm(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: dy, lda: out, b: xa, ldb: r,
+                   beta: 1, c: lora.db, ldc: r)
+        // dxa = scale * dy B   [n, r]
+        let dxa = scratch
+        BLAS.sgemm(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: dy, lda: out, b: lora.b, ldb: r,
+                   c: dxa, ldc: r)
+        // dA += dxa^T dropout(x)   [r, in]
+        BLAS.sgemm(.transpose, .none, m: r, n: inF, k: n, a: dxa, lda: r, b: loraInput, ldb: inF,
+                   beta: 1, c: lora.da, ldc: inF)
+        guard let dx else { return }
+        if let mask = saved.dropoutMask, let dxLoRA = dropped {
+            // d dropout(x) / dx is the mask itself (0 or 1/keep).
+            BLAS.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, c: dxLoRA, ldc: inF)
+            for i in 0..<n * inF { dx[i] += dxLoRA[i] * mask[i] }
+        } else {
+            BLAS.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, beta: 1, c: dx, ldc: inF)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+import Foundation
+
+/// A model's configuration and weights, under Hugging Face tensor names and layout, from
+/// either an HF folder (`config.json` + safetensors) or a single GGUF file.
+public struct ModelFiles: @unchecked Sendable {
+    public let config: ModelConfig
+    /// HF names (`model.layers.0.self_attn.q_proj.weight`); shapes row-major, `[out, in]` for linear weights.
+    public let tensors: [String: TensorData]
+    /// The folder or file the model was opened from.
+    public let source: String
+    /// The GGUF file when the model came from one (its metadata also holds the tokenizer).
+    public let gguf: GGUFFile?
+
+    public init(config: ModelConfig, tensors: [String: TensorData], source: String, gguf: GGUFFile? = nil) {
+        self.config = config
+        self.tensors = tensors
+        self.source = source
+        self.gguf = gguf
+    }
+
+    /// Opens `path`: a folder holding `config.json` and `model.safetensors` (or a sharded
+    /// index), or a `.gguf` file.
+    public static func open(_ path: String) throws -> ModelFiles {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw LoadError.fileNotFound(path: path)
+        }
+        let files: ModelFiles
+        if isDirectory.boolValue {
+            let config = try ModelConfig.load(path: (path as NSString).appendingPathComponent("config.json"))
+            files = ModelFiles(config: config, tensors: try loadSafeTensorsFolder(path), source: path)
+        } else if path.lowercased().hasSuffix(".gguf") {
+            let gguf = try GGUFFile(path: path)
+            files = ModelFiles(config: try gguf.modelConfig(), tensors: try gguf.hfTensors(), source: path, gguf: gguf)
+        } else {
+            let ext = (path as NSString).pathExtension
+            throw LoadError.unsupported(path: path, what: "model location", found: ext.isEmpty ? "a file without extension" : "a .\(ext) file",
+                                        supported: ["a Hugging Face folder with config.json and *.safetensors", "a .gguf file"])
+        }
+        let embedName = "model.embed_tokens.weight"
+        guard let embed = files.tensors[embedName] else { throw LoadError.missingTensor(path: path, name: embedName) }
+        let expected = [files.config.vocabSize, files.config.hiddenSize]
+        guard embed.shape == expected else {
+            throw LoadError.shapeMismatch(path: path, name: embedName, found: embed.shape, expected: expected)
+        }
+        return files
+    }
+}

@@ -1,0 +1,344 @@
+import Foundation
+
+/// What trains: nothing (inference), LoRA adapters, or every weight.
+public enum FineTuning: Equatable, Sendable {
+    case none
+    case lora(LoRAConfig)
+    case full
+}
+
+/// One decoder block: pre-norm attention then pre-norm SwiGLU MLP, each with a residual.
+final class DecoderLayer {
+    let inputNorm: UnsafeMutablePointer<Float>       // (C)
+    let postAttentionNorm: UnsafeMutablePointer<Float> // (C)
+    let qNorm: UnsafeMutablePointer<Float>?          // (headDim), Qwen3
+    let kNorm: UnsafeMutablePointer<Float>?
+    var inputNormGrad, postAttentionNormGrad, qNormGrad, kNormGrad: UnsafeMutablePointer<Float>?
+    /// q, k, v, o, gate, up, down, in this order.
+    let projections: [Linear]
+    var q: Linear { projections[0] }
+    var k: Linear { projections[1] }
+    var v: Linear { projections[2] }
+    var o: Linear { projections[3] }
+    var gate: Linear { projections[4] }
+    var up: Linear { projections[5] }
+    var down: Linear { projections[6] }
+
+    init(inputNorm: UnsafeMutablePointer<Float>, postAttentionNorm: UnsafeMutablePointer<Float>,
+         qNorm: UnsafeMutablePointer<Float>?, kNorm: UnsafeMutablePointer<Float>?, projections: [Linear]) {
+        self.inputNorm = inputNorm; self.postAttentionNorm = postAttentionNorm
+        self.qNorm = qNorm; self.kNorm = kNorm; self.projections = projections
+    }
+}
+
+/// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama) with a
+/// hand-written backward, as llm.c does it: each step of `forward` has its mirror in `backward`.
+public final class Transformer {
+    public let config: ModelConfig
+    public let fineTuning: FineTuning
+    /// The trainable parameters (LoRA pairs or all weights); nil in inference.
+    public let parameters: ParameterSet?
+    let embedding: WeightMatrix          // (V, C)
+    let head: WeightMatrix               // (V, C), the embedding itself when tied
+    let finalNorm: UnsafeMutablePointer<Float>
+    var embeddingGrad, headGrad, finalNormGrad: UnsafeMutablePointer<Float>?
+    let layers: [DecoderLayer]
+    let rotary: RotaryEmbedding
+    var random: FinchRandom
+    private var owned: [AnyObject] = []
+    private var cachedActivations: Activations?
+
+    static let projectionNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+    /// Builds the model from its stored tensors (HF names). LoRA A is initialised as PEFT does
+    /// (uniform in ±1/sqrt(in)) and B to zero; `seed` fixes A.
+    public init(files: ModelFiles, fineTuning: FineTuning = .none, seed: UInt64 = 0) throws {
+        let config = files.config
+        self.config = config
+        self.fineTuning = fineTuning
+        random = FinchRandom(seed: seed)
+        rotary = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
+        let tensors = files.tensors, source = files.source
+        let C = config.hiddenSize, L = config.layerCount
+
+        func tensor(_ name: String, _ shape: [Int]) throws -> TensorData {
+            guard let t = tensors[name] else { throw LoadError.missingTensor(path: source, name: name) }
+            guard t.shape == shape || (shape.count == 1 && t.elementCount == shape[0]) else {
+                throw LoadError.shapeMismatch(path: source, name: name, found: t.shape, expected: shape)
+            }
+            return t
+        }
+
+        // Every tensor the model reads, with its shape.
+        var layout: [(name: String, shape: [Int])] = [("model.embed_tokens.weight", [config.vocabSize, C])]
+        for l in 0..<L {
+            let p = "model.layers.\(l)."
+            layout.append((p + "input_layernorm.weight", [C]))
+            let shapes = [[config.qDim, C], [config.kvDim, C], [config.kvDim, C], [C, config.qDim],
+                          [config.intermediateSize, C], [config.intermediateSize, C], [C, config.intermediateSize]]
+            for (name, shape) in zip(Self.projectionNames, shapes) {
+                layout.append((p + name + ".weight", shape))
+                if config.attentionBias && (name.hasSuffix("q_proj") || name.hasSuffix("k_proj") || name.hasSuffix("v_proj"))
+                    || config.outputBias && name.hasSuffix("o_proj") {
+                    layout.append((p + name + ".bias", [shape[0]]))
+                }
+            }
+            if config.qkNorm {
+                layout.append((p + "self_attn.q_norm.weight", [config.headDim]))
+                layout.append((p + "self_attn.k_norm.weight", [config.headDim]))
+            }
+            layout.append((p + "post_attention_layernorm.weight", [C]))
+        }
+        layout.append(("model.norm.weight", [C]))
+        if !config.tieWordEmbeddings { layout.append(("lm_head.weight", [config.vocabSize, C])) }
+        let stored = try Dictionary(uniqueKeysWithValues: layout.map { ($0.name, try tensor($0.name, $0.shape)) })
+
+        // Trainable parameters: LoRA pairs, or copies of every weight.
+        var loraLayout: [(name: String, shape: [Int])] = []
+        if case let .lora(lora) = fineTuning {
+            for l in 0..<L {
+                for name in Self.projectionNames where lora.targets(module: name) {
+                    let module = "model.layers.\(l).\(name)"
+                    let w = stored[module + ".weight"]!
+                    let names = LoRAConfig.parameterNames(module: module)
+                    loraLayout.append((names.a, [lora.rank, w.columns]))
+                    loraLayout.append((names.b, [w.rows, lora.rank]))
+                }
+            }
+        }
+        let parameters: ParameterSet?
+        switch fineTuning {
+        case .none: parameters = nil
+        case .lora: parameters = ParameterSet(loraLayout)
+        case .full: parameters = ParameterSet(layout)
+        }
+        self.parameters = parameters
+
+        var owned: [AnyObject] = []
+        // Vectors (norms, biases) as f32: a parameter view in full fine-tuning, else an owned copy.
+        func vector(_ name: String) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?) {
+            let t = stored[name]!
+            if fineTuning == .full, let p = parameters?.value(name) {
+                dequantizeRow(t.dtype, t.bytes, p, count: t.elementCount)
+                return (p, parameters!.grad(name))
+            }
+            let bytes = OwnedBytes(count: t.elementCount * 4)
+            owned.append(bytes)
+            let p = bytes.pointer.assumingMemoryBound(to: Float.self)
+            dequantizeRow(t.dtype, t.bytes, p, count: t.elementCount)
+            return (p, nil)
+        }
+        func matrix(_ name: String) -> (WeightMatrix, UnsafeMutablePointer<Float>?) {
+            let t = stored[name]!
+            if fineTuning == .full, let p = parameters?.value(name) {
+                let m = WeightMatrix(t)
+                m.dequantizeRows(0, m.rows, into: p)
+                return (WeightMatrix(rows: t.rows, columns: t.columns, floats: p, owner: parameters), parameters!.grad(name))
+            }
+            return (WeightMatrix(t), nil)
+        }
+
+        let (embedding, embeddingGrad) = matrix("model.embed_tokens.weight")
+        self.embedding = embedding
+        self.embeddingGrad = embeddingGrad
+        if config.tieWordEmbeddings {
+            head = embedding
+            headGrad = embeddingGrad
+        } else {
+            (head, headGrad) = matrix("lm_head.weight")
+        }
+        (finalNorm, finalNormGrad) = vector("model.norm.weight")
+
+        var layers: [DecoderLayer] = []
+        for l in 0..<L {
+            let p = "model.layers.\(l)."
+            var projections: [Linear] = []
+            for name in Self.projectionNames {
+                let (w, wGrad) = matrix(p + name + ".weight")
+                let bias = stored[p + name + ".bias"] != nil ? vector(p + name + ".bias") : nil
+                let linear = Linear(name: p + name, weight: w, bias: bias?.0)
+                linear.weightGrad = wGrad
+                linear.biasGrad = bias?.1
+                if case let .lora(lora) = fineTuning, lora.targets(module: name), let parameters {
+                    let names = LoRAConfig.parameterNames(module: p + name)
+                    let a = parameters.value(names.a)!
+                    let bound = 1 / Float(w.columns).squareRoot()
+                    for i in 0..<lora.rank * w.columns { a[i] = (random.nextFloat() * 2 - 1) * bound }
+                    linear.lora = LoRAModule(rank: lora.rank, scale: lora.scale, dropout: lora.dropout,
+                                             a: a, b: parameters.value(names.b)!,
+                                             da: parameters.grad(names.a)!, db: parameters.grad(names.b)!)
+                }
+                projections.append(linear)
+            }
+            let inputNorm = vector(p + "input_layernorm.weight")
+            let postNorm = vector(p + "post_attention_layernorm.weight")
+            let qNorm = config.qkNorm ? vector(p + "self_attn.q_norm.weight") : nil
+            let kNorm = config.qkNorm ? vector(p + "self_attn.k_norm.weight") : nil
+            let layer = DecoderLayer(inputNorm: inputNorm.0, postAttentionNorm: postNorm.0,
+                                     qNorm: qNorm?.0, kNorm: kNorm?.0, projections: projections)
+            layer.inputNormGrad = inputNorm.1
+            layer.postAttentionNormGrad = postNorm.1
+            layer.qNormGrad = qNorm?.1
+            layer.kNormGrad = kNorm?.1
+            layers.append(layer)
+        }
+        self.layers = layers
+        owned.append(files as AnyObject)
+        self.owned = owned
+    }
+
+    var isTraining: Bool { fineTuning != .none }
+
+    func activations(for batch: TokenBatch, training: Bool) -> Activations {
+        if let a = cachedActivations, a.batch == batch.batch, a.seq == batch.seq, a.training == training { return a }
+        cachedActivations = nil  // free the old buffers before allocating new ones
+        let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
+                            batch: batch.batch, seq: batch.seq, training: training)
+        cachedActivations = a
+        return a
+    }
+
+    /// Runs the decoder and returns the final normed hidden states (n, C), valid until the next call.
+    @discardableResult
+    func forward(_ batch: TokenBatch, acts: Activations) -> UnsafeMutablePointer<Float> {
+        let c = config, n = batch.tokenCount, C = c.hiddenSize
+        let training = acts.training
+        let shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        let (cosTable, sinTable) = batch.positions.withUnsafeBufferPointer { rotary.tables(positions: $0.baseAddress!, count: n) }
+        batch.ids.withUnsafeBufferPointer { embeddingForward(acts.stream[0], ids: $0.baseAddress!, count: n, table: embedding) }
+        batch.mask.withOptionalPointer { mask in
+            for (l, layer) in layers.enumerated() {
+                let a = acts.layer(l)
+                let xIn = acts.input(ofLayer: l)
+                let xOut = acts.input(ofLayer: training ? l + 1 : 0)
+                rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
+                layer.q.forward(a.xn1, n: n, into: a.qPre ?? a.q, saved: a.saved[0], random: &random, training: training)
+                layer.k.forward(a.xn1, n: n, into: a.kPre ?? a.k, saved: a.saved[1], random: &random, training: training)
+                layer.v.forward(a.xn1, n: n, into: a.v, saved: a.saved[2], random: &random, training: training)
+                if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
+                    rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
+                    rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
+                }
+                ropeApply(a.q, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim)
+                ropeApply(a.k, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+                attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, shape: shape)
+                // xMid = xIn + o(att)
+                if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
+                layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
+                rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
+                layer.gate.forward(a.xn2, n: n, into: a.gate, saved: a.saved[4], random: &random, training: training)
+                layer.up.forward(a.xn2, n: n, into: a.up, saved: a.saved[5], random: &random, training: training)
+                swigluForward(a.h, gate: a.gate, up: a.up, count: n * c.intermediateSize)
+                // xOut = xMid + down(h)
+                if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
+                layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[6], random: &random, training: training)
+            }
+        }
+        rmsnormForward(acts.finalNormed, acts.finalRstd, acts.input(ofLayer: training ? layers.count : 0), finalNorm,
+                       rows: n, dim: C, eps: c.rmsNormEps)
+        return acts.finalNormed
+    }
+
+    /// Backpropagates dFinal (n, C), the gradient of the loss with respect to the final normed
+    /// states, into the trainable parameters' gradients (accumulating).
+    func backward(_ batch: TokenBatch, acts: Activations, dFinal: UnsafeMutablePointer<Float>) {
+        precondition(acts.training, "backward needs the activations of a training forward")
+        let c = config, n = batch.tokenCount, C = c.hiddenSize
+        let shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+        let (cosTable, sinTable) = batch.positions.withUnsafeBufferPointer { rotary.tables(positions: $0.baseAddress!, count: n) }
+        var dStream = acts.dStream!, dMid = acts.dMid!
+        let dNormed = acts.dNormed!, scratch = acts.loraScratch!
+        dStream.update(repeating: 0, count: n * C)
+        rmsnormBackward(dStream, finalNormGrad, dFinal, acts.stream[layers.count], finalNorm, acts.finalRstd, rows: n, dim: C)
+        batch.mask.withOptionalPointer { mask in
+            for l in stride(from: layers.count - 1, through: 0, by: -1) {
+                let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l]
+                // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
+                dMid.update(from: dStream, count: n * C)
+                layer.down.backward(dStream, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[6], scratch: scratch)
+                swigluBackward(dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up, count: n * c.intermediateSize)
+                layer.gate.backward(acts.dgate, x: a.xn2, n: n, dx: dNormed, accumulate: false, saved: a.saved[4], scratch: scratch)
+                layer.up.backward(acts.dup, x: a.xn2, n: n, dx: dNormed, accumulate: true, saved: a.saved[5], scratch: scratch)
+                rmsnormBackward(dMid, layer.postAttentionNormGrad, dNormed, a.xMid, layer.postAttentionNorm, a.rstd2, rows: n, dim: C)
+                // xMid = xIn + o(att)
+                layer.o.backward(dMid, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[3], scratch: scratch)
+                attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
+                                  out: a.att, lse: a.lse, keyMask: mask, shape: shape)
+                ropeApply(acts.dq, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
+                ropeApply(acts.dk, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
+                var dq = acts.dq!, dk = acts.dk!
+                if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
+                    acts.dqPre.update(repeating: 0, count: n * c.qDim)
+                    acts.dkPre.update(repeating: 0, count: n * c.kvDim)
+                    rmsnormBackward(acts.dqPre, layer.qNormGrad, dq, qPre, qNorm, a.qRstd!, rows: n * c.headCount, dim: c.headDim)
+                    rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: n * c.kvHeadCount, dim: c.headDim)
+                    dq = acts.dqPre; dk = acts.dkPre
+                }
+                layer.q.backward(dq, x: a.xn1, n: n, dx: dNormed, accumulate: false, saved: a.saved[0], scratch: scratch)
+                layer.k.backward(dk, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[1], scratch: scratch)
+                layer.v.backward(acts.dv, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[2], scratch: scratch)
+                // dIn = dMid + d(input norm)
+                rmsnormBackward(dMid, layer.inputNormGrad, dNormed, xIn, layer.inputNorm, a.rstd1, rows: n, dim: C)
+                swap(&dStream, &dMid)
+            }
+        }
+        if let embeddingGrad {
+            batch.ids.withUnsafeBufferPointer { embeddingBackward(embeddingGrad, ids: $0.baseAddress!, count: n, dout: dStream, dim: C) }
+        }
+    }
+
+    // MARK: - Entry points
+
+    /// Logits (n, V) of every position.
+    public func logits(_ batch: TokenBatch) -> [Float] {
+        let acts = activations(for: batch, training: false)
+        let hidden = forward(batch, acts: acts)
+        var out = [Float](repeating: 0, count: batch.tokenCount * config.vocabSize)
+        out.withUnsafeMutableBufferPointer { head.multiply(hidden, n: batch.tokenCount, into: $0.baseAddress!) }
+        return out
+    }
+
+    /// Sum of -log p(target) over positions whose target is not negative, and their count; no gradients.
+    public func negativeLogLikelihood(_ batch: TokenBatch, targets: [Int32]) -> (sum: Double, count: Int) {
+        let acts = activations(for: batch, training: false)
+        let hidden = forward(batch, acts: acts)
+        let r = targets.withUnsafeBufferPointer {
+            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: batch.tokenCount, head: head)
+        }
+        return (r.loss, r.count)
+    }
+
+    /// Forward and backward of the token cross-entropy: each scored position contributes
+    /// `weight * -log p(target)` to the loss, and its gradient is added to `parameters.grads`.
+    /// Returns the unweighted sum of -log p and the count of scored positions.
+    @discardableResult
+    public func crossEntropyStep(_ batch: TokenBatch, targets: [Int32], weight: Float) -> (sum: Double, count: Int) {
+        precondition(isTraining, "crossEntropyStep needs a model built for LoRA or full fine-tuning")
+        let acts = activations(for: batch, training: true)
+        let hidden = forward(batch, acts: acts)
+        let n = batch.tokenCount
+        let dFinal = acts.dNormed!   // free until backward starts
+        dFinal.update(repeating: 0, count: n * config.hiddenSize)
+        let r = targets.withUnsafeBufferPointer {
+            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: head,
+                         backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad))
+        }
+        // backward() reuses dNormed, so hand it a copy.
+        let dCopy = UnsafeMutablePointer<Float>.allocate(capacity: n * config.hiddenSize)
+        defer { dCopy.deallocate() }
+        dCopy.update(from: dFinal, count: n * config.hiddenSize)
+        backward(batch, acts: acts, dFinal: dCopy)
+        return (r.loss, r.count)
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    /// Calls `body` with a pointer to the array's elements, or nil.
+    func withOptionalPointer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
+        switch self {
+        case .none: return body(nil)
+        case let .some(array): return array.withUnsafeBufferPointer { body($0.baseAddress) }
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import ArgumentParser
+import Finch
+import Foundation
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench", abstract: "Print speed figures (build with -c release).",
+        subcommands: [GEMM.self, Step.self])
+
+    struct GEMM: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "sgemm GFLOP/s on SmolLM2-135M's training shapes.")
+        @Option(help: "Repetitions per shape (median reported).") var repetitions = 5
+
+        func run() {
+            print(BLAS.description)
+            for (m, n, k) in [(2048, 576, 576), (2048, 1536, 576), (2048, 49152, 576)] {
+                let gflops = Benchmarks.sgemm(m: m, n: n, k: k, repetitions: repetitions)
+                print(String(format: "finch sgemm %dx%dx%d: %.1f GFLOP/s", m, n, k, gflops))
+            }
+        }
+    }
+
+    struct Step: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Time one LoRA (or full) forward + backward step.")
+        @Option(help: "A model folder or .gguf; default: random weights of SmolLM2-135M's shape.") var model: String?
+        @Option(name: .customLong("shape"), help: "Random model shape when no --model: smollm2-135m or llama3.2-1b.")
+        var shape = "smollm2-135m"
+        @Option var batch = 4
+        @Option var seq = 512
+        @Option(name: .customLong("lora-r")) var loraRank = 16
+        @Option(name: .customLong("lora-alpha")) var loraAlpha: Float = 32
+        @Flag(help: "Train every weight instead of LoRA adapters.") var full = false
+        @Option var repetitions = 3
+
+        func run() throws {
+            try runReportingErrors {
+                let files: ModelFiles
+                if let model { files = try ModelFiles.open(model) } else {
+                    switch shape {
+                    case "smollm2-135m": files = .random(config: .smolLM2_135M)
+                    case "llama3.2-1b": files = .random(config: .llama32_1B)
+                    default: throw ValidationError("unknown --shape \(shape); use smollm2-135m or llama3.2-1b")
+                    }
+                }
+                let tuning: FineTuning = full ? .full : .lora(LoRAConfig(rank: loraRank, alpha: loraAlpha))
+                let transformer = try Transformer(files: files, fineTuning: tuning)
+                let t = Benchmarks.step(model: transformer, batch: batch, seq: seq, repetitions: repetitions)
+                print(BLAS.description)
+                print(String(format: "finch step (%@, %@, batch %d x %d): %.3f s/step, %.0f tokens/s, %.1f GFLOP/s",
+                             files.source, full ? "full" : "LoRA r=\(loraRank)", batch, seq,
+                             t.secondsPerStep, t.tokensPerSecond, t.flops / t.secondsPerStep / 1e9))
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+import XCTest
+@testable import Finch
+
+/// Each kernel against a naive implementation (forward) and central differences (backward).
+final class KernelTests: XCTestCase {
+    typealias S = TestSupport
+
+    func testSgemmMatchesNaiveForEveryTransposition() {
+        let m = 7, n = 5, k = 9
+        let a = S.randomArray(m * k, seed: 1), b = S.randomArray(k * n, seed: 2)
+        var expected = [Float](repeating: 0, count: m * n)
+        for i in 0..<m { for j in 0..<n { for p in 0..<k { expected[i * n + j] += a[i * k + p] * b[p * n + j] } } }
+        // Transposed copies: aT [k, m], bT [n, k].
+        var aT = [Float](repeating: 0, count: m * k), bT = [Float](repeating: 0, count: k * n)
+        for i in 0..<m { for p in 0..<k { aT[p * m + i] = a[i * k + p] } }
+        for p in 0..<k { for j in 0..<n { bT[j * k + p] = b[p * n + j] } }
+        for (ta, tb) in [(BLAS.Transpose.none, BLAS.Transpose.none), (.transpose, .none), (.none, .transpose), (.transpose, .transpose)] {
+            var c = [Float](repeating: 0, count: m * n)
+            let aa = ta == .none ? a : aT, bb = tb == .none ? b : bT
+            c.withUnsafeMutableBufferPointer { cp in
+                BLAS.sgemm(ta, tb, m: m, n: n, k: k, a: aa, lda: ta == .none ? k : m, b: bb, ldb: tb == .none ? n : k,
+                           c: cp.baseAddress!, ldc: n)
+            }
+            XCTAssertLessThan(S.maxRelativeError(c, expected), 1e-5, "transA \(ta) transB \(tb)")
+        }
+    }
+
+    func testRMSNormForwardAndBackward() {
+        let rows = 3, dim = 16, eps: Float = 1e-5
+        let x = S.randomArray(rows * dim, seed: 3), w = S.randomArray(dim, seed: 4, scale: 0.5).map { $0 + 1 }
+        let r = S.randomArray(rows * dim, seed: 5)
+        func forward(_ x: [Float], _ w: [Float]) -> [Float] {
+            var y = [Float](repeating: 0, count: rows * dim)
+            y.withUnsafeMutableBufferPointer { rmsnormForward($0.baseAddress!, nil, x, w, rows: rows, dim: dim, eps: eps) }
+            return y
+        }
+        var naive = [Float](repeating: 0, count: rows * dim)
+        for i in 0..<rows {
+            let ms = (0..<dim).reduce(0.0) { $0 + Double(x[i * dim + $1] * x[i * dim + $1]) } / Double(dim)
+            for j in 0..<dim { naive[i * dim + j] = Float(Double(x[i * dim + j]) / (ms + Double(eps)).squareRoot()) * w[j] }
+        }
+        XCTAssertLessThan(S.maxRelativeError(forward(x, w), naive), 1e-5)
+
+        var rstd = [Float](repeating: 0, count: rows), y = naive
+        y.withUnsafeMutableBufferPointer { yp in rstd.withUnsafeMutableBufferPointer { rmsnormForward(yp.baseAddress!, $0.baseAddress!, x, w, rows: rows, dim: dim, eps: eps) } }
+        var dx = [Float](repeating: 0, count: rows * dim), dw = [Float](repeating: 0, count: dim)
+        dx.withUnsafeMutableBufferPointer { dxp in dw.withUnsafeMutableBufferPointer { dwp in
+            rmsnormBackward(dxp.baseAddress!, dwp.baseAddress!, r, x, w, rstd, rows: rows, dim: dim)
+        } }
+        let numericDx = S.numericalGradient(x) { S.dot(forward($0, w), r) }
+        let numericDw = S.numericalGradient(w) { S.dot(forward(x, $0), r) }
+        XCTAssertLessThan(S.relativeL2(dx, numericDx), 2e-3)
+        XCTAssertLessThan(S.relativeL2(dw, numericDw), 2e-3)
+    }
+
+    func testRoPEMatchesNaiveRotationAndInverts() {
+        let tokens = 4, heads = 2, D = 8
+        let rope = RotaryEmbedding(headDim: D, theta: 10000, scaling: .none)
+        let positions: [Int32] = [0, 1, 5, 17]
+        let (c, s) = rope.tables(positions: positions, count: tokens)
+        let x = S.randomArray(tokens * heads * D, seed: 6)
+        var y = x
+        y.withUnsafeMutableBufferPointer { ropeApply($0.baseAddress!, cos: c, sin: s, tokens: tokens, heads: heads, headDim: D) }
+        for t in 0..<tokens { for h in 0..<heads { for i in 0..<D / 2 {
+            let angle = Double(positions[t]) / pow(10000.0, Double(2 * i) / Double(D))
+            let a = Double(x[(t * heads + h) * D + i]), b = Double(x[(t * heads + h) * D + i + D / 2])
+            XCTAssertEqual(Double(y[(t * heads + h) * D + i]), a * cos(angle) - b * sin(angle), accuracy: 1e-4)
+            XCTAssertEqual(Double(y[(t * heads + h) * D + i + D / 2]), b * cos(angle) + a * sin(angle), accuracy: 1e-4)
+        } } }
+        y.withUnsafeMutableBufferPointer { ropeApply($0.baseAddress!, cos: c, sin: s, tokens: tokens, heads: heads, headDim: D, inverse: true) }
+        XCTAssertLessThan(S.maxRelativeError(y, x), 1e-5, "the inverse rotation (backward) undoes the forward")
+    }
+
+    func testLlama3RopeScalingKeepsShortAndStretchesLongWavelengths() {
+        let plain = RotaryEmbedding(headDim: 64, theta: 500000, scaling: .none)
+        let scaled = RotaryEmbedding(headDim: 64, theta: 500000,
+                                     scaling: .llama3(factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192))
+        XCTAssertEqual(scaled.inverseFrequencies[0], plain.inverseFrequencies[0], "high frequencies are kept")
+        XCTAssertEqual(scaled.inverseFrequencies[31], plain.inverseFrequencies[31] / 8, accuracy: 1e-12, "low frequencies are divided by the factor")
+    }
+
+    func testAttentionForwardMatchesNaiveAndBackwardMatchesNumerical() {
+        let shape = AttentionShape(batch: 2, seq: 5, heads: 4, kvHeads: 2, headDim: 8)
+        let n = 10, Q = 32, K = 16
+        let q = S.randomArray(n * Q, seed: 7), k = S.randomArray(n * K, seed: 8), v = S.randomArray(n * K, seed: 9)
+        let mask: [Float] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+        func forward(_ q: [Float], _ k: [Float], _ v: [Float]) -> ([Float], [Float]) {
+            var out = [Float](repeating: 0, count: n * Q), lse = [Float](repeating: 0, count: 2 * 4 * 5)
+            out.withUnsafeMutableBufferPointer { o in lse.withUnsafeMutableBufferPointer { l in
+                attentionForward(out: o.baseAddress!, lse: l.baseAddress!, q: q, k: k, v: v, keyMask: mask, shape: shape)
+            } }
+            return (out, lse)
+        }
+        // Naive: explicit softmax over visible keys, in Double.
+        var naive = [Float](repeating: 0, count: n * Q)
+        for b in 0..<2 { for h in 0..<4 { let kvh = h / 2
+            for i in 0..<5 {
+                var scores: [Double] = [], keys: [Int] = []
+                for j in 0...i where mask[b * 5 + j] != 0 {
+                    var s = 0.0
+                    for d in 0..<8 { s += Double(q[(b * 5 + i) * Q + h * 8 + d]) * Double(k[(b * 5 + j) * K + kvh * 8 + d]) }
+                    scores.append(s / 8.0.squareRoot()); keys.append(j)
+                }
+                let m = scores.max()!, z = scores.reduce(0) { $0 + exp($1 - m) }
+                for d in 0..<8 {
+                    var acc = 0.0
+                    for (s, j) in zip(scores, keys) { acc += exp(s - m) / z * Double(v[(b * 5 + j) * K + kvh * 8 + d]) }
+                    naive[(b * 5 + i) * Q + h * 8 + d] = Float(acc)
+                }
+            }
+        } }
+        let (out, lse) = forward(q, k, v)
+        XCTAssertLessThan(S.maxRelativeError(out, naive), 1e-5)
+
+        let r = S.randomArray(n * Q, seed: 10)
+        var dq = [Float](repeating: 0, count: n * Q), dk = [Float](repeating: 0, count: n * K), dv = dk
+        dq.withUnsafeMutableBufferPointer { dqp in dk.withUnsafeMutableBufferPointer { dkp in dv.withUnsafeMutableBufferPointer { dvp in
+            attentionBackward(dq: dqp.baseAddress!, dk: dkp.baseAddress!, dv: dvp.baseAddress!, dout: r, q: q, k: k, v: v,
+                              out: out, lse: lse, keyMask: mask, shape: shape)
+        } } }
+        XCTAssertLessThan(S.relativeL2(dq, S.numericalGradient(q) { S.dot(forward($0, k, v).0, r) }), 3e-3)
+        XCTAssertLessThan(S.relativeL2(dk, S.numericalGradient(k) { S.dot(forward(q, $0, v).0, r) }), 3e-3)
+        XCTAssertLessThan(S.relativeL2(dv, S.numericalGradient(v) { S.dot(forward(q, k, $0).0, r) }), 3e-3)
+    }
+
+    func testSwiGLUForwardAndBackward() {
+        let count = 40
+        let g = S.randomArray(count, seed: 11, scale: 2), u = S.randomArray(count, seed: 12), r = S.randomArray(count, seed: 13)
+        func forward(_ g: [Float], _ u: [Float]) -> [Float] {
+            var h = [Float](repeating: 0, count: count)
+            h.withUnsafeMutableBufferPointer { swigluForward($0.baseAddress!, gate: g, up: u, count: count) }
+            return h
+        }
+        let naive = (0..<count).map { i in Float(Double(g[i]) / (1 + exp(-Double(g[i]))) * Double(u[i])) }
+        XCTAssertLessThan(S.maxRelativeError(forward(g, u), naive), 1e-6)
+        var dg = [Float](repeating: 0, count: count), du = dg
+        dg.withUnsafeMutableBufferPointer { dgp in du.withUnsafeMutableBufferPointer { dup in
+            swigluBackward(dgate: dgp.baseAddress!, dup: dup.baseAddress!, dh: r, gate: g, up: u, count: count)
+        } }
+        XCTAssertLessThan(S.relativeL2(dg, S.numericalGradient(g, eps: 1e-3) { S.dot(forward($0, u), r) }), 1e-3)
+        XCTAssertLessThan(S.relativeL2(du, S.numericalGradient(u, eps: 1e-3) { S.dot(forward(g, $0), r) }), 1e-3)
+    }
+
+    func testCrossEntropyMatchesNaiveAndSkipsIgnoredRows() {
+        let rows = 6, dim = 8, vocab = 11
+        let hidden = S.randomArray(rows * dim, seed: 14), w = S.randomArray(vocab * dim, seed: 15)
+        let targets: [Int32] = [3, -1, 10, 0, -1, 7]
+        func loss(_ hidden: [Float], _ w: [Float]) -> Double {
+            let head = w.withUnsafeBufferPointer { WeightMatrix(rows: vocab, columns: dim, floats: $0.baseAddress!, owner: nil) }
+            return w.withUnsafeBufferPointer { _ in crossEntropy(hidden: hidden, targets: targets, rows: rows, head: head, chunkRows: 4).loss }
+        }
+        var naive = 0.0
+        for r in 0..<rows where targets[r] >= 0 {
+            let logits = (0..<vocab).map { v in (0..<dim).reduce(0.0) { $0 + Double(hidden[r * dim + $1]) * Double(w[v * dim + $1]) } }
+            let m = logits.max()!
+            naive += m + log(logits.reduce(0) { $0 + exp($1 - m) }) - logits[Int(targets[r])]
+        }
+        XCTAssertEqual(loss(hidden, w), naive, accuracy: 1e-4 * naive)
+
+        var dh = [Float](repeating: 0, count: rows * dim), dw = [Float](repeating: 0, count: vocab * dim)
+        var logProbs = [Float](repeating: 1, count: rows)
+        w.withUnsafeBufferPointer { wp in
+            let head = WeightMatrix(rows: vocab, columns: dim, floats: wp.baseAddress!, owner: nil)
+            dh.withUnsafeMutableBufferPointer { dhp in dw.withUnsafeMutableBufferPointer { dwp in logProbs.withUnsafeMutableBufferPointer { lp in
+                _ = crossEntropy(hidden: hidden, targets: targets, rows: rows, head: head, logProbs: lp.baseAddress!,
+                                 backward: CrossEntropyBackward(uniformWeight: 1, dHidden: dhp.baseAddress!, dHead: dwp.baseAddress!), chunkRows: 4)
+            } } }
+        }
+        XCTAssertEqual(logProbs[1], 0)
+        XCTAssertEqual(-Double(logProbs.reduce(0, +)), naive, accuracy: 1e-4 * naive)
+        XCTAssertEqual(Array(dh[dim..<2 * dim]), [Float](repeating: 0, count: dim), "ignored rows get no gradient")
+        XCTAssertLessThan(S.relativeL2(dh, S.numericalGradient(hidden) { loss($0, w) }), 2e-3)
+        XCTAssertLessThan(S.relativeL2(dw, S.numericalGradient(w) { loss(hidden, $0) }), 2e-3)
+    }
+
+    func testEmbeddingForwardAndBackward() {
+        let vocab = 5, dim = 4
+        let table = S.randomArray(vocab * dim, seed: 16)
+        let ids: [Int32] = [2, 0, 2, 4]
+        var out = [Float](repeating: 0, count: ids.count * dim)
+        table.withUnsafeBufferPointer { tp in
+            let m = WeightMatrix(rows: vocab, columns: dim, floats: tp.baseAddress!, owner: nil)
+            out.withUnsafeMutableBufferPointer { embeddingForward($0.baseAddress!, ids: ids, count: ids.count, table: m) }
+        }
+        XCTAssertEqual(Array(out[0..<dim]), Array(table[2 * dim..<3 * dim]))
+        XCTAssertEqual(Array(out[3 * dim..<4 * dim]), Array(table[4 * dim..<5 * dim]))
+        let dout = S.randomArray(ids.count * dim, seed: 17)
+        var dtable = [Float](repeating: 0, count: vocab * dim)
+        dtable.withUnsafeMutableBufferPointer { embeddingBackward($0.baseAddress!, ids: ids, count: ids.count, dout: dout, dim: dim) }
+        for c in 0..<dim {
+            XCTAssertEqual(dtable[2 * dim + c], dout[c] + dout[2 * dim + c], accuracy: 1e-6, "repeated ids accumulate")
+            XCTAssertEqual(dtable[1 * dim + c], 0)
+        }
+    }
+
+    /// A Q8_0 matrix taller than one dequantization tile: both products equal the f32 ones.
+    func testQuantizedMatrixProductsMatchDequantizedWeights() {
+        let rows = 300, columns = 64, n = 5
+        var rng = FinchRandom(seed: 18)
+        var bytes = [UInt8](repeating: 0, count: rows * DType.q8_0.rowBytes(columns: columns))
+        for block in 0..<rows * columns / 32 {
+            let scale = Float16(0.01 + 0.02 * rng.nextFloat()).bitPattern
+            bytes[block * 34] = UInt8(scale & 0xff); bytes[block * 34 + 1] = UInt8(scale >> 8)
+            for i in 0..<32 { bytes[block * 34 + 2 + i] = UInt8(truncatingIfNeeded: Int(rng.next() % 255) - 127) }
+        }
+        let x = S.randomArray(n * columns, seed: 19), dy = S.randomArray(n * rows, seed: 20)
+        bytes.withUnsafeBytes { raw in
+            let q = WeightMatrix(rows: rows, columns: columns, dtype: .q8_0, storage: raw.baseAddress!, owner: nil)
+            let dense = q.denseCopy()
+            var y1 = [Float](repeating: 0, count: n * rows), y2 = y1
+            y1.withUnsafeMutableBufferPointer { q.multiply(x, n: n, into: $0.baseAddress!) }
+            y2.withUnsafeMutableBufferPointer { dense.multiply(x, n: n, into: $0.baseAddress!) }
+            XCTAssertLessThan(S.maxRelativeError(y1, y2), 1e-5)
+            var dx1 = [Float](repeating: 1, count: n * columns), dx2 = dx1
+            dx1.withUnsafeMutableBufferPointer { q.multiplyTransposed(dy, n: n, into: $0.baseAddress!) }
+            dx2.withUnsafeMutableBufferPointer { dense.multiplyTransposed(dy, n: n, into: $0.baseAddress!) }
+            XCTAssertLessThan(S.maxRelativeError(dx1, dx2), 1e-5)
+            // Spot-check one dequantized value against the block formula: scale * int8.
+            var row = [Float](repeating: 0, count: columns)
+            row.withUnsafeMutableBufferPointer { q.dequantizeRows(1, 1, into: $0.baseAddress!) }
+            let block = 2  // row 1 starts at block 2
+            let scale = Float(Float16(bitPattern: UInt16(bytes[block * 34]) | UInt16(bytes[block * 34 + 1]) << 8))
+            XCTAssertEqual(row[3], scale * Float(Int8(bitPattern: bytes[block * 34 + 2 + 3])))
+        }
+    }
+}

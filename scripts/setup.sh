@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what Finch needs on a fresh Debian machine that has the Swift toolchain:
+# OpenBLAS (loaded at run time, see Sources/Finch/Kernels/BLAS.swift).
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
+    echo "setup: installing OpenBLAS (libopenblas0-pthread)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
+fi
+
+command -v swift >/dev/null || { echo "setup: the Swift toolchain is not on PATH (https://swift.org/install)"; exit 1; }
+echo "setup: ok ($(swift --version 2>&1 | head -1); $(ldconfig -p | grep -m1 'libopenblas\.so\.0' | sed 's/.*=> //'))"
