@@ -83,7 +83,8 @@ public struct ModelConfig: Equatable, Sendable {
             guard let value = json[key] else {
                 throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer")
             }
-            guard let number = value as? NSNumber, number.doubleValue == number.doubleValue.rounded() else {
+            guard let number = value as? NSNumber, number.doubleValue == number.doubleValue.rounded(),
+                  abs(number.doubleValue) < 1e15 else {
                 throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "an integer")
             }
             return number.intValue
@@ -107,8 +108,13 @@ public struct ModelConfig: Equatable, Sendable {
         guard Self.supportedModelTypes.contains(modelType) else {
             throw LoadError.unsupported(path: path, what: "model_type", found: modelType, supported: Self.supportedModelTypes)
         }
-        let hidden = try int("hidden_size")
-        let heads = try int("num_attention_heads")
+        func size(_ key: String) throws -> Int {
+            let value = try int(key)
+            guard value > 0 else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a positive integer") }
+            return value
+        }
+        let hidden = try size("hidden_size")
+        let heads = try size("num_attention_heads")
         let kvHeads = try optionalInt("num_key_value_heads") ?? heads
         guard hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
             throw LoadError.malformed(path: path, field: "num_attention_heads / num_key_value_heads",
@@ -130,12 +136,12 @@ public struct ModelConfig: Equatable, Sendable {
         let attentionBias = modelType == "qwen2" || bool("attention_bias", false)
         self.init(modelType: modelType,
                   hiddenSize: hidden,
-                  intermediateSize: try int("intermediate_size"),
-                  layerCount: try int("num_hidden_layers"),
+                  intermediateSize: try size("intermediate_size"),
+                  layerCount: try size("num_hidden_layers"),
                   headCount: heads,
                   kvHeadCount: kvHeads,
                   headDim: try optionalInt("head_dim"),
-                  vocabSize: try int("vocab_size"),
+                  vocabSize: try size("vocab_size"),
                   rmsNormEps: try float("rms_norm_eps", 1e-6),
                   ropeTheta: theta,
                   ropeScaling: scaling,

@@ -2,7 +2,7 @@ import Foundation
 
 /// A model's configuration and weights, under Hugging Face tensor names and layout, from
 /// either an HF folder (`config.json` + safetensors) or a single GGUF file.
-public struct ModelFiles: @unchecked Sendable {
+public struct ModelFiles: Sendable {
     public let config: ModelConfig
     /// HF names (`model.layers.0.self_attn.q_proj.weight`); shapes row-major, `[out, in]` for linear weights.
     public let tensors: [String: TensorData]
