@@ -150,19 +150,33 @@ final class KernelTests: XCTestCase {
             return w.withUnsafeBufferPointer { _ in crossEntropy(hidden: hidden, targets: targets, rows: rows, head: head, chunkRows: 4).loss }
         }
         var naive = 0.0
+        var naiveEntropy = [Double](repeating: 0, count: rows), naiveCorrect = [Float](repeating: 0, count: rows)
         for r in 0..<rows where targets[r] >= 0 {
             let logits = (0..<vocab).map { v in (0..<dim).reduce(0.0) { $0 + Double(hidden[r * dim + $1]) * Double(w[v * dim + $1]) } }
             let m = logits.max()!
-            naive += m + log(logits.reduce(0) { $0 + exp($1 - m) }) - logits[Int(targets[r])]
+            let lse = m + log(logits.reduce(0) { $0 + exp($1 - m) })
+            naive += lse - logits[Int(targets[r])]
+            naiveEntropy[r] = -logits.reduce(0) { $0 + exp($1 - lse) * ($1 - lse) }
+            naiveCorrect[r] = logits.firstIndex(of: m) == Int(targets[r]) ? 1 : 0
         }
         XCTAssertEqual(loss(hidden, w), naive, accuracy: 1e-4 * naive)
+        var entropies = [Float](repeating: 0, count: rows), correct = entropies
+        w.withUnsafeBufferPointer { wp in
+            let head = WeightMatrix(rows: vocab, columns: dim, floats: wp.baseAddress!, owner: nil)
+            entropies.withUnsafeMutableBufferPointer { e in correct.withUnsafeMutableBufferPointer { c in
+                _ = crossEntropy(hidden: hidden, targets: targets, rows: rows, head: head,
+                                 outputs: CrossEntropyOutputs(entropies: e.baseAddress!, correct: c.baseAddress!))
+            } }
+        }
+        for r in 0..<rows { XCTAssertEqual(Double(entropies[r]), naiveEntropy[r], accuracy: 1e-4, "entropy row \(r)") }
+        XCTAssertEqual(correct, naiveCorrect)
 
         var dh = [Float](repeating: 0, count: rows * dim), dw = [Float](repeating: 0, count: vocab * dim)
         var logProbs = [Float](repeating: 1, count: rows)
         w.withUnsafeBufferPointer { wp in
             let head = WeightMatrix(rows: vocab, columns: dim, floats: wp.baseAddress!, owner: nil)
             dh.withUnsafeMutableBufferPointer { dhp in dw.withUnsafeMutableBufferPointer { dwp in logProbs.withUnsafeMutableBufferPointer { lp in
-                _ = crossEntropy(hidden: hidden, targets: targets, rows: rows, head: head, logProbs: lp.baseAddress!,
+                _ = crossEntropy(hidden: hidden, targets: targets, rows: rows, head: head, outputs: CrossEntropyOutputs(logProbs: lp.baseAddress!),
                                  backward: CrossEntropyBackward(uniformWeight: 1, dHidden: dhp.baseAddress!, dHead: dwp.baseAddress!), chunkRows: 4)
             } } }
         }

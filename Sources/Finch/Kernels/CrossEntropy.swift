@@ -1,5 +1,22 @@
 import Foundation
 
+/// Per-row figures `crossEntropy` can write, each [rows] (0 at skipped rows).
+public struct CrossEntropyOutputs {
+    /// log p(target).
+    public var logProbs: UnsafeMutablePointer<Float>?
+    /// Sum of the row's logits (for the mean-logit metrics of preference trainers).
+    public var logitSums: UnsafeMutablePointer<Float>?
+    /// Entropy of the row's softmax, -sum p log p.
+    public var entropies: UnsafeMutablePointer<Float>?
+    /// 1 where the argmax is the target, else 0.
+    public var correct: UnsafeMutablePointer<Float>?
+
+    public init(logProbs: UnsafeMutablePointer<Float>? = nil, logitSums: UnsafeMutablePointer<Float>? = nil,
+                entropies: UnsafeMutablePointer<Float>? = nil, correct: UnsafeMutablePointer<Float>? = nil) {
+        self.logProbs = logProbs; self.logitSums = logitSums; self.entropies = entropies; self.correct = correct
+    }
+}
+
 /// What the backward half of `crossEntropy` should produce.
 public struct CrossEntropyBackward {
     /// d loss / d logit_r = rowWeights[r] * (softmax_r - onehot(target_r)); nil weights mean `uniformWeight` for all.
@@ -20,15 +37,16 @@ public struct CrossEntropyBackward {
 ///
 /// hidden [rows, dim] are the final normed states; logits = hidden head^T [rows, vocab] are
 /// never held for more than `chunkRows` rows at once. Rows whose target is negative are skipped
-/// entirely (no head work). Writes log p(target) of each scored row into `logProbs` [rows]
-/// (0 for skipped rows) and returns the sum of -log p over scored rows and their count.
+/// entirely (no head work). Returns the sum of -log p(target) over scored rows and their count.
 @discardableResult
 public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
-                         head: WeightMatrix, logProbs: UnsafeMutablePointer<Float>? = nil,
+                         head: WeightMatrix, outputs: CrossEntropyOutputs = CrossEntropyOutputs(),
                          backward: CrossEntropyBackward? = nil, chunkRows: Int = 128) -> (loss: Double, count: Int) {
     let dim = head.columns, vocab = head.rows
     let scored = (0..<rows).filter { targets[$0] >= 0 }
-    for r in 0..<rows where targets[r] < 0 { logProbs?[r] = 0 }
+    for r in 0..<rows where targets[r] < 0 {
+        outputs.logProbs?[r] = 0; outputs.logitSums?[r] = 0; outputs.entropies?[r] = 0; outputs.correct?[r] = 0
+    }
     guard !scored.isEmpty else { return (0, 0) }
     let chunk = min(chunkRows, scored.count)
     let h = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)       // [chunk, dim]
@@ -48,12 +66,19 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 let row = scored[start + i]
                 let l = logits + i * vocab
                 let target = Int(targets[row])
-                var m = -Float.infinity
-                for j in 0..<vocab { m = max(m, l[j]) }
-                var sum: Float = 0
-                for j in 0..<vocab { sum += expf(l[j] - m) }
+                var m = -Float.infinity, argmax = 0, total: Float = 0
+                for j in 0..<vocab {
+                    total += l[j]
+                    if l[j] > m { m = l[j]; argmax = j }
+                }
+                var sum: Float = 0, weighted: Float = 0
+                for j in 0..<vocab { let e = expf(l[j] - m); sum += e; weighted += e * l[j] }
                 let logSumExp = m + logf(sum)
                 rowLogProb[i] = l[target] - logSumExp
+                outputs.logProbs?[row] = rowLogProb[i]
+                outputs.logitSums?[row] = total
+                outputs.entropies?[row] = logSumExp - weighted / sum
+                outputs.correct?[row] = argmax == target ? 1 : 0
                 if let backward {
                     let w = backward.rowWeights?[row] ?? backward.uniformWeight
                     for j in 0..<vocab { l[j] = w * expf(l[j] - logSumExp) }
@@ -61,10 +86,7 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 }
             }
         }
-        for i in 0..<n {
-            logProbs?[scored[start + i]] = rowLogProb[i]
-            totalLoss -= Double(rowLogProb[i])
-        }
+        for i in 0..<n { totalLoss -= Double(rowLogProb[i]) }
         if let backward {
             head.multiplyTransposed(logits, n: n, into: dh, accumulate: false)
             for i in 0..<n {

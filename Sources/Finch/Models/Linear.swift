@@ -16,6 +16,9 @@ final class Linear {
     var weightGrad: UnsafeMutablePointer<Float>?  // [out, in], full fine-tuning only
     var biasGrad: UnsafeMutablePointer<Float>?    // [out]
     var lora: LoRAModule?
+    /// Off: the layer computes the frozen base alone (DPO's reference model in LoRA training).
+    var loraEnabled = true
+    private var activeLoRA: LoRAModule? { loraEnabled ? lora : nil }
 
     var inFeatures: Int { weight.columns }
     var outFeatures: Int { weight.rows }
@@ -36,7 +39,7 @@ final class Linear {
                 for t in range { let row = y + t * out; for j in 0..<out { row[j] += bias[j] } }
             }
         }
-        guard let lora, let xa = saved.xa else { return }
+        guard let lora = activeLoRA, let xa = saved.xa else { return }
         let count = n * inFeatures
         var dropped: UnsafeMutablePointer<Float>?
         defer { dropped?.deallocate() }
@@ -69,7 +72,7 @@ final class Linear {
             }
         }
         if let dx { weight.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
-        guard let lora, let xa = saved.xa else { return }
+        guard let lora = activeLoRA, let xa = saved.xa else { return }
         let r = lora.rank
         var dropped: UnsafeMutablePointer<Float>?
         defer { dropped?.deallocate() }

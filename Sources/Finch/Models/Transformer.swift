@@ -46,7 +46,16 @@ public final class Transformer {
     let rotary: RotaryEmbedding
     var random: FinchRandom
     private var owned: [AnyObject] = []
-    private var cachedActivations: Activations?
+    /// Buffers of the last shapes used, one set for training and one for inference, so that an
+    /// inference pass (a reference model, an evaluation) between a forward and its backward is safe.
+    private var cachedActivations: [Bool: Activations] = [:]
+    /// The batch and targets of the last `forwardForTraining`, which `backward(logProbGradients:)` completes.
+    private var pendingBackward: (batch: TokenBatch, targets: [Int32])?
+
+    /// With false, LoRA pairs are bypassed and the model is its frozen base (the reference of DPO).
+    public var adaptersEnabled: Bool = true {
+        didSet { for layer in layers { for p in layer.projections { p.loraEnabled = adaptersEnabled } } }
+    }
 
     static let projectionNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
@@ -191,11 +200,11 @@ public final class Transformer {
     var isTraining: Bool { fineTuning != .none }
 
     func activations(for batch: TokenBatch, training: Bool) -> Activations {
-        if let a = cachedActivations, a.batch == batch.batch, a.seq == batch.seq, a.training == training { return a }
-        cachedActivations = nil  // free the old buffers before allocating new ones
+        if let a = cachedActivations[training], a.batch == batch.batch, a.seq == batch.seq { return a }
+        cachedActivations[training] = nil  // free the old buffers before allocating new ones
         let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
                             batch: batch.batch, seq: batch.seq, training: training)
-        cachedActivations = a
+        cachedActivations[training] = a
         return a
     }
 
@@ -309,27 +318,105 @@ public final class Transformer {
         return (r.loss, r.count)
     }
 
+    /// The per-position log-probabilities of `targets` (0 where a target is negative) and the
+    /// sum of each scored position's logits, from a training forward whose activations are kept
+    /// for `backward(logProbGradients:)`. Objectives whose loss is not a plain token mean
+    /// (ORPO, DPO) use this pair: forward, compute d loss / d log p per position, backward.
+    public func forwardForTraining(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+        precondition(isTraining, "forwardForTraining needs a model built for LoRA or full fine-tuning")
+        let acts = activations(for: batch, training: true)
+        let hidden = forward(batch, acts: acts)
+        var stats = TokenStatistics(count: batch.tokenCount)
+        stats.withOutputs { outputs in
+            targets.withUnsafeBufferPointer { t in
+                _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs)
+            }
+        }
+        pendingBackward = (batch, targets)
+        return stats
+    }
+
+    /// Per-position statistics of an inference forward (no gradients): the reference model's log-probs, evaluation.
+    public func tokenStatistics(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+        let acts = activations(for: batch, training: false)
+        let hidden = forward(batch, acts: acts)
+        var stats = TokenStatistics(count: batch.tokenCount)
+        stats.withOutputs { outputs in
+            targets.withUnsafeBufferPointer { t in
+                _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs)
+            }
+        }
+        return stats
+    }
+
+    /// Completes the last `forwardForTraining`: given d loss / d log p(target) at each position,
+    /// adds the gradients of every trainable parameter. The head's logits are recomputed in chunks.
+    public func backward(logProbGradients: [Float]) {
+        guard let (batch, targets) = pendingBackward else { preconditionFailure("backward without forwardForTraining") }
+        pendingBackward = nil
+        let acts = activations(for: batch, training: true)
+        let n = batch.tokenCount, C = config.hiddenSize
+        // The CE kernel differentiates sum_t w_t * (-log p_t), so w_t = -dL/dlog p_t.
+        let weights = logProbGradients.map { -$0 }
+        let dFinal = UnsafeMutablePointer<Float>.allocate(capacity: n * C)
+        defer { dFinal.deallocate() }
+        dFinal.initialize(repeating: 0, count: n * C)
+        let maskedTargets = zip(targets, weights).map { $1 == 0 ? Int32(-1) : $0 }   // no head work where nothing flows
+        maskedTargets.withUnsafeBufferPointer { t in weights.withUnsafeBufferPointer { w in
+            _ = crossEntropy(hidden: acts.finalNormed, targets: t.baseAddress!, rows: n, head: head,
+                             backward: CrossEntropyBackward(rowWeights: w.baseAddress!, dHidden: dFinal, dHead: headGrad))
+        } }
+        backward(batch, acts: acts, dFinal: dFinal)
+    }
+
     /// Forward and backward of the token cross-entropy: each scored position contributes
     /// `weight * -log p(target)` to the loss, and its gradient is added to `parameters.grads`.
     /// Returns the unweighted sum of -log p and the count of scored positions.
     @discardableResult
-    public func crossEntropyStep(_ batch: TokenBatch, targets: [Int32], weight: Float) -> (sum: Double, count: Int) {
+    public func crossEntropyStep(_ batch: TokenBatch, targets: [Int32], weight: Float,
+                                 statistics: UnsafeMutablePointer<TokenStatistics>? = nil) -> (sum: Double, count: Int) {
         precondition(isTraining, "crossEntropyStep needs a model built for LoRA or full fine-tuning")
         let acts = activations(for: batch, training: true)
         let hidden = forward(batch, acts: acts)
         let n = batch.tokenCount
         let dFinal = acts.dNormed!   // free until backward starts
         dFinal.update(repeating: 0, count: n * config.hiddenSize)
-        let r = targets.withUnsafeBufferPointer {
-            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: head,
-                         backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad))
+        var stats = TokenStatistics(count: statistics == nil ? 0 : n)
+        let r = stats.withOutputs { outputs in
+            targets.withUnsafeBufferPointer {
+                crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: head, outputs: statistics == nil ? CrossEntropyOutputs() : outputs,
+                             backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad))
+            }
         }
+        statistics?.pointee = stats
         // backward() reuses dNormed, so hand it a copy.
         let dCopy = UnsafeMutablePointer<Float>.allocate(capacity: n * config.hiddenSize)
         defer { dCopy.deallocate() }
         dCopy.update(from: dFinal, count: n * config.hiddenSize)
         backward(batch, acts: acts, dFinal: dCopy)
         return (r.loss, r.count)
+    }
+}
+
+/// Per-position figures of the head at each target: log p(target), the sum of the logits,
+/// the softmax entropy and whether the argmax is the target (0 where the target is negative).
+public struct TokenStatistics: Sendable {
+    public var logProbs: [Float]
+    public var logitSums: [Float]
+    public var entropies: [Float]
+    public var correct: [Float]
+
+    public init(count: Int) {
+        logProbs = [Float](repeating: 0, count: count)
+        logitSums = logProbs; entropies = logProbs; correct = logProbs
+    }
+
+    mutating func withOutputs<R>(_ body: (CrossEntropyOutputs) -> R) -> R {
+        logProbs.withUnsafeMutableBufferPointer { a in logitSums.withUnsafeMutableBufferPointer { b in
+            entropies.withUnsafeMutableBufferPointer { c in correct.withUnsafeMutableBufferPointer { d in
+                body(CrossEntropyOutputs(logProbs: a.baseAddress, logitSums: b.baseAddress, entropies: c.baseAddress, correct: d.baseAddress))
+            } }
+        } }
     }
 }
 
