@@ -2,11 +2,7 @@ import Foundation
 
 /// Measurements printed by `finch bench`. Timings are medians over repetitions after a warm-up.
 public enum Benchmarks {
-    static func now() -> Double {
-        var t = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t)
-        return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
-    }
+    static func now() -> Double { MonotonicClock.now() }
 
     static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
