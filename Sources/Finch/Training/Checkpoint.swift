@@ -1,0 +1,100 @@
+import Foundation
+
+/// Checkpoints of a training run: `checkpoint-<step>/` holding the trainable parameters, the
+/// optimizer moments and `trainer_state.json` (step, data position, random state), and for LoRA
+/// the adapter in PEFT format. Each folder is written under a temporary name and renamed into
+/// place, so a crash never leaves a half-written checkpoint under the final name.
+public enum Checkpoint {
+    static let stateFile = "trainer_state.json"
+    static let parametersFile = "parameters.safetensors"
+    static let optimizerFile = "optimizer.safetensors"
+
+    struct SavedState: Codable {
+        var state: TrainerState
+        var optimizerStep: Int
+        var settings: TrainerSettings
+    }
+
+    /// Writes a checkpoint of `trainer` into `runDirectory/checkpoint-<step>` and returns its path.
+    @discardableResult
+    public static func save(_ trainer: Trainer, runDirectory: String) throws -> String {
+        let fm = FileManager.default
+        let final = (runDirectory as NSString).appendingPathComponent("checkpoint-\(trainer.state.step)")
+        let temporary = final + ".partial-\(getpid())"
+        try? fm.removeItem(atPath: temporary)
+        do {
+            try fm.createDirectory(atPath: temporary, withIntermediateDirectories: true)
+        } catch {
+            throw SaveError.unwritable(path: temporary, reason: error.localizedDescription)
+        }
+        let p = trainer.parameters
+        try SafeTensors.write(path: (temporary as NSString).appendingPathComponent(parametersFile),
+                              tensors: p.entries.map { ($0.name, $0.shape, p.array($0.name)!) })
+        let o = trainer.optimizer
+        try SafeTensors.write(path: (temporary as NSString).appendingPathComponent(optimizerFile),
+                              tensors: o.kind == .adamw ? [("m", [o.m.count], o.m), ("v", [o.v.count], o.v)] : [])
+        if case .lora = trainer.model.fineTuning { try PEFTAdapter.save(trainer.model, to: temporary) }
+        let saved = SavedState(state: trainer.state, optimizerStep: o.step, settings: trainer.settings)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try encoder.encode(saved).write(to: URL(fileURLWithPath: (temporary as NSString).appendingPathComponent(stateFile)))
+        // Replace an older checkpoint of the same step only once the new one is complete.
+        if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
+        guard rename(temporary, final) == 0 else {
+            throw SaveError.unwritable(path: final, reason: String(cString: strerror(errno)))
+        }
+        return final
+    }
+
+    /// The newest complete checkpoint of a run, if any.
+    public static func latest(in runDirectory: String) -> String? {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
+        let steps = names.compactMap { name -> Int? in
+            guard name.hasPrefix("checkpoint-"), !name.contains(".partial") else { return nil }
+            return Int(name.dropFirst("checkpoint-".count))
+        }
+        return steps.max().map { (runDirectory as NSString).appendingPathComponent("checkpoint-\($0)") }
+    }
+
+    /// Restores parameters, optimizer and position from `checkpoint` into `trainer`.
+    public static func restore(_ trainer: Trainer, from checkpoint: String) throws {
+        let statePath = (checkpoint as NSString).appendingPathComponent(stateFile)
+        guard let data = FileManager.default.contents(atPath: statePath) else { throw LoadError.fileNotFound(path: statePath) }
+        let saved: SavedState
+        do { saved = try JSONDecoder().decode(SavedState.self, from: data) } catch {
+            throw LoadError.malformed(path: statePath, field: "JSON", found: "\(error)", expected: "a Finch trainer state")
+        }
+        var differences: [String] = []
+        let a = saved.settings, b = trainer.settings
+        if a.batchSize * a.gradAccum != b.batchSize * b.gradAccum { differences.append("batch size x grad accum") }
+        if a.seed != b.seed { differences.append("seed") }
+        if a.optimizer != b.optimizer { differences.append("optimizer") }
+        guard differences.isEmpty else {
+            throw LoadError.malformed(path: statePath, field: differences.joined(separator: ", "),
+                                      found: "a run with other settings", expected: "the settings the checkpoint was written with")
+        }
+        let parametersPath = (checkpoint as NSString).appendingPathComponent(parametersFile)
+        let tensors = try SafeTensors.read(path: parametersPath)
+        let p = trainer.parameters
+        for entry in p.entries {
+            guard let t = tensors[entry.name] else { throw LoadError.missingTensor(path: parametersPath, name: entry.name) }
+            guard t.shape == entry.shape, t.dtype == .f32 else {
+                throw LoadError.shapeMismatch(path: parametersPath, name: entry.name, found: t.shape, expected: entry.shape)
+            }
+            (p.values + entry.offset).update(from: t.bytes.assumingMemoryBound(to: Float.self), count: entry.count)
+        }
+        let optimizerPath = (checkpoint as NSString).appendingPathComponent(optimizerFile)
+        let moments = try SafeTensors.read(path: optimizerPath)
+        if trainer.optimizer.kind == .adamw {
+            guard let m = moments["m"], let v = moments["v"], m.elementCount == p.count, v.elementCount == p.count else {
+                throw LoadError.malformed(path: optimizerPath, field: "m, v", found: "missing or of another size",
+                                          expected: "\(p.count) AdamW moments each")
+            }
+            trainer.optimizer.restore(step: saved.optimizerStep, m: dequantize(m), v: dequantize(v))
+        } else {
+            trainer.optimizer.restore(step: saved.optimizerStep, m: [], v: [])
+        }
+        trainer.state = saved.state
+        trainer.model.random.state = saved.state.random
+    }
+}

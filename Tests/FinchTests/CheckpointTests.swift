@@ -1,0 +1,55 @@
+import XCTest
+@testable import Finch
+
+final class CheckpointTests: XCTestCase {
+    let directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path
+
+    func trainer() throws -> Trainer {
+        let config = LoRAConfig(rank: 4, alpha: 8, dropout: 0.1)
+        let model = try Transformer(files: ModelFiles.open(directory), fineTuning: .lora(config), seed: 7)
+        var settings = TrainerSettings()
+        settings.batchSize = 1; settings.gradAccum = 2; settings.epochs = 3; settings.learningRate = 1e-2
+        settings.warmupSteps = 2; settings.scheduler = .cosine; settings.weightDecay = 0.01
+        return try Trainer(model: model, objective: try PreferenceObjective(loss: .orpo(beta: 0.1)),
+                           train: AccumulationTests.preferenceExamples(), settings: settings)
+    }
+
+    func values(_ t: Trainer) -> [Float] { Array(UnsafeBufferPointer(start: t.parameters.values, count: t.parameters.count)) }
+
+    func testResumeContinuesBitForBit() throws {
+        let run = FileManager.default.temporaryDirectory.appendingPathComponent("finch-ckpt-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let straight = try trainer()
+        XCTAssertEqual(straight.totalSteps, 6)
+        var straightLosses: [Double] = []
+        while !straight.isFinished { straightLosses.append(try straight.step().metrics["loss"]!) }
+
+        let first = try trainer()
+        for _ in 0..<3 { _ = try first.step() }
+        let saved = try Checkpoint.save(first, runDirectory: run)
+        XCTAssertEqual(Checkpoint.latest(in: run), saved)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: saved + "/adapter_model.safetensors"), "LoRA checkpoints hold a PEFT adapter")
+
+        let resumed = try trainer()
+        try Checkpoint.restore(resumed, from: saved)
+        var resumedLosses: [Double] = []
+        while !resumed.isFinished { resumedLosses.append(try resumed.step().metrics["loss"]!) }
+        XCTAssertEqual(resumedLosses, Array(straightLosses.suffix(3)))
+        XCTAssertEqual(values(resumed), values(straight), "parameters after resuming equal an uninterrupted run's, bit for bit")
+        XCTAssertEqual(resumed.optimizer.m, straight.optimizer.m)
+    }
+
+    func testRestoreRefusesOtherSettings() throws {
+        let run = FileManager.default.temporaryDirectory.appendingPathComponent("finch-ckpt-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let t = try trainer()
+        _ = try t.step()
+        let saved = try Checkpoint.save(t, runDirectory: run)
+        let model = try Transformer(files: ModelFiles.open(directory), fineTuning: .lora(LoRAConfig(rank: 4, alpha: 8)))
+        var settings = t.settings
+        settings.seed = 1
+        let other = try Trainer(model: model, objective: try PreferenceObjective(loss: .orpo(beta: 0.1)),
+                                train: AccumulationTests.preferenceExamples(), settings: settings)
+        XCTAssertThrowsError(try Checkpoint.restore(other, from: saved)) { XCTAssertTrue("\($0)".contains("seed"), "\($0)") }
+    }
+}
