@@ -144,3 +144,55 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
         }
     }
 }
+
+/// Attention of a chunk of `queries` new positions per row against a KV cache: queries
+/// q [batch * queries, heads * headDim] sit at positions start..<start+queries; keys and values
+/// [batch, capacity, kvHeads * headDim] hold start+queries
+/// filled positions. A key is visible when it is not after the query and keyMask[b * capacity + j] != 0.
+public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                   keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                   keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
+                                   shape: AttentionShape) {
+    let D = shape.headDim, total = start + queries
+    let tasks = shape.batch * shape.kvHeads
+    let work = { (task: Int, scores: UnsafeMutablePointer<Float>) in
+        let b = task / shape.kvHeads, kvh = task % shape.kvHeads
+        let kb = keys + b * capacity * shape.kvStride + kvh * D, vb = values + b * capacity * shape.kvStride + kvh * D
+        let mask = keyMask + b * capacity
+        for h in kvh * shape.group..<(kvh + 1) * shape.group {
+            let qb = q + b * queries * shape.qStride + h * D
+            BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
+                       b: kb, ldb: shape.kvStride, c: scores, ldc: total)
+            for i in 0..<queries {
+                let s = scores + i * total
+                let last = start + i
+                var m = -Float.infinity
+                for j in 0...last where mask[j] != 0 { m = max(m, s[j]) }
+                if m == -Float.infinity { s.update(repeating: 0, count: total); continue }
+                var sum: Float = 0
+                for j in 0..<total {
+                    if j <= last && mask[j] != 0 { let e = expf(s[j] - m); s[j] = e; sum += e } else { s[j] = 0 }
+                }
+                let inv = 1 / sum
+                for j in 0...last { s[j] *= inv }
+            }
+            BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
+                       c: out + b * queries * shape.qStride + h * D, ldc: shape.qStride)
+        }
+    }
+    if tasks < 2 || queries * total < 4096 {
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
+        defer { scores.deallocate() }
+        for task in 0..<tasks { work(task, scores) }
+        return
+    }
+    BLAS.setThreadCount(1)
+    defer { BLAS.setThreadCount(Parallel.coreCount) }
+    let workers = min(tasks, Parallel.coreCount)
+    DispatchQueue.concurrentPerform(iterations: workers) { w in
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
+        defer { scores.deallocate() }
+        var task = w
+        while task < tasks { work(task, scores); task += workers }
+    }
+}

@@ -209,8 +209,10 @@ public final class Transformer {
     }
 
     /// Runs the decoder and returns the final normed hidden states (n, C), valid until the next call.
+    /// With a `cache`, the batch is the next chunk of each row: its keys and values are stored
+    /// at the cache's current length, attention runs over everything cached, and the cache grows.
     @discardableResult
-    func forward(_ batch: TokenBatch, acts: Activations) -> UnsafeMutablePointer<Float> {
+    func forward(_ batch: TokenBatch, acts: Activations, cache: KVCache? = nil) -> UnsafeMutablePointer<Float> {
         let c = config, n = batch.tokenCount, C = c.hiddenSize
         let training = acts.training
         let shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
@@ -231,7 +233,17 @@ public final class Transformer {
                 }
                 ropeApply(a.q, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim)
                 ropeApply(a.k, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
-                attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, shape: shape)
+                if let cache {
+                    cache.store(layer: l, k: a.k, v: a.v, count: batch.seq)
+                    cache.keyMask.withUnsafeBufferPointer { keyMask in
+                        attentionCachedForward(out: a.att, q: a.q, keys: cache.keys(layer: l, row: 0),
+                                               values: cache.values(layer: l, row: 0),
+                                               keyMask: keyMask.baseAddress!, capacity: cache.capacity, start: cache.length,
+                                               queries: batch.seq, shape: shape)
+                    }
+                } else {
+                    attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, shape: shape)
+                }
                 // xMid = xIn + o(att)
                 if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
                 layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
@@ -246,7 +258,27 @@ public final class Transformer {
         }
         rmsnormForward(acts.finalNormed, acts.finalRstd, acts.input(ofLayer: training ? layers.count : 0), finalNorm,
                        rows: n, dim: C, eps: c.rmsNormEps)
+        if let cache { cache.length += batch.seq }
         return acts.finalNormed
+    }
+
+    /// Runs the next chunk of tokens of each cached row and returns the logits of each row's
+    /// last position [batch, V]. `mask` marks padding in the chunk (1 real, 0 pad), `positions` the rope positions.
+    public func decode(_ chunk: TokenBatch, cache: KVCache) -> [Float] {
+        precondition(chunk.batch == cache.batch && cache.length + chunk.seq <= cache.capacity, "the chunk does not fit the cache")
+        for b in 0..<chunk.batch {
+            for t in 0..<chunk.seq { cache.keyMask[b * cache.capacity + cache.length + t] = chunk.mask?[b * chunk.seq + t] ?? 1 }
+        }
+        let inference = TokenBatch(batch: chunk.batch, seq: chunk.seq, ids: chunk.ids, mask: nil, positions: chunk.positions)
+        let acts = activations(for: inference, training: false)
+        let hidden = forward(inference, acts: acts, cache: cache)
+        var last = [Float](repeating: 0, count: chunk.batch * config.hiddenSize)
+        for b in 0..<chunk.batch {
+            for c in 0..<config.hiddenSize { last[b * config.hiddenSize + c] = hidden[((b + 1) * chunk.seq - 1) * config.hiddenSize + c] }
+        }
+        var logits = [Float](repeating: 0, count: chunk.batch * config.vocabSize)
+        logits.withUnsafeMutableBufferPointer { out in last.withUnsafeBufferPointer { head.multiply($0.baseAddress!, n: chunk.batch, into: out.baseAddress!) } }
+        return logits
     }
 
     /// Backpropagates dFinal (n, C), the gradient of the loss with respect to the final normed
