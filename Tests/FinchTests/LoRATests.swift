@@ -64,3 +64,15 @@ final class LoRATests: XCTestCase {
         }
     }
 }
+
+final class SHA256Tests: XCTestCase {
+    func testKnownDigests() {
+        func digest(_ s: String) -> String { var h = SHA256(); h.update(Data(s.utf8)); return h.finalize() }
+        XCTAssertEqual(digest(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+        XCTAssertEqual(digest(String(repeating: "a", count: 1000)), "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
+        var split = SHA256()
+        split.update(Data("abcdbcdecdefdefgefghfghighijhi".utf8)); split.update(Data("jkijkljklmklmnlmnomnopnopq".utf8))
+        XCTAssertEqual(split.finalize(), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+    }
+}
