@@ -178,3 +178,29 @@ public struct ModelConfig: Equatable, Sendable {
         }
     }
 }
+
+extension ModelConfig {
+    /// An HF `config.json` for this shape, as transformers writes it for the model type.
+    public func huggingFaceJSON() -> [String: Any] {
+        var json: [String: Any] = [
+            "model_type": modelType, "hidden_size": hiddenSize, "intermediate_size": intermediateSize,
+            "num_hidden_layers": layerCount, "num_attention_heads": headCount, "num_key_value_heads": kvHeadCount,
+            "head_dim": headDim, "vocab_size": vocabSize, "rms_norm_eps": rmsNormEps, "rope_theta": ropeTheta,
+            "tie_word_embeddings": tieWordEmbeddings, "max_position_embeddings": maxPositionEmbeddings,
+            "hidden_act": "silu", "torch_dtype": "float32",
+            "architectures": [["llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                               "qwen3": "Qwen3ForCausalLM"][modelType] ?? "LlamaForCausalLM"],
+        ]
+        if modelType == "llama" || modelType == "mistral" { json["attention_bias"] = attentionBias }
+        if let bos = bosTokenId { json["bos_token_id"] = bos }
+        if eosTokenIds.count == 1 { json["eos_token_id"] = eosTokenIds[0] } else if !eosTokenIds.isEmpty { json["eos_token_id"] = eosTokenIds }
+        switch ropeScaling {
+        case .none: break
+        case let .linear(factor): json["rope_scaling"] = ["rope_type": "linear", "factor": factor]
+        case let .llama3(factor, low, high, original):
+            json["rope_scaling"] = ["rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                                    "original_max_position_embeddings": original]
+        }
+        return json
+    }
+}

@@ -1,0 +1,43 @@
+import XCTest
+@testable import Finch
+
+final class ConfigTests: XCTestCase {
+    func testHuggingFaceJSONRoundTrips() throws {
+        for config in [ModelConfig.smolLM2_135M, ModelConfig.llama32_1B,
+                       ModelConfig(modelType: "qwen2", hiddenSize: 64, intermediateSize: 96, layerCount: 2, headCount: 8, kvHeadCount: 2,
+                                   vocabSize: 128, attentionBias: true, eosTokenIds: [3, 4])] {
+            let json = config.huggingFaceJSON()
+            let data = try JSONSerialization.data(withJSONObject: json)
+            let parsed = try ModelConfig(json: JSONSerialization.jsonObject(with: data) as! [String: Any], path: "config.json")
+            XCTAssertEqual(parsed, config)
+        }
+    }
+
+    func testTrainConfigNamesWhatIsMissingOrWrong() {
+        XCTAssertThrowsError(try TrainConfig(values: ["model": "m", "data": "d"])) {
+            XCTAssertEqual("\($0)", "missing required option --output (or `output:` in the YAML config)")
+        }
+        XCTAssertThrowsError(try TrainConfig(values: ["model": "m", "data": "d", "output": "o", "lr": "fast"], sources: ["lr": "train.yaml"])) {
+            XCTAssertEqual("\($0)", "train.yaml: lr: found 'fast', expected a number")
+        }
+        XCTAssertThrowsError(try TrainConfig(values: ["model": "m", "data": "d", "output": "o", "method": "ppo"])) {
+            XCTAssertTrue("\($0)".contains("one of sft, orpo, dpo, simpo, cpo"), "\($0)")
+        }
+        XCTAssertThrowsError(try TrainConfig(values: ["model": "m", "data": "d", "output": "o", "lora_targets": "q_proj,fc1"])) {
+            XCTAssertTrue("\($0)".contains("fc1"), "\($0)")
+        }
+    }
+
+    func testTrainConfigParsesEveryKind() throws {
+        let c = try TrainConfig(values: ["model": "m", "data": "d", "output": "o", "method": "orpo", "beta": "0.2", "lr": "1e-4",
+                                         "lora_targets": "q_proj, v_proj", "full": "false", "max_grad_norm": "0", "seed": "7",
+                                         "optimizer": "sgd", "lr_scheduler": "cosine"])
+        XCTAssertEqual(c.preferenceLoss, .orpo(beta: 0.2))
+        XCTAssertEqual(c.trainer.learningRate, 1e-4)
+        XCTAssertEqual(c.loraTargets, ["q_proj", "v_proj"])
+        XCTAssertEqual(c.trainer.maxGradNorm, 0)
+        XCTAssertEqual(c.trainer.seed, 7)
+        XCTAssertEqual(c.trainer.optimizer, .sgd)
+        XCTAssertEqual(c.trainer.scheduler, .cosine)
+    }
+}
