@@ -10,12 +10,14 @@ struct FinchCommand: ParsableCommand {
         subcommands: [PerplexityCommand.self, BenchCommand.self])
 }
 
-/// Prints a library error as one line and exits non-zero, instead of a trace.
+/// Prints a library error as one line and exits non-zero, instead of a trace. Usage errors
+/// go on to ArgumentParser, which prints them with the help text.
 func runReportingErrors(_ body: () throws -> Void) throws {
-    do { try body() } catch let error as LoadError {
-        FileHandle.standardError.write(Data("error: \(error)\n".utf8))
-        throw ExitCode(1)
-    } catch let error as SaveError {
+    do { try body() } catch let error as ValidationError {
+        throw error
+    } catch let error as ExitCode {
+        throw error
+    } catch {
         FileHandle.standardError.write(Data("error: \(error)\n".utf8))
         throw ExitCode(1)
     }

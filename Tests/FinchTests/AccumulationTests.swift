@@ -54,7 +54,11 @@ final class AccumulationTests: XCTestCase {
             let gap = TestSupport.relativeL2(split.update, full.update)
             XCTAssertLessThan(gap, 1e-5, "\(label) \(batch)x\(accum): update differs from 4x1 by \(gap)")
             XCTAssertEqual(split.loss, full.loss, accuracy: 1e-5 * abs(full.loss), "\(label) \(batch)x\(accum) loss")
-            for (key, value) in full.metrics where !["tokens_per_second", "grad_norm"].contains(key) {
+            // ORPO's and CPO's logits/* average over padded positions as TRL defines them, so they
+            // depend on how rows share a padded micro-batch; everything else must not.
+            let paddingDependent = label.hasPrefix("orpo") || label.hasPrefix("cpo") || label.hasPrefix("simpo")
+                ? ["logits/chosen", "logits/rejected"] : []
+            for (key, value) in full.metrics where !(["tokens_per_second", "grad_norm"] + paddingDependent).contains(key) {
                 XCTAssertEqual(split.metrics[key] ?? .nan, value, accuracy: 1e-5 * max(abs(value), 1e-3), "\(label) \(batch)x\(accum) \(key)")
             }
         }
@@ -75,7 +79,7 @@ final class AccumulationTests: XCTestCase {
     func testDPO() throws {
         for kind in PreferenceLoss.DPOKind.allCases {
             try assertExact("dpo \(kind) lora", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
-                try PreferenceObjective(loss: .dpo(kind: kind, beta: 0.1, labelSmoothing: kind == .sigmoid ? 0.1 : 0), reference: .adaptersOff)
+                try PreferenceObjective(loss: .dpo(kind: kind, beta: 0.1, labelSmoothing: kind == .robust ? 0.1 : 0), reference: .adaptersOff)
             }
         }
         let reference = try Transformer(files: ModelFiles.open(directory))

@@ -4,16 +4,14 @@ import Foundation
 public struct CrossEntropyOutputs {
     /// log p(target).
     public var logProbs: UnsafeMutablePointer<Float>?
-    /// Sum of the row's logits (for the mean-logit metrics of preference trainers).
-    public var logitSums: UnsafeMutablePointer<Float>?
     /// Entropy of the row's softmax, -sum p log p.
     public var entropies: UnsafeMutablePointer<Float>?
     /// 1 where the argmax is the target, else 0.
     public var correct: UnsafeMutablePointer<Float>?
 
-    public init(logProbs: UnsafeMutablePointer<Float>? = nil, logitSums: UnsafeMutablePointer<Float>? = nil,
-                entropies: UnsafeMutablePointer<Float>? = nil, correct: UnsafeMutablePointer<Float>? = nil) {
-        self.logProbs = logProbs; self.logitSums = logitSums; self.entropies = entropies; self.correct = correct
+    public init(logProbs: UnsafeMutablePointer<Float>? = nil, entropies: UnsafeMutablePointer<Float>? = nil,
+                correct: UnsafeMutablePointer<Float>? = nil) {
+        self.logProbs = logProbs; self.entropies = entropies; self.correct = correct
     }
 }
 
@@ -45,7 +43,7 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
     let dim = head.columns, vocab = head.rows
     let scored = (0..<rows).filter { targets[$0] >= 0 }
     for r in 0..<rows where targets[r] < 0 {
-        outputs.logProbs?[r] = 0; outputs.logitSums?[r] = 0; outputs.entropies?[r] = 0; outputs.correct?[r] = 0
+        outputs.logProbs?[r] = 0; outputs.entropies?[r] = 0; outputs.correct?[r] = 0
     }
     guard !scored.isEmpty else { return (0, 0) }
     let chunk = min(chunkRows, scored.count)
@@ -66,17 +64,13 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 let row = scored[start + i]
                 let l = logits + i * vocab
                 let target = Int(targets[row])
-                var m = -Float.infinity, argmax = 0, total: Float = 0
-                for j in 0..<vocab {
-                    total += l[j]
-                    if l[j] > m { m = l[j]; argmax = j }
-                }
+                var m = -Float.infinity, argmax = 0
+                for j in 0..<vocab where l[j] > m { m = l[j]; argmax = j }
                 var sum: Float = 0, weighted: Float = 0
                 for j in 0..<vocab { let e = expf(l[j] - m); sum += e; weighted += e * l[j] }
                 let logSumExp = m + logf(sum)
                 rowLogProb[i] = l[target] - logSumExp
                 outputs.logProbs?[row] = rowLogProb[i]
-                outputs.logitSums?[row] = total
                 outputs.entropies?[row] = logSumExp - weighted / sum
                 outputs.correct?[row] = argmax == target ? 1 : 0
                 if let backward {

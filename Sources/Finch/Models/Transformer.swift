@@ -364,6 +364,7 @@ public final class Transformer {
                 _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs)
             }
         }
+        stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
         pendingBackward = (batch, targets)
         return stats
     }
@@ -378,7 +379,36 @@ public final class Transformer {
                 _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs)
             }
         }
+        stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
         return stats
+    }
+
+    /// The head's column sums [C]: sum_j logit_j = h . sum_j W_j, so the sum of a position's
+    /// logits costs one dot product. Cached while the head is frozen.
+    private var frozenHeadColumnSums: [Double]?
+
+    func logitSums(hidden: UnsafePointer<Float>, count: Int) -> [Float] {
+        let C = config.hiddenSize
+        var sums: [Double]
+        if let cached = frozenHeadColumnSums, headGrad == nil { sums = cached } else {
+            sums = [Double](repeating: 0, count: C)
+            let tile = 256
+            let rows = UnsafeMutablePointer<Float>.allocate(capacity: tile * C)
+            defer { rows.deallocate() }
+            var start = 0
+            while start < head.rows {
+                let n = min(tile, head.rows - start)
+                head.dequantizeRows(start, n, into: rows)
+                for r in 0..<n { for c in 0..<C { sums[c] += Double(rows[r * C + c]) } }
+                start += n
+            }
+            if headGrad == nil { frozenHeadColumnSums = sums }
+        }
+        return (0..<count).map { t in
+            var dot = 0.0
+            for c in 0..<C { dot += Double(hidden[t * C + c]) * sums[c] }
+            return Float(dot)
+        }
     }
 
     /// Completes the last `forwardForTraining`: given d loss / d log p(target) at each position,
@@ -444,11 +474,11 @@ public struct TokenStatistics: Sendable {
     }
 
     mutating func withOutputs<R>(_ body: (CrossEntropyOutputs) -> R) -> R {
-        logProbs.withUnsafeMutableBufferPointer { a in logitSums.withUnsafeMutableBufferPointer { b in
+        logProbs.withUnsafeMutableBufferPointer { a in
             entropies.withUnsafeMutableBufferPointer { c in correct.withUnsafeMutableBufferPointer { d in
-                body(CrossEntropyOutputs(logProbs: a.baseAddress, logitSums: b.baseAddress, entropies: c.baseAddress, correct: d.baseAddress))
+                body(CrossEntropyOutputs(logProbs: a.baseAddress, entropies: c.baseAddress, correct: d.baseAddress))
             } }
-        } }
+        }
     }
 }
 

@@ -27,14 +27,17 @@ public struct Normalisers: Sendable, Equatable {
     /// Completion tokens of chosen and of rejected rows (the mean-logit metrics).
     public var chosenTokens: Double = 0
     public var rejectedTokens: Double = 0
+    /// Padded positions per half of a preference batch (ORPO's and CPO's mean-logit metrics).
+    public var positions: Double = 0
 
-    public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0) {
+    public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0, positions: Double = 0) {
         self.tokens = tokens; self.pairs = pairs; self.chosenTokens = chosenTokens; self.rejectedTokens = rejectedTokens
+        self.positions = positions
     }
 
     public static func + (a: Normalisers, b: Normalisers) -> Normalisers {
-        Normalisers(tokens: a.tokens + b.tokens, pairs: a.pairs + b.pairs,
-                    chosenTokens: a.chosenTokens + b.chosenTokens, rejectedTokens: a.rejectedTokens + b.rejectedTokens)
+        Normalisers(tokens: a.tokens + b.tokens, pairs: a.pairs + b.pairs, chosenTokens: a.chosenTokens + b.chosenTokens,
+                    rejectedTokens: a.rejectedTokens + b.rejectedTokens, positions: a.positions + b.positions)
     }
 }
 

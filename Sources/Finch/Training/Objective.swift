@@ -18,6 +18,8 @@ public protocol Objective: AnyObject {
     func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double]
     /// The loss and metrics of a micro-batch without gradients (evaluation), as shares of `window`.
     func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double]
+    /// Whether TRL's trainer for this objective logs `num_tokens` (the running count of real tokens).
+    var logsTokenCount: Bool { get }
 }
 
 public enum ObjectiveError: Error, CustomStringConvertible, Equatable {

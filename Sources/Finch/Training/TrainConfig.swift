@@ -145,6 +145,10 @@ public struct TrainConfig: Sendable, Codable, Equatable {
             throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "a positive number")
         }
         if t.epochs < 1 && t.maxSteps < 1 { throw Error.invalid(key: "epochs", source: source("epochs"), found: "\(t.epochs)", expected: "at least 1, or max_steps") }
+        if method == "dpo" && labelSmoothing != 0 && lossType != "robust" {
+            throw Error.invalid(key: "label_smoothing", source: source("label_smoothing"), found: "\(labelSmoothing) with loss_type \(lossType)",
+                                expected: "loss_type robust (TRL 1.x ignores label smoothing for sigmoid, ipo and hinge)")
+        }
         if !(0..<1).contains(loraDropout) { throw Error.invalid(key: "lora_dropout", source: source("lora_dropout"), found: "\(loraDropout)", expected: "a number in [0, 1)") }
     }
 

@@ -31,6 +31,8 @@ public struct TrainerState: Sendable, Codable, Equatable {
     public var windowInEpoch = 0
     /// The model's dropout generator.
     public var random: [UInt64] = []
+    /// Real (unpadded) tokens trained on so far, TRL's `num_tokens`.
+    public var numTokens = 0
 }
 
 /// What one optimizer step did, under TRL's metric names.
@@ -124,7 +126,11 @@ public final class Trainer {
         state.windowInEpoch += 1
         if state.windowInEpoch == windowsPerEpoch { state.epoch += 1; state.windowInEpoch = 0 }
         state.random = model.random.state
-        let tokens = window.reduce(0) { total, i in total + train[i].fields.filter { $0.key.hasSuffix("input_ids") }.reduce(0) { $0 + $1.value.count } }
+        let tokens = window.reduce(0) { total, i in
+            total + ["input_ids", "chosen_input_ids", "rejected_input_ids"].reduce(0) { $0 + train[i][$1].count }
+        }
+        state.numTokens += tokens
+        if objective.logsTokenCount { metrics["num_tokens"] = Double(state.numTokens) }
         metrics["learning_rate"] = Double(lr)
         metrics["grad_norm"] = Double(gradNorm)
         metrics["tokens_per_second"] = Double(tokens) / (MonotonicClock.now() - start)

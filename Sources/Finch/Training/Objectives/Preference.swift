@@ -4,27 +4,29 @@ import Foundation
 public enum PreferenceLoss: Sendable, Equatable {
     /// ORPOTrainer: NLL of the chosen rows - beta * mean(logsigmoid(log odds ratio)), average log-probs.
     case orpo(beta: Double)
-    /// DPOTrainer against a frozen reference; `kind` sigmoid, ipo or hinge.
+    /// DPOTrainer against a frozen reference; `kind` sigmoid, ipo, hinge or robust (label-smoothed).
     case dpo(kind: DPOKind, beta: Double, labelSmoothing: Double)
     /// CPOTrainer, loss_type sigmoid: summed log-probs, plus alpha * NLL of the chosen rows.
     case cpo(beta: Double, alpha: Double, labelSmoothing: Double)
     /// CPOTrainer, loss_type simpo: average log-probs with margin gamma, plus alpha * NLL.
     case simpo(beta: Double, gamma: Double, alpha: Double, labelSmoothing: Double)
 
-    public enum DPOKind: String, Sendable, CaseIterable { case sigmoid, ipo, hinge }
+    public enum DPOKind: String, Sendable, CaseIterable { case sigmoid, ipo, hinge, robust }
 
     var name: String {
         switch self { case .orpo: "orpo"; case .dpo: "dpo"; case .cpo: "cpo"; case .simpo: "simpo" }
     }
-    /// Log-probs per row are averaged over completion tokens (else summed).
+    /// Log-probs per row are averaged over completion tokens (else summed; DPO's ipo divides
+    /// its log-ratios by the token counts but logs sums).
     var averagesLogProbs: Bool {
         switch self {
         case .orpo, .simpo: true
-        case let .dpo(kind, _, _): kind == .ipo
-        case .cpo: false
+        case .dpo, .cpo: false
         }
     }
-    /// Weight of the NLL over chosen rows (prompt + completion), 0 for none.
+    /// ORPO's NLL covers prompt and completion of the chosen rows; CPO's the completion only.
+    var nllCoversPrompt: Bool { if case .orpo = self { true } else { false } }
+    /// Weight of the NLL over chosen rows, 0 for none.
     var nllWeight: Double {
         switch self {
         case .orpo: 1
@@ -72,8 +74,14 @@ public final class PreferenceObjective: Objective {
             n.chosenTokens += Double(e["chosen_labels"].dropFirst().filter { $0 >= 0 }.count)
             n.rejectedTokens += Double(e["rejected_labels"].dropFirst().filter { $0 >= 0 }.count)
         }
+        // ORPO and CPO log the mean logit over every position of the padded batch (ORPO leaves out
+        // the last): the count depends on this micro-batch's padded length.
+        let padded = examples.map { max($0["chosen_input_ids"].count, $0["rejected_input_ids"].count) }.max() ?? 0
+        n.positions = Double(examples.count * (loss.nllCoversPrompt ? max(padded - 1, 0) : padded))
         return n
     }
+
+    public var logsTokenCount: Bool { if case .dpo = loss { true } else { false } }
 
     /// Chosen rows then rejected rows. Targets: completion labels, and for chosen rows every
     /// next token when the loss has an NLL term.
@@ -91,12 +99,15 @@ public final class PreferenceObjective: Objective {
         let batch = SequenceBatch(rows: rows, labels: labels, padId: padId)
         let completion = batch.targets
         var nll = [Int32](repeating: -1, count: completion.count)
-        if loss.nllWeight != 0 {
-            // Every next token of a chosen row, prompt included (TRL masks only padding).
-            let seq = batch.tokens.seq
+        let seq = batch.tokens.seq
+        if loss.nllWeight != 0 && loss.nllCoversPrompt {
+            // ORPO: every next token of a chosen row, prompt included (TRL masks only padding).
             for (b, row) in examples.map({ $0["chosen_input_ids"] }).enumerated() {
                 for t in 0..<max(row.count - 1, 0) { nll[b * seq + t] = row[t + 1] }
             }
+        } else if loss.nllWeight != 0 {
+            // CPO: the chosen completion tokens.
+            for i in 0..<examples.count * seq { nll[i] = completion[i] }
         }
         let forward = zip(completion, nll).map { max($0, $1) }
         return Pass(batch: batch, completion: completion, nll: nll, forward: forward, pairs: examples.count)
@@ -127,7 +138,6 @@ public final class PreferenceObjective: Objective {
         let P = p.pairs, seq = p.batch.tokens.seq
         let sums = p.batch.rowSums(stats.logProbs, where: p.completion)
         let counts = p.batch.rowCounts(p.completion)
-        let logitSums = p.batch.rowSums(stats.logitSums, where: p.completion)
         let average = loss.averagesLogProbs
         // Policy log-prob of each row: summed or averaged over completion tokens.
         let logps = (0..<2 * P).map { average ? sums[$0] / max(counts[$0], 1) : sums[$0] }
@@ -154,13 +164,22 @@ public final class PreferenceObjective: Objective {
                 add("log_odds_chosen", logOdds / pairs)
             case let .dpo(kind, beta, smoothing):
                 let (rc, rr) = references![i]
-                let h = (c - r) - (rc - rr)
+                var h = (c - rc) - (r - rr)
+                // ipo compares length-normalised log-ratios: d h / d c = 1 / n_c.
+                var scaleC = 1.0, scaleR = 1.0
+                if kind == .ipo {
+                    scaleC = 1 / max(counts[i], 1); scaleR = 1 / max(counts[P + i], 1)
+                    h = (c - rc) * scaleC - (r - rr) * scaleR
+                }
                 let dh: Double
                 switch kind {
                 case .sigmoid:
-                    // -(1 - ls) logsigmoid(beta h) - ls logsigmoid(-beta h)
-                    term = -(1 - smoothing) * logSigmoid(beta * h) - smoothing * logSigmoid(-beta * h)
-                    dh = beta * (-(1 - smoothing) * sigmoid(-beta * h) + smoothing * sigmoid(beta * h))
+                    term = -logSigmoid(beta * h)
+                    dh = -beta * sigmoid(-beta * h)
+                case .robust:
+                    // (-(1 - e) logsigmoid(beta h) + e logsigmoid(-beta h)) / (1 - 2e)
+                    term = (-(1 - smoothing) * logSigmoid(beta * h) + smoothing * logSigmoid(-beta * h)) / (1 - 2 * smoothing)
+                    dh = beta * (-(1 - smoothing) * sigmoid(-beta * h) - smoothing * sigmoid(beta * h)) / (1 - 2 * smoothing)
                 case .ipo:
                     term = (h - 1 / (2 * beta)) * (h - 1 / (2 * beta))
                     dh = 2 * (h - 1 / (2 * beta))
@@ -168,7 +187,7 @@ public final class PreferenceObjective: Objective {
                     term = max(0, 1 - beta * h)
                     dh = 1 - beta * h > 0 ? -beta : 0
                 }
-                dc = dh; dr = -dh
+                dc = dh * scaleC; dr = -dh * scaleR
                 chosenReward = beta * (c - rc); rejectedReward = beta * (r - rr)
             case let .cpo(beta, _, smoothing), let .simpo(beta, _, _, smoothing):
                 var z = c - r
@@ -187,10 +206,8 @@ public final class PreferenceObjective: Objective {
             add("rewards/margins", (chosenReward - rejectedReward) / pairs)
             add("logps/chosen", c / pairs)
             add("logps/rejected", r / pairs)
-            // Mean logit over completion positions and the vocabulary.
-            add("logits/chosen", logitSums[i] / max(window.chosenTokens, 1) / Double(vocabSize))
-            add("logits/rejected", logitSums[P + i] / max(window.rejectedTokens, 1) / Double(vocabSize))
         }
+        logitMetrics(p, stats: stats, window: window, vocabSize: vocabSize, into: &m)
 
         // Per-position gradients: the pair terms through each row's log-prob, plus the NLL.
         var gradients = [Float](repeating: 0, count: stats.logProbs.count)
@@ -200,15 +217,44 @@ public final class PreferenceObjective: Objective {
         }
         var nllLoss = 0.0
         if loss.nllWeight != 0 {
-            let tokens = max(window.tokens, 1)
+            let tokens = max(loss.nllCoversPrompt ? window.tokens : window.chosenTokens, 1)
             for i in 0..<P * seq where p.nll[i] >= 0 {
                 nllLoss -= Double(stats.logProbs[i]) / tokens
                 gradients[i] -= Float(loss.nllWeight / tokens)
             }
             m["nll_loss"] = nllLoss
+        } else if case .dpo = loss {} else {
+            m["nll_loss"] = 0   // CPOTrainer logs it even when cpo_alpha is 0
         }
         m["loss"] = loss.nllWeight * nllLoss + pairLoss
         return (m, gradients)
+    }
+
+    /// TRL's logit, entropy and accuracy metrics: ORPO and CPO average the logits over every
+    /// padded position (ORPO without the last), DPO over completion positions.
+    func logitMetrics(_ p: Pass, stats: TokenStatistics, window: Normalisers, vocabSize: Int, into m: inout [String: Double]) {
+        let P = p.pairs, seq = p.batch.tokens.seq, V = Double(vocabSize)
+        var chosen = 0.0, rejected = 0.0
+        if case .dpo = loss {
+            var entropy = 0.0, correct = 0.0
+            for i in 0..<2 * P * seq where p.completion[i] >= 0 {
+                if i < P * seq { chosen += Double(stats.logitSums[i]) / V; correct += Double(stats.correct[i]) }
+                else { rejected += Double(stats.logitSums[i]) / V }
+                entropy += Double(stats.entropies[i])
+            }
+            m["logits/chosen"] = chosen / max(window.chosenTokens, 1)
+            m["logits/rejected"] = rejected / max(window.rejectedTokens, 1)
+            m["entropy"] = entropy / max(window.chosenTokens + window.rejectedTokens, 1)
+            m["mean_token_accuracy"] = correct / max(window.chosenTokens, 1)
+            return
+        }
+        let last = loss.nllCoversPrompt ? seq - 1 : seq
+        for b in 0..<P { for t in 0..<last {
+            chosen += Double(stats.logitSums[b * seq + t])
+            rejected += Double(stats.logitSums[(P + b) * seq + t])
+        } }
+        m["logits/chosen"] = chosen / V / max(window.positions, 1)
+        m["logits/rejected"] = rejected / V / max(window.positions, 1)
     }
 
     /// Reference (chosen, rejected) log-probs of each example, computed once and cached.
@@ -221,7 +267,7 @@ public final class PreferenceObjective: Objective {
             case .adaptersOff:
                 model.adaptersEnabled = false
                 defer { model.adaptersEnabled = true }
-                stats = model.tokenStatistics(p.batch.tokens, targets: p.completion)
+                    stats = model.tokenStatistics(p.batch.tokens, targets: p.completion)
             case let .model(referenceModel):
                 stats = referenceModel.tokenStatistics(p.batch.tokens, targets: p.completion)
             }

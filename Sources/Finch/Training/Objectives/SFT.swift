@@ -3,6 +3,7 @@
 public final class SFTObjective: Objective {
     public let name = "sft"
     public let requiredFields = ["input_ids", "labels"]
+    public let logsTokenCount = true
     let padId: Int32
 
     public init(padId: Int32 = 0) { self.padId = padId }
