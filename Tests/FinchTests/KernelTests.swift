@@ -238,3 +238,19 @@ final class KernelTests: XCTestCase {
         }
     }
 }
+
+final class FastMathTests: XCTestCase {
+    func testFastExpIsWithinTwoUlpsOverItsRange() {
+        var worst: Double = 0
+        var x: Float = -87
+        while x < 88 {
+            let got = Double(fastExp(x)), want = exp(Double(x))
+            worst = max(worst, abs(got - want) / want)
+            x += 0.0137
+        }
+        XCTAssertLessThan(worst, 3e-7)
+        XCTAssertEqual(fastExp(-Float.infinity), 0)
+        XCTAssertEqual(fastExp(-100), 0)
+        XCTAssertEqual(fastExp(0), 1)
+    }
+}

@@ -44,9 +44,19 @@ private func forEachKVGroup(_ shape: AttentionShape, scratchFloats: Int,
     }
 }
 
+/// Softmax of one score row over its first `visible` keys, skipping keys whose mask is 0;
+/// the rest of the row (up to `length`) becomes 0. Returns the log-sum-exp, or -infinity
+/// (and an all-zero row) when no key is visible.
 @inline(__always)
-private func keyIsVisible(_ i: Int, _ j: Int, _ mask: UnsafePointer<Float>?) -> Bool {
-    j <= i && (mask == nil || mask![j] != 0)
+private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, length: Int, mask: UnsafePointer<Float>?) -> Float {
+    if let mask { for j in 0..<visible where mask[j] == 0 { s[j] = -.infinity } }
+    let (m, _) = maxAndIndex(s, count: visible)
+    if visible < length { (s + visible).update(repeating: 0, count: length - visible) }
+    guard m > -.infinity else { s.update(repeating: 0, count: visible); return -.infinity }
+    let sum = expShiftedInPlace(s, count: visible, shift: m)
+    let inverse = 1 / sum
+    for j in 0..<visible { s[j] *= inverse }
+    return m + logf(sum)
 }
 
 /// Causal attention with grouped KV heads and a key padding mask [batch, seq] (1 keep, 0 pad).
@@ -67,21 +77,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
                        b: kb, ldb: shape.kvStride, c: scores, ldc: T)
             let lseRow = lse + (b * shape.heads + h) * T
             for i in 0..<T {
-                let s = scores + i * T
-                var maxScore = -Float.infinity
-                for j in 0...i where keyIsVisible(i, j, mask) { maxScore = max(maxScore, s[j]) }
-                if maxScore == -Float.infinity {
-                    (s).update(repeating: 0, count: T)
-                    lseRow[i] = -Float.infinity
-                    continue
-                }
-                var sum: Float = 0
-                for j in 0..<T {
-                    if keyIsVisible(i, j, mask) { let e = expf(s[j] - maxScore); s[j] = e; sum += e } else { s[j] = 0 }
-                }
-                let inv = 1 / sum
-                for j in 0...i { s[j] *= inv }
-                lseRow[i] = maxScore + logf(sum)
+                lseRow[i] = softmaxCausalRow(scores + i * T, visible: i + 1, length: T, mask: mask)
             }
             // out = P V   [T, D]
             BLAS.sgemm(.none, .none, m: T, n: D, k: T, a: scores, lda: T, b: vb, ldb: shape.kvStride,
@@ -123,15 +119,17 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                 let l = lseRow[i]
                 var delta: Float = 0
                 for d in 0..<D { delta += dob[i * shape.qStride + d] * ob[i * shape.qStride + d] }
-                for j in 0..<T {
-                    if l != -Float.infinity && keyIsVisible(i, j, mask) {
-                        let prob = expf(pr[j] - l)
-                        pr[j] = prob
-                        dsr[j] = prob * (dsr[j] - delta)
-                    } else {
-                        pr[j] = 0
-                        dsr[j] = 0
-                    }
+                if l == -Float.infinity {
+                    pr.update(repeating: 0, count: T); dsr.update(repeating: 0, count: T)
+                    continue
+                }
+                // P = exp(S - lse) on visible keys, 0 elsewhere; dS = P * (dP - delta)
+                if let mask { for j in 0...i where mask[j] == 0 { pr[j] = -.infinity } }
+                scaledExpInPlace(pr, count: i + 1, shift: l, scale: 1)
+                for j in 0...i { dsr[j] = pr[j] * (dsr[j] - delta) }
+                if i + 1 < T {
+                    (pr + i + 1).update(repeating: 0, count: T - i - 1)
+                    (dsr + i + 1).update(repeating: 0, count: T - i - 1)
                 }
             }
             // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q
@@ -164,17 +162,7 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
             BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
                        b: kb, ldb: shape.kvStride, c: scores, ldc: total)
             for i in 0..<queries {
-                let s = scores + i * total
-                let last = start + i
-                var m = -Float.infinity
-                for j in 0...last where mask[j] != 0 { m = max(m, s[j]) }
-                if m == -Float.infinity { s.update(repeating: 0, count: total); continue }
-                var sum: Float = 0
-                for j in 0..<total {
-                    if j <= last && mask[j] != 0 { let e = expf(s[j] - m); s[j] = e; sum += e } else { s[j] = 0 }
-                }
-                let inv = 1 / sum
-                for j in 0...last { s[j] *= inv }
+                _ = softmaxCausalRow(scores + i * total, visible: start + i + 1, length: total, mask: mask)
             }
             BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
                        c: out + b * queries * shape.qStride + h * D, ldc: shape.qStride)

@@ -19,9 +19,12 @@ public enum BLAS {
     typealias SetThreadsFunction = @convention(c) (Int32) -> Void
     typealias GetConfigFunction = @convention(c) () -> UnsafePointer<CChar>?
 
+    typealias GetThreadsFunction = @convention(c) () -> Int32
+
     struct Library {
         let sgemm: SgemmFunction
         let setThreads: SetThreadsFunction?
+        let getThreads: GetThreadsFunction?
         let config: String
         let coreType: String?
     }
@@ -54,7 +57,8 @@ public enum BLAS {
             let config = dlsym(handle, "openblas_get_config")
                 .map { unsafeBitCast($0, to: GetConfigFunction.self) }
                 .flatMap { $0() }.map { String(cString: $0) } ?? "unknown"
-            return Library(sgemm: unsafeBitCast(sgemm, to: SgemmFunction.self), setThreads: setThreads,
+            let getThreads = dlsym(handle, "openblas_get_num_threads").map { unsafeBitCast($0, to: GetThreadsFunction.self) }
+            return Library(sgemm: unsafeBitCast(sgemm, to: SgemmFunction.self), setThreads: setThreads, getThreads: getThreads,
                            config: config, coreType: coreType)
         }
         fatalError("Finch needs OpenBLAS: libopenblas.so.0 was not found. Install it with `apt-get install libopenblas0-pthread` (scripts/setup.sh does).")
@@ -62,7 +66,7 @@ public enum BLAS {
 
     /// A one-line description of the loaded library and its kernel, for benchmarks and logs.
     public static var description: String {
-        "OpenBLAS \(library.config), OPENBLAS_CORETYPE=\(library.coreType ?? "auto")"
+        "OpenBLAS \(library.config), OPENBLAS_CORETYPE=\(library.coreType ?? "auto"), \(library.getThreads?() ?? 0) threads"
     }
 
     public static func setThreadCount(_ n: Int) { library.setThreads?(Int32(n)) }

@@ -64,10 +64,8 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 let row = scored[start + i]
                 let l = logits + i * vocab
                 let target = Int(targets[row])
-                var m = -Float.infinity, argmax = 0
-                for j in 0..<vocab where l[j] > m { m = l[j]; argmax = j }
-                var sum: Float = 0, weighted: Float = 0
-                for j in 0..<vocab { let e = expf(l[j] - m); sum += e; weighted += e * l[j] }
+                let (m, argmax) = maxAndIndex(l, count: vocab)
+                let (sum, weighted) = expSums(l, count: vocab, shift: m)
                 let logSumExp = m + logf(sum)
                 rowLogProb[i] = l[target] - logSumExp
                 outputs.logProbs?[row] = rowLogProb[i]
@@ -75,7 +73,7 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 outputs.correct?[row] = argmax == target ? 1 : 0
                 if let backward {
                     let w = backward.rowWeights?[row] ?? backward.uniformWeight
-                    for j in 0..<vocab { l[j] = w * expf(l[j] - logSumExp) }
+                    scaledExpInPlace(l, count: vocab, shift: logSumExp, scale: w)
                     l[target] -= w
                 }
             }
