@@ -258,3 +258,18 @@ final class ChatTemplateTests: XCTestCase {
         }
     }
 }
+
+final class GenerationSpanTests: XCTestCase {
+    func testGenerationBlocksReportTheAssistantText() throws {
+        let source = "{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}{% generation %}{{ m.content }}<|im_end|>{% endgeneration %}{% else %}{{ m.content }}<|im_end|>{% endif %}\n{% endfor %}"
+        let template = try ChatTemplate(source)
+        XCTAssertTrue(template.marksGeneration)
+        XCTAssertFalse(try ChatTemplate("{{ messages[0].content }}").marksGeneration)
+        let (text, spans) = try template.renderWithGenerationSpans(messages: [
+            ChatMessage(role: "user", content: "Hi"), ChatMessage(role: "assistant", content: "Hello!"),
+            ChatMessage(role: "user", content: "Bye"), ChatMessage(role: "assistant", content: "Bye."),
+        ])
+        let bytes = Array(text.utf8)
+        XCTAssertEqual(spans.map { String(decoding: bytes[$0], as: UTF8.self) }, ["Hello!<|im_end|>", "Bye.<|im_end|>"])
+    }
+}

@@ -108,13 +108,40 @@ public final class ChatTemplate: @unchecked Sendable {
     /// reasoning (`reasoning_content`, `thinking` or `reasoning`) is copied to `thinking` and
     /// `reasoning_content` (transformers/utils/chat_template_utils.py, `_alias_reasoning_fields`).
     public func render(context: [String: JinjaValue]) throws -> String {
+        try renderWithGenerationSpans(context: context).text
+    }
+
+    /// Whether the template marks assistant output with `{% generation %}` blocks.
+    public var marksGeneration: Bool { body.contains(where: Self.containsGeneration) }
+
+    private static func containsGeneration(_ stmt: JinjaStmt) -> Bool {
+        if case .generation = stmt.kind { return true }
+        return stmt.children.contains(where: containsGeneration)
+    }
+
+    /// Renders and reports the UTF-8 ranges written inside `{% generation %}` blocks: the
+    /// assistant text that transformers' `return_assistant_tokens_mask` marks for the loss.
+    public func renderWithGenerationSpans(messages: [ChatMessage], addGenerationPrompt: Bool = false,
+                                          bosToken: String? = nil, eosToken: String? = nil) throws -> (text: String, spans: [Range<Int>]) {
+        var context: [String: JinjaValue] = [
+            "messages": .array(messages.map { .object(["role": .string($0.role), "content": .string($0.content)]) }),
+            "add_generation_prompt": .bool(addGenerationPrompt),
+        ]
+        if let bosToken { context["bos_token"] = .string(bosToken) }
+        if let eosToken { context["eos_token"] = .string(eosToken) }
+        return try renderWithGenerationSpans(context: context)
+    }
+
+    func renderWithGenerationSpans(context: [String: JinjaValue]) throws -> (text: String, spans: [Range<Int>]) {
         var context = context
         for name in ["tools", "documents"] where context[name] == nil { context[name] = JinjaValue.none }
         if context["add_generation_prompt"] == nil { context["add_generation_prompt"] = .bool(false) }
         if case .array(let messages)? = context["messages"] {
             context["messages"] = .array(messages.map(Self.prepareMessage))
         }
-        return try JinjaInterpreter(source: source, now: now).render(body, context: context)
+        let interpreter = JinjaInterpreter(source: source, now: now)
+        let text = try interpreter.render(body, context: context)
+        return (text, interpreter.generationSpans)
     }
 
     private static let reasoningFields = ["reasoning_content", "thinking", "reasoning"]

@@ -111,6 +111,16 @@ struct JinjaStmt {
 
     let kind: Kind
     let offset: Int
+
+    /// The statements nested in this one.
+    var children: [JinjaStmt] {
+        switch kind {
+        case .data, .output, .set, .breakLoop, .continueLoop: return []
+        case let .ifChain(branches, otherwise): return branches.flatMap(\.body) + otherwise
+        case let .forLoop(loop): return loop.body + loop.otherwise
+        case let .setBlock(_, _, body), let .macro(_, _, body), let .filterBlock(_, body), let .with(_, body), let .generation(body): return body
+        }
+    }
 }
 
 struct JinjaForLoop {

@@ -48,6 +48,10 @@ final class JinjaInterpreter {
     private static let maxOutputBytes = 64 << 20
     private static let maxIterations = 1_000_000
     private var iterations = 0
+    /// UTF-8 ranges of the top-level output written inside `{% generation %}` blocks
+    /// (transformers' assistant masks); blocks inside captured output are not recorded.
+    private(set) var generationSpans: [Range<Int>] = []
+    private var captureDepth = 0
 
     init(source: JinjaSource, now: @escaping () -> Date) {
         self.source = source
@@ -112,6 +116,8 @@ final class JinjaInterpreter {
             try assign(value, to: target, in: scope, offset: stmt.offset)
         case .setBlock(let target, let filter, let body):
             var captured = ""
+            captureDepth += 1
+            defer { captureDepth -= 1 }
             _ = try execute(body, scope: scope, into: &captured)
             var value = JinjaValue.string(captured)
             if let filter { value = try evaluate(filter, scope, piped: value) }
@@ -120,6 +126,8 @@ final class JinjaInterpreter {
             scope.set(name, .function(makeMacro(name: name, parameters: parameters, body: body, definedIn: scope)))
         case .filterBlock(let filter, let body):
             var captured = ""
+            captureDepth += 1
+            defer { captureDepth -= 1 }
             _ = try execute(body, scope: JinjaScope(parent: scope), into: &captured)
             out += try evaluate(filter, scope, piped: .string(captured)).pyStr
         case .with(let assignments, let body):
@@ -129,7 +137,9 @@ final class JinjaInterpreter {
             }
             return try execute(body, scope: inner, into: &out)
         case .generation(let body):
+            let start = out.utf8.count
             _ = try execute(body, scope: JinjaScope(parent: scope), into: &out)
+            if captureDepth == 0 && out.utf8.count > start { generationSpans.append(start..<out.utf8.count) }
         case .breakLoop:
             return .breakLoop
         case .continueLoop:
