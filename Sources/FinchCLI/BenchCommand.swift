@@ -46,6 +46,9 @@ struct BenchCommand: ParsableCommand {
                 let transformer = try Transformer(files: files, fineTuning: tuning)
                 let t = Benchmarks.step(model: transformer, batch: batch, seq: seq, repetitions: repetitions)
                 print(BLAS.description)
+                for (phase, seconds) in Benchmarks.stepPhases(model: transformer, batch: batch, seq: seq) {
+                    print(String(format: "  %@: %.3f s", phase, seconds))
+                }
                 print(String(format: "finch step (%@, %@, batch %d x %d): %.3f s/step, %.0f tokens/s, %.1f GFLOP/s",
                              files.source, full ? "full" : "LoRA r=\(loraRank)", batch, seq,
                              t.secondsPerStep, t.tokensPerSecond, t.flops / t.secondsPerStep / 1e9))

@@ -44,3 +44,36 @@ final class RealModelTests: XCTestCase {
         XCTAssertLessThan(TestSupport.maxRelativeError(Array(logits.prefix(16)), expected.first_logits), 1e-3)
     }
 }
+
+/// Greedy decoding of SmolLM2 against transformers' `generate` on the same GGUF
+/// (reference/smollm2_generate.py). Tokens must agree up to the first near tie (top-2 logit
+/// gap under 0.02, where float rounding may legitimately pick the other token).
+final class RealModelGenerationTests: XCTestCase {
+    struct Fixture: Decodable {
+        struct Case: Decodable {
+            let prompt_ids: [Int]
+            let output_ids: [Int]
+            let top1_top2_logit_gap: [Double]
+            let stopped_at_eos: Bool
+        }
+        let cases: [Case]
+    }
+
+    func testGreedyContinuationsMatchTransformers() throws {
+        guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set (scripts/fetch_smollm2.sh fetches the model)")
+        }
+        let url = TestSupport.fixtures.appendingPathComponent("smollm2/greedy.json")
+        let fixture = try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: url))
+        let generator = Generator(model: try Transformer(files: ModelFiles.open(path)))
+        var compared = 0
+        for (i, c) in fixture.cases.enumerated() {
+            let result = generator.generate(prompt: c.prompt_ids, sampling: SamplingSettings(),
+                                            stop: StopRules(maxNewTokens: c.output_ids.count, eosTokenIds: [2]))
+            let trusted = c.top1_top2_logit_gap.firstIndex { $0 < 0.02 } ?? c.output_ids.count
+            XCTAssertEqual(Array(result.tokens.prefix(trusted)), Array(c.output_ids.prefix(trusted)), "case \(i)")
+            compared += trusted
+        }
+        XCTAssertGreaterThan(compared, 200, "most tokens are compared")
+    }
+}

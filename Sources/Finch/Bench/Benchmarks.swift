@@ -49,6 +49,32 @@ public enum Benchmarks {
                           flops: stepFLOPs(config: model.config, fineTuning: model.fineTuning, batch: batch, seq: seq))
     }
 
+    /// Seconds of each phase of one step: the decoder's forward, the head's fused
+    /// cross-entropy (forward and backward), and the decoder's backward.
+    public static func stepPhases(model: Transformer, batch: Int, seq: Int) -> [(String, Double)] {
+        var rng = FinchRandom(seed: 2)
+        let ids = (0..<batch * seq).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) }
+        let tokens = TokenBatch(batch: batch, seq: seq, ids: ids)
+        let targets = TokenBatch.shiftedTargets(labels: ids, batch: batch, seq: seq)
+        model.crossEntropyStep(tokens, targets: targets, weight: 1)   // warm-up: allocations, caches
+        let acts = model.activations(for: tokens, training: true)
+        let n = tokens.tokenCount, C = model.config.hiddenSize
+        let t0 = now()
+        let hidden = model.forward(tokens, acts: acts)
+        let t1 = now()
+        let dFinal = UnsafeMutablePointer<Float>.allocate(capacity: n * C)
+        defer { dFinal.deallocate() }
+        dFinal.initialize(repeating: 0, count: n * C)
+        targets.withUnsafeBufferPointer {
+            _ = crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: model.head,
+                             backward: CrossEntropyBackward(uniformWeight: 1 / Float(n), dHidden: dFinal, dHead: model.headGrad))
+        }
+        let t2 = now()
+        model.backward(tokens, acts: acts, dFinal: dFinal)
+        let t3 = now()
+        return [("decoder forward", t1 - t0), ("head + cross-entropy", t2 - t1), ("decoder backward", t3 - t2)]
+    }
+
     /// Matmul FLOPs of one training step, counted as the model needs them (causal attention
     /// counted in full, as most reports do): forward 2*N*P for the weights, backward 2*N*P for
     /// input gradients, plus 2*N*P more for weight gradients in full fine-tuning.
