@@ -9,15 +9,20 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
         .target(
             name: "Finch",
-            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+            // Optimised in debug builds too: the kernels' SIMD loops are 50x slower unoptimised,
+            // which would make the test suite crawl.
+            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+                            .unsafeFlags(["-O"], .when(configuration: .debug))]
         ),
         .executableTarget(
             name: "FinchCLI",
-            dependencies: ["Finch", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+            dependencies: ["Finch", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "Yams", package: "Yams")]
         ),
         .testTarget(
             name: "FinchTests",
