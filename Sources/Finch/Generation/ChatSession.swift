@@ -1,0 +1,87 @@
+import Foundation
+
+/// A model with its tokenizer, ready to answer: prompt building under the chat template,
+/// stop rules from the config, `generation_config.json` and stop strings.
+public final class ChatSession {
+    public let model: Transformer
+    public let tokenizer: Tokenizer
+    public let files: ModelFiles
+    public let generator: Generator
+
+    public enum Error: Swift.Error, CustomStringConvertible {
+        case emptyPrompt
+        case promptTooLong(tokens: Int, limit: Int)
+        case noChatTemplate(String)
+
+        public var description: String {
+            switch self {
+            case .emptyPrompt: return "the prompt is empty: give at least one character to continue"
+            case let .promptTooLong(tokens, limit): return "the prompt has \(tokens) tokens; with --max-new-tokens it must fit the model's context of \(limit)"
+            case let .noChatTemplate(model): return "\(model) has no chat template; drop --chat to continue plain text"
+            }
+        }
+    }
+
+    public init(model: Transformer, tokenizer: Tokenizer, files: ModelFiles) {
+        self.model = model
+        self.tokenizer = tokenizer
+        self.files = files
+        generator = Generator(model: model)
+    }
+
+    /// EOS ids from the config, the tokenizer and generation_config.json.
+    public var eosTokenIds: Set<Int> {
+        var ids = Set(files.config.eosTokenIds)
+        if let eos = tokenizer.eosTokenId { ids.insert(eos) }
+        let path = (files.source as NSString).appendingPathComponent("generation_config.json")
+        if let data = FileManager.default.contents(atPath: path), let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] {
+            if let one = json["eos_token_id"] as? Int { ids.insert(one) }
+            if let many = json["eos_token_id"] as? [Int] { ids.formUnion(many) }
+        }
+        return ids
+    }
+
+    public func plainPrompt(_ text: String) throws -> [Int] {
+        let ids = tokenizer.encode(text, addSpecialTokens: true)
+        guard !ids.isEmpty else { throw Error.emptyPrompt }
+        return ids
+    }
+
+    public func chatPrompt(history: [ChatMessage], user: String, system: String?) throws -> [Int] {
+        guard let source = tokenizer.chatTemplate else { throw Error.noChatTemplate(files.source) }
+        var messages = history
+        if let system, history.first?.role != "system" { messages.insert(ChatMessage(role: "system", content: system), at: 0) }
+        messages.append(ChatMessage(role: "user", content: user))
+        let text = try ChatTemplate(source).render(messages: messages, addGenerationPrompt: true,
+                                                   bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken)
+        return tokenizer.encode(text, addSpecialTokens: false)
+    }
+
+    /// Generates after `promptIDs`; `onToken` sees each token before the stop rules end the output.
+    public func generate(promptIDs: [Int], options: GenerationOptions, onToken: (Int) -> Void) throws -> GenerationResult {
+        let limit = files.config.maxPositionEmbeddings
+        guard promptIDs.count + options.maxNewTokens <= limit else { throw Error.promptTooLong(tokens: promptIDs.count, limit: limit) }
+        var text = ""
+        var emitted: [Int] = []
+        var result = generator.generate(prompt: promptIDs, sampling: options.sampling,
+                                        stop: StopRules(maxNewTokens: options.maxNewTokens, eosTokenIds: eosTokenIds)) { token in
+            emitted.append(token)
+            onToken(token)
+            guard !options.stops.isEmpty else { return true }
+            text = tokenizer.decode(emitted, skipSpecialTokens: true)
+            return !options.stops.contains { text.contains($0) }
+        }
+        if result.finishReason == "stop", let stop = options.stops.first(where: { text.contains($0) }) {
+            // Cut the output at the stop string, as OpenAI-style servers do.
+            while !result.tokens.isEmpty && tokenizer.decode(result.tokens, skipSpecialTokens: true).contains(stop) { result.tokens.removeLast() }
+        }
+        return result
+    }
+}
+
+/// What a caller sets for one generation.
+public protocol GenerationOptions {
+    var maxNewTokens: Int { get }
+    var sampling: SamplingSettings { get }
+    var stops: [String] { get }
+}

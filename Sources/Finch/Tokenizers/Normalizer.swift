@@ -1,0 +1,103 @@
+import Foundation
+
+/// Text normalization before pre-tokenization, as HF tokenizers' normalizers/*.rs.
+indirect enum Normalizer {
+    case sequence([Normalizer])
+    /// Prepends the string to non-empty text.
+    case prepend([UInt8])
+    /// Replaces every occurrence of a literal string.
+    case replaceLiteral(pattern: [UInt8], content: [UInt8])
+    /// Replaces every match of a regex.
+    case replaceRegex(PatternRegex, content: [UInt8])
+    case nfc, nfd, nfkc, nfkd
+    /// Per-scalar full lowercase mapping (Rust's `char::to_lowercase`).
+    case lowercase
+    /// Removes leading and/or trailing White_Space.
+    case strip(left: Bool, right: Bool)
+    /// Removes combining marks (M), as HF's StripAccents (used after NFD).
+    case stripAccents
+
+    func apply(_ bytes: [UInt8]) -> [UInt8] {
+        switch self {
+        case let .sequence(items):
+            var result = bytes
+            for item in items { result = item.apply(result) }
+            return result
+        case let .prepend(prefix):
+            return bytes.isEmpty ? bytes : prefix + bytes
+        case let .replaceLiteral(pattern, content):
+            return Normalizer.replaceAll(bytes, pattern, content)
+        case let .replaceRegex(regex, content):
+            let text = ScalarText()
+            bytes.withUnsafeBufferPointer { text.load($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, $0.count) }
+            var matches: [(Int, Int)] = []
+            regex.matches(in: text, from: 0, to: text.count, into: &matches)
+            guard !matches.isEmpty else { return bytes }
+            var result: [UInt8] = []
+            var previous = 0
+            for (a, b) in matches {
+                result.append(contentsOf: bytes[Int(text.offsets[previous])..<Int(text.offsets[a])])
+                result.append(contentsOf: content)
+                previous = b
+            }
+            result.append(contentsOf: bytes[Int(text.offsets[previous])...])
+            return result
+        case .nfc: return Array(Normalizer.string(bytes).precomposedStringWithCanonicalMapping.utf8)
+        case .nfd: return Array(Normalizer.string(bytes).decomposedStringWithCanonicalMapping.utf8)
+        case .nfkc: return Array(Normalizer.string(bytes).precomposedStringWithCompatibilityMapping.utf8)
+        case .nfkd: return Array(Normalizer.string(bytes).decomposedStringWithCompatibilityMapping.utf8)
+        case .lowercase:
+            var result: [UInt8] = []
+            result.reserveCapacity(bytes.count)
+            for scalar in Normalizer.string(bytes).unicodeScalars {
+                if scalar.isASCII {
+                    let v = scalar.value
+                    result.append(UInt8(v >= 0x41 && v <= 0x5A ? v + 0x20 : v))
+                } else {
+                    result.append(contentsOf: scalar.properties.lowercaseMapping.utf8)
+                }
+            }
+            return result
+        case let .strip(left, right):
+            let scalars = Array(Normalizer.string(bytes).unicodeScalars)
+            var a = 0, b = scalars.count
+            if left { while a < b && scalars[a].properties.isWhitespace { a += 1 } }
+            if right { while b > a && scalars[b - 1].properties.isWhitespace { b -= 1 } }
+            var result = String.UnicodeScalarView()
+            result.append(contentsOf: scalars[a..<b])
+            return Array(String(result).utf8)
+        case .stripAccents:
+            var result = String.UnicodeScalarView()
+            // HF filters `is_combining_mark`: general categories Mn, Mc and Me.
+            for scalar in Normalizer.string(bytes).unicodeScalars where ScalarClass.of(scalar.value) & ScalarClass.mark == 0 {
+                result.append(scalar)
+            }
+            return Array(String(result).utf8)
+        }
+    }
+
+    private static func string(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
+
+    /// Leftmost non-overlapping replacement of a literal byte string (valid UTF-8 on both sides).
+    static func replaceAll(_ bytes: [UInt8], _ pattern: [UInt8], _ content: [UInt8]) -> [UInt8] {
+        guard !pattern.isEmpty, bytes.count >= pattern.count else { return bytes }
+        var result: [UInt8] = []
+        result.reserveCapacity(bytes.count + bytes.count / 4)
+        let first = pattern[0], m = pattern.count
+        var i = 0
+        bytes.withUnsafeBufferPointer { b in
+            pattern.withUnsafeBufferPointer { pat in
+                while i < b.count {
+                    if b[i] == first && i + m <= b.count && memcmp(b.baseAddress! + i, pat.baseAddress!, m) == 0 {
+                        result.append(contentsOf: content)
+                        i += m
+                    } else {
+                        result.append(b[i])
+                        i += 1
+                    }
+                }
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,115 @@
+import ArgumentParser
+import Finch
+import Foundation
+
+/// Options shared by `finch generate` and `finch chat`.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "An HF model folder or a .gguf file.") var model: String
+    @Option(help: "A PEFT LoRA adapter folder, applied without merging.") var adapter: String?
+    @Option(name: .customLong("max-new-tokens")) var maxNewTokens = 256
+    @Option var temperature: Float = 0
+    @Option(name: .customLong("top-p")) var topP: Float = 1
+    @Option(name: .customLong("top-k")) var topK = 0
+    @Option(name: .customLong("min-p")) var minP: Float = 0
+    @Option(name: .customLong("repetition-penalty")) var repetitionPenalty: Float = 1
+    @Option(name: .customLong("presence-penalty")) var presencePenalty: Float = 0
+    @Option(name: .customLong("frequency-penalty")) var frequencyPenalty: Float = 0
+    @Option var seed: UInt64 = 0
+    @Option(name: .customLong("stop"), help: "Stop when the output contains this text (repeatable).") var stops: [String] = []
+    @Option(help: "A system message (with --chat).") var system: String?
+
+    var sampling: SamplingSettings {
+        SamplingSettings(temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetitionPenalty,
+                         presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty, seed: seed)
+    }
+
+    func validate() throws {
+        guard maxNewTokens >= 0 else { throw ValidationError("--max-new-tokens must be 0 or more") }
+        guard temperature >= 0 else { throw ValidationError("--temperature must be 0 (greedy) or more") }
+        guard topP > 0 && topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+    }
+
+    func load() throws -> (ChatSession) {
+        let files = try ModelFiles.open(model)
+        let tokenizer = try Tokenizer.load(from: model)
+        let transformer: Transformer
+        if let adapter {
+            transformer = try Transformer(files: files, fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
+            try PEFTAdapter.load(directory: adapter, into: transformer)
+        } else {
+            transformer = try Transformer(files: files)
+        }
+        return ChatSession(model: transformer, tokenizer: tokenizer, files: files)
+    }
+}
+
+struct GenerateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "generate", abstract: "Continue a prompt, or answer it with --chat.")
+
+    @OptionGroup var options: ModelOptions
+    @Option(help: "The prompt text.") var prompt: String?
+    @Option(help: "JSONL prompts: one {\"prompt\": ...} object (or a JSON string) per line.") var prompts: String?
+    @Flag(help: "Apply the model's chat template (the prompt is a user message).") var chat = false
+    @Flag(help: "One JSON object per prompt: text, token counts and timings.") var json = false
+
+    func run() throws {
+        try runReportingErrors {
+            guard (prompt == nil) != (prompts == nil) else { throw ValidationError("give exactly one of --prompt or --prompts") }
+            let session = try options.load()
+            let inputs = try prompt.map { [$0] } ?? Self.readPrompts(prompts!)
+            for text in inputs {
+                let ids = try chat ? session.chatPrompt(history: [], user: text, system: options.system) : session.plainPrompt(text)
+                var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
+                let result = try session.generate(promptIDs: ids, options: options) { token in
+                    if !json { print(stream.append(token), terminator: ""); fflush(stdout) }
+                }
+                if json {
+                    let object: [String: Any] = [
+                        "prompt": text, "text": session.tokenizer.decode(result.tokens, skipSpecialTokens: true),
+                        "prompt_tokens": ids.count, "completion_tokens": result.tokens.count, "finish_reason": result.finishReason,
+                        "prefill_seconds": result.promptSeconds, "decode_seconds": result.decodeSeconds,
+                        "decode_tokens_per_second": result.decodeSeconds > 0 ? Double(max(result.tokens.count - 1, 0)) / result.decodeSeconds : 0,
+                    ]
+                    print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                } else {
+                    print(stream.finish())
+                }
+            }
+        }
+    }
+
+    static func readPrompts(_ path: String) throws -> [String] {
+        let rows = try DataFile.read(path.hasSuffix(".jsonl") ? path : path)
+        return try rows.map { row in
+            guard let text = (row.fields["prompt"] ?? row.fields["text"]) as? String else {
+                throw LoadError.malformed(path: row.location, field: "prompt", found: "\(row.fields.keys.sorted())", expected: "a \"prompt\" string")
+            }
+            return text
+        }
+    }
+}
+
+struct ChatCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "chat", abstract: "Talk with a model; the history is kept under its chat template.")
+
+    @OptionGroup var options: ModelOptions
+
+    func run() throws {
+        try runReportingErrors {
+            let session = try options.load()
+            var history: [ChatMessage] = []
+            print("Type a message; an empty line or end of input quits.")
+            while true {
+                print("> ", terminator: ""); fflush(stdout)
+                guard let line = readLine(), !line.trimmingCharacters(in: .whitespaces).isEmpty else { break }
+                let ids = try session.chatPrompt(history: history, user: line, system: options.system)
+                var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
+                let result = try session.generate(promptIDs: ids, options: options) { print(stream.append($0), terminator: ""); fflush(stdout) }
+                print(stream.finish())
+                history.append(ChatMessage(role: "user", content: line))
+                history.append(ChatMessage(role: "assistant", content: session.tokenizer.decode(result.tokens, skipSpecialTokens: true)))
+            }
+        }
+    }
+}
+extension ModelOptions: GenerationOptions {}

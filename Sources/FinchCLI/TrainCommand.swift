@@ -1,0 +1,158 @@
+import ArgumentParser
+import Finch
+import Foundation
+import Yams
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Fine-tune a model with SFT, ORPO, DPO, SimPO or CPO (LoRA or full).",
+        discussion: "Every option can also be given in a YAML file (--config), keys in snake_case; flags win.")
+
+    @Option(help: "A YAML file of options.") var config: String?
+    @Option(help: "sft, orpo, dpo, simpo or cpo.") var method: String?
+    @Option(help: "An HF model folder or a .gguf file.") var model: String?
+    @Option(help: "Training data: .jsonl, .json or .csv.") var data: String?
+    @Option(name: .customLong("eval-data"), help: "Held-out data, evaluated every --eval-steps.") var evalData: String?
+    @Option(help: "The run folder (adapter, metrics.jsonl, run.json, checkpoints).") var output: String?
+    @Option(help: "text, prompt_completion, messages or preference (default: detected).") var format: String?
+    @Option(name: .customLong("max-length")) var maxLength: String?
+    @Option(help: "ORPO / DPO / CPO / SimPO beta.") var beta: String?
+    @Option(name: .customLong("loss-type"), help: "DPO: sigmoid, ipo or hinge.") var lossType: String?
+    @Option(name: .customLong("label-smoothing")) var labelSmoothing: String?
+    @Option(name: .customLong("simpo-gamma")) var simpoGamma: String?
+    @Option(name: .customLong("cpo-alpha")) var cpoAlpha: String?
+    @Option(name: .customLong("batch-size")) var batchSize: String?
+    @Option(name: .customLong("grad-accum")) var gradAccum: String?
+    @Option(name: .customLong("max-steps")) var maxSteps: String?
+    @Option var epochs: String?
+    @Option var lr: String?
+    @Option(help: "adamw or sgd.") var optimizer: String?
+    @Option(name: .customLong("weight-decay")) var weightDecay: String?
+    @Option(name: .customLong("lr-scheduler"), help: "constant, linear or cosine.") var lrScheduler: String?
+    @Option(name: .customLong("warmup-steps")) var warmupSteps: String?
+    @Option(name: .customLong("max-grad-norm"), help: "0 turns clipping off.") var maxGradNorm: String?
+    @Option(name: .customLong("lora-r")) var loraR: String?
+    @Option(name: .customLong("lora-alpha")) var loraAlpha: String?
+    @Option(name: .customLong("lora-dropout")) var loraDropout: String?
+    @Option(name: .customLong("lora-targets"), help: "Comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.")
+    var loraTargets: String?
+    @Flag(name: .customLong("use-rslora")) var useRSLoRA = false
+    @Flag(help: "Train every weight instead of LoRA adapters.") var full = false
+    @Option(help: "Start from an existing PEFT adapter.") var adapter: String?
+    @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
+    var chatTemplate = false
+    @Option var seed: String?
+    @Option(name: .customLong("save-steps")) var saveSteps: String?
+    @Option(name: .customLong("eval-steps")) var evalSteps: String?
+    @Option(name: .customLong("logging-steps")) var loggingSteps: String?
+    @Option(name: .customLong("generate-during-eval"), help: "Sampled completions of N eval prompts per evaluation.")
+    var generateDuringEval: String?
+    @Flag(help: "Continue from the newest checkpoint in --output.") var resume = false
+    @Flag(help: "Replace an existing run in --output.") var overwrite = false
+
+    func flagValues() -> [String: String] {
+        let pairs: [(String, String?)] = [
+            ("method", method), ("model", model), ("data", data), ("eval_data", evalData), ("output", output), ("format", format),
+            ("max_length", maxLength), ("beta", beta), ("loss_type", lossType), ("label_smoothing", labelSmoothing),
+            ("simpo_gamma", simpoGamma), ("cpo_alpha", cpoAlpha), ("batch_size", batchSize), ("grad_accum", gradAccum),
+            ("max_steps", maxSteps), ("epochs", epochs), ("lr", lr), ("optimizer", optimizer), ("weight_decay", weightDecay),
+            ("lr_scheduler", lrScheduler), ("warmup_steps", warmupSteps), ("max_grad_norm", maxGradNorm), ("lora_r", loraR),
+            ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
+            ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
+            ("generate_during_eval", generateDuringEval),
+            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
+            ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
+        ]
+        return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
+    }
+
+    /// YAML scalars and lists as strings, keys normalised to snake_case.
+    static func yamlValues(_ path: String) throws -> [String: String] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw LoadError.fileNotFound(path: path) }
+        let object: Any?
+        do { object = try Yams.load(yaml: text) } catch {
+            throw LoadError.malformed(path: path, field: "YAML", found: "\(error)".split(separator: "\n").first.map(String.init) ?? "invalid YAML",
+                                      expected: "a mapping of option names to values")
+        }
+        guard let mapping = object as? [String: Any] else {
+            throw LoadError.malformed(path: path, field: "top level", found: object.map { "\(type(of: $0))" } ?? "nothing", expected: "a mapping")
+        }
+        var values: [String: String] = [:]
+        for (key, value) in mapping {
+            let name = key.replacingOccurrences(of: "-", with: "_")
+            switch value {
+            case let list as [Any]: values[name] = list.map { "\($0)" }.joined(separator: ",")
+            case let bool as Bool: values[name] = bool ? "true" : "false"
+            default: values[name] = "\(value)"
+            }
+        }
+        return values
+    }
+
+    func run() throws {
+        try runReportingErrors {
+            var values: [String: String] = [:], sources: [String: String] = [:]
+            if let config {
+                values = try Self.yamlValues(config)
+                for key in values.keys { sources[key] = config }
+            }
+            for (key, value) in flagValues() {
+                values[key] = value
+                sources[key] = "--" + key.replacingOccurrences(of: "_", with: "-")
+            }
+            let trainConfig = try TrainConfig(values: values, sources: sources)
+            let progress = ProgressReporter()
+            try TrainingRun(config: trainConfig).run { progress.report($0) }
+        }
+    }
+}
+
+/// A progress bar on a terminal; plain lines otherwise (logs, CI).
+final class ProgressReporter {
+    let isTerminal = isatty(STDOUT_FILENO) != 0
+    var total = 0
+    var start = MonotonicClock.now()
+    var firstStep = 0
+
+    func report(_ event: TrainingRun.Event) {
+        switch event {
+        case let .prepared(train, eval, totalSteps, resumedAt):
+            total = totalSteps
+            firstStep = resumedAt ?? 0
+            start = MonotonicClock.now()
+            print("data: \(train.rows) rows, \(train.tokens) tokens, \(train.truncated) truncated, \(train.dropped) dropped"
+                  + (eval.map { "; eval: \($0.rows) rows, \($0.truncated) truncated, \($0.dropped) dropped" } ?? ""))
+            if let resumedAt { print("resuming at step \(resumedAt)") }
+        case let .step(log):
+            let elapsed = MonotonicClock.now() - start
+            let done = log.step - firstStep
+            let eta = done > 0 ? elapsed / Double(done) * Double(total - log.step) : 0
+            let loss = log.metrics["loss"] ?? .nan
+            let speed = log.metrics["tokens_per_second"] ?? 0
+            let text = String(format: "step %d/%d  loss %.4f  %.0f tok/s  ETA %@", log.step, total, loss, speed, Self.duration(eta))
+            if isTerminal {
+                let width = 24, filled = total > 0 ? width * log.step / total : width
+                let bar = String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled)
+                print("\r[\(bar)] \(text)", terminator: log.step == total ? "\n" : "")
+                fflush(stdout)
+            } else {
+                print(text)
+            }
+        case let .evaluation(step, metrics):
+            if isTerminal { print("") }
+            let shown = metrics.keys.sorted().map { String(format: "%@ %.4f", $0, metrics[$0]!) }.joined(separator: "  ")
+            print("eval @ step \(step): \(shown)")
+        case let .checkpoint(step, path):
+            if isTerminal { print("") }
+            print("checkpoint @ step \(step): \(path)")
+        case let .finished(output):
+            print("saved to \(output)")
+        }
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? "\(s / 3600)h\(s % 3600 / 60)m" : s >= 60 ? "\(s / 60)m\(s % 60)s" : "\(s)s"
+    }
+}

@@ -1,0 +1,119 @@
+import XCTest
+@testable import Finch
+
+/// `finch train` end to end on a tiny model: outputs, bad input, and a crash then --resume
+/// ending at the same adapter bytes as an uninterrupted run.
+final class TrainCLITests: XCTestCase {
+    var temporary: URL!
+    let fixtures = TestSupport.fixtures.appendingPathComponent("trainers")
+
+    override func setUpWithError() throws {
+        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-train-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
+
+    /// The fixture model with its tokenizer files beside it, as an HF folder.
+    func model() throws -> String {
+        let folder = temporary.appendingPathComponent("model")
+        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("model"), to: folder)
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            try FileManager.default.copyItem(at: fixtures.appendingPathComponent("tokenizer/\(name)"), to: folder.appendingPathComponent(name))
+        }
+        return folder.path
+    }
+
+    func preferenceData(rows: Int = 12) throws -> String {
+        let path = temporary.appendingPathComponent("pairs.jsonl").path
+        let animals = ["cat", "dog", "owl", "fox", "bee", "elk"]
+        let lines = (0..<rows).map { i -> String in
+            let a = animals[i % animals.count]
+            return #"{"prompt": "What does a \#(a) say? (\#(i))", "chosen": "A \#(a) makes its own sound.", "rejected": "I am not sure what a \#(a) would say, it depends a lot."}"#
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
+        let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw XCTSkip("finch is not built next to the tests") }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let outData = out.fileHandleForReading.readDataToEndOfFile(), errData = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    }
+
+    func trainArguments(model: String, data: String, output: String) -> [String] {
+        ["train", "--method", "orpo", "--model", model, "--data", data, "--output", output, "--max-steps", "6",
+         "--batch-size", "2", "--grad-accum", "2", "--save-steps", "2", "--lora-r", "4", "--lora-dropout", "0.1",
+         "--lr", "1e-3", "--seed", "3", "--warmup-steps", "2"]
+    }
+
+    func testTrainWritesAdapterMetricsAndRunRecord() throws {
+        let output = temporary.appendingPathComponent("run").path
+        let result = try run(trainArguments(model: try model(), data: try preferenceData(), output: output))
+        XCTAssertEqual(result.status, 0, result.err)
+        let files = try FileManager.default.contentsOfDirectory(atPath: output)
+        for name in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "run.json", "checkpoint-4"] {
+            XCTAssertTrue(files.contains(name), "\(name) missing from \(files)")
+        }
+        let lines = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 6)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
+        for key in ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "nll_loss", "rewards/accuracies", "log_odds_ratio"] {
+            XCTAssertNotNil(first[key], "metrics.jsonl lacks \(key)")
+        }
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + "/run.json"))) as! [String: Any]
+        XCTAssertEqual(record["status"] as? String, "finished")
+        XCTAssertEqual((record["sha256"] as? [String: String])?.count, 2)
+        // The adapter is a PEFT adapter Finch reads back.
+        XCTAssertEqual(try PEFTAdapter.config(directory: output).rank, 4)
+
+        let again = try run(trainArguments(model: temporary.appendingPathComponent("model").path,
+                                           data: temporary.appendingPathComponent("pairs.jsonl").path, output: output))
+        XCTAssertEqual(again.status, 1, "an existing run is not overwritten")
+        XCTAssertTrue(again.err.contains("--overwrite"), again.err)
+    }
+
+    func testCrashThenResumeEndsAtTheSameAdapterBytes() throws {
+        let model = try model(), data = try preferenceData()
+        let straight = temporary.appendingPathComponent("straight").path
+        XCTAssertEqual(try run(trainArguments(model: model, data: data, output: straight)).status, 0)
+
+        let crashed = temporary.appendingPathComponent("crashed").path
+        let crash = try run(trainArguments(model: model, data: data, output: crashed), environment: ["FINCH_TEST_CRASH_AFTER_STEP": "3"])
+        XCTAssertNotEqual(crash.status, 0, "the run was meant to die at step 3")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: crashed + "/adapter_model.safetensors"))
+        let resumed = try run(trainArguments(model: model, data: data, output: crashed) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.err)
+        XCTAssertTrue(resumed.out.contains("resuming at step 2"), resumed.out)
+        let a = try Data(contentsOf: URL(fileURLWithPath: straight + "/adapter_model.safetensors"))
+        let b = try Data(contentsOf: URL(fileURLWithPath: crashed + "/adapter_model.safetensors"))
+        XCTAssertEqual(a, b, "resumed adapter bytes differ from the uninterrupted run's")
+        let steps = try String(contentsOfFile: crashed + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["step"] as? Int
+        }
+        XCTAssertEqual(steps, [1, 2, 3, 4, 5, 6])
+    }
+
+    func testBadInputGivesOneClearLine() throws {
+        let model = try model()
+        let bad = temporary.appendingPathComponent("bad.jsonl").path
+        try "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"b\"\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        let r = try run(["train", "--method", "orpo", "--model", model, "--data", bad, "--output", temporary.appendingPathComponent("x").path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.contains("bad.jsonl:2"), r.err)
+        let missing = try run(["train", "--model", model, "--data", bad])
+        XCTAssertTrue(missing.err.contains("--output"), missing.err)
+        let sftOnPairs = try run(["train", "--method", "sft", "--model", model, "--data", try preferenceData(), "--output", temporary.appendingPathComponent("y").path])
+        XCTAssertTrue(sftOnPairs.err.contains("cannot train on preference rows"), sftOnPairs.err)
+    }
+}
