@@ -9,5 +9,7 @@ if SMOLLM2=$(bash scripts/fetch_smollm2.sh 2>/dev/null | tail -1) && [ -f "$SMOL
 else
     echo "test: SmolLM2 could not be fetched; the real-model tests will be skipped"
 fi
+# The larger tokenizer vocabularies of llama.cpp's tests (their tests skip without them).
+bash scripts/fetch_tokenizer_vocabs.sh >/dev/null 2>&1 || echo "test: tokenizer vocabularies could not be fetched; those tests will be skipped"
 swift build --build-tests
 swift test --skip-build

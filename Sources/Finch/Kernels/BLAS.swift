@@ -48,6 +48,9 @@ public enum BLAS {
             setenv("OPENBLAS_CORETYPE", chosen, 1)
             coreType = chosen
         }
+        // OpenBLAS's idle workers spin for ~2^28 cycles after each call, stealing a core from the
+        // parallel loops that run between GEMMs; 2^4 cycles makes them sleep at once (20% faster steps here).
+        if ProcessInfo.processInfo.environment["OPENBLAS_THREAD_TIMEOUT"] == nil { setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1) }
         let candidates = ["libopenblas.so.0", "libopenblas.so", "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",
                           "/usr/lib/aarch64-linux-gnu/libopenblas.so.0"]
         for name in candidates {
