@@ -24,8 +24,8 @@ struct PerplexityCommand: ParsableCommand {
             if let tokenIDs {
                 sequences = try Perplexity.readTokenIDs(path: tokenIDs, vocabSize: files.config.vocabSize)
             } else if let data {
-                throw LoadError.unsupported(path: data, what: "input", found: "text data",
-                                            supported: ["--token-ids FILE (text needs Finch's tokenizer, which is not built yet)"])
+                let tokenizer = try Tokenizer.load(from: model)
+                sequences = try Perplexity.readTexts(path: data).map { tokenizer.encode($0, addSpecialTokens: true) }
             } else {
                 throw ValidationError("give the data to score with --data FILE or --token-ids FILE")
             }

@@ -77,3 +77,17 @@ final class RealModelGenerationTests: XCTestCase {
         XCTAssertGreaterThan(compared, 200, "most tokens are compared")
     }
 }
+
+final class RealModelTextPerplexityTests: XCTestCase {
+    /// `--data text.txt` tokenizes with the model's own tokenizer and scores the same ids as the fixture.
+    func testTextDataGivesTheSameTokensAsTransformers() throws {
+        guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set (scripts/fetch_smollm2.sh fetches the model)")
+        }
+        let dir = TestSupport.fixtures.appendingPathComponent("smollm2")
+        let tokenizer = try Tokenizer.load(from: path)
+        let texts = try Perplexity.readTexts(path: dir.appendingPathComponent("text.txt").path)
+        let expected = try Perplexity.readTokenIDs(path: dir.appendingPathComponent("token_ids.jsonl").path, vocabSize: 49152)
+        XCTAssertEqual(texts.map { tokenizer.encode($0, addSpecialTokens: true) }, expected)
+    }
+}

@@ -40,6 +40,24 @@ public enum Perplexity {
         return PerplexityResult(tokens: count, nll: count > 0 ? sum / Double(count) : .nan)
     }
 
+    /// Texts to score: a .txt file's non-empty lines, or the `text` field of each row of a
+    /// .jsonl / .json / .csv file.
+    public static func readTexts(path: String) throws -> [String] {
+        if (path as NSString).pathExtension.lowercased() == "txt" {
+            guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.fileNotFound(path: path) }
+            guard let text = String(data: data, encoding: .utf8) else {
+                throw LoadError.malformed(path: path, field: "contents", found: "bytes that are not UTF-8", expected: "UTF-8 text")
+            }
+            return text.split(separator: "\n").map(String.init).filter { !$0.trimmingCharacters(in: .whitespaces).isEmpty }
+        }
+        return try DataFile.read(path).map { row in
+            guard let text = row.fields["text"] as? String else {
+                throw LoadError.malformed(path: row.location, field: "text", found: "\(row.fields.keys.sorted())", expected: "a \"text\" string")
+            }
+            return text
+        }
+    }
+
     /// Reads JSONL where each line is an array of token ids (the `--token-ids` format).
     public static func readTokenIDs(path: String, vocabSize: Int) throws -> [[Int]] {
         guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
