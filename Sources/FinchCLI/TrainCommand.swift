@@ -40,6 +40,8 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("use-rslora")) var useRSLoRA = false
     @Flag(help: "Train every weight instead of LoRA adapters.") var full = false
     @Option(help: "Start from an existing PEFT adapter.") var adapter: String?
+    @Flag(help: "SFT: pack sequences end to end into rows of --max-length (attention stays within each).")
+    var packing = false
     @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
     var chatTemplate = false
     @Option var seed: String?
@@ -61,7 +63,7 @@ struct TrainCommand: ParsableCommand {
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
             ("generate_during_eval", generateDuringEval),
-            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
+            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
@@ -138,6 +140,7 @@ final class ProgressReporter {
                 fflush(stdout)
             } else {
                 print(text)
+                fflush(stdout)   // logs show progress as it happens
             }
         case let .evaluation(step, metrics):
             if isTerminal { print("") }

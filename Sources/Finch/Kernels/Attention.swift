@@ -48,8 +48,10 @@ private func forEachKVGroup(_ shape: AttentionShape, scratchFloats: Int,
 /// the rest of the row (up to `length`) becomes 0. Returns the log-sum-exp, or -infinity
 /// (and an all-zero row) when no key is visible.
 @inline(__always)
-private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, length: Int, mask: UnsafePointer<Float>?) -> Float {
+private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, length: Int, mask: UnsafePointer<Float>?,
+                              first: Int = 0) -> Float {
     if let mask { for j in 0..<visible where mask[j] == 0 { s[j] = -.infinity } }
+    for j in 0..<min(first, visible) { s[j] = -.infinity }
     let (m, _) = maxAndIndex(s, count: visible)
     if visible < length { (s + visible).update(repeating: 0, count: length - visible) }
     guard m > -.infinity else { s.update(repeating: 0, count: visible); return -.infinity }
@@ -60,11 +62,13 @@ private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, le
 }
 
 /// Causal attention with grouped KV heads and a key padding mask [batch, seq] (1 keep, 0 pad).
+/// With `segmentStarts` [batch, seq] (packed sequences), a query sees only keys from the start
+/// of its own sequence on.
 /// Writes out and the log-sum-exp of each score row, lse [batch, heads, seq], which is all
 /// backward needs to rebuild the probabilities. A query with no visible key outputs zeros.
 public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                             keyMask: UnsafePointer<Float>?, shape: AttentionShape) {
+                             keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
     let T = shape.seq, D = shape.headDim
     forEachKVGroup(shape, scratchFloats: T * T) { b, kvh, scores in
         let kb = k + b * T * shape.kvStride + kvh * D
@@ -77,7 +81,8 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
                        b: kb, ldb: shape.kvStride, c: scores, ldc: T)
             let lseRow = lse + (b * shape.heads + h) * T
             for i in 0..<T {
-                lseRow[i] = softmaxCausalRow(scores + i * T, visible: i + 1, length: T, mask: mask)
+                lseRow[i] = softmaxCausalRow(scores + i * T, visible: i + 1, length: T, mask: mask,
+                                             first: segmentStarts.map { Int($0[b * T + i]) } ?? 0)
             }
             // out = P V   [T, D]
             BLAS.sgemm(.none, .none, m: T, n: D, k: T, a: scores, lda: T, b: vb, ldb: shape.kvStride,
@@ -91,7 +96,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
 public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                               dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                               v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
-                              keyMask: UnsafePointer<Float>?, shape: AttentionShape) {
+                              keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
     let T = shape.seq, D = shape.headDim
     forEachKVGroup(shape, scratchFloats: 2 * T * T) { b, kvh, scratch in
         let p = scratch, ds = scratch + T * T
@@ -125,6 +130,7 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                 }
                 // P = exp(S - lse) on visible keys, 0 elsewhere; dS = P * (dP - delta)
                 if let mask { for j in 0...i where mask[j] == 0 { pr[j] = -.infinity } }
+                if let segmentStarts { for j in 0..<Int(segmentStarts[b * T + i]) { pr[j] = -.infinity } }
                 scaledExpInPlace(pr, count: i + 1, shift: l, scale: 1)
                 for j in 0...i { dsr[j] = pr[j] * (dsr[j] - delta) }
                 if i + 1 < T {

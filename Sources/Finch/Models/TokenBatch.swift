@@ -6,6 +6,9 @@ public struct TokenBatch: Sendable {
     /// 1 at real tokens, 0 at padding [batch * seq]; nil when nothing is padded.
     public var mask: [Float]?
     public var positions: [Int32]    // [batch * seq]
+    /// Packed rows: the position where each token's own sequence starts [batch * seq]; attention
+    /// stays within a sequence and positions restart at each start. Nil for one sequence per row.
+    public var segmentStarts: [Int32]?
 
     public var tokenCount: Int { batch * seq }
 
@@ -28,6 +31,33 @@ public struct TokenBatch: Sendable {
             mask += Array(repeating: 1, count: row.count) + Array(repeating: 0, count: seq - row.count)
         }
         self.init(batch: rows.count, seq: seq, ids: ids, mask: mask.contains(0) ? mask : nil)
+    }
+
+    /// Rows each holding several sequences back to back (packing), right-padded with `padId`.
+    /// Labels are per sequence (unshifted); the returned targets never cross from one sequence
+    /// into the next.
+    public static func packed(rows: [[[Int32]]], labels: [[[Int32]]], padId: Int32 = 0) -> (TokenBatch, [Int32]) {
+        let seq = rows.map { $0.reduce(0) { $0 + $1.count } }.max() ?? 0
+        var ids: [Int32] = [], mask: [Float] = [], positions: [Int32] = [], starts: [Int32] = [], targets: [Int32] = []
+        for (row, rowLabels) in zip(rows, labels) {
+            var used = 0
+            for (sequence, sequenceLabels) in zip(row, rowLabels) {
+                ids += sequence
+                positions += (0..<sequence.count).map { Int32($0) }
+                starts += [Int32](repeating: Int32(used), count: sequence.count)
+                targets += (0..<sequence.count).map { t in t + 1 < sequence.count && sequenceLabels[t + 1] >= 0 ? sequenceLabels[t + 1] : -1 }
+                used += sequence.count
+            }
+            let pad = seq - used
+            ids += [Int32](repeating: padId, count: pad)
+            positions += [Int32](repeating: 0, count: pad)
+            starts += [Int32](repeating: Int32(used), count: pad)
+            targets += [Int32](repeating: -1, count: pad)
+            mask += [Float](repeating: 1, count: used) + [Float](repeating: 0, count: pad)
+        }
+        var batch = TokenBatch(batch: rows.count, seq: seq, ids: ids, mask: mask.contains(0) ? mask : nil, positions: positions)
+        batch.segmentStarts = starts
+        return (batch, targets)
     }
 
     /// Next-token targets from labels in transformers' unshifted convention: the target at

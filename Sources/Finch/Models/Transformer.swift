@@ -252,7 +252,9 @@ public final class Transformer {
                                                queries: batch.seq, shape: shape)
                     }
                 } else {
-                    attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, shape: shape)
+                    batch.segmentStarts.withOptionalPointer { starts in
+                        attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, segmentStarts: starts, shape: shape)
+                    }
                 }
                 // xMid = xIn + o(att)
                 if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
@@ -314,8 +316,10 @@ public final class Transformer {
                 rmsnormBackward(dMid, layer.postAttentionNormGrad, dNormed, a.xMid, layer.postAttentionNorm, a.rstd2, rows: n, dim: C)
                 // xMid = xIn + o(att)
                 layer.o.backward(dMid, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[3], scratch: scratch)
-                attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
-                                  out: a.att, lse: a.lse, keyMask: mask, shape: shape)
+                batch.segmentStarts.withOptionalPointer { starts in
+                    attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
+                                      out: a.att, lse: a.lse, keyMask: mask, segmentStarts: starts, shape: shape)
+                }
                 ropeApply(acts.dq, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
                 ropeApply(acts.dk, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
                 var dq = acts.dq!, dk = acts.dk!
@@ -492,9 +496,9 @@ public struct TokenStatistics: Sendable {
     }
 }
 
-extension Optional where Wrapped == [Float] {
+extension Optional {
     /// Calls `body` with a pointer to the array's elements, or nil.
-    func withOptionalPointer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
+    func withOptionalPointer<Element, R>(_ body: (UnsafePointer<Element>?) -> R) -> R where Wrapped == [Element] {
         switch self {
         case .none: return body(nil)
         case let .some(array): return array.withUnsafeBufferPointer { body($0.baseAddress) }

@@ -110,6 +110,22 @@ public enum TrainingData {
         return (examples, report)
     }
 
+    /// SFT packing: examples laid end to end into rows of at most `maxLength` tokens (first fit,
+    /// in order), each row remembering its sequences' lengths so that attention, positions and
+    /// targets stay within each sequence (`TokenBatch.packed`). Fewer, fuller rows: no padding.
+    public static func pack(_ examples: [Example], maxLength: Int) -> [Example] {
+        var rows: [(ids: [Int32], labels: [Int32], lengths: [Int32])] = []
+        for e in examples {
+            let ids = e["input_ids"], labels = e["labels"]
+            if let i = rows.firstIndex(where: { $0.ids.count + ids.count <= maxLength }) {
+                rows[i].ids += ids; rows[i].labels += labels; rows[i].lengths.append(Int32(ids.count))
+            } else {
+                rows.append((ids, labels, [Int32(ids.count)]))
+            }
+        }
+        return rows.enumerated().map { Example(id: $0, fields: ["input_ids": $1.ids, "labels": $1.labels, "segment_lengths": $1.lengths]) }
+    }
+
     static func ids(_ tokenizer: Tokenizer, _ text: String, special: Bool = false) -> [Int32] {
         tokenizer.encode(text, addSpecialTokens: special).map { Int32($0) }
     }

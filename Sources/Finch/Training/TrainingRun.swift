@@ -40,8 +40,14 @@ public final class TrainingRun {
         files = try ModelFiles.open(config.model)
         tokenizer = try Tokenizer.load(from: config.model)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
-        let (train, trainReport) = try TrainingData.examples(rows: try DataFile.read(config.data), method: config.method, format: format,
+        var (train, trainReport) = try TrainingData.examples(rows: try DataFile.read(config.data), method: config.method, format: format,
                                                              tokenizer: tokenizer, maxLength: config.maxLength, chatPrompts: config.chatTemplate)
+        if config.packing {
+            guard config.method == "sft" else {
+                throw TrainConfig.Error.invalid(key: "packing", source: "--packing", found: "true with method \(config.method)", expected: "method sft")
+            }
+            train = TrainingData.pack(train, maxLength: config.maxLength)
+        }
         var evalReport: TrainingData.Report?
         if let evalData = config.evalData {
             let (examples, report) = try TrainingData.examples(rows: try DataFile.read(evalData), method: config.method, format: format,

@@ -8,13 +8,32 @@ public final class SFTObjective: Objective {
 
     public init(padId: Int32 = 0) { self.padId = padId }
 
-    func batch(_ examples: [Example]) -> SequenceBatch {
-        SequenceBatch(rows: examples.map { $0["input_ids"] }, labels: examples.map { $0["labels"] }, padId: padId)
+    /// The rows and next-token targets of a micro-batch. A packed example (with `segment_lengths`,
+    /// see `TrainingData.pack`) holds several sequences; attention and targets stay within each.
+    func batch(_ examples: [Example]) -> (tokens: TokenBatch, targets: [Int32]) {
+        if examples.contains(where: { $0.fields["segment_lengths"] != nil }) {
+            let split = examples.map(Self.sequences)
+            return TokenBatch.packed(rows: split.map { $0.map(\.ids) }, labels: split.map { $0.map(\.labels) }, padId: padId)
+        }
+        let b = SequenceBatch(rows: examples.map { $0["input_ids"] }, labels: examples.map { $0["labels"] }, padId: padId)
+        return (b.tokens, b.targets)
+    }
+
+    static func sequences(of example: Example) -> [(ids: [Int32], labels: [Int32])] {
+        let ids = example["input_ids"], labels = example["labels"]
+        let lengths = example.fields["segment_lengths"] ?? [Int32(ids.count)]
+        var start = 0
+        return lengths.map { length in
+            defer { start += Int(length) }
+            return (Array(ids[start..<start + Int(length)]), Array(labels[start..<start + Int(length)]))
+        }
     }
 
     public func normalisers(of examples: [Example]) -> Normalisers {
-        // Scored positions: every label after the first position that is not -100.
-        Normalisers(tokens: Double(examples.reduce(0) { $0 + $1["labels"].dropFirst().filter { $0 >= 0 }.count }))
+        // Scored positions: every label after the first position of its sequence that is not -100.
+        Normalisers(tokens: Double(examples.reduce(0) { total, e in
+            total + Self.sequences(of: e).reduce(0) { $0 + $1.labels.dropFirst().filter { $0 >= 0 }.count }
+        }))
     }
 
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
