@@ -83,6 +83,44 @@ final class TrainCLITests: XCTestCase {
         XCTAssertTrue(again.err.contains("--overwrite"), again.err)
     }
 
+    /// Options from YAML (flags win), evaluation with sampled generations, and --full writing an HF folder.
+    func testYAMLConfigEvaluationGenerationsAndFullWeights() throws {
+        let model = try model(), data = try preferenceData()
+        let output = temporary.appendingPathComponent("full").path
+        let yaml = temporary.appendingPathComponent("train.yaml").path
+        try """
+        method: sft
+        model: \(model)
+        data: \(data)
+        eval_data: \(data)
+        output: \(output)
+        max_steps: 2
+        batch_size: 4
+        eval_steps: 1
+        generate_during_eval: 2
+        lr: 0.5
+        full: true
+        """.write(toFile: yaml, atomically: true, encoding: .utf8)
+        // The pairs' prompt/chosen fields read as an SFT prompt + completion once named so.
+        let sftData = temporary.appendingPathComponent("sft.jsonl").path
+        let rows = try String(contentsOfFile: data, encoding: .utf8).replacingOccurrences(of: "\"chosen\"", with: "\"completion\"")
+            .replacingOccurrences(of: #", "rejected": "[^"]*""#, with: "", options: .regularExpression)
+        try rows.write(toFile: sftData, atomically: true, encoding: .utf8)
+        let result = try run(["train", "--config", yaml, "--data", sftData, "--eval-data", sftData, "--lr", "1e-3"])
+        XCTAssertEqual(result.status, 0, result.err)
+        let run = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + "/run.json"))) as! [String: Any]
+        let trainer = (run["config"] as! [String: Any])["trainer"] as! [String: Any]
+        XCTAssertEqual((trainer["learningRate"] as! NSNumber).doubleValue, 1e-3, accuracy: 1e-9, "the flag wins over the YAML value")
+        let metrics = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertEqual(metrics.components(separatedBy: "eval_loss").count - 1, 3, "eval at steps 0, 1 and 2")
+        let generations = try String(contentsOfFile: output + "/generations.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(generations.count, 6, "2 completions per evaluation")
+        // Full fine-tuning writes an HF folder Finch loads back.
+        let files = try ModelFiles.open(output)
+        XCTAssertEqual(files.config.hiddenSize, 32)
+        XCTAssertNotNil(files.tensors["model.layers.1.mlp.down_proj.weight"])
+    }
+
     func testCrashThenResumeEndsAtTheSameAdapterBytes() throws {
         let model = try model(), data = try preferenceData()
         let straight = temporary.appendingPathComponent("straight").path
