@@ -1,0 +1,58 @@
+import XCTest
+@testable import Finch
+
+/// Bad data gets a clear error with file and line; rows that can be skipped are counted.
+final class DataTests: XCTestCase {
+    var temporary: URL!
+    override func setUpWithError() throws {
+        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-data-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+    }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = temporary.appendingPathComponent(name).path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func tokenizer() throws -> Tokenizer {
+        try Tokenizer.load(from: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer").path)
+    }
+
+    func testErrorsNameFileAndLine() throws {
+        XCTAssertThrowsError(try DataFile.read(try write("a.jsonl", "{\"text\": \"ok\"}\nnot json\n"))) {
+            XCTAssertTrue("\($0)".hasPrefix("a.jsonl:2: found invalid JSON"), "\($0)")
+        }
+        XCTAssertThrowsError(try DataFile.read(try write("b.csv", "prompt,chosen,rejected\na,b,c\nd,e\n"))) {
+            XCTAssertEqual("\($0)", "b.csv:3: found 2 fields, expected 3 (prompt, chosen, rejected)")
+        }
+        XCTAssertThrowsError(try DataFile.read(temporary.appendingPathComponent("missing.jsonl").path)) {
+            XCTAssertTrue("\($0)".contains("missing.jsonl: cannot read: no such file"), "\($0)")
+        }
+        let rows = try DataFile.read(try write("c.jsonl", "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\", \"rejected\": \"b\"}\n"))
+        XCTAssertThrowsError(try TrainingData.examples(rows: rows, method: "orpo", format: nil, tokenizer: try tokenizer(), maxLength: 64)) {
+            XCTAssertTrue("\($0)".hasPrefix("c.jsonl:2: cannot tell the dataset format"), "\($0)")
+        }
+    }
+
+    func testCSVQuotedFieldsAndJSONArrays() throws {
+        let rows = try DataFile.read(try write("d.csv", "prompt,completion\n\"Hello, \"\"you\"\"\",\"line\nbreak\"\n"))
+        XCTAssertEqual(rows[0].fields["prompt"] as? String, "Hello, \"you\"")
+        XCTAssertEqual(rows[0].fields["completion"] as? String, "line\nbreak")
+        XCTAssertEqual(try DataFile.read(try write("e.json", "[{\"text\": \"a\"}, {\"text\": \"b\"}]")).count, 2)
+    }
+
+    func testRowsWithNothingLeftAfterTruncationAreDroppedAndCounted() throws {
+        let long = String(repeating: "word ", count: 80)
+        let rows = try DataFile.read(try write("f.jsonl", """
+        {"prompt": "\(long)", "chosen": "yes", "rejected": "no"}
+        {"prompt": "short", "chosen": "yes", "rejected": "no"}
+
+        """))
+        let (examples, report) = try TrainingData.examples(rows: rows, method: "orpo", format: nil, tokenizer: try tokenizer(), maxLength: 32)
+        XCTAssertEqual(report.rows, 2)
+        XCTAssertEqual(report.dropped, 1, "the long prompt leaves no completion tokens")
+        XCTAssertEqual(examples.count, 1)
+    }
+}
