@@ -12,4 +12,17 @@ fi
 # The larger tokenizer vocabularies of llama.cpp's tests (their tests skip without them).
 bash scripts/fetch_tokenizer_vocabs.sh >/dev/null 2>&1 || echo "test: tokenizer vocabularies could not be fetched; those tests will be skipped"
 swift build --build-tests
-swift test --skip-build
+# XCTest only (the suite has no Swift Testing tests); the last line sums it up plainly.
+set +e
+swift test --skip-build --disable-swift-testing 2>&1 | tee /tmp/finch-test-$$.log
+status=${PIPESTATUS[0]}
+set -e
+summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ tests? skipped and [0-9]+ failures?|Executed [0-9]+ tests?, with [0-9]+ failures?" /tmp/finch-test-$$.log | tail -1)
+rm -f /tmp/finch-test-$$.log
+total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
+failed=$(echo "$summary" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
+skipped=$(echo "$summary" | grep -oE '[0-9]+ tests? skipped' | grep -oE '^[0-9]+' || echo 0)
+if [ -n "$summary" ]; then
+    echo "$((total - failed - skipped)) passed, $failed failed, $skipped skipped"
+fi
+exit "$status"
