@@ -2,37 +2,8 @@ import XCTest
 @testable import Finch
 
 /// The `finch` executable end to end: results, and one clear error line for bad input.
-final class CLITests: XCTestCase {
-    var temporary: URL!
-
-    override func setUpWithError() throws {
-        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
-
-    /// Runs the built `finch` with a time limit; returns exit status, stdout and stderr.
-    func finch(_ arguments: [String], timeout: TimeInterval = 60) throws -> (status: Int32, out: String, err: String) {
-        let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
-            throw XCTSkip("finch is not built next to the tests (run `swift build` first)")
-        }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(10_000) }
-        if process.isRunning { process.terminate(); XCTFail("finch \(arguments) hung"); }
-        process.waitUntilExit()
-        return (process.terminationStatus,
-                String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
-    }
+final class CLITests: TemporaryDirectoryTestCase {
+    func finch(_ arguments: [String]) throws -> FinchProcess.Result { try FinchProcess.run(arguments, timeout: 60) }
 
     func copyOfFixtureModel() throws -> URL {
         let source = TestSupport.fixtures.appendingPathComponent("parity/llama_tied")
@@ -47,7 +18,7 @@ final class CLITests: XCTestCase {
         return path
     }
 
-    func assertOneClearErrorLine(_ result: (status: Int32, out: String, err: String), mentions: [String],
+    func assertOneClearErrorLine(_ result: FinchProcess.Result, mentions: [String],
                                  file: StaticString = #filePath, line: UInt = #line) {
         XCTAssertEqual(result.status, 1, "exit status", file: file, line: line)
         let lines = result.err.split(separator: "\n")

@@ -2,20 +2,7 @@ import XCTest
 @testable import Finch
 
 /// Bad data gets a clear error with file and line; rows that can be skipped are counted.
-final class DataTests: XCTestCase {
-    var temporary: URL!
-    override func setUpWithError() throws {
-        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-data-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
-    }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
-
-    func write(_ name: String, _ text: String) throws -> String {
-        let path = temporary.appendingPathComponent(name).path
-        try text.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
+final class DataTests: TemporaryDirectoryTestCase {
     func tokenizer() throws -> Tokenizer {
         try Tokenizer.load(from: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer").path)
     }

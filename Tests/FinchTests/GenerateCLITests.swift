@@ -2,41 +2,11 @@ import XCTest
 @testable import Finch
 
 /// `finch generate` on a tiny model: defined results and clear errors for the edge cases.
-final class GenerateCLITests: XCTestCase {
-    var temporary: URL!
-    override func setUpWithError() throws {
-        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-gen-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
-    }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
-
-    func model() throws -> String {
-        let fixtures = TestSupport.fixtures.appendingPathComponent("trainers")
-        let folder = temporary.appendingPathComponent("model")
-        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("model"), to: folder)
-        for name in ["tokenizer.json", "tokenizer_config.json"] {
-            try FileManager.default.copyItem(at: fixtures.appendingPathComponent("tokenizer/\(name)"), to: folder.appendingPathComponent(name))
-        }
-        return folder.path
-    }
-
-    func finch(_ arguments: [String]) throws -> (status: Int32, out: String, err: String) {
-        let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw XCTSkip("finch is not built next to the tests") }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
-    }
+final class GenerateCLITests: TemporaryDirectoryTestCase {
+    func finch(_ arguments: [String]) throws -> FinchProcess.Result { try FinchProcess.run(arguments) }
 
     func testEdgeCases() throws {
-        let model = try model()
+        let model = try tinyChatModel()
         let greedy = try finch(["generate", "--model", model, "--prompt", "hello there", "--max-new-tokens", "6", "--json"])
         XCTAssertEqual(greedy.status, 0, greedy.err)
         let json = try JSONSerialization.jsonObject(with: Data(greedy.out.utf8)) as! [String: Any]

@@ -53,3 +53,66 @@ extension Array where Element == Float {
         return copy.withUnsafeMutableBufferPointer { body($0.baseAddress!) }
     }
 }
+
+/// The `finch` executable built next to the tests, run as a user would.
+enum FinchProcess {
+    struct Result { let status: Int32; let out: String; let err: String }
+
+    /// Runs `finch` with `arguments`; a run past `timeout` seconds is killed and fails the test.
+    static func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 120) throws -> Result {
+        let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else {
+            throw XCTSkip("finch is not built next to the tests (run `swift build` first)")
+        }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = arguments
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let timer = DispatchSource.makeTimerSource()
+        timer.schedule(deadline: .now() + timeout)
+        timer.setEventHandler { if process.isRunning { process.terminate() } }
+        timer.resume()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        timer.cancel()
+        if process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGTERM {
+            XCTFail("finch \(arguments.joined(separator: " ")) ran past \(Int(timeout)) s")
+        }
+        return Result(status: process.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
+    }
+}
+
+/// A temporary folder per test, removed afterwards, and the tiny trainer-fixture model as an HF
+/// folder with its tokenizer beside it.
+class TemporaryDirectoryTestCase: XCTestCase {
+    var temporary: URL!
+
+    override func setUpWithError() throws {
+        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = temporary.appendingPathComponent(name).path
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func tinyChatModel() throws -> String {
+        let fixtures = TestSupport.fixtures.appendingPathComponent("trainers")
+        let folder = temporary.appendingPathComponent("model")
+        if !FileManager.default.fileExists(atPath: folder.path) {
+            try FileManager.default.copyItem(at: fixtures.appendingPathComponent("model"), to: folder)
+            for name in ["tokenizer.json", "tokenizer_config.json"] {
+                try FileManager.default.copyItem(at: fixtures.appendingPathComponent("tokenizer/\(name)"), to: folder.appendingPathComponent(name))
+            }
+        }
+        return folder.path
+    }
+}

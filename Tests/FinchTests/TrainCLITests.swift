@@ -3,26 +3,8 @@ import XCTest
 
 /// `finch train` end to end on a tiny model: outputs, bad input, and a crash then --resume
 /// ending at the same adapter bytes as an uninterrupted run.
-final class TrainCLITests: XCTestCase {
-    var temporary: URL!
-    let fixtures = TestSupport.fixtures.appendingPathComponent("trainers")
-
-    override func setUpWithError() throws {
-        temporary = FileManager.default.temporaryDirectory.appendingPathComponent("finch-train-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: true)
-    }
-
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: temporary) }
-
-    /// The fixture model with its tokenizer files beside it, as an HF folder.
-    func model() throws -> String {
-        let folder = temporary.appendingPathComponent("model")
-        try FileManager.default.copyItem(at: fixtures.appendingPathComponent("model"), to: folder)
-        for name in ["tokenizer.json", "tokenizer_config.json"] {
-            try FileManager.default.copyItem(at: fixtures.appendingPathComponent("tokenizer/\(name)"), to: folder.appendingPathComponent(name))
-        }
-        return folder.path
-    }
+final class TrainCLITests: TemporaryDirectoryTestCase {
+    func model() throws -> String { try tinyChatModel() }
 
     func preferenceData(rows: Int = 12) throws -> String {
         let path = temporary.appendingPathComponent("pairs.jsonl").path
@@ -35,20 +17,8 @@ final class TrainCLITests: XCTestCase {
         return path
     }
 
-    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (status: Int32, out: String, err: String) {
-        let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
-        guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw XCTSkip("finch is not built next to the tests") }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile(), errData = err.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: outData, as: UTF8.self), String(decoding: errData, as: UTF8.self))
+    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> FinchProcess.Result {
+        try FinchProcess.run(arguments, environment: environment)
     }
 
     func trainArguments(model: String, data: String, output: String) -> [String] {

@@ -100,7 +100,7 @@ public enum SafeTensors {
         var header = "{"
         if !metadata.isEmpty {
             header += "\"__metadata__\":{"
-            header += metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }.joined(separator: ",")
+            header += metadata.keys.sorted().map { "\(jsonQuote($0, ensureASCII: false)):\(jsonQuote(metadata[$0]!, ensureASCII: false))" }.joined(separator: ",")
             header += "},"
         }
         var offset = 0
@@ -119,7 +119,7 @@ public enum SafeTensors {
             }
             if index > 0 { header += "," }
             let shapeText = tensor.shape.map(String.init).joined(separator: ",")
-            header += "\(jsonString(tensor.name)):{\"dtype\":\"\(dtype.rawValue)\",\"shape\":[\(shapeText)],\"data_offsets\":[\(offset),\(offset + bytes)]}"
+            header += "\(jsonQuote(tensor.name, ensureASCII: false)):{\"dtype\":\"\(dtype.rawValue)\",\"shape\":[\(shapeText)],\"data_offsets\":[\(offset),\(offset + bytes)]}"
             offset += bytes
         }
         header += "}"
@@ -168,7 +168,7 @@ public enum SafeTensors {
             object = try JSONSerialization.jsonObject(with: data)
         } catch {
             let preview = String(decoding: data.prefix(40), as: UTF8.self)
-            throw LoadError.malformed(path: path, field: "JSON header", found: "invalid JSON starting \(jsonString(preview))",
+            throw LoadError.malformed(path: path, field: "JSON header", found: "invalid JSON starting \(jsonQuote(preview, ensureASCII: false))",
                                       expected: "a JSON object describing the tensors")
         }
         guard let header = object as? [String: Any] else {
@@ -234,27 +234,6 @@ public func bfloat16Bits(_ value: Float) -> UInt16 {
     return UInt16(truncatingIfNeeded: rounded >> 16)
 }
 
-/// A JSON string literal for `text`.
-func jsonString(_ text: String) -> String {
-    var out = "\""
-    for scalar in text.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 {
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out + "\""
-}
 
 /// Reads the tensors of an HF model folder: `model.safetensors`, or every shard named in
 /// the `weight_map` of `model.safetensors.index.json`.

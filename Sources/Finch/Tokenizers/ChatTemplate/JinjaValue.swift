@@ -424,10 +424,6 @@ private func isPythonPrintable(_ scalar: Unicode.Scalar) -> Bool {
     }
 }
 
-func hexDigits(_ value: UInt32, width: Int) -> String {
-    let digits = String(value, radix: 16)
-    return String(repeating: "0", count: max(0, width - digits.count)) + digits
-}
 
 /// Python's `repr(float)`: shortest round-trip digits, fixed notation for exponents -4...15,
 /// scientific (`1e+16`, `1.5e-05`) otherwise.
