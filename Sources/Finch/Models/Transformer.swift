@@ -365,28 +365,23 @@ public final class Transformer {
     }
 
     /// The per-position log-probabilities of `targets` (0 where a target is negative) and the
-    /// sum of each scored position's logits, from a training forward whose activations are kept
+    /// other head statistics, from a training forward whose activations are kept
     /// for `backward(logProbGradients:)`. Objectives whose loss is not a plain token mean
     /// (ORPO, DPO) use this pair: forward, compute d loss / d log p per position, backward.
     public func forwardForTraining(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
         precondition(isTraining, "forwardForTraining needs a model built for LoRA or full fine-tuning")
-        let acts = activations(for: batch, training: true)
-        let hidden = forward(batch, acts: acts)
-        var stats = TokenStatistics(count: batch.tokenCount)
-        stats.withOutputs { outputs in
-            targets.withUnsafeBufferPointer { t in
-                _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs)
-            }
-        }
-        stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
+        let stats = headStatistics(hidden: forward(batch, acts: activations(for: batch, training: true)), batch: batch, targets: targets)
         pendingBackward = (batch, targets)
         return stats
     }
 
     /// Per-position statistics of an inference forward (no gradients): the reference model's log-probs, evaluation.
     public func tokenStatistics(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
-        let acts = activations(for: batch, training: false)
-        let hidden = forward(batch, acts: acts)
+        headStatistics(hidden: forward(batch, acts: activations(for: batch, training: false)), batch: batch, targets: targets)
+    }
+
+    /// The head's per-position figures for final hidden states (n, C): no gradients.
+    private func headStatistics(hidden: UnsafeMutablePointer<Float>, batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
         var stats = TokenStatistics(count: batch.tokenCount)
         stats.withOutputs { outputs in
             targets.withUnsafeBufferPointer { t in
