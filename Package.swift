@@ -1,5 +1,21 @@
 // swift-tools-version: 6.0
+import Foundation
 import PackageDescription
+
+/// Vector code for the CPU that builds: with AVX2, FMA and F16C (x86-64 CPUs since 2013) the
+/// kernels' SIMD8 loops become 8-wide AVX with fused multiply-adds and one-instruction f16
+/// conversion, 2-3x faster than baseline x86-64 (SSE2). FINCH_PORTABLE=1 builds for any x86-64.
+func hostCPUFlags() -> [String] {
+    #if arch(x86_64) && os(Linux)
+    if ProcessInfo.processInfo.environment["FINCH_PORTABLE"] != nil { return [] }
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
+    let flags = Set(line.split(separator: " ").map(String.init))
+    return flags.isSuperset(of: ["avx2", "fma", "f16c"]) ? ["-target-cpu", "haswell"] : []
+    #else
+    return []
+    #endif
+}
 
 let package = Package(
     name: "Finch",
@@ -16,8 +32,8 @@ let package = Package(
             name: "Finch",
             // Optimised in debug builds too: the kernels' SIMD loops are 50x slower unoptimised,
             // which would make the test suite crawl.
-            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
-                            .unsafeFlags(["-O"], .when(configuration: .debug))]
+            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"] + hostCPUFlags(), .when(configuration: .release)),
+                            .unsafeFlags(["-O"] + hostCPUFlags(), .when(configuration: .debug))]
         ),
         .executableTarget(
             name: "FinchCLI",

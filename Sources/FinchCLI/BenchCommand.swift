@@ -5,7 +5,7 @@ import Foundation
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Print speed figures (build with -c release).",
-        subcommands: [GEMM.self, Step.self])
+        subcommands: [GEMM.self, Step.self, Decode.self])
 
     struct GEMM: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "sgemm GFLOP/s on SmolLM2-135M's training shapes.")
@@ -52,6 +52,26 @@ struct BenchCommand: ParsableCommand {
                 print(String(format: "finch step (%@, %@, batch %d x %d): %.3f s/step, %.0f tokens/s, %.1f GFLOP/s",
                              files.source, full ? "full" : "LoRA r=\(loraRank)", batch, seq,
                              t.secondsPerStep, t.tokensPerSecond, t.flops / t.secondsPerStep / 1e9))
+            }
+        }
+    }
+
+    struct Decode: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Prefill and decode tokens/s of greedy generation, batch 1 (bench/hf_generate.py is transformers' side).")
+        @Option(help: "A model folder or .gguf.") var model: String
+        @Option(help: "A PEFT adapter folder applied without merging.") var adapter: String?
+        @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
+        @Option(name: .customLong("new-tokens")) var newTokens = 128
+        @Option var repetitions = 3
+
+        func run() throws {
+            try runReportingErrors {
+                let transformer = try loadModel(path: model, adapter: adapter)
+                let t = Benchmarks.decode(model: transformer, promptTokens: promptTokens, newTokens: newTokens,
+                                          repetitions: repetitions)
+                print(String(format: "finch decode (%@, prompt %d, %d new, batch 1): prefill %.1f tokens/s, decode %.1f tokens/s",
+                             model, t.promptTokens, t.newTokens, t.prefillTokensPerSecond, t.decodeTokensPerSecond))
             }
         }
     }

@@ -32,15 +32,20 @@ struct ModelOptions: ParsableArguments {
     func load() throws -> (ChatSession) {
         let files = try ModelFiles.open(model)
         let tokenizer = try Tokenizer.load(from: model)
-        let transformer: Transformer
-        if let adapter {
-            transformer = try Transformer(files: files, fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
-            try PEFTAdapter.load(directory: adapter, into: transformer)
-        } else {
-            transformer = try Transformer(files: files)
-        }
-        return ChatSession(model: transformer, tokenizer: tokenizer, files: files)
+        return ChatSession(model: try loadModel(files: files, adapter: adapter), tokenizer: tokenizer, files: files)
     }
+}
+
+/// The model at `path` (folder or .gguf) for inference, with a PEFT adapter applied without merging.
+func loadModel(path: String, adapter: String?) throws -> Transformer {
+    try loadModel(files: ModelFiles.open(path), adapter: adapter)
+}
+
+func loadModel(files: ModelFiles, adapter: String?) throws -> Transformer {
+    guard let adapter else { return try Transformer(files: files) }
+    let transformer = try Transformer(files: files, fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
+    try PEFTAdapter.load(directory: adapter, into: transformer)
+    return transformer
 }
 
 struct GenerateCommand: ParsableCommand {
@@ -51,28 +56,46 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "JSONL prompts: one {\"prompt\": ...} object (or a JSON string) per line.") var prompts: String?
     @Flag(help: "Apply the model's chat template (the prompt is a user message).") var chat = false
     @Flag(help: "One JSON object per prompt: text, token counts and timings.") var json = false
+    @Option(name: .customLong("batch-size"), help: "Prompts decoded together, left-padded (output is printed per prompt when its batch ends).")
+    var batchSize = 1
+
+    func validate() throws {
+        guard batchSize >= 1 else { throw ValidationError("--batch-size must be 1 or more") }
+    }
 
     func run() throws {
         try runReportingErrors {
             guard (prompt == nil) != (prompts == nil) else { throw ValidationError("give exactly one of --prompt or --prompts") }
             let session = try options.load()
             let inputs = try prompt.map { [$0] } ?? Self.readPrompts(prompts!)
-            for text in inputs {
-                let ids = try chat ? session.chatPrompt(history: [], user: text, system: options.system) : session.plainPrompt(text)
-                var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
-                let result = try session.generate(promptIDs: ids, options: options) { token in
-                    if !json { print(stream.append(token), terminator: ""); fflush(stdout) }
+            var start = 0
+            while start < inputs.count {
+                let texts = Array(inputs[start..<min(start + batchSize, inputs.count)])
+                start += texts.count
+                let ids = try texts.map { text in
+                    try chat ? session.chatPrompt(history: [], user: text, system: options.system) : session.plainPrompt(text)
                 }
-                if json {
-                    let object: [String: Any] = [
-                        "prompt": text, "text": session.tokenizer.decode(result.tokens, skipSpecialTokens: true),
-                        "prompt_tokens": ids.count, "completion_tokens": result.tokens.count, "finish_reason": result.finishReason,
-                        "prefill_seconds": result.promptSeconds, "decode_seconds": result.decodeSeconds,
-                        "decode_tokens_per_second": result.decodeSeconds > 0 ? Double(max(result.tokens.count - 1, 0)) / result.decodeSeconds : 0,
-                    ]
-                    print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
-                } else {
-                    print(stream.finish())
+                // One prompt at a time streams its text as it comes; a batch prints each answer at its end.
+                let streaming = !json && texts.count == 1
+                var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
+                let results = try session.generate(promptIDs: ids, options: options) { _, token in
+                    if streaming { print(stream.append(token), terminator: ""); fflush(stdout) }
+                }
+                for (r, result) in results.enumerated() {
+                    let text = session.tokenizer.decode(result.tokens, skipSpecialTokens: true)
+                    if json {
+                        let object: [String: Any] = [
+                            "prompt": texts[r], "text": text,
+                            "prompt_tokens": ids[r].count, "completion_tokens": result.tokens.count, "finish_reason": result.finishReason,
+                            "prefill_seconds": result.promptSeconds, "decode_seconds": result.decodeSeconds,
+                            "decode_tokens_per_second": result.decodeSeconds > 0 ? Double(max(result.tokens.count - 1, 0)) / result.decodeSeconds : 0,
+                        ]
+                        print(String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]), as: UTF8.self))
+                    } else if streaming {
+                        print(stream.finish())
+                    } else {
+                        print(text)
+                    }
                 }
             }
         }

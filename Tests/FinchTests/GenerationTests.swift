@@ -74,4 +74,40 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(r.finishReason, "eos")
         XCTAssertEqual(generator.generate(prompt: [1, 2, 3], sampling: SamplingSettings(), stop: StopRules(maxNewTokens: 0, eosTokenIds: [])).tokens, [])
     }
+
+    /// Prompts of different lengths decoded in one left-padded batch give what each gives alone,
+    /// with prefill chunks that cut through the padding, for every decoder variant.
+    func testBatchedGenerationWithLeftPaddingMatchesOneAtATime() throws {
+        let prompts = [[1, 17, 42, 9, 88, 3, 60], [5, 2], [70, 8, 31, 4]]
+        for directory in directories {
+            let generator = Generator(model: try Transformer(files: ModelFiles.open(directory)))
+            generator.prefillChunk = 3
+            let stop = StopRules(maxNewTokens: 6, eosTokenIds: [])
+            let batched = generator.generate(prompts: prompts, sampling: SamplingSettings(), stop: stop)
+            for (r, prompt) in prompts.enumerated() {
+                XCTAssertEqual(batched[r].tokens, generator.generate(prompt: prompt, sampling: SamplingSettings(), stop: stop).tokens,
+                               "\(directory) row \(r)")
+            }
+            // Sampling: row r draws with seed + r, whatever the batch holds.
+            let sampled = SamplingSettings(temperature: 1, seed: 8)
+            let rows = generator.generate(prompts: prompts, sampling: sampled, stop: stop)
+            var second = sampled
+            second.seed = 9
+            XCTAssertEqual(rows[1].tokens, generator.generate(prompt: prompts[1], sampling: second, stop: stop).tokens, directory)
+        }
+    }
+
+    /// A row that meets EOS stops with reason "eos" while the others go on to the length limit.
+    func testBatchedRowsStopOnTheirOwn() throws {
+        let generator = Generator(model: try Transformer(files: ModelFiles.open(directories[0])))
+        let greedy = SamplingSettings()
+        let first = generator.generate(prompt: [1, 2, 3], sampling: greedy, stop: StopRules(maxNewTokens: 1, eosTokenIds: [])).tokens[0]
+        let alone = generator.generate(prompt: [9, 4], sampling: greedy, stop: StopRules(maxNewTokens: 5, eosTokenIds: [])).tokens
+        try XCTSkipIf(alone.contains(first), "the other row would stop too")
+        let results = generator.generate(prompts: [[1, 2, 3], [9, 4]], sampling: greedy, stop: StopRules(maxNewTokens: 5, eosTokenIds: [first]))
+        XCTAssertEqual(results[0].tokens, [first])
+        XCTAssertEqual(results[0].finishReason, "eos")
+        XCTAssertEqual(results[1].tokens, alone)
+        XCTAssertEqual(results[1].finishReason, "length")
+    }
 }

@@ -76,6 +76,25 @@ final class RealModelGenerationTests: XCTestCase {
         }
         XCTAssertGreaterThan(compared, 200, "most tokens are compared")
     }
+
+    /// All prompts in one left-padded batch (more rows than matVec takes, so the GEMM path runs).
+    func testBatchedGreedyContinuationsMatchTransformers() throws {
+        guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set (scripts/fetch_smollm2.sh fetches the model)")
+        }
+        let url = TestSupport.fixtures.appendingPathComponent("smollm2/greedy.json")
+        let fixture = try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: url))
+        let generator = Generator(model: try Transformer(files: ModelFiles.open(path)))
+        let results = generator.generate(prompts: fixture.cases.map(\.prompt_ids), sampling: SamplingSettings(),
+                                         stop: StopRules(maxNewTokens: fixture.cases.map(\.output_ids.count).max()!, eosTokenIds: [2]))
+        var compared = 0
+        for (i, (c, result)) in zip(fixture.cases, results).enumerated() {
+            let trusted = c.top1_top2_logit_gap.firstIndex { $0 < 0.02 } ?? c.output_ids.count
+            XCTAssertEqual(Array(result.tokens.prefix(trusted)), Array(c.output_ids.prefix(trusted)), "case \(i)")
+            compared += trusted
+        }
+        XCTAssertGreaterThan(compared, 200, "most tokens are compared")
+    }
 }
 
 final class RealModelTextPerplexityTests: XCTestCase {

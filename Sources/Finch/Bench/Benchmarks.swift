@@ -95,3 +95,34 @@ public enum Benchmarks {
         return forward + backward
     }
 }
+
+extension Benchmarks {
+    public struct DecodeTiming: Sendable {
+        public var promptTokens: Int
+        public var newTokens: Int
+        public var prefillTokensPerSecond: Double
+        public var decodeTokensPerSecond: Double
+    }
+
+    /// Greedy generation of `newTokens` after a prompt of `promptTokens` (random ids, batch 1,
+    /// no EOS so every token is made): prefill and decode speed, medians over `repetitions`
+    /// after a warm-up run.
+    public static func decode(model: Transformer, promptTokens: Int, newTokens: Int, repetitions: Int = 3) -> DecodeTiming {
+        var rng = FinchRandom(seed: 3)
+        let prompt = (0..<promptTokens).map { _ in Int(rng.next() % UInt64(model.config.vocabSize)) }
+        let generator = Generator(model: model)
+        var prefill: [Double] = [], decode: [Double] = []
+        for rep in 0...repetitions {
+            let r = generator.generate(prompt: prompt, sampling: SamplingSettings(),
+                                       stop: StopRules(maxNewTokens: newTokens, eosTokenIds: []))
+            precondition(r.tokens.count == newTokens)
+            if rep > 0 {
+                prefill.append(Double(promptTokens) / r.promptSeconds)
+                // The first new token comes from the prefill's logits; the other n-1 each cost a decode step.
+                decode.append(Double(newTokens - 1) / r.decodeSeconds)
+            }
+        }
+        return DecodeTiming(promptTokens: promptTokens, newTokens: newTokens,
+                            prefillTokensPerSecond: median(prefill), decodeTokensPerSecond: median(decode))
+    }
+}

@@ -59,23 +59,35 @@ public final class ChatSession {
 
     /// Generates after `promptIDs`; `onToken` sees each token before the stop rules end the output.
     public func generate(promptIDs: [Int], options: GenerationOptions, onToken: (Int) -> Void) throws -> GenerationResult {
+        try generate(promptIDs: [promptIDs], options: options) { _, token in onToken(token) }[0]
+    }
+
+    /// Generates after each prompt in one batch (left-padded); `onToken(row, token)` sees each
+    /// row's tokens before the stop rules end that row.
+    public func generate(promptIDs: [[Int]], options: GenerationOptions,
+                         onToken: (_ row: Int, _ token: Int) -> Void) throws -> [GenerationResult] {
         let limit = files.config.maxPositionEmbeddings
-        guard promptIDs.count + options.maxNewTokens <= limit else { throw Error.promptTooLong(tokens: promptIDs.count, limit: limit) }
-        var text = ""
-        var emitted: [Int] = []
-        var result = generator.generate(prompt: promptIDs, sampling: options.sampling,
-                                        stop: StopRules(maxNewTokens: options.maxNewTokens, eosTokenIds: eosTokenIds)) { token in
-            emitted.append(token)
-            onToken(token)
+        for ids in promptIDs where ids.count + options.maxNewTokens > limit {
+            throw Error.promptTooLong(tokens: ids.count, limit: limit)
+        }
+        var texts = [String](repeating: "", count: promptIDs.count)
+        var emitted = [[Int]](repeating: [], count: promptIDs.count)
+        let stop = StopRules(maxNewTokens: options.maxNewTokens, eosTokenIds: eosTokenIds)
+        var results = generator.generate(prompts: promptIDs, sampling: options.sampling, stop: stop) { row, token in
+            emitted[row].append(token)
+            onToken(row, token)
             guard !options.stops.isEmpty else { return true }
-            text = tokenizer.decode(emitted, skipSpecialTokens: true)
-            return !options.stops.contains { text.contains($0) }
+            texts[row] = tokenizer.decode(emitted[row], skipSpecialTokens: true)
+            return !options.stops.contains { texts[row].contains($0) }
         }
-        if result.finishReason == "stop", let stop = options.stops.first(where: { text.contains($0) }) {
+        for r in results.indices where results[r].finishReason == "stop" {
+            guard let stop = options.stops.first(where: { texts[r].contains($0) }) else { continue }
             // Cut the output at the stop string, as OpenAI-style servers do.
-            while !result.tokens.isEmpty && tokenizer.decode(result.tokens, skipSpecialTokens: true).contains(stop) { result.tokens.removeLast() }
+            while !results[r].tokens.isEmpty && tokenizer.decode(results[r].tokens, skipSpecialTokens: true).contains(stop) {
+                results[r].tokens.removeLast()
+            }
         }
-        return result
+        return results
     }
 }
 

@@ -165,13 +165,26 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
         let mask = keyMask + b * capacity
         for h in kvh * shape.group..<(kvh + 1) * shape.group {
             let qb = q + b * queries * shape.qStride + h * D
-            BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
-                       b: kb, ldb: shape.kvStride, c: scores, ldc: total)
-            for i in 0..<queries {
-                _ = softmaxCausalRow(scores + i * total, visible: start + i + 1, length: total, mask: mask)
+            let ob = out + b * queries * shape.qStride + h * D
+            if queries > 4 || D % 8 != 0 {
+                BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
+                           b: kb, ldb: shape.kvStride, c: scores, ldc: total)
+                for i in 0..<queries {
+                    _ = softmaxCausalRow(scores + i * total, visible: start + i + 1, length: total, mask: mask)
+                }
+                BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
+                           c: ob, ldc: shape.qStride)
+                continue
             }
-            BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
-                       c: out + b * queries * shape.qStride + h * D, ldc: shape.qStride)
+            // A few queries (decoding): plain loops beat GEMM calls on such thin products.
+            for i in 0..<queries {
+                let qi = qb + i * shape.qStride, row = scores + i * total, visible = start + i + 1
+                for j in 0..<visible { row[j] = shape.scale * dot8(qi, kb + j * shape.kvStride, D) }
+                _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask)
+                let oi = ob + i * shape.qStride
+                oi.update(repeating: 0, count: D)
+                for j in 0..<visible where row[j] != 0 { axpy8(row[j], vb + j * shape.kvStride, oi, D) }
+            }
         }
     }
     if tasks < 2 || queries * total < 4096 {
@@ -188,5 +201,26 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
         defer { scores.deallocate() }
         var task = w
         while task < tasks { work(task, scores); task += workers }
+    }
+}
+
+/// sum x[i] y[i] for i < count (a multiple of 8).
+@inline(__always)
+private func dot8(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, _ count: Int) -> Float {
+    var acc = SIMD8<Float>()
+    for i in stride(from: 0, to: count, by: 8) {
+        acc = acc.addingProduct(UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self),
+                                UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self))
+    }
+    return acc.sum()
+}
+
+/// y[i] += a * x[i] for i < count (a multiple of 8).
+@inline(__always)
+private func axpy8(_ a: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ count: Int) {
+    for i in stride(from: 0, to: count, by: 8) {
+        let yi = UnsafeMutableRawPointer(y + i)
+        yi.storeBytes(of: yi.loadUnaligned(as: SIMD8<Float>.self)
+            .addingProduct(a, UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)), as: SIMD8<Float>.self)
     }
 }

@@ -20,7 +20,9 @@ public func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     p = p * r + 1.666_666_55e-1
     p = p * r + 5.000_000_12e-1
     p = p * r * r + r + 1
-    let bits = (SIMD8<Int32>(n) &+ 127) &<< 23
+    var exponent = SIMD8<Int32>()   // a per-lane loop: the generic SIMD conversion is not inlined
+    for j in 0..<8 { exponent[j] = Int32(n[j]) }
+    let bits = (exponent &+ 127) &<< 23
     let scale = unsafeBitCast(bits, to: SIMD8<Float>.self)
     return (p * scale).replacing(with: 0, where: tooSmall)
 }

@@ -10,6 +10,9 @@ public final class WeightMatrix: @unchecked Sendable {
     /// Raw storage: `rows * dtype.rowBytes(columns)` bytes.
     public let storage: UnsafeRawPointer
     let owner: AnyObject?
+    /// The stored (quantized) form of a dense copy: products with a few vectors read these
+    /// fewer bytes instead (decoding is bound by the bytes of weights read per token).
+    public private(set) var compact: WeightMatrix?
 
     /// Rows dequantized per tile: large enough for an efficient GEMM, small enough to stay in cache.
     static let tileRows = 128
@@ -58,17 +61,30 @@ public final class WeightMatrix: @unchecked Sendable {
     }
 
     /// A dense f32 copy (owned), for weights used so often that dequantizing each time costs too much.
+    /// It keeps this matrix as its `compact` form when `matVec` reads it.
     public func denseCopy() -> WeightMatrix {
         if dtype == .f32 { return self }
         let owned = OwnedBytes(count: rows * columns * 4)
         let dst = owned.pointer.assumingMemoryBound(to: Float.self)
         dequantizeRows(0, rows, into: dst)
-        return WeightMatrix(rows: rows, columns: columns, floats: dst, owner: owned)
+        let dense = WeightMatrix(rows: rows, columns: columns, floats: dst, owner: owned)
+        if matVecSupports(dtype) { dense.compact = self }
+        return dense
+    }
+
+    /// The form that `matVec` reads for products with a few vectors, if any.
+    private var matVecForm: WeightMatrix? {
+        if let compact { return compact }
+        return matVecSupports(dtype) && columns % 32 == 0 ? self : nil
     }
 
     /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`).
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
         let beta: Float = accumulate ? 1 : 0
+        if n <= matVecMaxVectors, let form = matVecForm {
+            matVec(form.dtype, form.storage, rows: rows, columns: columns, x, n: n, into: y, accumulate: accumulate)
+            return
+        }
         if let w = floats {
             BLAS.sgemm(.none, .transpose, m: n, n: rows, k: columns, a: x, lda: columns, b: w, ldb: columns,
                        beta: beta, c: y, ldc: rows)

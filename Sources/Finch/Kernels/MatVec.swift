@@ -1,0 +1,148 @@
+// Products of a weight matrix with a few vectors, y[t, r] = W_r . x_t for t < n (n small:
+// one token per sequence while decoding). Here the cost is reading W, not arithmetic, so the
+// weights are read in their stored form (f32, or quantized blocks widened in registers)
+// and each block is used for all n vectors while it is loaded.
+//
+// Quantized rows follow ggml's block layouts (see Dequantize.swift). A block's dot product is
+// rearranged, e.g. for q4_1 (w = d*q + m): sum_i w_i x_i = d * sum_i q_i x_i + m * sum_i x_i,
+// so results equal those of the dequantized f32 matrix up to float rounding.
+//
+// The loops are written so that LLVM turns them into 8-wide vector code: the widening of
+// bytes to floats is a per-lane loop (Swift's generic SIMD conversions are not inlined), and
+// the partial sums live in SIMD8 values, not in memory.
+
+/// The most vectors `matVec` takes at once; more go through GEMM on dequantized tiles.
+let matVecMaxVectors = 4
+
+func matVecSupports(_ dtype: DType) -> Bool {
+    switch dtype {
+    case .f32, .q8_0, .q4_0, .q4_1: return true
+    default: return false
+    }
+}
+
+/// y[t * rows + r] (+)= dot(W_r, x[t * columns ..< (t+1) * columns]) for t < n, r < rows.
+/// `dtype` must satisfy `matVecSupports`; 1 ≤ n ≤ `matVecMaxVectors`; columns a multiple of 32.
+func matVec(_ dtype: DType, _ w: UnsafeRawPointer, rows: Int, columns: Int,
+            _ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    precondition(n >= 1 && n <= matVecMaxVectors && matVecSupports(dtype) && columns % 32 == 0,
+                 "matVec: \(n) vectors of \(columns) against \(dtype.rawValue)")
+    let rowBytes = dtype.rowBytes(columns: columns)
+    let blocks = columns / 32
+    // Per-block sums of each x, for q4_1's block minimum.
+    var blockSums = [Float](repeating: 0, count: dtype == .q4_1 ? n * blocks : 0)
+    if dtype == .q4_1 {
+        for t in 0..<n {
+            for b in 0..<blocks {
+                let p = x + t * columns + b * 32
+                blockSums[t * blocks + b] = (load8(p) + load8(p + 8) + load8(p + 16) + load8(p + 24)).sum()
+            }
+        }
+    }
+    blockSums.withUnsafeBufferPointer { sums in
+        let sums = sums.baseAddress
+        parallelFor(rows, grain: 64) { range in
+            for r in range {
+                let row = w + r * rowBytes
+                for t in 0..<n {
+                    let xt = x + t * columns
+                    let dot: Float
+                    switch dtype {
+                    case .f32: dot = dotF32(row.assumingMemoryBound(to: Float.self), xt, columns)
+                    case .q8_0: dot = dotQ8_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks)
+                    case .q4_0: dot = dotQ4_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks)
+                    default: dot = dotQ4_1(row.assumingMemoryBound(to: UInt8.self), xt, blocks, sums! + t * blocks)
+                    }
+                    let target = y + t * rows + r
+                    target.pointee = accumulate ? target.pointee + dot : dot
+                }
+            }
+        }
+    }
+}
+
+@inline(__always) private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
+    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
+}
+
+@inline(__always) private func half(_ p: UnsafePointer<UInt8>) -> Float {
+    Float(Float16(bitPattern: UInt16(p[0]) | UInt16(p[1]) << 8))
+}
+
+@inline(__always) private func lowNibbles(_ p: UnsafePointer<UInt8>) -> SIMD8<Float> {
+    var v = SIMD8<Float>()
+    for j in 0..<8 { v[j] = Float(p[j] & 0x0F) }
+    return v
+}
+
+@inline(__always) private func highNibbles(_ p: UnsafePointer<UInt8>) -> SIMD8<Float> {
+    var v = SIMD8<Float>()
+    for j in 0..<8 { v[j] = Float(p[j] >> 4) }
+    return v
+}
+
+@inline(__always) private func signedBytes(_ p: UnsafePointer<UInt8>) -> SIMD8<Float> {
+    var v = SIMD8<Float>()
+    for j in 0..<8 { v[j] = Float(Int8(bitPattern: p[j])) }
+    return v
+}
+
+private func dotF32(_ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ columns: Int) -> Float {
+    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>(), acc2 = SIMD8<Float>(), acc3 = SIMD8<Float>()
+    var i = 0
+    while i + 32 <= columns {
+        acc0 = acc0.addingProduct(load8(w + i), load8(x + i))
+        acc1 = acc1.addingProduct(load8(w + i + 8), load8(x + i + 8))
+        acc2 = acc2.addingProduct(load8(w + i + 16), load8(x + i + 16))
+        acc3 = acc3.addingProduct(load8(w + i + 24), load8(x + i + 24))
+        i += 32
+    }
+    return ((acc0 + acc1) + (acc2 + acc3)).sum()
+}
+
+// block_q8_0 (34 bytes): f16 d, int8 q[32]; w = d * q.
+private func dotQ8_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ blocks: Int) -> Float {
+    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+    for b in 0..<blocks {
+        let block = row + b &* 34, q = block + 2, xb = x + b &* 32
+        let d = half(block)
+        let s0 = (signedBytes(q) * load8(xb)).addingProduct(signedBytes(q + 16), load8(xb + 16))
+        let s1 = (signedBytes(q + 8) * load8(xb + 8)).addingProduct(signedBytes(q + 24), load8(xb + 24))
+        acc0 = acc0.addingProduct(s0, d)
+        acc1 = acc1.addingProduct(s1, d)
+    }
+    return (acc0 + acc1).sum()
+}
+
+// block_q4_0 (18 bytes): f16 d, q[16] nibbles (low: values 0..<16, high: 16..<32); w = d * (q - 8).
+// sum_i w_i x_i = d * (sum_i q_i x_i - 8 * sum_i x_i).
+private func dotQ4_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ blocks: Int) -> Float {
+    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+    let eight = SIMD8<Float>(repeating: 8)
+    for b in 0..<blocks {
+        let block = row + b &* 18, q = block + 2, xb = x + b &* 32
+        let d = half(block)
+        let s0 = ((lowNibbles(q) - eight) * load8(xb)).addingProduct(highNibbles(q) - eight, load8(xb + 16))
+        let s1 = ((lowNibbles(q + 8) - eight) * load8(xb + 8)).addingProduct(highNibbles(q + 8) - eight, load8(xb + 24))
+        acc0 = acc0.addingProduct(s0, d)
+        acc1 = acc1.addingProduct(s1, d)
+    }
+    return (acc0 + acc1).sum()
+}
+
+// block_q4_1 (20 bytes): f16 d, f16 m, q[16] nibbles; w = d * q + m.
+private func dotQ4_1(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ blocks: Int,
+                     _ blockSums: UnsafePointer<Float>) -> Float {
+    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+    var minimums: Float = 0
+    for b in 0..<blocks {
+        let block = row + b &* 20, q = block + 4, xb = x + b &* 32
+        let d = half(block), m = half(block + 2)
+        let s0 = (lowNibbles(q) * load8(xb)).addingProduct(highNibbles(q), load8(xb + 16))
+        let s1 = (lowNibbles(q + 8) * load8(xb + 8)).addingProduct(highNibbles(q + 8), load8(xb + 24))
+        acc0 = acc0.addingProduct(s0, d)
+        acc1 = acc1.addingProduct(s1, d)
+        minimums = minimums.addingProduct(m, blockSums[b])
+    }
+    return (acc0 + acc1).sum() + minimums
+}

@@ -1,0 +1,73 @@
+import XCTest
+@testable import Finch
+
+/// The decode path's matrix-vector products on stored (quantized) weights against the
+/// dequantized f32 matrix, and WeightMatrix choosing them for a few vectors.
+final class MatVecTests: XCTestCase {
+    /// Random rows of `dtype` with finite f16 scales.
+    private func randomRows(_ dtype: DType, rows: Int, columns: Int, seed: UInt64) -> [UInt8] {
+        var rng = SplitMix(seed: seed)
+        let rowBytes = dtype.rowBytes(columns: columns)
+        if dtype == .f32 {
+            let floats = (0..<rows * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 1000 }
+            return floats.withUnsafeBytes { Array($0) }
+        }
+        var bytes = (0..<rows * rowBytes).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        for b in 0..<(rows * columns / 32) {
+            let offsets = dtype == .q4_1 ? [0, 2] : [0]
+            for o in offsets {
+                let h = Float16(Float(Int(rng.next() % 2001) - 1000) / 4000).bitPattern
+                bytes[b * dtype.blockBytes + o] = UInt8(h & 0xFF)
+                bytes[b * dtype.blockBytes + o + 1] = UInt8(h >> 8)
+            }
+        }
+        return bytes
+    }
+
+    func testMatchesTheDequantizedMatrixForEachTypeAndVectorCount() {
+        let rows = 37, columns = 96
+        var rng = SplitMix(seed: 11)
+        for dtype in [DType.f32, .q8_0, .q4_0, .q4_1] {
+            let bytes = randomRows(dtype, rows: rows, columns: columns, seed: 3)
+            var dense = [Float](repeating: 0, count: rows * columns)
+            bytes.withUnsafeBytes { raw in
+                dense.withUnsafeMutableBufferPointer { dequantizeRow(dtype, raw.baseAddress!, $0.baseAddress!, count: rows * columns) }
+            }
+            for n in 1...matVecMaxVectors {
+                let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+                var expected = [Float](repeating: 0, count: n * rows)
+                for t in 0..<n {
+                    for r in 0..<rows {
+                        var s = 0.0
+                        for c in 0..<columns { s += Double(dense[r * columns + c]) * Double(x[t * columns + c]) }
+                        expected[t * rows + r] = Float(s) + 1   // the output held 1 before accumulating
+                    }
+                }
+                var got = [Float](repeating: 1, count: n * rows)
+                bytes.withUnsafeBytes { raw in
+                    matVec(dtype, raw.baseAddress!, rows: rows, columns: columns, x, n: n, into: &got, accumulate: true)
+                }
+                XCTAssertLessThan(TestSupport.maxRelativeError(got, expected), 1e-5, "\(dtype.rawValue) n=\(n)")
+            }
+        }
+    }
+
+    /// A dense copy of a quantized matrix keeps the quantized form for thin products, and
+    /// both paths (matVec for few vectors, GEMM on tiles for many) agree.
+    func testWeightMatrixUsesTheStoredFormForFewVectors() {
+        let rows = 64, columns = 64
+        let bytes = randomRows(.q4_1, rows: rows, columns: columns, seed: 5)
+        let storage = OwnedBytes(count: bytes.count)
+        bytes.withUnsafeBytes { storage.pointer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        let quantized = WeightMatrix(rows: rows, columns: columns, dtype: .q4_1, storage: UnsafeRawPointer(storage.pointer), owner: storage)
+        let dense = quantized.denseCopy()
+        XCTAssertTrue(dense.compact === quantized)
+        var rng = SplitMix(seed: 2)
+        let x = (0..<8 * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+        var viaGEMM = [Float](repeating: 0, count: 8 * rows)
+        var viaMatVec = [Float](repeating: 0, count: 2 * rows)
+        dense.multiply(x, n: 8, into: &viaGEMM)
+        dense.multiply(x, n: 2, into: &viaMatVec)
+        XCTAssertLessThan(TestSupport.maxRelativeError(viaMatVec, Array(viaGEMM.prefix(2 * rows))), 1e-5)
+    }
+}
