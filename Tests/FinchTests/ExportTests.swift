@@ -229,6 +229,56 @@ final class ExportTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: temporary.path), ["hf"])
     }
 
+    // MARK: - Tokenizers
+
+    /// llama.cpp's vocabularies (tests/test-tokenizer-0 strings and ids) through GGUF -> tokenizer.json
+    /// and back -> GGUF metadata: both give llama.cpp's ids. Vocabularies not on disk are skipped
+    /// (llama-spm is committed; scripts/fetch_tokenizer_vocabs.sh fetches the rest).
+    func testTokenizerConversionKeepsLlamaCppIDs() throws {
+        let names = ["llama-spm", "gpt-2", "llama-bpe", "qwen2", "qwen35", "phi-3", "deepseek-coder", "deepseek-llm", "falcon", "mpt",
+                     "starcoder", "refact", "command-r"]
+        var checked = 0
+        for name in names {
+            guard let url = TokenizerFixtures.llamaCppVocab(name) else { continue }
+            let dir = TokenizerFixtures.root.appendingPathComponent("llama.cpp")
+            let raw = try String(contentsOf: dir.appendingPathComponent("ggml-vocab-\(name).gguf.inp"), encoding: .utf8)
+            let texts = raw.components(separatedBy: "\n__ggml_vocab_test__\n")
+            let expectedLines = try String(contentsOf: dir.appendingPathComponent("ggml-vocab-\(name).gguf.out"), encoding: .utf8)
+                .split(separator: "\n", omittingEmptySubsequences: false)
+
+            let gguf = try GGUFFile(path: url.path)
+            // FINCH_EXPORT_TOKENIZERS=DIR keeps the folders for reference/check_export_tokenizers.py (HF tokenizers).
+            let keep = ProcessInfo.processInfo.environment["FINCH_EXPORT_TOKENIZERS"]
+            let folder = keep.map { "\($0)/\(name)" } ?? out("tok-\(name)")
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            let (json, config) = try TokenizerConversion.huggingFaceFiles(from: gguf, modelMaxLength: 4096)
+            try Data(json.utf8).write(to: URL(fileURLWithPath: folder + "/tokenizer.json"))
+            try Exporter.jsonText(config).write(to: URL(fileURLWithPath: folder + "/tokenizer_config.json"))
+            let hf = try Tokenizer.load(from: folder)
+
+            let modelConfig = ModelConfig(modelType: "llama", hiddenSize: 8, intermediateSize: 8, layerCount: 1, headCount: 1,
+                                          kvHeadCount: 1, vocabSize: gguf.metadata["tokenizer.ggml.tokens"]!.array!.count)
+            let metadata = [(key: "general.architecture", value: GGUFValue.string("llama"))]
+                + (try TokenizerConversion.ggufMetadata(folder: folder, config: modelConfig))
+            let back = out("tok-\(name).gguf")
+            try GGUFWriter.write(path: back, metadata: metadata, tensors: []) { _, _ in }
+            let again = try Tokenizer.load(from: back)
+
+            var hfPassed = 0, backPassed = 0
+            for (index, text) in texts.enumerated() {
+                let expected = expectedLines[index].split(separator: " ").map { Int($0)! }
+                if hf.encode(text, addSpecialTokens: false) == expected { hfPassed += 1 }
+                if again.encode(text, addSpecialTokens: false) == expected { backPassed += 1 }
+            }
+            XCTAssertEqual(hfPassed, texts.count, "\(name): tokenizer.json")
+            XCTAssertEqual(backPassed, texts.count, "\(name): tokenizer.json -> GGUF")
+            XCTAssertEqual(hf.encode("Hello world", addSpecialTokens: true), try Tokenizer.load(from: url.path).encode("Hello world", addSpecialTokens: true), name)
+            print("export tokenizer ggml-vocab-\(name): tokenizer.json \(hfPassed)/\(texts.count), back to GGUF \(backPassed)/\(texts.count)")
+            checked += 1
+        }
+        if checked == 0 { throw XCTSkip("no llama.cpp vocabulary found") }
+    }
+
     // MARK: - The real model (skipped without FINCH_SMOLLM2_GGUF)
 
     func testSmolLM2TokenizerSurvivesExport() throws {
