@@ -303,4 +303,41 @@ final class ExportTests: TemporaryDirectoryTestCase {
             XCTAssertEqual(a.metadata[key], b.metadata[key], key)
         }
     }
+
+    /// SIGKILL in the middle of writing leaves nothing under the final name (only a hidden
+    /// temporary sibling, which a later export does not mind).
+    func testKilledExportLeavesNoHalfWrittenOutput() throws {
+        guard let gguf = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: gguf) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set")
+        }
+        let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
+        guard FileManager.default.isExecutableFile(atPath: binary.path) else { throw XCTSkip("finch is not built next to the tests") }
+        for (format, name) in [("gguf", "killed.gguf"), ("hf", "killed-hf")] {
+            let process = Process()
+            process.executableURL = binary
+            process.arguments = ["export", "--model", gguf, "--format", format, "--output", out(name)]
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            // Wait until the temporary sibling holds some bytes, then kill.
+            let deadline = Date().addingTimeInterval(60)
+            var started = false
+            while Date() < deadline && process.isRunning && !started {
+                let entries = (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? []
+                if let tmp = entries.first(where: { $0.hasPrefix(".\(name).tmp-") }) {
+                    let path = out(tmp)
+                    let size = format == "gguf" ? (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+                        : ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).isEmpty ? 0 : 1
+                    started = size > 0
+                }
+                usleep(2_000)
+            }
+            XCTAssertTrue(started && process.isRunning, "\(format): the export finished before it could be interrupted")
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out(name)), "\(format): a half-written \(name) is visible")
+            // The next export succeeds despite the leftover.
+            try Exporter.export(ExportOptions(model: parity("llama_tied"), format: format == "gguf" ? .gguf : .hf, output: out(name)))
+            XCTAssertNoThrow(try ModelFiles.open(out(name)))
+        }
+    }
 }

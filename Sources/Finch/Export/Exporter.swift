@@ -194,22 +194,14 @@ enum GGUFExport {
         }
         let dtype = options.dtype.dtype
 
-        // Tensors in llama.cpp's order: the source GGUF's, else embedding, blocks, norm, head.
+        // Tensor order: the source GGUF's when there is one.
         var hfNames = merged.names.filter { GGUFFile.ggufName($0) != nil }
         if config.tieWordEmbeddings { hfNames.removeAll { $0 == "lm_head.weight" } }
         if let gguf = files.gguf {
             let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
             hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
-        } else {
-            // As convert_hf_to_gguf meets them in a transformers checkpoint: HF names in order, layers by number.
-            func key(_ name: String) -> (Int, Int, String) {
-                let gguf = GGUFFile.ggufName(name)!
-                if gguf == "token_embd.weight" { return (0, 0, name) }
-                if gguf.hasPrefix("blk.") { return (1, Int(gguf.split(separator: ".")[1])!, name) }
-                return (2, gguf == "output_norm.weight" ? 0 : 1, name)
-            }
-            hfNames.sort { key($0) < key($1) }
         }
+        // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
         let tensors = hfNames.map { name -> GGUFWriter.Tensor in
             let shape = merged.shape(name)
             var type = shape.count == 1 ? DType.f32 : dtype
