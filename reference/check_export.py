@@ -10,7 +10,8 @@ GGUF f32/f16/bf16/q8_0, then for each export:
 and compares each with `finch perplexity --model GGUF --adapter ADAPTER` (Finch's model plus
 adapter), printing relative differences and PASS/FAIL against the issue's tolerances:
 1e-3 for f32, 1e-2 for f16/bf16, 2e-2 for q8_0. Also compares the exported tokenizer
-(tokenizer.json via AutoTokenizer) with transformers' own reading of the GGUF vocabulary.
+(tokenizer.json via AutoTokenizer) with transformers' own reading of the GGUF vocabulary, and
+checks that GGUF f32 -> HF f32 -> GGUF f32 keeps every tensor bit for bit.
 
 Usage: python3 reference/check_export.py GGUF ADAPTER TOKEN_IDS.jsonl [--finch .build/debug/finch] [--workdir DIR]
 """
@@ -21,6 +22,8 @@ import os
 import shutil
 import subprocess
 import sys
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws its own progress bar
 
 import gguf
 import numpy as np
@@ -118,6 +121,17 @@ def main():
     print(f"tokenizer.json of the HF export vs transformers' GGUF tokenizer on {len(TEXTS)} texts: "
           f"{'same ids' if same else 'DIFFERENT ids'}; chat template {'same' if same_chat else 'DIFFERENT'}")
     ok &= same and same_chat
+    # GGUF f32 -> HF f32 -> GGUF f32 keeps every tensor bit for bit, in the same order.
+    first = os.path.join(args.workdir, "export-f32.gguf")
+    folder, second = os.path.join(args.workdir, "roundtrip-hf"), os.path.join(args.workdir, "roundtrip.gguf")
+    for src, fmt, dst in [(first, "hf", folder), (folder, "gguf", second)]:
+        subprocess.run([args.finch, "export", "--model", src, "--format", fmt, "--output", dst], capture_output=True, check=True)
+    a, b = gguf.GGUFReader(first), gguf.GGUFReader(second)
+    same_order = [t.name for t in a.tensors] == [t.name for t in b.tensors]
+    identical = same_order and all(np.array_equal(x.data.view(np.uint8), y.data.view(np.uint8)) for x, y in zip(a.tensors, b.tensors))
+    print(f"GGUF f32 -> HF -> GGUF f32: {len(a.tensors)} tensors, {'same order' if same_order else 'DIFFERENT order'}, "
+          f"{'bit-identical' if identical else 'NOT bit-identical'}")
+    ok &= identical
     print("ALL PASS" if ok else "SOME FAIL")
     sys.exit(0 if ok else 1)
 
