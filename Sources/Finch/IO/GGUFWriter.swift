@@ -49,10 +49,9 @@ public enum GGUFWriter {
         header.u64(UInt64(metadata.count))
         for (key, value) in metadata {
             header.string(key)
-            header.u32(try valueType(value, key: key, path: path))
+            header.u32(valueType(value))
             try header.value(value, key: key, path: path)
         }
-        var offsets: [Int] = []
         var offset = 0
         for tensor in tensors {
             header.string(tensor.name)
@@ -60,7 +59,6 @@ public enum GGUFWriter {
             for dim in tensor.shape.reversed() { header.u64(UInt64(dim)) }
             header.u32(typeID(tensor.dtype))
             header.u64(UInt64(offset))
-            offsets.append(offset)
             offset = (offset + tensor.byteCount + alignment - 1) / alignment * alignment
         }
         header.pad(to: alignment)
@@ -87,7 +85,7 @@ public enum GGUFWriter {
     }
 
     /// GGUF value type id (0 uint8 ... 12 float64).
-    static func valueType(_ value: GGUFValue, key: String, path: String) throws -> UInt32 {
+    static func valueType(_ value: GGUFValue) -> UInt32 {
         switch value {
         case .uint8: return 0
         case .int8: return 1
@@ -130,11 +128,11 @@ public enum GGUFWriter {
             case let .string(v): string(v)
             case let .array(items):
                 // An empty array's element type is not recorded by GGUFValue; uint8 is as good as any.
-                let elementType = try items.first.map { try GGUFWriter.valueType($0, key: key, path: path) } ?? 0
+                let elementType = items.first.map(GGUFWriter.valueType) ?? 0
                 u32(elementType)
                 u64(UInt64(items.count))
                 for item in items {
-                    let type = try GGUFWriter.valueType(item, key: key, path: path)
+                    let type = GGUFWriter.valueType(item)
                     guard type == elementType else {
                         throw SaveError.invalidMetadata(path: path, key: key, problem: "an array mixes \(items[0].typeName) and \(item.typeName) values")
                     }
