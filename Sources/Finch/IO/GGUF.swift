@@ -112,6 +112,8 @@ public final class GGUFFile: @unchecked Sendable {
     public let path: String
     public let version: Int
     public let metadata: [String: GGUFValue]
+    /// Metadata keys in file order.
+    public let metadataKeys: [String]
     /// GGUF names; shapes row-major (`[rows, columns]`), i.e. GGUF's `ne` reversed.
     public let tensors: [String: TensorData]
     /// Tensor names in file order.
@@ -160,8 +162,10 @@ public final class GGUFFile: @unchecked Sendable {
 
         var metadata: [String: GGUFValue] = [:]
         metadata.reserveCapacity(metadataCount)
+        var metadataKeys: [String] = []
         for index in 0..<metadataCount {
             let key = try reader.string("metadata key #\(index)")
+            metadataKeys.append(key)
             let type = try reader.u32("type of metadata '\(key)'")
             let value = try reader.value(type: type, key: key, depth: 0)
             guard metadata.updateValue(value, forKey: key) == nil else {
@@ -169,6 +173,7 @@ public final class GGUFFile: @unchecked Sendable {
             }
         }
         self.metadata = metadata
+        self.metadataKeys = metadataKeys
 
         var alignment = 32
         if let value = metadata["general.alignment"] {
@@ -420,6 +425,37 @@ public final class GGUFFile: @unchecked Sendable {
         default: return nil
         }
         return "model.layers.\(layer).\(module).\(suffix)"
+    }
+
+    /// The llama.cpp name of a Hugging Face tensor name (the inverse of `hfName`), or nil.
+    public static func ggufName(_ hfName: String) -> String? {
+        switch hfName {
+        case "model.embed_tokens.weight": return "token_embd.weight"
+        case "model.norm.weight": return "output_norm.weight"
+        case "lm_head.weight": return "output.weight"
+        default: break
+        }
+        let parts = hfName.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), layer >= 0 else { return nil }
+        let module = parts[3..<(parts.count - 1)].joined(separator: ".")
+        let suffix = parts.last!
+        guard suffix == "weight" || suffix == "bias" else { return nil }
+        let short: String
+        switch module {
+        case "input_layernorm": short = "attn_norm"
+        case "self_attn.q_proj": short = "attn_q"
+        case "self_attn.k_proj": short = "attn_k"
+        case "self_attn.v_proj": short = "attn_v"
+        case "self_attn.o_proj": short = "attn_output"
+        case "self_attn.q_norm": short = "attn_q_norm"
+        case "self_attn.k_norm": short = "attn_k_norm"
+        case "post_attention_layernorm": short = "ffn_norm"
+        case "mlp.gate_proj": short = "ffn_gate"
+        case "mlp.up_proj": short = "ffn_up"
+        case "mlp.down_proj": short = "ffn_down"
+        default: return nil
+        }
+        return "blk.\(layer).\(short).\(suffix)"
     }
 
     /// Undoes convert_hf_to_gguf's `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`:

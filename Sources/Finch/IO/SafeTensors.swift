@@ -93,10 +93,25 @@ public enum SafeTensors {
     /// atomically: the bytes go to a temporary file in the same folder, which is then renamed.
     public static func write(path: String, tensors: [(name: String, shape: [Int], values: [Float])],
                              dtype: DType, metadata: [String: String] = [:]) throws {
-        guard supportedDTypes.contains(dtype) else {
-            throw SaveError.invalidTensor(path: path, name: tensors.first?.name ?? "", problem: "dtype \(dtype.rawValue) is not one of F32, F16, BF16")
+        for tensor in tensors where tensor.shape.allSatisfy({ $0 >= 0 }) && tensor.shape.reduce(1, *) != tensor.values.count {
+            throw SaveError.invalidTensor(path: path, name: tensor.name,
+                                          problem: "shape \(tensor.shape) does not hold its \(tensor.values.count) values")
         }
-        let sorted = tensors.sorted { $0.name < $1.name }
+        let byName = Dictionary(tensors.map { ($0.name, $0.values) }, uniquingKeysWith: { first, _ in first })
+        try write(path: path, layout: tensors.map { (name: $0.name, shape: $0.shape) }, dtype: dtype, metadata: metadata) { name in
+            byName[name]!
+        }
+    }
+
+    /// Writes tensors whose values are produced one at a time by `values(name)` (in name
+    /// order), so that a model larger than memory allows twice can be written. Same format
+    /// and atomicity as `write(path:tensors:dtype:metadata:)`.
+    public static func write(path: String, layout: [(name: String, shape: [Int])], dtype: DType,
+                             metadata: [String: String] = [:], values: (String) throws -> [Float]) throws {
+        guard supportedDTypes.contains(dtype) else {
+            throw SaveError.invalidTensor(path: path, name: layout.first?.name ?? "", problem: "dtype \(dtype.rawValue) is not one of F32, F16, BF16")
+        }
+        let sorted = layout.sorted { $0.name < $1.name }
         var header = "{"
         if !metadata.isEmpty {
             header += "\"__metadata__\":{"
@@ -111,11 +126,8 @@ public enum SafeTensors {
             if index > 0, sorted[index - 1].name == tensor.name {
                 throw SaveError.invalidTensor(path: path, name: tensor.name, problem: "name given twice")
             }
-            guard tensor.shape.allSatisfy({ $0 >= 0 }),
-                  let bytes = byteCount(shape: tensor.shape, elementBytes: dtype.blockBytes),
-                  bytes == tensor.values.count * dtype.blockBytes else {
-                throw SaveError.invalidTensor(path: path, name: tensor.name,
-                                              problem: "shape \(tensor.shape) does not hold its \(tensor.values.count) values")
+            guard tensor.shape.allSatisfy({ $0 >= 0 }), let bytes = byteCount(shape: tensor.shape, elementBytes: dtype.blockBytes) else {
+                throw SaveError.invalidTensor(path: path, name: tensor.name, problem: "shape \(tensor.shape) is not a valid shape")
             }
             if index > 0 { header += "," }
             let shapeText = tensor.shape.map(String.init).joined(separator: ",")
@@ -134,11 +146,16 @@ public enum SafeTensors {
             let scratch = UnsafeMutableRawPointer.allocate(byteCount: chunk * 4, alignment: 64)
             defer { scratch.deallocate() }
             for tensor in sorted {
-                try tensor.values.withUnsafeBufferPointer { values in
+                let tensorValues = try values(tensor.name)
+                guard tensorValues.count == tensor.shape.reduce(1, *) else {
+                    throw SaveError.invalidTensor(path: path, name: tensor.name,
+                                                  problem: "shape \(tensor.shape) does not hold its \(tensorValues.count) values")
+                }
+                try tensorValues.withUnsafeBufferPointer { values in
                     var start = 0
                     while start < values.count {
                         let n = min(chunk, values.count - start)
-                        let bytes = encode(values.baseAddress! + start, count: n, as: dtype, into: scratch)
+                        let bytes = encodeRow(values.baseAddress! + start, as: dtype, into: scratch, count: n)
                         try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
                         start += n
                     }
@@ -204,24 +221,6 @@ public enum SafeTensors {
         guard let value else { return "nothing" }
         let text = "\(value)"
         return text.count > 60 ? String(text.prefix(60)) + "..." : text
-    }
-
-    /// Little-endian bytes of `count` floats as `dtype`; returns the byte count.
-    private static func encode(_ values: UnsafePointer<Float>, count: Int, as dtype: DType, into out: UnsafeMutableRawPointer) -> Int {
-        switch dtype {
-        case .f16:
-            let dst = out.bindMemory(to: UInt16.self, capacity: count)
-            for i in 0..<count { dst[i] = Float16(values[i]).bitPattern.littleEndian }
-            return count * 2
-        case .bf16:
-            let dst = out.bindMemory(to: UInt16.self, capacity: count)
-            for i in 0..<count { dst[i] = bfloat16Bits(values[i]).littleEndian }
-            return count * 2
-        default:
-            let dst = out.bindMemory(to: UInt32.self, capacity: count)
-            for i in 0..<count { dst[i] = values[i].bitPattern.littleEndian }
-            return count * 4
-        }
     }
 }
 

@@ -1,0 +1,37 @@
+import ArgumentParser
+import Finch
+import Foundation
+
+struct ExportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Merge a LoRA adapter into its model and write an HF folder or a GGUF file.",
+        discussion: """
+        --format hf writes config.json, model.safetensors (sharded past 2 GB, with an index), \
+        generation_config.json and the tokenizer files; --format gguf writes one GGUF file with \
+        its metadata, tokenizer and chat template. Without --adapter the model is only converted.
+        """)
+
+    @Option(help: "An HF model folder or a .gguf file.") var model: String
+    @Option(help: "A PEFT LoRA adapter folder to merge (optional).") var adapter: String?
+    @Option(help: "hf or gguf.") var format: String
+    @Option(help: "f32, f16, bf16, or q8_0 (gguf only).") var dtype: String = "f32"
+    @Option(help: "The folder (hf) or .gguf file (gguf) to create.") var output: String
+    @Flag(help: "Replace an existing output (only once the new one is complete).") var overwrite = false
+
+    func run() throws {
+        try runReportingErrors {
+            guard let format = ExportFormat(rawValue: format.lowercased()) else {
+                throw ValidationError("unknown --format '\(format)'; valid: \(ExportFormat.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            let options = ExportOptions(model: model, adapter: adapter, format: format, dtype: try ExportDType(parsing: dtype),
+                                        output: output, overwrite: overwrite)
+            let start = Date()
+            let summary = try Exporter.export(options)
+            let merged = adapter == nil ? "no adapter" : "\(summary.mergedModules) LoRA modules merged"
+            print(String(format: "wrote %@ (%@, %@, %d tensors, %.1f MB of weights, %@) in %.1f s",
+                         summary.output, format.rawValue, options.dtype.rawValue, summary.tensorCount,
+                         Double(summary.bytes) / 1e6, merged, Date().timeIntervalSince(start)))
+        }
+    }
+}
