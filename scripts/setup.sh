@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Finch needs on a fresh Debian machine that has the Swift toolchain:
-# OpenBLAS (loaded at run time, see Sources/Finch/Kernels/BLAS.swift).
+# OpenBLAS (loaded at run time, see Sources/Finch/Kernels/BLAS.swift) and Open MPI for
+# data parallel training under mpirun (loaded at run time too, see Sources/Finch/Distributed/MPI.swift).
 set -euo pipefail
 
 SUDO=""
@@ -12,5 +13,11 @@ if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libopenblas0-pthread >/dev/null
 fi
 
+if ! command -v mpirun >/dev/null || ! ldconfig -p | grep -q 'libmpi\.so\.40'; then
+    echo "setup: installing Open MPI (openmpi-bin)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openmpi-bin >/dev/null
+fi
+
 command -v swift >/dev/null || { echo "setup: the Swift toolchain is not on PATH (https://swift.org/install)"; exit 1; }
-echo "setup: ok ($(swift --version 2>&1 | head -1); $(ldconfig -p | grep -m1 'libopenblas\.so\.0' | sed 's/.*=> //'))"
+echo "setup: ok ($(swift --version 2>&1 | head -1); $(ldconfig -p | grep -m1 'libopenblas\.so\.0' | sed 's/.*=> //'); $(mpirun --version 2>&1 | head -1))"

@@ -5,7 +5,7 @@ import Foundation
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Print speed figures (build with -c release).",
-        subcommands: [GEMM.self, Step.self, Decode.self])
+        subcommands: [GEMM.self, Step.self, Decode.self, DataParallel.self])
 
     struct GEMM: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "sgemm GFLOP/s on SmolLM2-135M's training shapes.")
@@ -16,6 +16,44 @@ struct BenchCommand: ParsableCommand {
             for (m, n, k) in [(2048, 576, 576), (2048, 1536, 576), (2048, 49152, 576)] {
                 let gflops = Benchmarks.sgemm(m: m, n: n, k: k, repetitions: repetitions)
                 print(String(format: "finch sgemm %dx%dx%d: %.1f GFLOP/s", m, n, k, gflops))
+            }
+        }
+    }
+
+    struct DataParallel: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "data-parallel",
+            abstract: "Trainer step time on this process or over the ranks of `mpirun -np N`, with the all-reduce time apart.",
+            discussion: "Run it as `finch bench data-parallel` and as `mpirun -np 2 finch bench data-parallel` (bench/data_parallel.sh does both).")
+        @Option(name: .customLong("shape"), help: "Random model shape: smollm2-135m or llama3.2-1b.") var shape = "smollm2-135m"
+        @Option(help: "Sequences per optimizer step, over all ranks.") var batch = 8
+        @Option var seq = 128
+        @Option(name: .customLong("lora-r")) var loraRank = 16
+        @Flag(help: "Train every weight instead of LoRA adapters.") var full = false
+        @Option var steps = 3
+
+        func run() throws {
+            try runReportingErrors {
+                let group = try ProcessGroup.launched()
+                let config: ModelConfig
+                switch shape {
+                case "smollm2-135m": config = .smolLM2_135M
+                case "llama3.2-1b": config = .llama32_1B
+                default: throw ValidationError("unknown --shape \(shape); use smollm2-135m or llama3.2-1b")
+                }
+                guard batch % group.size == 0 else { throw ValidationError("--batch \(batch) does not divide among \(group.size) ranks") }
+                let tuning: FineTuning = full ? .full : .lora(LoRAConfig(rank: loraRank, alpha: Float(2 * loraRank)))
+                let model = try Transformer(files: .random(config: config), fineTuning: tuning)
+                let t = try Benchmarks.dataParallelStep(model: model, group: group, globalBatch: batch, seq: seq, steps: steps)
+                if group.isRoot {
+                    print(BLAS.description + ", \(Parallel.coreCount) threads per rank")
+                    print(String(format: "finch data-parallel (%@, %@, %d rank%@, global batch %d x %d): %.3f s/step, %.0f tokens/s; "
+                                 + "in collectives %.3f s/step; gradient all-reduce alone (%.2f MB): %.3f s",
+                                 shape, full ? "full" : "LoRA r=\(loraRank)", t.ranks, t.ranks == 1 ? "" : "s", batch, seq, t.stepSeconds,
+                                 Double(batch * seq) / t.stepSeconds, t.collectiveSeconds, Double(t.gradientBytes) / 1e6,
+                                 t.gradientAllReduceSeconds))
+                }
+                group.finish()
             }
         }
     }

@@ -50,6 +50,9 @@ struct TrainCommand: ParsableCommand {
     @Option(name: .customLong("logging-steps")) var loggingSteps: String?
     @Option(name: .customLong("generate-during-eval"), help: "Sampled completions of N eval prompts per evaluation.")
     var generateDuringEval: String?
+    @Option(name: .customLong("collective-timeout"),
+            help: "Under mpirun: seconds a rank waits for the others in a collective before the job stops (default 300).")
+    var collectiveTimeout: String?
     @Flag(help: "Continue from the newest checkpoint in --output.") var resume = false
     @Flag(help: "Replace an existing run in --output.") var overwrite = false
 
@@ -62,7 +65,7 @@ struct TrainCommand: ParsableCommand {
             ("lr_scheduler", lrScheduler), ("warmup_steps", warmupSteps), ("max_grad_norm", maxGradNorm), ("lora_r", loraR),
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
-            ("generate_during_eval", generateDuringEval),
+            ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout),
             ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
@@ -104,8 +107,12 @@ struct TrainCommand: ParsableCommand {
                 sources[key] = "--" + key.replacingOccurrences(of: "_", with: "-")
             }
             let trainConfig = try TrainConfig(values: values, sources: sources)
+            // Under mpirun: one rank of a data parallel job (rank 0 prints and writes); else this process alone.
+            let group = try ProcessGroup.launched(timeout: trainConfig.collectiveTimeout)
+            if group.isRoot && group.size > 1 { print("data parallel: \(group.size) ranks, \(Parallel.coreCount) threads each on this machine") }
             let progress = ProgressReporter()
-            try TrainingRun(config: trainConfig).run { progress.report($0) }
+            try TrainingRun(config: trainConfig, group: group).run { progress.report($0) }
+            group.finish()
         }
     }
 }
@@ -132,7 +139,9 @@ final class ProgressReporter {
             let eta = done > 0 ? elapsed / Double(done) * Double(total - log.step) : 0
             let loss = log.metrics["loss"] ?? .nan
             let speed = log.metrics["tokens_per_second"] ?? 0
-            let text = String(format: "step %d/%d  loss %.4f  %.0f tok/s  ETA %@", log.step, total, loss, speed, Self.duration(eta))
+            var text = String(format: "step %d/%d  loss %.4f  %.0f tok/s  ETA %@", log.step, total, loss, speed, Self.duration(eta))
+            // Data parallel: the step's time in collectives (the all-reduce, and waiting for the slower rank).
+            if log.collectiveSeconds > 0 { text += String(format: "  (%.2f of %.2f s in collectives)", log.collectiveSeconds, log.seconds) }
             if isTerminal {
                 let width = 24, filled = total > 0 ? width * log.step / total : width
                 let bar = String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled)

@@ -58,14 +58,24 @@ extension Array where Element == Float {
 enum FinchProcess {
     struct Result { let status: Int32; let out: String; let err: String }
 
-    /// Runs `finch` with `arguments`; a run past `timeout` seconds is killed and fails the test.
-    static func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 120) throws -> Result {
+    /// The built `finch` executable.
+    static func binary() throws -> URL {
         let binary = Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("finch")
         guard FileManager.default.isExecutableFile(atPath: binary.path) else {
             throw XCTSkip("finch is not built next to the tests (run `swift build` first)")
         }
+        return binary
+    }
+
+    /// Runs `finch` with `arguments`; a run past `timeout` seconds is killed and fails the test.
+    static func run(_ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 120) throws -> Result {
+        try run(executable: try binary(), arguments, environment: environment, timeout: timeout)
+    }
+
+    /// Runs another program (`mpirun finch ...`) the same way.
+    static func run(executable: URL, _ arguments: [String], environment: [String: String] = [:], timeout: TimeInterval = 120) throws -> Result {
         let process = Process()
-        process.executableURL = binary
+        process.executableURL = executable
         process.arguments = arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let out = Pipe(), err = Pipe()
@@ -80,7 +90,7 @@ enum FinchProcess {
         process.waitUntilExit()
         timer.cancel()
         if process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGTERM {
-            XCTFail("finch \(arguments.joined(separator: " ")) ran past \(Int(timeout)) s")
+            XCTFail("\(executable.lastPathComponent) \(arguments.joined(separator: " ")) ran past \(Int(timeout)) s")
         }
         return Result(status: process.terminationStatus, out: String(decoding: o, as: UTF8.self), err: String(decoding: e, as: UTF8.self))
     }

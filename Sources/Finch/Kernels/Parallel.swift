@@ -18,5 +18,7 @@ public func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Vo
 }
 
 public enum Parallel {
-    public static let coreCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount)
+    /// This process's share of the machine's cores: ranks of an mpirun job on one machine split them.
+    public static let coreCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount
+                                               / max(1, Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1))
 }

@@ -13,6 +13,10 @@ public enum Checkpoint {
         var state: TrainerState
         var optimizerStep: Int
         var settings: TrainerSettings
+        /// Ranks that trained (nil in checkpoints older than data parallel training: 1).
+        var ranks: Int?
+        /// Examples of `state.epoch` trained on, over all ranks: the data position, whatever the rank count.
+        var examplesInEpoch: Int?
     }
 
     /// Writes a checkpoint of `trainer` into `runDirectory/checkpoint-<step>` and returns its path.
@@ -34,7 +38,8 @@ public enum Checkpoint {
         try SafeTensors.write(path: (temporary as NSString).appendingPathComponent(optimizerFile),
                               tensors: o.kind == .adamw ? [("m", [o.m.count], o.m), ("v", [o.v.count], o.v)] : [])
         if case .lora = trainer.model.fineTuning { try PEFTAdapter.save(trainer.model, to: temporary) }
-        let saved = SavedState(state: trainer.state, optimizerStep: o.step, settings: trainer.settings)
+        let saved = SavedState(state: trainer.state, optimizerStep: o.step, settings: trainer.settings, ranks: trainer.group.size,
+                               examplesInEpoch: min(trainer.state.windowInEpoch * trainer.windowSize, trainer.train.count))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(saved).write(to: URL(fileURLWithPath: (temporary as NSString).appendingPathComponent(stateFile)))
@@ -56,7 +61,9 @@ public enum Checkpoint {
         return steps.max().map { (runDirectory as NSString).appendingPathComponent("checkpoint-\($0)") }
     }
 
-    /// Restores parameters, optimizer and position from `checkpoint` into `trainer`.
+    /// Restores parameters, optimizer and position from `checkpoint` into `trainer`. The rank count
+    /// may differ from the run that wrote it when the global batch (ranks x batch size x grad
+    /// accum) is the same: the data order and the schedule depend only on that.
     public static func restore(_ trainer: Trainer, from checkpoint: String) throws {
         let statePath = (checkpoint as NSString).appendingPathComponent(stateFile)
         guard let data = FileManager.default.contents(atPath: statePath) else { throw LoadError.fileNotFound(path: statePath) }
@@ -66,7 +73,13 @@ public enum Checkpoint {
         }
         var differences: [String] = []
         let a = saved.settings, b = trainer.settings
-        if a.batchSize * a.gradAccum != b.batchSize * b.gradAccum { differences.append("batch size x grad accum") }
+        let savedWindow = (saved.ranks ?? 1) * a.batchSize * a.gradAccum
+        if savedWindow != trainer.windowSize {
+            throw LoadError.malformed(path: statePath, field: "global batch (ranks x batch size x grad accum)",
+                                      found: "\(trainer.group.size) x \(b.batchSize) x \(b.gradAccum) = \(trainer.windowSize) in this run",
+                                      expected: "\(saved.ranks ?? 1) x \(a.batchSize) x \(a.gradAccum) = \(savedWindow) as the checkpoint was written "
+                                        + "(change --batch-size or --grad-accum to keep the product)")
+        }
         if a.seed != b.seed { differences.append("seed") }
         if a.optimizer != b.optimizer { differences.append("optimizer") }
         guard differences.isEmpty else {
@@ -95,6 +108,10 @@ public enum Checkpoint {
             trainer.optimizer.restore(step: saved.optimizerStep, m: [], v: [])
         }
         trainer.state = saved.state
+        if let examples = saved.examplesInEpoch {
+            // The data position in global examples; equal windows make it a whole number of windows.
+            trainer.state.windowInEpoch = (examples + trainer.windowSize - 1) / trainer.windowSize
+        }
         trainer.model.random.state = saved.state.random
     }
 }

@@ -29,6 +29,8 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var generateDuringEval = 0
     public var resume = false
     public var overwrite = false
+    /// Data parallel runs: seconds a collective may wait for the other ranks before the job stops.
+    public var collectiveTimeout = 300.0
     public var trainer = TrainerSettings()
 
     public static let methods = ["sft", "orpo", "dpo", "simpo", "cpo"]
@@ -54,7 +56,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
                               "use_rslora", "full", "adapter", "packing", "chat_template", "generate_during_eval", "resume", "overwrite",
                               "batch_size", "grad_accum", "epochs", "max_steps", "lr", "optimizer", "weight_decay",
                               "lr_scheduler", "warmup_steps", "max_grad_norm", "seed", "logging_steps", "eval_steps",
-                              "save_steps", "group_by_length"]
+                              "save_steps", "group_by_length", "collective_timeout"]
 
     public init() {}
 
@@ -122,6 +124,10 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         generateDuringEval = try int("generate_during_eval") ?? generateDuringEval
         resume = try bool("resume") ?? resume
         overwrite = try bool("overwrite") ?? overwrite
+        collectiveTimeout = try double("collective_timeout") ?? collectiveTimeout
+        if collectiveTimeout <= 0 {
+            throw Error.invalid(key: "collective_timeout", source: source("collective_timeout"), found: "\(collectiveTimeout)", expected: "a positive number of seconds")
+        }
 
         var t = TrainerSettings()
         t.batchSize = try int("batch_size") ?? t.batchSize

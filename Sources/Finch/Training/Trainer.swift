@@ -27,7 +27,7 @@ public struct TrainerSettings: Sendable, Codable, Equatable {
 public struct TrainerState: Sendable, Codable, Equatable {
     public var step = 0
     public var epoch = 0
-    /// Next window within `epoch`.
+    /// Next window within `epoch` (windows are global: every rank's share of one optimizer step).
     public var windowInEpoch = 0
     /// The model's dropout generator.
     public var random: [UInt64] = []
@@ -40,9 +40,18 @@ public struct StepLog: Sendable {
     public var step: Int
     public var epoch: Double
     public var metrics: [String: Double]
+    /// Wall time of the step, and the part of it spent in collectives (0 for a single process).
+    public var seconds = 0.0
+    public var collectiveSeconds = 0.0
 }
 
 /// Runs windows of micro-batches through an objective and applies optimizer updates.
+///
+/// Data parallel (`group.size` ranks): a window holds `ranks x batchSize x gradAccum` examples,
+/// split into micro-batches of `ranks x batchSize` exactly as one process with that batch size
+/// would split it; rank r trains on slice r of each. The window's normalisers are summed over the
+/// ranks before the first backward and the gradients once before clipping, so every rank applies
+/// the update one process would apply to the whole window.
 public final class Trainer {
     public let model: Transformer
     public let objective: Objective
@@ -52,9 +61,11 @@ public final class Trainer {
     public let optimizer: Optimizer
     public let schedule: LRSchedule
     public var state = TrainerState()
+    public let group: ProcessGroup
     let parameters: ParameterSet
 
-    public init(model: Transformer, objective: Objective, train: [Example], eval: [Example] = [], settings: TrainerSettings) throws {
+    public init(model: Transformer, objective: Objective, train: [Example], eval: [Example] = [], settings: TrainerSettings,
+                group: ProcessGroup = .single) throws {
         guard let parameters = model.parameters else {
             throw ObjectiveError.invalidSetting(objective: objective.name, name: "model", found: "frozen", expected: "LoRA or full fine-tuning")
         }
@@ -73,13 +84,16 @@ public final class Trainer {
         self.train = train
         self.eval = eval
         self.parameters = parameters
+        self.group = group
         optimizer = Optimizer(kind: settings.optimizer, parameters: parameters, weightDecay: settings.weightDecay)
-        let windowsPerEpoch = (train.count + settings.batchSize * settings.gradAccum - 1) / (settings.batchSize * settings.gradAccum)
+        let window = group.size * settings.batchSize * settings.gradAccum
+        let windowsPerEpoch = (train.count + window - 1) / window
         let total = settings.maxSteps > 0 ? settings.maxSteps : settings.epochs * windowsPerEpoch
         schedule = LRSchedule(kind: settings.scheduler, peak: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: total)
     }
 
-    public var windowSize: Int { settings.batchSize * settings.gradAccum }
+    /// Examples per optimizer step, over all ranks.
+    public var windowSize: Int { group.size * settings.batchSize * settings.gradAccum }
     public var windowsPerEpoch: Int { (train.count + windowSize - 1) / windowSize }
     public var totalSteps: Int { schedule.totalSteps }
     public var isFinished: Bool { state.step >= totalSteps }
@@ -100,24 +114,36 @@ public final class Trainer {
         return stride(from: 0, to: order.count, by: windowSize).map { Array(order[$0..<min($0 + windowSize, order.count)]) }
     }
 
-    /// Splits a window into micro-batches of `batchSize`, longest first (less padding per batch).
+    /// Splits a window into micro-batches of `ranks x batchSize`, longest first (less padding per
+    /// batch), and keeps this rank's slice of each: the first `batchSize` examples for rank 0, the
+    /// next for rank 1, ... A slice can be empty at the end of an epoch.
     func microBatches(_ window: [Int], of data: [Example]) -> [[Example]] {
         let sorted = window.map { data[$0] }.sorted { $0.length > $1.length }
-        return stride(from: 0, to: sorted.count, by: settings.batchSize).map { Array(sorted[$0..<min($0 + settings.batchSize, sorted.count)]) }
+        let b = settings.batchSize, global = group.size * b
+        return stride(from: 0, to: sorted.count, by: global).map { start in
+            Array(sorted[min(start + group.rank * b, sorted.count)..<min(start + (group.rank + 1) * b, sorted.count)])
+        }.filter { !$0.isEmpty }
     }
 
     /// One optimizer step over the next window.
     public func step() throws -> StepLog {
-        let start = MonotonicClock.now()
+        let start = MonotonicClock.now(), communicated = group.collectiveSeconds
         let window = windows(epoch: state.epoch)[state.windowInEpoch]
         let micro = microBatches(window, of: train)
-        // Exact accumulation: every normaliser over the whole window before the first backward.
-        let normalisers = micro.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) }
+        if group.size > 1 {
+            // Dropout masks: a stream per rank and step, so any rank count resumes exactly.
+            model.random = FinchRandom(seed: settings.seed ^ (UInt64(state.step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(group.rank) &* 0xD1B5_4A32_D192_ED03))
+        }
+        // Exact accumulation: every normaliser over the whole window (all ranks) before the first backward.
+        let normalisers = try group.sum(micro.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) },
+                                        "all-reduce of the normalisers (step \(state.step + 1))")
         parameters.zeroGrads()
         var metrics: [String: Double] = [:]
         for batch in micro {
             for (key, value) in try objective.accumulate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
         }
+        try group.sum(parameters.grads, count: parameters.count, "all-reduce of the gradients (step \(state.step + 1))")
+        metrics = try group.sumAtRoot(metrics, "gathering the metrics (step \(state.step + 1))")
         let gradNorm = clipGradientNorm(parameters, maxNorm: settings.maxGradNorm)
         let lr = schedule.rate(at: state.step)
         optimizer.update(parameters, lr: lr)
@@ -133,20 +159,51 @@ public final class Trainer {
         if objective.logsTokenCount { metrics["num_tokens"] = Double(state.numTokens) }
         metrics["learning_rate"] = Double(lr)
         metrics["grad_norm"] = Double(gradNorm)
-        metrics["tokens_per_second"] = Double(tokens) / (MonotonicClock.now() - start)
+        let seconds = MonotonicClock.now() - start
+        metrics["tokens_per_second"] = Double(tokens) / seconds
         return StepLog(step: state.step, epoch: Double(state.epoch) + Double(state.windowInEpoch) / Double(windowsPerEpoch),
-                       metrics: metrics)
+                       metrics: metrics, seconds: seconds, collectiveSeconds: group.collectiveSeconds - communicated)
     }
 
-    /// Loss and metrics over the whole evaluation set (exact means, as one big batch).
+    /// Loss and metrics over the whole evaluation set (exact means, as one big batch). Ranks
+    /// take turns over the batches; rank 0 gets the totals.
     public func evaluate() throws -> [String: Double] {
         guard !eval.isEmpty else { return [:] }
         let batches = stride(from: 0, to: eval.count, by: settings.batchSize).map { Array(eval[$0..<min($0 + settings.batchSize, eval.count)]) }
         let normalisers = batches.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) }
         var metrics: [String: Double] = [:]
-        for batch in batches {
+        for (i, batch) in batches.enumerated() where i % group.size == group.rank {
             for (key, value) in try objective.evaluate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
         }
-        return metrics
+        return try group.sumAtRoot(metrics, "gathering the evaluation metrics (step \(state.step))")
+    }
+
+    /// Makes every rank hold rank 0's parameters, optimizer moments and position (after rank 0
+    /// restored a checkpoint or loaded an adapter), and checks that all ranks read the same data.
+    public func synchroniseWithRoot() throws {
+        guard group.size > 1 else { return }
+        let tokens = train.reduce(0) { $0 + $1.fields.values.reduce(0) { $0 + $1.count } }
+        try group.checkSameAsRoot([Double(train.count), Double(tokens), Double(eval.count), Double(parameters.count)],
+                                  what: "training examples, their tokens, evaluation examples, trainable parameters")
+        try group.broadcast(parameters.values, count: parameters.count, "broadcast of the parameters from rank 0")
+        let encoded = try group.broadcast(Array(try JSONEncoder().encode(state)), "broadcast of the trainer state from rank 0")
+        state = try JSONDecoder().decode(TrainerState.self, from: Data(encoded))
+        let optimizerStep = try group.broadcast(Array(String(optimizer.step).utf8), "broadcast of the optimizer step from rank 0")
+        var m = optimizer.m, v = optimizer.v
+        if !m.isEmpty {
+            try m.withUnsafeMutableBufferPointer { try group.broadcast($0.baseAddress!, count: $0.count, "broadcast of AdamW's m from rank 0") }
+            try v.withUnsafeMutableBufferPointer { try group.broadcast($0.baseAddress!, count: $0.count, "broadcast of AdamW's v from rank 0") }
+        }
+        optimizer.restore(step: Int(String(decoding: optimizerStep, as: UTF8.self)) ?? 0, m: m, v: v)
+    }
+}
+
+extension ProcessGroup {
+    /// The normalisers summed over all ranks.
+    func sum(_ n: Normalisers, _ operation: @autoclosure () -> String) throws -> Normalisers {
+        guard size > 1 else { return n }
+        var values = [n.tokens, n.pairs, n.chosenTokens, n.rejectedTokens, n.positions]
+        try sum(&values, operation())
+        return Normalisers(tokens: values[0], pairs: values[1], chosenTokens: values[2], rejectedTokens: values[3], positions: values[4])
     }
 }

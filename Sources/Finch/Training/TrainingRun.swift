@@ -2,6 +2,9 @@ import Foundation
 
 /// One `finch train` run: prepares model, tokenizer and data from a `TrainConfig`, trains,
 /// logs metrics, evaluates, checkpoints, and writes the result into the output folder.
+///
+/// In a data parallel job every rank runs this with the same config; only rank 0 writes the
+/// output folder and reports events, the others train their share and stay quiet.
 public final class TrainingRun {
     public enum Event {
         case prepared(train: TrainingData.Report, eval: TrainingData.Report?, totalSteps: Int, resumedAt: Int?)
@@ -24,19 +27,24 @@ public final class TrainingRun {
     }
 
     public let config: TrainConfig
+    public let group: ProcessGroup
     public private(set) var trainer: Trainer!
     public private(set) var tokenizer: Tokenizer!
     var files: ModelFiles!
     var evalExamples: [Example] = []
     var metricsHandle: FileHandle?
 
-    public init(config: TrainConfig) { self.config = config }
+    public init(config: TrainConfig, group: ProcessGroup = .single) {
+        self.config = config
+        self.group = group
+    }
 
     var output: String { config.output }
     func path(_ name: String) -> String { (output as NSString).appendingPathComponent(name) }
 
-    public func run(onEvent: (Event) -> Void) throws {
-        try prepareOutput()
+    public func run(onEvent reportEvent: (Event) -> Void) throws {
+        func onEvent(_ event: Event) { if group.isRoot { reportEvent(event) } }
+        if group.isRoot { try prepareOutput() }
         files = try ModelFiles.open(config.model)
         tokenizer = try Tokenizer.load(from: config.model)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
@@ -68,16 +76,22 @@ public final class TrainingRun {
         } else {
             objective = SFTObjective(padId: padId)
         }
-        trainer = try Trainer(model: model, objective: objective, train: train, eval: evalExamples, settings: config.trainer)
+        trainer = try Trainer(model: model, objective: objective, train: train, eval: evalExamples, settings: config.trainer, group: group)
 
         var resumedAt: Int?
         if config.resume {
-            guard let checkpoint = Checkpoint.latest(in: output) else { throw Error.nothingToResume(output) }
-            try Checkpoint.restore(trainer, from: checkpoint)
-            resumedAt = trainer.state.step
+            // Rank 0 reads the checkpoint and hands it to the others: only its machine needs the run folder.
+            if group.isRoot {
+                guard let checkpoint = Checkpoint.latest(in: output) else { throw Error.nothingToResume(output) }
+                try Checkpoint.restore(trainer, from: checkpoint)
+            }
         }
-        try openMetrics(keepingStepsUpTo: resumedAt ?? 0)
-        try writeRunRecord(status: "running")
+        try trainer.synchroniseWithRoot()
+        if config.resume { resumedAt = trainer.state.step }
+        if group.isRoot {
+            try openMetrics(keepingStepsUpTo: resumedAt ?? 0)
+            try writeRunRecord(status: "running")
+        }
         onEvent(.prepared(train: trainReport, eval: evalReport, totalSteps: trainer.totalSteps, resumedAt: resumedAt))
         // A baseline before the first step, so the log shows what training changed.
         if resumedAt == nil && !evalExamples.isEmpty { try evaluate(step: 0, onEvent: onEvent) }
@@ -85,7 +99,7 @@ public final class TrainingRun {
         let settings = config.trainer
         while !trainer.isFinished {
             let log = try trainer.step()
-            if settings.loggingSteps > 0 && (log.step % settings.loggingSteps == 0 || trainer.isFinished) {
+            if group.isRoot && settings.loggingSteps > 0 && (log.step % settings.loggingSteps == 0 || trainer.isFinished) {
                 var line: [String: Any] = ["step": log.step, "epoch": log.epoch]
                 for (key, value) in log.metrics { line[key] = value }
                 try appendMetrics(line)
@@ -94,20 +108,32 @@ public final class TrainingRun {
             if settings.evalSteps > 0 && !evalExamples.isEmpty && (log.step % settings.evalSteps == 0 || trainer.isFinished) {
                 try evaluate(step: log.step, onEvent: onEvent)
             }
-            if settings.saveSteps > 0 && log.step % settings.saveSteps == 0 && !trainer.isFinished {
+            if group.isRoot && settings.saveSteps > 0 && log.step % settings.saveSteps == 0 && !trainer.isFinished {
                 onEvent(.checkpoint(step: log.step, path: try Checkpoint.save(trainer, runDirectory: output)))
             }
-            // Test hook: die abruptly, as a killed process would, after this step.
-            if let crash = ProcessInfo.processInfo.environment["FINCH_TEST_CRASH_AFTER_STEP"], Int(crash) == log.step { _exit(137) }
+            testFailureHooks(after: log.step)
         }
         if settings.evalSteps == 0 && !evalExamples.isEmpty { try evaluate(step: trainer.state.step, onEvent: onEvent) }
-        try saveResult()
-        try writeRunRecord(status: "finished")
+        if group.isRoot {
+            try saveResult()
+            try writeRunRecord(status: "finished")
+        }
         onEvent(.finished(output: output))
+    }
+
+    /// Test hooks: after step N die abruptly, as a killed process would (FINCH_TEST_CRASH_AFTER_STEP=N),
+    /// or stop answering, as a hung one would (FINCH_TEST_HANG_AFTER_STEP=N); only on rank
+    /// FINCH_TEST_FAILING_RANK when set.
+    func testFailureHooks(after step: Int) {
+        let env = ProcessInfo.processInfo.environment
+        if let only = env["FINCH_TEST_FAILING_RANK"], Int(only) != group.rank { return }
+        if let crash = env["FINCH_TEST_CRASH_AFTER_STEP"], Int(crash) == step { _exit(137) }
+        if let hang = env["FINCH_TEST_HANG_AFTER_STEP"], Int(hang) == step { while true { sleep(1000) } }
     }
 
     func evaluate(step: Int, onEvent: (Event) -> Void) throws {
         let metrics = try trainer.evaluate()
+        guard group.isRoot else { return }
         var line: [String: Any] = ["step": step]
         for (key, value) in metrics { line["eval_" + key] = value }
         try appendMetrics(line)
@@ -208,7 +234,7 @@ public final class TrainingRun {
         encoder.outputFormatting = [.sortedKeys]
         let configObject = try JSONSerialization.jsonObject(with: try encoder.encode(config))
         var record: [String: Any] = ["status": status, "config": configObject, "finch_version": Finch.version,
-                                     "seed": config.trainer.seed, "step": trainer.state.step]
+                                     "seed": config.trainer.seed, "step": trainer.state.step, "ranks": group.size]
         if let commit = Finch.gitCommit { record["git_commit"] = commit }
         var checksums: [String: String] = [:]
         for source in [config.model, config.data] + (config.evalData.map { [$0] } ?? []) {
