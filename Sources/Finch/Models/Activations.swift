@@ -47,10 +47,13 @@ struct LayerActivations {
     var saved: [LinearSaved]
 }
 
-/// All buffers of one forward (+ backward) pass for a batch shape. In inference every
+/// All buffers of one forward (+ backward) pass, sized for `capacity` tokens: every buffer
+/// scales with the token count alone, so any batch shape of at most that many tokens reuses
+/// them (length-grouped windows change the shape at every micro-batch). In inference every
 /// layer shares one set, and the residual stream is updated in place.
 final class Activations {
-    let batch: Int, seq: Int, training: Bool
+    var batch: Int, seq: Int
+    let capacity: Int, training: Bool
     let arena = Arena()
     var stream: [UnsafeMutablePointer<Float>] = []   // (L + 1) x (n, C) in training, 1 otherwise
     var layers: [LayerActivations] = []
@@ -65,6 +68,7 @@ final class Activations {
 
     init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool) {
         self.batch = batch; self.seq = seq; self.training = training
+        capacity = batch * seq
         let n = batch * seq, C = c.hiddenSize, Q = c.qDim, K = c.kvDim, F = c.intermediateSize
         let a = arena
         let streamHandles = (0..<(training ? c.layerCount + 1 : 1)).map { _ in a.reserve(n * C) }

@@ -210,7 +210,11 @@ public final class Transformer {
     var isTraining: Bool { fineTuning != .none }
 
     func activations(for batch: TokenBatch, training: Bool) -> Activations {
-        if let a = cachedActivations[training], a.batch == batch.batch, a.seq == batch.seq { return a }
+        if let a = cachedActivations[training], batch.tokenCount <= a.capacity {
+            a.batch = batch.batch
+            a.seq = batch.seq
+            return a
+        }
         cachedActivations[training] = nil  // free the old buffers before allocating new ones
         let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
                             batch: batch.batch, seq: batch.seq, training: training)
