@@ -79,7 +79,18 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(scaled.inverseFrequencies[31], plain.inverseFrequencies[31] / 8, accuracy: 1e-12, "low frequencies are divided by the factor")
     }
 
+    /// With query blocks of 2 and 3 the 5-token rows run in several causal blocks (as rows
+    /// longer than `attentionQueryBlock` do); with 128 in one.
     func testAttentionForwardMatchesNaiveAndBackwardMatchesNumerical() {
+        let saved = attentionQueryBlock
+        defer { attentionQueryBlock = saved }
+        for block in [128, 2, 3] {
+            attentionQueryBlock = block
+            checkAttention()
+        }
+    }
+
+    private func checkAttention() {
         let shape = AttentionShape(batch: 2, seq: 5, heads: 4, kvHeads: 2, headDim: 8)
         let n = 10, Q = 32, K = 16
         let q = S.randomArray(n * Q, seed: 7), k = S.randomArray(n * K, seed: 8), v = S.randomArray(n * K, seed: 9)
