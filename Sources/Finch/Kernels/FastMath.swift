@@ -8,9 +8,13 @@ import Foundation
 /// the result is 0 (so -infinity gives 0), above 88.7 it saturates.
 @inline(__always)
 public func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
-    let tooSmall = x .< -87.33
-    let clamped = x.clamped(lowerBound: SIMD8(repeating: -87.33), upperBound: SIMD8(repeating: 88.72))
-    let n = (clamped * 1.442_695_04).rounded(.toNearestOrEven)
+    // Clamping, rounding and the float-to-int conversion go lane by lane: SIMD's generic
+    // clamped(lowerBound:upperBound:), rounded(_:) and integer conversion are not inlined.
+    var clamped = x, n = x
+    for j in 0..<8 {
+        clamped[j] = Swift.min(Swift.max(x[j], -87.33), 88.72)
+        n[j] = (clamped[j] * 1.442_695_04).rounded(.toNearestOrEven)
+    }
     var r = clamped - n * 0.693_359_375
     r = r - n * -2.121_944_4e-4
     var p = SIMD8<Float>(repeating: 1.987_569_15e-4)
@@ -20,11 +24,12 @@ public func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     p = p * r + 1.666_666_55e-1
     p = p * r + 5.000_000_12e-1
     p = p * r * r + r + 1
-    var exponent = SIMD8<Int32>()   // a per-lane loop: the generic SIMD conversion is not inlined
+    var exponent = SIMD8<Int32>()
     for j in 0..<8 { exponent[j] = Int32(n[j]) }
     let bits = (exponent &+ 127) &<< 23
-    let scale = unsafeBitCast(bits, to: SIMD8<Float>.self)
-    return (p * scale).replacing(with: 0, where: tooSmall)
+    var result = p * unsafeBitCast(bits, to: SIMD8<Float>.self)
+    for j in 0..<8 where x[j] < -87.33 { result[j] = 0 }
+    return result
 }
 
 @inline(__always)
@@ -53,7 +58,12 @@ public func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
     var best = SIMD8<Float>(repeating: -.infinity)
     var i = 0
     let raw = UnsafeRawPointer(x)
-    while i + 8 <= count { best = pointwiseMax(best, raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)); i += 8 }
+    while i + 8 <= count {
+        // Lane by lane: the generic pointwiseMax is not inlined, and this loop runs over every logit.
+        let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
+        for j in 0..<8 { best[j] = Swift.max(best[j], v[j]) }
+        i += 8
+    }
     var m = best.max()
     while i < count { m = max(m, x[i]); i += 1 }
     var index = 0
