@@ -32,4 +32,21 @@ final class GenerateCLITests: TemporaryDirectoryTestCase {
         XCTAssertEqual(wrong.status, 1)
         XCTAssertTrue(wrong.err.contains("lora_A.weight' has shape"), wrong.err)
     }
+
+    /// `--prompts` in batches of 3 (left-padded) print, per prompt and in order, what one at a time prints.
+    func testBatchedPromptsGiveTheTextsOfOneAtATime() throws {
+        let model = try tinyChatModel()
+        let texts = ["hello there", "a", "the cat sat on the mat and", "why"]
+        let prompts = try write("prompts.jsonl", texts.map { "{\"prompt\": \"\($0)\"}" }.joined(separator: "\n"))
+        func run(_ batch: String) throws -> [[String: Any]] {
+            let r = try finch(["generate", "--model", model, "--prompts", prompts, "--max-new-tokens", "5", "--json", "--batch-size", batch])
+            XCTAssertEqual(r.status, 0, r.err)
+            return try r.out.split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        }
+        let single = try run("1"), batched = try run("3")
+        XCTAssertEqual(batched.count, texts.count)
+        XCTAssertEqual(batched.map { $0["prompt"] as? String }, texts)
+        XCTAssertEqual(batched.map { $0["text"] as? String }, single.map { $0["text"] as? String })
+        XCTAssertEqual(batched.map { $0["completion_tokens"] as? Int }, single.map { $0["completion_tokens"] as? Int })
+    }
 }
