@@ -42,6 +42,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Start from an existing PEFT adapter.") var adapter: String?
     @Flag(help: "SFT: pack sequences end to end into rows of --max-length (attention stays within each).")
     var packing = false
+    @Flag(name: .customLong("gradient-checkpointing"),
+          help: "Keep only each layer's input and recompute the layer in backward: far less memory, one more forward per step.")
+    var gradientCheckpointing = false
     @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
     var chatTemplate = false
     @Option var seed: String?
@@ -66,7 +69,7 @@ struct TrainCommand: ParsableCommand {
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
             ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout),
-            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
+            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })

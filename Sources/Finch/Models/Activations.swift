@@ -54,6 +54,10 @@ struct LayerActivations {
 final class Activations {
     var batch: Int, seq: Int
     let capacity: Int, training: Bool
+    /// Training with gradient checkpointing: one set of layer buffers shared by all layers
+    /// (backward recomputes each layer from its input), and the random state at each layer's start.
+    let checkpointing: Bool
+    var layerRandom: [FinchRandom] = []
     let arena = Arena()
     var stream: [UnsafeMutablePointer<Float>] = []   // (L + 1) x (n, C) in training, 1 otherwise
     var layers: [LayerActivations] = []
@@ -66,16 +70,18 @@ final class Activations {
     var dh: UnsafeMutablePointer<Float>!, dgate: UnsafeMutablePointer<Float>!, dup: UnsafeMutablePointer<Float>!      // (n, F)
     var loraScratch: UnsafeMutablePointer<Float>!   // (n, rank)
 
-    init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool) {
+    init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool, checkpointing: Bool = false) {
         self.batch = batch; self.seq = seq; self.training = training
+        self.checkpointing = training && checkpointing
         capacity = batch * seq
+        layerRandom = [FinchRandom](repeating: FinchRandom(seed: 0), count: self.checkpointing ? c.layerCount : 0)
         let n = batch * seq, C = c.hiddenSize, Q = c.qDim, K = c.kvDim, F = c.intermediateSize
         let a = arena
         let streamHandles = (0..<(training ? c.layerCount + 1 : 1)).map { _ in a.reserve(n * C) }
         struct Handles { var all: [Int]; var saved: [(Int?, Int?)] }
         var layerHandles: [Handles] = []
         var maxRank = 0
-        for l in 0..<(training ? c.layerCount : 1) {
+        for l in 0..<(training && !self.checkpointing ? c.layerCount : 1) {
             let all = [n * C, n, n * Q, n * K, n * K, c.qkNorm ? n * Q : 0, c.qkNorm ? n * K : 0,
                        c.qkNorm ? n * c.headCount : 0, c.qkNorm ? n * c.kvHeadCount : 0,
                        n * Q, batch * c.headCount * seq, training ? n * C : 0, n * C, n, n * F, n * F, n * F].map { a.reserve($0) }
@@ -115,6 +121,6 @@ final class Activations {
         }
     }
 
-    func layer(_ l: Int) -> LayerActivations { layers[training ? l : 0] }
+    func layer(_ l: Int) -> LayerActivations { layers[training && !checkpointing ? l : 0] }
     func input(ofLayer l: Int) -> UnsafeMutablePointer<Float> { stream[training ? l : 0] }
 }

@@ -209,6 +209,12 @@ public final class Transformer {
 
     var isTraining: Bool { fineTuning != .none }
 
+    /// Training keeps only each layer's input and recomputes the layer during backward: the
+    /// activations of one layer instead of all of them, for one more decoder forward per step.
+    public var gradientCheckpointing = false {
+        didSet { cachedActivations[true] = nil }
+    }
+
     func activations(for batch: TokenBatch, training: Bool) -> Activations {
         if let a = cachedActivations[training], batch.tokenCount <= a.capacity {
             a.batch = batch.batch
@@ -217,7 +223,7 @@ public final class Transformer {
         }
         cachedActivations[training] = nil  // free the old buffers before allocating new ones
         let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
-                            batch: batch.batch, seq: batch.seq, training: training)
+                            batch: batch.batch, seq: batch.seq, training: training, checkpointing: gradientCheckpointing)
         cachedActivations[training] = a
         return a
     }
@@ -227,55 +233,79 @@ public final class Transformer {
     /// at the cache's current length, attention runs over everything cached, and the cache grows.
     @discardableResult
     func forward(_ batch: TokenBatch, acts: Activations, cache: KVCache? = nil) -> UnsafeMutablePointer<Float> {
-        let c = config, n = batch.tokenCount, C = c.hiddenSize
-        let training = acts.training
-        let shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
-        let (cosTable, sinTable) = batch.positions.withUnsafeBufferPointer { rotary.tables(positions: $0.baseAddress!, count: n) }
-        batch.ids.withUnsafeBufferPointer { embeddingForward(acts.stream[0], ids: $0.baseAddress!, count: n, table: embedding) }
-        batch.mask.withOptionalPointer { mask in
-            for (l, layer) in layers.enumerated() {
-                let a = acts.layer(l)
-                let xIn = acts.input(ofLayer: l)
-                let xOut = acts.input(ofLayer: training ? l + 1 : 0)
-                rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
-                layer.q.forward(a.xn1, n: n, into: a.qPre ?? a.q, saved: a.saved[0], random: &random, training: training)
-                layer.k.forward(a.xn1, n: n, into: a.kPre ?? a.k, saved: a.saved[1], random: &random, training: training)
-                layer.v.forward(a.xn1, n: n, into: a.v, saved: a.saved[2], random: &random, training: training)
-                if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
-                    rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
-                    rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
-                }
-                ropeApply(a.q, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim)
-                ropeApply(a.k, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
-                if let cache {
-                    cache.store(layer: l, k: a.k, v: a.v, count: batch.seq)
-                    cache.keyMask.withUnsafeBufferPointer { keyMask in
-                        attentionCachedForward(out: a.att, q: a.q, keys: cache.keys(layer: l, row: 0),
-                                               values: cache.values(layer: l, row: 0),
-                                               keyMask: keyMask.baseAddress!, capacity: cache.capacity, start: cache.length,
-                                               queries: batch.seq, shape: shape)
-                    }
-                } else {
-                    batch.segmentStarts.withOptionalPointer { starts in
-                        attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, segmentStarts: starts, shape: shape)
-                    }
-                }
-                // xMid = xIn + o(att)
-                if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
-                layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
-                rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
-                layer.gate.forward(a.xn2, n: n, into: a.gate, saved: a.saved[4], random: &random, training: training)
-                layer.up.forward(a.xn2, n: n, into: a.up, saved: a.saved[5], random: &random, training: training)
-                swigluForward(a.h, gate: a.gate, up: a.up, count: n * c.intermediateSize)
-                // xOut = xMid + down(h)
-                if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
-                layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[6], random: &random, training: training)
-            }
+        let pass = Pass(self, batch)
+        batch.ids.withUnsafeBufferPointer { embeddingForward(acts.stream[0], ids: $0.baseAddress!, count: pass.n, table: embedding) }
+        for l in layers.indices {
+            // Checkpointing: the layer's buffers are shared, and backward recomputes them from
+            // its input with the dropout draws it had the first time.
+            if acts.checkpointing { acts.layerRandom[l] = random }
+            forwardLayer(l, pass, acts: acts, cache: cache)
         }
-        rmsnormForward(acts.finalNormed, acts.finalRstd, acts.input(ofLayer: training ? layers.count : 0), finalNorm,
-                       rows: n, dim: C, eps: c.rmsNormEps)
+        rmsnormForward(acts.finalNormed, acts.finalRstd, acts.input(ofLayer: acts.training ? layers.count : 0), finalNorm,
+                       rows: pass.n, dim: config.hiddenSize, eps: config.rmsNormEps)
         if let cache { cache.length += batch.seq }
         return acts.finalNormed
+    }
+
+    /// What every layer of one forward or backward pass shares: sizes and rope tables.
+    struct Pass {
+        let batch: TokenBatch
+        let n: Int
+        let shape: AttentionShape
+        let cos: [Float], sin: [Float]
+
+        init(_ model: Transformer, _ batch: TokenBatch) {
+            let c = model.config
+            self.batch = batch
+            n = batch.tokenCount
+            shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+            (cos, sin) = batch.positions.withUnsafeBufferPointer { model.rotary.tables(positions: $0.baseAddress!, count: batch.tokenCount) }
+        }
+    }
+
+    /// Layer `l` of the forward: reads the stream at its input, writes its activations and the
+    /// stream at its output (in inference both are the one stream buffer).
+    private func forwardLayer(_ l: Int, _ pass: Pass, acts: Activations, cache: KVCache?) {
+        let c = config, n = pass.n, C = c.hiddenSize, batch = pass.batch, shape = pass.shape
+        let training = acts.training
+        let layer = layers[l], a = acts.layer(l)
+        let xIn = acts.input(ofLayer: l)
+        let xOut = acts.input(ofLayer: training ? l + 1 : 0)
+        rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
+        layer.q.forward(a.xn1, n: n, into: a.qPre ?? a.q, saved: a.saved[0], random: &random, training: training)
+        layer.k.forward(a.xn1, n: n, into: a.kPre ?? a.k, saved: a.saved[1], random: &random, training: training)
+        layer.v.forward(a.xn1, n: n, into: a.v, saved: a.saved[2], random: &random, training: training)
+        if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
+            rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
+            rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
+        }
+        ropeApply(a.q, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
+        ropeApply(a.k, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+        if let cache {
+            cache.store(layer: l, k: a.k, v: a.v, count: batch.seq)
+            cache.keyMask.withUnsafeBufferPointer { keyMask in
+                attentionCachedForward(out: a.att, q: a.q, keys: cache.keys(layer: l, row: 0),
+                                       values: cache.values(layer: l, row: 0),
+                                       keyMask: keyMask.baseAddress!, capacity: cache.capacity, start: cache.length,
+                                       queries: batch.seq, shape: shape)
+            }
+        } else {
+            batch.mask.withOptionalPointer { mask in
+                batch.segmentStarts.withOptionalPointer { starts in
+                    attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, segmentStarts: starts, shape: shape)
+                }
+            }
+        }
+        // xMid = xIn + o(att)
+        if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
+        layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
+        rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
+        layer.gate.forward(a.xn2, n: n, into: a.gate, saved: a.saved[4], random: &random, training: training)
+        layer.up.forward(a.xn2, n: n, into: a.up, saved: a.saved[5], random: &random, training: training)
+        swigluForward(a.h, gate: a.gate, up: a.up, count: n * c.intermediateSize)
+        // xOut = xMid + down(h)
+        if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
+        layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[6], random: &random, training: training)
     }
 
     /// Runs the next chunk of tokens of each cached row and returns the logits of each row's
@@ -301,15 +331,21 @@ public final class Transformer {
     /// states, into the trainable parameters' gradients (accumulating).
     func backward(_ batch: TokenBatch, acts: Activations, dFinal: UnsafeMutablePointer<Float>) {
         precondition(acts.training, "backward needs the activations of a training forward")
-        let c = config, n = batch.tokenCount, C = c.hiddenSize
-        let shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
-        let (cosTable, sinTable) = batch.positions.withUnsafeBufferPointer { rotary.tables(positions: $0.baseAddress!, count: n) }
+        let pass = Pass(self, batch)
+        let c = config, n = pass.n, C = c.hiddenSize, shape = pass.shape
+        let (cosTable, sinTable) = (pass.cos, pass.sin)
+        let randomAfterForward = random
+        defer { random = randomAfterForward }
         var dStream = acts.dStream!, dMid = acts.dMid!
         let dNormed = acts.dNormed!, scratch = acts.loraScratch!
         dStream.update(repeating: 0, count: n * C)
         rmsnormBackward(dStream, finalNormGrad, dFinal, acts.stream[layers.count], finalNorm, acts.finalRstd, rows: n, dim: C)
         batch.mask.withOptionalPointer { mask in
             for l in stride(from: layers.count - 1, through: 0, by: -1) {
+                if acts.checkpointing {
+                    random = acts.layerRandom[l]
+                    forwardLayer(l, pass, acts: acts, cache: nil)
+                }
                 let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l]
                 // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
                 dMid.update(from: dStream, count: n * C)

@@ -24,6 +24,8 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var full = false
     public var adapter: String?
     public var packing = false
+    /// Recompute each layer in backward instead of keeping its activations (HF's gradient_checkpointing).
+    public var gradientCheckpointing = false
     /// Render plain-text prompts as a user turn with the model's chat template.
     public var chatTemplate = false
     public var generateDuringEval = 0
@@ -53,7 +55,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     /// Every key, in snake_case.
     public static let keys = ["method", "model", "data", "eval_data", "output", "format", "max_length", "beta", "loss_type",
                               "label_smoothing", "simpo_gamma", "cpo_alpha", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                              "use_rslora", "full", "adapter", "packing", "chat_template", "generate_during_eval", "resume", "overwrite",
+                              "use_rslora", "full", "adapter", "packing", "gradient_checkpointing", "chat_template", "generate_during_eval", "resume", "overwrite",
                               "batch_size", "grad_accum", "epochs", "max_steps", "lr", "optimizer", "weight_decay",
                               "lr_scheduler", "warmup_steps", "max_grad_norm", "seed", "logging_steps", "eval_steps",
                               "save_steps", "group_by_length", "collective_timeout"]
@@ -120,6 +122,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         full = try bool("full") ?? full
         adapter = string("adapter")
         packing = try bool("packing") ?? packing
+        gradientCheckpointing = try bool("gradient_checkpointing") ?? gradientCheckpointing
         chatTemplate = try bool("chat_template") ?? chatTemplate
         generateDuringEval = try int("generate_during_eval") ?? generateDuringEval
         resume = try bool("resume") ?? resume
