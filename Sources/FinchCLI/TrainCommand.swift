@@ -45,6 +45,9 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("gradient-checkpointing"),
           help: "Keep only each layer's input and recompute the layer in backward: far less memory, one more forward per step.")
     var gradientCheckpointing = false
+    @Flag(name: .customLong("keep-quantized"),
+          help: "Keep a quantized (GGUF) base quantized in memory instead of an f32 copy: less memory, slower products.")
+    var keepQuantized = false
     @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
     var chatTemplate = false
     @Option var seed: String?
@@ -69,7 +72,7 @@ struct TrainCommand: ParsableCommand {
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
             ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout),
-            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
+            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })

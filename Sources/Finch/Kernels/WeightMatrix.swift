@@ -15,7 +15,7 @@ public final class WeightMatrix: @unchecked Sendable {
     public private(set) var compact: WeightMatrix?
 
     /// Rows dequantized per tile: large enough for an efficient GEMM, small enough to stay in cache.
-    static let tileRows = 128
+    static let tileRows = 256
 
     public init(rows: Int, columns: Int, dtype: DType, storage: UnsafeRawPointer, owner: AnyObject?) {
         self.rows = rows

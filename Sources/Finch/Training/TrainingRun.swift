@@ -66,7 +66,8 @@ public final class TrainingRun {
 
         let tuning: FineTuning
         if config.full { tuning = .full } else if let adapter = config.adapter { tuning = .lora(try PEFTAdapter.config(directory: adapter)) } else { tuning = .lora(config.loraConfig) }
-        let model = try Transformer(files: files, fineTuning: tuning, seed: config.trainer.seed)
+        let model = try Transformer(files: files, fineTuning: tuning, seed: config.trainer.seed,
+                                    denseLimitBytes: config.keepQuantized ? 0 : Transformer.defaultDenseLimitBytes)
         model.gradientCheckpointing = config.gradientCheckpointing
         if let adapter = config.adapter, !config.full { try PEFTAdapter.load(directory: adapter, into: model) }
         let padId = Int32(tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0)
