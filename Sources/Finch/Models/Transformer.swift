@@ -49,8 +49,9 @@ public final class Transformer {
     /// Buffers of the last shapes used, one set for training and one for inference, so that an
     /// inference pass (a reference model, an evaluation) between a forward and its backward is safe.
     private var cachedActivations: [Bool: Activations] = [:]
-    /// The batch and targets of the last `forwardForTraining`, which `backward(logProbGradients:)` completes.
-    private var pendingBackward: (batch: TokenBatch, targets: [Int32])?
+    /// The batch and targets of the last `forwardForTraining`, which `backward(logProbGradients:)`
+    /// completes; with a frozen head, also -d log p(target) / d hidden of each position [n, C].
+    private var pendingBackward: (batch: TokenBatch, targets: [Int32], negativeLogProbGradients: [Float]?)?
 
     /// With false, LoRA pairs are bypassed and the model is its frozen base (the reference of DPO).
     public var adaptersEnabled: Bool = true {
@@ -408,10 +409,23 @@ public final class Transformer {
     /// other head statistics, from a training forward whose activations are kept
     /// for `backward(logProbGradients:)`. Objectives whose loss is not a plain token mean
     /// (ORPO, DPO) use this pair: forward, compute d loss / d log p per position, backward.
+    ///
+    /// A position's loss term depends on its hidden state only through log p(target), so with a
+    /// frozen head (LoRA) the same pass over the head also computes d log p / d hidden for every
+    /// position, and backward scales it instead of computing the logits a second time.
     public func forwardForTraining(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
         precondition(isTraining, "forwardForTraining needs a model built for LoRA or full fine-tuning")
-        let stats = headStatistics(hidden: forward(batch, acts: activations(for: batch, training: true)), batch: batch, targets: targets)
-        pendingBackward = (batch, targets)
+        let hidden = forward(batch, acts: activations(for: batch, training: true))
+        guard headGrad == nil else {
+            pendingBackward = (batch, targets, nil)
+            return headStatistics(hidden: hidden, batch: batch, targets: targets)
+        }
+        var gradients = [Float](repeating: 0, count: batch.tokenCount * config.hiddenSize)
+        let stats = gradients.withUnsafeMutableBufferPointer { g in
+            headStatistics(hidden: hidden, batch: batch, targets: targets,
+                           backward: CrossEntropyBackward(uniformWeight: 1, dHidden: g.baseAddress!))
+        }
+        pendingBackward = (batch, targets, gradients)
         return stats
     }
 
@@ -421,11 +435,13 @@ public final class Transformer {
     }
 
     /// The head's per-position figures for final hidden states (n, C): no gradients.
-    private func headStatistics(hidden: UnsafeMutablePointer<Float>, batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+    private func headStatistics(hidden: UnsafeMutablePointer<Float>, batch: TokenBatch, targets: [Int32],
+                                backward: CrossEntropyBackward? = nil) -> TokenStatistics {
         var stats = TokenStatistics(count: batch.tokenCount)
         stats.withOutputs { outputs in
             targets.withUnsafeBufferPointer { t in
-                _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs)
+                _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs,
+                                 backward: backward)
             }
         }
         stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
@@ -463,7 +479,7 @@ public final class Transformer {
     /// Completes the last `forwardForTraining`: given d loss / d log p(target) at each position,
     /// adds the gradients of every trainable parameter. The head's logits are recomputed in chunks.
     public func backward(logProbGradients: [Float]) {
-        guard let (batch, targets) = pendingBackward else { preconditionFailure("backward without forwardForTraining") }
+        guard let (batch, targets, negativeLogProbGradients) = pendingBackward else { preconditionFailure("backward without forwardForTraining") }
         pendingBackward = nil
         let acts = activations(for: batch, training: true)
         let n = batch.tokenCount, C = config.hiddenSize
@@ -471,6 +487,14 @@ public final class Transformer {
         let weights = logProbGradients.map { -$0 }
         let dFinal = UnsafeMutablePointer<Float>.allocate(capacity: n * C)
         defer { dFinal.deallocate() }
+        if let g = negativeLogProbGradients {
+            // dL/dh_t = dL/dlog p_t * d log p_t/dh_t = w_t * (-d log p_t/dh_t)
+            parallelFor(n, grain: 16) { range in
+                for t in range { for c in 0..<C { dFinal[t * C + c] = weights[t] * g[t * C + c] } }
+            }
+            backward(batch, acts: acts, dFinal: dFinal)
+            return
+        }
         dFinal.initialize(repeating: 0, count: n * C)
         let maskedTargets = zip(targets, weights).map { $1 == 0 ? Int32(-1) : $0 }   // no head work where nothing flows
         maskedTargets.withUnsafeBufferPointer { t in weights.withUnsafeBufferPointer { w in
