@@ -204,11 +204,12 @@ class Harness:
     def run_decode(self):
         reps = max(self.args.reps, 1)
         if self.wanted("finch"):
-            _, help_text, _, _ = run_child([self.args.finch, "bench", "--help"])
+            finch = self.args.finch_decode or self.args.finch
+            _, help_text, _, _ = run_child([finch, "bench", "--help"])
             if "decode" not in help_text:
                 self.add("decode", "finch", note="not in this binary: `finch bench decode` is the hook (prompt 128, 128 new)")
             else:
-                rc, out, rss, _ = run_child([self.args.finch, "bench", "decode", "--model", GGUF, "--prompt-tokens", 128,
+                rc, out, rss, _ = run_child([finch, "bench", "decode", "--model", GGUF, "--prompt-tokens", 128,
                                              "--new-tokens", 128, "--repetitions", reps], env=self.thread_env, timeout=1200)
                 m = re.search(r"decode ([\d.]+) tokens/s", out)
                 if rc != 0 or not m:
@@ -328,6 +329,7 @@ def main():
     ap.add_argument("--configs", default="orpo,sft,decode,scale", help="rows to run, comma-separated")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--finch", default=str(ROOT / ".build" / "release" / "finch"))
+    ap.add_argument("--finch-decode", help="the finch binary for the decode row (default: --finch)")
     ap.add_argument("--json", help="also write every figure to this JSON file")
     ap.add_argument("--markdown", help="also write the table to this Markdown file")
     args = ap.parse_args()
