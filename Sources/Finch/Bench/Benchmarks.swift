@@ -57,7 +57,7 @@ public enum Benchmarks {
     /// and rejected rows are `seq` tokens each (the first `promptLength` shared and masked, beta
     /// 0.1), so one step runs 2 * batch rows. With `optimizer`, a step is zero grads, forward,
     /// backward, gradient clipping at norm 1 and an AdamW update, as TRL's trainers do; without
-    /// it, only the objective's forward and backward.
+    /// it, only the objective's forward and backward. With `repetitions` 0 the one (cold) step is timed.
     public static func trainingStep(model: Transformer, method: Method, batch: Int, seq: Int, promptLength: Int,
                                     optimizer: Bool, repetitions: Int = 3) throws -> StepTiming {
         var rng = FinchRandom(seed: 2)
@@ -100,7 +100,7 @@ public enum Benchmarks {
                 model.parameters?.zeroGrads()
                 _ = try objective.accumulate(examples, model: model, window: window)
             }
-            if rep > 0 { times.append(now() - start) }
+            if rep > 0 || repetitions == 0 { times.append(now() - start) }
         }
         let t = median(times)
         return StepTiming(secondsPerStep: t, tokensPerSecond: Double(rows * seq) / t,
