@@ -49,6 +49,64 @@ public enum Benchmarks {
                           flops: stepFLOPs(config: model.config, fineTuning: model.fineTuning, batch: batch, seq: seq))
     }
 
+    /// The objectives `trainingStep` can time.
+    public enum Method: String, CaseIterable, Sendable { case sft, orpo }
+
+    /// Time of one real training step through `Trainer` and the objective's own code: `batch`
+    /// SFT rows of `seq` random tokens (loss on every token), or `batch` ORPO pairs whose chosen
+    /// and rejected rows are `seq` tokens each (the first `promptLength` shared and masked, beta
+    /// 0.1), so one step runs 2 * batch rows. With `optimizer`, a step is zero grads, forward,
+    /// backward, gradient clipping at norm 1 and an AdamW update, as TRL's trainers do; without
+    /// it, only the objective's forward and backward. With `repetitions` 0 the one (cold) step is timed.
+    public static func trainingStep(model: Transformer, method: Method, batch: Int, seq: Int, promptLength: Int,
+                                    optimizer: Bool, repetitions: Int = 3) throws -> StepTiming {
+        var rng = FinchRandom(seed: 2)
+        func randomIds(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) } }
+        let objective: Objective
+        let examples: [Example]
+        switch method {
+        case .sft:
+            objective = SFTObjective()
+            examples = (0..<batch).map { i in
+                let ids = randomIds(seq)
+                return Example(id: i, fields: ["input_ids": ids, "labels": ids])
+            }
+        case .orpo:
+            precondition(promptLength < seq, "the prompt must leave room for a completion")
+            objective = try PreferenceObjective(loss: .orpo(beta: 0.1))
+            let masked = [Int32](repeating: -100, count: promptLength)
+            examples = (0..<batch).map { i in
+                let prompt = randomIds(promptLength)
+                let chosen = prompt + randomIds(seq - promptLength), rejected = prompt + randomIds(seq - promptLength)
+                return Example(id: i, fields: ["chosen_input_ids": chosen, "chosen_labels": masked + chosen[promptLength...],
+                                               "rejected_input_ids": rejected, "rejected_labels": masked + rejected[promptLength...]])
+            }
+        }
+        let rows = method == .orpo ? 2 * batch : batch
+        var settings = TrainerSettings()
+        settings.batchSize = batch
+        settings.maxSteps = repetitions + 1
+        settings.learningRate = 1e-4
+        settings.scheduler = .constant
+        settings.groupByLength = false
+        let trainer = try Trainer(model: model, objective: objective, train: examples, settings: settings)
+        let window = objective.normalisers(of: examples)
+        var times: [Double] = []
+        for rep in 0...repetitions {
+            let start = now()
+            if optimizer {
+                _ = try trainer.step()
+            } else {
+                model.parameters?.zeroGrads()
+                _ = try objective.accumulate(examples, model: model, window: window)
+            }
+            if rep > 0 || repetitions == 0 { times.append(now() - start) }
+        }
+        let t = median(times)
+        return StepTiming(secondsPerStep: t, tokensPerSecond: Double(rows * seq) / t,
+                          flops: stepFLOPs(config: model.config, fineTuning: model.fineTuning, batch: rows, seq: seq))
+    }
+
     /// Seconds of each phase of one step: the decoder's forward, the head's fused
     /// cross-entropy (forward and backward), and the decoder's backward.
     public static func stepPhases(model: Transformer, batch: Int, seq: Int) -> [(String, Double)] {

@@ -16,11 +16,30 @@ extension ModelConfig {
 
 extension ModelFiles {
     /// A model of `config`'s shape with random f32 weights (normal, std 0.02; norms 1), for benchmarks and tests.
-    public static func random(config: ModelConfig, seed: UInt64 = 0) -> ModelFiles {
+    /// With `quantization` q4_0 or q4_1, every matrix (projections, embedding, head) is stored in
+    /// that 4-bit block format instead: random nibbles with scales giving about the same spread.
+    public static func random(config: ModelConfig, seed: UInt64 = 0, quantization: DType = .f32) -> ModelFiles {
+        precondition([.f32, .q4_0, .q4_1].contains(quantization), "random models are f32, q4_0 or q4_1")
         var rng = FinchRandom(seed: seed)
         var tensors: [String: TensorData] = [:]
         func add(_ name: String, _ shape: [Int], fill: Float? = nil) {
             let count = shape.reduce(1, *)
+            if quantization != .f32 && shape.count == 2 && fill == nil {
+                let blocks = count / 32, blockBytes = quantization.blockBytes
+                let bytes = OwnedBytes(count: blocks * blockBytes)
+                let p = bytes.pointer.assumingMemoryBound(to: UInt8.self)
+                // Nibbles uniform in 0...15 have std 4.6: d = 0.02 / 4.6 keeps std 0.02 (q4_1: m = -8d centres them).
+                let d = Float16(0.02 / 4.6).bitPattern, m = Float16(-8 * 0.02 / 4.6).bitPattern
+                for b in 0..<blocks {
+                    var block = p + b * blockBytes
+                    block[0] = UInt8(d & 0xFF); block[1] = UInt8(d >> 8); block += 2
+                    if quantization == .q4_1 { block[0] = UInt8(m & 0xFF); block[1] = UInt8(m >> 8); block += 2 }
+                    for j in 0..<16 { block[j] = UInt8(truncatingIfNeeded: rng.next()) }
+                }
+                tensors[name] = TensorData(name: name, dtype: quantization, shape: shape, bytes: UnsafeRawPointer(p),
+                                           byteCount: blocks * blockBytes, owner: bytes)
+                return
+            }
             let bytes = OwnedBytes(count: count * 4)
             let p = bytes.pointer.assumingMemoryBound(to: Float.self)
             for i in 0..<count { p[i] = fill ?? rng.nextGaussian() * 0.02 }
@@ -51,6 +70,6 @@ extension ModelFiles {
         }
         add("model.norm.weight", [c.hiddenSize], fill: 1)
         if !c.tieWordEmbeddings { add("lm_head.weight", [c.vocabSize, c.hiddenSize]) }
-        return ModelFiles(config: config, tensors: tensors, source: "random \(config.modelType) model")
+        return ModelFiles(config: config, tensors: tensors, source: "random \(config.modelType) model" + (quantization == .f32 ? "" : " (\(quantization.rawValue))"))
     }
 }
