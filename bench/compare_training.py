@@ -218,21 +218,25 @@ class Harness:
                 rc, out, rss, _ = run_child([finch, "bench", "decode", "--model", GGUF, "--prompt-tokens", 128,
                                              "--new-tokens", 128, "--repetitions", reps], env=self.thread_env, timeout=1200)
                 m = re.search(r"decode ([\d.]+) tokens/s", out)
+                prefill = re.search(r"prefill ([\d.]+) tokens/s", out)
                 if rc != 0 or not m:
                     self.add("decode", "finch", note=f"failed (exit {rc}): {last_lines(out)}")
                 else:
-                    self.add("decode", "finch", tok_s=float(m.group(1)), rss_gb=round(rss / GB, 2))
+                    self.add("decode", "finch", tok_s=float(m.group(1)), rss_gb=round(rss / GB, 2),
+                             prefill_tok_s=float(prefill.group(1)) if prefill else None)
         ids_file = Path(tempfile.gettempdir()) / "finch-bench-prompt-ids.json"
         if self.wanted("hf") or self.wanted("llama.cpp"):
             rc, out, rss, _ = run_child([sys.executable, BENCH / "hf_generate.py", "--gguf", GGUF, "--runs", reps,
                                          "--threads", self.args.threads, "--dump-ids", ids_file], env=self.thread_env,
                                         timeout=1800)
             m = re.search(r"decode ([\d.]+) tok/s", out)
+            prefill = re.search(r"prefill ([\d.]+) tok/s", out)
             if self.wanted("hf"):
                 if rc != 0 or not m:
                     self.add("decode", "hf", note=f"failed (exit {rc}): {last_lines(out)}")
                 else:
-                    self.add("decode", "hf", tok_s=float(m.group(1)), rss_gb=round(rss / GB, 2))
+                    self.add("decode", "hf", tok_s=float(m.group(1)), rss_gb=round(rss / GB, 2),
+                             prefill_tok_s=float(prefill.group(1)) if prefill else None)
         if self.wanted("llama.cpp"):
             if not LLAMA_PYTHON.exists() or run_child([LLAMA_PYTHON, "-c", "import llama_cpp"])[0] != 0:
                 self.add("decode", "llama.cpp", note=f"not installed: no llama_cpp importable by {LLAMA_PYTHON} (see bench/README.md)")
@@ -317,7 +321,10 @@ class Harness:
                 speed = f"{f['tok_s'] / r['tok_s']:.2f}x"
                 if f.get("rss_gb") and r.get("rss_gb"):
                     rss = f"{f['rss_gb'] / r['rss_gb']:.0%}"
-            lines.append(f"| {r['config']} | {r['system']} | {cell(r.get('s_step'), '.2f')} | {cell(r.get('tok_s'), '.1f')} | "
+            tokens = cell(r.get('tok_s'), '.1f')
+            if r.get("prefill_tok_s"):
+                tokens += f" (prefill {r['prefill_tok_s']:.0f})"
+            lines.append(f"| {r['config']} | {r['system']} | {cell(r.get('s_step'), '.2f')} | {tokens} | "
                          f"{cell(r.get('rss_gb'), '.2f')} | {cell(r.get('gflops'), '.1f')} | {cell(r.get('mfu'), '.0%')} | "
                          f"{speed} | {rss} | {r['load']} |")
         lines += ["", "| issue 7 target | measured | |", "| --- | ---: | --- |"]
