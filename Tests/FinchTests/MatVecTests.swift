@@ -70,4 +70,28 @@ final class MatVecTests: XCTestCase {
         dense.multiply(x, n: 2, into: &viaMatVec)
         XCTAssertLessThan(TestSupport.maxRelativeError(viaMatVec, Array(viaGEMM.prefix(2 * rows))), 1e-5)
     }
+
+    /// Matrices sharing their input (q, k, v) in one pass give each one's own product.
+    func testGroupedProductsEqualSeparateOnes() {
+        let columns = 64
+        var matrices: [WeightMatrix] = []
+        var owners: [OwnedBytes] = []
+        for (i, (dtype, rows)) in [(DType.q4_1, 40), (.q8_0, 24), (.f32, 8)].enumerated() {
+            let bytes = randomRows(dtype, rows: rows, columns: columns, seed: UInt64(20 + i))
+            let storage = OwnedBytes(count: bytes.count)
+            bytes.withUnsafeBytes { storage.pointer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            owners.append(storage)
+            matrices.append(WeightMatrix(rows: rows, columns: columns, dtype: dtype, storage: UnsafeRawPointer(storage.pointer), owner: storage))
+        }
+        var rng = SplitMix(seed: 4)
+        let x = (0..<2 * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+        let outputs = matrices.map { UnsafeMutablePointer<Float>.allocate(capacity: 2 * $0.rows) }
+        defer { outputs.forEach { $0.deallocate() } }
+        WeightMatrix.multiply(Array(zip(matrices, outputs)), x, n: 2)
+        for (m, out) in zip(matrices, outputs) {
+            var alone = [Float](repeating: 0, count: 2 * m.rows)
+            m.multiply(x, n: 2, into: &alone)
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: out, count: 2 * m.rows)), alone, m.dtype.rawValue)
+        }
+    }
 }

@@ -21,17 +21,32 @@ func matVecSupports(_ dtype: DType) -> Bool {
     }
 }
 
+/// One matrix of a `matVec` call: its stored rows and where its products go.
+struct MatVecTarget {
+    let dtype: DType
+    let weights: UnsafeRawPointer
+    let rows: Int
+    /// y[t * rows + r] for vector t and row r.
+    let output: UnsafeMutablePointer<Float>
+}
+
 /// y[t * rows + r] (+)= dot(W_r, x[t * columns ..< (t+1) * columns]) for t < n, r < rows.
 /// `dtype` must satisfy `matVecSupports`; 1 ≤ n ≤ `matVecMaxVectors`; columns a multiple of 32.
 func matVec(_ dtype: DType, _ w: UnsafeRawPointer, rows: Int, columns: Int,
             _ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    precondition(n >= 1 && n <= matVecMaxVectors && matVecSupports(dtype) && columns % 32 == 0,
-                 "matVec: \(n) vectors of \(columns) against \(dtype.rawValue)")
-    let rowBytes = dtype.rowBytes(columns: columns)
+    matVec([MatVecTarget(dtype: dtype, weights: w, rows: rows, output: y)], columns: columns, x, n: n, accumulate: accumulate)
+}
+
+/// The products of several matrices with the same vectors (q, k and v of one input, say) in
+/// one parallel pass over all their rows: one hand-off to the other cores instead of one per
+/// matrix, which is a good part of a decoding step's time.
+func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+    precondition(n >= 1 && n <= matVecMaxVectors && targets.allSatisfy { matVecSupports($0.dtype) } && columns % 32 == 0,
+                 "matVec: \(n) vectors of \(columns) against \(targets.map(\.dtype.rawValue))")
     let blocks = columns / 32
     // Per-block sums of each x, for q4_1's block minimum.
-    var blockSums = [Float](repeating: 0, count: dtype == .q4_1 ? n * blocks : 0)
-    if dtype == .q4_1 {
+    var blockSums = [Float](repeating: 0, count: targets.contains { $0.dtype == .q4_1 } ? n * blocks : 0)
+    if !blockSums.isEmpty {
         for t in 0..<n {
             for b in 0..<blocks {
                 let p = x + t * columns + b * 32
@@ -39,22 +54,26 @@ func matVec(_ dtype: DType, _ w: UnsafeRawPointer, rows: Int, columns: Int,
             }
         }
     }
+    let starts = targets.reduce(into: [0]) { $0.append($0.last! + $1.rows) }
     blockSums.withUnsafeBufferPointer { sums in
         let sums = sums.baseAddress
-        parallelFor(rows, grain: 64) { range in
-            for r in range {
-                let row = w + r * rowBytes
+        parallelFor(starts.last!, grain: 64) { range in
+            var m = 0
+            for global in range {
+                while global >= starts[m + 1] { m += 1 }
+                let target = targets[m], r = global - starts[m]
+                let row = target.weights + r * target.dtype.rowBytes(columns: columns)
                 for t in 0..<n {
                     let xt = x + t * columns
                     let dot: Float
-                    switch dtype {
+                    switch target.dtype {
                     case .f32: dot = dotF32(row.assumingMemoryBound(to: Float.self), xt, columns)
                     case .q8_0: dot = dotQ8_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks)
                     case .q4_0: dot = dotQ4_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks)
                     default: dot = dotQ4_1(row.assumingMemoryBound(to: UInt8.self), xt, blocks, sums! + t * blocks)
                     }
-                    let target = y + t * rows + r
-                    target.pointee = accumulate ? target.pointee + dot : dot
+                    let y = target.output + t * target.rows + r
+                    y.pointee = accumulate ? y.pointee + dot : dot
                 }
             }
         }

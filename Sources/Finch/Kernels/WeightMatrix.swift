@@ -96,6 +96,20 @@ public final class WeightMatrix: @unchecked Sendable {
         }
     }
 
+    /// y_i[n, rows_i] = x[n, columns] W_i^T for matrices that share their input: for a few
+    /// vectors one matVec pass over all their rows, else one product each.
+    static func multiply(_ products: [(matrix: WeightMatrix, output: UnsafeMutablePointer<Float>)],
+                         _ x: UnsafePointer<Float>, n: Int) {
+        let forms = products.compactMap(\.matrix.matVecForm)
+        guard n <= matVecMaxVectors, forms.count == products.count, let columns = products.first?.matrix.columns,
+              products.allSatisfy({ $0.matrix.columns == columns }) else {
+            for p in products { p.matrix.multiply(x, n: n, into: p.output) }
+            return
+        }
+        let targets = zip(forms, products).map { MatVecTarget(dtype: $0.dtype, weights: $0.storage, rows: $0.rows, output: $1.output) }
+        matVec(targets, columns: columns, x, n: n, accumulate: false)
+    }
+
     /// dx[n, columns] += dy[n, rows] W.
     public func multiplyTransposed(_ dy: UnsafePointer<Float>, n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
         if let w = floats {

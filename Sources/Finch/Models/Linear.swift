@@ -33,6 +33,23 @@ final class Linear {
     func forward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  saved: LinearSaved, random: inout FinchRandom, training: Bool) {
         weight.multiply(x, n: n, into: y, accumulate: accumulate)
+        finishForward(x, n: n, into: y, saved: saved, random: &random, training: training)
+    }
+
+    /// The forwards of layers that share their input x (q, k, v; gate, up), each into its own
+    /// output: the base products go together (one pass over all rows when decoding), then each
+    /// layer adds its bias and LoRA term in order, so dropout draws come as from separate calls.
+    static func forward(_ linears: [Linear], _ x: UnsafePointer<Float>, n: Int, into outputs: [UnsafeMutablePointer<Float>],
+                        saved: [LinearSaved], random: inout FinchRandom, training: Bool) {
+        WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n)
+        for i in linears.indices {
+            linears[i].finishForward(x, n: n, into: outputs[i], saved: saved[i], random: &random, training: training)
+        }
+    }
+
+    /// Adds the bias and the LoRA term to y = x W^T.
+    private func finishForward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>,
+                               saved: LinearSaved, random: inout FinchRandom, training: Bool) {
         if let bias {
             let out = outFeatures
             parallelFor(n, grain: 64) { range in

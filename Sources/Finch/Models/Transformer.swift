@@ -273,9 +273,8 @@ public final class Transformer {
         let xIn = acts.input(ofLayer: l)
         let xOut = acts.input(ofLayer: training ? l + 1 : 0)
         rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
-        layer.q.forward(a.xn1, n: n, into: a.qPre ?? a.q, saved: a.saved[0], random: &random, training: training)
-        layer.k.forward(a.xn1, n: n, into: a.kPre ?? a.k, saved: a.saved[1], random: &random, training: training)
-        layer.v.forward(a.xn1, n: n, into: a.v, saved: a.saved[2], random: &random, training: training)
+        Linear.forward([layer.q, layer.k, layer.v], a.xn1, n: n, into: [a.qPre ?? a.q, a.kPre ?? a.k, a.v],
+                       saved: Array(a.saved[0..<3]), random: &random, training: training)
         if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
             rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
             rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
@@ -301,8 +300,8 @@ public final class Transformer {
         if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
         layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
         rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
-        layer.gate.forward(a.xn2, n: n, into: a.gate, saved: a.saved[4], random: &random, training: training)
-        layer.up.forward(a.xn2, n: n, into: a.up, saved: a.saved[5], random: &random, training: training)
+        Linear.forward([layer.gate, layer.up], a.xn2, n: n, into: [a.gate, a.up],
+                       saved: Array(a.saved[4..<6]), random: &random, training: training)
         swigluForward(a.h, gate: a.gate, up: a.up, count: n * c.intermediateSize)
         // xOut = xMid + down(h)
         if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
