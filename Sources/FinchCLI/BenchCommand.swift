@@ -135,7 +135,7 @@ struct BenchCommand: ParsableCommand {
 
         func run() throws {
             try runReportingErrors {
-                let transformer = try loadModel(path: model, adapter: adapter)
+                let transformer = try Transformer(files: ModelFiles.open(model), adapter: adapter)
                 let t = Benchmarks.decode(model: transformer, promptTokens: promptTokens, newTokens: newTokens,
                                           repetitions: repetitions)
                 print(String(format: "finch decode (%@, prompt %d, %d new, batch 1): prefill %.1f tokens/s, decode %.1f tokens/s",

@@ -32,20 +32,8 @@ struct ModelOptions: ParsableArguments {
     func load() throws -> (ChatSession) {
         let files = try ModelFiles.open(model)
         let tokenizer = try Tokenizer.load(from: model)
-        return ChatSession(model: try loadModel(files: files, adapter: adapter), tokenizer: tokenizer, files: files)
+        return ChatSession(model: try Transformer(files: files, adapter: adapter), tokenizer: tokenizer, files: files)
     }
-}
-
-/// The model at `path` (folder or .gguf) for inference, with a PEFT adapter applied without merging.
-func loadModel(path: String, adapter: String?) throws -> Transformer {
-    try loadModel(files: ModelFiles.open(path), adapter: adapter)
-}
-
-func loadModel(files: ModelFiles, adapter: String?) throws -> Transformer {
-    guard let adapter else { return try Transformer(files: files) }
-    let transformer = try Transformer(files: files, fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
-    try PEFTAdapter.load(directory: adapter, into: transformer)
-    return transformer
 }
 
 struct GenerateCommand: ParsableCommand {

@@ -29,13 +29,7 @@ struct PerplexityCommand: ParsableCommand {
             } else {
                 throw ValidationError("give the data to score with --data FILE or --token-ids FILE")
             }
-            let transformer: Transformer
-            if let adapter {
-                transformer = try Transformer(files: files, fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
-                try PEFTAdapter.load(directory: adapter, into: transformer)
-            } else {
-                transformer = try Transformer(files: files)
-            }
+            let transformer = try Transformer(files: files, adapter: adapter)
             let result = Perplexity.evaluate(model: transformer, sequences: sequences, maxLength: maxLength)
             if json {
                 let object: [String: Any] = ["tokens": result.tokens, "nll": result.nll, "perplexity": result.perplexity]

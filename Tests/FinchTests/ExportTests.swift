@@ -17,14 +17,7 @@ final class ExportTests: TemporaryDirectoryTestCase {
         let batch = TokenBatch(batch: shape[0], seq: shape[1], ids: dequantize(expected["input_ids"]!).map { Int32($0) },
                                mask: dequantize(expected["attention_mask"]!))
         let files = try ModelFiles.open(path)
-        let model: Transformer
-        if let adapter {
-            model = try Transformer(files: files, fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
-            try PEFTAdapter.load(directory: adapter, into: model)
-        } else {
-            model = try Transformer(files: files)
-        }
-        return model.logits(batch)
+        return try Transformer(files: files, adapter: adapter).logits(batch)
     }
 
     // MARK: - Merging

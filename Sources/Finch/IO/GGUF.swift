@@ -397,64 +397,38 @@ public final class GGUFFile: @unchecked Sendable {
         return result
     }
 
+    /// Whole-model tensors and the per-layer modules: llama.cpp's name and Hugging Face's.
+    static let globalNames: [(gguf: String, hf: String)] = [
+        ("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ]
+    static let layerModuleNames: [(gguf: String, hf: String)] = [
+        ("attn_norm", "input_layernorm"), ("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"), ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"), ("ffn_norm", "post_attention_layernorm"), ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
+    ]
+
     /// The Hugging Face name of a llama.cpp tensor name, or nil if it has none.
     public static func hfName(_ name: String) -> String? {
-        switch name {
-        case "token_embd.weight": return "model.embed_tokens.weight"
-        case "output_norm.weight": return "model.norm.weight"
-        case "output.weight": return "lm_head.weight"
-        default: break
-        }
+        if let global = globalNames.first(where: { $0.gguf == name }) { return global.hf }
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0 else { return nil }
         let suffix = parts[3]
-        guard suffix == "weight" || suffix == "bias" else { return nil }
-        let module: String
-        switch parts[2] {
-        case "attn_norm": module = "input_layernorm"
-        case "attn_q": module = "self_attn.q_proj"
-        case "attn_k": module = "self_attn.k_proj"
-        case "attn_v": module = "self_attn.v_proj"
-        case "attn_output": module = "self_attn.o_proj"
-        case "attn_q_norm": module = "self_attn.q_norm"
-        case "attn_k_norm": module = "self_attn.k_norm"
-        case "ffn_norm": module = "post_attention_layernorm"
-        case "ffn_gate": module = "mlp.gate_proj"
-        case "ffn_up": module = "mlp.up_proj"
-        case "ffn_down": module = "mlp.down_proj"
-        default: return nil
-        }
+        guard suffix == "weight" || suffix == "bias",
+              let module = layerModuleNames.first(where: { $0.gguf == parts[2] })?.hf else { return nil }
         return "model.layers.\(layer).\(module).\(suffix)"
     }
 
     /// The llama.cpp name of a Hugging Face tensor name (the inverse of `hfName`), or nil.
     public static func ggufName(_ hfName: String) -> String? {
-        switch hfName {
-        case "model.embed_tokens.weight": return "token_embd.weight"
-        case "model.norm.weight": return "output_norm.weight"
-        case "lm_head.weight": return "output.weight"
-        default: break
-        }
+        if let global = globalNames.first(where: { $0.hf == hfName }) { return global.gguf }
         let parts = hfName.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), layer >= 0 else { return nil }
         let module = parts[3..<(parts.count - 1)].joined(separator: ".")
         let suffix = parts.last!
-        guard suffix == "weight" || suffix == "bias" else { return nil }
-        let short: String
-        switch module {
-        case "input_layernorm": short = "attn_norm"
-        case "self_attn.q_proj": short = "attn_q"
-        case "self_attn.k_proj": short = "attn_k"
-        case "self_attn.v_proj": short = "attn_v"
-        case "self_attn.o_proj": short = "attn_output"
-        case "self_attn.q_norm": short = "attn_q_norm"
-        case "self_attn.k_norm": short = "attn_k_norm"
-        case "post_attention_layernorm": short = "ffn_norm"
-        case "mlp.gate_proj": short = "ffn_gate"
-        case "mlp.up_proj": short = "ffn_up"
-        case "mlp.down_proj": short = "ffn_down"
-        default: return nil
-        }
+        guard suffix == "weight" || suffix == "bias",
+              let short = layerModuleNames.first(where: { $0.hf == module })?.gguf else { return nil }
         return "blk.\(layer).\(short).\(suffix)"
     }
 

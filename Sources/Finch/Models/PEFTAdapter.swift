@@ -88,3 +88,11 @@ public enum PEFTAdapter {
         try data.write(to: url, options: .atomic)
     }
 }
+
+extension Transformer {
+    /// The model of `files` for inference, with a PEFT adapter folder applied without merging.
+    public convenience init(files: ModelFiles, adapter: String?) throws {
+        try self.init(files: files, fineTuning: try adapter.map { .lora(try PEFTAdapter.config(directory: $0)) } ?? .none)
+        if let adapter { try PEFTAdapter.load(directory: adapter, into: self) }
+    }
+}
