@@ -57,7 +57,8 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
     let starts = targets.reduce(into: [0]) { $0.append($0.last! + $1.rows) }
     blockSums.withUnsafeBufferPointer { sums in
         let sums = sums.baseAddress
-        parallelFor(starts.last!, grain: 64) { range in
+        let total = starts.last!
+        let work = { (range: Range<Int>) in
             var m = 0
             for global in range {
                 while global >= starts[m + 1] { m += 1 }
@@ -76,6 +77,12 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                     y.pointee = accumulate ? y.pointee + dot : dot
                 }
             }
+        }
+        // Decoding runs hundreds of these per token: the spinning pool hands work to the other
+        // cores without a kernel wake-up each time.
+        guard total >= 128 else { return work(0..<total) }
+        withoutActuallyEscaping(work) { work in
+            SpinPool.shared.run { part, parts in work(total * part / parts..<total * (part + 1) / parts) }
         }
     }
 }
