@@ -25,8 +25,11 @@ final class Arena {
 
 /// What one decoder layer keeps from forward for backward, for `n` tokens.
 /// Shapes: C hidden, Q = heads * headDim, K = kvHeads * headDim, F intermediate.
+/// `xn1`, `xn2` and `h` are cheap to recompute from what is kept (a norm of a kept input,
+/// silu(gate) * up), so all layers share one buffer for each and backward recomputes them
+/// (bit for bit: the same kernel on the same inputs): 2C + F fewer floats per token and layer.
 struct LayerActivations {
-    var xn1: UnsafeMutablePointer<Float>      // (n, C) input RMSNorm output
+    var xn1: UnsafeMutablePointer<Float>      // (n, C) input RMSNorm output (shared by all layers)
     var rstd1: UnsafeMutablePointer<Float>    // (n)
     var q: UnsafeMutablePointer<Float>        // (n, Q) after q-norm and RoPE
     var k: UnsafeMutablePointer<Float>        // (n, K) after k-norm and RoPE
@@ -38,11 +41,11 @@ struct LayerActivations {
     var att: UnsafeMutablePointer<Float>      // (n, Q) attention output
     var lse: UnsafeMutablePointer<Float>      // (batch, heads, seq)
     var xMid: UnsafeMutablePointer<Float>     // (n, C) residual after attention (aliases the stream in inference)
-    var xn2: UnsafeMutablePointer<Float>      // (n, C)
+    var xn2: UnsafeMutablePointer<Float>      // (n, C) (shared by all layers)
     var rstd2: UnsafeMutablePointer<Float>    // (n)
     var gate: UnsafeMutablePointer<Float>     // (n, F)
     var up: UnsafeMutablePointer<Float>       // (n, F)
-    var h: UnsafeMutablePointer<Float>        // (n, F) silu(gate) * up
+    var h: UnsafeMutablePointer<Float>        // (n, F) silu(gate) * up (shared by all layers)
     /// Per projection q, k, v, o, gate, up, down.
     var saved: [LinearSaved]
 }
@@ -81,10 +84,13 @@ final class Activations {
         struct Handles { var all: [Int]; var saved: [(Int?, Int?)] }
         var layerHandles: [Handles] = []
         var maxRank = 0
+        // Slots 0 (xn1), 12 (xn2) and 16 (h): one buffer for all layers.
+        let sharedSlots: [Int: Int] = [0: a.reserve(n * C), 12: a.reserve(n * C), 16: a.reserve(n * F)]
         for l in 0..<(training && !self.checkpointing ? c.layerCount : 1) {
-            let all = [n * C, n, n * Q, n * K, n * K, c.qkNorm ? n * Q : 0, c.qkNorm ? n * K : 0,
-                       c.qkNorm ? n * c.headCount : 0, c.qkNorm ? n * c.kvHeadCount : 0,
-                       n * Q, batch * c.headCount * seq, training ? n * C : 0, n * C, n, n * F, n * F, n * F].map { a.reserve($0) }
+            let sizes = [0, n, n * Q, n * K, n * K, c.qkNorm ? n * Q : 0, c.qkNorm ? n * K : 0,
+                         c.qkNorm ? n * c.headCount : 0, c.qkNorm ? n * c.kvHeadCount : 0,
+                         n * Q, batch * c.headCount * seq, training ? n * C : 0, 0, n, n * F, n * F, 0]
+            let all = sizes.indices.map { sharedSlots[$0] ?? a.reserve(sizes[$0]) }
             let saved: [(Int?, Int?)] = linears[l].map { linear in
                 guard let lora = linear.lora else { return (nil, nil) }
                 maxRank = max(maxRank, lora.rank)

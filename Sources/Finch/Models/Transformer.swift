@@ -347,6 +347,12 @@ public final class Transformer {
                     forwardLayer(l, pass, acts: acts, cache: nil)
                 }
                 let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l]
+                if !acts.checkpointing && l != layers.count - 1 {
+                    // xn1, xn2 and h share one buffer across layers: recompute this layer's.
+                    rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
+                    rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
+                    swigluForward(a.h, gate: a.gate, up: a.up, count: n * c.intermediateSize)
+                }
                 // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
                 dMid.update(from: dStream, count: n * C)
                 layer.down.backward(dStream, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[6], scratch: scratch)
