@@ -134,6 +134,50 @@ final class KernelTests: XCTestCase {
         XCTAssertLessThan(S.relativeL2(dv, S.numericalGradient(v) { S.dot(forward(q, k, $0).0, r) }), 3e-3)
     }
 
+    /// Cached attention (decoding: a few new queries per row over everything cached) equals a
+    /// naive softmax(q k^T / sqrt(d)) v over the unmasked keys up to each query, for short caches
+    /// (one thread) and long ones (shared with the worker pool), GQA groups and left padding.
+    func testCachedAttentionMatchesNaive() {
+        var random = FinchRandom(seed: 11)
+        for (cached, queries) in [(5, 1), (300, 1), (297, 3)] {
+            let shape = AttentionShape(batch: 2, seq: queries, heads: 6, kvHeads: 2, headDim: 16)
+            let capacity = cached + queries + 2, total = cached + queries
+            let q = (0..<shape.batch * queries * shape.qStride).map { _ in random.nextFloat() - 0.5 }
+            let keys = (0..<shape.batch * capacity * shape.kvStride).map { _ in random.nextFloat() - 0.5 }
+            let values = (0..<shape.batch * capacity * shape.kvStride).map { _ in random.nextFloat() - 0.5 }
+            var mask = [Float](repeating: 1, count: shape.batch * capacity)
+            for j in 0..<3 { mask[capacity + j] = 0 }   // row 1 starts with 3 padding keys
+            var out = [Float](repeating: .nan, count: shape.batch * queries * shape.qStride)
+            out.withUnsafeMutableBufferPointer { o in
+                attentionCachedForward(out: o.baseAddress!, q: q, keys: keys, values: values, keyMask: mask,
+                                       capacity: capacity, start: cached, queries: queries, shape: shape)
+            }
+            var worst: Float = 0
+            for b in 0..<shape.batch {
+                for i in 0..<queries {
+                    for h in 0..<shape.heads {
+                        let kvh = h / shape.group
+                        let qi = Array(q[(b * queries + i) * shape.qStride + h * 16..<(b * queries + i) * shape.qStride + (h + 1) * 16])
+                        var scores: [(Int, Double)] = []
+                        for j in 0..<cached + i + 1 where mask[b * capacity + j] == 1 {
+                            let kj = (b * capacity + j) * shape.kvStride + kvh * 16
+                            scores.append((j, (0..<16).reduce(0.0) { $0 + Double(qi[$1]) * Double(keys[kj + $1]) } / 4))
+                        }
+                        let m = scores.map(\.1).max()!
+                        let z = scores.reduce(0.0) { $0 + exp($1.1 - m) }
+                        for d in 0..<16 {
+                            let expected = scores.reduce(0.0) { $0 + exp($1.1 - m) / z * Double(values[(b * capacity + $1.0) * shape.kvStride + kvh * 16 + d]) }
+                            let got = out[(b * queries + i) * shape.qStride + h * 16 + d]
+                            let error = abs(got - Float(expected))
+                            worst = error.isNaN ? .infinity : max(worst, error)   // NaN: never written
+                        }
+                    }
+                }
+            }
+            XCTAssertLessThan(worst, 1e-5, "\(cached) cached, \(queries) queries (of \(total))")
+        }
+    }
+
     func testSwiGLUForwardAndBackward() {
         let count = 40
         let g = S.randomArray(count, seed: 11, scale: 2), u = S.randomArray(count, seed: 12), r = S.randomArray(count, seed: 13)

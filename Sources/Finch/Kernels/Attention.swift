@@ -205,6 +205,10 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
                                    keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
                                    shape: AttentionShape) {
     let D = shape.headDim, total = start + queries
+    if queries <= 4 && D % 8 == 0 {
+        return attentionDecodeForward(out: out, q: q, keys: keys, values: values, keyMask: keyMask,
+                                      capacity: capacity, start: start, queries: queries, shape: shape)
+    }
     let tasks = shape.batch * shape.kvHeads
     let work = { (task: Int, scores: UnsafeMutablePointer<Float>) in
         let b = task / shape.kvHeads, kvh = task % shape.kvHeads
@@ -213,25 +217,13 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
         for h in kvh * shape.group..<(kvh + 1) * shape.group {
             let qb = q + b * queries * shape.qStride + h * D
             let ob = out + b * queries * shape.qStride + h * D
-            if queries > 4 || D % 8 != 0 {
-                BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
-                           b: kb, ldb: shape.kvStride, c: scores, ldc: total)
-                for i in 0..<queries {
-                    _ = softmaxCausalRow(scores + i * total, visible: start + i + 1, length: total, mask: mask)
-                }
-                BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
-                           c: ob, ldc: shape.qStride)
-                continue
-            }
-            // A few queries (decoding): plain loops beat GEMM calls on such thin products.
+            BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
+                       b: kb, ldb: shape.kvStride, c: scores, ldc: total)
             for i in 0..<queries {
-                let qi = qb + i * shape.qStride, row = scores + i * total, visible = start + i + 1
-                for j in 0..<visible { row[j] = shape.scale * dot8(qi, kb + j * shape.kvStride, D) }
-                _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask)
-                let oi = ob + i * shape.qStride
-                oi.update(repeating: 0, count: D)
-                for j in 0..<visible where row[j] != 0 { axpy8(row[j], vb + j * shape.kvStride, oi, D) }
+                _ = softmaxCausalRow(scores + i * total, visible: start + i + 1, length: total, mask: mask)
             }
+            BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
+                       c: ob, ldc: shape.qStride)
         }
     }
     if tasks < 2 || queries * total < 4096 {
@@ -248,6 +240,43 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
         defer { scores.deallocate() }
         var task = w
         while task < tasks { work(task, scores); task += workers }
+    }
+}
+
+/// `attentionCachedForward` for a few queries per row (decoding): plain loops beat GEMM calls on
+/// such thin products. Each (row, query head) is one unit of work; the units are shared with the
+/// other cores through the spinning pool, as decoding's matrix-vector products are, once
+/// there is enough of them (a long cache) to pay for the hand-off.
+private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                    keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                    keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
+                                    shape: AttentionShape) {
+    let D = shape.headDim, total = start + queries
+    let units = shape.batch * shape.heads
+    let work = { (range: Range<Int>) in
+        guard !range.isEmpty else { return }
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
+        defer { scores.deallocate() }
+        for unit in range {
+            let b = unit / shape.heads, h = unit % shape.heads, kvh = h / shape.group
+            let kb = keys + b * capacity * shape.kvStride + kvh * D, vb = values + b * capacity * shape.kvStride + kvh * D
+            let mask = keyMask + b * capacity
+            let qb = q + b * queries * shape.qStride + h * D
+            let ob = out + b * queries * shape.qStride + h * D
+            for i in 0..<queries {
+                let qi = qb + i * shape.qStride, row = scores + i * total, visible = start + i + 1
+                for j in 0..<visible { row[j] = shape.scale * dot8(qi, kb + j * shape.kvStride, D) }
+                _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask)
+                let oi = ob + i * shape.qStride
+                oi.update(repeating: 0, count: D)
+                for j in 0..<visible where row[j] != 0 { axpy8(row[j], vb + j * shape.kvStride, oi, D) }
+            }
+        }
+    }
+    // About 2 * D multiply-adds per unit and key; below ~16k the hand-off costs more than it saves.
+    guard units >= 2 && units * queries * total * D >= 16_384 else { return work(0..<units) }
+    withoutActuallyEscaping(work) { work in
+        SpinPool.shared.run { part, parts in work(units * part / parts..<units * (part + 1) / parts) }
     }
 }
 

@@ -59,22 +59,26 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
         let sums = sums.baseAddress
         let total = starts.last!
         let work = { (range: Range<Int>) in
-            var m = 0
-            for global in range {
-                while global >= starts[m + 1] { m += 1 }
-                let target = targets[m], r = global - starts[m]
-                let row = target.weights + r * target.dtype.rowBytes(columns: columns)
-                for t in 0..<n {
-                    let xt = x + t * columns
-                    let dot: Float
-                    switch target.dtype {
-                    case .f32: dot = dotF32(row.assumingMemoryBound(to: Float.self), xt, columns)
-                    case .q8_0: dot = dotQ8_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks)
-                    case .q4_0: dot = dotQ4_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks)
-                    default: dot = dotQ4_1(row.assumingMemoryBound(to: UInt8.self), xt, blocks, sums! + t * blocks)
+            // The rows of `range` that fall in each matrix, with the matrix's kind decided once.
+            for m in targets.indices where starts[m] < range.upperBound && starts[m + 1] > range.lowerBound {
+                let target = targets[m], rowBytes = target.dtype.rowBytes(columns: columns)
+                let rows = max(range.lowerBound, starts[m]) - starts[m]..<min(range.upperBound, starts[m + 1]) - starts[m]
+                // Each row is used for every vector while it is in cache.
+                @inline(__always) func each(_ dot: (UnsafeRawPointer, UnsafePointer<Float>, Int) -> Float) {
+                    for r in rows {
+                        let row = target.weights + r * rowBytes
+                        for t in 0..<n {
+                            let y = target.output + t * target.rows + r
+                            let value = dot(row, x + t * columns, t)
+                            y.pointee = accumulate ? y.pointee + value : value
+                        }
                     }
-                    let y = target.output + t * target.rows + r
-                    y.pointee = accumulate ? y.pointee + dot : dot
+                }
+                switch target.dtype {
+                case .f32: each { row, xt, _ in dotF32(row.assumingMemoryBound(to: Float.self), xt, columns) }
+                case .q8_0: each { row, xt, _ in dotQ8_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks) }
+                case .q4_0: each { row, xt, _ in dotQ4_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks) }
+                default: each { row, xt, t in dotQ4_1(row.assumingMemoryBound(to: UInt8.self), xt, blocks, sums! + t * blocks) }
                 }
             }
         }
@@ -172,3 +176,4 @@ private func dotQ4_1(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     }
     return (acc0 + acc1).sum() + minimums
 }
+
