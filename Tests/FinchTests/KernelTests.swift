@@ -273,6 +273,11 @@ final class KernelTests: XCTestCase {
             for i in 0..<32 { bytes[block * 34 + 2 + i] = UInt8(truncatingIfNeeded: Int(rng.next() % 255) - 127) }
         }
         let x = S.randomArray(n * columns, seed: 19), dy = S.randomArray(n * rows, seed: 20)
+        let saved = WeightMatrix.wholeTileFloats
+        defer { WeightMatrix.wholeTileFloats = saved }
+        // Dequantized whole, then in tiles of 256 rows (the second one partial).
+        for whole in [saved, 0] {
+        WeightMatrix.wholeTileFloats = whole
         bytes.withUnsafeBytes { raw in
             let q = WeightMatrix(rows: rows, columns: columns, dtype: .q8_0, storage: raw.baseAddress!, owner: nil)
             let dense = q.denseCopy()
@@ -290,6 +295,7 @@ final class KernelTests: XCTestCase {
             let block = 2  // row 1 starts at block 2
             let scale = Float(Float16(bitPattern: UInt16(bytes[block * 34]) | UInt16(bytes[block * 34 + 1]) << 8))
             XCTAssertEqual(row[3], scale * Float(Int8(bitPattern: bytes[block * 34 + 2 + 3])))
+        }
         }
     }
 }

@@ -14,8 +14,11 @@ public final class WeightMatrix: @unchecked Sendable {
     /// fewer bytes instead (decoding is bound by the bytes of weights read per token).
     public private(set) var compact: WeightMatrix?
 
-    /// Rows dequantized per tile: large enough for an efficient GEMM, small enough to stay in cache.
+    /// Rows dequantized per tile: matrices of up to `wholeTileFloats` weights are dequantized whole
+    /// (one GEMM per product: many small GEMMs cost more than the dequantization); larger ones
+    /// (a vocabulary-sized head) in tiles of `tileRows` rows.
     static let tileRows = 256
+    static var wholeTileFloats = 4 << 20
 
     public init(rows: Int, columns: Int, dtype: DType, storage: UnsafeRawPointer, owner: AnyObject?) {
         self.rows = rows
@@ -127,7 +130,7 @@ public final class WeightMatrix: @unchecked Sendable {
 
     /// Calls `body` with each dequantized tile of rows, in order.
     private func withTile(_ body: (UnsafePointer<Float>, Int, Int) -> Void) {
-        let tileRows = min(Self.tileRows, rows)
+        let tileRows = rows * columns <= Self.wholeTileFloats ? rows : min(Self.tileRows, rows)
         let tile = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * columns)
         defer { tile.deallocate() }
         var start = 0
