@@ -75,6 +75,8 @@ struct BenchCommand: ParsableCommand {
         var promptLength = 64
         @Flag(help: "With --method: include gradient clipping and the AdamW update, as a trainer's step does.")
         var optimizer = false
+        @Option(name: .customLong("micro-batch"), help: "With --method: run each step's --batch examples as micro-batches of this many (exact gradient accumulation: the same update, the activations of one micro-batch).")
+        var microBatch: Int?
         @Option(help: "Random model weights: f32, or a 4-bit base (q4_0, q4_1) for every matrix.")
         var base = "f32"
         @Flag(name: .customLong("gradient-checkpointing"), help: "Recompute each layer in backward (as finch train --gradient-checkpointing).")
@@ -103,10 +105,15 @@ struct BenchCommand: ParsableCommand {
                     guard let kind = Benchmarks.Method(rawValue: method) else {
                         throw ValidationError("unknown --method \(method); use sft or orpo")
                     }
+                    if let microBatch, microBatch < 1 || batch % microBatch != 0 {
+                        throw ValidationError("--micro-batch \(microBatch) does not divide --batch \(batch)")
+                    }
                     let t = try Benchmarks.trainingStep(model: transformer, method: kind, batch: batch, seq: seq,
-                                                        promptLength: promptLength, optimizer: optimizer, repetitions: repetitions)
+                                                        promptLength: promptLength, optimizer: optimizer, microBatch: microBatch,
+                                                        repetitions: repetitions)
                     print(BLAS.description)
-                    let rows = kind == .orpo ? "\(batch) pairs (\(2 * batch) rows)" : "\(batch) rows"
+                    var rows = kind == .orpo ? "\(batch) pairs (\(2 * batch) rows)" : "\(batch) rows"
+                    if let microBatch, microBatch < batch { rows += " in micro-batches of \(microBatch)" }
                     print(String(format: "finch train step (%@, %@, %@, %@ x %d%@): %.3f s/step, %.0f tokens/s, %.1f GFLOP/s",
                                  files.source, kind.rawValue, full ? "full" : "LoRA r=\(loraRank)", rows, seq,
                                  optimizer ? ", AdamW" : "", t.secondsPerStep, t.tokensPerSecond, t.flops / t.secondsPerStep / 1e9))

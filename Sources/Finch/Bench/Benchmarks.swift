@@ -59,7 +59,9 @@ public enum Benchmarks {
     /// backward, gradient clipping at norm 1 and an AdamW update, as TRL's trainers do; without
     /// it, only the objective's forward and backward. With `repetitions` 0 the one (cold) step is timed.
     public static func trainingStep(model: Transformer, method: Method, batch: Int, seq: Int, promptLength: Int,
-                                    optimizer: Bool, repetitions: Int = 3) throws -> StepTiming {
+                                    optimizer: Bool, microBatch: Int? = nil, repetitions: Int = 3) throws -> StepTiming {
+        let micro = microBatch ?? batch
+        precondition(micro > 0 && batch % micro == 0, "the micro-batch must divide the batch")
         var rng = FinchRandom(seed: 2)
         func randomIds(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(rng.next() % UInt64(model.config.vocabSize)) } }
         let objective: Objective
@@ -84,7 +86,10 @@ public enum Benchmarks {
         }
         let rows = method == .orpo ? 2 * batch : batch
         var settings = TrainerSettings()
-        settings.batchSize = batch
+        // A step is one window of `batch` examples, run as batch / micro micro-batches whose
+        // gradients accumulate exactly (the same update as one batch, to float rounding).
+        settings.batchSize = micro
+        settings.gradAccum = batch / micro
         settings.maxSteps = repetitions + 1
         settings.learningRate = 1e-4
         settings.scheduler = .constant
