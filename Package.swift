@@ -4,14 +4,15 @@ import PackageDescription
 
 /// Vector code for the CPU that builds: with AVX2, FMA and F16C (x86-64 CPUs since 2013) the
 /// kernels' SIMD8 loops become 8-wide AVX with fused multiply-adds and one-instruction f16
-/// conversion, 2-3x faster than baseline x86-64 (SSE2). FINCH_PORTABLE=1 builds for any x86-64.
+/// conversion, 2-3x faster than baseline x86-64 (SSE2); FINCH_F16C lets kernels call the f16
+/// conversion instruction directly. FINCH_PORTABLE=1 builds for any x86-64.
 func hostCPUFlags() -> [String] {
     #if arch(x86_64) && os(Linux)
     if ProcessInfo.processInfo.environment["FINCH_PORTABLE"] != nil { return [] }
     guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
           let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
     let flags = Set(line.split(separator: " ").map(String.init))
-    return flags.isSuperset(of: ["avx2", "fma", "f16c"]) ? ["-target-cpu", "haswell"] : []
+    return flags.isSuperset(of: ["avx2", "fma", "f16c"]) ? ["-target-cpu", "haswell", "-D", "FINCH_F16C"] : []
     #else
     return []
     #endif

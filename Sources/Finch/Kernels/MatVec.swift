@@ -10,6 +10,9 @@
 // The loops are written so that LLVM turns them into 8-wide vector code: the widening of
 // bytes to floats is a per-lane loop (Swift's generic SIMD conversions are not inlined), and
 // the partial sums live in SIMD8 values, not in memory.
+#if arch(x86_64) && FINCH_F16C
+import _Builtin_intrinsics.intel
+#endif
 
 /// The most vectors `matVec` takes at once; more go through GEMM on dequantized tiles.
 let matVecMaxVectors = 4
@@ -95,8 +98,20 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
     UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
 }
 
-@inline(__always) private func half(_ p: UnsafePointer<UInt8>) -> Float {
-    Float(Float16(bitPattern: UInt16(p[0]) | UInt16(p[1]) << 8))
+/// The two f16 values at the start of a block (q4_1: d and m; others: d and the first quant
+/// bytes, ignored) as floats. With F16C the 4 bytes go to a vector register with vmovd, which
+/// clears the rest of it, then vcvtph2ps. Converting one half at a time, the compiler used
+/// vpinsrw, which merges into a register it picks — here the loop's running sum of block
+/// minimums — and so chained each block to the previous one's multiply-add: 13.5 instead of
+/// ~6 cycles per block of 32 weights.
+@inline(__always) private func halves(_ p: UnsafePointer<UInt8>) -> (Float, Float) {
+    let bits = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
+    #if arch(x86_64) && FINCH_F16C
+    let converted: SIMD4<Float> = _mm_cvtph_ps(_mm_cvtsi32_si128(Int32(bitPattern: bits)))
+    return (converted[0], converted[1])
+    #else
+    return (Float(Float16(bitPattern: UInt16(truncatingIfNeeded: bits))), Float(Float16(bitPattern: UInt16(truncatingIfNeeded: bits >> 16))))
+    #endif
 }
 
 @inline(__always) private func lowNibbles(_ p: UnsafePointer<UInt8>) -> SIMD8<Float> {
@@ -135,7 +150,7 @@ private func dotQ8_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
     for b in 0..<blocks {
         let block = row + b &* 34, q = block + 2, xb = x + b &* 32
-        let d = half(block)
+        let d = halves(block).0
         let s0 = (signedBytes(q) * load8(xb)).addingProduct(signedBytes(q + 16), load8(xb + 16))
         let s1 = (signedBytes(q + 8) * load8(xb + 8)).addingProduct(signedBytes(q + 24), load8(xb + 24))
         acc0 = acc0.addingProduct(s0, d)
@@ -151,7 +166,7 @@ private func dotQ4_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     let eight = SIMD8<Float>(repeating: 8)
     for b in 0..<blocks {
         let block = row + b &* 18, q = block + 2, xb = x + b &* 32
-        let d = half(block)
+        let d = halves(block).0
         let s0 = ((lowNibbles(q) - eight) * load8(xb)).addingProduct(highNibbles(q) - eight, load8(xb + 16))
         let s1 = ((lowNibbles(q + 8) - eight) * load8(xb + 8)).addingProduct(highNibbles(q + 8) - eight, load8(xb + 24))
         acc0 = acc0.addingProduct(s0, d)
@@ -167,7 +182,7 @@ private func dotQ4_1(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     var minimums: Float = 0
     for b in 0..<blocks {
         let block = row + b &* 20, q = block + 4, xb = x + b &* 32
-        let d = half(block), m = half(block + 2)
+        let (d, m) = halves(block)
         let s0 = (lowNibbles(q) * load8(xb)).addingProduct(highNibbles(q), load8(xb + 16))
         let s1 = (lowNibbles(q + 8) * load8(xb + 8)).addingProduct(highNibbles(q + 8), load8(xb + 24))
         acc0 = acc0.addingProduct(s0, d)
