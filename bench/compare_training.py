@@ -23,7 +23,9 @@ Rows:
            update, a quarter / half of the activations); and that with the 4-bit base kept
            quantized (`--keep-quantized`, finch-lean).
   decode   prompt 128 + 128 new tokens, greedy, batch 1: `finch bench decode` (when the binary
-           has it), bench/hf_generate.py, and llama-cpp-python on the same GGUF.
+           has it) with exact f32 activations and with `--int8-activations` (activations rounded
+           to 8 bits per block of 32, as llama.cpp multiplies), bench/hf_generate.py, and
+           llama-cpp-python on the same GGUF.
   scale    `finch bench step --shape llama3.2-1b --base q4_0 --method sft --optimizer`,
            1 x 2048 tokens (random weights, 4-bit base): step time and peak RSS.
 
@@ -224,15 +226,18 @@ class Harness:
             if "decode" not in help_text:
                 self.add("decode", "finch", note="not in this binary: `finch bench decode` is the hook (prompt 128, 128 new)")
             else:
-                rc, out, rss, _ = run_child([finch, "bench", "decode", "--model", GGUF, "--prompt-tokens", 128,
-                                             "--new-tokens", 128, "--repetitions", reps], env=self.thread_env, timeout=1200)
-                m = re.search(r"decode ([\d.]+) tokens/s", out)
-                prefill = re.search(r"prefill ([\d.]+) tokens/s", out)
-                if rc != 0 or not m:
-                    self.add("decode", "finch", note=f"failed (exit {rc}): {last_lines(out)}")
-                else:
-                    self.add("decode", "finch", tok_s=float(m.group(1)), rss_gb=round(rss / GB, 2),
-                             prefill_tok_s=float(prefill.group(1)) if prefill else None)
+                # finch: exact f32 activations; finch-int8: activations rounded to 8 bits against
+                # the quantized weights (`--int8-activations`, llama.cpp's arithmetic).
+                for system, extra in (("finch", []), ("finch-int8", ["--int8-activations"])):
+                    rc, out, rss, _ = run_child([finch, "bench", "decode", "--model", GGUF, "--prompt-tokens", 128,
+                                                 "--new-tokens", 128, "--repetitions", reps] + extra, env=self.thread_env, timeout=1200)
+                    m = re.search(r"decode ([\d.]+) tokens/s", out)
+                    prefill = re.search(r"prefill ([\d.]+) tokens/s", out)
+                    if rc != 0 or not m:
+                        self.add("decode", system, note=f"failed (exit {rc}): {last_lines(out)}")
+                    else:
+                        self.add("decode", system, tok_s=float(m.group(1)), rss_gb=round(rss / GB, 2),
+                                 prefill_tok_s=float(prefill.group(1)) if prefill else None)
         ids_file = Path(tempfile.gettempdir()) / "finch-bench-prompt-ids.json"
         if self.wanted("hf") or self.wanted("llama.cpp"):
             rc, out, rss, _ = run_child([sys.executable, BENCH / "hf_generate.py", "--gguf", GGUF, "--runs", reps,
@@ -309,9 +314,11 @@ class Harness:
         if f and h:
             r = f["tok_s"] / h["tok_s"]
             target(f"decode: Finch >= {DECODE_VS_HF}x transformers", f"{r:.2f}x", r >= DECODE_VS_HF)
-        if f and l:
-            r = f["tok_s"] / l["tok_s"]
-            target("decode: Finch >= llama.cpp", f"{r:.2f}x", r >= 1)
+        for system in ("finch", "finch-int8"):
+            f = self.find("decode", system)
+            if f and l:
+                r = f["tok_s"] / l["tok_s"]
+                target(f"decode: {system} >= llama.cpp", f"{r:.2f}x", r >= 1)
         s = self.find("scale", "finch")
         if s:
             target("scale: Llama-3.2-1B shape, 4-bit base, 2048 tokens/step, RSS <= 8 GB", f"{s['rss_gb']:.2f} GB",

@@ -139,14 +139,17 @@ struct BenchCommand: ParsableCommand {
         @Option(name: .customLong("prompt-tokens")) var promptTokens = 128
         @Option(name: .customLong("new-tokens")) var newTokens = 128
         @Option var repetitions = 3
+        @Flag(name: .customLong("int8-activations"), help: "Decode with activations rounded to 8 bits against quantized weights (as finch generate --int8-activations).")
+        var int8Activations = false
 
         func run() throws {
             try runReportingErrors {
                 let transformer = try Transformer(files: ModelFiles.open(model), adapter: adapter)
+                transformer.int8Activations = int8Activations
                 let t = Benchmarks.decode(model: transformer, promptTokens: promptTokens, newTokens: newTokens,
                                           repetitions: repetitions)
-                print(String(format: "finch decode (%@, prompt %d, %d new, batch 1): prefill %.1f tokens/s, decode %.1f tokens/s",
-                             model, t.promptTokens, t.newTokens, t.prefillTokensPerSecond, t.decodeTokensPerSecond))
+                print(String(format: "finch decode (%@%@, prompt %d, %d new, batch 1): prefill %.1f tokens/s, decode %.1f tokens/s",
+                             model, int8Activations ? ", int8 activations" : "", t.promptTokens, t.newTokens, t.prefillTokensPerSecond, t.decodeTokensPerSecond))
             }
         }
     }

@@ -17,6 +17,8 @@ struct ModelOptions: ParsableArguments {
     @Option var seed: UInt64 = 0
     @Option(name: .customLong("stop"), help: "Stop when the output contains this text (repeatable).") var stops: [String] = []
     @Option(help: "A system message (with --chat).") var system: String?
+    @Flag(name: .customLong("int8-activations"), help: "Multiply quantized weights by activations rounded to 8 bits (llama.cpp's arithmetic): faster decoding, logits ~1e-2 from exact, so answers can change.")
+    var int8Activations = false
 
     var sampling: SamplingSettings {
         SamplingSettings(temperature: temperature, topK: topK, topP: topP, minP: minP, repetitionPenalty: repetitionPenalty,
@@ -32,7 +34,9 @@ struct ModelOptions: ParsableArguments {
     func load() throws -> (ChatSession) {
         let files = try ModelFiles.open(model)
         let tokenizer = try Tokenizer.load(from: model)
-        return ChatSession(model: try Transformer(files: files, adapter: adapter), tokenizer: tokenizer, files: files)
+        let model = try Transformer(files: files, adapter: adapter)
+        model.int8Activations = int8Activations
+        return ChatSession(model: model, tokenizer: tokenizer, files: files)
     }
 }
 

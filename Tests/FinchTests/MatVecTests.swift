@@ -52,6 +52,47 @@ final class MatVecTests: XCTestCase {
         }
     }
 
+    /// With 8-bit activations: equal (to float rounding) to the dequantized matrix times x rounded
+    /// as the kernel documents (blocks of 32, d = max|x| / 127, q = x / d rounded to nearest even),
+    /// and within 2% (relative L2) of the exact product; f32 matrices keep the exact path.
+    func testInt8ActivationsMatchRoundedVectorsAndStayNearExact() {
+        let rows = 37, columns = 96
+        var rng = SplitMix(seed: 12)
+        for dtype in [DType.f32, .q8_0, .q4_0, .q4_1] {
+            let bytes = randomRows(dtype, rows: rows, columns: columns, seed: 4)
+            var dense = [Float](repeating: 0, count: rows * columns)
+            bytes.withUnsafeBytes { raw in
+                dense.withUnsafeMutableBufferPointer { dequantizeRow(dtype, raw.baseAddress!, $0.baseAddress!, count: rows * columns) }
+            }
+            for n in [1, 3] {
+                let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+                var rounded = x
+                if dtype != .f32 {
+                    for block in 0..<n * columns / 32 {
+                        let amax = x[block * 32..<(block + 1) * 32].map(abs).max()!
+                        let d = amax / 127
+                        for i in block * 32..<(block + 1) * 32 { rounded[i] = d * (x[i] / d).rounded(.toNearestOrEven) }
+                    }
+                }
+                func product(_ v: [Float]) -> [Float] {
+                    (0..<n * rows).map { i in
+                        let t = i / rows, r = i % rows
+                        return Float((0..<columns).reduce(0.0) { $0 + Double(dense[r * columns + $1]) * Double(v[t * columns + $1]) })
+                    }
+                }
+                var got = [Float](repeating: 0, count: n * rows)
+                bytes.withUnsafeBytes { raw in
+                    matVec(dtype, raw.baseAddress!, rows: rows, columns: columns, x, n: n, into: &got, accumulate: false, int8: true)
+                }
+                let exact = product(x)
+                XCTAssertLessThan(TestSupport.maxRelativeError(got, product(rounded)), 1e-4, "\(dtype.rawValue) n=\(n)")
+                let error = TestSupport.relativeL2(got, exact)
+                XCTAssertLessThan(error, dtype == .f32 ? 1e-6 : 2e-2, "\(dtype.rawValue) n=\(n)")
+                if dtype != .f32 { XCTAssertGreaterThan(error, 1e-6, "\(dtype.rawValue): the activations were not rounded") }
+            }
+        }
+    }
+
     /// A dense copy of a quantized matrix keeps the quantized form for thin products, and
     /// both paths (matVec for few vectors, GEMM on tiles for many) agree.
     func testWeightMatrixUsesTheStoredFormForFewVectors() {

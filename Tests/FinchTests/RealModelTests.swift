@@ -77,6 +77,38 @@ final class RealModelGenerationTests: XCTestCase {
         XCTAssertGreaterThan(compared, 200, "most tokens are compared")
     }
 
+    /// Decoding with 8-bit activations (llama.cpp's arithmetic) stays near the exact path: the
+    /// logits of each prompt's last token, decoded alone after the rest, within 5% (relative L2;
+    /// 0.6-4% here), and the same greedy token wherever the exact top-2 gap is clear (over 1).
+    func testInt8ActivationDecodingStaysNearExact() throws {
+        guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set (scripts/fetch_smollm2.sh fetches the model)")
+        }
+        let url = TestSupport.fixtures.appendingPathComponent("smollm2/greedy.json")
+        let fixture = try JSONDecoder().decode(Fixture.self, from: Data(contentsOf: url))
+        let model = try Transformer(files: ModelFiles.open(path))
+        func lastLogits(_ ids: [Int], int8: Bool) -> [Float] {
+            model.int8Activations = int8
+            let cache = KVCache(config: model.config, batch: 1, capacity: ids.count)
+            let head = ids.dropLast()
+            _ = model.decode(TokenBatch(batch: 1, seq: head.count, ids: head.map(Int32.init), positions: (0..<head.count).map(Int32.init)), cache: cache)
+            return model.decode(TokenBatch(batch: 1, seq: 1, ids: [Int32(ids.last!)], positions: [Int32(head.count)]), cache: cache)
+        }
+        var clear = 0
+        for (i, c) in fixture.cases.enumerated() {
+            let exact = lastLogits(c.prompt_ids, int8: false), rounded = lastLogits(c.prompt_ids, int8: true)
+            XCTAssertLessThan(TestSupport.relativeL2(rounded, exact), 5e-2, "case \(i)")
+            XCTAssertGreaterThan(TestSupport.relativeL2(rounded, exact), 1e-6, "case \(i): int8 activations were not used")
+            let sorted = exact.sorted(by: >)
+            if sorted[0] - sorted[1] > 1 {
+                clear += 1
+                XCTAssertEqual(rounded.indices.max { rounded[$0] < rounded[$1] }, exact.indices.max { exact[$0] < exact[$1] }, "case \(i)")
+            }
+        }
+        model.int8Activations = false
+        XCTAssertGreaterThan(clear, 3, "some cases have a clear greedy token")
+    }
+
     /// All prompts in one left-padded batch (more rows than matVec takes, so the GEMM path runs).
     func testBatchedGreedyContinuationsMatchTransformers() throws {
         guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {

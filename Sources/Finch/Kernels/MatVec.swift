@@ -36,14 +36,17 @@ struct MatVecTarget {
 /// y[t * rows + r] (+)= dot(W_r, x[t * columns ..< (t+1) * columns]) for t < n, r < rows.
 /// `dtype` must satisfy `matVecSupports`; 1 ≤ n ≤ `matVecMaxVectors`; columns a multiple of 32.
 func matVec(_ dtype: DType, _ w: UnsafeRawPointer, rows: Int, columns: Int,
-            _ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
-    matVec([MatVecTarget(dtype: dtype, weights: w, rows: rows, output: y)], columns: columns, x, n: n, accumulate: accumulate)
+            _ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool, int8: Bool = false) {
+    matVec([MatVecTarget(dtype: dtype, weights: w, rows: rows, output: y)], columns: columns, x, n: n, accumulate: accumulate, int8: int8)
 }
 
 /// The products of several matrices with the same vectors (q, k and v of one input, say) in
 /// one parallel pass over all their rows: one hand-off to the other cores instead of one per
 /// matrix, which is a good part of a decoding step's time.
-func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, n: Int, accumulate: Bool) {
+///
+/// With `int8`, quantized matrices are multiplied by x rounded to 8 bits per block of 32
+/// (MatVecInt8.swift: llama.cpp's arithmetic, results ~1e-2 relative from exact); f32 ones as usual.
+func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, n: Int, accumulate: Bool, int8: Bool = false) {
     precondition(n >= 1 && n <= matVecMaxVectors && targets.allSatisfy { matVecSupports($0.dtype) } && columns % 32 == 0,
                  "matVec: \(n) vectors of \(columns) against \(targets.map(\.dtype.rawValue))")
     let blocks = columns / 32
@@ -58,6 +61,10 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
         }
     }
     let starts = targets.reduce(into: [0]) { $0.append($0.last! + $1.rows) }
+    let rounded = int8 && targets.contains { int8MatVecSupports($0.dtype) } ? Int8Vectors(x, n: n, columns: columns) : nil
+    let roundedQ = rounded?.q ?? [], roundedScales = rounded?.scales ?? [], roundedSums = rounded?.sums ?? []
+    roundedQ.withUnsafeBufferPointer { roundedQ in roundedScales.withUnsafeBufferPointer { roundedScales in
+    roundedSums.withUnsafeBufferPointer { roundedSums in
     blockSums.withUnsafeBufferPointer { sums in
         let sums = sums.baseAddress
         let total = starts.last!
@@ -77,6 +84,18 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                         }
                     }
                 }
+                if let rounded, int8MatVecSupports(target.dtype) {
+                    let q = roundedQ.baseAddress!, scales = roundedScales.baseAddress!, sums = roundedSums.baseAddress!
+                    for r in rows {
+                        let row = target.weights + r * rowBytes
+                        for t in 0..<n {
+                            let y = target.output + t * target.rows + r
+                            let value = int8Dot(target.dtype, row, rounded, t, q, scales, sums)
+                            y.pointee = accumulate ? y.pointee + value : value
+                        }
+                    }
+                    continue
+                }
                 switch target.dtype {
                 case .f32: each { row, xt, _ in dotF32(row.assumingMemoryBound(to: Float.self), xt, columns) }
                 case .q8_0: each { row, xt, _ in dotQ8_0(row.assumingMemoryBound(to: UInt8.self), xt, blocks) }
@@ -92,6 +111,7 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
             SpinPool.shared.run { part, parts in work(total * part / parts..<total * (part + 1) / parts) }
         }
     }
+    } } }
 }
 
 @inline(__always) private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
