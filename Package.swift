@@ -4,8 +4,8 @@ import PackageDescription
 
 /// Vector code for the CPU that builds: with AVX2, FMA and F16C (x86-64 CPUs since 2013) the
 /// kernels' SIMD8 loops become 8-wide AVX with fused multiply-adds and one-instruction f16
-/// conversion, 2-3x faster than baseline x86-64 (SSE2); FINCH_F16C lets kernels call the f16
-/// conversion instruction directly. FINCH_PORTABLE=1 builds for any x86-64.
+/// conversion, 2-3x faster than baseline x86-64 (SSE2); FINCH_F16C lets kernels call these
+/// instructions directly (f16 conversion, AVX2 byte dot products). FINCH_PORTABLE=1 builds for any x86-64.
 func hostCPUFlags() -> [String] {
     #if arch(x86_64) && os(Linux)
     if ProcessInfo.processInfo.environment["FINCH_PORTABLE"] != nil { return [] }
