@@ -24,15 +24,20 @@ final class MatVecTests: XCTestCase {
         return bytes
     }
 
+    private func dequantized(_ bytes: [UInt8], _ dtype: DType, count: Int) -> [Float] {
+        var dense = [Float](repeating: 0, count: count)
+        bytes.withUnsafeBytes { raw in
+            dense.withUnsafeMutableBufferPointer { dequantizeRow(dtype, raw.baseAddress!, $0.baseAddress!, count: count) }
+        }
+        return dense
+    }
+
     func testMatchesTheDequantizedMatrixForEachTypeAndVectorCount() {
         let rows = 37, columns = 96
         var rng = SplitMix(seed: 11)
         for dtype in [DType.f32, .q8_0, .q4_0, .q4_1] {
             let bytes = randomRows(dtype, rows: rows, columns: columns, seed: 3)
-            var dense = [Float](repeating: 0, count: rows * columns)
-            bytes.withUnsafeBytes { raw in
-                dense.withUnsafeMutableBufferPointer { dequantizeRow(dtype, raw.baseAddress!, $0.baseAddress!, count: rows * columns) }
-            }
+            let dense = dequantized(bytes, dtype, count: rows * columns)
             for n in 1...matVecMaxVectors {
                 let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
                 var expected = [Float](repeating: 0, count: n * rows)
@@ -60,10 +65,7 @@ final class MatVecTests: XCTestCase {
         var rng = SplitMix(seed: 12)
         for dtype in [DType.f32, .q8_0, .q4_0, .q4_1] {
             let bytes = randomRows(dtype, rows: rows, columns: columns, seed: 4)
-            var dense = [Float](repeating: 0, count: rows * columns)
-            bytes.withUnsafeBytes { raw in
-                dense.withUnsafeMutableBufferPointer { dequantizeRow(dtype, raw.baseAddress!, $0.baseAddress!, count: rows * columns) }
-            }
+            let dense = dequantized(bytes, dtype, count: rows * columns)
             for n in [1, 3] {
                 let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
                 var rounded = x

@@ -62,9 +62,6 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
     }
     let starts = targets.reduce(into: [0]) { $0.append($0.last! + $1.rows) }
     let rounded = int8 && targets.contains { int8MatVecSupports($0.dtype) } ? Int8Vectors(x, n: n, columns: columns) : nil
-    let roundedQ = rounded?.q ?? [], roundedScales = rounded?.scales ?? [], roundedSums = rounded?.sums ?? []
-    roundedQ.withUnsafeBufferPointer { roundedQ in roundedScales.withUnsafeBufferPointer { roundedScales in
-    roundedSums.withUnsafeBufferPointer { roundedSums in
     blockSums.withUnsafeBufferPointer { sums in
         let sums = sums.baseAddress
         let total = starts.last!
@@ -85,15 +82,7 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                     }
                 }
                 if let rounded, int8MatVecSupports(target.dtype) {
-                    let q = roundedQ.baseAddress!, scales = roundedScales.baseAddress!, sums = roundedSums.baseAddress!
-                    for r in rows {
-                        let row = target.weights + r * rowBytes
-                        for t in 0..<n {
-                            let y = target.output + t * target.rows + r
-                            let value = int8Dot(target.dtype, row, rounded, t, q, scales, sums)
-                            y.pointee = accumulate ? y.pointee + value : value
-                        }
-                    }
+                    each { row, _, t in int8Dot(target.dtype, row, rounded, t) }
                     continue
                 }
                 switch target.dtype {
@@ -111,7 +100,6 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
             SpinPool.shared.run { part, parts in work(total * part / parts..<total * (part + 1) / parts) }
         }
     }
-    } } }
 }
 
 @inline(__always) private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
@@ -124,7 +112,7 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
 /// vpinsrw, which merges into a register it picks — here the loop's running sum of block
 /// minimums — and so chained each block to the previous one's multiply-add: 13.5 instead of
 /// ~6 cycles per block of 32 weights.
-@inline(__always) private func halves(_ p: UnsafePointer<UInt8>) -> (Float, Float) {
+@inline(__always) func blockHalves(_ p: UnsafePointer<UInt8>) -> (Float, Float) {
     let bits = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
     #if arch(x86_64) && FINCH_F16C
     let converted: SIMD4<Float> = _mm_cvtph_ps(_mm_cvtsi32_si128(Int32(bitPattern: bits)))
@@ -170,7 +158,7 @@ private func dotQ8_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
     for b in 0..<blocks {
         let block = row + b &* 34, q = block + 2, xb = x + b &* 32
-        let d = halves(block).0
+        let d = blockHalves(block).0
         let s0 = (signedBytes(q) * load8(xb)).addingProduct(signedBytes(q + 16), load8(xb + 16))
         let s1 = (signedBytes(q + 8) * load8(xb + 8)).addingProduct(signedBytes(q + 24), load8(xb + 24))
         acc0 = acc0.addingProduct(s0, d)
@@ -186,7 +174,7 @@ private func dotQ4_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     let eight = SIMD8<Float>(repeating: 8)
     for b in 0..<blocks {
         let block = row + b &* 18, q = block + 2, xb = x + b &* 32
-        let d = halves(block).0
+        let d = blockHalves(block).0
         let s0 = ((lowNibbles(q) - eight) * load8(xb)).addingProduct(highNibbles(q) - eight, load8(xb + 16))
         let s1 = ((lowNibbles(q + 8) - eight) * load8(xb + 8)).addingProduct(highNibbles(q + 8) - eight, load8(xb + 24))
         acc0 = acc0.addingProduct(s0, d)
@@ -202,7 +190,7 @@ private func dotQ4_1(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     var minimums: Float = 0
     for b in 0..<blocks {
         let block = row + b &* 20, q = block + 4, xb = x + b &* 32
-        let (d, m) = halves(block)
+        let (d, m) = blockHalves(block)
         let s0 = (lowNibbles(q) * load8(xb)).addingProduct(highNibbles(q), load8(xb + 16))
         let s1 = (lowNibbles(q + 8) * load8(xb + 8)).addingProduct(highNibbles(q + 8), load8(xb + 24))
         acc0 = acc0.addingProduct(s0, d)

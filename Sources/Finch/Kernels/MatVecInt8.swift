@@ -15,22 +15,22 @@
 import _Builtin_intrinsics.intel
 #endif
 
-/// Activation vectors rounded to 8 bits per block of 32.
-struct Int8Vectors {
+/// Activation vectors rounded to 8 bits per block of 32 (one allocation, freed with it).
+final class Int8Vectors {
     let blocks: Int
     /// q[t * blocks * 32 + i] for vector t.
-    var q: [Int8]
+    let q: UnsafeMutablePointer<Int8>
     /// Each block's scale d, [t * blocks + b].
-    var scales: [Float]
+    let scales: UnsafeMutablePointer<Float>
     /// Each block's sum of q, [t * blocks + b].
-    var sums: [Int32]
+    let sums: UnsafeMutablePointer<Int32>
 
     init(_ x: UnsafePointer<Float>, n: Int, columns: Int) {
         precondition(columns % 32 == 0, "Int8Vectors: \(columns) columns is not a multiple of 32")
         blocks = columns / 32
-        q = [Int8](repeating: 0, count: n * columns)
-        scales = [Float](repeating: 0, count: n * blocks)
-        sums = [Int32](repeating: 0, count: n * blocks)
+        q = .allocate(capacity: n * columns)
+        scales = .allocate(capacity: n * blocks)
+        sums = .allocate(capacity: n * blocks)
         for block in 0..<n * blocks {
             let xb = x + block * 32
             var amax: Float = 0
@@ -46,6 +46,8 @@ struct Int8Vectors {
             sums[block] = sum
         }
     }
+
+    deinit { q.deallocate(); scales.deallocate(); sums.deallocate() }
 }
 
 func int8MatVecSupports(_ dtype: DType) -> Bool {
@@ -57,28 +59,15 @@ func int8MatVecSupports(_ dtype: DType) -> Bool {
 
 /// The dot product of one stored row (`dtype`: q8_0, q4_0 or q4_1) with vector `t` of `x`.
 @inline(__always)
-func int8Dot(_ dtype: DType, _ row: UnsafeRawPointer, _ x: Int8Vectors, _ t: Int,
-             _ q: UnsafePointer<Int8>, _ scales: UnsafePointer<Float>, _ sums: UnsafePointer<Int32>) -> Float {
+func int8Dot(_ dtype: DType, _ row: UnsafeRawPointer, _ x: Int8Vectors, _ t: Int) -> Float {
     let blocks = x.blocks
-    let qx = q + t * blocks * 32, dx = scales + t * blocks, sx = sums + t * blocks
+    let qx = x.q + t * blocks * 32, dx = x.scales + t * blocks, sx = x.sums + t * blocks
     let bytes = row.assumingMemoryBound(to: UInt8.self)
     switch dtype {
     case .q8_0: return int8DotQ8_0(bytes, qx, dx, blocks)
     case .q4_0: return int8DotQ4_0(bytes, qx, dx, sx, blocks)
     default: return int8DotQ4_1(bytes, qx, dx, sx, blocks)
     }
-}
-
-/// The two f16 values at the start of a block as floats (see MatVec.swift's `halves`: one
-/// zeroing load, so the conversion does not wait on whatever register the compiler merges into).
-@inline(__always) private func halves(_ p: UnsafePointer<UInt8>) -> (Float, Float) {
-    let bits = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
-    #if arch(x86_64) && FINCH_F16C
-    let converted: SIMD4<Float> = _mm_cvtph_ps(_mm_cvtsi32_si128(Int32(bitPattern: bits)))
-    return (converted[0], converted[1])
-    #else
-    return (Float(Float16(bitPattern: UInt16(truncatingIfNeeded: bits))), Float(Float16(bitPattern: UInt16(truncatingIfNeeded: bits >> 16))))
-    #endif
 }
 
 #if arch(x86_64) && FINCH_F16C
@@ -107,7 +96,7 @@ private func int8DotQ8_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
         let x = load32(qx + b &* 32)
         // signed x signed through the unsigned x signed instruction: |w| and x with w's sign.
         let p = productSums(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-        acc = _mm256_fmadd_ps(p, _mm256_set1_ps(halves(block).0 * dx[b]), acc)
+        acc = _mm256_fmadd_ps(p, _mm256_set1_ps(blockHalves(block).0 * dx[b]), acc)
     }
     return acc.sum()
 }
@@ -118,7 +107,7 @@ private func int8DotQ4_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
     var offsets: Float = 0
     for b in 0..<blocks {
         let block = row + b &* 18
-        let scale = halves(block).0 * dx[b]
+        let scale = blockHalves(block).0 * dx[b]
         acc = _mm256_fmadd_ps(productSums(nibbles(block + 2), load32(qx + b &* 32)), _mm256_set1_ps(scale), acc)
         offsets += scale * Float(8 * sx[b])
     }
@@ -133,7 +122,7 @@ private func int8DotQ4_1(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
     var b = 0
     while b + 1 < blocks {
         let block0 = row + b &* 20, block1 = block0 + 20
-        let (d0, m0) = halves(block0), (d1, m1) = halves(block1)
+        let (d0, m0) = blockHalves(block0), (d1, m1) = blockHalves(block1)
         acc0 = _mm256_fmadd_ps(productSums(nibbles(block0 + 4), load32(qx + b &* 32)), _mm256_set1_ps(d0 * dx[b]), acc0)
         acc1 = _mm256_fmadd_ps(productSums(nibbles(block1 + 4), load32(qx + (b + 1) &* 32)), _mm256_set1_ps(d1 * dx[b + 1]), acc1)
         minimums += m0 * dx[b] * Float(sx[b]) + m1 * dx[b + 1] * Float(sx[b + 1])
@@ -141,7 +130,7 @@ private func int8DotQ4_1(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
     }
     if b < blocks {
         let block = row + b &* 20
-        let (d, m) = halves(block)
+        let (d, m) = blockHalves(block)
         acc0 = _mm256_fmadd_ps(productSums(nibbles(block + 4), load32(qx + b &* 32)), _mm256_set1_ps(d * dx[b]), acc0)
         minimums += m * dx[b] * Float(sx[b])
     }
@@ -153,13 +142,20 @@ private func int8DotQ4_1(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
 // Without AVX2: the same integer sums in plain loops (exact in integers, so equal to the
 // vector version up to the order of the float additions).
 
+/// sum q_i qx_i over a q4 block's 16 bytes of nibbles (low: values 0..<16, high: 16..<32).
+private func nibbleProducts(_ nibbles: UnsafePointer<UInt8>, _ xb: UnsafePointer<Int8>) -> Int32 {
+    var sum: Int32 = 0
+    for i in 0..<16 { sum += Int32(nibbles[i] & 0x0F) * Int32(xb[i]) + Int32(nibbles[i] >> 4) * Int32(xb[16 + i]) }
+    return sum
+}
+
 private func int8DotQ8_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>, _ dx: UnsafePointer<Float>, _ blocks: Int) -> Float {
     var total: Float = 0
     for b in 0..<blocks {
         let block = row + b * 34, xb = qx + b * 32
         var sum: Int32 = 0
         for i in 0..<32 { sum += Int32(Int8(bitPattern: block[2 + i])) * Int32(xb[i]) }
-        total += Float(sum) * halves(block).0 * dx[b]
+        total += Float(sum) * blockHalves(block).0 * dx[b]
     }
     return total
 }
@@ -168,10 +164,8 @@ private func int8DotQ4_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
                          _ sx: UnsafePointer<Int32>, _ blocks: Int) -> Float {
     var total: Float = 0
     for b in 0..<blocks {
-        let block = row + b * 18, xb = qx + b * 32
-        var sum: Int32 = 0
-        for i in 0..<16 { sum += Int32(block[2 + i] & 0x0F) * Int32(xb[i]) + Int32(block[2 + i] >> 4) * Int32(xb[16 + i]) }
-        total += Float(sum - 8 * sx[b]) * halves(block).0 * dx[b]
+        let block = row + b * 18
+        total += Float(nibbleProducts(block + 2, qx + b * 32) - 8 * sx[b]) * blockHalves(block).0 * dx[b]
     }
     return total
 }
@@ -180,11 +174,9 @@ private func int8DotQ4_1(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
                          _ sx: UnsafePointer<Int32>, _ blocks: Int) -> Float {
     var total: Float = 0
     for b in 0..<blocks {
-        let block = row + b * 20, xb = qx + b * 32
-        var sum: Int32 = 0
-        for i in 0..<16 { sum += Int32(block[4 + i] & 0x0F) * Int32(xb[i]) + Int32(block[4 + i] >> 4) * Int32(xb[16 + i]) }
-        let (d, m) = halves(block)
-        total += Float(sum) * d * dx[b] + m * dx[b] * Float(sx[b])
+        let block = row + b * 20
+        let (d, m) = blockHalves(block)
+        total += Float(nibbleProducts(block + 4, qx + b * 32)) * d * dx[b] + m * dx[b] * Float(sx[b])
     }
     return total
 }
