@@ -34,12 +34,13 @@ public struct CrossEntropyBackward {
 /// Softmax cross-entropy of the language-model head, fused with its backward.
 ///
 /// hidden [rows, dim] are the final normed states; logits = hidden head^T [rows, vocab] are
-/// never held for more than `chunkRows` rows at once. Rows whose target is negative are skipped
+/// never held for more than `chunkRows` rows at once (256 rows of SmolLM2's 49152-token vocabulary:
+/// 50 MB, and a 2048-row head pass 10-15% faster than with 128). Rows whose target is negative are skipped
 /// entirely (no head work). Returns the sum of -log p(target) over scored rows and their count.
 @discardableResult
 public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
                          head: WeightMatrix, outputs: CrossEntropyOutputs = CrossEntropyOutputs(),
-                         backward: CrossEntropyBackward? = nil, chunkRows: Int = 128) -> (loss: Double, count: Int) {
+                         backward: CrossEntropyBackward? = nil, chunkRows: Int = 256) -> (loss: Double, count: Int) {
     let dim = head.columns, vocab = head.rows
     let scored = (0..<rows).filter { targets[$0] >= 0 }
     for r in 0..<rows where targets[r] < 0 {
@@ -65,15 +66,18 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 let l = logits + i * vocab
                 let target = Int(targets[row])
                 let (m, argmax) = maxAndIndex(l, count: vocab)
-                let (sum, weighted) = expSums(l, count: vocab, shift: m)
+                let targetLogit = l[target]
+                // With a backward the row becomes exp(l - m) in the same pass, then w * softmax.
+                let (sum, weighted) = backward == nil ? expSums(l, count: vocab, shift: m)
+                                                      : expSumsInPlace(l, count: vocab, shift: m)
                 let logSumExp = m + logf(sum)
-                rowLogProb[i] = l[target] - logSumExp
+                rowLogProb[i] = targetLogit - logSumExp
                 outputs.logProbs?[row] = rowLogProb[i]
                 outputs.entropies?[row] = logSumExp - weighted / sum
                 outputs.correct?[row] = argmax == target ? 1 : 0
                 if let backward {
                     let w = backward.rowWeights?[row] ?? backward.uniformWeight
-                    scaledExpInPlace(l, count: vocab, shift: logSumExp, scale: w)
+                    scaleInPlace(l, count: vocab, by: w / sum)
                     l[target] -= w
                 }
             }
