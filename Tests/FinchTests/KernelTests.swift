@@ -196,6 +196,35 @@ final class KernelTests: XCTestCase {
         XCTAssertLessThan(S.relativeL2(du, S.numericalGradient(u, eps: 1e-3) { S.dot(forward(g, $0), r) }), 1e-3)
     }
 
+    /// Training's layout: gate and up the halves of one [rows, 2 * width] matrix (dgate and dup
+    /// likewise), h and dh contiguous. Every value as the contiguous kernel gives it.
+    func testSwiGLUWithGateAndUpSideBySide() {
+        let rows = 3, width = 21, stride = 2 * width
+        let gu = S.randomArray(rows * stride, seed: 14, scale: 2), dh = S.randomArray(rows * width, seed: 15)
+        var h = [Float](repeating: .nan, count: rows * width)
+        var dgu = [Float](repeating: .nan, count: rows * stride)
+        gu.withUnsafeBufferPointer { p in
+            let g = p.baseAddress!, u = p.baseAddress! + width
+            h.withUnsafeMutableBufferPointer { swigluForward($0.baseAddress!, gate: g, up: u, rows: rows, width: width, stride: stride) }
+            dgu.withUnsafeMutableBufferPointer { d in
+                swigluBackward(dgate: d.baseAddress!, dup: d.baseAddress! + width, dh: dh, gate: g, up: u,
+                               rows: rows, width: width, stride: stride)
+            }
+        }
+        for t in 0..<rows {
+            let g = Array(gu[t * stride ..< t * stride + width]), u = Array(gu[t * stride + width ..< (t + 1) * stride])
+            var want = [Float](repeating: 0, count: width), dg = want, du = want
+            want.withUnsafeMutableBufferPointer { swigluForward($0.baseAddress!, gate: g, up: u, count: width) }
+            dg.withUnsafeMutableBufferPointer { dgp in du.withUnsafeMutableBufferPointer { dup in
+                swigluBackward(dgate: dgp.baseAddress!, dup: dup.baseAddress!, dh: Array(dh[t * width ..< (t + 1) * width]),
+                               gate: g, up: u, count: width)
+            } }
+            XCTAssertEqual(Array(h[t * width ..< (t + 1) * width]), want, "row \(t)")
+            XCTAssertEqual(Array(dgu[t * stride ..< t * stride + width]), dg, "row \(t)")
+            XCTAssertEqual(Array(dgu[t * stride + width ..< (t + 1) * stride]), du, "row \(t)")
+        }
+    }
+
     func testCrossEntropyMatchesNaiveAndSkipsIgnoredRows() {
         let rows = 6, dim = 8, vocab = 11
         let hidden = S.randomArray(rows * dim, seed: 14), w = S.randomArray(vocab * dim, seed: 15)

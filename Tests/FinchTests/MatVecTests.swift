@@ -137,4 +137,56 @@ final class MatVecTests: XCTestCase {
             XCTAssertEqual(Array(UnsafeBufferPointer(start: out, count: 2 * m.rows)), alone, m.dtype.rawValue)
         }
     }
+
+    /// gate and up: dense copies in one allocation act as one matrix. Products write the two
+    /// halves of one [n, 2 * rows] matrix (one GEMM for many vectors, matVec with a row stride
+    /// for a few), and dy of that layout times both gives their summed products; all equal the
+    /// separate products. Copies that do not lie together take the separate path with the same layout.
+    func testJointMatricesMultiplyAsOneWithStridedOutputs() {
+        let rows = 40, columns = 64, ld = 2 * rows
+        let originals = (0..<2).map { i -> WeightMatrix in
+            let bytes = randomRows(.q4_1, rows: rows, columns: columns, seed: UInt64(30 + i))
+            let storage = OwnedBytes(count: bytes.count)
+            bytes.withUnsafeBytes { storage.pointer.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            return WeightMatrix(rows: rows, columns: columns, dtype: .q4_1, storage: UnsafeRawPointer(storage.pointer), owner: storage)
+        }
+        let joint = WeightMatrix.jointDenseCopies(originals)
+        let apart = originals.map { $0.denseCopy() }
+        XCTAssertTrue(joint[0].isFollowed(by: joint[1]))
+        XCTAssertFalse(apart[0].isFollowed(by: apart[1]))
+        XCTAssertTrue(joint[0].compact === originals[0] && joint[1].compact === originals[1])
+        var rng = SplitMix(seed: 6)
+        for n in [2, 9] {
+            let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+            let dy = (0..<n * ld).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+            // The separate products, each contiguous.
+            var want = [[Float]](repeating: [Float](repeating: 0, count: n * rows), count: 2)
+            var wantDx = [Float](repeating: 0, count: n * columns)
+            for i in 0..<2 {
+                var dyi: [Float] = []
+                for t in 0..<n { let start = t * ld + i * rows; dyi += dy[start ..< start + rows] }
+                want[i].withUnsafeMutableBufferPointer { apart[i].multiply(x, n: n, into: $0.baseAddress!) }
+                wantDx.withUnsafeMutableBufferPointer { apart[i].multiplyTransposed(dyi, n: n, into: $0.baseAddress!, accumulate: i > 0) }
+            }
+            for matrices in [joint, apart] {
+                let y = UnsafeMutablePointer<Float>.allocate(capacity: n * ld)
+                defer { y.deallocate() }
+                y.initialize(repeating: .nan, count: n * ld)
+                WeightMatrix.multiply([(matrices[0], y), (matrices[1], y + rows)], x, n: n, ldy: ld)
+                for i in 0..<2 {
+                    var got: [Float] = []
+                    for t in 0..<n { got += UnsafeBufferPointer(start: y + t * ld + i * rows, count: rows) }
+                    XCTAssertLessThan(TestSupport.maxRelativeError(got, want[i]), 1e-5, "n \(n), matrix \(i)")
+                }
+                var dx = [Float](repeating: .nan, count: n * columns)
+                dy.withUnsafeBufferPointer { d in
+                    dx.withUnsafeMutableBufferPointer {
+                        WeightMatrix.multiplyTransposed([(matrices[0], d.baseAddress!), (matrices[1], d.baseAddress! + rows)],
+                                                        lddy: ld, n: n, into: $0.baseAddress!, accumulate: false)
+                    }
+                }
+                XCTAssertLessThan(TestSupport.maxRelativeError(dx, wantDx), 1e-5, "n \(n)")
+            }
+        }
+    }
 }

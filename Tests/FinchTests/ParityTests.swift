@@ -73,6 +73,31 @@ final class ParityTests: XCTestCase {
         }
     }
 
+    /// gate and up joined into one GEMM (as for quantized or bf16 weights, which are copied at
+    /// load) against the same references: the f32 fixtures are joined on request.
+    func testJoinedGateAndUpMatchTransformersAndPEFT() throws {
+        Transformer.joinsInPlaceWeights = true
+        defer { Transformer.joinsInPlaceWeights = false }
+        for tuning in ["none", "lora", "full"] {
+            let f = try Fixture("qwen2_bias")
+            let adapter = f.directory + "/adapter"
+            let model = try Transformer(files: ModelFiles.open(f.directory), fineTuning: tuning == "lora"
+                                        ? .lora(PEFTAdapter.config(directory: adapter)) : tuning == "full" ? .full : .none)
+            XCTAssertTrue(model.layers.allSatisfy { $0.gate.weight.isFollowed(by: $0.up.weight) }, tuning)
+            if tuning == "lora" { try PEFTAdapter.load(directory: adapter, into: model) }
+            let prefix = tuning == "lora" ? "lora_" : ""
+            XCTAssertLessThan(S.maxRelativeError(model.logits(f.batch), f.tensor(prefix + "logits")), 1e-4, tuning)
+            guard let parameters = model.parameters else { continue }
+            let count = f.targets.filter { $0 >= 0 }.count
+            let r = model.crossEntropyStep(f.batch, targets: f.targets, weight: 1 / Float(count))
+            XCTAssertEqual(Float(r.sum / Double(r.count)), f.tensor(prefix + "loss")[0], accuracy: 1e-5 * f.tensor(prefix + "loss")[0], tuning)
+            for entry in parameters.entries {
+                let expected = f.tensor("grad.\(tuning)." + entry.name)
+                XCTAssertLessThan(S.relativeL2(parameters.array(entry.name, gradient: true)!, expected), 1e-3, "\(tuning) \(entry.name)")
+            }
+        }
+    }
+
     func testAdapterRoundTripsThroughPEFTFormat() throws {
         let f = try Fixture("qwen2_bias")
         let adapter = f.directory + "/adapter"

@@ -29,8 +29,14 @@ struct MatVecTarget {
     let dtype: DType
     let weights: UnsafeRawPointer
     let rows: Int
-    /// y[t * rows + r] for vector t and row r.
+    /// y[t * outputStride + r] for vector t and row r.
     let output: UnsafeMutablePointer<Float>
+    var outputStride: Int
+
+    init(dtype: DType, weights: UnsafeRawPointer, rows: Int, output: UnsafeMutablePointer<Float>, outputStride: Int? = nil) {
+        self.dtype = dtype; self.weights = weights; self.rows = rows; self.output = output
+        self.outputStride = outputStride ?? rows
+    }
 }
 
 /// y[t * rows + r] (+)= dot(W_r, x[t * columns ..< (t+1) * columns]) for t < n, r < rows.
@@ -75,7 +81,7 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                     for r in rows {
                         let row = target.weights + r * rowBytes
                         for t in 0..<n {
-                            let y = target.output + t * target.rows + r
+                            let y = target.output + t * target.outputStride + r
                             let value = dot(row, x + t * columns, t)
                             y.pointee = accumulate ? y.pointee + value : value
                         }

@@ -84,51 +84,123 @@ public final class WeightMatrix: @unchecked Sendable {
         return matVecSupports(dtype) && columns % 32 == 0 ? self : nil
     }
 
-    /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`).
-    public func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
-        let beta: Float = accumulate ? 1 : 0
+    /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`); row t of y starts at y + t * ldy
+    /// (ldy defaults to rows).
+    public func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int? = nil,
+                         accumulate: Bool = false) {
+        let beta: Float = accumulate ? 1 : 0, ldy = ldy ?? rows
         if n <= matVecMaxVectors, let form = matVecForm {
-            matVec(form.dtype, form.storage, rows: rows, columns: columns, x, n: n, into: y, accumulate: accumulate,
-                   int8: int8Activations)
+            matVec([MatVecTarget(dtype: form.dtype, weights: form.storage, rows: rows, output: y, outputStride: ldy)],
+                   columns: columns, x, n: n, accumulate: accumulate, int8: int8Activations)
             return
         }
         if let w = floats {
             BLAS.sgemm(.none, .transpose, m: n, n: rows, k: columns, a: x, lda: columns, b: w, ldb: columns,
-                       beta: beta, c: y, ldc: rows)
+                       beta: beta, c: y, ldc: ldy)
             return
         }
         withTile { tile, start, count in
             BLAS.sgemm(.none, .transpose, m: n, n: count, k: columns, a: x, lda: columns, b: tile, ldb: columns,
-                       beta: beta, c: y + start, ldc: rows)
+                       beta: beta, c: y + start, ldc: ldy)
         }
     }
 
-    /// y_i[n, rows_i] = x[n, columns] W_i^T for matrices that share their input: for a few
-    /// vectors one matVec pass over all their rows, else one product each.
+    /// Set on matrices laid out with the next one of their group on purpose (`jointDenseCopies`,
+    /// full fine-tuning's parameters): only these run as one GEMM, so that whether a product is
+    /// joined never depends on where a file happened to store two tensors.
+    var joinedWithNext = false
+
+    /// Whether `next`'s f32 rows follow this matrix's in memory, joined on purpose, so that the
+    /// two act as one matrix of rows + next.rows rows in a product.
+    func isFollowed(by next: WeightMatrix) -> Bool {
+        joinedWithNext && dtype == .f32 && next.dtype == .f32 && columns == next.columns && storage + byteCount == next.storage
+    }
+
+    /// Matrices whose rows lie one after another in memory and whose outputs are column blocks,
+    /// in the same order, of one matrix with row stride `ld`: one product can do them all.
+    private static func formOneMatrix(_ matrices: [WeightMatrix], _ outputs: [UnsafePointer<Float>], ld: Int) -> Bool {
+        guard matrices.count > 1 else { return false }
+        for i in 1..<matrices.count {
+            guard matrices[i - 1].isFollowed(by: matrices[i]), outputs[i - 1] + matrices[i - 1].rows == outputs[i] else { return false }
+        }
+        return matrices.reduce(0) { $0 + $1.rows } <= ld
+    }
+
+    /// y_i[n, rows_i] = x[n, columns] W_i^T for matrices that share their input; row t of y_i
+    /// starts at y_i + t * ldy (each matrix's rows by default). For a few vectors one matVec pass
+    /// over all their rows; for more, one GEMM when the weights lie one after another and the
+    /// outputs side by side in one matrix (gate and up), else one product each.
     static func multiply(_ products: [(matrix: WeightMatrix, output: UnsafeMutablePointer<Float>)],
-                         _ x: UnsafePointer<Float>, n: Int) {
-        let forms = products.compactMap(\.matrix.matVecForm)
-        guard n <= matVecMaxVectors, forms.count == products.count, let columns = products.first?.matrix.columns,
-              products.allSatisfy({ $0.matrix.columns == columns }) else {
-            for p in products { p.matrix.multiply(x, n: n, into: p.output) }
+                         _ x: UnsafePointer<Float>, n: Int, ldy: Int? = nil) {
+        let matrices = products.map(\.matrix)
+        let forms = matrices.compactMap(\.matVecForm)
+        guard n <= matVecMaxVectors, forms.count == products.count, let columns = matrices.first?.columns,
+              matrices.allSatisfy({ $0.columns == columns }) else {
+            if let ldy, formOneMatrix(matrices, products.map { UnsafePointer($0.output) }, ld: ldy) {
+                let first = matrices[0]
+                BLAS.sgemm(.none, .transpose, m: n, n: matrices.reduce(0) { $0 + $1.rows }, k: first.columns, a: x,
+                           lda: first.columns, b: first.floats!, ldb: first.columns, c: products[0].output, ldc: ldy)
+                return
+            }
+            for p in products { p.matrix.multiply(x, n: n, into: p.output, ldy: ldy) }
             return
         }
-        let targets = zip(forms, products).map { MatVecTarget(dtype: $0.dtype, weights: $0.storage, rows: $0.rows, output: $1.output) }
+        let targets = zip(forms, products).map {
+            MatVecTarget(dtype: $0.dtype, weights: $0.storage, rows: $0.rows, output: $1.output, outputStride: ldy ?? $0.rows)
+        }
         matVec(targets, columns: columns, x, n: n, accumulate: false, int8: products.allSatisfy(\.matrix.int8Activations))
     }
 
-    /// dx[n, columns] += dy[n, rows] W.
-    public func multiplyTransposed(_ dy: UnsafePointer<Float>, n: Int, into dx: UnsafeMutablePointer<Float>, accumulate: Bool = true) {
+    /// dx[n, columns] += dy[n, rows] W (dx = when not `accumulate`); row t of dy starts at
+    /// dy + t * lddy (rows by default).
+    public func multiplyTransposed(_ dy: UnsafePointer<Float>, lddy: Int? = nil, n: Int, into dx: UnsafeMutablePointer<Float>,
+                                   accumulate: Bool = true) {
+        let lddy = lddy ?? rows
         if let w = floats {
-            BLAS.sgemm(.none, .none, m: n, n: columns, k: rows, a: dy, lda: rows, b: w, ldb: columns,
+            BLAS.sgemm(.none, .none, m: n, n: columns, k: rows, a: dy, lda: lddy, b: w, ldb: columns,
                        beta: accumulate ? 1 : 0, c: dx, ldc: columns)
             return
         }
         var first = !accumulate
         withTile { tile, start, count in
-            BLAS.sgemm(.none, .none, m: n, n: columns, k: count, a: dy + start, lda: rows, b: tile, ldb: columns,
+            BLAS.sgemm(.none, .none, m: n, n: columns, k: count, a: dy + start, lda: lddy, b: tile, ldb: columns,
                        beta: first ? 0 : 1, c: dx, ldc: columns)
             first = false
+        }
+    }
+
+    /// dx[n, columns] (+)= sum_i dy_i W_i for matrices that share their input, each dy_i with
+    /// row stride `lddy`: one GEMM over all their rows when the weights lie one after another and
+    /// the dy_i side by side (gate and up), else one product each, accumulating.
+    static func multiplyTransposed(_ terms: [(matrix: WeightMatrix, dy: UnsafePointer<Float>)], lddy: Int, n: Int,
+                                   into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        let matrices = terms.map(\.matrix)
+        if formOneMatrix(matrices, terms.map(\.dy), ld: lddy) {
+            let first = matrices[0]
+            BLAS.sgemm(.none, .none, m: n, n: first.columns, k: matrices.reduce(0) { $0 + $1.rows }, a: terms[0].dy, lda: lddy,
+                       b: first.floats!, ldb: first.columns, beta: accumulate ? 1 : 0, c: dx, ldc: first.columns)
+            return
+        }
+        for (i, term) in terms.enumerated() {
+            term.matrix.multiplyTransposed(term.dy, lddy: lddy, n: n, into: dx, accumulate: accumulate || i > 0)
+        }
+    }
+
+    /// Dense f32 copies of `matrices` (all with the same columns) in one allocation, one after
+    /// another, so that products with all of them can run as one GEMM. Each keeps its stored
+    /// form as `compact` for matVec, as `denseCopy` does.
+    static func jointDenseCopies(_ matrices: [WeightMatrix]) -> [WeightMatrix] {
+        let columns = matrices[0].columns
+        precondition(matrices.allSatisfy { $0.columns == columns })
+        let owned = OwnedBytes(count: matrices.reduce(0) { $0 + $1.rows } * columns * 4)
+        var dst = owned.pointer.assumingMemoryBound(to: Float.self)
+        return matrices.enumerated().map { i, m in
+            if let f = m.floats { dst.update(from: f, count: m.rows * columns) } else { m.dequantizeRows(0, m.rows, into: dst) }
+            let dense = WeightMatrix(rows: m.rows, columns: columns, floats: dst, owner: owned)
+            if m.dtype != .f32 && matVecSupports(m.dtype) { dense.compact = m } else { dense.compact = m.compact }
+            dense.joinedWithNext = i < matrices.count - 1
+            dst += m.rows * columns
+            return dense
         }
     }
 

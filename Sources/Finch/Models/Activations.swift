@@ -43,8 +43,8 @@ struct LayerActivations {
     var xMid: UnsafeMutablePointer<Float>     // (n, C) residual after attention (aliases the stream in inference)
     var xn2: UnsafeMutablePointer<Float>      // (n, C) (shared by all layers)
     var rstd2: UnsafeMutablePointer<Float>    // (n)
-    var gate: UnsafeMutablePointer<Float>     // (n, F)
-    var up: UnsafeMutablePointer<Float>       // (n, F)
+    var gate: UnsafeMutablePointer<Float>     // (n, F), rows 2F apart: the left half of one (n, 2F) matrix
+    var up: UnsafeMutablePointer<Float>       // (n, F), rows 2F apart: its right half (gate + F)
     var h: UnsafeMutablePointer<Float>        // (n, F) silu(gate) * up (shared by all layers)
     /// Per projection q, k, v, o, gate, up, down.
     var saved: [LinearSaved]
@@ -70,7 +70,8 @@ final class Activations {
     var dStream: UnsafeMutablePointer<Float>!, dMid: UnsafeMutablePointer<Float>!, dNormed: UnsafeMutablePointer<Float>!  // (n, C)
     var dq: UnsafeMutablePointer<Float>!, dqPre: UnsafeMutablePointer<Float>!, datt: UnsafeMutablePointer<Float>!      // (n, Q)
     var dk: UnsafeMutablePointer<Float>!, dkPre: UnsafeMutablePointer<Float>!, dv: UnsafeMutablePointer<Float>!       // (n, K)
-    var dh: UnsafeMutablePointer<Float>!, dgate: UnsafeMutablePointer<Float>!, dup: UnsafeMutablePointer<Float>!      // (n, F)
+    var dh: UnsafeMutablePointer<Float>!                                        // (n, F)
+    var dgate: UnsafeMutablePointer<Float>!, dup: UnsafeMutablePointer<Float>!  // (n, F) each, laid out as gate and up
     var loraScratch: UnsafeMutablePointer<Float>!   // (n, rank)
 
     init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool, checkpointing: Bool = false) {
@@ -89,7 +90,7 @@ final class Activations {
         for l in 0..<(training && !self.checkpointing ? c.layerCount : 1) {
             let sizes = [0, n, n * Q, n * K, n * K, c.qkNorm ? n * Q : 0, c.qkNorm ? n * K : 0,
                          c.qkNorm ? n * c.headCount : 0, c.qkNorm ? n * c.kvHeadCount : 0,
-                         n * Q, batch * c.headCount * seq, training ? n * C : 0, 0, n, n * F, n * F, 0]
+                         n * Q, batch * c.headCount * seq, training ? n * C : 0, 0, n, n * 2 * F, 0, 0]
             let all = sizes.indices.map { sharedSlots[$0] ?? a.reserve(sizes[$0]) }
             let saved: [(Int?, Int?)] = linears[l].map { linear in
                 guard let lora = linear.lora else { return (nil, nil) }
@@ -100,7 +101,7 @@ final class Activations {
         }
         let finalHandles = [a.reserve(n * C), a.reserve(n)]
         let backwardHandles = training
-            ? [n * C, n * C, n * C, n * Q, c.qkNorm ? n * Q : 0, n * Q, n * K, c.qkNorm ? n * K : 0, n * K, n * F, n * F, n * F,
+            ? [n * C, n * C, n * C, n * Q, c.qkNorm ? n * Q : 0, n * Q, n * K, c.qkNorm ? n * K : 0, n * K, n * F, n * 2 * F, 0,
                n * max(maxRank, 1)].map { a.reserve($0) }
             : []
         a.allocate()
@@ -113,7 +114,7 @@ final class Activations {
                 qPre: c.qkNorm ? p[5] : nil, kPre: c.qkNorm ? p[6] : nil,
                 qRstd: c.qkNorm ? p[7] : nil, kRstd: c.qkNorm ? p[8] : nil,
                 att: p[9], lse: p[10], xMid: training ? p[11] : stream[0], xn2: p[12], rstd2: p[13],
-                gate: p[14], up: p[15], h: p[16],
+                gate: p[14], up: p[14] + F, h: p[16],
                 saved: handles.saved.map { LinearSaved(xa: $0.0.map { a[$0] }, dropoutMask: $0.1.map { a[$0] }) }))
         }
         finalNormed = a[finalHandles[0]]
@@ -123,7 +124,7 @@ final class Activations {
             dStream = p[0]; dMid = p[1]; dNormed = p[2]
             dq = p[3]; dqPre = p[4]; datt = p[5]
             dk = p[6]; dkPre = p[7]; dv = p[8]
-            dh = p[9]; dgate = p[10]; dup = p[11]; loraScratch = p[12]
+            dh = p[9]; dgate = p[10]; dup = p[10] + F; loraScratch = p[12]
         }
     }
 

@@ -33,27 +33,30 @@ final class Linear {
     func forward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  saved: LinearSaved, random: inout FinchRandom, training: Bool) {
         weight.multiply(x, n: n, into: y, accumulate: accumulate)
-        finishForward(x, n: n, into: y, saved: saved, random: &random, training: training)
+        finishForward(x, n: n, into: y, ldy: outFeatures, saved: saved, random: &random, training: training)
     }
 
     /// The forwards of layers that share their input x (q, k, v; gate, up), each into its own
-    /// output: the base products go together (one pass over all rows when decoding), then each
-    /// layer adds its bias and LoRA term in order, so dropout draws come as from separate calls.
+    /// output, whose rows are `ldy` apart (each layer's outputs by default; gate and up write the
+    /// two halves of one matrix): the base products go together (one pass over all rows when
+    /// decoding, one GEMM when the weights lie one after another), then each layer adds its bias
+    /// and LoRA term in order, so dropout draws come as from separate calls.
     static func forward(_ linears: [Linear], _ x: UnsafePointer<Float>, n: Int, into outputs: [UnsafeMutablePointer<Float>],
-                        saved: [LinearSaved], random: inout FinchRandom, training: Bool) {
-        WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n)
+                        ldy: Int? = nil, saved: [LinearSaved], random: inout FinchRandom, training: Bool) {
+        WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n, ldy: ldy)
         for i in linears.indices {
-            linears[i].finishForward(x, n: n, into: outputs[i], saved: saved[i], random: &random, training: training)
+            linears[i].finishForward(x, n: n, into: outputs[i], ldy: ldy ?? linears[i].outFeatures, saved: saved[i],
+                                     random: &random, training: training)
         }
     }
 
-    /// Adds the bias and the LoRA term to y = x W^T.
-    private func finishForward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>,
+    /// Adds the bias and the LoRA term to y = x W^T (rows `ldy` apart).
+    private func finishForward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int,
                                saved: LinearSaved, random: inout FinchRandom, training: Bool) {
         if let bias {
             let out = outFeatures
             parallelFor(n, grain: 64) { range in
-                for t in range { let row = y + t * out; for j in 0..<out { row[j] += bias[j] } }
+                for t in range { let row = y + t * ldy; for j in 0..<out { row[j] += bias[j] } }
             }
         }
         guard let lora = activeLoRA, let xa = saved.xa else { return }
@@ -71,24 +74,42 @@ final class Linear {
         BLAS.sgemm(.none, .transpose, m: n, n: lora.rank, k: inFeatures, a: loraInput, lda: inFeatures,
                    b: lora.a, ldb: inFeatures, c: xa, ldc: lora.rank)
         BLAS.sgemm(.none, .transpose, m: n, n: outFeatures, k: lora.rank, alpha: lora.scale, a: xa, lda: lora.rank,
-                   b: lora.b, ldb: lora.rank, beta: 1, c: y, ldc: outFeatures)
+                   b: lora.b, ldb: lora.rank, beta: 1, c: y, ldc: ldy)
     }
 
     /// Given dy [n, out]: dx (+)= dy W (+ the LoRA path), and gradients of what trains.
     /// `x` is the forward input; `scratch` holds at least n * rank floats.
     func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
                   accumulate: Bool, saved: LinearSaved, scratch: UnsafeMutablePointer<Float>) {
+        if let dx { weight.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
+        finishBackward(dy, lddy: outFeatures, x: x, n: n, dx: dx, saved: saved, scratch: scratch)
+    }
+
+    /// The backwards of layers that share their input x, given each one's dy with rows `lddy`
+    /// apart (gate and up: the two halves of one matrix): dx (+)= sum_i dy_i W_i in one GEMM when
+    /// the weights lie one after another, then each layer's gradients and LoRA path.
+    static func backward(_ linears: [Linear], _ dys: [UnsafePointer<Float>], lddy: Int, x: UnsafePointer<Float>, n: Int,
+                         dx: UnsafeMutablePointer<Float>, accumulate: Bool, saved: [LinearSaved], scratch: UnsafeMutablePointer<Float>) {
+        WeightMatrix.multiplyTransposed(zip(linears, dys).map { ($0.weight, $1) }, lddy: lddy, n: n, into: dx, accumulate: accumulate)
+        for i in linears.indices {
+            linears[i].finishBackward(dys[i], lddy: lddy, x: x, n: n, dx: dx, saved: saved[i], scratch: scratch)
+        }
+    }
+
+    /// Everything of the backward after the base product dy W: weight and bias gradients when
+    /// they train, and the LoRA path (its gradients, and its term added to dx).
+    private func finishBackward(_ dy: UnsafePointer<Float>, lddy: Int, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
+                                saved: LinearSaved, scratch: UnsafeMutablePointer<Float>) {
         let out = outFeatures, inF = inFeatures
         if let weightGrad {
             // dW += dy^T x
-            BLAS.sgemm(.transpose, .none, m: out, n: inF, k: n, a: dy, lda: out, b: x, ldb: inF, beta: 1, c: weightGrad, ldc: inF)
+            BLAS.sgemm(.transpose, .none, m: out, n: inF, k: n, a: dy, lda: lddy, b: x, ldb: inF, beta: 1, c: weightGrad, ldc: inF)
         }
         if let biasGrad {
             parallelFor(out, grain: 64) { cols in
-                for t in 0..<n { let row = dy + t * out; for j in cols { biasGrad[j] += row[j] } }
+                for t in 0..<n { let row = dy + t * lddy; for j in cols { biasGrad[j] += row[j] } }
             }
         }
-        if let dx { weight.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
         guard let lora = activeLoRA, let xa = saved.xa else { return }
         let r = lora.rank
         var dropped: UnsafeMutablePointer<Float>?
@@ -99,11 +120,11 @@ final class Linear {
         }
         let loraInput = dropped.map { UnsafePointer($0) } ?? x
         // dB += scale * dy^T xa   [out, r]
-        BLAS.sgemm(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: dy, lda: out, b: xa, ldb: r,
+        BLAS.sgemm(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: dy, lda: lddy, b: xa, ldb: r,
                    beta: 1, c: lora.db, ldc: r)
         // dxa = scale * dy B   [n, r]
         let dxa = scratch
-        BLAS.sgemm(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: dy, lda: out, b: lora.b, ldb: r,
+        BLAS.sgemm(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: dy, lda: lddy, b: lora.b, ldb: r,
                    c: dxa, ldc: r)
         // dA += dxa^T dropout(x)   [r, in]
         BLAS.sgemm(.transpose, .none, m: r, n: inF, k: n, a: dxa, lda: r, b: loraInput, ldb: inF,
