@@ -168,7 +168,8 @@ final class MatVecTests: XCTestCase {
                 want[i].withUnsafeMutableBufferPointer { apart[i].multiply(x, n: n, into: $0.baseAddress!) }
                 wantDx.withUnsafeMutableBufferPointer { apart[i].multiplyTransposed(dyi, n: n, into: $0.baseAddress!, accumulate: i > 0) }
             }
-            for matrices in [joint, apart] {
+            // Joined f32, apart, and the quantized matrices themselves (one dequantized tile for both).
+            for matrices in [joint, apart, originals] {
                 let y = UnsafeMutablePointer<Float>.allocate(capacity: n * ld)
                 defer { y.deallocate() }
                 y.initialize(repeating: .nan, count: n * ld)

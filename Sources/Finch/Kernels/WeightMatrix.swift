@@ -126,22 +126,45 @@ public final class WeightMatrix: @unchecked Sendable {
         return matrices.reduce(0) { $0 + $1.rows } <= ld
     }
 
+    /// Calls `body(weights, rows, columns)` with the matrices as one f32 matrix, if their outputs
+    /// (or gradients) are column blocks of one matrix in order: joined f32 matrices as they lie,
+    /// quantized ones (`--keep-quantized`) dequantized together into one tile when they fit in
+    /// `wholeTileFloats`. Returns false, calling nothing, otherwise.
+    private static func withOneMatrix(_ matrices: [WeightMatrix], _ outputs: [UnsafePointer<Float>], ld: Int,
+                                      _ body: (UnsafePointer<Float>, Int, Int) -> Void) -> Bool {
+        guard let first = matrices.first, matrices.count > 1 else { return false }
+        let rows = matrices.reduce(0) { $0 + $1.rows }, columns = first.columns
+        if formOneMatrix(matrices, outputs, ld: ld) {
+            body(first.floats!, rows, columns)
+            return true
+        }
+        guard matrices.allSatisfy({ $0.floats == nil && $0.columns == columns }), rows <= ld, rows * columns <= wholeTileFloats,
+              (1..<matrices.count).allSatisfy({ outputs[$0 - 1] + matrices[$0 - 1].rows == outputs[$0] }) else { return false }
+        let tile = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
+        defer { tile.deallocate() }
+        var start = 0
+        for m in matrices {
+            m.dequantizeRows(0, m.rows, into: tile + start * columns)
+            start += m.rows
+        }
+        body(tile, rows, columns)
+        return true
+    }
+
     /// y_i[n, rows_i] = x[n, columns] W_i^T for matrices that share their input; row t of y_i
     /// starts at y_i + t * ldy (each matrix's rows by default). For a few vectors one matVec pass
-    /// over all their rows; for more, one GEMM when the weights lie one after another and the
-    /// outputs side by side in one matrix (gate and up), else one product each.
+    /// over all their rows; for more, one GEMM when the outputs lie side by side in one matrix
+    /// (gate and up) and the weights are joined f32 or quantized (`withOneMatrix`), else one product each.
     static func multiply(_ products: [(matrix: WeightMatrix, output: UnsafeMutablePointer<Float>)],
                          _ x: UnsafePointer<Float>, n: Int, ldy: Int? = nil) {
         let matrices = products.map(\.matrix)
         let forms = matrices.compactMap(\.matVecForm)
         guard n <= matVecMaxVectors, forms.count == products.count, let columns = matrices.first?.columns,
               matrices.allSatisfy({ $0.columns == columns }) else {
-            if let ldy, formOneMatrix(matrices, products.map { UnsafePointer($0.output) }, ld: ldy) {
-                let first = matrices[0]
-                BLAS.sgemm(.none, .transpose, m: n, n: matrices.reduce(0) { $0 + $1.rows }, k: first.columns, a: x,
-                           lda: first.columns, b: first.floats!, ldb: first.columns, c: products[0].output, ldc: ldy)
-                return
-            }
+            if let ldy, withOneMatrix(matrices, products.map { UnsafePointer($0.output) }, ld: ldy, { w, rows, columns in
+                BLAS.sgemm(.none, .transpose, m: n, n: rows, k: columns, a: x, lda: columns, b: w, ldb: columns,
+                           c: products[0].output, ldc: ldy)
+            }) { return }
             for p in products { p.matrix.multiply(x, n: n, into: p.output, ldy: ldy) }
             return
         }
@@ -170,17 +193,15 @@ public final class WeightMatrix: @unchecked Sendable {
     }
 
     /// dx[n, columns] (+)= sum_i dy_i W_i for matrices that share their input, each dy_i with
-    /// row stride `lddy`: one GEMM over all their rows when the weights lie one after another and
-    /// the dy_i side by side (gate and up), else one product each, accumulating.
+    /// row stride `lddy`: one GEMM over all their rows when the dy_i lie side by side (gate and
+    /// up) and the weights are joined f32 or quantized (`withOneMatrix`), else one product each, accumulating.
     static func multiplyTransposed(_ terms: [(matrix: WeightMatrix, dy: UnsafePointer<Float>)], lddy: Int, n: Int,
                                    into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
         let matrices = terms.map(\.matrix)
-        if formOneMatrix(matrices, terms.map(\.dy), ld: lddy) {
-            let first = matrices[0]
-            BLAS.sgemm(.none, .none, m: n, n: first.columns, k: matrices.reduce(0) { $0 + $1.rows }, a: terms[0].dy, lda: lddy,
-                       b: first.floats!, ldb: first.columns, beta: accumulate ? 1 : 0, c: dx, ldc: first.columns)
-            return
-        }
+        if withOneMatrix(matrices, terms.map(\.dy), ld: lddy, { w, rows, columns in
+            BLAS.sgemm(.none, .none, m: n, n: columns, k: rows, a: terms[0].dy, lda: lddy, b: w, ldb: columns,
+                       beta: accumulate ? 1 : 0, c: dx, ldc: columns)
+        }) { return }
         for (i, term) in terms.enumerated() {
             term.matrix.multiplyTransposed(term.dy, lddy: lddy, n: n, into: dx, accumulate: accumulate || i > 0)
         }
