@@ -67,9 +67,8 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 let target = Int(targets[row])
                 let (m, argmax) = maxAndIndex(l, count: vocab)
                 let targetLogit = l[target]
-                // With a backward the row becomes exp(l - m) in the same pass, then w * softmax.
-                let (sum, weighted) = backward == nil ? expSums(l, count: vocab, shift: m)
-                                                      : expSumsInPlace(l, count: vocab, shift: m)
+                // The row (scratch) becomes exp(l - m) in the pass that sums it; a backward then scales it to w * softmax.
+                let (sum, weighted) = expSumsInPlace(l, count: vocab, shift: m)
                 let logSumExp = m + logf(sum)
                 rowLogProb[i] = targetLogit - logSumExp
                 outputs.logProbs?[row] = rowLogProb[i]

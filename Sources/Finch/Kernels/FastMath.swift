@@ -81,26 +81,8 @@ public func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
     return (m, min(index, max(count - 1, 0)))
 }
 
-/// sum(exp(x - shift)) and sum(exp(x - shift) * x), leaving x unchanged.
-@inline(__always)
-public func expSums(_ x: UnsafePointer<Float>, count: Int, shift: Float) -> (Float, Float) {
-    var sum = SIMD8<Float>(repeating: 0), weighted = SIMD8<Float>(repeating: 0)
-    var i = 0
-    let raw = UnsafeRawPointer(x)
-    while i + 8 <= count {
-        let v = raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
-        let e = fastExp(v - shift)
-        sum += e; weighted += e * v
-        i += 8
-    }
-    var s = sum.sum(), w = weighted.sum()
-    while i < count { let e = fastExp(x[i] - shift); s += e; w += e * x[i]; i += 1 }
-    return (s, w)
-}
-
 /// x[i] = exp(x[i] - shift), in place; returns sum(exp(x - shift)) and sum(exp(x - shift) * x)
-/// of the values before (what `expSums` returns, with one exp per value for callers that then
-/// need the exponentials themselves).
+/// of the values before: the softmax's sums and its unnormalised values in one pass.
 @inline(__always)
 public func expSumsInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> (Float, Float) {
     var sum = SIMD8<Float>(repeating: 0), weighted = SIMD8<Float>(repeating: 0)

@@ -174,6 +174,7 @@ public final class Transformer {
         }
         (finalNorm, finalNormGrad) = vector("model.norm.weight")
 
+        let (gate, up) = (Self.projectionNames.firstIndex(of: "mlp.gate_proj")!, Self.projectionNames.firstIndex(of: "mlp.up_proj")!)
         var layers: [DecoderLayer] = []
         for l in 0..<L {
             let p = "model.layers.\(l)."
@@ -185,7 +186,6 @@ public final class Transformer {
             // parameters lie in layout order already. f32 read in place from a file is left
             // apart (a copy would hold it twice); the choice depends on the stored tensors alone,
             // so a full fine-tuning policy and its reference model compute alike.
-            let (gate, up) = (Self.projectionNames.firstIndex(of: "mlp.gate_proj")!, Self.projectionNames.firstIndex(of: "mlp.up_proj")!)
             let copiedAtLoad = Self.joinsInPlaceWeights || [gate, up].allSatisfy { i in
                 let t = stored[p + Self.projectionNames[i] + ".weight"]!
                 return t.dtype != .f32 || Int(bitPattern: t.bytes) % 4 != 0
