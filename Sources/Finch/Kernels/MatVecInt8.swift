@@ -96,7 +96,7 @@ private func int8DotQ8_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
         let x = load32(qx + b &* 32)
         // signed x signed through the unsigned x signed instruction: |w| and x with w's sign.
         let p = productSums(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
-        acc = _mm256_fmadd_ps(p, _mm256_set1_ps(blockHalves(block).0 * dx[b]), acc)
+        acc = _mm256_fmadd_ps(p, _mm256_set1_ps(blockScale(block) * dx[b]), acc)
     }
     return acc.sum()
 }
@@ -107,7 +107,7 @@ private func int8DotQ4_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
     var offsets: Float = 0
     for b in 0..<blocks {
         let block = row + b &* 18
-        let scale = blockHalves(block).0 * dx[b]
+        let scale = blockScale(block) * dx[b]
         acc = _mm256_fmadd_ps(productSums(nibbles(block + 2), load32(qx + b &* 32)), _mm256_set1_ps(scale), acc)
         offsets += scale * Float(8 * sx[b])
     }
@@ -155,7 +155,7 @@ private func int8DotQ8_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
         let block = row + b * 34, xb = qx + b * 32
         var sum: Int32 = 0
         for i in 0..<32 { sum += Int32(Int8(bitPattern: block[2 + i])) * Int32(xb[i]) }
-        total += Float(sum) * blockHalves(block).0 * dx[b]
+        total += Float(sum) * blockScale(block) * dx[b]
     }
     return total
 }
@@ -165,7 +165,7 @@ private func int8DotQ4_0(_ row: UnsafePointer<UInt8>, _ qx: UnsafePointer<Int8>,
     var total: Float = 0
     for b in 0..<blocks {
         let block = row + b * 18
-        total += Float(nibbleProducts(block + 2, qx + b * 32) - 8 * sx[b]) * blockHalves(block).0 * dx[b]
+        total += Float(nibbleProducts(block + 2, qx + b * 32) - 8 * sx[b]) * blockScale(block) * dx[b]
     }
     return total
 }
