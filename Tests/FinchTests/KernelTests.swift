@@ -136,11 +136,13 @@ final class KernelTests: XCTestCase {
 
     /// Cached attention (decoding: a few new queries per row over everything cached) equals a
     /// naive softmax(q k^T / sqrt(d)) v over the unmasked keys up to each query, for short caches
-    /// (one thread) and long ones (shared with the worker pool), GQA groups and left padding.
+    /// (one thread) and long ones (shared with the worker pool), GQA groups and left padding;
+    /// head widths that the kernels take in 8 columns, in 32, and in 32 then 8, over odd and even
+    /// numbers of keys.
     func testCachedAttentionMatchesNaive() {
         var random = FinchRandom(seed: 11)
-        for (cached, queries) in [(5, 1), (300, 1), (297, 3)] {
-            let shape = AttentionShape(batch: 2, seq: queries, heads: 6, kvHeads: 2, headDim: 16)
+        for (cached, queries, headDim) in [(5, 1, 16), (300, 1, 40), (297, 3, 64), (6, 2, 64)] {
+            let shape = AttentionShape(batch: 2, seq: queries, heads: 6, kvHeads: 2, headDim: headDim)
             let capacity = cached + queries + 2, total = cached + queries
             let q = (0..<shape.batch * queries * shape.qStride).map { _ in random.nextFloat() - 0.5 }
             let keys = (0..<shape.batch * capacity * shape.kvStride).map { _ in random.nextFloat() - 0.5 }
@@ -157,17 +159,17 @@ final class KernelTests: XCTestCase {
                 for i in 0..<queries {
                     for h in 0..<shape.heads {
                         let kvh = h / shape.group
-                        let qi = Array(q[(b * queries + i) * shape.qStride + h * 16..<(b * queries + i) * shape.qStride + (h + 1) * 16])
+                        let qi = Array(q[(b * queries + i) * shape.qStride + h * headDim..<(b * queries + i) * shape.qStride + (h + 1) * headDim])
                         var scores: [(Int, Double)] = []
                         for j in 0..<cached + i + 1 where mask[b * capacity + j] == 1 {
-                            let kj = (b * capacity + j) * shape.kvStride + kvh * 16
-                            scores.append((j, (0..<16).reduce(0.0) { $0 + Double(qi[$1]) * Double(keys[kj + $1]) } / 4))
+                            let kj = (b * capacity + j) * shape.kvStride + kvh * headDim
+                            scores.append((j, (0..<headDim).reduce(0.0) { $0 + Double(qi[$1]) * Double(keys[kj + $1]) } / Double(headDim).squareRoot()))
                         }
                         let m = scores.map(\.1).max()!
                         let z = scores.reduce(0.0) { $0 + exp($1.1 - m) }
-                        for d in 0..<16 {
-                            let expected = scores.reduce(0.0) { $0 + exp($1.1 - m) / z * Double(values[(b * capacity + $1.0) * shape.kvStride + kvh * 16 + d]) }
-                            let got = out[(b * queries + i) * shape.qStride + h * 16 + d]
+                        for d in 0..<headDim {
+                            let expected = scores.reduce(0.0) { $0 + exp($1.1 - m) / z * Double(values[(b * capacity + $1.0) * shape.kvStride + kvh * headDim + d]) }
+                            let got = out[(b * queries + i) * shape.qStride + h * headDim + d]
                             let error = abs(got - Float(expected))
                             worst = error.isNaN ? .infinity : max(worst, error)   // NaN: never written
                         }
