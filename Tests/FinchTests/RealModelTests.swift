@@ -78,8 +78,13 @@ final class RealModelGenerationTests: XCTestCase {
     }
 
     /// Decoding with 8-bit activations (llama.cpp's arithmetic) stays near the exact path: the
-    /// logits of each prompt's last token, decoded alone after the rest, within 5% (relative L2;
-    /// 0.6-4% here), and the same greedy token wherever the exact top-2 gap is clear (over 1).
+    /// logits of each prompt's last token, decoded alone after the rest, within 10% (relative L2)
+    /// and 3% on average over the prompts, and the same greedy token wherever the exact top-2 gap
+    /// is clear (over 1). The rounding makes these distances a random draw, not a smooth bound:
+    /// scaling one layer's attention output by (1 + 1e-7) moved the int8 logits by 1-6% while
+    /// the exact ones moved by 1e-6 (a rounding that flips in a block scaled by an outlier
+    /// activation moves that block's other values by a whole step). Across two builds that
+    /// differed only by float rounding, the largest case went from 1.7% to 5.3%, the mean stayed ~2%.
     func testInt8ActivationDecodingStaysNearExact() throws {
         guard let path = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: path) else {
             throw XCTSkip("FINCH_SMOLLM2_GGUF is not set (scripts/fetch_smollm2.sh fetches the model)")
@@ -94,10 +99,11 @@ final class RealModelGenerationTests: XCTestCase {
             _ = model.decode(TokenBatch(batch: 1, seq: head.count, ids: head.map(Int32.init), positions: (0..<head.count).map(Int32.init)), cache: cache)
             return model.decode(TokenBatch(batch: 1, seq: 1, ids: [Int32(ids.last!)], positions: [Int32(head.count)]), cache: cache)
         }
-        var clear = 0
+        var clear = 0, distances: [Double] = []
         for (i, c) in fixture.cases.enumerated() {
             let exact = lastLogits(c.prompt_ids, int8: false), rounded = lastLogits(c.prompt_ids, int8: true)
-            XCTAssertLessThan(TestSupport.relativeL2(rounded, exact), 5e-2, "case \(i)")
+            distances.append(Double(TestSupport.relativeL2(rounded, exact)))
+            XCTAssertLessThan(TestSupport.relativeL2(rounded, exact), 0.1, "case \(i)")
             XCTAssertGreaterThan(TestSupport.relativeL2(rounded, exact), 1e-6, "case \(i): int8 activations were not used")
             let sorted = exact.sorted(by: >)
             if sorted[0] - sorted[1] > 1 {
@@ -106,6 +112,7 @@ final class RealModelGenerationTests: XCTestCase {
             }
         }
         model.int8Activations = false
+        XCTAssertLessThan(distances.reduce(0, +) / Double(distances.count), 0.03, "mean relative L2 over \(distances.count) prompts")
         XCTAssertGreaterThan(clear, 3, "some cases have a clear greedy token")
     }
 
