@@ -80,23 +80,38 @@ final class KernelTests: XCTestCase {
     }
 
     /// With query blocks of 2 and 3 the 5-token rows run in several causal blocks (as rows
-    /// longer than `attentionQueryBlock` do); with 128 in one.
+    /// longer than `attentionQueryBlock` do); with 128 in one. 2 rows x 2 KV heads share out
+    /// evenly over 2 cores; 3 rows x 1 KV head do not, so each row's query blocks are split
+    /// between the cores (dK and dV summed from parts).
     func testAttentionForwardMatchesNaiveAndBackwardMatchesNumerical() {
         let saved = attentionQueryBlock
         defer { attentionQueryBlock = saved }
         for block in [128, 2, 3] {
             attentionQueryBlock = block
-            checkAttention()
+            checkAttention(batch: 2, kvHeads: 2)
+            checkAttention(batch: 3, kvHeads: 1)
         }
     }
 
-    private func checkAttention() {
-        let shape = AttentionShape(batch: 2, seq: 5, heads: 4, kvHeads: 2, headDim: 8)
-        let n = 10, Q = 32, K = 16
+    /// Every query block goes to exactly one part, and the parts' work (block j: j + 1) is even.
+    func testAttentionBlockSetsBalanceTheCausalWork() {
+        for (blocks, parts) in [(8, 2), (1, 2), (3, 2), (32, 2), (9, 3), (5, 1)] {
+            let sets = attentionBlockSets(blocks: blocks, parts: parts)
+            XCTAssertEqual(sets.count, parts)
+            XCTAssertEqual(sets.flatMap { $0 }.sorted(), Array(0..<blocks), "\(blocks) blocks in \(parts)")
+            let work = sets.map { $0.reduce(0) { $0 + $1 + 1 } }, total = blocks * (blocks + 1) / 2
+            XCTAssertLessThanOrEqual(work.max()!, max(blocks, (total + parts - 1) / parts + 1), "\(blocks) blocks in \(parts): \(work)")
+        }
+        XCTAssertEqual(attentionBlockSets(blocks: 8, parts: 2).map { $0.reduce(0) { $0 + $1 + 1 } }, [18, 18])
+    }
+
+    private func checkAttention(batch: Int, kvHeads: Int) {
+        let shape = AttentionShape(batch: batch, seq: 5, heads: 4, kvHeads: kvHeads, headDim: 8)
+        let n = batch * 5, Q = 32, K = kvHeads * 8, group = 4 / kvHeads
         let q = S.randomArray(n * Q, seed: 7), k = S.randomArray(n * K, seed: 8), v = S.randomArray(n * K, seed: 9)
-        let mask: [Float] = [1, 1, 1, 1, 1, 1, 1, 1, 0, 0]
+        let mask: [Float] = (0..<n).map { $0 >= 8 && $0 < 10 ? 0 : 1 }   // row 1 ends with 2 padding keys
         func forward(_ q: [Float], _ k: [Float], _ v: [Float]) -> ([Float], [Float]) {
-            var out = [Float](repeating: 0, count: n * Q), lse = [Float](repeating: 0, count: 2 * 4 * 5)
+            var out = [Float](repeating: 0, count: n * Q), lse = [Float](repeating: 0, count: batch * 4 * 5)
             out.withUnsafeMutableBufferPointer { o in lse.withUnsafeMutableBufferPointer { l in
                 attentionForward(out: o.baseAddress!, lse: l.baseAddress!, q: q, k: k, v: v, keyMask: mask, shape: shape)
             } }
@@ -104,7 +119,7 @@ final class KernelTests: XCTestCase {
         }
         // Naive: explicit softmax over visible keys, in Double.
         var naive = [Float](repeating: 0, count: n * Q)
-        for b in 0..<2 { for h in 0..<4 { let kvh = h / 2
+        for b in 0..<batch { for h in 0..<4 { let kvh = h / group
             for i in 0..<5 {
                 var scores: [Double] = [], keys: [Int] = []
                 for j in 0...i where mask[b * 5 + j] != 0 {
@@ -121,7 +136,7 @@ final class KernelTests: XCTestCase {
             }
         } }
         let (out, lse) = forward(q, k, v)
-        XCTAssertLessThan(S.maxRelativeError(out, naive), 1e-5)
+        XCTAssertLessThan(S.maxRelativeError(out, naive), 1e-5, "\(batch) rows, \(kvHeads) KV heads")
 
         let r = S.randomArray(n * Q, seed: 10)
         var dq = [Float](repeating: 0, count: n * Q), dk = [Float](repeating: 0, count: n * K), dv = dk
@@ -130,8 +145,8 @@ final class KernelTests: XCTestCase {
                               out: out, lse: lse, keyMask: mask, shape: shape)
         } } }
         XCTAssertLessThan(S.relativeL2(dq, S.numericalGradient(q) { S.dot(forward($0, k, v).0, r) }), 3e-3)
-        XCTAssertLessThan(S.relativeL2(dk, S.numericalGradient(k) { S.dot(forward(q, $0, v).0, r) }), 3e-3)
-        XCTAssertLessThan(S.relativeL2(dv, S.numericalGradient(v) { S.dot(forward(q, k, $0).0, r) }), 3e-3)
+        XCTAssertLessThan(S.relativeL2(dk, S.numericalGradient(k) { S.dot(forward(q, $0, v).0, r) }), 3e-3, "\(batch) rows, \(kvHeads) KV heads")
+        XCTAssertLessThan(S.relativeL2(dv, S.numericalGradient(v) { S.dot(forward(q, k, $0).0, r) }), 3e-3, "\(batch) rows, \(kvHeads) KV heads")
     }
 
     /// Cached attention (decoding: a few new queries per row over everything cached) equals a

@@ -18,17 +18,46 @@ public struct AttentionShape: Sendable {
     var scale: Float { 1 / Float(headDim).squareRoot() }
 }
 
-/// Runs `body(b, kvHead, scratch)` for every (batch row, KV head) pair on all cores. The q heads
-/// that share a KV head run in one task, so that dK and dV of that head have a single writer.
-/// Inside the parallel region BLAS runs single-threaded; with fewer tasks than cores it keeps its threads.
-private func forEachKVGroup(_ shape: AttentionShape, scratchFloats: Int,
-                            _ body: (Int, Int, UnsafeMutablePointer<Float>) -> Void) {
+/// How many parts the query blocks of each (batch row, KV head) are split into: 1 when those
+/// pairs share out evenly over the cores, else one per core, so that no core idles while another
+/// finishes a pair (one row of SmolLM2's 3 KV heads on 2 cores left one core idle for a third of
+/// the attention time: micro-batches of one row ran ~15% slower per token than of two).
+private func attentionParts(_ shape: AttentionShape) -> Int {
     let tasks = shape.batch * shape.kvHeads
+    return tasks % Parallel.coreCount == 0 ? 1 : Parallel.coreCount
+}
+
+/// The query blocks 0..<blocks dealt into `parts` sets of about equal work, block j attending
+/// to j + 1 blocks of keys: largest first, each to the part with the least so far (8 blocks in
+/// 2 parts: 18 and 18, where two consecutive ranges could do no better than 15 and 21).
+func attentionBlockSets(blocks: Int, parts: Int) -> [[Int]] {
+    var sets = [[Int]](repeating: [], count: parts), work = [Int](repeating: 0, count: parts)
+    for block in stride(from: blocks - 1, through: 0, by: -1) {
+        let least = work.indices.min { work[$0] < work[$1] }!
+        sets[least].append(block)
+        work[least] += block + 1
+    }
+    return sets
+}
+
+/// Runs `body(b, kvHead, blocks, part, scratch)` for every (batch row, KV head) pair and every
+/// part of its query blocks (`attentionParts`) on all cores. The q heads that share a KV head
+/// run in one task, so that dK and dV of that head have a single writer per part.
+/// Inside the parallel region BLAS runs single-threaded; with one task it keeps its threads.
+private func forEachKVGroup(_ shape: AttentionShape, parts: Int, scratchFloats: Int,
+                            _ body: (Int, Int, [Int], Int, UnsafeMutablePointer<Float>) -> Void) {
+    let B = min(attentionQueryBlock, shape.seq)
+    let sets = attentionBlockSets(blocks: (shape.seq + B - 1) / B, parts: parts)
+    let tasks = shape.batch * shape.kvHeads * parts
+    func run(_ task: Int, _ scratch: UnsafeMutablePointer<Float>) {
+        let pair = task / parts, part = task % parts
+        body(pair / shape.kvHeads, pair % shape.kvHeads, sets[part], part, scratch)
+    }
     let workers = min(tasks, Parallel.coreCount)
     if workers <= 1 {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
         defer { scratch.deallocate() }
-        for task in 0..<tasks { body(task / shape.kvHeads, task % shape.kvHeads, scratch) }
+        for task in 0..<tasks { run(task, scratch) }
         return
     }
     BLAS.setThreadCount(1)
@@ -38,7 +67,7 @@ private func forEachKVGroup(_ shape: AttentionShape, scratchFloats: Int,
         defer { scratch.deallocate() }
         var task = w
         while task < tasks {
-            body(task / shape.kvHeads, task % shape.kvHeads, scratch)
+            run(task, scratch)
             task += workers
         }
     }
@@ -80,14 +109,13 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
     let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
-    forEachKVGroup(shape, scratchFloats: G * B * (T + 2 * D)) { b, kvh, scratch in
+    forEachKVGroup(shape, parts: attentionParts(shape), scratchFloats: G * B * (T + 2 * D)) { b, kvh, blocks, _, scratch in
         let kb = k + b * T * shape.kvStride + kvh * D
         let vb = v + b * T * shape.kvStride + kvh * D
         let mask = keyMask.map { $0 + b * T }
         let scores = scratch, stackedQ = scratch + G * B * T, stackedOut = stackedQ + G * B * D
-        var i0 = 0
-        while i0 < T {
-            let rows = min(B, T - i0), keys = i0 + rows
+        for block in blocks {
+            let i0 = block * B, rows = min(B, T - i0), keys = i0 + rows
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
             // scores = scale * Q K^T   [G * rows, keys]
@@ -105,7 +133,6 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
             BLAS.sgemm(.none, .none, m: G * rows, n: D, k: keys, a: scores, lda: keys, b: vb, ldb: shape.kvStride,
                        c: stackedOut, ldc: D)
             heads.scatter(stackedOut, into: out)
-            i0 += rows
         }
     }
 }
@@ -137,22 +164,34 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                               v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                               keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
     let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
-    forEachKVGroup(shape, scratchFloats: G * B * (2 * T + 4 * D)) { b, kvh, scratch in
+    // Parts after the first of a (row, KV head) sum their dK and dV into buffers of their own,
+    // [T, D] each, added to dk and dv in part order afterwards (the same sums on every run).
+    let parts = attentionParts(shape), pairs = shape.batch * shape.kvHeads
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: parts > 1 ? pairs * (parts - 1) * 2 * T * D : 0)
+    defer { partials.deallocate() }
+    forEachKVGroup(shape, parts: parts, scratchFloats: G * B * (2 * T + 4 * D)) { b, kvh, blocks, part, scratch in
         let p = scratch, ds = scratch + G * B * T
         let stackedQ = ds + G * B * T, stackedO = stackedQ + G * B * D
         let stackedDO = stackedO + G * B * D, stackedDQ = stackedDO + G * B * D
         let kb = k + b * T * shape.kvStride + kvh * D
         let vb = v + b * T * shape.kvStride + kvh * D
-        let dkb = dk + b * T * shape.kvStride + kvh * D
-        let dvb = dv + b * T * shape.kvStride + kvh * D
+        let dkb: UnsafeMutablePointer<Float>, dvb: UnsafeMutablePointer<Float>, ldkv: Int
+        if part == 0 {
+            dkb = dk + b * T * shape.kvStride + kvh * D
+            dvb = dv + b * T * shape.kvStride + kvh * D
+            ldkv = shape.kvStride
+        } else {
+            dkb = partials + ((b * shape.kvHeads + kvh) * (parts - 1) + part - 1) * 2 * T * D
+            dvb = dkb + T * D
+            ldkv = D
+        }
         for t in 0..<T {
-            (dkb + t * shape.kvStride).update(repeating: 0, count: D)
-            (dvb + t * shape.kvStride).update(repeating: 0, count: D)
+            (dkb + t * ldkv).update(repeating: 0, count: D)
+            (dvb + t * ldkv).update(repeating: 0, count: D)
         }
         let mask = keyMask.map { $0 + b * T }
-        var i0 = 0
-        while i0 < T {
-            let rows = min(B, T - i0), keys = i0 + rows, m = G * rows
+        for block in blocks {
+            let i0 = block * B, rows = min(B, T - i0), keys = i0 + rows, m = G * rows
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
             heads.gather(out, into: stackedO)
@@ -187,13 +226,26 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
             }
             // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q   (over the visible keys)
             BLAS.sgemm(.transpose, .none, m: keys, n: D, k: m, a: p, lda: keys, b: stackedDO, ldb: D,
-                       beta: 1, c: dvb, ldc: shape.kvStride)
+                       beta: 1, c: dvb, ldc: ldkv)
             BLAS.sgemm(.none, .none, m: m, n: D, k: keys, alpha: shape.scale, a: ds, lda: keys, b: kb, ldb: shape.kvStride,
                        c: stackedDQ, ldc: D)
             BLAS.sgemm(.transpose, .none, m: keys, n: D, k: m, alpha: shape.scale, a: ds, lda: keys, b: stackedQ, ldb: D,
-                       beta: 1, c: dkb, ldc: shape.kvStride)
+                       beta: 1, c: dkb, ldc: ldkv)
             heads.scatter(stackedDQ, into: dq)
-            i0 += rows
+        }
+    }
+    guard parts > 1 else { return }
+    for pair in 0..<pairs {
+        let b = pair / shape.kvHeads, kvh = pair % shape.kvHeads
+        for part in 1..<parts {
+            let dkp = partials + (pair * (parts - 1) + part - 1) * 2 * T * D, dvp = dkp + T * D
+            for t in 0..<T {
+                let row = (b * T + t) * shape.kvStride + kvh * D
+                for d in 0..<D {
+                    dk[row + d] += dkp[t * D + d]
+                    dv[row + d] += dvp[t * D + d]
+                }
+            }
         }
     }
 }
