@@ -2,10 +2,12 @@
 // llama.cpp multiplies its quantized matrices: each block of 32 activations becomes
 // d * q with q = round(x / d) in -127...127 and d = max|x| / 127, and a block's dot product
 // is a sum of byte products done in integers (AVX2: vpmaddubsw + vpmaddwd, 32 products in
-// two instructions), scaled once per block. It is an opt-in for decoding (`int8Activations`):
-// ~1.7x the exact Q4_1 kernel of MatVec.swift per block (2.3 vs 4.0 ns on one core here),
-// ~1.5x decode tokens/s on SmolLM2 Q4_1, with logits ~1e-2 relative from exact (the rounding
-// of the activations) — enough to change a greedy answer, exactly as llama.cpp's do.
+// two instructions), scaled once per block. It is an opt-in for decoding (`int8Activations`),
+// with logits ~1e-2 relative from exact (the rounding of the activations) — enough to change a
+// greedy answer, exactly as llama.cpp's do. Since the exact kernels of MatVec.swift widen each
+// byte once, it gains little here: per q4_1 block over 2 cores 1.12-1.26 ns against 1.27-1.36
+// (q8_0: the same), SmolLM2 Q4_1 decoding 121-131 against 118-125 tokens/s. (It was 1.7x
+// the exact q4_1 kernel and 1.5x in tokens/s before that.)
 //
 // Per block, for weights w = dw * qw (+ m for q4_1) and activations x ≈ dx * qx:
 //   q8_0: sum w x ≈ dw dx sum qw qx
