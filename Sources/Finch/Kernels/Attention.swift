@@ -105,14 +105,18 @@ var attentionQueryBlock = 64
 ///
 /// The q heads that share a KV head are stacked into one matrix per query block, so each
 /// block is two GEMMs of group * block rows against the visible keys.
+///
+/// `kvRows`: positions per batch row in k, v and keyMask when they are longer than the queries'
+/// rows (a KV cache filled from position 0, for a prompt's prefill); default `shape.seq`.
 public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                             keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
-    let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
+                             keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape,
+                             kvRows: Int? = nil) {
+    let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T), R = kvRows ?? T
     forEachKVGroup(shape, parts: attentionParts(shape), scratchFloats: G * B * (T + 2 * D)) { b, kvh, blocks, _, scratch in
-        let kb = k + b * T * shape.kvStride + kvh * D
-        let vb = v + b * T * shape.kvStride + kvh * D
-        let mask = keyMask.map { $0 + b * T }
+        let kb = k + b * R * shape.kvStride + kvh * D
+        let vb = v + b * R * shape.kvStride + kvh * D
+        let mask = keyMask.map { $0 + b * R }
         let scores = scratch, stackedQ = scratch + G * B * T, stackedOut = stackedQ + G * B * D
         for block in blocks {
             let i0 = block * B, rows = min(B, T - i0), keys = i0 + rows
@@ -262,6 +266,17 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
     if queries <= 4 && D % 8 == 0 {
         return attentionDecodeForward(out: out, q: q, keys: keys, values: values, keyMask: keyMask,
                                       capacity: capacity, start: start, queries: queries, shape: shape)
+    }
+    if start == 0 {
+        // A prompt's first chunk (from position 0) is causal self-attention over the cache: the
+        // blocked kernel skips the keys after each query block and shares the work evenly over
+        // the cores, where the GEMMs below take every key for every query, one task per
+        // (row, KV head). Later chunks (Generator.prefillChunk) still take the path below.
+        let lse = UnsafeMutablePointer<Float>.allocate(capacity: shape.batch * shape.heads * queries)
+        defer { lse.deallocate() }
+        var prompt = shape
+        prompt.seq = queries
+        return attentionForward(out: out, lse: lse, q: q, k: keys, v: values, keyMask: keyMask, shape: prompt, kvRows: capacity)
     }
     let tasks = shape.batch * shape.kvHeads
     let work = { (task: Int, scores: UnsafeMutablePointer<Float>) in
