@@ -30,12 +30,13 @@ private func attentionParts(_ shape: AttentionShape) -> Int {
 /// The query blocks 0..<blocks dealt into `parts` sets of about equal work, block j attending
 /// to j + 1 blocks of keys: largest first, each to the part with the least so far (8 blocks in
 /// 2 parts: 18 and 18, where two consecutive ranges could do no better than 15 and 21).
-func attentionBlockSets(blocks: Int, parts: Int) -> [[Int]] {
+/// With `offset`, each block also sees that many blocks of keys before the first query.
+func attentionBlockSets(blocks: Int, parts: Int, offset: Int = 0) -> [[Int]] {
     var sets = [[Int]](repeating: [], count: parts), work = [Int](repeating: 0, count: parts)
     for block in stride(from: blocks - 1, through: 0, by: -1) {
         let least = work.indices.min { work[$0] < work[$1] }!
         sets[least].append(block)
-        work[least] += block + 1
+        work[least] += offset + block + 1
     }
     return sets
 }
@@ -44,10 +45,10 @@ func attentionBlockSets(blocks: Int, parts: Int) -> [[Int]] {
 /// part of its query blocks (`attentionParts`) on all cores. The q heads that share a KV head
 /// run in one task, so that dK and dV of that head have a single writer per part.
 /// Inside the parallel region BLAS runs single-threaded; with one task it keeps its threads.
-private func forEachKVGroup(_ shape: AttentionShape, parts: Int, scratchFloats: Int,
+private func forEachKVGroup(_ shape: AttentionShape, parts: Int, queryStart: Int = 0, scratchFloats: Int,
                             _ body: (Int, Int, [Int], Int, UnsafeMutablePointer<Float>) -> Void) {
     let B = min(attentionQueryBlock, shape.seq)
-    let sets = attentionBlockSets(blocks: (shape.seq + B - 1) / B, parts: parts)
+    let sets = attentionBlockSets(blocks: (shape.seq + B - 1) / B, parts: parts, offset: queryStart / B)
     let tasks = shape.batch * shape.kvHeads * parts
     func run(_ task: Int, _ scratch: UnsafeMutablePointer<Float>) {
         let pair = task / parts, part = task % parts
@@ -106,20 +107,23 @@ var attentionQueryBlock = 64
 /// The q heads that share a KV head are stacked into one matrix per query block, so each
 /// block is two GEMMs of group * block rows against the visible keys.
 ///
-/// `kvRows`: positions per batch row in k, v and keyMask when they are longer than the queries'
-/// rows (a KV cache filled from position 0, for a prompt's prefill); default `shape.seq`.
+/// For a KV cache (a prompt's prefill, in chunks): `queryStart` is the position of the first
+/// query (each query at queryStart + i sees keys 0...queryStart + i), and `kvRows` the positions
+/// per batch row in k, v and keyMask (the cache's capacity). Defaults: 0 and `shape.seq`.
 public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape,
-                             kvRows: Int? = nil) {
-    let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T), R = kvRows ?? T
-    forEachKVGroup(shape, parts: attentionParts(shape), scratchFloats: G * B * (T + 2 * D)) { b, kvh, blocks, _, scratch in
+                             queryStart: Int = 0, kvRows: Int? = nil) {
+    let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
+    let R = kvRows ?? T, S = queryStart, K = S + T   // K: keys of the last query
+    precondition(S == 0 || segmentStarts == nil, "attentionForward: packed sequences start at position 0")
+    forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D)) { b, kvh, blocks, _, scratch in
         let kb = k + b * R * shape.kvStride + kvh * D
         let vb = v + b * R * shape.kvStride + kvh * D
         let mask = keyMask.map { $0 + b * R }
-        let scores = scratch, stackedQ = scratch + G * B * T, stackedOut = stackedQ + G * B * D
+        let scores = scratch, stackedQ = scratch + G * B * K, stackedOut = stackedQ + G * B * D
         for block in blocks {
-            let i0 = block * B, rows = min(B, T - i0), keys = i0 + rows
+            let i0 = block * B, rows = min(B, T - i0), keys = S + i0 + rows
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
             // scores = scale * Q K^T   [G * rows, keys]
@@ -129,7 +133,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
                 for r in 0..<rows {
                     let i = i0 + r
-                    lseRow[i] = softmaxCausalRow(scores + (g * rows + r) * keys, visible: i + 1, length: keys, mask: mask,
+                    lseRow[i] = softmaxCausalRow(scores + (g * rows + r) * keys, visible: S + i + 1, length: keys, mask: mask,
                                                  first: segmentStarts.map { Int($0[b * T + i]) } ?? 0)
                 }
             }
@@ -262,54 +266,19 @@ public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePo
                                    keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                    keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
                                    shape: AttentionShape) {
-    let D = shape.headDim, total = start + queries
-    if queries <= 4 && D % 8 == 0 {
+    if queries <= 4 && shape.headDim % 8 == 0 {
         return attentionDecodeForward(out: out, q: q, keys: keys, values: values, keyMask: keyMask,
                                       capacity: capacity, start: start, queries: queries, shape: shape)
     }
-    if start == 0 {
-        // A prompt's first chunk (from position 0) is causal self-attention over the cache: the
-        // blocked kernel skips the keys after each query block and shares the work evenly over
-        // the cores, where the GEMMs below take every key for every query, one task per
-        // (row, KV head). Later chunks (Generator.prefillChunk) still take the path below.
-        let lse = UnsafeMutablePointer<Float>.allocate(capacity: shape.batch * shape.heads * queries)
-        defer { lse.deallocate() }
-        var prompt = shape
-        prompt.seq = queries
-        return attentionForward(out: out, lse: lse, q: q, k: keys, v: values, keyMask: keyMask, shape: prompt, kvRows: capacity)
-    }
-    let tasks = shape.batch * shape.kvHeads
-    let work = { (task: Int, scores: UnsafeMutablePointer<Float>) in
-        let b = task / shape.kvHeads, kvh = task % shape.kvHeads
-        let kb = keys + b * capacity * shape.kvStride + kvh * D, vb = values + b * capacity * shape.kvStride + kvh * D
-        let mask = keyMask + b * capacity
-        for h in kvh * shape.group..<(kvh + 1) * shape.group {
-            let qb = q + b * queries * shape.qStride + h * D
-            let ob = out + b * queries * shape.qStride + h * D
-            BLAS.sgemm(.none, .transpose, m: queries, n: total, k: D, alpha: shape.scale, a: qb, lda: shape.qStride,
-                       b: kb, ldb: shape.kvStride, c: scores, ldc: total)
-            for i in 0..<queries {
-                _ = softmaxCausalRow(scores + i * total, visible: start + i + 1, length: total, mask: mask)
-            }
-            BLAS.sgemm(.none, .none, m: queries, n: D, k: total, a: scores, lda: total, b: vb, ldb: shape.kvStride,
-                       c: ob, ldc: shape.qStride)
-        }
-    }
-    if tasks < 2 || queries * total < 4096 {
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
-        defer { scores.deallocate() }
-        for task in 0..<tasks { work(task, scores) }
-        return
-    }
-    BLAS.setThreadCount(1)
-    defer { BLAS.setThreadCount(Parallel.coreCount) }
-    let workers = min(tasks, Parallel.coreCount)
-    DispatchQueue.concurrentPerform(iterations: workers) { w in
-        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
-        defer { scores.deallocate() }
-        var task = w
-        while task < tasks { work(task, scores); task += workers }
-    }
+    // A prompt's chunk is causal self-attention shifted by `start`: the blocked kernel skips the
+    // keys after each query block and shares the work evenly over the cores. (It replaced plain
+    // GEMMs over every key for every query, one task per (row, KV head).)
+    let lse = UnsafeMutablePointer<Float>.allocate(capacity: shape.batch * shape.heads * queries)
+    defer { lse.deallocate() }
+    var chunk = shape
+    chunk.seq = queries
+    attentionForward(out: out, lse: lse, q: q, k: keys, v: values, keyMask: keyMask, shape: chunk,
+                     queryStart: start, kvRows: capacity)
 }
 
 /// `attentionCachedForward` for a few queries per row (decoding): plain loops beat GEMM calls on
