@@ -196,15 +196,10 @@ private func dotF32(_ w: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ colu
 // took ~14 (q4_1: 4.6 -> 3.3 ns; `matVec` over 2 cores: q4_1 2.2 -> 1.6 ns, q8_0 2.1 -> 1.6,
 // q4_0 2.5 -> 1.5), which took greedy decoding of SmolLM2-135M Q4_1 from ~86 to ~109 tokens/s.
 
-// block_q8_0 (34 bytes): f16 d, int8 q[32]; w = d * q.
-private func dotQ8_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ blocks: Int) -> Float {
+/// sum over blocks b of d_b * sum(s_b), where block(b) = (s_b, d_b): the loop of the q8_0 and
+/// q4_0 products, two blocks per iteration into separate sums.
+@inline(__always) private func scaledBlockSums(_ blocks: Int, _ block: (Int) -> (SIMD8<Float>, Float)) -> Float {
     var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
-    @inline(__always) func block(_ b: Int) -> (SIMD8<Float>, Float) {
-        let block = row + b &* 34, q = block + 2, xb = x + b &* 32
-        let s = (signedBytes(q) * load8(xb)).addingProduct(signedBytes(q + 8), load8(xb + 8))
-            .addingProduct(signedBytes(q + 16), load8(xb + 16)).addingProduct(signedBytes(q + 24), load8(xb + 24))
-        return (s, blockScale(block))
-    }
     var b = 0
     while b &+ 2 <= blocks {
         let (s0, d0) = block(b), (s1, d1) = block(b &+ 1)
@@ -219,27 +214,26 @@ private func dotQ8_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ b
     return (acc0 + acc1).sum()
 }
 
+// block_q8_0 (34 bytes): f16 d, int8 q[32]; w = d * q.
+private func dotQ8_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ blocks: Int) -> Float {
+    @inline(__always) func block(_ b: Int) -> (SIMD8<Float>, Float) {
+        let block = row + b &* 34, q = block + 2, xb = x + b &* 32
+        let s = (signedBytes(q) * load8(xb)).addingProduct(signedBytes(q + 8), load8(xb + 8))
+            .addingProduct(signedBytes(q + 16), load8(xb + 16)).addingProduct(signedBytes(q + 24), load8(xb + 24))
+        return (s, blockScale(block))
+    }
+    return scaledBlockSums(blocks, block)
+}
+
 // block_q4_0 (18 bytes): f16 d, q[16] nibbles (low: values 0..<16, high: 16..<32); w = d * (q - 8).
 private func dotQ4_0(_ row: UnsafePointer<UInt8>, _ x: UnsafePointer<Float>, _ blocks: Int) -> Float {
-    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
     @inline(__always) func block(_ b: Int) -> (SIMD8<Float>, Float) {
         let block = row + b &* 18, q = block + 2, xb = x + b &* 32
         let (l0, h0) = nibblePairs(q, offset: 8), (l1, h1) = nibblePairs(q + 8, offset: 8)
         let s = (l0 * load8(xb)).addingProduct(h0, load8(xb + 16)).addingProduct(l1, load8(xb + 8)).addingProduct(h1, load8(xb + 24))
         return (s, blockScale(block))
     }
-    var b = 0
-    while b &+ 2 <= blocks {
-        let (s0, d0) = block(b), (s1, d1) = block(b &+ 1)
-        acc0 = acc0.addingProduct(s0, d0)
-        acc1 = acc1.addingProduct(s1, d1)
-        b &+= 2
-    }
-    if b < blocks {
-        let (s0, d0) = block(b)
-        acc0 = acc0.addingProduct(s0, d0)
-    }
-    return (acc0 + acc1).sum()
+    return scaledBlockSums(blocks, block)
 }
 
 // block_q4_1 (20 bytes): f16 d, f16 m, q[16] nibbles; w = d * q + m.
