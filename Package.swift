@@ -2,17 +2,15 @@
 import Foundation
 import PackageDescription
 
-/// Vector code for the CPU that builds: with AVX2, FMA and F16C (x86-64 CPUs since 2013) the
-/// kernels' SIMD8 loops become 8-wide AVX with fused multiply-adds and one-instruction f16
-/// conversion, 2-3x faster than baseline x86-64 (SSE2); FINCH_F16C lets kernels call these
-/// instructions directly (f16 conversion, AVX2 byte dot products). FINCH_PORTABLE=1 builds for any x86-64.
-func hostCPUFlags() -> [String] {
-    #if arch(x86_64) && os(Linux)
+/// The instruction-set baseline of the Swift kernels: Haswell (AVX2, FMA, F16C, BMI2: x86-64-v3, every x86-64
+/// CPU since 2013-2015), the same whichever machine builds. Above it, kernels choose at run time:
+/// GEMM through oneDNN (AVX-512, AVX512_BF16, AMX), and the C kernels of FinchCPU, compiled per
+/// instruction set with target attributes and picked after cpuid. FINCH_F16C lets Swift kernels
+/// call F16C and AVX2 byte dot products directly. FINCH_PORTABLE=1 builds for any x86-64.
+func baselineFlags() -> [String] {
+    #if arch(x86_64)
     if ProcessInfo.processInfo.environment["FINCH_PORTABLE"] != nil { return [] }
-    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
-          let line = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return [] }
-    let flags = Set(line.split(separator: " ").map(String.init))
-    return flags.isSuperset(of: ["avx2", "fma", "f16c"]) ? ["-target-cpu", "haswell", "-D", "FINCH_F16C"] : []
+    return ["-target-cpu", "haswell", "-D", "FINCH_F16C"]
     #else
     return []
     #endif
@@ -29,12 +27,16 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
     ],
     targets: [
+        // What the running CPU can do (cpuid), kernels compiled per instruction set with target
+        // attributes and chosen at run time, and the oneDNN binding (dlopen).
+        .target(name: "FinchCPU"),
         .target(
             name: "Finch",
+            dependencies: ["FinchCPU"],
             // Optimised in debug builds too: the kernels' SIMD loops are 50x slower unoptimised,
             // which would make the test suite crawl.
-            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"] + hostCPUFlags(), .when(configuration: .release)),
-                            .unsafeFlags(["-O"] + hostCPUFlags(), .when(configuration: .debug))]
+            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"] + baselineFlags(), .when(configuration: .release)),
+                            .unsafeFlags(["-O"] + baselineFlags(), .when(configuration: .debug))]
         ),
         .executableTarget(
             name: "FinchCLI",
@@ -43,7 +45,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FinchTests",
-            dependencies: ["Finch"],
+            dependencies: ["Finch", "FinchCPU"],
             resources: [.copy("Fixtures")]
         ),
     ],

@@ -18,7 +18,8 @@ echo "== before training: SmolLM2-135M-Instruct answers held-out prompts"
 echo "== training: ORPO, LoRA r=16 on all projections, data/pairs.jsonl"
 "$FINCH" train --method orpo --model "$GGUF" --data data/pairs.jsonl --eval-data data/pairs_eval.jsonl \
     --chat-template --output "$RUN" --overwrite --beta 0.1 --lr 3e-4 --lr-scheduler cosine --warmup-steps 3 \
-    --batch-size 4 --grad-accum 2 --epochs 1 --lora-r 16 --lora-alpha 32 --eval-steps 10 --save-steps 10 --seed 42
+    --batch-size 4 --grad-accum 2 --epochs 1 --lora-r 16 --lora-alpha 32 --eval-steps 10 --save-steps 10 --seed 42 \
+    --precision "${FINCH_PRECISION:-auto}"
 
 echo "== after training: the same prompts with the adapter"
 "$FINCH" "${GENERATE[@]}" --adapter "$RUN"

@@ -1,21 +1,50 @@
 import ArgumentParser
+
+extension PrecisionChoice: ExpressibleByArgument {}
 import Finch
 import Foundation
 
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench", abstract: "Print speed figures (build with -c release).",
-        subcommands: [GEMM.self, Step.self, Decode.self, DataParallel.self])
+        subcommands: [Peak.self, GEMMBench.self, Step.self, Decode.self, DataParallel.self])
 
-    struct GEMM: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "sgemm GFLOP/s on SmolLM2-135M's training shapes.")
+    struct Peak: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "This CPU's measured fp32 FMA peak and, where it has AVX512_BF16, its bf16 dot-product peak.")
+
+        func run() {
+            print("CPU: \(CPU.description)")
+            let p = Benchmarks.peaks()
+            print(String(format: "finch peak fp32 (%@, %d threads): %.1f GFLOP/s", p.fp32Kind, Parallel.coreCount, p.fp32))
+            if let bf16 = p.bf16 {
+                print(String(format: "finch peak bf16 (AVX512_BF16 dot, %d threads): %.1f GFLOP/s", Parallel.coreCount, bf16))
+            } else {
+                print("finch peak bf16: this CPU has no AVX512_BF16 (within FINCH_ISA)")
+            }
+        }
+    }
+
+    struct GEMMBench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gemm",
+            abstract: "Matmul GFLOP/s on SmolLM2-135M's training shapes, fp32 and bf16, as a share of this CPU's measured peaks.")
         @Option(help: "Repetitions per shape (median reported).") var repetitions = 5
 
         func run() {
-            print(BLAS.description)
-            for (m, n, k) in [(2048, 576, 576), (2048, 1536, 576), (2048, 49152, 576)] {
-                let gflops = Benchmarks.sgemm(m: m, n: n, k: k, repetitions: repetitions)
-                print(String(format: "finch sgemm %dx%dx%d: %.1f GFLOP/s", m, n, k, gflops))
+            print("CPU: \(CPU.description)")
+            print("GEMM: \(GEMM.description); bf16 \(GEMM.nativeBF16 ? "native" : "portable (rounded inputs, fp32 GEMM)")")
+            let peaks = Benchmarks.peaks()
+            print(String(format: "peaks: fp32 %.1f GFLOP/s (%@)%@", peaks.fp32, peaks.fp32Kind,
+                         peaks.bf16.map { String(format: ", bf16 %.1f GFLOP/s", $0) } ?? ""))
+            for (m, n, k) in [(2048, 576, 576), (2048, 1536, 576), (2048, 576, 1536), (2048, 49152, 576)] {
+                for path in Benchmarks.GEMMPath.allCases {
+                    if path == .openBLAS && GEMM.backend == .openBLAS { continue }
+                    let gflops = Benchmarks.gemm(m: m, n: n, k: k, path: path, repetitions: repetitions)
+                    let peak = path == .bf16 && GEMM.nativeBF16 ? peaks.bf16 : peaks.fp32
+                    let share = peak.map { String(format: ", %.0f%% of the %@ peak", 100 * gflops / $0, path == .bf16 && GEMM.nativeBF16 ? "bf16" : "fp32") } ?? ""
+                    print(String(format: "finch gemm %@ %dx%dx%d: %.1f GFLOP/s%@", path.rawValue, m, n, k, gflops, share))
+                }
             }
         }
     }
@@ -83,9 +112,13 @@ struct BenchCommand: ParsableCommand {
         var gradientCheckpointing = false
         @Flag(name: .customLong("keep-quantized"), help: "Keep a quantized base quantized (as finch train --keep-quantized).")
         var keepQuantized = false
+        @Option(help: "Precision of the base model's products: auto (bf16 where the CPU computes it natively), fp32 or bf16.")
+        var precision: PrecisionChoice = .auto
 
         func run() throws {
             try runReportingErrors {
+                GEMM.reportBackend()
+                let (chosen, reason) = precision.resolved()
                 let files: ModelFiles
                 if let model { files = try ModelFiles.open(model) } else {
                     guard let dtype = DType(rawValue: base.uppercased()), [.f32, .q4_0, .q4_1].contains(dtype) else {
@@ -99,7 +132,8 @@ struct BenchCommand: ParsableCommand {
                 }
                 let tuning: FineTuning = full ? .full : .lora(LoRAConfig(rank: loraRank, alpha: loraAlpha))
                 let transformer = try Transformer(files: files, fineTuning: tuning,
-                                                  denseLimitBytes: keepQuantized ? 0 : Transformer.defaultDenseLimitBytes)
+                                                  denseLimitBytes: keepQuantized ? 0 : Transformer.defaultDenseLimitBytes,
+                                                  precision: chosen)
                 transformer.gradientCheckpointing = gradientCheckpointing
                 if let method {
                     guard let kind = Benchmarks.Method(rawValue: method) else {
@@ -111,7 +145,7 @@ struct BenchCommand: ParsableCommand {
                     let t = try Benchmarks.trainingStep(model: transformer, method: kind, batch: batch, seq: seq,
                                                         promptLength: promptLength, optimizer: optimizer, microBatch: microBatch,
                                                         repetitions: repetitions)
-                    print(BLAS.description)
+                    print("\(GEMM.description); precision \(chosen.rawValue) (\(reason))")
                     var rows = kind == .orpo ? "\(batch) pairs (\(2 * batch) rows)" : "\(batch) rows"
                     if let microBatch, microBatch < batch { rows += " in micro-batches of \(microBatch)" }
                     print(String(format: "finch train step (%@, %@, %@, %@ x %d%@): %.3f s/step, %.0f tokens/s, %.1f GFLOP/s",
@@ -120,7 +154,7 @@ struct BenchCommand: ParsableCommand {
                     return
                 }
                 let t = Benchmarks.step(model: transformer, batch: batch, seq: seq, repetitions: repetitions)
-                print(BLAS.description)
+                print("\(GEMM.description); precision \(chosen.rawValue) (\(reason))")
                 for (phase, seconds) in Benchmarks.stepPhases(model: transformer, batch: batch, seq: seq) {
                     print(String(format: "  %@: %.3f s", phase, seconds))
                 }

@@ -48,6 +48,8 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("keep-quantized"),
           help: "Keep a quantized (GGUF) base quantized in memory instead of an f32 copy: less memory, slower products.")
     var keepQuantized = false
+    @Option(help: "Precision of the base model's products: auto (bf16 where the CPU computes it natively, as TRL's bf16=True; else fp32), fp32 or bf16.")
+    var precision: String?
     @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
     var chatTemplate = false
     @Option var seed: String?
@@ -71,7 +73,7 @@ struct TrainCommand: ParsableCommand {
             ("lr_scheduler", lrScheduler), ("warmup_steps", warmupSteps), ("max_grad_norm", maxGradNorm), ("lora_r", loraR),
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
-            ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout),
+            ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout), ("precision", precision),
             ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
@@ -116,6 +118,7 @@ struct TrainCommand: ParsableCommand {
             // Under mpirun: one rank of a data parallel job (rank 0 prints and writes); else this process alone.
             let group = try ProcessGroup.launched(timeout: trainConfig.collectiveTimeout)
             if group.isRoot && group.size > 1 { print("data parallel: \(group.size) ranks, \(Parallel.coreCount) threads each on this machine") }
+            GEMM.reportBackend()
             let progress = ProgressReporter()
             try TrainingRun(config: trainConfig, group: group).run { progress.report($0) }
             group.finish()
@@ -139,6 +142,8 @@ final class ProgressReporter {
             print("data: \(train.rows) rows, \(train.tokens) tokens, \(train.truncated) truncated, \(train.dropped) dropped"
                   + (eval.map { "; eval: \($0.rows) rows, \($0.truncated) truncated, \($0.dropped) dropped" } ?? ""))
             if let resumedAt { print("resuming at step \(resumedAt)") }
+        case let .precision(precision, reason, gemm):
+            print("precision: \(precision.rawValue) (\(reason)); GEMM: \(gemm)")
         case let .step(log):
             let elapsed = MonotonicClock.now() - start
             let done = log.step - firstStep

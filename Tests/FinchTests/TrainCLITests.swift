@@ -124,4 +124,38 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         let sftOnPairs = try run(["train", "--method", "sft", "--model", model, "--data", try preferenceData(), "--output", temporary.appendingPathComponent("y").path])
         XCTAssertTrue(sftOnPairs.err.contains("cannot train on preference rows"), sftOnPairs.err)
     }
+
+    func losses(_ run: String) throws -> [Double] {
+        try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double
+        }
+    }
+
+    /// `--precision` is recorded with its reason; fp32 gives the same losses with the kernels
+    /// limited to AVX2 (FINCH_ISA=avx2) as on the native path, and bf16 stays close to fp32.
+    func testPrecisionChoiceAndISAOverride() throws {
+        let model = try model(), data = try preferenceData()
+        func train(_ name: String, _ precision: String, environment: [String: String] = [:]) throws -> String {
+            let output = temporary.appendingPathComponent(name).path
+            let r = try run(trainArguments(model: model, data: data, output: output) + ["--precision", precision], environment: environment)
+            XCTAssertEqual(r.status, 0, r.err)
+            if precision != "auto" { XCTAssertTrue(r.out.contains("precision: \(precision) ("), r.out) }
+            return output
+        }
+        let native = try train("native", "fp32"), avx2 = try train("avx2", "fp32", environment: ["FINCH_ISA": "avx2"])
+        let (a, b) = (try losses(native), try losses(avx2))
+        XCTAssertEqual(a.count, 6)
+        for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * abs(y), "fp32 losses differ between the native and AVX2 paths") }
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: avx2 + "/run.json"))) as! [String: Any]
+        let precision = record["precision"] as? [String: String]
+        XCTAssertEqual(precision?["chosen"], "fp32")
+        XCTAssertTrue(precision?["cpu"]?.contains("FINCH_ISA=avx2") == true, "\(String(describing: precision))")
+
+        let bf16 = try losses(try train("bf16", "bf16"))
+        for (x, y) in zip(bf16, a) { XCTAssertEqual(x, y, accuracy: 2e-2 * abs(y), "bf16 loss far from fp32") }
+        XCTAssertNotEqual(bf16, a, "bf16 products changed nothing")
+        let auto = try train("auto", "auto", environment: ["FINCH_ISA": "avx2"])
+        let autoRecord = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: auto + "/run.json"))) as! [String: Any]
+        XCTAssertEqual((autoRecord["precision"] as? [String: String])?["chosen"], "fp32", "auto under FINCH_ISA=avx2 has no native bf16")
+    }
 }

@@ -1,3 +1,4 @@
+import FinchCPU
 import Foundation
 
 /// Measurements printed by `finch bench`. Timings are medians over repetitions after a warm-up.
@@ -6,22 +7,68 @@ public enum Benchmarks {
 
     static func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
 
-    /// GFLOP/s of C[m, n] = A[m, k] B[k, n] in f32 (2mnk FLOPs per product).
-    public static func sgemm(m: Int, n: Int, k: Int, repetitions: Int = 5) -> Double {
+    /// Where a timed product runs.
+    public enum GEMMPath: String, CaseIterable, Sendable {
+        case fp32 = "fp32"                 // the fp32 backend (oneDNN, or OpenBLAS without it)
+        case bf16 = "bf16"                 // bf16 weights and inputs, fp32 accumulation (native or portable)
+        case openBLAS = "fp32 OpenBLAS"    // OpenBLAS alone, for comparison
+    }
+
+    /// GFLOP/s of a linear layer's forward product y[m, n] = x[m, k] W^T, W [n, k] (2mnk FLOPs
+    /// per product), median over repetitions. bf16 times the product as training runs it: the
+    /// weights stored bf16, the activations converted inside the timed call.
+    public static func gemm(m: Int, n: Int, k: Int, path: GEMMPath, repetitions: Int = 5) -> Double {
         let a = UnsafeMutablePointer<Float>.allocate(capacity: m * k)
         let b = UnsafeMutablePointer<Float>.allocate(capacity: k * n)
+        let b16 = UnsafeMutablePointer<UInt16>.allocate(capacity: k * n)
         let c = UnsafeMutablePointer<Float>.allocate(capacity: m * n)
-        defer { a.deallocate(); b.deallocate(); c.deallocate() }
+        defer { a.deallocate(); b.deallocate(); b16.deallocate(); c.deallocate() }
         var rng = FinchRandom(seed: 1)
         for i in 0..<m * k { a[i] = rng.nextFloat() - 0.5 }
         for i in 0..<k * n { b[i] = rng.nextFloat() - 0.5 }
+        BFloat16.convert(b, to: b16, count: k * n)
         var times: [Double] = []
         for rep in 0...repetitions {
             let start = now()
-            BLAS.sgemm(.none, .none, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: c, ldc: n)
+            switch path {
+            case .fp32: GEMM.sgemm(.none, .transpose, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: c, ldc: n)
+            case .bf16: GEMM.multiply(.none, .transpose, m: m, n: n, k: k, a: .f32(a), lda: k, b: .bf16(b16), ldb: k,
+                                      c: c, ldc: n, precision: .bf16)
+            case .openBLAS: BLAS.sgemm(.none, .transpose, m: m, n: n, k: k, a: a, lda: k, b: b, ldb: k, c: c, ldc: n)
+            }
             if rep > 0 { times.append(now() - start) }
         }
         return 2 * Double(m) * Double(n) * Double(k) / median(times) / 1e9
+    }
+
+    /// The arithmetic peaks of this CPU on all of this process's cores, measured.
+    public struct Peaks: Sendable {
+        /// fp32 FMA GFLOP/s with the widest vectors Finch may use (AVX-512 or AVX2).
+        public var fp32: Double
+        public var fp32Kind: String
+        /// bf16 dot-product GFLOP/s (AVX512_BF16 `vdpbf16ps`), where the CPU has it.
+        public var bf16: Double?
+    }
+
+    /// Best of `repetitions` runs of the peak loops on every core at once.
+    public static func peaks(repetitions: Int = 3) -> Peaks {
+        let cores = Parallel.coreCount
+        func measure(kind: Int32, lanes: Int) -> Double {
+            let iterations: Int64 = 20_000_000
+            var best = 0.0
+            for _ in 0..<repetitions {
+                let start = now()
+                DispatchQueue.concurrentPerform(iterations: cores) { _ in _ = finchPeakLoop(kind, iterations) }
+                let seconds = now() - start
+                best = max(best, Double(cores) * Double(iterations) * 12 * Double(lanes) * 2 / seconds / 1e9)
+            }
+            return best
+        }
+        let f = CPU.features
+        let wide = f.contains(.avx512f)
+        let fp32 = f.contains(.avx2) && f.contains(.fma) ? measure(kind: wide ? 1 : 0, lanes: wide ? 16 : 8) : 0
+        let bf16 = f.contains(.avx512bf16) ? measure(kind: 2, lanes: 32) : nil
+        return Peaks(fp32: fp32, fp32Kind: wide ? "AVX-512 FMA" : "AVX2 FMA", bf16: bf16)
     }
 
     public struct StepTiming: Sendable {
@@ -189,3 +236,7 @@ extension Benchmarks {
                             prefillTokensPerSecond: median(prefill), decodeTokensPerSecond: median(decode))
     }
 }
+
+/// The C peak loop (kind 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX512_BF16 dot), called only where the CPU has it.
+@inline(never)
+func finchPeakLoop(_ kind: Int32, _ iterations: Int64) -> Float { finch_peak_loop(kind, iterations) }

@@ -74,7 +74,7 @@ public struct MergedWeights {
             b.withUnsafeBufferPointer { b in
                 w.withUnsafeMutableBufferPointer { w in
                     // W += scale * B A
-                    BLAS.sgemm(.none, .none, m: out, n: inputs, k: r, alpha: lora.scale, a: b.baseAddress!, lda: r,
+                    GEMM.sgemm(.none, .none, m: out, n: inputs, k: r, alpha: lora.scale, a: b.baseAddress!, lda: r,
                                b: a.baseAddress!, ldb: inputs, beta: 1, c: w.baseAddress!, ldc: inputs)
                 }
             }

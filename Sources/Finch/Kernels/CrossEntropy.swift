@@ -89,8 +89,8 @@ public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<In
                 for c in 0..<dim { dst[c] += dh[i * dim + c] }
             }
             if let dHead = backward.dHead {
-                BLAS.sgemm(.transpose, .none, m: vocab, n: dim, k: n, a: logits, lda: vocab, b: h, ldb: dim,
-                           beta: 1, c: dHead, ldc: dim)
+                GEMM.multiply(.transpose, .none, m: vocab, n: dim, k: n, a: .f32(logits), lda: vocab, b: .f32(h), ldb: dim,
+                              beta: 1, c: dHead, ldc: dim, precision: head.precision)
             }
         }
         start += n

@@ -3,6 +3,7 @@ import Foundation
 /// A frozen or trainable weight matrix [rows, columns] (rows = outputs of a linear layer).
 /// Float weights are used in place; quantized ones stay quantized and are dequantized
 /// tile by tile inside each product, so a 4-bit base costs 4 bits per weight in memory.
+/// bf16 copies (`--precision bf16`) multiply in bf16 (see `Precision`): half the memory of f32.
 public final class WeightMatrix: @unchecked Sendable {
     public let rows: Int
     public let columns: Int
@@ -16,6 +17,9 @@ public final class WeightMatrix: @unchecked Sendable {
     /// Products with a few vectors round them to 8 bits per block of 32 against quantized
     /// weights (integer dot products, as llama.cpp does): faster decoding, results ~1e-2 from exact.
     public var int8Activations = false
+    /// The precision of products with this matrix: bf16 for bf16 copies, and for f32 weights
+    /// (full fine-tuning) trained in bf16 mixed precision, whose inputs are then rounded.
+    public var precision: Precision = .fp32
 
     /// Rows dequantized per tile: matrices of up to `wholeTileFloats` weights are dequantized whole
     /// (one GEMM per product: many small GEMMs cost more than the dequantization); larger ones
@@ -54,6 +58,14 @@ public final class WeightMatrix: @unchecked Sendable {
     }
 
     public var floats: UnsafePointer<Float>? { dtype == .f32 ? storage.assumingMemoryBound(to: Float.self) : nil }
+    /// The matrix as a GEMM operand, when it is stored f32 or bf16 (not quantized).
+    var operand: GEMMOperand? {
+        switch dtype {
+        case .f32: return .f32(storage.assumingMemoryBound(to: Float.self))
+        case .bf16: return .bf16(storage.assumingMemoryBound(to: UInt16.self))
+        default: return nil
+        }
+    }
     public var byteCount: Int { rows * dtype.rowBytes(columns: columns) }
 
     /// Writes rows [start, start+count) as f32 into dst [count, columns].
@@ -78,6 +90,40 @@ public final class WeightMatrix: @unchecked Sendable {
         return dense
     }
 
+    /// A bf16 copy (owned), rounded to nearest even, multiplying in bf16. It keeps a quantized
+    /// original as its `compact` form for `matVec` (decoding reads those fewer bytes, exactly).
+    public func bf16Copy() -> WeightMatrix {
+        if dtype == .bf16 { return self }
+        let owned = OwnedBytes(count: rows * columns * 2)
+        let dst = owned.pointer.assumingMemoryBound(to: UInt16.self)
+        fillBF16(dst)
+        let copy = WeightMatrix(rows: rows, columns: columns, dtype: .bf16, storage: UnsafeRawPointer(dst), owner: owned)
+        copy.precision = .bf16
+        copy.compact = matVecSupports(dtype) && dtype != .f32 ? self : compact
+        return copy
+    }
+
+    /// Writes the matrix as bf16 into dst [rows, columns], a tile of rows at a time.
+    fileprivate func fillBF16(_ dst: UnsafeMutablePointer<UInt16>) {
+        let columns = self.columns
+        if let f = floats {
+            parallelFor(rows, grain: 64) { range in
+                BFloat16.convert(f + range.lowerBound * columns, to: dst + range.lowerBound * columns, count: range.count * columns)
+            }
+            return
+        }
+        let tileRows = min(Self.tileRows, rows)
+        let tile = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * columns)
+        defer { tile.deallocate() }
+        var start = 0
+        while start < rows {
+            let count = min(tileRows, rows - start)
+            dequantizeRows(start, count, into: tile)
+            BFloat16.convert(tile, to: dst + start * columns, count: count * columns)
+            start += count
+        }
+    }
+
     /// The form that `matVec` reads for products with a few vectors, if any.
     private var matVecForm: WeightMatrix? {
         if let compact { return compact }
@@ -94,14 +140,14 @@ public final class WeightMatrix: @unchecked Sendable {
                    columns: columns, x, n: n, accumulate: accumulate, int8: int8Activations)
             return
         }
-        if let w = floats {
-            BLAS.sgemm(.none, .transpose, m: n, n: rows, k: columns, a: x, lda: columns, b: w, ldb: columns,
-                       beta: beta, c: y, ldc: ldy)
+        if let w = operand {
+            GEMM.multiply(.none, .transpose, m: n, n: rows, k: columns, a: .f32(x), lda: columns, b: w, ldb: columns,
+                          beta: beta, c: y, ldc: ldy, precision: precision)
             return
         }
         withTile { tile, start, count in
-            BLAS.sgemm(.none, .transpose, m: n, n: count, k: columns, a: x, lda: columns, b: tile, ldb: columns,
-                       beta: beta, c: y + start, ldc: ldy)
+            GEMM.multiply(.none, .transpose, m: n, n: count, k: columns, a: .f32(x), lda: columns, b: .f32(tile), ldb: columns,
+                          beta: beta, c: y + start, ldc: ldy, precision: precision)
         }
     }
 
@@ -110,10 +156,11 @@ public final class WeightMatrix: @unchecked Sendable {
     /// joined never depends on where a file happened to store two tensors.
     var joinedWithNext = false
 
-    /// Whether `next`'s f32 rows follow this matrix's in memory, joined on purpose, so that the
-    /// two act as one matrix of rows + next.rows rows in a product.
+    /// Whether `next`'s f32 (or bf16) rows follow this matrix's in memory, joined on purpose, so
+    /// that the two act as one matrix of rows + next.rows rows in a product.
     func isFollowed(by next: WeightMatrix) -> Bool {
-        joinedWithNext && dtype == .f32 && next.dtype == .f32 && columns == next.columns && storage + byteCount == next.storage
+        joinedWithNext && (dtype == .f32 || dtype == .bf16) && next.dtype == dtype && precision == next.precision
+            && columns == next.columns && storage + byteCount == next.storage
     }
 
     /// Matrices whose rows lie one after another in memory and whose outputs are column blocks,
@@ -126,19 +173,19 @@ public final class WeightMatrix: @unchecked Sendable {
         return matrices.reduce(0) { $0 + $1.rows } <= ld
     }
 
-    /// Calls `body(weights, rows, columns)` with the matrices as one f32 matrix, if their outputs
-    /// (or gradients) are column blocks of one matrix in order: joined f32 matrices as they lie,
-    /// quantized ones (`--keep-quantized`) dequantized together into one tile when they fit in
-    /// `wholeTileFloats`. Returns false, calling nothing, otherwise.
+    /// Calls `body(weights, rows, columns)` with the matrices as one matrix, if their outputs
+    /// (or gradients) are column blocks of one matrix in order: joined f32 or bf16 matrices as
+    /// they lie, quantized ones (`--keep-quantized`) dequantized together into one f32 tile when
+    /// they fit in `wholeTileFloats`. Returns false, calling nothing, otherwise.
     private static func withOneMatrix(_ matrices: [WeightMatrix], _ outputs: [UnsafePointer<Float>], ld: Int,
-                                      _ body: (UnsafePointer<Float>, Int, Int) -> Void) -> Bool {
+                                      _ body: (GEMMOperand, Int, Int) -> Void) -> Bool {
         guard let first = matrices.first, matrices.count > 1 else { return false }
         let rows = matrices.reduce(0) { $0 + $1.rows }, columns = first.columns
         if formOneMatrix(matrices, outputs, ld: ld) {
-            body(first.floats!, rows, columns)
+            body(first.operand!, rows, columns)
             return true
         }
-        guard matrices.allSatisfy({ $0.floats == nil && $0.columns == columns }), rows <= ld, rows * columns <= wholeTileFloats,
+        guard matrices.allSatisfy({ $0.operand == nil && $0.columns == columns }), rows <= ld, rows * columns <= wholeTileFloats,
               (1..<matrices.count).allSatisfy({ outputs[$0 - 1] + matrices[$0 - 1].rows == outputs[$0] }) else { return false }
         let tile = UnsafeMutablePointer<Float>.allocate(capacity: rows * columns)
         defer { tile.deallocate() }
@@ -147,7 +194,7 @@ public final class WeightMatrix: @unchecked Sendable {
             m.dequantizeRows(0, m.rows, into: tile + start * columns)
             start += m.rows
         }
-        body(tile, rows, columns)
+        body(.f32(tile), rows, columns)
         return true
     }
 
@@ -162,8 +209,8 @@ public final class WeightMatrix: @unchecked Sendable {
         guard n <= matVecMaxVectors, forms.count == products.count, let columns = matrices.first?.columns,
               matrices.allSatisfy({ $0.columns == columns }) else {
             if let ldy, withOneMatrix(matrices, products.map { UnsafePointer($0.output) }, ld: ldy, { w, rows, columns in
-                BLAS.sgemm(.none, .transpose, m: n, n: rows, k: columns, a: x, lda: columns, b: w, ldb: columns,
-                           c: products[0].output, ldc: ldy)
+                GEMM.multiply(.none, .transpose, m: n, n: rows, k: columns, a: .f32(x), lda: columns, b: w, ldb: columns,
+                              c: products[0].output, ldc: ldy, precision: matrices[0].precision)
             }) { return }
             for p in products { p.matrix.multiply(x, n: n, into: p.output, ldy: ldy) }
             return
@@ -179,15 +226,15 @@ public final class WeightMatrix: @unchecked Sendable {
     public func multiplyTransposed(_ dy: UnsafePointer<Float>, lddy: Int? = nil, n: Int, into dx: UnsafeMutablePointer<Float>,
                                    accumulate: Bool = true) {
         let lddy = lddy ?? rows
-        if let w = floats {
-            BLAS.sgemm(.none, .none, m: n, n: columns, k: rows, a: dy, lda: lddy, b: w, ldb: columns,
-                       beta: accumulate ? 1 : 0, c: dx, ldc: columns)
+        if let w = operand {
+            GEMM.multiply(.none, .none, m: n, n: columns, k: rows, a: .f32(dy), lda: lddy, b: w, ldb: columns,
+                          beta: accumulate ? 1 : 0, c: dx, ldc: columns, precision: precision)
             return
         }
         var first = !accumulate
         withTile { tile, start, count in
-            BLAS.sgemm(.none, .none, m: n, n: columns, k: count, a: dy + start, lda: lddy, b: tile, ldb: columns,
-                       beta: first ? 0 : 1, c: dx, ldc: columns)
+            GEMM.multiply(.none, .none, m: n, n: columns, k: count, a: .f32(dy + start), lda: lddy, b: .f32(tile), ldb: columns,
+                          beta: first ? 0 : 1, c: dx, ldc: columns, precision: precision)
             first = false
         }
     }
@@ -199,28 +246,39 @@ public final class WeightMatrix: @unchecked Sendable {
                                    into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
         let matrices = terms.map(\.matrix)
         if withOneMatrix(matrices, terms.map(\.dy), ld: lddy, { w, rows, columns in
-            BLAS.sgemm(.none, .none, m: n, n: columns, k: rows, a: terms[0].dy, lda: lddy, b: w, ldb: columns,
-                       beta: accumulate ? 1 : 0, c: dx, ldc: columns)
+            GEMM.multiply(.none, .none, m: n, n: columns, k: rows, a: .f32(terms[0].dy), lda: lddy, b: w, ldb: columns,
+                          beta: accumulate ? 1 : 0, c: dx, ldc: columns, precision: matrices[0].precision)
         }) { return }
         for (i, term) in terms.enumerated() {
             term.matrix.multiplyTransposed(term.dy, lddy: lddy, n: n, into: dx, accumulate: accumulate || i > 0)
         }
     }
 
-    /// Dense f32 copies of `matrices` (all with the same columns) in one allocation, one after
-    /// another, so that products with all of them can run as one GEMM. Each keeps its stored
-    /// form as `compact` for matVec, as `denseCopy` does.
-    static func jointDenseCopies(_ matrices: [WeightMatrix]) -> [WeightMatrix] {
+    /// Dense f32 (or bf16) copies of `matrices` (all with the same columns) in one allocation,
+    /// one after another, so that products with all of them can run as one GEMM. Each keeps its
+    /// stored form as `compact` for matVec, as `denseCopy` does.
+    static func jointDenseCopies(_ matrices: [WeightMatrix], precision: Precision = .fp32) -> [WeightMatrix] {
         let columns = matrices[0].columns
         precondition(matrices.allSatisfy { $0.columns == columns })
-        let owned = OwnedBytes(count: matrices.reduce(0) { $0 + $1.rows } * columns * 4)
-        var dst = owned.pointer.assumingMemoryBound(to: Float.self)
+        let elementBytes = precision == .bf16 ? 2 : 4
+        let owned = OwnedBytes(count: matrices.reduce(0) { $0 + $1.rows } * columns * elementBytes)
+        var dst = owned.pointer
         return matrices.enumerated().map { i, m in
-            if let f = m.floats { dst.update(from: f, count: m.rows * columns) } else { m.dequantizeRows(0, m.rows, into: dst) }
-            let dense = WeightMatrix(rows: m.rows, columns: columns, floats: dst, owner: owned)
+            let dense: WeightMatrix
+            switch precision {
+            case .fp32:
+                let f = dst.assumingMemoryBound(to: Float.self)
+                if let src = m.floats { f.update(from: src, count: m.rows * columns) } else { m.dequantizeRows(0, m.rows, into: f) }
+                dense = WeightMatrix(rows: m.rows, columns: columns, floats: f, owner: owned)
+            case .bf16:
+                let h = dst.assumingMemoryBound(to: UInt16.self)
+                m.fillBF16(h)
+                dense = WeightMatrix(rows: m.rows, columns: columns, dtype: .bf16, storage: UnsafeRawPointer(h), owner: owned)
+                dense.precision = .bf16
+            }
             if m.dtype != .f32 && matVecSupports(m.dtype) { dense.compact = m } else { dense.compact = m.compact }
             dense.joinedWithNext = i < matrices.count - 1
-            dst += m.rows * columns
+            dst += m.rows * columns * elementBytes
             return dense
         }
     }

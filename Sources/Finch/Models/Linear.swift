@@ -71,9 +71,9 @@ final class Linear {
         }
         let loraInput = dropped.map { UnsafePointer($0) } ?? x
         // xa = x A^T  [n, r];  y += scale * xa B^T
-        BLAS.sgemm(.none, .transpose, m: n, n: lora.rank, k: inFeatures, a: loraInput, lda: inFeatures,
+        GEMM.sgemm(.none, .transpose, m: n, n: lora.rank, k: inFeatures, a: loraInput, lda: inFeatures,
                    b: lora.a, ldb: inFeatures, c: xa, ldc: lora.rank)
-        BLAS.sgemm(.none, .transpose, m: n, n: outFeatures, k: lora.rank, alpha: lora.scale, a: xa, lda: lora.rank,
+        GEMM.sgemm(.none, .transpose, m: n, n: outFeatures, k: lora.rank, alpha: lora.scale, a: xa, lda: lora.rank,
                    b: lora.b, ldb: lora.rank, beta: 1, c: y, ldc: ldy)
     }
 
@@ -103,7 +103,8 @@ final class Linear {
         let out = outFeatures, inF = inFeatures
         if let weightGrad {
             // dW += dy^T x
-            BLAS.sgemm(.transpose, .none, m: out, n: inF, k: n, a: dy, lda: lddy, b: x, ldb: inF, beta: 1, c: weightGrad, ldc: inF)
+            GEMM.multiply(.transpose, .none, m: out, n: inF, k: n, a: .f32(dy), lda: lddy, b: .f32(x), ldb: inF, beta: 1,
+                          c: weightGrad, ldc: inF, precision: weight.precision)
         }
         if let biasGrad {
             parallelFor(out, grain: 64) { cols in
@@ -120,22 +121,22 @@ final class Linear {
         }
         let loraInput = dropped.map { UnsafePointer($0) } ?? x
         // dB += scale * dy^T xa   [out, r]
-        BLAS.sgemm(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: dy, lda: lddy, b: xa, ldb: r,
+        GEMM.sgemm(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: dy, lda: lddy, b: xa, ldb: r,
                    beta: 1, c: lora.db, ldc: r)
         // dxa = scale * dy B   [n, r]
         let dxa = scratch
-        BLAS.sgemm(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: dy, lda: lddy, b: lora.b, ldb: r,
+        GEMM.sgemm(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: dy, lda: lddy, b: lora.b, ldb: r,
                    c: dxa, ldc: r)
         // dA += dxa^T dropout(x)   [r, in]
-        BLAS.sgemm(.transpose, .none, m: r, n: inF, k: n, a: dxa, lda: r, b: loraInput, ldb: inF,
+        GEMM.sgemm(.transpose, .none, m: r, n: inF, k: n, a: dxa, lda: r, b: loraInput, ldb: inF,
                    beta: 1, c: lora.da, ldc: inF)
         guard let dx else { return }
         if let mask = saved.dropoutMask, let dxLoRA = dropped {
             // d dropout(x) / dx is the mask itself (0 or 1/keep).
-            BLAS.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, c: dxLoRA, ldc: inF)
+            GEMM.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, c: dxLoRA, ldc: inF)
             for i in 0..<n * inF { dx[i] += dxLoRA[i] * mask[i] }
         } else {
-            BLAS.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, beta: 1, c: dx, ldc: inF)
+            GEMM.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, beta: 1, c: dx, ldc: inF)
         }
     }
 }

@@ -36,6 +36,10 @@ final class DecoderLayer {
 public final class Transformer {
     public let config: ModelConfig
     public let fineTuning: FineTuning
+    /// The precision of the base model's products: bf16 holds the frozen weights in bf16 (half
+    /// the memory) and rounds matmul inputs to bf16; LoRA weights, gradients, optimizer state,
+    /// norms, softmax, attention and every loss stay fp32.
+    public let precision: Precision
     /// The trainable parameters (LoRA pairs or all weights); nil in inference.
     public let parameters: ParameterSet?
     let embedding: WeightMatrix          // (V, C)
@@ -74,10 +78,11 @@ public final class Transformer {
     /// below it they are dequantized once at load, which spares every matmul its dequantization
     /// (a 135M model costs 0.5 GB as f32; a 1B model stays 4-bit).
     public init(files: ModelFiles, fineTuning: FineTuning = .none, seed: UInt64 = 0,
-                denseLimitBytes: Int = Transformer.defaultDenseLimitBytes) throws {
+                denseLimitBytes: Int = Transformer.defaultDenseLimitBytes, precision: Precision = .fp32) throws {
         let config = files.config
         self.config = config
         self.fineTuning = fineTuning
+        self.precision = precision
         random = FinchRandom(seed: seed)
         rotary = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
         let tensors = files.tensors, source = files.source
@@ -150,17 +155,21 @@ public final class Transformer {
             dequantizeRow(t.dtype, t.bytes, p, count: t.elementCount)
             return (p, nil)
         }
-        let denseBytes = layout.reduce(0) { $0 + $1.shape.reduce(4, *) }
+        let denseBytes = layout.reduce(0) { $0 + $1.shape.reduce(precision == .bf16 ? 2 : 4, *) }
         let keepQuantized = denseBytes > denseLimitBytes
         func matrix(_ name: String) -> (WeightMatrix, UnsafeMutablePointer<Float>?) {
             let t = stored[name]!
             if fineTuning == .full, let p = parameters?.value(name) {
                 let m = WeightMatrix(t)
                 m.dequantizeRows(0, m.rows, into: p)
-                return (WeightMatrix(rows: t.rows, columns: t.columns, floats: p, owner: parameters), parameters!.grad(name))
+                let trained = WeightMatrix(rows: t.rows, columns: t.columns, floats: p, owner: parameters)
+                trained.precision = precision
+                return (trained, parameters!.grad(name))
             }
             let m = WeightMatrix(t)
-            return (keepQuantized ? m : m.denseCopy(), nil)
+            m.precision = precision
+            if keepQuantized { return (m, nil) }
+            return (precision == .bf16 ? m.bf16Copy() : m.denseCopy(), nil)
         }
 
         let (embedding, embeddingGrad) = matrix("model.embed_tokens.weight")
@@ -193,8 +202,8 @@ public final class Transformer {
             if copiedAtLoad && fineTuning == .full {
                 let (g, u) = (weights[gate].0, weights[up].0)
                 g.joinedWithNext = g.floats.map { $0 + g.rows * g.columns } == u.floats && g.columns == u.columns
-            } else if copiedAtLoad && !keepQuantized {
-                let joint = WeightMatrix.jointDenseCopies([weights[gate].0, weights[up].0])
+            } else if (copiedAtLoad || precision == .bf16) && !keepQuantized {
+                let joint = WeightMatrix.jointDenseCopies([weights[gate].0, weights[up].0], precision: precision)
                 weights[gate].0 = joint[0]; weights[up].0 = joint[1]
             }
             var projections: [Linear] = []

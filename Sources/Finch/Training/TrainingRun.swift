@@ -8,6 +8,8 @@ import Foundation
 public final class TrainingRun {
     public enum Event {
         case prepared(train: TrainingData.Report, eval: TrainingData.Report?, totalSteps: Int, resumedAt: Int?)
+        /// The precision chosen (`--precision`), why, and the GEMM backend that runs it.
+        case precision(Precision, reason: String, gemm: String)
         case step(StepLog)
         case evaluation(step: Int, metrics: [String: Double])
         case checkpoint(step: Int, path: String)
@@ -33,6 +35,8 @@ public final class TrainingRun {
     var files: ModelFiles!
     var evalExamples: [Example] = []
     var metricsHandle: FileHandle?
+    /// The precision of the base model's products, and why it was chosen.
+    public private(set) var precision: (precision: Precision, reason: String) = (.fp32, "")
 
     public init(config: TrainConfig, group: ProcessGroup = .single) {
         self.config = config
@@ -66,14 +70,16 @@ public final class TrainingRun {
 
         let tuning: FineTuning
         if config.full { tuning = .full } else if let adapter = config.adapter { tuning = .lora(try PEFTAdapter.config(directory: adapter)) } else { tuning = .lora(config.loraConfig) }
+        precision = config.precision.resolved()
         let model = try Transformer(files: files, fineTuning: tuning, seed: config.trainer.seed,
-                                    denseLimitBytes: config.keepQuantized ? 0 : Transformer.defaultDenseLimitBytes)
+                                    denseLimitBytes: config.keepQuantized ? 0 : Transformer.defaultDenseLimitBytes,
+                                    precision: precision.precision)
         model.gradientCheckpointing = config.gradientCheckpointing
         if let adapter = config.adapter, !config.full { try PEFTAdapter.load(directory: adapter, into: model) }
         let padId = Int32(tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0)
         let objective: Objective
         if let loss = config.preferenceLoss {
-            let reference: ReferenceModel? = loss.needsReference ? (config.full ? .model(try Transformer(files: files)) : .adaptersOff) : nil
+            let reference: ReferenceModel? = loss.needsReference ? (config.full ? .model(try Transformer(files: files, precision: precision.precision)) : .adaptersOff) : nil
             objective = try PreferenceObjective(loss: loss, padId: padId, reference: reference)
         } else {
             objective = SFTObjective(padId: padId)
@@ -94,6 +100,7 @@ public final class TrainingRun {
             try openMetrics(keepingStepsUpTo: resumedAt ?? 0)
             try writeRunRecord(status: "running")
         }
+        onEvent(.precision(precision.precision, reason: precision.reason, gemm: GEMM.description))
         onEvent(.prepared(train: trainReport, eval: evalReport, totalSteps: trainer.totalSteps, resumedAt: resumedAt))
         // A baseline before the first step, so the log shows what training changed.
         if resumedAt == nil && !evalExamples.isEmpty { try evaluate(step: 0, onEvent: onEvent) }
@@ -238,6 +245,8 @@ public final class TrainingRun {
         var record: [String: Any] = ["status": status, "config": configObject, "finch_version": Finch.version,
                                      "seed": config.trainer.seed, "step": trainer.state.step, "ranks": group.size]
         if let commit = Finch.gitCommit { record["git_commit"] = commit }
+        record["precision"] = ["chosen": precision.precision.rawValue, "reason": precision.reason,
+                               "gemm": GEMM.description, "cpu": CPU.description]
         var checksums: [String: String] = [:]
         for source in [config.model, config.data] + (config.evalData.map { [$0] } ?? []) {
             checksums[source] = try SHA256.hex(ofPath: source)

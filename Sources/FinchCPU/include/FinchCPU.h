@@ -1,0 +1,91 @@
+// FinchCPU: what the CPU running Finch can do, and the code that uses it.
+//
+// Everything here is chosen at run time: kernels for an instruction set are compiled with
+// `__attribute__((target(...)))` and called only after cpuid says the CPU has it, and oneDNN
+// is loaded with dlopen. Nothing depends on the machine that built Finch.
+#ifndef FINCH_CPU_H
+#define FINCH_CPU_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// MARK: - Instruction sets (cpuid and xgetbv)
+
+enum {
+    FINCH_CPU_AVX2 = 1 << 0,
+    FINCH_CPU_FMA = 1 << 1,
+    FINCH_CPU_F16C = 1 << 2,
+    FINCH_CPU_AVX512F = 1 << 3,
+    FINCH_CPU_AVX512BW = 1 << 4,
+    FINCH_CPU_AVX512VL = 1 << 5,
+    FINCH_CPU_AVX512VNNI = 1 << 6,
+    FINCH_CPU_AVX512BF16 = 1 << 7,
+    FINCH_CPU_AMX_BF16 = 1 << 8,
+    FINCH_CPU_AMX_TILE = 1 << 9,
+    FINCH_CPU_AVXVNNI = 1 << 10,
+    FINCH_CPU_AVX512DQ = 1 << 11,
+};
+
+/// The features above that this CPU has and the operating system enabled (XSAVE state).
+uint32_t finch_cpu_features(void);
+
+/// The CPU's brand string ("AMD EPYC 9R14 ...") into buffer (at least 49 bytes); empty if unknown.
+void finch_cpu_brand(char *buffer, size_t size);
+
+// MARK: - bf16 conversion (round to nearest even, as PyTorch and oneDNN round)
+
+/// The kernel level the conversions below use: 0 portable C, 1 AVX2, 2 AVX-512 (F+BW); all round
+/// alike, subnormals included.
+/// `maxLevel` caps it (the FINCH_ISA override); returns the level chosen.
+int finch_bf16_set_level(int maxLevel, uint32_t features);
+
+/// dst[i] = bf16(src[i]) for i < count.
+void finch_f32_to_bf16(const float *src, uint16_t *dst, size_t count);
+/// dst[i] = f32(src[i]) (exact).
+void finch_bf16_to_f32(const uint16_t *src, float *dst, size_t count);
+/// dst[i] = f32(bf16(src[i])): the value a bf16 product sees, kept as f32 (dst may equal src).
+void finch_round_to_bf16(const float *src, float *dst, size_t count);
+/// Rows of a strided matrix to bf16: dst [rows, columns] dense, src rows `ld` apart.
+void finch_f32_to_bf16_rows(const float *src, size_t ld, uint16_t *dst, size_t rows, size_t columns);
+
+// MARK: - Peak arithmetic loops (for `finch bench peak`)
+
+/// Runs `iterations` rounds of 12 independent vector FMAs (fp32) or bf16 dot products and
+/// returns a value that depends on them. kind: 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX512_BF16 dot.
+/// The caller must check the feature first. Each round is 12 * lanes * 2 FLOPs.
+float finch_peak_loop(int kind, int64_t iterations);
+
+// MARK: - oneDNN (libdnnl.so.2, loaded at run time)
+
+/// Loads oneDNN 2.x and creates its CPU engine; `maxISA` (a dnnl_cpu_isa_t value, 0 = all)
+/// caps the kernels it may use. Returns 0 on success, else a negative code and a message.
+int finch_onednn_load(unsigned maxISA, char *message, size_t messageSize);
+/// oneDNN's version as major * 10000 + minor * 100 + patch (0 when not loaded).
+int finch_onednn_version(void);
+/// The effective ISA oneDNN dispatches to (a dnnl_cpu_isa_t value).
+unsigned finch_onednn_effective_isa(void);
+
+/// Element types of a matmul operand.
+enum { FINCH_F32 = 0, FINCH_BF16 = 1 };
+
+/// C[m, n] = alpha * op(A) op(B) + beta * C, row-major, with fp32 accumulation and an fp32 C.
+/// A and B are f32 or bf16 (both the same type). op(A) is [m, k] (A^T when transA), op(B) [k, n].
+/// Primitives are created once per shape, type, alpha and beta and kept. Returns 0 on success;
+/// the message of a failure is in finch_onednn_last_error.
+int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                        const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
+                        float *c, int64_t ldc);
+/// The implementation oneDNN picked for the last matmul created (e.g. "brg:avx512_core_bf16").
+const char *finch_onednn_last_implementation(void);
+const char *finch_onednn_last_error(void);
+/// Number of primitives in the cache.
+int finch_onednn_cached_primitives(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,256 @@
+// oneDNN 2.x matmul primitives, loaded with dlopen so that Finch builds and runs without it.
+//
+// Only the few entry points below are used; their types are declared here as the library's
+// ABI defines them (oneDNN 2.x: memory and op descriptors are plain structs passed by
+// pointer, so they are held in buffers larger than any 2.x version's structs).
+#include "FinchCPU.h"
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+typedef int status_t;                        // dnnl_status_t; 0 = success
+typedef void *engine_t, *stream_t, *primitive_desc_t, *primitive_t, *memory_t, *attr_t, *post_ops_t;
+typedef int64_t dims_t[12];                  // dnnl_dims_t (DNNL_MAX_NDIMS = 12)
+typedef struct { _Alignas(64) unsigned char bytes[2048]; } memory_desc_t;     // 696 bytes in 2.6
+typedef struct { _Alignas(64) unsigned char bytes[8192]; } matmul_desc_t;     // 2800 bytes in 2.6
+typedef struct { int arg; memory_t memory; } exec_arg_t;
+typedef struct { int major, minor, patch; const char *hash; unsigned cpu_runtime, gpu_runtime; } version_t;
+
+enum { ENGINE_CPU = 1, DT_BF16 = 2, DT_F32 = 3, STREAM_IN_ORDER = 1, QUERY_IMPL_INFO_STR = 8,
+       ARG_SRC = 1, ARG_DST = 17, ARG_WEIGHTS = 33 };
+
+static struct {
+    status_t (*engine_create)(engine_t *, int, size_t);
+    status_t (*stream_create)(stream_t *, engine_t, unsigned);
+    status_t (*memory_desc_init_by_strides)(memory_desc_t *, int, const int64_t *, int, const int64_t *);
+    status_t (*matmul_desc_init)(matmul_desc_t *, const memory_desc_t *, const memory_desc_t *, const memory_desc_t *, const memory_desc_t *);
+    status_t (*primitive_desc_create)(primitive_desc_t *, const void *, attr_t, engine_t, primitive_desc_t);
+    status_t (*primitive_desc_query)(primitive_desc_t, int, int, void *);
+    status_t (*primitive_desc_destroy)(primitive_desc_t);
+    status_t (*primitive_create)(primitive_t *, primitive_desc_t);
+    status_t (*primitive_destroy)(primitive_t);
+    status_t (*primitive_execute)(primitive_t, stream_t, int, const exec_arg_t *);
+    status_t (*memory_create)(memory_t *, const memory_desc_t *, engine_t, void *);
+    status_t (*memory_set_data_handle)(memory_t, void *);
+    status_t (*memory_destroy)(memory_t);
+    status_t (*stream_wait)(stream_t);
+    status_t (*attr_create)(attr_t *);
+    status_t (*attr_destroy)(attr_t);
+    status_t (*attr_set_output_scales)(attr_t, int64_t, int, const float *);
+    status_t (*attr_set_post_ops)(attr_t, post_ops_t);
+    status_t (*post_ops_create)(post_ops_t *);
+    status_t (*post_ops_destroy)(post_ops_t);
+    status_t (*post_ops_append_sum)(post_ops_t, float);
+    status_t (*set_max_cpu_isa)(unsigned);
+    unsigned (*get_effective_cpu_isa)(void);
+    const version_t *(*version)(void);
+    engine_t engine;
+    stream_t stream;
+    int loaded;
+} dnnl;
+
+typedef struct {
+    int64_t m, n, k, lda, ldb, ldc;
+    int transA, transB, type;
+    float alpha, beta;
+} key_t_;
+
+typedef struct {
+    key_t_ key;
+    primitive_t primitive;
+    memory_t a, b, c;
+    int used;
+} entry_t;
+
+enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768 };
+static entry_t cache[CACHE_SLOTS];
+static int cached = 0;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static char lastImplementation[128] = "";
+static char lastError[256] = "";
+
+#define LOAD(field, name) do { \
+    *(void **)&dnnl.field = dlsym(handle, name); \
+    if (!dnnl.field) { snprintf(message, messageSize, "%s has no %s", path, name); dlclose(handle); return -2; } \
+} while (0)
+
+int finch_onednn_load(unsigned maxISA, char *message, size_t messageSize) {
+    if (dnnl.loaded) return 0;
+    const char *path = "libdnnl.so.2";
+    void *handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!handle) {
+        snprintf(message, messageSize, "%s not found (apt-get install libdnnl2)", path);
+        return -1;
+    }
+    LOAD(engine_create, "dnnl_engine_create");
+    LOAD(stream_create, "dnnl_stream_create");
+    LOAD(memory_desc_init_by_strides, "dnnl_memory_desc_init_by_strides");
+    LOAD(matmul_desc_init, "dnnl_matmul_desc_init");
+    LOAD(primitive_desc_create, "dnnl_primitive_desc_create");
+    LOAD(primitive_desc_query, "dnnl_primitive_desc_query");
+    LOAD(primitive_desc_destroy, "dnnl_primitive_desc_destroy");
+    LOAD(primitive_create, "dnnl_primitive_create");
+    LOAD(primitive_destroy, "dnnl_primitive_destroy");
+    LOAD(primitive_execute, "dnnl_primitive_execute");
+    LOAD(memory_create, "dnnl_memory_create");
+    LOAD(memory_set_data_handle, "dnnl_memory_set_data_handle");
+    LOAD(memory_destroy, "dnnl_memory_destroy");
+    LOAD(stream_wait, "dnnl_stream_wait");
+    LOAD(attr_create, "dnnl_primitive_attr_create");
+    LOAD(attr_destroy, "dnnl_primitive_attr_destroy");
+    LOAD(attr_set_output_scales, "dnnl_primitive_attr_set_output_scales");
+    LOAD(attr_set_post_ops, "dnnl_primitive_attr_set_post_ops");
+    LOAD(post_ops_create, "dnnl_post_ops_create");
+    LOAD(post_ops_destroy, "dnnl_post_ops_destroy");
+    LOAD(post_ops_append_sum, "dnnl_post_ops_append_sum");
+    LOAD(set_max_cpu_isa, "dnnl_set_max_cpu_isa");
+    LOAD(get_effective_cpu_isa, "dnnl_get_effective_cpu_isa");
+    LOAD(version, "dnnl_version");
+    const version_t *v = dnnl.version();
+    if (!v || v->major != 2) {
+        snprintf(message, messageSize, "%s is oneDNN %d.%d; Finch's binding speaks the 2.x API", path, v ? v->major : 0, v ? v->minor : 0);
+        dlclose(handle);
+        return -3;
+    }
+    if (maxISA != 0 && dnnl.set_max_cpu_isa(maxISA) != 0) {
+        snprintf(message, messageSize, "oneDNN refused the ISA limit %u", maxISA);
+        dlclose(handle);
+        return -4;
+    }
+    if (dnnl.engine_create(&dnnl.engine, ENGINE_CPU, 0) != 0 || dnnl.stream_create(&dnnl.stream, dnnl.engine, STREAM_IN_ORDER) != 0) {
+        snprintf(message, messageSize, "oneDNN could not create its CPU engine");
+        dlclose(handle);
+        return -5;
+    }
+    dnnl.loaded = 1;
+    return 0;
+}
+
+int finch_onednn_version(void) {
+    if (!dnnl.loaded) return 0;
+    const version_t *v = dnnl.version();
+    return v->major * 10000 + v->minor * 100 + v->patch;
+}
+
+unsigned finch_onednn_effective_isa(void) { return dnnl.loaded ? dnnl.get_effective_cpu_isa() : 0; }
+const char *finch_onednn_last_implementation(void) { return lastImplementation; }
+const char *finch_onednn_last_error(void) { return lastError; }
+int finch_onednn_cached_primitives(void) { return cached; }
+
+static uint64_t hash_key(const key_t_ *k) {
+    uint64_t h = 1469598103934665603ull;
+    const unsigned char *p = (const unsigned char *)k;
+    for (size_t i = 0; i < sizeof(*k); i++) { h ^= p[i]; h *= 1099511628211ull; }
+    return h;
+}
+
+static void clear_cache(void) {
+    for (int i = 0; i < CACHE_SLOTS; i++) {
+        entry_t *e = &cache[i];
+        if (!e->used) continue;
+        dnnl.primitive_destroy(e->primitive);
+        dnnl.memory_destroy(e->a);
+        dnnl.memory_destroy(e->b);
+        dnnl.memory_destroy(e->c);
+        e->used = 0;
+    }
+    cached = 0;
+}
+
+// A [rows, cols] matrix of element type dt, row-major with leading dimension ld, or its
+// transpose (the same memory read column-major) when transposed.
+static status_t describe(memory_desc_t *md, int64_t rows, int64_t cols, int64_t ld, int transposed, int dt) {
+    dims_t dims = {rows, cols}, strides = {0};
+    if (transposed) { strides[0] = 1; strides[1] = ld; } else { strides[0] = ld; strides[1] = 1; }
+    return dnnl.memory_desc_init_by_strides(md, 2, dims, dt, strides);
+}
+
+static entry_t *create(const key_t_ *key, entry_t *slot) {
+    int dt = key->type == FINCH_BF16 ? DT_BF16 : DT_F32;
+    memory_desc_t a, b, c;
+    matmul_desc_t op;
+    memset(&a, 0, sizeof a); memset(&b, 0, sizeof b); memset(&c, 0, sizeof c); memset(&op, 0, sizeof op);
+    if (describe(&a, key->m, key->k, key->lda, key->transA, dt) || describe(&b, key->k, key->n, key->ldb, key->transB, dt)
+        || describe(&c, key->m, key->n, key->ldc, 0, DT_F32) || dnnl.matmul_desc_init(&op, &a, &b, NULL, &c)) {
+        snprintf(lastError, sizeof lastError, "oneDNN rejected the matmul descriptor %lldx%lldx%lld",
+                 (long long)key->m, (long long)key->n, (long long)key->k);
+        return NULL;
+    }
+    attr_t attr = NULL;
+    post_ops_t ops = NULL;
+    if (dnnl.attr_create(&attr)) return NULL;
+    if (key->alpha != 1) dnnl.attr_set_output_scales(attr, 1, 0, &key->alpha);
+    if (key->beta != 0) {
+        dnnl.post_ops_create(&ops);
+        dnnl.post_ops_append_sum(ops, key->beta);
+        dnnl.attr_set_post_ops(attr, ops);
+    }
+    primitive_desc_t pd = NULL;
+    status_t s = dnnl.primitive_desc_create(&pd, &op, attr, dnnl.engine, NULL);
+    dnnl.attr_destroy(attr);
+    if (ops) dnnl.post_ops_destroy(ops);
+    if (s != 0) {
+        snprintf(lastError, sizeof lastError, "oneDNN has no matmul for %lldx%lldx%lld (%s, status %d)",
+                 (long long)key->m, (long long)key->n, (long long)key->k, dt == DT_BF16 ? "bf16" : "f32", s);
+        return NULL;
+    }
+    const char *impl = NULL;
+    if (dnnl.primitive_desc_query(pd, QUERY_IMPL_INFO_STR, 0, &impl) == 0 && impl)
+        snprintf(lastImplementation, sizeof lastImplementation, "%s", impl);
+    primitive_t p = NULL;
+    s = dnnl.primitive_create(&p, pd);
+    dnnl.primitive_desc_destroy(pd);
+    if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN could not create a matmul (status %d)", s); return NULL; }
+    memory_t ma = NULL, mb = NULL, mc = NULL;
+    if (dnnl.memory_create(&ma, &a, dnnl.engine, NULL) || dnnl.memory_create(&mb, &b, dnnl.engine, NULL)
+        || dnnl.memory_create(&mc, &c, dnnl.engine, NULL)) {
+        dnnl.primitive_destroy(p);
+        if (ma) dnnl.memory_destroy(ma);
+        if (mb) dnnl.memory_destroy(mb);
+        snprintf(lastError, sizeof lastError, "oneDNN could not create memory objects");
+        return NULL;
+    }
+    slot->key = *key;
+    slot->primitive = p;
+    slot->a = ma; slot->b = mb; slot->c = mc;
+    slot->used = 1;
+    cached++;
+    return slot;
+}
+
+int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                        const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
+                        float *c, int64_t ldc) {
+    if (!dnnl.loaded) { snprintf(lastError, sizeof lastError, "oneDNN is not loaded"); return -1; }
+    if (m <= 0 || n <= 0 || k <= 0) { snprintf(lastError, sizeof lastError, "empty matmul"); return -1; }
+    key_t_ key;
+    memset(&key, 0, sizeof key);          // padding too: the key is hashed and compared as bytes
+    key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldc = ldc;
+    key.transA = transA != 0; key.transB = transB != 0; key.type = type; key.alpha = alpha; key.beta = beta;
+    pthread_mutex_lock(&lock);
+    uint64_t h = hash_key(&key);
+    entry_t *e = NULL;
+    for (int probe = 0; probe < CACHE_SLOTS; probe++) {
+        entry_t *slot = &cache[(h + probe) % CACHE_SLOTS];
+        if (!slot->used) {
+            if (cached >= CACHE_LIMIT) {                 // many shapes (varying lengths): start afresh
+                clear_cache();
+                slot = &cache[h % CACHE_SLOTS];
+            }
+            e = create(&key, slot);
+            break;
+        }
+        if (memcmp(&slot->key, &key, sizeof key) == 0) { e = slot; break; }
+    }
+    if (!e) { pthread_mutex_unlock(&lock); return -2; }
+    dnnl.memory_set_data_handle(e->a, (void *)a);
+    dnnl.memory_set_data_handle(e->b, (void *)b);
+    dnnl.memory_set_data_handle(e->c, c);
+    exec_arg_t args[3] = {{ARG_SRC, e->a}, {ARG_WEIGHTS, e->b}, {ARG_DST, e->c}};
+    status_t s = dnnl.primitive_execute(e->primitive, dnnl.stream, 3, args);
+    if (s == 0) s = dnnl.stream_wait(dnnl.stream);
+    pthread_mutex_unlock(&lock);
+    if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN matmul failed (status %d)", s); return -3; }
+    return 0;
+}
