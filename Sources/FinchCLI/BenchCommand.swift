@@ -114,6 +114,8 @@ struct BenchCommand: ParsableCommand {
         var keepQuantized = false
         @Option(help: "Precision of the base model's products: auto (bf16 where the CPU computes it natively), fp32 or bf16.")
         var precision: PrecisionChoice = .auto
+        @Flag(help: "With --method: print the time of each kind of matrix product over the timed steps.")
+        var profile = false
 
         func run() throws {
             try runReportingErrors {
@@ -142,9 +144,14 @@ struct BenchCommand: ParsableCommand {
                     if let microBatch, microBatch < 1 || batch % microBatch != 0 {
                         throw ValidationError("--micro-batch \(microBatch) does not divide --batch \(batch)")
                     }
+                    if profile { GEMM.profile = GEMM.Profile() }
                     let t = try Benchmarks.trainingStep(model: transformer, method: kind, batch: batch, seq: seq,
                                                         promptLength: promptLength, optimizer: optimizer, microBatch: microBatch,
                                                         repetitions: repetitions)
+                    if let p = GEMM.profile {
+                        print("matrix products over \(repetitions + 1) steps (the first one cold):")
+                        for line in p.report().prefix(25) { print("  " + line) }
+                    }
                     print("\(GEMM.description); precision \(chosen.rawValue) (\(reason))")
                     var rows = kind == .orpo ? "\(batch) pairs (\(2 * batch) rows)" : "\(batch) rows"
                     if let microBatch, microBatch < batch { rows += " in micro-batches of \(microBatch)" }

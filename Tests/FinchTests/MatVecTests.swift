@@ -60,7 +60,18 @@ final class MatVecTests: XCTestCase {
     /// With 8-bit activations: equal (to float rounding) to the dequantized matrix times x rounded
     /// as the kernel documents (blocks of 32, d = max|x| / 127, q = x / d rounded to nearest even),
     /// and within 2% (relative L2) of the exact product; f32 matrices keep the exact path.
-    func testInt8ActivationsMatchRoundedVectorsAndStayNearExact() {
+    func testInt8ActivationsMatchRoundedVectorsAndStayNearExact() throws {
+        defer { int8DotUsesVNNI = int8DotHasVNNI }
+        int8DotUsesVNNI = false
+        checkInt8Activations()
+        guard int8DotHasVNNI else {
+            throw XCTSkip("testInt8ActivationsMatchRoundedVectorsAndStayNearExact: the AVX512_VNNI kernels need a CPU with AVX512_VNNI (\(CPU.description))")
+        }
+        int8DotUsesVNNI = true
+        checkInt8Activations()
+    }
+
+    func checkInt8Activations() {
         let rows = 37, columns = 96
         var rng = SplitMix(seed: 12)
         for dtype in [DType.f32, .q8_0, .q4_0, .q4_1] {

@@ -99,11 +99,52 @@ public enum GEMM {
         }
     }
 
+    /// Time and FLOPs per kind of product, when `profiling` is on (`finch bench step --profile`).
+    public final class Profile: @unchecked Sendable {
+        let lock = NSLock()
+        var entries: [String: (calls: Int, seconds: Double, flops: Double)] = [:]
+        public init() {}
+        func add(_ key: String, _ seconds: Double, _ flops: Double) {
+            lock.lock(); defer { lock.unlock() }
+            let e = entries[key] ?? (0, 0, 0)
+            entries[key] = (e.calls + 1, e.seconds + seconds, e.flops + flops)
+        }
+        /// Lines "key: calls, seconds, GFLOP/s", slowest first.
+        public func report() -> [String] {
+            lock.lock(); defer { lock.unlock() }
+            return entries.sorted { $0.value.seconds > $1.value.seconds }.map {
+                String(format: "%@: %d calls, %.3f s, %.1f GFLOP/s", $0.key, $0.value.calls, $0.value.seconds, $0.value.flops / max($0.value.seconds, 1e-12) / 1e9)
+            }
+        }
+        public func reset() { lock.lock(); entries = [:]; lock.unlock() }
+    }
+    nonisolated(unsafe) public static var profile: Profile?
+
+    @inline(__always)
+    static func timed(_ key: @autoclosure () -> String, flops: Double, _ body: () -> Void) {
+        guard let profile else { body(); return }
+        let start = MonotonicClock.now()
+        body()
+        profile.add(key(), MonotonicClock.now() - start, flops)
+    }
+
+    static func shapeKey(_ kind: String, _ tA: Transpose, _ tB: Transpose, _ m: Int, _ n: Int, _ k: Int) -> String {
+        "\(kind) \(tA == .none ? "N" : "T")\(tB == .none ? "N" : "T") \(m)x\(n)x\(k)"
+    }
+
     /// fp32 C[m, n] = alpha * op(A) op(B) + beta * C, all row-major; `op(A)` is [m, k], `op(B)` [k, n].
     public static func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                              alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                              b: UnsafePointer<Float>, ldb: Int,
                              beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        timed(shapeKey("fp32", transA, transB, m, n, k), flops: 2 * Double(m) * Double(n) * Double(k)) {
+            sgemmUntimed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
+    }
+
+    private static func sgemmUntimed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                     alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         guard m > 0, n > 0, k > 0, backend == .oneDNN,
               finch_onednn_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
                                   a, Int64(lda), b, Int64(ldb), Int32(FINCH_F32), beta, c, Int64(ldc)) == 0 else {
@@ -126,6 +167,16 @@ public enum GEMM {
             sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda, b: fb, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
+        timed(shapeKey("bf16", transA, transB, m, n, k), flops: 2 * Double(m) * Double(n) * Double(k)) {
+            multiplyMixed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                          precision: precision, aRows: aRows, aColumns: aColumns, bRows: bRows, bColumns: bColumns)
+        }
+    }
+
+    private static func multiplyMixed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float,
+                                      a: GEMMOperand, lda: Int, b: GEMMOperand, ldb: Int, beta: Float,
+                                      c: UnsafeMutablePointer<Float>, ldc: Int, precision: Precision,
+                                      aRows: Int, aColumns: Int, bRows: Int, bColumns: Int) {
         scratch.lock.lock()
         defer { scratch.lock.unlock() }
         if precision == .bf16 && nativeBF16 && !portableBF16 && k > 0 {
@@ -137,7 +188,7 @@ public enum GEMM {
         // The portable path: f32 operands, bf16-rounded in bf16 precision, bf16 ones widened.
         let (fa, lda3) = f32Operand(a, rows: aRows, columns: aColumns, ld: lda, round: precision == .bf16, into: &scratch.a)
         let (fb, ldb3) = f32Operand(b, rows: bRows, columns: bColumns, ld: ldb, round: precision == .bf16, into: &scratch.b)
-        sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda3, b: fb, ldb: ldb3, beta: beta, c: c, ldc: ldc)
+        sgemmUntimed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda3, b: fb, ldb: ldb3, beta: beta, c: c, ldc: ldc)
     }
 
     /// Conversion buffers, reused (products run one at a time; the lock makes sure of it).

@@ -16,6 +16,12 @@
 #if arch(x86_64) && FINCH_F16C
 import _Builtin_intrinsics.intel
 #endif
+import FinchCPU
+
+/// AVX512_VNNI byte dot products (FinchCPU/int8_dot.c) where the CPU has them (tests turn it off
+/// to run the AVX2 kernels too).
+nonisolated(unsafe) var int8DotUsesVNNI = int8DotHasVNNI
+let int8DotHasVNNI = CPU.features.isSuperset(of: [.avx512vnni, .avx512vl, .avx512bw, .f16c, .fma])
 
 /// Activation vectors rounded to 8 bits per block of 32 (one allocation, freed with it).
 final class Int8Vectors {
@@ -65,6 +71,13 @@ func int8Dot(_ dtype: DType, _ row: UnsafeRawPointer, _ x: Int8Vectors, _ t: Int
     let blocks = x.blocks
     let qx = x.q + t * blocks * 32, dx = x.scales + t * blocks, sx = x.sums + t * blocks
     let bytes = row.assumingMemoryBound(to: UInt8.self)
+    if int8DotUsesVNNI {
+        switch dtype {
+        case .q8_0: return finch_int8_dot_q8_0(bytes, qx, dx, Int64(blocks))
+        case .q4_0: return finch_int8_dot_q4_0(bytes, qx, dx, sx, Int64(blocks))
+        default: return finch_int8_dot_q4_1(bytes, qx, dx, sx, Int64(blocks))
+        }
+    }
     switch dtype {
     case .q8_0: return int8DotQ8_0(bytes, qx, dx, blocks)
     case .q4_0: return int8DotQ4_0(bytes, qx, dx, sx, blocks)

@@ -52,6 +52,15 @@ void finch_round_to_bf16(const float *src, float *dst, size_t count);
 /// Rows of a strided matrix to bf16: dst [rows, columns] dense, src rows `ld` apart.
 void finch_f32_to_bf16_rows(const float *src, size_t ld, uint16_t *dst, size_t rows, size_t columns);
 
+// MARK: - Quantized rows times 8-bit activations (AVX512_VNNI; call only where the CPU has it)
+
+/// sum over blocks of a q8_0 row (34-byte blocks) times activations qx (int8, 32 per block, scale dx[b]).
+float finch_int8_dot_q8_0(const uint8_t *row, const int8_t *qx, const float *dx, int64_t blocks);
+/// The same for q4_0 rows (18-byte blocks); sx[b] is the sum of block b's qx.
+float finch_int8_dot_q4_0(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks);
+/// The same for q4_1 rows (20-byte blocks).
+float finch_int8_dot_q4_1(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks);
+
 // MARK: - Peak arithmetic loops (for `finch bench peak`)
 
 /// Runs `iterations` rounds of 12 independent vector FMAs (fp32) or bf16 dot products and
