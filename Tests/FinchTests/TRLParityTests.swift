@@ -6,7 +6,8 @@ import XCTest
 /// and every logged metric within 1e-4, every weight's update within 1e-3 relative L2.
 final class TRLParityTests: XCTestCase {
     typealias S = TestSupport
-    let root = TestSupport.fixtures.appendingPathComponent("trainers")
+    static let root = TestSupport.fixtures.appendingPathComponent("trainers")
+    var root: URL { Self.root }
 
     struct Case {
         let json: [String: Any]
@@ -25,12 +26,12 @@ final class TRLParityTests: XCTestCase {
         func rows(_ name: String, like mask: String) -> [[Int32]] { rows(name, mask: mask) }
     }
 
-    func load(_ name: String) throws -> Case {
+    static func load(_ name: String) throws -> Case {
         let json = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("\(name).json"))) as! [String: Any]
         return Case(json: json, tensors: try SafeTensors.read(path: root.appendingPathComponent("\(name).safetensors").path))
     }
 
-    func examples(_ c: Case) -> [Example] {
+    static func examples(_ c: Case) -> [Example] {
         if c.tensors["batch.labels"] != nil {   // SFT
             let ids = c.rows("batch.input_ids", mask: "batch.attention_mask"), labels = c.rows("batch.labels", like: "batch.attention_mask")
             return zip(ids, labels).enumerated().map { Example(id: $0, fields: ["input_ids": $1.0, "labels": $1.1]) }
@@ -76,14 +77,14 @@ final class TRLParityTests: XCTestCase {
     }
 
     func check(_ name: String) throws {
-        let c = try load(name)
+        let c = try Self.load(name)
         let model = try Transformer(files: ModelFiles.open(root.appendingPathComponent("model").path), fineTuning: .full)
         let p = model.parameters!
         let before = Array(UnsafeBufferPointer(start: p.values, count: p.count))
         var settings = TrainerSettings()
         settings.batchSize = 4; settings.gradAccum = 1; settings.learningRate = 1; settings.optimizer = .sgd
         settings.maxGradNorm = 0; settings.scheduler = .constant
-        let trainer = try Trainer(model: model, objective: try objective(c), train: examples(c), settings: settings)
+        let trainer = try Trainer(model: model, objective: try objective(c), train: Self.examples(c), settings: settings)
         let log = try trainer.step()
 
         for (key, expected) in c.metrics {

@@ -1,0 +1,47 @@
+import XCTest
+@testable import Finch
+
+/// bf16 mixed precision on a whole training step: the native path (oneDNN, AVX512_BF16) and the
+/// portable one (bf16-rounded inputs through the fp32 GEMM) compute the same numbers up to the
+/// order of summation, and both stay close to fp32.
+final class MixedPrecisionTests: XCTestCase {
+    typealias S = TestSupport
+
+    /// One ORPO step (TRL's fixture batch) with LoRA r=4 on every projection, B initialised at
+    /// random so that every LoRA gradient is non-zero: the loss and all LoRA gradients.
+    func orpoStep(precision: Precision, portable: Bool = false) throws -> (loss: Double, grads: [Float]) {
+        GEMM.portableBF16 = portable
+        defer { GEMM.portableBF16 = false }
+        let c = try TRLParityTests.load("orpo")
+        let model = try Transformer(files: ModelFiles.open(TRLParityTests.root.appendingPathComponent("model").path),
+                                    fineTuning: .lora(LoRAConfig(rank: 4, alpha: 8)), seed: 1, precision: precision)
+        let parameters = try XCTUnwrap(model.parameters)
+        var rng = FinchRandom(seed: 9)
+        for e in parameters.entries where e.name.contains("lora_B") {
+            for i in 0..<e.count { parameters.values[e.offset + i] = rng.nextGaussian() * 0.05 }
+        }
+        let examples = TRLParityTests.examples(c)
+        let objective = try PreferenceObjective(loss: .orpo(beta: 0.1))
+        parameters.zeroGrads()
+        let metrics = try objective.accumulate(examples, model: model, window: objective.normalisers(of: examples))
+        return (try XCTUnwrap(metrics["loss"]), Array(UnsafeBufferPointer(start: parameters.grads, count: parameters.count)))
+    }
+
+    func testBF16StepIsNearFP32AndPathsAgree() throws {
+        let fp32 = try orpoStep(precision: .fp32)
+        let portable = try orpoStep(precision: .bf16, portable: true)
+        let lossGap = abs(portable.loss - fp32.loss) / abs(fp32.loss), gradGap = S.relativeL2(portable.grads, fp32.grads)
+        XCTAssertLessThan(lossGap, 1e-2, "bf16 loss vs fp32")
+        XCTAssertLessThan(gradGap, 5e-2, "bf16 LoRA gradients vs fp32")
+        XCTAssertGreaterThan(gradGap, 1e-5, "bf16 rounding changed nothing: the products did not run in bf16")
+        print(String(format: "MixedPrecisionTests: bf16 vs fp32: loss %.2e, LoRA gradients %.2e relative", lossGap, gradGap))
+        guard GEMM.nativeBF16 else {
+            throw XCTSkip("testBF16StepIsNearFP32AndPathsAgree: the native half needs AVX512_BF16 or AMX and oneDNN (\(CPU.description))")
+        }
+        let native = try orpoStep(precision: .bf16)
+        let pathLoss = abs(native.loss - portable.loss) / abs(portable.loss), pathGrad = S.relativeL2(native.grads, portable.grads)
+        print(String(format: "MixedPrecisionTests: native vs portable bf16: loss %.2e, LoRA gradients %.2e relative", pathLoss, pathGrad))
+        XCTAssertLessThan(pathLoss, 1e-4, "native vs portable bf16 loss")
+        XCTAssertLessThan(pathGrad, 0.1 * gradGap, "native vs portable bf16 gradients: not much closer than bf16 to fp32")
+    }
+}
