@@ -71,7 +71,7 @@ struct GenerateCommand: ParsableCommand {
                 let streaming = !json && texts.count == 1
                 var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
                 let results = try session.generate(promptIDs: ids, options: options) { _, token in
-                    if streaming { print(stream.append(token), terminator: ""); fflush(stdout) }
+                    if streaming { print(stream.append(token), terminator: ""); flushOutput() }
                 }
                 for (r, result) in results.enumerated() {
                     let text = session.tokenizer.decode(result.tokens, skipSpecialTokens: true)
@@ -115,11 +115,11 @@ struct ChatCommand: ParsableCommand {
             var history: [ChatMessage] = []
             print("Type a message; an empty line or end of input quits.")
             while true {
-                print("> ", terminator: ""); fflush(stdout)
+                print("> ", terminator: ""); flushOutput()
                 guard let line = readLine(), !line.trimmingCharacters(in: .whitespaces).isEmpty else { break }
                 let ids = try session.chatPrompt(history: history, user: line, system: options.system)
                 var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
-                let result = try session.generate(promptIDs: ids, options: options) { print(stream.append($0), terminator: ""); fflush(stdout) }
+                let result = try session.generate(promptIDs: ids, options: options) { print(stream.append($0), terminator: ""); flushOutput() }
                 print(stream.finish())
                 history.append(ChatMessage(role: "user", content: line))
                 history.append(ChatMessage(role: "assistant", content: session.tokenizer.decode(result.tokens, skipSpecialTokens: true)))

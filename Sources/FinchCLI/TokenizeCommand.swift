@@ -69,7 +69,7 @@ struct TokenizeCommand: ParsableCommand {
         var lineNumber = 0
         var out: [UInt8] = []
         while true {
-            let length = getline(&buffer, &capacity, stdin)
+            let length = getline(&buffer, &capacity, standardInput)
             if length < 0 { break }
             lineNumber += 1
             var bytes = UnsafeRawBufferPointer(start: buffer, count: length).bindMemory(to: UInt8.self)
@@ -94,8 +94,8 @@ struct TokenizeCommand: ParsableCommand {
                 out.append(UInt8(ascii: "]"))
             }
             out.append(0x0A)
-            out.withUnsafeBytes { _ = fwrite($0.baseAddress, 1, $0.count, stdout) }
-            fflush(stdout)
+            out.withUnsafeBytes { _ = fwrite($0.baseAddress, 1, $0.count, standardOutput) }
+            flushOutput()
         }
     }
 

@@ -157,10 +157,10 @@ final class ProgressReporter {
                 let width = 24, filled = total > 0 ? width * log.step / total : width
                 let bar = String(repeating: "=", count: filled) + String(repeating: " ", count: width - filled)
                 print("\r[\(bar)] \(text)", terminator: log.step == total ? "\n" : "")
-                fflush(stdout)
+                flushOutput()
             } else {
                 print(text)
-                fflush(stdout)   // logs show progress as it happens
+                flushOutput()   // logs show progress as it happens
             }
         case let .evaluation(step, metrics):
             if isTerminal { print("") }

@@ -75,7 +75,7 @@ final class GEMMTests: XCTestCase {
         return (out, scale)
     }
 
-    struct Case { let tA: BLAS.Transpose, tB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float, beta: Float, pad: Int }
+    struct Case: Sendable { let tA: BLAS.Transpose, tB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float, beta: Float, pad: Int }
     static let cases: [Case] = [
         Case(tA: .none, tB: .transpose, m: 37, n: 53, k: 64, alpha: 1, beta: 0, pad: 0),
         Case(tA: .none, tB: .none, m: 16, n: 70, k: 33, alpha: 1, beta: 1, pad: 3),

@@ -389,7 +389,7 @@ final class TokenizerTests: XCTestCase {
         var results = [[Int]](repeating: [], count: texts.count)
         results.withUnsafeMutableBufferPointer { out in
             let base = out.baseAddress!
-            DispatchQueue.concurrentPerform(iterations: texts.count) { i in base[i] = t.encode(texts[i]) }
+            concurrentPerform(iterations: texts.count) { i in base[i] = t.encode(texts[i]) }
         }
         XCTAssertEqual(results, expected)
     }

@@ -58,7 +58,7 @@ public enum Benchmarks {
             var best = 0.0
             for _ in 0..<repetitions {
                 let start = now()
-                DispatchQueue.concurrentPerform(iterations: cores) { _ in _ = finchPeakLoop(kind, iterations) }
+                concurrentPerform(iterations: cores) { _ in _ = finchPeakLoop(kind, iterations) }
                 let seconds = now() - start
                 best = max(best, Double(cores) * Double(iterations) * 12 * Double(lanes) * 2 / seconds / 1e9)
             }

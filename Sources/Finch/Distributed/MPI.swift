@@ -24,7 +24,7 @@ struct MPILibrary {
     typealias Finalize = @convention(c) () -> Int32
 
     static let threadMultiple: Int32 = 3     // MPI_THREAD_MULTIPLE
-    static let inPlace = UnsafeMutableRawPointer(bitPattern: 1)!   // MPI_IN_PLACE
+    nonisolated(unsafe) static let inPlace = UnsafeMutableRawPointer(bitPattern: 1)!   // MPI_IN_PLACE
 
     let initThread: InitThread
     let commRank: CommInt

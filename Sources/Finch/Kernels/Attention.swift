@@ -63,7 +63,7 @@ private func forEachKVGroup(_ shape: AttentionShape, parts: Int, queryStart: Int
     }
     BLAS.setThreadCount(1)
     defer { BLAS.setThreadCount(Parallel.coreCount) }
-    DispatchQueue.concurrentPerform(iterations: workers) { w in
+    concurrentPerform(iterations: workers) { w in
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
         defer { scratch.deallocate() }
         var task = w
@@ -96,7 +96,7 @@ private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, le
 /// the work at 256 tokens, seven sixteenths at 512). 64 rows (192 stacked with 3 q heads per KV
 /// head) ran attention forward + backward 10% faster than 128 at 4 x 512 tokens; 32 was no
 /// faster. Tests set it smaller.
-var attentionQueryBlock = 64
+nonisolated(unsafe) var attentionQueryBlock = 64
 
 /// Causal attention with grouped KV heads and a key padding mask [batch, seq] (1 keep, 0 pad).
 /// With `segmentStarts` [batch, seq] (packed sequences), a query sees only keys from the start

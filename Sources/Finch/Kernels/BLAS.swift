@@ -10,7 +10,7 @@ import Glibc
 /// does not link it: it picks the core type from the CPU's features, sets the variable
 /// (a value the user set wins) and only then `dlopen`s the library.
 public enum BLAS {
-    public enum Transpose { case none, transpose }
+    public enum Transpose: Sendable { case none, transpose }
 
     typealias SgemmFunction = @convention(c) (
         Int32, Int32, Int32, Int32, Int32, Int32, Float,

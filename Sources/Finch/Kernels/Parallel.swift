@@ -10,7 +10,7 @@ public func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Vo
         if count > 0 { body(0..<count) }
         return
     }
-    DispatchQueue.concurrentPerform(iterations: workers) { w in
+    concurrentPerform(iterations: workers) { w in
         let start = count * w / workers
         let end = count * (w + 1) / workers
         if start < end { body(start..<end) }
@@ -21,4 +21,21 @@ public enum Parallel {
     /// This process's share of the machine's cores: ranks of an mpirun job on one machine split them.
     public static let coreCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount
                                                / max(1, Int(ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_LOCAL_SIZE"] ?? "") ?? 1))
+}
+
+/// `DispatchQueue.concurrentPerform` for kernels whose iterations share buffers by design, each
+/// writing its own part: Swift 6 asks for a `@Sendable` body, which a closure over raw pointers
+/// is not, though the iterations never touch the same memory.
+@inline(__always)
+func concurrentPerform(iterations: Int, _ body: (Int) -> Void) {
+    withoutActuallyEscaping(body) { body in
+        let shared = UncheckedSendable(body)
+        DispatchQueue.concurrentPerform(iterations: iterations) { shared.value($0) }
+    }
+}
+
+/// A value handed across threads on the caller's word that it is safe (see `concurrentPerform`).
+struct UncheckedSendable<Value>: @unchecked Sendable {
+    let value: Value
+    init(_ value: Value) { self.value = value }
 }

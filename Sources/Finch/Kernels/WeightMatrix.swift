@@ -25,7 +25,7 @@ public final class WeightMatrix: @unchecked Sendable {
     /// (one GEMM per product: many small GEMMs cost more than the dequantization); larger ones
     /// (a vocabulary-sized head) in tiles of `tileRows` rows.
     static let tileRows = 256
-    static var wholeTileFloats = 4 << 20
+    nonisolated(unsafe) static var wholeTileFloats = 4 << 20
 
     public init(rows: Int, columns: Int, dtype: DType, storage: UnsafeRawPointer, owner: AnyObject?) {
         self.rows = rows

@@ -1,9 +1,9 @@
 /// jinja2's built-in tests (jinja2/tests.py): `x is defined`, `x is string`, `x is divisibleby 3`, ...
 enum JinjaBuiltinTests {
-    typealias Test = (JinjaValue, [JinjaValue]) throws -> Bool
+    typealias Test = @Sendable (JinjaValue, [JinjaValue]) throws -> Bool
 
     static let table: [String: Test] = {
-        func argument(_ args: [JinjaValue], _ name: String) throws -> JinjaValue {
+        @Sendable func argument(_ args: [JinjaValue], _ name: String) throws -> JinjaValue {
             guard let first = args.first else { throw JinjaRuntimeError("test '\(name)' needs an argument") }
             return first
         }

@@ -2,7 +2,7 @@ import Foundation
 
 /// jinja2's built-in filters (jinja2/filters.py) plus transformers' `tojson` override.
 enum JinjaFilters {
-    typealias Filter = (JinjaInterpreter, JinjaValue, JinjaArguments) throws -> JinjaValue
+    typealias Filter = @Sendable (JinjaInterpreter, JinjaValue, JinjaArguments) throws -> JinjaValue
 
     static let table: [String: Filter] = {
         var t: [String: Filter] = [
