@@ -123,7 +123,7 @@ public enum CPU {
     public static let modelName: String = {
         var buffer = [CChar](repeating: 0, count: 64)
         finch_cpu_brand(&buffer, buffer.count)
-        let brand = String(cString: buffer)
+        let brand = String(cStringBuffer: buffer)
         if !brand.isEmpty { return brand }
         if let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
            let line = info.split(separator: "\n").first(where: { $0.hasPrefix("model name") }),
@@ -177,5 +177,12 @@ public enum BFloat16 {
     static func convertRows(_ src: UnsafePointer<Float>, ld: Int, to dst: UnsafeMutablePointer<UInt16>, rows: Int, columns: Int) {
         _ = CPU.bf16Level
         finch_f32_to_bf16_rows(src, ld, dst, rows, columns)
+    }
+}
+
+extension String {
+    /// The text of a NUL-terminated C buffer (up to the first NUL, or all of it).
+    init(cStringBuffer buffer: [CChar]) {
+        self.init(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }

@@ -57,7 +57,7 @@ public enum GEMM {
         var message = [CChar](repeating: 0, count: 256)
         let status = finch_onednn_load(CPU.limit?.oneDNNMaxISA ?? 0, &message, message.count)
         if status == 0 { return (.oneDNN, nil) }
-        return (.openBLAS, "finch: oneDNN not used (\(String(cString: message))); matrix products run on OpenBLAS")
+        return (.openBLAS, "finch: oneDNN not used (\(String(cStringBuffer: message))); matrix products run on OpenBLAS")
     }()
 
     public static var backend: Backend { loaded.backend }

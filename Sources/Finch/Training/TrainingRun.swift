@@ -204,7 +204,7 @@ public final class TrainingRun {
     func appendMetrics(_ object: [String: Any]) throws { try appendLine(object, to: path("metrics.jsonl")) }
 
     func appendLine(_ object: [String: Any], to file: String) throws {
-        if !FileManager.default.fileExists(atPath: file) { FileManager.default.createFile(atPath: file, contents: nil) }
+        if !FileManager.default.fileExists(atPath: file) { _ = FileManager.default.createFile(atPath: file, contents: nil) }
         guard let handle = FileHandle(forWritingAtPath: file) else { throw SaveError.unwritable(path: file, reason: "cannot open for appending") }
         defer { try? handle.close() }
         handle.seekToEndOfFile()
