@@ -25,6 +25,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.1"),
+        .package(url: "https://github.com/apple/swift-crypto", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         // What the running CPU can do (cpuid), kernels compiled per instruction set with target
@@ -32,7 +33,7 @@ let package = Package(
         .target(name: "FinchCPU"),
         .target(
             name: "Finch",
-            dependencies: ["FinchCPU"],
+            dependencies: ["FinchCPU", .product(name: "Crypto", package: "swift-crypto")],
             // Optimised in debug builds too: the kernels' SIMD loops are 50x slower unoptimised,
             // which would make the test suite crawl.
             swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"] + baselineFlags(), .when(configuration: .release)),

@@ -65,14 +65,20 @@ final class LoRATests: XCTestCase {
     }
 }
 
-final class SHA256Tests: XCTestCase {
-    func testKnownDigests() {
-        func digest(_ s: String) -> String { var h = SHA256(); h.update(Data(s.utf8)); return h.finalize() }
+final class ChecksumTests: XCTestCase {
+    func testKnownDigestsOfDataFilesAndFolders() throws {
+        func digest(_ s: String) -> String { Checksum.sha256Hex(Data(s.utf8)) }
         XCTAssertEqual(digest(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         XCTAssertEqual(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        XCTAssertEqual(digest(String(repeating: "a", count: 1000)), "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3")
-        var split = SHA256()
-        split.update(Data("abcdbcdecdefdefgefghfghighijhi".utf8)); split.update(Data("jkijkljklmklmnlmnomnopnopq".utf8))
-        XCTAssertEqual(split.finalize(), "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("finch-checksum-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        let file = folder.appendingPathComponent("a.txt")
+        try Data(String(repeating: "a", count: 1000).utf8).write(to: file)
+        let fileDigest = "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
+        XCTAssertEqual(try Checksum.sha256Hex(ofPath: file.path), fileDigest)
+        // A folder: the digest of its files' "name digest" lines, as run.json has always recorded it.
+        XCTAssertEqual(try Checksum.sha256Hex(ofPath: folder.path), digest("a.txt \(fileDigest)\n"))
+        XCTAssertThrowsError(try Checksum.sha256Hex(ofPath: folder.appendingPathComponent("missing").path))
     }
 }

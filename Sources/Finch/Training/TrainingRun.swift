@@ -249,7 +249,7 @@ public final class TrainingRun {
                                "gemm": GEMM.description, "cpu": CPU.description]
         var checksums: [String: String] = [:]
         for source in [config.model, config.data] + (config.evalData.map { [$0] } ?? []) {
-            checksums[source] = try SHA256.hex(ofPath: source)
+            checksums[source] = try Checksum.sha256Hex(ofPath: source)
         }
         record["sha256"] = checksums
         let data = try JSONSerialization.data(withJSONObject: record, options: [.prettyPrinted, .sortedKeys])
