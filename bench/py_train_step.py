@@ -6,8 +6,9 @@
 --system unsloth: Unsloth's CPU path (FastLanguageModel + its patched SFTTrainer; SFT only), with
                   Unsloth's defaults (use_gradient_checkpointing="unsloth").
 
-Both: LoRA r=16, alpha=32, dropout 0, on q/k/v/o/gate/up/down; fp32 (bf16=False: TRL's default bf16
-autocast is emulated, and ~10x slower, on this CPU); AdamW (torch), lr 1e-4
+Both: LoRA r=16, alpha=32, dropout 0, on q/k/v/o/gate/up/down; fp32 weights; --precision default
+keeps the trainer config's bf16 default (TRL: bf16=True, autocast; native where the CPU has
+AVX512_BF16 or AMX), --precision fp32 sets bf16=False; AdamW (torch), lr 1e-4
 constant, max_grad_norm 1 (the trainers' default clipping), batch --batch, no accumulation.
 A step is what the HF Trainer does between on_step_begin and on_step_end: forward, loss,
 backward, clipping, optimizer step, zero_grad (the batch is already collated). The first
@@ -44,6 +45,8 @@ def main():
     ap.add_argument("--prompt-length", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--precision", choices=["default", "fp32"], default="default",
+                    help="default: the trainer config's own (TRL: bf16=True); fp32: bf16=False")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output", default="/tmp/finch-bench-trainer")
     args = ap.parse_args()
@@ -77,11 +80,12 @@ def main():
                   max_steps=total_steps, learning_rate=1e-4, lr_scheduler_type="constant", warmup_steps=0,
                   optim="adamw_torch", weight_decay=0.0, max_grad_norm=1.0, logging_steps=10**6,
                   save_strategy="no", report_to="none", disable_tqdm=True, use_cpu=True, seed=0,
-                  dataloader_num_workers=0,
-                  # TRL's configs default to bf16=True, which on a CPU without native bf16 (this
-                  # AVX2 machine) autocasts every matmul to emulated bf16, ~10x slower: every
-                  # system here trains in fp32, as the issue's reference figures did.
-                  bf16=False, fp16=False)
+                  dataloader_num_workers=0)
+    # --precision default leaves bf16 unset: TRL's configs then default to bf16=True (fp32 master
+    # weights, matmuls autocast to bf16: native on CPUs with AVX512_BF16 or AMX, emulated and
+    # ~10x slower on AVX2). fp32 sets bf16=False.
+    if args.precision == "fp32":
+        common.update(bf16=False, fp16=False)
 
     if args.system == "unsloth":
         model, tok = FastLanguageModel.from_pretrained(args.model, max_seq_length=args.seq, dtype=torch.float32,
@@ -124,6 +128,7 @@ def main():
     sec = statistics.median(times)
     result = {"system": args.system, "method": args.method, "seconds_per_step": sec,
               "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / sec,
+              "bf16": bool(trainer.args.bf16),
               "step_times": timer.times, "train_loss": out.training_loss,
               "torch": torch.__version__, "transformers": transformers.__version__}
     if args.system == "unsloth":

@@ -44,4 +44,45 @@ final class MixedPrecisionTests: XCTestCase {
         XCTAssertLessThan(pathLoss, 1e-4, "native vs portable bf16 loss")
         XCTAssertLessThan(pathGrad, 0.1 * gradGap, "native vs portable bf16 gradients: not much closer than bf16 to fp32")
     }
+
+    /// One ORPO step in bf16 against TRL's ORPOTrainer under PyTorch's bf16 autocast on the same
+    /// LoRA weights and batch (reference/make_bf16_fixtures.py): loss within 1e-2 relative, LoRA
+    /// gradients within 5e-2 relative L2; and the fp32 step against the fp32 reference as tightly
+    /// as ever, so that the bf16 tolerance is not hiding a wrong step.
+    func testBF16StepMatchesPyTorchAutocast() throws {
+        let folder = TestSupport.fixtures.appendingPathComponent("bf16")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.appendingPathComponent("orpo_lora.json"))) as! [String: Any]
+        let tensors = try SafeTensors.read(path: folder.appendingPathComponent("orpo_lora.safetensors").path)
+        let lora = record["lora"] as! [String: Any]
+        func step(_ precision: Precision) throws -> (loss: Double, grads: [String: [Float]]) {
+            let model = try Transformer(files: ModelFiles.open(TRLParityTests.root.appendingPathComponent("model").path),
+                                        fineTuning: .lora(LoRAConfig(rank: lora["r"] as! Int, alpha: Float((lora["alpha"] as! NSNumber).doubleValue))),
+                                        precision: precision)
+            let parameters = try XCTUnwrap(model.parameters)
+            for e in parameters.entries {
+                let values = dequantize(try XCTUnwrap(tensors["lora." + e.name], "fixture lacks \(e.name)"))
+                XCTAssertEqual(values.count, e.count, e.name)
+                values.withUnsafeBufferPointer { parameters.value(e.name)!.update(from: $0.baseAddress!, count: e.count) }
+            }
+            let examples = TRLParityTests.examples(try TRLParityTests.load("orpo"))
+            let objective = try PreferenceObjective(loss: .orpo(beta: 0.1))
+            parameters.zeroGrads()
+            let metrics = try objective.accumulate(examples, model: model, window: objective.normalisers(of: examples))
+            return (try XCTUnwrap(metrics["loss"]), Dictionary(uniqueKeysWithValues: parameters.entries.map { ($0.name, parameters.array($0.name, gradient: true)!) }))
+        }
+        func flat(_ grads: [String: [Float]]) -> [Float] { grads.keys.sorted().flatMap { grads[$0]! } }
+        func reference(_ prefix: String) -> [Float] {
+            tensors.keys.filter { $0.hasPrefix(prefix) }.sorted().flatMap { dequantize(tensors[$0]!) }
+        }
+        let expected16 = ((record["bf16"] as! [String: Any])["loss"] as! NSNumber).doubleValue
+        let expected32 = ((record["fp32"] as! [String: Any])["loss"] as! NSNumber).doubleValue
+        let fp32 = try step(.fp32)
+        XCTAssertEqual(fp32.loss, expected32, accuracy: 1e-4 * abs(expected32), "fp32 loss vs PyTorch fp32")
+        XCTAssertLessThan(S.relativeL2(flat(fp32.grads), reference("grad_fp32.")), 1e-3, "fp32 LoRA gradients vs PyTorch fp32")
+        let bf16 = try step(.bf16)
+        let lossGap = abs(bf16.loss - expected16) / abs(expected16), gradGap = S.relativeL2(flat(bf16.grads), reference("grad_bf16."))
+        print(String(format: "MixedPrecisionTests: bf16 vs PyTorch autocast: loss %.2e, LoRA gradients %.2e relative L2", lossGap, gradGap))
+        XCTAssertLessThan(lossGap, 1e-2, "bf16 loss vs PyTorch's bf16 autocast")
+        XCTAssertLessThan(gradGap, 5e-2, "bf16 LoRA gradients vs PyTorch's bf16 autocast")
+    }
 }
