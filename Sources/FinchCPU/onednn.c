@@ -7,6 +7,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef int status_t;                        // dnnl_status_t; 0 = success
@@ -45,6 +46,8 @@ static struct {
     status_t (*set_max_cpu_isa)(unsigned);
     unsigned (*get_effective_cpu_isa)(void);
     const version_t *(*version)(void);
+    void (*omp_set_num_threads)(int);
+    int (*omp_get_max_threads)(void);
     engine_t engine;
     stream_t stream;
     int loaded;
@@ -64,11 +67,12 @@ typedef struct {
 } entry_t;
 
 enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768 };
-static entry_t cache[CACHE_SLOTS];
-static int cached = 0;
+typedef struct { entry_t slots[CACHE_SLOTS]; int count; } cache_t;
+static cache_t shared_cache;               // products on all threads, under `lock`
+static _Thread_local cache_t *task_cache;  // products of one thread inside a parallel task
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static char lastImplementation[128] = "";
-static char lastError[256] = "";
+static _Thread_local char lastImplementation[128] = "";
+static _Thread_local char lastError[256] = "";
 
 #define LOAD(field, name) do { \
     *(void **)&dnnl.field = dlsym(handle, name); \
@@ -107,6 +111,12 @@ int finch_onednn_load(unsigned maxISA, char *message, size_t messageSize) {
     LOAD(set_max_cpu_isa, "dnnl_set_max_cpu_isa");
     LOAD(get_effective_cpu_isa, "dnnl_get_effective_cpu_isa");
     LOAD(version, "dnnl_version");
+    // oneDNN's OpenMP runtime, for products that run on one thread inside Finch's own parallel tasks.
+    void *gomp = dlopen("libgomp.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (gomp) {
+        *(void **)&dnnl.omp_set_num_threads = dlsym(gomp, "omp_set_num_threads");
+        *(void **)&dnnl.omp_get_max_threads = dlsym(gomp, "omp_get_max_threads");
+    }
     const version_t *v = dnnl.version();
     if (!v || v->major != 2) {
         snprintf(message, messageSize, "%s is oneDNN %d.%d; Finch's binding speaks the 2.x API", path, v ? v->major : 0, v ? v->minor : 0);
@@ -136,7 +146,7 @@ int finch_onednn_version(void) {
 unsigned finch_onednn_effective_isa(void) { return dnnl.loaded ? dnnl.get_effective_cpu_isa() : 0; }
 const char *finch_onednn_last_implementation(void) { return lastImplementation; }
 const char *finch_onednn_last_error(void) { return lastError; }
-int finch_onednn_cached_primitives(void) { return cached; }
+int finch_onednn_cached_primitives(void) { return shared_cache.count; }
 
 static uint64_t hash_key(const key_t_ *k) {
     uint64_t h = 1469598103934665603ull;
@@ -145,9 +155,9 @@ static uint64_t hash_key(const key_t_ *k) {
     return h;
 }
 
-static void clear_cache(void) {
+static void clear_cache(cache_t *cache) {
     for (int i = 0; i < CACHE_SLOTS; i++) {
-        entry_t *e = &cache[i];
+        entry_t *e = &cache->slots[i];
         if (!e->used) continue;
         dnnl.primitive_destroy(e->primitive);
         dnnl.memory_destroy(e->a);
@@ -155,7 +165,7 @@ static void clear_cache(void) {
         dnnl.memory_destroy(e->c);
         e->used = 0;
     }
-    cached = 0;
+    cache->count = 0;
 }
 
 // A [rows, cols] matrix of element type dt, row-major with leading dimension ld, or its
@@ -166,7 +176,7 @@ static status_t describe(memory_desc_t *md, int64_t rows, int64_t cols, int64_t 
     return dnnl.memory_desc_init_by_strides(md, 2, dims, dt, strides);
 }
 
-static entry_t *create(const key_t_ *key, entry_t *slot) {
+static entry_t *create(const key_t_ *key, entry_t *slot, cache_t *cache) {
     int dt = key->type == FINCH_BF16 ? DT_BF16 : DT_F32;
     memory_desc_t a, b, c;
     matmul_desc_t op;
@@ -215,42 +225,86 @@ static entry_t *create(const key_t_ *key, entry_t *slot) {
     slot->primitive = p;
     slot->a = ma; slot->b = mb; slot->c = mc;
     slot->used = 1;
-    cached++;
+    cache->count++;
     return slot;
+}
+
+// The cached primitive for `key` in `cache`, created on first use; NULL if oneDNN has none.
+static entry_t *lookup(cache_t *cache, const key_t_ *key) {
+    uint64_t h = hash_key(key);
+    for (int probe = 0; probe < CACHE_SLOTS; probe++) {
+        entry_t *slot = &cache->slots[(h + probe) % CACHE_SLOTS];
+        if (!slot->used) {
+            if (cache->count >= CACHE_LIMIT) {           // many shapes (varying lengths): start afresh
+                clear_cache(cache);
+                slot = &cache->slots[h % CACHE_SLOTS];
+            }
+            return create(key, slot, cache);
+        }
+        if (memcmp(&slot->key, key, sizeof *key) == 0) return slot;
+    }
+    return NULL;
+}
+
+static status_t execute(entry_t *e, stream_t stream, const void *a, const void *b, float *c) {
+    dnnl.memory_set_data_handle(e->a, (void *)a);
+    dnnl.memory_set_data_handle(e->b, (void *)b);
+    dnnl.memory_set_data_handle(e->c, c);
+    exec_arg_t args[3] = {{ARG_SRC, e->a}, {ARG_WEIGHTS, e->b}, {ARG_DST, e->c}};
+    status_t s = dnnl.primitive_execute(e->primitive, stream, 3, args);
+    return s == 0 ? dnnl.stream_wait(stream) : s;
+}
+
+static int make_key(key_t_ *key, int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                    int64_t lda, int64_t ldb, int type, float beta, int64_t ldc) {
+    if (!dnnl.loaded) { snprintf(lastError, sizeof lastError, "oneDNN is not loaded"); return -1; }
+    if (m <= 0 || n <= 0 || k <= 0) { snprintf(lastError, sizeof lastError, "empty matmul"); return -1; }
+    memset(key, 0, sizeof *key);          // padding too: the key is hashed and compared as bytes
+    key->m = m; key->n = n; key->k = k; key->lda = lda; key->ldb = ldb; key->ldc = ldc;
+    key->transA = transA != 0; key->transB = transB != 0; key->type = type; key->alpha = alpha; key->beta = beta;
+    return 0;
 }
 
 int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                         const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
                         float *c, int64_t ldc) {
-    if (!dnnl.loaded) { snprintf(lastError, sizeof lastError, "oneDNN is not loaded"); return -1; }
-    if (m <= 0 || n <= 0 || k <= 0) { snprintf(lastError, sizeof lastError, "empty matmul"); return -1; }
     key_t_ key;
-    memset(&key, 0, sizeof key);          // padding too: the key is hashed and compared as bytes
-    key.m = m; key.n = n; key.k = k; key.lda = lda; key.ldb = ldb; key.ldc = ldc;
-    key.transA = transA != 0; key.transB = transB != 0; key.type = type; key.alpha = alpha; key.beta = beta;
+    if (make_key(&key, transA, transB, m, n, k, alpha, lda, ldb, type, beta, ldc)) return -1;
     pthread_mutex_lock(&lock);
-    uint64_t h = hash_key(&key);
-    entry_t *e = NULL;
-    for (int probe = 0; probe < CACHE_SLOTS; probe++) {
-        entry_t *slot = &cache[(h + probe) % CACHE_SLOTS];
-        if (!slot->used) {
-            if (cached >= CACHE_LIMIT) {                 // many shapes (varying lengths): start afresh
-                clear_cache();
-                slot = &cache[h % CACHE_SLOTS];
-            }
-            e = create(&key, slot);
-            break;
-        }
-        if (memcmp(&slot->key, &key, sizeof key) == 0) { e = slot; break; }
-    }
-    if (!e) { pthread_mutex_unlock(&lock); return -2; }
-    dnnl.memory_set_data_handle(e->a, (void *)a);
-    dnnl.memory_set_data_handle(e->b, (void *)b);
-    dnnl.memory_set_data_handle(e->c, c);
-    exec_arg_t args[3] = {{ARG_SRC, e->a}, {ARG_WEIGHTS, e->b}, {ARG_DST, e->c}};
-    status_t s = dnnl.primitive_execute(e->primitive, dnnl.stream, 3, args);
-    if (s == 0) s = dnnl.stream_wait(dnnl.stream);
+    entry_t *e = lookup(&shared_cache, &key);
+    status_t s = e ? execute(e, dnnl.stream, a, b, c) : -2;
     pthread_mutex_unlock(&lock);
+    if (!e) return -2;
     if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN matmul failed (status %d)", s); return -3; }
+    return 0;
+}
+
+// Each thread that runs products inside Finch's parallel tasks has its own primitives, memory
+// objects and stream, so that they run concurrently; oneDNN's scratchpad is per thread.
+static _Thread_local stream_t task_stream;
+
+int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                             const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
+                             float *c, int64_t ldc) {
+    key_t_ key;
+    if (make_key(&key, transA, transB, m, n, k, alpha, lda, ldb, type, beta, ldc)) return -1;
+    if (!dnnl.omp_set_num_threads || !dnnl.omp_get_max_threads) {
+        snprintf(lastError, sizeof lastError, "libgomp's omp_set_num_threads was not found");
+        return -1;
+    }
+    if (!task_cache) {
+        task_cache = calloc(1, sizeof *task_cache);
+        if (!task_cache) return -1;
+    }
+    if (!task_stream && dnnl.stream_create(&task_stream, dnnl.engine, STREAM_IN_ORDER) != 0) return -1;
+    // This thread's OpenMP regions get one thread while it runs the product (the setting is the
+    // calling thread's own), then whatever it had: Dispatch runs part of its loops on the caller.
+    int before = dnnl.omp_get_max_threads();
+    dnnl.omp_set_num_threads(1);
+    entry_t *e = lookup(task_cache, &key);
+    status_t s = e ? execute(e, task_stream, a, b, c) : -2;
+    dnnl.omp_set_num_threads(before);
+    if (!e) return -2;
+    if (s != 0) return -3;
     return 0;
 }

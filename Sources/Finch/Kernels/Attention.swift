@@ -46,15 +46,15 @@ func attentionBlockSets(blocks: Int, parts: Int, offset: Int = 0) -> [[Int]] {
 /// run in one task, so that dK and dV of that head have a single writer per part.
 /// Inside the parallel region BLAS runs single-threaded; with one task it keeps its threads.
 private func forEachKVGroup(_ shape: AttentionShape, parts: Int, queryStart: Int = 0, scratchFloats: Int,
-                            _ body: (Int, Int, [Int], Int, UnsafeMutablePointer<Float>) -> Void) {
+                            _ body: (Int, Int, [Int], Int, UnsafeMutablePointer<Float>, AttentionProducts) -> Void) {
     let B = min(attentionQueryBlock, shape.seq)
     let sets = attentionBlockSets(blocks: (shape.seq + B - 1) / B, parts: parts, offset: queryStart / B)
     let tasks = shape.batch * shape.kvHeads * parts
+    let workers = min(tasks, Parallel.coreCount)
     func run(_ task: Int, _ scratch: UnsafeMutablePointer<Float>) {
         let pair = task / parts, part = task % parts
-        body(pair / shape.kvHeads, pair % shape.kvHeads, sets[part], part, scratch)
+        body(pair / shape.kvHeads, pair % shape.kvHeads, sets[part], part, scratch, AttentionProducts(inTask: workers > 1))
     }
-    let workers = min(tasks, Parallel.coreCount)
     if workers <= 1 {
         let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
         defer { scratch.deallocate() }
@@ -70,6 +70,23 @@ private func forEachKVGroup(_ shape: AttentionShape, parts: Int, queryStart: Int
         while task < tasks {
             run(task, scratch)
             task += workers
+        }
+    }
+}
+
+/// Attention's matrix products: on the calling thread alone inside a parallel task (oneDNN
+/// with the thread's own primitives, or single-threaded OpenBLAS), else on every core.
+struct AttentionProducts {
+    let inTask: Bool
+
+    @inline(__always)
+    func sgemm(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+               c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if inTask {
+            GEMM.taskSGEMM(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        } else {
+            GEMM.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
         }
     }
 }
@@ -117,7 +134,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
     let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
     let R = kvRows ?? T, S = queryStart, K = S + T   // K: keys of the last query
     precondition(S == 0 || segmentStarts == nil, "attentionForward: packed sequences start at position 0")
-    forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D)) { b, kvh, blocks, _, scratch in
+    forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D)) { b, kvh, blocks, _, scratch, products in
         let kb = k + b * R * shape.kvStride + kvh * D
         let vb = v + b * R * shape.kvStride + kvh * D
         let mask = keyMask.map { $0 + b * R }
@@ -127,7 +144,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
             // scores = scale * Q K^T   [G * rows, keys]
-            BLAS.sgemm(.none, .transpose, m: G * rows, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
+            products.sgemm(.none, .transpose, m: G * rows, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
                        b: kb, ldb: shape.kvStride, c: scores, ldc: keys)
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
@@ -138,7 +155,7 @@ public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutabl
                 }
             }
             // out = P V   [G * rows, D]
-            BLAS.sgemm(.none, .none, m: G * rows, n: D, k: keys, a: scores, lda: keys, b: vb, ldb: shape.kvStride,
+            products.sgemm(.none, .none, m: G * rows, n: D, k: keys, a: scores, lda: keys, b: vb, ldb: shape.kvStride,
                        c: stackedOut, ldc: D)
             heads.scatter(stackedOut, into: out)
         }
@@ -177,7 +194,7 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
     let parts = attentionParts(shape), pairs = shape.batch * shape.kvHeads
     let partials = UnsafeMutablePointer<Float>.allocate(capacity: parts > 1 ? pairs * (parts - 1) * 2 * T * D : 0)
     defer { partials.deallocate() }
-    forEachKVGroup(shape, parts: parts, scratchFloats: G * B * (2 * T + 4 * D)) { b, kvh, blocks, part, scratch in
+    forEachKVGroup(shape, parts: parts, scratchFloats: G * B * (2 * T + 4 * D)) { b, kvh, blocks, part, scratch, products in
         let p = scratch, ds = scratch + G * B * T
         let stackedQ = ds + G * B * T, stackedO = stackedQ + G * B * D
         let stackedDO = stackedO + G * B * D, stackedDQ = stackedDO + G * B * D
@@ -204,10 +221,10 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
             heads.gather(q, into: stackedQ)
             heads.gather(out, into: stackedO)
             heads.gather(dout, into: stackedDO)
-            BLAS.sgemm(.none, .transpose, m: m, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
+            products.sgemm(.none, .transpose, m: m, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
                        b: kb, ldb: shape.kvStride, c: p, ldc: keys)
             // dP = dO V^T   [m, keys]
-            BLAS.sgemm(.none, .transpose, m: m, n: keys, k: D, a: stackedDO, lda: D,
+            products.sgemm(.none, .transpose, m: m, n: keys, k: D, a: stackedDO, lda: D,
                        b: vb, ldb: shape.kvStride, c: ds, ldc: keys)
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
@@ -233,11 +250,11 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
                 }
             }
             // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q   (over the visible keys)
-            BLAS.sgemm(.transpose, .none, m: keys, n: D, k: m, a: p, lda: keys, b: stackedDO, ldb: D,
+            products.sgemm(.transpose, .none, m: keys, n: D, k: m, a: p, lda: keys, b: stackedDO, ldb: D,
                        beta: 1, c: dvb, ldc: ldkv)
-            BLAS.sgemm(.none, .none, m: m, n: D, k: keys, alpha: shape.scale, a: ds, lda: keys, b: kb, ldb: shape.kvStride,
+            products.sgemm(.none, .none, m: m, n: D, k: keys, alpha: shape.scale, a: ds, lda: keys, b: kb, ldb: shape.kvStride,
                        c: stackedDQ, ldc: D)
-            BLAS.sgemm(.transpose, .none, m: keys, n: D, k: m, alpha: shape.scale, a: ds, lda: keys, b: stackedQ, ldb: D,
+            products.sgemm(.transpose, .none, m: keys, n: D, k: m, alpha: shape.scale, a: ds, lda: keys, b: stackedQ, ldb: D,
                        beta: 1, c: dkb, ldc: ldkv)
             heads.scatter(stackedDQ, into: dq)
         }

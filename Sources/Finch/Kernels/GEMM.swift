@@ -142,6 +142,24 @@ public enum GEMM {
         }
     }
 
+    /// fp32 product on the calling thread alone, inside Finch's own parallel tasks (attention's
+    /// per-head blocks): oneDNN with this thread's own primitives, so that tasks run concurrently;
+    /// OpenBLAS (single-threaded by the caller) without it.
+    public static func taskSGEMM(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                 alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                                 b: UnsafePointer<Float>, ldb: Int,
+                                 beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0, k > 0, backend == .oneDNN, !taskProductsOnOpenBLAS,
+              finch_onednn_task_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k),
+                                       alpha, a, Int64(lda), b, Int64(ldb), Int32(FINCH_F32), beta, c, Int64(ldc)) == 0 else {
+            BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+    }
+
+    /// `FINCH_TASK_GEMM=openblas`: attention's per-task products on OpenBLAS, for comparison.
+    static let taskProductsOnOpenBLAS = ProcessInfo.processInfo.environment["FINCH_TASK_GEMM"]?.lowercased() == "openblas"
+
     private static func sgemmUntimed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                      alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {

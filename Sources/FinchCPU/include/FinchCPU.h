@@ -88,7 +88,13 @@ enum { FINCH_F32 = 0, FINCH_BF16 = 1 };
 int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                         const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
                         float *c, int64_t ldc);
-/// The implementation oneDNN picked for the last matmul created (e.g. "brg:avx512_core_bf16").
+/// The same product on the calling thread alone, for use inside Finch's own parallel tasks: each
+/// thread keeps its own primitives and stream, so calls from several threads run concurrently.
+int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
+                             const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
+                             float *c, int64_t ldc);
+/// The implementation oneDNN picked for the last matmul this thread created (e.g.
+/// "brg:avx512_core_bf16"), and this thread's last error.
 const char *finch_onednn_last_implementation(void);
 const char *finch_onednn_last_error(void);
 /// Number of primitives in the cache.
