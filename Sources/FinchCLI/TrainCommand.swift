@@ -18,7 +18,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "text, prompt_completion, messages or preference (default: detected).") var format: String?
     @Option(name: .customLong("max-length")) var maxLength: String?
     @Option(help: "ORPO / DPO / CPO / SimPO beta.") var beta: String?
-    @Option(name: .customLong("loss-type"), help: "DPO: sigmoid, ipo or hinge.") var lossType: String?
+    @Option(name: .customLong("loss-type"), help: "DPO: sigmoid, ipo, hinge or robust.") var lossType: String?
     @Option(name: .customLong("label-smoothing")) var labelSmoothing: String?
     @Option(name: .customLong("simpo-gamma")) var simpoGamma: String?
     @Option(name: .customLong("cpo-alpha")) var cpoAlpha: String?

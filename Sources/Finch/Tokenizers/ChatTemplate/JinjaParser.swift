@@ -657,7 +657,7 @@ struct JinjaParser {
         advance()
         let negated = skipName("not")
         let (name, token) = try parseDottedName()
-        guard JinjaBuiltinTests.table[name] != nil else {
+        guard JinjaPredicates.table[name] != nil else {
             throw ChatTemplateError.unknownTest(name: name, location: source.location(of: token.offset))
         }
         var arguments = JinjaCallArguments()

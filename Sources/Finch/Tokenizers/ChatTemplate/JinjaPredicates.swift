@@ -1,5 +1,5 @@
 /// jinja2's built-in tests (jinja2/tests.py): `x is defined`, `x is string`, `x is divisibleby 3`, ...
-enum JinjaBuiltinTests {
+enum JinjaPredicates {
     typealias Test = @Sendable (JinjaValue, [JinjaValue]) throws -> Bool
 
     static let table: [String: Test] = {
@@ -64,7 +64,7 @@ enum JinjaBuiltinTests {
                 }
             },
             "filter": { v, _ in v.stringValue.map { JinjaFilters.table[$0] != nil } ?? false },
-            "test": { v, _ in v.stringValue.map { JinjaBuiltinTests.table[$0] != nil || $0 == "test" } ?? false },
+            "test": { v, _ in v.stringValue.map { JinjaPredicates.table[$0] != nil || $0 == "test" } ?? false },
         ]
         t["=="] = t["eq"]
         t["equalto"] = t["eq"]
@@ -81,7 +81,7 @@ enum JinjaBuiltinTests {
 
 extension JinjaInterpreter {
     func applyTest(_ name: String, _ value: JinjaValue, _ args: JinjaArguments) throws -> Bool {
-        guard let test = JinjaBuiltinTests.table[name] else { throw JinjaRuntimeError("No test named '\(name)'.") }
+        guard let test = JinjaPredicates.table[name] else { throw JinjaRuntimeError("No test named '\(name)'.") }
         return try test(value, args.positional + args.keywords.map(\.1))
     }
 }
