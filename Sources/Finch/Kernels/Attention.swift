@@ -2,14 +2,14 @@ import Foundation
 
 /// Sizes of one causal self-attention call. Tensors are token-major:
 /// q and out are [batch * seq, heads * headDim]; k and v are [batch * seq, kvHeads * headDim].
-public struct AttentionShape: Sendable {
-    public var batch: Int
-    public var seq: Int
-    public var heads: Int
-    public var kvHeads: Int
-    public var headDim: Int
+struct AttentionShape: Sendable {
+    var batch: Int
+    var seq: Int
+    var heads: Int
+    var kvHeads: Int
+    var headDim: Int
 
-    public init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int) {
+    init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int) {
         self.batch = batch; self.seq = seq; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
     }
     var qStride: Int { heads * headDim }
@@ -127,7 +127,7 @@ nonisolated(unsafe) var attentionQueryBlock = 64
 /// For a KV cache (a prompt's prefill, in chunks): `queryStart` is the position of the first
 /// query (each query at queryStart + i sees keys 0...queryStart + i), and `kvRows` the positions
 /// per batch row in k, v and keyMask (the cache's capacity). Defaults: 0 and `shape.seq`.
-public func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                              keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape,
                              queryStart: Int = 0, kvRows: Int? = nil) {
@@ -184,7 +184,7 @@ private struct QueryBlock {
 
 /// Backward of `attentionForward`. Writes dq, dk and dv (not accumulating).
 /// P is rebuilt from lse; dS = P * (dP - rowsum(dO * O)). Blocked and stacked as the forward.
-public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                               dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                               v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                               keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
@@ -279,7 +279,7 @@ public func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutable
 /// q [batch * queries, heads * headDim] sit at positions start..<start+queries; keys and values
 /// [batch, capacity, kvHeads * headDim] hold start+queries
 /// filled positions. A key is visible when it is not after the query and keyMask[b * capacity + j] != 0.
-public func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
                                    keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
                                    keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
                                    shape: AttentionShape) {

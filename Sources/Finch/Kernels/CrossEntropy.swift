@@ -1,31 +1,31 @@
 import Foundation
 
 /// Per-row figures `crossEntropy` can write, each [rows] (0 at skipped rows).
-public struct CrossEntropyOutputs {
+struct CrossEntropyOutputs {
     /// log p(target).
-    public var logProbs: UnsafeMutablePointer<Float>?
+    var logProbs: UnsafeMutablePointer<Float>?
     /// Entropy of the row's softmax, -sum p log p.
-    public var entropies: UnsafeMutablePointer<Float>?
+    var entropies: UnsafeMutablePointer<Float>?
     /// 1 where the argmax is the target, else 0.
-    public var correct: UnsafeMutablePointer<Float>?
+    var correct: UnsafeMutablePointer<Float>?
 
-    public init(logProbs: UnsafeMutablePointer<Float>? = nil, entropies: UnsafeMutablePointer<Float>? = nil,
+    init(logProbs: UnsafeMutablePointer<Float>? = nil, entropies: UnsafeMutablePointer<Float>? = nil,
                 correct: UnsafeMutablePointer<Float>? = nil) {
         self.logProbs = logProbs; self.entropies = entropies; self.correct = correct
     }
 }
 
 /// What the backward half of `crossEntropy` should produce.
-public struct CrossEntropyBackward {
+struct CrossEntropyBackward {
     /// d loss / d logit_r = rowWeights[r] * (softmax_r - onehot(target_r)); nil weights mean `uniformWeight` for all.
-    public var rowWeights: UnsafePointer<Float>?
-    public var uniformWeight: Float
+    var rowWeights: UnsafePointer<Float>?
+    var uniformWeight: Float
     /// dHidden [rows, dim] += ...
-    public var dHidden: UnsafeMutablePointer<Float>
+    var dHidden: UnsafeMutablePointer<Float>
     /// dHead [vocab, dim] += ..., in full fine-tuning.
-    public var dHead: UnsafeMutablePointer<Float>?
+    var dHead: UnsafeMutablePointer<Float>?
 
-    public init(rowWeights: UnsafePointer<Float>? = nil, uniformWeight: Float = 1,
+    init(rowWeights: UnsafePointer<Float>? = nil, uniformWeight: Float = 1,
                 dHidden: UnsafeMutablePointer<Float>, dHead: UnsafeMutablePointer<Float>? = nil) {
         self.rowWeights = rowWeights; self.uniformWeight = uniformWeight; self.dHidden = dHidden; self.dHead = dHead
     }
@@ -38,7 +38,7 @@ public struct CrossEntropyBackward {
 /// 50 MB, and a 2048-row head pass 10-15% faster than with 128). Rows whose target is negative are skipped
 /// entirely (no head work). Returns the sum of -log p(target) over scored rows and their count.
 @discardableResult
-public func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
+func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
                          head: WeightMatrix, outputs: CrossEntropyOutputs = CrossEntropyOutputs(),
                          backward: CrossEntropyBackward? = nil, chunkRows: Int = 256) -> (loss: Double, count: Int) {
     let dim = head.columns, vocab = head.rows

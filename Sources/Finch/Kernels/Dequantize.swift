@@ -12,7 +12,7 @@ import Darwin
 
 /// Converts `count` values starting at `src` (stored as `dtype`) into `dst`.
 /// `count` must be a multiple of `dtype.blockSize`.
-public func dequantizeRow(_ dtype: DType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+func dequantizeRow(_ dtype: DType, _ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>, count: Int) {
     precondition(count % dtype.blockSize == 0, "dequantizeRow: \(count) values is not a multiple of the \(dtype.rawValue) block size \(dtype.blockSize)")
     let p = src.assumingMemoryBound(to: UInt8.self)
     let blocks = count / dtype.blockSize
@@ -29,14 +29,14 @@ public func dequantizeRow(_ dtype: DType, _ src: UnsafeRawPointer, _ dst: Unsafe
 }
 
 /// Rows `rows` of a matrix-shaped tensor, as Float, into `dst` (`rows.count * tensor.columns` values).
-public func dequantizeRows(_ tensor: TensorData, _ rows: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
+func dequantizeRows(_ tensor: TensorData, _ rows: Range<Int>, into dst: UnsafeMutablePointer<Float>) {
     precondition(rows.lowerBound >= 0 && rows.upperBound <= tensor.rows, "dequantizeRows: rows \(rows) outside 0..<\(tensor.rows) of '\(tensor.name)'")
     let rowBytes = tensor.dtype.rowBytes(columns: tensor.columns)
     dequantizeRow(tensor.dtype, tensor.bytes + rows.lowerBound * rowBytes, dst, count: rows.count * tensor.columns)
 }
 
 /// The whole tensor as Float, row-major.
-public func dequantize(_ tensor: TensorData) -> [Float] {
+func dequantize(_ tensor: TensorData) -> [Float] {
     let count = tensor.elementCount
     return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
         if let base = buffer.baseAddress { dequantizeRow(tensor.dtype, tensor.bytes, base, count: count) }
@@ -47,7 +47,7 @@ public func dequantize(_ tensor: TensorData) -> [Float] {
 /// IEEE half to single, exact for every input (subnormals, infinities, NaN payloads), and
 /// branch-free so that loops over it vectorise.
 @inline(__always)
-public func floatFromHalf(_ h: UInt16) -> Float {
+func floatFromHalf(_ h: UInt16) -> Float {
     let bits = UInt32(h)
     let sign = (bits & 0x8000) << 16
     let magnitude = (bits & 0x7FFF) << 13           // exponent and mantissa in single's place

@@ -9,7 +9,7 @@ import Foundation
 /// factor's bits 0, so the result is exactly 0 from about -87.7 down (and for -infinity) with
 /// no separate test; above 88.7 it saturates to infinity.
 @inline(__always)
-public func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
+func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     // Clamping, rounding and the float-to-int conversion go lane by lane: SIMD's generic
     // clamped(lowerBound:upperBound:), rounded(_:) and integer conversion are not inlined.
     var clamped = x, n = x
@@ -43,11 +43,11 @@ func multiplyAdd(_ a: SIMD8<Float>, _ b: SIMD8<Float>, _ c: SIMD8<Float>) -> SIM
 }
 
 @inline(__always)
-public func fastExp(_ x: Float) -> Float { fastExp(SIMD8(repeating: x))[0] }
+func fastExp(_ x: Float) -> Float { fastExp(SIMD8(repeating: x))[0] }
 
 /// x[i] = exp(x[i] - shift); returns the sum of the results.
 @inline(__always)
-public func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> Float {
+func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> Float {
     var sum = SIMD8<Float>(repeating: 0)
     var i = 0
     let raw = UnsafeMutableRawPointer(x)
@@ -64,7 +64,7 @@ public func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shif
 
 /// The largest value and its index (the first one on ties).
 @inline(__always)
-public func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
+func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
     var best = SIMD8<Float>(repeating: -.infinity)
     var i = 0
     let raw = UnsafeRawPointer(x)
@@ -84,7 +84,7 @@ public func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
 /// x[i] = exp(x[i] - shift), in place; returns sum(exp(x - shift)) and sum(exp(x - shift) * x)
 /// of the values before: the softmax's sums and its unnormalised values in one pass.
 @inline(__always)
-public func expSumsInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> (Float, Float) {
+func expSumsInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) -> (Float, Float) {
     var sum = SIMD8<Float>(repeating: 0), weighted = SIMD8<Float>(repeating: 0)
     var i = 0
     let raw = UnsafeMutableRawPointer(x)
@@ -102,7 +102,7 @@ public func expSumsInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: 
 
 /// x[i] *= scale.
 @inline(__always)
-public func scaleInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, by scale: Float) {
+func scaleInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, by scale: Float) {
     var i = 0
     let raw = UnsafeMutableRawPointer(x)
     while i + 8 <= count {
@@ -114,7 +114,7 @@ public func scaleInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, by scale:
 
 /// x[i] = scale * exp(x[i] - shift).
 @inline(__always)
-public func scaledExpInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float, scale: Float) {
+func scaledExpInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float, scale: Float) {
     var i = 0
     let raw = UnsafeMutableRawPointer(x)
     while i + 8 <= count {

@@ -6,7 +6,7 @@ import Foundation
 /// Quantizes `count` values (a multiple of 32) to Q8_0 blocks at `dst` (`count / 32 * 34` bytes).
 /// ggml's quantize_row_q8_0_ref: d = max|x| / 127, q = roundf(x / d) (ties away from zero),
 /// d stored as IEEE half, little-endian.
-public func quantizeRowQ8_0(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+func quantizeRowQ8_0(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
     precondition(count % 32 == 0, "quantizeRowQ8_0: \(count) values is not a multiple of 32")
     let out = dst.assumingMemoryBound(to: UInt8.self)
     for b in 0..<(count / 32) {
@@ -26,7 +26,7 @@ public func quantizeRowQ8_0(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRaw
 /// Encodes `count` floats as `dtype` (F32, F16, BF16 or Q8_0) at `dst`; returns the bytes written.
 /// F16 and BF16 round to nearest even, as PyTorch and ggml do.
 @discardableResult
-public func encodeRow(_ src: UnsafePointer<Float>, as dtype: DType, into dst: UnsafeMutableRawPointer, count: Int) -> Int {
+func encodeRow(_ src: UnsafePointer<Float>, as dtype: DType, into dst: UnsafeMutableRawPointer, count: Int) -> Int {
     switch dtype {
     case .f32:
         let out = dst.assumingMemoryBound(to: UInt32.self)

@@ -2,7 +2,7 @@ import Foundation
 
 /// y = x * rstd * weight, rstd = 1 / sqrt(mean(x^2) + eps), over each row of `x` [rows, dim].
 /// Saves `rstd` [rows] for backward. `y` may alias `x`.
-public func rmsnormForward(_ y: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>?,
+func rmsnormForward(_ y: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>?,
                            _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
                            rows: Int, dim: Int, eps: Float) {
     parallelFor(rows, grain: 16) { range in
@@ -20,7 +20,7 @@ public func rmsnormForward(_ y: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutab
 /// Backward of `rmsnormForward`: dx += d/dx, dweight += d/dweight (when given).
 /// From y_i = w_i x_i r with r = (mean(x^2) + eps)^-1/2:
 /// dx_j = r w_j dy_j - x_j r^3 / dim * sum_i(w_i dy_i x_i).
-public func rmsnormBackward(_ dx: UnsafeMutablePointer<Float>, _ dweight: UnsafeMutablePointer<Float>?,
+func rmsnormBackward(_ dx: UnsafeMutablePointer<Float>, _ dweight: UnsafeMutablePointer<Float>?,
                             _ dy: UnsafePointer<Float>, _ x: UnsafePointer<Float>,
                             _ weight: UnsafePointer<Float>, _ rstd: UnsafePointer<Float>,
                             rows: Int, dim: Int) {

@@ -2,12 +2,12 @@ import Foundation
 
 /// Rotary position embedding in the "rotate half" layout of HF Llama: within each head,
 /// element i pairs with element i + headDim/2.
-public struct RotaryEmbedding: Sendable {
-    public let headDim: Int
+struct RotaryEmbedding: Sendable {
+    let headDim: Int
     /// Inverse frequencies [headDim / 2], after any rope scaling.
-    public let inverseFrequencies: [Float]
+    let inverseFrequencies: [Float]
 
-    public init(headDim: Int, theta: Float, scaling: RopeScaling) {
+    init(headDim: Int, theta: Float, scaling: RopeScaling) {
         self.headDim = headDim
         let half = headDim / 2
         var freqs = (0..<half).map { i in Float(1.0 / pow(Double(theta), Double(2 * i) / Double(headDim))) }
@@ -31,7 +31,7 @@ public struct RotaryEmbedding: Sendable {
     }
 
     /// cos and sin tables [positions.count, headDim / 2].
-    public func tables(positions: UnsafePointer<Int32>, count: Int) -> (cos: [Float], sin: [Float]) {
+    func tables(positions: UnsafePointer<Int32>, count: Int) -> (cos: [Float], sin: [Float]) {
         let half = headDim / 2
         var c = [Float](repeating: 0, count: count * half), s = c
         for t in 0..<count {
@@ -48,7 +48,7 @@ public struct RotaryEmbedding: Sendable {
 
 /// Rotates x [tokens, heads, headDim] in place by each token's angle. With `inverse`,
 /// rotates by the negative angle, which is the backward pass (the rotation is orthogonal).
-public func ropeApply(_ x: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
+func ropeApply(_ x: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
                       tokens: Int, heads: Int, headDim: Int, inverse: Bool = false) {
     let half = headDim / 2
     let sign: Float = inverse ? -1 : 1

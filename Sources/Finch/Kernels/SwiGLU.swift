@@ -1,13 +1,13 @@
 import Foundation
 
 /// h = silu(gate) * up, elementwise over `count` values.
-public func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
+func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
     swigluForward(h, gate: gate, up: up, rows: 1, width: count, stride: count)
 }
 
 /// h[rows, width] = silu(gate) * up, where row t of gate and of up starts at t * stride (gate and
 /// up are the two halves of one [rows, 2 * width] matrix in training) and h is contiguous.
-public func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
+func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                           rows: Int, width: Int, stride: Int) {
     forEachRowChunk(rows: rows, width: width) { t, j0, j1 in
         let g = gate + t * stride, u = up + t * stride, out = h + t * width
@@ -23,14 +23,14 @@ public func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<
 
 /// Backward of `swigluForward`: writes (not accumulates) dgate and dup.
 /// silu'(g) = sig(g) * (1 + g * (1 - sig(g))).
-public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
+func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
                            dh: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
     swigluBackward(dgate: dgate, dup: dup, dh: dh, gate: gate, up: up, rows: 1, width: count, stride: count)
 }
 
 /// `swigluBackward` with the layout of the strided `swigluForward`: gate, up, dgate and dup rows
 /// `stride` apart, dh contiguous [rows, width].
-public func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
+func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
                            dh: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                            rows: Int, width: Int, stride: Int) {
     forEachRowChunk(rows: rows, width: width) { t, j0, j1 in
