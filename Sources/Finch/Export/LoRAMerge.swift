@@ -4,7 +4,7 @@ import Foundation
 /// export holds at most one dequantized tensor beside the (memory-mapped) source:
 /// `W' = W + scale * B A`, in f32, with `scale = alpha / r` (or `alpha / sqrt(r)` with rsLoRA),
 /// as PEFT's `merge_and_unload` computes it.
-public struct MergedWeights {
+struct MergedWeights {
     public let files: ModelFiles
     public let lora: LoRAConfig?
     /// HF module path (`model.layers.0.self_attn.q_proj`) to its A [r, in] and B [out, r].

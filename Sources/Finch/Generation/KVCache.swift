@@ -1,6 +1,6 @@
 /// Keys and values of every layer for `batch` sequences, preallocated up to `capacity`
 /// positions, so decoding never reallocates. Rows share positions; left padding is masked.
-public final class KVCache {
+final class KVCache {
     public let layers: Int
     public let batch: Int
     public let capacity: Int

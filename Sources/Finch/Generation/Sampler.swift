@@ -23,7 +23,7 @@ public struct SamplingSettings: Sendable, Equatable, Codable {
     }
 }
 
-public struct Sampler {
+struct Sampler {
     public let settings: SamplingSettings
     var random: FinchRandom
 

@@ -1,5 +1,5 @@
 /// One metadata value of a GGUF file.
-public enum GGUFValue: Equatable, Sendable {
+enum GGUFValue: Equatable, Sendable {
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
     case uint64(UInt64), int64(Int64), float32(Float), float64(Double), bool(Bool)
     case string(String)
@@ -108,7 +108,7 @@ public enum GGUFValue: Equatable, Sendable {
 /// A GGUF file (https://github.com/ggml-org/ggml/blob/master/docs/gguf.md), versions 2 and 3,
 /// memory-mapped. Tensors keep llama.cpp's names and point into the mapping; `hfTensors()`
 /// gives them Hugging Face names and layout.
-public final class GGUFFile: @unchecked Sendable {
+final class GGUFFile: @unchecked Sendable {
     public let path: String
     public let version: Int
     public let metadata: [String: GGUFValue]

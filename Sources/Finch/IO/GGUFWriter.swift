@@ -4,7 +4,7 @@ import Foundation
 /// little-endian: header, metadata, tensor infos (`ne` = the row-major shape reversed),
 /// then the tensor data, each tensor starting at a multiple of `general.alignment`.
 /// The file appears atomically (a temporary sibling renamed into place).
-public enum GGUFWriter {
+enum GGUFWriter {
     public struct Tensor {
         public var name: String
         /// Row-major, slowest dimension first (`[rows, columns]`), as `GGUFFile.tensors` gives it.

@@ -6,7 +6,7 @@ import Darwin
 
 /// A whole file mapped read-only into memory. Tensors loaded from it point into `bytes`
 /// and keep the mapping alive through `TensorData.owner`.
-public final class MappedFile: @unchecked Sendable {
+final class MappedFile: @unchecked Sendable {
     public let path: String
     public let bytes: UnsafeRawPointer
     public let count: Int

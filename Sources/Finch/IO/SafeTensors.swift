@@ -9,7 +9,7 @@ import Darwin
 /// little-endian header length N, N bytes of JSON `{name: {dtype, shape, data_offsets}}`
 /// (plus an optional `__metadata__` string map), then the little-endian tensor data;
 /// `data_offsets` count from the first byte after the header.
-public enum SafeTensors {
+enum SafeTensors {
     public static let supportedDTypes: [DType] = [.f32, .f16, .bf16]
 
     /// Maps the file and returns views of its tensors; they keep the mapping alive.

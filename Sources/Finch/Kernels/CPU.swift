@@ -156,7 +156,7 @@ public enum CPU {
 }
 
 /// bf16 (the upper half of an f32) conversions, rounding to nearest even as PyTorch does.
-public enum BFloat16 {
+enum BFloat16 {
     public static func convert(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<UInt16>, count: Int) {
         _ = CPU.bf16Level
         finch_f32_to_bf16(src, dst, count)

@@ -4,7 +4,7 @@ import Foundation
 /// Float weights are used in place; quantized ones stay quantized and are dequantized
 /// tile by tile inside each product, so a 4-bit base costs 4 bits per weight in memory.
 /// bf16 copies (`--precision bf16`) multiply in bf16 (see `Precision`): half the memory of f32.
-public final class WeightMatrix: @unchecked Sendable {
+final class WeightMatrix: @unchecked Sendable {
     public let rows: Int
     public let columns: Int
     public let dtype: DType

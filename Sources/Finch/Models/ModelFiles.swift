@@ -9,9 +9,9 @@ public struct ModelFiles: Sendable {
     /// The folder or file the model was opened from.
     public let source: String
     /// The GGUF file when the model came from one (its metadata also holds the tokenizer).
-    public let gguf: GGUFFile?
+    let gguf: GGUFFile?
 
-    public init(config: ModelConfig, tensors: [String: TensorData], source: String, gguf: GGUFFile? = nil) {
+    init(config: ModelConfig, tensors: [String: TensorData], source: String, gguf: GGUFFile? = nil) {
         self.config = config
         self.tensors = tensors
         self.source = source

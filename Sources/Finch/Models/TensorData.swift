@@ -66,7 +66,7 @@ public struct TensorData: @unchecked Sendable {
 }
 
 /// Memory that Finch allocated itself and that a `TensorData` can point into.
-public final class OwnedBytes: @unchecked Sendable {
+final class OwnedBytes: @unchecked Sendable {
     public let pointer: UnsafeMutableRawPointer
     public let count: Int
     public init(count: Int) {

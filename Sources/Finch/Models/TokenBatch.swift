@@ -1,5 +1,5 @@
 /// Token ids of `batch` rows of `seq` positions each, with padding mask and positions.
-public struct TokenBatch: Sendable {
+struct TokenBatch: Sendable {
     public let batch: Int
     public let seq: Int
     public var ids: [Int32]          // [batch * seq]

@@ -353,7 +353,7 @@ public final class Transformer {
 
     /// Runs the next chunk of tokens of each cached row and returns the logits of each row's
     /// last position [batch, V]. `mask` marks padding in the chunk (1 real, 0 pad), `positions` the rope positions.
-    public func decode(_ chunk: TokenBatch, cache: KVCache) -> [Float] {
+    func decode(_ chunk: TokenBatch, cache: KVCache) -> [Float] {
         precondition(chunk.batch == cache.batch && cache.length + chunk.seq <= cache.capacity, "the chunk does not fit the cache")
         for b in 0..<chunk.batch {
             for t in 0..<chunk.seq { cache.keyMask[b * cache.capacity + cache.length + t] = chunk.mask?[b * chunk.seq + t] ?? 1 }
@@ -436,7 +436,7 @@ public final class Transformer {
     // MARK: - Entry points
 
     /// Logits (n, V) of every position.
-    public func logits(_ batch: TokenBatch) -> [Float] {
+    func logits(_ batch: TokenBatch) -> [Float] {
         let acts = activations(for: batch, training: false)
         let hidden = forward(batch, acts: acts)
         var out = [Float](repeating: 0, count: batch.tokenCount * config.vocabSize)
@@ -445,7 +445,7 @@ public final class Transformer {
     }
 
     /// Sum of -log p(target) over positions whose target is not negative, and their count; no gradients.
-    public func negativeLogLikelihood(_ batch: TokenBatch, targets: [Int32]) -> (sum: Double, count: Int) {
+    func negativeLogLikelihood(_ batch: TokenBatch, targets: [Int32]) -> (sum: Double, count: Int) {
         let acts = activations(for: batch, training: false)
         let hidden = forward(batch, acts: acts)
         let r = targets.withUnsafeBufferPointer {
@@ -462,7 +462,7 @@ public final class Transformer {
     /// A position's loss term depends on its hidden state only through log p(target), so with a
     /// frozen head (LoRA) the same pass over the head also computes d log p / d hidden for every
     /// position, and backward scales it instead of computing the logits a second time.
-    public func forwardForTraining(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+    func forwardForTraining(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
         precondition(isTraining, "forwardForTraining needs a model built for LoRA or full fine-tuning")
         let hidden = forward(batch, acts: activations(for: batch, training: true))
         guard headGrad == nil else {
@@ -479,7 +479,7 @@ public final class Transformer {
     }
 
     /// Per-position statistics of an inference forward (no gradients): the reference model's log-probs, evaluation.
-    public func tokenStatistics(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+    func tokenStatistics(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
         headStatistics(hidden: forward(batch, acts: activations(for: batch, training: false)), batch: batch, targets: targets)
     }
 
@@ -557,7 +557,7 @@ public final class Transformer {
     /// `weight * -log p(target)` to the loss, and its gradient is added to `parameters.grads`.
     /// Returns the unweighted sum of -log p and the count of scored positions.
     @discardableResult
-    public func crossEntropyStep(_ batch: TokenBatch, targets: [Int32], weight: Float,
+    func crossEntropyStep(_ batch: TokenBatch, targets: [Int32], weight: Float,
                                  statistics: UnsafeMutablePointer<TokenStatistics>? = nil) -> (sum: Double, count: Int) {
         precondition(isTraining, "crossEntropyStep needs a model built for LoRA or full fine-tuning")
         let acts = activations(for: batch, training: true)

@@ -1,5 +1,5 @@
 /// A small, fast, seedable generator (xoshiro256**), so that runs repeat exactly for a seed.
-public struct FinchRandom: RandomNumberGenerator, Sendable {
+struct FinchRandom: RandomNumberGenerator, Sendable {
     private var s: (UInt64, UInt64, UInt64, UInt64)
 
     public init(seed: UInt64) {
