@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Issue 7's side-by-side table: Finch, the HF stack (transformers + peft + TRL) and Unsloth's CPU
-path on the same configurations, in one run, with the issue's targets checked.
+"""The side-by-side table of issues 7 and 16: Finch, the HF stack (transformers + peft + TRL) and
+Unsloth's CPU path on the same configurations, in one run, with issue 16's targets checked.
 
 Every measurement runs in its own subprocess, so peak RSS (ru_maxrss from os.wait4) is that
 process's own: model load, training and all. The machine is shared and noisy, so read the
@@ -8,20 +8,23 @@ ratios, which come from the same run, rather than the absolute figures; the load
 at the start of each row is recorded.
 
 Rows:
-  gemm     `finch bench gemm` and bench/torch_gemm.py on SmolLM2's shapes; the GEMM peak is the
-           best GFLOP/s of either on any shape, and MFU = achieved model GFLOP/s / that peak.
+  gemm     `finch bench peak` measures this CPU's fp32 FMA and bf16 dot-product peaks; `finch bench
+           gemm` (fp32, bf16 and OpenBLAS) and bench/torch_gemm.py run SmolLM2's shapes. MFU =
+           achieved model GFLOP/s / the peak of the run's precision (bf16 runs: the bf16 peak).
   orpo     2 pairs x 256 tokens per step (4 rows of 256; 64 prompt tokens masked).
   sft      4 rows x 512 tokens per step.
            Finch: `finch bench step --method M --optimizer` (Trainer, Finch's own objective,
            clipping and AdamW); the HF stack and Unsloth: bench/py_train_step.py (TRL's
            ORPOTrainer / SFTTrainer; Unsloth with its own defaults). All: SmolLM2-135M-Instruct's
-           weights (Finch reads the Q4_1 GGUF and, as the model is small, dequantizes it to f32
-           at load; the Python stacks read the same weights dequantized into an f32 HF folder made
-           once from that GGUF), LoRA r16 alpha 32 on all seven projections, fp32, lr 1e-4.
-           Finch has three rows (FINCH_SETTINGS): the step as one batch; the same step as
-           micro-batches of one row / one pair (`--micro-batch 1`: exact accumulation, the same
-           update, a quarter / half of the activations); and that with the 4-bit base kept
-           quantized (`--keep-quantized`, finch-lean).
+           weights (Finch reads the Q4_1 GGUF and, as the model is small, dequantizes it at load;
+           the Python stacks read the same weights dequantized into an f32 HF folder made once
+           from that GGUF), LoRA r16 alpha 32 on all seven projections, lr 1e-4.
+           Precision: the HF stack twice, at TRL's default (bf16=True: autocast) and in fp32;
+           Unsloth in fp32 as in the earlier tables; Finch at its default (--precision auto:
+           bf16 where the CPU computes it natively) in four rows (FINCH_SETTINGS): the step as
+           one batch; as micro-batches of one row / one pair (`--micro-batch 1`: exact
+           accumulation, the same update, a quarter / half of the activations); that with the
+           4-bit base kept quantized (`--keep-quantized`, finch-lean); and one batch in fp32.
   decode   prompt 128 + 128 new tokens, greedy, batch 1: `finch bench decode` (when the binary
            has it) with exact f32 activations and with `--int8-activations` (activations rounded
            to 8 bits per block of 32, as llama.cpp multiplies), bench/hf_generate.py, and
