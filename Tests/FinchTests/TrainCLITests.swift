@@ -151,6 +151,9 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertEqual(precision?["chosen"], "fp32")
         XCTAssertTrue(precision?["cpu"]?.contains("FINCH_ISA=avx2") == true, "\(String(describing: precision))")
 
+        // Without oneDNN (the path a machine without libdnnl takes): OpenBLAS, the same losses.
+        let openBLAS = try losses(try train("openblas", "fp32", environment: ["FINCH_GEMM": "openblas"]))
+        for (x, y) in zip(openBLAS, a) { XCTAssertEqual(x, y, accuracy: 1e-5 * abs(y), "fp32 losses differ between OpenBLAS and oneDNN") }
         let bf16 = try losses(try train("bf16", "bf16"))
         for (x, y) in zip(bf16, a) { XCTAssertEqual(x, y, accuracy: 2e-2 * abs(y), "bf16 loss far from fp32") }
         XCTAssertNotEqual(bf16, a, "bf16 products changed nothing")
