@@ -23,6 +23,21 @@ final class DataTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// Files written on Windows (CRLF line ends) read as the same rows; a byte that is not UTF-8
+    /// is named with its line.
+    func testCRLFLinesAndInvalidUTF8Line() throws {
+        let rows = try DataFile.read(try write("crlf.jsonl", "{\"text\": \"a\"}\r\n{\"text\": \"b\"}\r\n\r\n{\"text\": \"c\"}\r\n"))
+        XCTAssertEqual(rows.map { $0.fields["text"] as? String }, ["a", "b", "c"])
+        XCTAssertEqual(rows.map(\.location), ["crlf.jsonl:1", "crlf.jsonl:2", "crlf.jsonl:4"])
+        let csvRows = try DataFile.read(try write("crlf.csv", "prompt,completion\r\nhi,there\r\n"))
+        XCTAssertEqual(csvRows.first?.fields["completion"] as? String, "there")
+        let bad = temporary.appendingPathComponent("bad.jsonl")
+        try Data("{\"text\": \"a\"}\n{\"text\": \"\u{00}".utf8 + [0xFF] + Data("\"}\n".utf8)).write(to: bad)
+        XCTAssertThrowsError(try DataFile.read(bad.path)) {
+            XCTAssertTrue("\($0)".contains("bad.jsonl:2: found a byte that is not UTF-8 (0xFF)"), "\($0)")
+        }
+    }
+
     func testCSVQuotedFieldsAndJSONArrays() throws {
         let rows = try DataFile.read(try write("d.csv", "prompt,completion\n\"Hello, \"\"you\"\"\",\"line\nbreak\"\n"))
         XCTAssertEqual(rows[0].fields["prompt"] as? String, "Hello, \"you\"")

@@ -28,7 +28,11 @@ public enum DataFile {
             throw Error.unreadable(path: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")
         }
         guard let text = String(data: data, encoding: .utf8) else {
-            throw Error.malformed(location: path, found: "bytes that are not UTF-8", expected: "UTF-8 text")
+            // Name the line of the first byte that is not UTF-8.
+            let offset = UTF8Validation.firstInvalidOffset(in: data) ?? 0
+            let line = data.prefix(offset).reduce(1) { $0 + ($1 == 0x0A ? 1 : 0) }
+            throw Error.malformed(location: "\(path):\(line)", found: String(format: "a byte that is not UTF-8 (0x%02X)", data[data.startIndex + offset]),
+                                  expected: "UTF-8 text")
         }
         let name = (path as NSString).lastPathComponent
         let rows: [Row]
@@ -45,7 +49,8 @@ public enum DataFile {
 
     static func jsonLines(_ text: String, name: String) throws -> [Row] {
         var rows: [Row] = []
-        for (i, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        // "\r\n" is one Character in Swift, so a split on "\n" alone would not see CRLF line ends.
+        for (i, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
             let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
             if trimmed.isEmpty { continue }
             let location = "\(name):\(i + 1)"
