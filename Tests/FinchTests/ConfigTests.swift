@@ -26,6 +26,15 @@ final class ConfigTests: XCTestCase {
         XCTAssertThrowsError(try TrainConfig(values: ["model": "m", "data": "d", "output": "o", "lora_targets": "q_proj,fc1"])) {
             XCTAssertTrue("\($0)".contains("fc1"), "\($0)")
         }
+        // Sizes that would overflow or exhaust memory later, and a learning rate past float range
+        // (issue 18: SIGSEGV in microBatches, an allocation fatal error, an internal EncodingError).
+        let base = ["model": "m", "data": "d", "output": "o"]
+        for (key, value, expected) in [("grad_accum", "4611686018427387904", "at most 65536"), ("lora_r", "1000000000", "at most 16384"),
+                                       ("lr", "1.0e39", "a finite number >= 0"), ("batch_size", "0", "a positive number")] {
+            XCTAssertThrowsError(try TrainConfig(values: base.merging([key: value]) { $1 }, sources: [key: "train.yaml"])) {
+                XCTAssertTrue("\($0)".hasPrefix("train.yaml: \(key): found '") && "\($0)".contains(expected), "\($0)")
+            }
+        }
     }
 
     func testTrainConfigParsesEveryKind() throws {

@@ -161,6 +161,16 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         for (key, value) in [("max_length", maxLength), ("batch_size", t.batchSize), ("grad_accum", t.gradAccum), ("lora_r", loraR)] where value < 1 {
             throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "a positive number")
         }
+        // Sizes that later multiply into allocations and loop bounds: within what a run can hold.
+        for (key, value, limit) in [("max_length", maxLength, 1 << 20), ("batch_size", t.batchSize, 1 << 16), ("grad_accum", t.gradAccum, 1 << 16),
+                                    ("lora_r", loraR, 1 << 14), ("warmup_steps", t.warmupSteps, 1 << 30), ("max_steps", t.maxSteps, 1 << 30),
+                                    ("epochs", t.epochs, 1 << 20)] where value > limit {
+            throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "at most \(limit)")
+        }
+        for (key, value) in [("lr", Double(t.learningRate)), ("weight_decay", Double(t.weightDecay)), ("max_grad_norm", Double(t.maxGradNorm)),
+                             ("beta", beta), ("lora_alpha", Double(loraAlpha))] where !value.isFinite || value < 0 {
+            throw Error.invalid(key: key, source: source(key), found: "\(try double(key) ?? value)", expected: "a finite number >= 0 (within float range)")
+        }
         if t.epochs < 1 && t.maxSteps < 1 { throw Error.invalid(key: "epochs", source: source("epochs"), found: "\(t.epochs)", expected: "at least 1, or max_steps") }
         if method == "dpo" && labelSmoothing != 0 && lossType != "robust" {
             throw Error.invalid(key: "label_smoothing", source: source("label_smoothing"), found: "\(labelSmoothing) with loss_type \(lossType)",
