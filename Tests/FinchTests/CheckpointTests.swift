@@ -52,4 +52,35 @@ final class CheckpointTests: XCTestCase {
                                 train: AccumulationTests.preferenceExamples(), settings: settings)
         XCTAssertThrowsError(try Checkpoint.restore(other, from: saved)) { XCTAssertTrue("\($0)".contains("seed"), "\($0)") }
     }
+
+    /// Hand-edited positions (issue 18: examplesInEpoch -7 crashed the next step; step 1,000,000
+    /// "resumed" and trained nothing) are refused with the file and the field.
+    func testRestoreRefusesImpossiblePositions() throws {
+        let run = FileManager.default.temporaryDirectory.appendingPathComponent("finch-ckpt-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let t = try trainer()
+        _ = try t.step()
+        let saved = try Checkpoint.save(t, runDirectory: run)
+        let statePath = saved + "/" + Checkpoint.stateFile
+        let original = try Data(contentsOf: URL(fileURLWithPath: statePath))
+        func corrupt(_ edit: (inout [String: Any]) -> Void) throws {
+            var object = try JSONSerialization.jsonObject(with: original) as! [String: Any]
+            edit(&object)
+            try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: statePath))
+        }
+        let cases: [(String, (inout [String: Any]) -> Void)] = [
+            ("examplesInEpoch", { $0["examplesInEpoch"] = -7 }),
+            ("state.step", { var s = $0["state"] as! [String: Any]; s["step"] = 1_000_000; $0["state"] = s }),
+            ("state.step", { var s = $0["state"] as! [String: Any]; s["step"] = -5; $0["state"] = s }),
+            ("state.random", { var s = $0["state"] as! [String: Any]; s["random"] = [1, 2]; $0["state"] = s }),
+        ]
+        for (field, edit) in cases {
+            try corrupt(edit)
+            XCTAssertThrowsError(try Checkpoint.restore(try trainer(), from: saved)) {
+                XCTAssertTrue("\($0)".contains(Checkpoint.stateFile) && "\($0)".contains(field), "\($0)")
+            }
+        }
+        try original.write(to: URL(fileURLWithPath: statePath))
+        XCTAssertNoThrow(try Checkpoint.restore(try trainer(), from: saved))
+    }
 }

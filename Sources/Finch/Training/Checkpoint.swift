@@ -71,6 +71,20 @@ public enum Checkpoint {
         do { saved = try JSONDecoder().decode(SavedState.self, from: data) } catch {
             throw LoadError.malformed(path: statePath, field: "JSON", found: "\(error)", expected: "a Finch trainer state")
         }
+        // A position the run cannot have reached is a corrupt or foreign file, not a place to resume.
+        let s = saved.state
+        let position: [(field: String, value: Int, range: ClosedRange<Int>)] = [
+            ("state.step", s.step, 0...trainer.totalSteps), ("state.epoch", s.epoch, 0...max(trainer.settings.epochs, 1) + trainer.totalSteps),
+            ("state.windowInEpoch", s.windowInEpoch, 0...trainer.windowsPerEpoch), ("state.numTokens", s.numTokens, 0...Int.max),
+            ("optimizerStep", saved.optimizerStep, 0...max(s.step, 0)), ("examplesInEpoch", saved.examplesInEpoch ?? 0, 0...trainer.train.count),
+            ("ranks", saved.ranks ?? 1, 1...1 << 20)]
+        for (field, value, range) in position where !range.contains(value) {
+            throw LoadError.malformed(path: statePath, field: field, found: "\(value)", expected: "a value in \(range.lowerBound)...\(range.upperBound) for this run")
+        }
+        if s.random.count != trainer.model.random.state.count {
+            throw LoadError.malformed(path: statePath, field: "state.random", found: "\(s.random.count) words",
+                                      expected: "\(trainer.model.random.state.count) (the dropout generator's state)")
+        }
         var differences: [String] = []
         let a = saved.settings, b = trainer.settings
         let savedWindow = (saved.ranks ?? 1) * a.batchSize * a.gradAccum
