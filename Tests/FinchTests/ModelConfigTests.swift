@@ -44,6 +44,23 @@ final class ModelConfigTests: XCTestCase {
         IOTestSupport.assertLoadError(try config(["hidden_size": "64"]), mentions: ["test/config.json", "hidden_size", "integer"])
     }
 
+    /// Sizes and numbers that crashed or were accepted silently (issue 18): each a one-line error
+    /// naming the file and the field.
+    func testInsaneSizesAndNumbersAreNamed() {
+        let cases: [([String: Any?], String)] = [
+            (["head_dim": -16], "head_dim"), (["head_dim": 100_000_000_000_000], "head_dim"), (["head_dim": 15], "head_dim"),
+            (["num_hidden_layers": 0], "num_hidden_layers"), (["num_hidden_layers": 2_147_483_648], "num_hidden_layers"),
+            (["num_key_value_heads": 3], "num_key_value_heads"), (["rms_norm_eps": -1.0], "rms_norm_eps"),
+            (["rope_theta": 0], "rope_theta"), (["max_position_embeddings": 0], "max_position_embeddings"),
+            (["bos_token_id": 160], "bos_token_id"), (["eos_token_id": [0, 99999]], "eos_token_id"),
+            (["vocab_size": 1 << 30], "vocab_size"),
+        ]
+        for (change, field) in cases {
+            IOTestSupport.assertLoadError(try config(change), mentions: ["test/config.json", field])
+        }
+        XCTAssertNoThrow(try config(["head_dim": 32]))
+    }
+
     func testUnsupportedModelTypeListsSupported() {
         IOTestSupport.assertLoadError(try config(["model_type": "gpt_neox"]),
                                       mentions: ["test/config.json", "model_type", "gpt_neox"] + ModelConfig.supportedModelTypes)

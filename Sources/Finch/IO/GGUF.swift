@@ -349,7 +349,7 @@ final class GGUFFile: @unchecked Sendable {
 
         let bos = try optionalInt("tokenizer.ggml.bos_token_id")
         let eos = try optionalInt("tokenizer.ggml.eos_token_id")
-        return ModelConfig(modelType: arch,
+        let config = ModelConfig(modelType: arch,
                            hiddenSize: hidden,
                            intermediateSize: try int("\(arch).feed_forward_length"),
                            layerCount: try int("\(arch).block_count"),
@@ -367,6 +367,14 @@ final class GGUFFile: @unchecked Sendable {
                            qkNorm: tensors["blk.0.attn_q_norm.weight"] != nil,
                            bosTokenId: bos,
                            eosTokenIds: eos.map { [$0] } ?? [])
+        try config.validate(path: path, names: [
+            "hidden_size": "\(arch).embedding_length", "intermediate_size": "\(arch).feed_forward_length",
+            "num_hidden_layers": "\(arch).block_count", "num_attention_heads": "\(arch).attention.head_count",
+            "num_key_value_heads": "\(arch).attention.head_count_kv", "head_dim": "\(arch).attention.key_length",
+            "vocab_size": "tokenizer.ggml.tokens", "rms_norm_eps": "\(arch).attention.layer_norm_rms_epsilon",
+            "rope_theta": "\(arch).rope.freq_base", "max_position_embeddings": "\(arch).context_length",
+            "bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id"])
+        return config
     }
 
     // MARK: - Hugging Face view

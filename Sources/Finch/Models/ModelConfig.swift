@@ -155,6 +155,33 @@ public struct ModelConfig: Equatable, Sendable {
         if bool("mlp_bias", false) {
             throw LoadError.unsupported(path: path, what: "mlp_bias", found: "true", supported: ["false"])
         }
+        try validate(path: path)
+    }
+
+    /// Sizes within what a model of this family can have and consistent with each other, so that
+    /// nothing allocated from them overflows or exhausts memory, and numbers that are finite and
+    /// positive. `names` maps the HF keys to the file's own (a GGUF's metadata keys) for the error.
+    func validate(path: String, names: [String: String] = [:]) throws {
+        func fail(_ key: String, _ found: Any, _ expected: String) -> LoadError {
+            .malformed(path: path, field: names[key] ?? key, found: "\(found)", expected: expected)
+        }
+        let sizes: [(String, Int, ClosedRange<Int>)] = [
+            ("hidden_size", hiddenSize, 1...65536), ("intermediate_size", intermediateSize, 1...(1 << 20)),
+            ("num_hidden_layers", layerCount, 1...1024), ("num_attention_heads", headCount, 1...1024),
+            ("num_key_value_heads", kvHeadCount, 1...headCount), ("head_dim", headDim, 2...4096),
+            ("vocab_size", vocabSize, 1...(1 << 24)), ("max_position_embeddings", maxPositionEmbeddings, 1...(1 << 24)),
+        ]
+        for (key, value, range) in sizes where !range.contains(value) {
+            throw fail(key, value, "an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        if headCount % kvHeadCount != 0 { throw fail("num_key_value_heads", kvHeadCount, "a divisor of the \(headCount) attention heads") }
+        if headDim % 2 != 0 { throw fail("head_dim", headDim, "an even number (rotary embeddings pair dimensions)") }
+        if !(rmsNormEps.isFinite && rmsNormEps > 0 && rmsNormEps < 1) { throw fail("rms_norm_eps", rmsNormEps, "a number in (0, 1)") }
+        if !(ropeTheta.isFinite && ropeTheta > 0) { throw fail("rope_theta", ropeTheta, "a positive finite number") }
+        if let bos = bosTokenId, !(0..<vocabSize).contains(bos) { throw fail("bos_token_id", bos, "a token id below vocab_size \(vocabSize)") }
+        if let eos = eosTokenIds.first(where: { !(0..<vocabSize).contains($0) }) {
+            throw fail("eos_token_id", eos, "token ids below vocab_size \(vocabSize)")
+        }
     }
 
     static func parseRopeScaling(_ json: [String: Any]?, path: String) throws -> RopeScaling {
