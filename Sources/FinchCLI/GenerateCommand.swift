@@ -34,6 +34,7 @@ struct ModelOptions: ParsableArguments {
     func load() throws -> (ChatSession) {
         let files = try ModelFiles.open(model)
         let tokenizer = try Tokenizer.load(from: model)
+        try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let model = try Transformer(files: files, adapter: adapter)
         model.int8Activations = int8Activations
         return ChatSession(model: model, tokenizer: tokenizer, files: files)

@@ -25,6 +25,7 @@ struct PerplexityCommand: ParsableCommand {
                 sequences = try Perplexity.readTokenIDs(path: tokenIDs, vocabSize: files.config.vocabSize)
             } else if let data {
                 let tokenizer = try Tokenizer.load(from: model)
+                try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
                 sequences = try Perplexity.readTexts(path: data).map { tokenizer.encode($0, addSpecialTokens: true) }
             } else {
                 throw ValidationError("give the data to score with --data FILE or --token-ids FILE")

@@ -58,3 +58,16 @@ final class DataTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(examples.count, 1)
     }
 }
+
+/// Token ids a tokenizer can produce are checked against the model's embedding rows (issue 18:
+/// an added token with id 5,000,000 or a special token past the vocabulary read outside the table).
+final class TokenizerModelCheckTests: XCTestCase {
+    func testTokensPastTheEmbeddingAreNamed() throws {
+        let tokenizer = try Tokenizer.load(from: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer").path)
+        let rows = try ModelFiles.open(TestSupport.fixtures.appendingPathComponent("trainers/model").path).config.vocabSize
+        XCTAssertNoThrow(try tokenizer.checkIDs(below: rows, model: "model"))
+        XCTAssertThrowsError(try tokenizer.checkIDs(below: 200, model: "small")) {
+            XCTAssertTrue("\($0)".contains("tokenizer") && "\($0)".contains("below 200") && "\($0)".contains("token '"), "\($0)")
+        }
+    }
+}

@@ -94,6 +94,30 @@ public final class Tokenizer: @unchecked Sendable {
         chatTemplate = parts.chatTemplate
     }
 
+    /// Throws, naming the token, when this tokenizer can produce an id that a model with `rows`
+    /// embedding rows does not have (an added token or a post-processor's special token past the
+    /// vocabulary would read outside the embedding table).
+    public func checkIDs(below rows: Int, model: String) throws {
+        func fail(_ what: String, _ id: Int) -> TokenizerError {
+            .malformed(path: source, field: what, found: "id \(id)", expected: "an id below \(rows), the embedding rows of \(model)")
+        }
+        if tokens.count > rows, let id = (rows..<tokens.count).first(where: { tokens[$0] != nil }) {
+            throw fail("token '\(tokens[id]!)'", id)
+        }
+        func processorIDs(_ p: PostProcessor) -> [Int32] {
+            switch p {
+            case let .template(prefix, suffix): return prefix + suffix
+            case let .clsSep(cls, sep): return [cls, sep]
+            case .none: return []
+            case let .sequence(items): return items.flatMap(processorIDs)
+            }
+        }
+        if let id = processorIDs(postProcessor).first(where: { $0 < 0 || Int($0) >= rows }) { throw fail("post_processor special token", Int(id)) }
+        for (name, id) in [("bos_token", bosTokenId), ("eos_token", eosTokenId), ("pad_token", padTokenId), ("unk_token", unkTokenId)] {
+            if let id, id < 0 || id >= rows { throw fail(name, id) }
+        }
+    }
+
     /// Loads an HF tokenizer folder (tokenizer.json with tokenizer_config.json,
     /// special_tokens_map.json and chat_template.jinja where present), a tokenizer.json
     /// file, or a .gguf file.

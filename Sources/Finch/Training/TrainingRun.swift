@@ -51,6 +51,7 @@ public final class TrainingRun {
         if group.isRoot { try prepareOutput() }
         files = try ModelFiles.open(config.model)
         tokenizer = try Tokenizer.load(from: config.model)
+        try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
         var (train, trainReport) = try TrainingData.examples(rows: try DataFile.read(config.data), method: config.method, format: format,
                                                              tokenizer: tokenizer, maxLength: config.maxLength, chatPrompts: config.chatTemplate)
