@@ -161,4 +161,24 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         let autoRecord = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: auto + "/run.json"))) as! [String: Any]
         XCTAssertEqual((autoRecord["precision"] as? [String: String])?["chosen"], "fp32", "auto under FINCH_ISA=avx2 has no native bf16")
     }
+
+    /// A diverging run stops at the first step whose loss or gradient is not finite, or whose
+    /// model collapsed to uniform predictions, naming the step; earlier checkpoints stay loadable
+    /// (issue 18: --lr 1e6 saved a collapsed model with exit 0, --lr 1e30 a NaN adapter).
+    func testDivergenceStopsNamingTheStep() throws {
+        let model = try model(), data = try preferenceData()
+        for lr in ["1e6", "1e30"] {
+            let output = temporary.appendingPathComponent("lr\(lr)").path
+            var arguments = trainArguments(model: model, data: data, output: output)
+            arguments[arguments.firstIndex(of: "--lr")! + 1] = lr
+            arguments[arguments.firstIndex(of: "--save-steps")! + 1] = "1"
+            arguments[arguments.firstIndex(of: "--warmup-steps")! + 1] = "0"
+            let r = try run(arguments + ["--max-grad-norm", "0"])
+            XCTAssertEqual(r.status, 1, "lr \(lr): \(r.out)")
+            XCTAssertTrue(r.err.contains("step ") && (r.err.contains("not finite") || r.err.contains("collapsed")), "lr \(lr): \(r.err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: output + "/adapter_model.safetensors"), "lr \(lr): a final adapter was saved")
+            let checkpoints = try FileManager.default.contentsOfDirectory(atPath: output).filter { $0.hasPrefix("checkpoint-") }
+            for c in checkpoints { XCTAssertNoThrow(try PEFTAdapter.config(directory: output + "/" + c), c) }
+        }
+    }
 }

@@ -25,8 +25,9 @@ func fastExp(_ x: SIMD8<Float>) -> SIMD8<Float> {
     p = multiplyAdd(p, r, SIMD8(repeating: 1.666_666_55e-1))
     p = multiplyAdd(p, r, SIMD8(repeating: 5.000_000_12e-1))
     p = multiplyAdd(p, r * r, r + 1)
-    var exponent = SIMD8<Int32>()
-    for j in 0..<8 { exponent[j] = Int32(n[j]) }
+    // n as an integer without a conversion that traps on NaN: n + 1.5 * 2^23 holds the integer n
+    // in its low mantissa bits (exact for |n| < 2^22); a NaN input stays NaN through p.
+    let exponent = unsafeBitCast(n + SIMD8(repeating: 12_582_912), to: SIMD8<Int32>.self) &- 0x4B40_0000
     let bits = (exponent &+ 127) &<< 23
     return p * unsafeBitCast(bits, to: SIMD8<Float>.self)
 }

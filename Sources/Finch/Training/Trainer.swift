@@ -24,6 +24,26 @@ public struct TrainerSettings: Sendable, Codable, Equatable {
 }
 
 /// Where a run stands: enough, with the parameters and optimizer moments, to resume bit for bit.
+/// Why training stopped.
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    /// The loss or the gradient norm of a step was NaN or infinite (a diverging run).
+    case nonFinite(step: Int, loss: Double?, gradNorm: Double, learningRate: Double)
+    /// The model predicts the uniform distribution (loss ln(vocab)) with an exactly zero gradient.
+    case collapsed(step: Int, loss: Double, learningRate: Double)
+
+    public var description: String {
+        switch self {
+        case let .nonFinite(step, loss, gradNorm, learningRate):
+            let what = loss.map { $0.isFinite ? "gradient norm \(gradNorm)" : "loss \($0) (gradient norm \(gradNorm))" } ?? "gradient norm \(gradNorm)"
+            return "step \(step): \(what) is not finite at learning rate \(learningRate): training diverged and stopped before "
+                + "updating; checkpoints written before this step are intact (try a lower --lr or --max-grad-norm)"
+        case let .collapsed(step, loss, learningRate):
+            return String(format: "step %d: the model collapsed to a uniform distribution (loss %.4f = ln(vocab), gradient exactly 0) ", step, loss)
+                + "at learning rate \(learningRate): training stopped before updating; checkpoints written before this step are intact (try a lower --lr)"
+        }
+    }
+}
+
 public struct TrainerState: Sendable, Codable, Equatable {
     public var step = 0
     public var epoch = 0
@@ -146,6 +166,18 @@ public final class Trainer {
         metrics = try group.sumAtRoot(metrics, "gathering the metrics (step \(state.step + 1))")
         let gradNorm = clipGradientNorm(parameters, maxNorm: settings.maxGradNorm)
         let lr = schedule.rate(at: state.step)
+        // A non-finite loss or gradient stops the run before the update: the parameters (and every
+        // checkpoint written so far) stay as they were. The gradient is all-reduced, so every rank
+        // sees the same norm and stops together.
+        if !gradNorm.isFinite || metrics["loss"].map({ !$0.isFinite }) == true {
+            throw TrainingError.nonFinite(step: state.step + 1, loss: metrics["loss"], gradNorm: Double(gradNorm), learningRate: Double(lr))
+        }
+        // Collapse: every prediction uniform (negative log-likelihood ln(vocab)) and nothing left
+        // to learn from (gradient exactly zero), as a huge learning rate leaves a model.
+        let uniform = log(Double(model.config.vocabSize))
+        if gradNorm == 0, let nll = metrics["nll_loss"] ?? metrics["loss"], abs(nll - uniform) < 1e-3 * uniform {
+            throw TrainingError.collapsed(step: state.step + 1, loss: nll, learningRate: Double(lr))
+        }
         optimizer.update(parameters, lr: lr)
 
         state.step += 1
