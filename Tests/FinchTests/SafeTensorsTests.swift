@@ -120,6 +120,28 @@ final class SafeTensorsTests: XCTestCase {
         IOTestSupport.assertLoadError(try SafeTensors.read(path: file), mentions: [file, "'w'", "data_offsets", "[0, 400]", "16 data bytes"])
     }
 
+    /// Tensors must tile the data region exactly (issue 18: overlapping offsets and a header length
+    /// one byte short were read as garbage, NaN, with exit 0).
+    func testTensorsTileTheDataExactly() {
+        let file = path("tiling.safetensors")
+        let data = [UInt8](repeating: 0, count: 16)
+        let overlap = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#
+        IOTestSupport.writeBytes(IOTestSupport.rawSafeTensors(header: overlap, data: [UInt8](repeating: 0, count: 12)), to: file)
+        IOTestSupport.assertLoadError(try SafeTensors.read(path: file), mentions: [file, "'b'", "byte 4", "without gaps or overlaps"])
+        let gap = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[12,16]}}"#
+        IOTestSupport.writeBytes(IOTestSupport.rawSafeTensors(header: gap, data: data), to: file)
+        IOTestSupport.assertLoadError(try SafeTensors.read(path: file), mentions: [file, "'b'", "byte 12"])
+        let tail = #"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#
+        IOTestSupport.writeBytes(IOTestSupport.rawSafeTensors(header: tail, data: data), to: file)
+        IOTestSupport.assertLoadError(try SafeTensors.read(path: file), mentions: [file, "byte 8 of 16", "header length"])
+        // A header padded with a space, its length one byte short: still valid JSON, every tensor one byte off.
+        let header = #"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}} "#
+        IOTestSupport.writeBytes(IOTestSupport.rawSafeTensors(header: header, data: data, headerLength: UInt64(header.utf8.count - 1)), to: file)
+        IOTestSupport.assertLoadError(try SafeTensors.read(path: file), mentions: [file, "16 of 17 data bytes"])
+        IOTestSupport.writeBytes(IOTestSupport.rawSafeTensors(header: header, data: data), to: file)
+        XCTAssertNoThrow(try SafeTensors.read(path: file))
+    }
+
     func testOffsetsInconsistentWithShape() {
         let file = path("shape.safetensors")
         let header = #"{"w":{"dtype":"F16","shape":[2,3],"data_offsets":[0,16]}}"#

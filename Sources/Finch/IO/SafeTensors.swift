@@ -23,6 +23,7 @@ enum SafeTensors {
         let (header, dataStart) = try parseHeader(file)
         let dataCount = file.count - dataStart
         var tensors: [String: TensorData] = [:]
+        var spans: [(begin: Int, end: Int, name: String)] = []
         tensors.reserveCapacity(header.count)
         for (name, entry) in header where name != "__metadata__" {
             guard let info = entry as? [String: Any] else {
@@ -60,6 +61,21 @@ enum SafeTensors {
             }
             tensors[name] = TensorData(name: name, dtype: dtype, shape: shape, bytes: file.bytes + dataStart + begin,
                                        byteCount: expectedBytes, owner: file)
+            spans.append((begin, end, name))
+        }
+        // The tensors tile the data region exactly, as the reference reader requires: no gap, no
+        // overlap, nothing after the last (a header length off by one shifts every tensor).
+        var expectedBegin = 0
+        for span in spans.sorted(by: { ($0.begin, $0.end) < ($1.begin, $1.end) }) {
+            guard span.begin == expectedBegin else {
+                throw LoadError.malformed(path: path, field: "tensor '\(span.name)' data_offsets", found: "a start at byte \(span.begin)",
+                                          expected: "\(expectedBegin), where the previous tensor ends (tensors tile the data without gaps or overlaps)")
+            }
+            expectedBegin = span.end
+        }
+        guard expectedBegin == dataCount else {
+            throw LoadError.malformed(path: path, field: "data_offsets", found: "tensors ending at byte \(expectedBegin) of \(dataCount) data bytes",
+                                      expected: "the data to end where the last tensor ends (is the header length right?)")
         }
         return tensors
     }
