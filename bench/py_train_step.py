@@ -2,7 +2,8 @@
 """Time real LoRA training steps of the Python stacks, run by bench/compare_training.py.
 
 --system hf:      transformers + peft, trained by TRL's own trainers: ORPOTrainer (trl.experimental.orpo)
-                  for --method orpo, SFTTrainer for --method sft. No gradient checkpointing.
+                  for --method orpo, SFTTrainer for --method sft, with the configs' defaults: TRL 1.x
+                  defaults gradient_checkpointing=True (recorded in the RESULT line).
 --system unsloth: Unsloth's CPU path (FastLanguageModel + its patched SFTTrainer; SFT only), with
                   Unsloth's defaults (use_gradient_checkpointing="unsloth").
 
@@ -128,7 +129,7 @@ def main():
     sec = statistics.median(times)
     result = {"system": args.system, "method": args.method, "seconds_per_step": sec,
               "tokens_per_step": tokens_per_step, "tokens_per_s": tokens_per_step / sec,
-              "bf16": bool(trainer.args.bf16),
+              "bf16": bool(trainer.args.bf16), "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
               "step_times": timer.times, "train_loss": out.training_loss,
               "torch": torch.__version__, "transformers": transformers.__version__}
     if args.system == "unsloth":
