@@ -46,6 +46,8 @@ def main():
     ap.add_argument("--prompt-length", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--gradient-checkpointing", choices=["default", "off"], default="default",
+                    help="default: the trainer config's own (TRL 1.x: on); off: gradient_checkpointing=False")
     ap.add_argument("--precision", choices=["default", "fp32"], default="default",
                     help="default: the trainer config's own (TRL: bf16=True); fp32: bf16=False")
     ap.add_argument("--threads", type=int, default=2)
@@ -87,6 +89,8 @@ def main():
     # ~10x slower on AVX2). fp32 sets bf16=False.
     if args.precision == "fp32":
         common.update(bf16=False, fp16=False)
+    if args.gradient_checkpointing == "off" and args.system == "hf":
+        common.update(gradient_checkpointing=False)
 
     if args.system == "unsloth":
         model, tok = FastLanguageModel.from_pretrained(args.model, max_seq_length=args.seq, dtype=torch.float32,

@@ -45,8 +45,9 @@ final class MixedPrecisionTests: XCTestCase {
         XCTAssertLessThan(pathGrad, 0.1 * gradGap, "native vs portable bf16 gradients: not much closer than bf16 to fp32")
     }
 
-    /// One ORPO step in bf16 against TRL's ORPOTrainer under PyTorch's bf16 autocast on the same
-    /// LoRA weights and batch (reference/make_bf16_fixtures.py): loss within 1e-2 relative, LoRA
+    /// One ORPO step in bf16 against a real TRL ORPOTrainer step at its default bf16=True (autocast
+    /// around the forward, fp32 log-probs) on the same LoRA weights and batch
+    /// (reference/make_bf16_fixtures.py): loss within 1e-2 relative, LoRA
     /// gradients within 5e-2 relative L2; and the fp32 step against the fp32 reference as tightly
     /// as ever, so that the bf16 tolerance is not hiding a wrong step.
     func testBF16StepMatchesPyTorchAutocast() throws {
