@@ -112,16 +112,7 @@ final class WeightMatrix: @unchecked Sendable {
             }
             return
         }
-        let tileRows = min(Self.tileRows, rows)
-        let tile = UnsafeMutablePointer<Float>.allocate(capacity: tileRows * columns)
-        defer { tile.deallocate() }
-        var start = 0
-        while start < rows {
-            let count = min(tileRows, rows - start)
-            dequantizeRows(start, count, into: tile)
-            BFloat16.convert(tile, to: dst + start * columns, count: count * columns)
-            start += count
-        }
+        withTile { tile, start, count in BFloat16.convert(tile, to: dst + start * columns, count: count * columns) }
     }
 
     /// The form that `matVec` reads for products with a few vectors, if any.
