@@ -9,12 +9,13 @@ final class MixedPrecisionTests: XCTestCase {
 
     /// One ORPO step (TRL's fixture batch) with LoRA r=4 on every projection, B initialised at
     /// random so that every LoRA gradient is non-zero: the loss and all LoRA gradients.
-    func orpoStep(precision: Precision, portable: Bool = false) throws -> (loss: Double, grads: [Float]) {
+    func orpoStep(precision: Precision, portable: Bool = false, bf16Activations: Bool = true) throws -> (loss: Double, grads: [Float]) {
         GEMM.portableBF16 = portable
         defer { GEMM.portableBF16 = false }
         let c = try TRLParityTests.load("orpo")
         let model = try Transformer(files: ModelFiles.open(TRLParityTests.root.appendingPathComponent("model").path),
                                     fineTuning: .lora(LoRAConfig(rank: 4, alpha: 8)), seed: 1, precision: precision)
+        model.keepsActivationsInBF16 = bf16Activations
         let parameters = try XCTUnwrap(model.parameters)
         var rng = FinchRandom(seed: 9)
         for e in parameters.entries where e.name.contains("lora_B") {
@@ -43,6 +44,34 @@ final class MixedPrecisionTests: XCTestCase {
         print(String(format: "MixedPrecisionTests: native vs portable bf16: loss %.2e, LoRA gradients %.2e relative", pathLoss, pathGrad))
         XCTAssertLessThan(pathLoss, 1e-4, "native vs portable bf16 loss")
         XCTAssertLessThan(pathGrad, 0.1 * gradGap, "native vs portable bf16 gradients: not much closer than bf16 to fp32")
+    }
+
+    /// bf16 training keeps q, k, v, the attention output and gate/up in bf16 for backward: the
+    /// step moves by bf16 rounding only (far inside the bf16-vs-fp32 gap), and the activation
+    /// memory shrinks by exactly those tensors' f32 bytes less their bf16 copies.
+    func testBF16SavedActivations() throws {
+        let kept = try orpoStep(precision: .bf16, portable: true)
+        let f32 = try orpoStep(precision: .bf16, portable: true, bf16Activations: false)
+        let fp32 = try orpoStep(precision: .fp32)
+        let gap = S.relativeL2(kept.grads, f32.grads), bf16Gap = S.relativeL2(f32.grads, fp32.grads)
+        print(String(format: "MixedPrecisionTests: bf16 saved activations vs f32 ones: loss %.2e, LoRA gradients %.2e relative",
+                     abs(kept.loss - f32.loss) / abs(f32.loss), gap))
+        XCTAssertGreaterThan(gap, 0, "the saved activations were not rounded")
+        XCTAssertLessThan(gap, 5e-2, "bf16 saved activations moved the gradients too far")
+        XCTAssertLessThan(gap, 2 * bf16Gap, "bf16 saved activations cost more than bf16 products do")
+        XCTAssertEqual(kept.loss, f32.loss, accuracy: 1e-2 * abs(f32.loss))
+
+        let config = try ModelFiles.open(TRLParityTests.root.appendingPathComponent("model").path).config
+        let (batch, seq, L) = (2, 16, config.layerCount)
+        let tensorsPerToken = 2 * config.qDim + 2 * config.kvDim + 2 * config.intermediateSize
+        let plain = Activations(config: config, layers: Array(repeating: [], count: L), batch: batch, seq: seq, training: true)
+        let lean = Activations(config: config, layers: Array(repeating: [], count: L), batch: batch, seq: seq, training: true, bf16Saved: true)
+        XCTAssertEqual(lean.keptBF16Count, L * batch * seq * tensorsPerToken)
+        XCTAssertEqual(plain.arena.floatCount - lean.arena.floatCount, (L - 1) * batch * seq * tensorsPerToken,
+                       "one f32 set of q, k, v, att, gate/up shared by all layers")
+        let checkpointed = Activations(config: config, layers: Array(repeating: [], count: L), batch: batch, seq: seq, training: true,
+                                       checkpointing: true, bf16Saved: true)
+        XCTAssertEqual(checkpointed.keptBF16Count, 0, "checkpointing keeps no layer's tensors")
     }
 
     /// One ORPO step in bf16 against a real TRL ORPOTrainer step at its default bf16=True (autocast

@@ -61,6 +61,13 @@ final class MappedFile: @unchecked Sendable {
         count = bytes.count
     }
 
+    /// Drops the file's pages from this process's resident memory, once everything read from
+    /// them has been copied: the mapping stays valid, and a later read faults the pages back
+    /// in from the file (the mapping is read-only, so nothing is lost).
+    func releaseResidentPages() {
+        if let mapping { _ = madvise(mapping, count, MADV_DONTNEED) }
+    }
+
     /// The mapped bytes as a buffer.
     public var buffer: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: bytes, count: count) }
 

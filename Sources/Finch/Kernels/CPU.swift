@@ -173,6 +173,32 @@ enum BFloat16 {
         finch_round_to_bf16(src, dst, count)
     }
 
+    /// Rounds src to bf16 in place and writes the bf16 values to dst, in parallel: a tensor kept
+    /// in bf16 whose f32 working copy must hold the same values.
+    static func roundAndPack(_ src: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<UInt16>, count: Int) {
+        _ = CPU.bf16Level
+        let chunk = 1 << 14
+        parallelFor((count + chunk - 1) / chunk, grain: 1) { range in
+            for c in range {
+                let start = c * chunk, n = min(chunk, count - start)
+                finch_f32_to_bf16(src + start, dst + start, n)
+                finch_bf16_to_f32(dst + start, src + start, n)
+            }
+        }
+    }
+
+    /// dst = f32(src), in parallel.
+    static func unpack(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, count: Int) {
+        _ = CPU.bf16Level
+        let chunk = 1 << 14
+        parallelFor((count + chunk - 1) / chunk, grain: 1) { range in
+            for c in range {
+                let start = c * chunk
+                finch_bf16_to_f32(src + start, dst + start, min(chunk, count - start))
+            }
+        }
+    }
+
     /// Rows `ld` apart to a dense [rows, columns] bf16 matrix.
     static func convertRows(_ src: UnsafePointer<Float>, ld: Int, to dst: UnsafeMutablePointer<UInt16>, rows: Int, columns: Int) {
         _ = CPU.bf16Level

@@ -50,6 +50,20 @@ struct LayerActivations {
     var saved: [LinearSaved]
 }
 
+/// One layer's q, k, v, attention output and gate/up (n tokens each) as bf16, kept from forward
+/// for backward in bf16 training: the f32 buffers of these are then shared by all layers (like
+/// xn1), rounded to bf16 in place in forward so that forward and backward see the same values,
+/// and refilled from these copies before the layer's backward. PyTorch's autocast keeps these
+/// tensors in bf16 too (they are outputs of bf16 products); the residual stream, norms' inputs
+/// and LoRA's low-rank products stay f32. Saves 2(Q + 2K + Q + 2F) bytes per token and layer.
+struct CompressedLayer {
+    let q: UnsafeMutablePointer<UInt16>       // (n, Q)
+    let k: UnsafeMutablePointer<UInt16>       // (n, K)
+    let v: UnsafeMutablePointer<UInt16>       // (n, K)
+    let att: UnsafeMutablePointer<UInt16>     // (n, Q)
+    let gateUp: UnsafeMutablePointer<UInt16>  // (n, 2F)
+}
+
 /// All buffers of one forward (+ backward) pass, sized for `capacity` tokens: every buffer
 /// scales with the token count alone, so any batch shape of at most that many tokens reuses
 /// them (length-grouped windows change the shape at every micro-batch). In inference every
@@ -61,6 +75,12 @@ final class Activations {
     /// (backward recomputes each layer from its input), and the random state at each layer's start.
     let checkpointing: Bool
     var layerRandom: [FinchRandom] = []
+    /// Training in bf16 without checkpointing: each layer's q, k, v, att and gate/up kept in bf16
+    /// (`CompressedLayer`), their f32 buffers shared by all layers. Empty otherwise.
+    private(set) var compressed: [CompressedLayer] = []
+    private var compressedStorage: UnsafeMutablePointer<UInt16>?
+    /// bf16 values in `compressed`, all layers.
+    private(set) var keptBF16Count = 0
     let arena = Arena()
     var stream: [UnsafeMutablePointer<Float>] = []   // (L + 1) x (n, C) in training, 1 otherwise
     var layers: [LayerActivations] = []
@@ -74,9 +94,11 @@ final class Activations {
     var dgate: UnsafeMutablePointer<Float>!, dup: UnsafeMutablePointer<Float>!  // (n, F) each, laid out as gate and up
     var loraScratch: UnsafeMutablePointer<Float>!   // (n, rank)
 
-    init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool, checkpointing: Bool = false) {
+    init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool, checkpointing: Bool = false,
+         bf16Saved: Bool = false) {
         self.batch = batch; self.seq = seq; self.training = training
         self.checkpointing = training && checkpointing
+        let compress = training && !self.checkpointing && bf16Saved
         capacity = batch * seq
         layerRandom = [FinchRandom](repeating: FinchRandom(seed: 0), count: self.checkpointing ? c.layerCount : 0)
         let n = batch * seq, C = c.hiddenSize, Q = c.qDim, K = c.kvDim, F = c.intermediateSize
@@ -85,8 +107,12 @@ final class Activations {
         struct Handles { var all: [Int]; var saved: [(Int?, Int?)] }
         var layerHandles: [Handles] = []
         var maxRank = 0
-        // Slots 0 (xn1), 12 (xn2) and 16 (h): one buffer for all layers.
-        let sharedSlots: [Int: Int] = [0: a.reserve(n * C), 12: a.reserve(n * C), 16: a.reserve(n * F)]
+        // Slots 0 (xn1), 12 (xn2) and 16 (h): one buffer for all layers; with bf16 copies kept per
+        // layer, also 2 (q), 3 (k), 4 (v), 9 (att) and 14 (gate/up).
+        var sharedSlots: [Int: Int] = [0: a.reserve(n * C), 12: a.reserve(n * C), 16: a.reserve(n * F)]
+        if compress {
+            for (slot, size) in [2: n * Q, 3: n * K, 4: n * K, 9: n * Q, 14: n * 2 * F] { sharedSlots[slot] = a.reserve(size) }
+        }
         for l in 0..<(training && !self.checkpointing ? c.layerCount : 1) {
             let sizes = [0, n, n * Q, n * K, n * K, c.qkNorm ? n * Q : 0, c.qkNorm ? n * K : 0,
                          c.qkNorm ? n * c.headCount : 0, c.qkNorm ? n * c.kvHeadCount : 0,
@@ -117,6 +143,18 @@ final class Activations {
                 gate: p[14], up: p[14] + F, h: p[16],
                 saved: handles.saved.map { LinearSaved(xa: $0.0.map { a[$0] }, dropoutMask: $0.1.map { a[$0] }) }))
         }
+        if compress {
+            let perLayer = [n * Q, n * K, n * K, n * Q, n * 2 * F]
+            let layerCount = c.layerCount, layerSize = perLayer.reduce(0, +)
+            keptBF16Count = layerCount * layerSize
+            let storage = UnsafeMutablePointer<UInt16>.allocate(capacity: keptBF16Count)
+            compressedStorage = storage
+            compressed = (0..<layerCount).map { l in
+                var p = storage + l * layerSize
+                let parts = perLayer.map { size in defer { p += size }; return p }
+                return CompressedLayer(q: parts[0], k: parts[1], v: parts[2], att: parts[3], gateUp: parts[4])
+            }
+        }
         finalNormed = a[finalHandles[0]]
         finalRstd = a[finalHandles[1]]
         if training {
@@ -128,6 +166,37 @@ final class Activations {
         }
     }
 
+    deinit { compressedStorage?.deallocate() }
+
     func layer(_ l: Int) -> LayerActivations { layers[training && !checkpointing ? l : 0] }
+
+    /// The parts of a layer's forward output that are kept in bf16 (in forward order).
+    enum KeptPart { case qkv, attention, gateUp }
+
+    /// Forward, with bf16 copies kept: rounds the part's f32 buffers in place and keeps them as
+    /// layer `l`'s bf16 copy. Does nothing otherwise.
+    func keep(_ part: KeptPart, layer l: Int, config c: ModelConfig) {
+        guard !compressed.isEmpty else { return }
+        let a = layers[l], kept = compressed[l], n = batch * seq
+        switch part {
+        case .qkv:
+            BFloat16.roundAndPack(a.q, into: kept.q, count: n * c.qDim)
+            BFloat16.roundAndPack(a.k, into: kept.k, count: n * c.kvDim)
+            BFloat16.roundAndPack(a.v, into: kept.v, count: n * c.kvDim)
+        case .attention: BFloat16.roundAndPack(a.att, into: kept.att, count: n * c.qDim)
+        case .gateUp: BFloat16.roundAndPack(a.gate, into: kept.gateUp, count: n * 2 * c.intermediateSize)
+        }
+    }
+
+    /// Backward, with bf16 copies kept: refills the shared f32 buffers from layer `l`'s copies.
+    func restore(layer l: Int, config c: ModelConfig) {
+        guard !compressed.isEmpty else { return }
+        let a = layers[l], kept = compressed[l], n = batch * seq
+        BFloat16.unpack(kept.q, into: a.q, count: n * c.qDim)
+        BFloat16.unpack(kept.k, into: a.k, count: n * c.kvDim)
+        BFloat16.unpack(kept.v, into: a.v, count: n * c.kvDim)
+        BFloat16.unpack(kept.att, into: a.att, count: n * c.qDim)
+        BFloat16.unpack(kept.gateUp, into: a.gate, count: n * 2 * c.intermediateSize)
+    }
     func input(ofLayer l: Int) -> UnsafeMutablePointer<Float> { stream[training ? l : 0] }
 }

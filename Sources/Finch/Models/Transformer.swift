@@ -238,6 +238,16 @@ public final class Transformer {
         self.layers = layers
         owned.append(files as AnyObject)
         self.owned = owned
+        // Files whose every tensor was copied (bf16 or dense copies, vectors) need none of their
+        // pages resident: a 4-bit GGUF trained in bf16 would otherwise count twice in memory.
+        let inUse = Set(([embedding, head] + layers.flatMap { $0.projections.map(\.weight) })
+            .compactMap { $0.owner.map(ObjectIdentifier.init) })
+        var released = Set<ObjectIdentifier>()
+        for t in files.tensors.values {
+            guard let file = t.owner as? MappedFile, !inUse.contains(ObjectIdentifier(file)),
+                  released.insert(ObjectIdentifier(file)).inserted else { continue }
+            file.releaseResidentPages()
+        }
     }
 
     var isTraining: Bool { fineTuning != .none }
@@ -251,6 +261,13 @@ public final class Transformer {
         didSet {
             for matrix in layers.flatMap({ $0.projections.map(\.weight) }) + [head] { matrix.int8Activations = int8Activations }
         }
+    }
+
+    /// bf16 training keeps each layer's q, k, v, attention output and gate/up for backward in
+    /// bf16, as PyTorch's autocast does (about 40% less activation memory; see `CompressedLayer`).
+    /// false keeps them f32. No effect in fp32.
+    public var keepsActivationsInBF16 = true {
+        didSet { cachedActivations[true] = nil }
     }
 
     /// Training keeps only each layer's input and recomputes the layer during backward: the
@@ -267,7 +284,8 @@ public final class Transformer {
         }
         cachedActivations[training] = nil  // free the old buffers before allocating new ones
         let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
-                            batch: batch.batch, seq: batch.seq, training: training, checkpointing: gradientCheckpointing)
+                            batch: batch.batch, seq: batch.seq, training: training, checkpointing: gradientCheckpointing,
+                            bf16Saved: precision == .bf16 && keepsActivationsInBF16)
         cachedActivations[training] = a
         return a
     }
@@ -324,6 +342,7 @@ public final class Transformer {
         }
         ropeApply(a.q, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
         ropeApply(a.k, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+        acts.keep(.qkv, layer: l, config: c)
         if let cache {
             cache.store(layer: l, k: a.k, v: a.v, count: batch.seq)
             cache.keyMask.withUnsafeBufferPointer { keyMask in
@@ -339,12 +358,14 @@ public final class Transformer {
                 }
             }
         }
+        acts.keep(.attention, layer: l, config: c)
         // xMid = xIn + o(att)
         if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
         layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
         rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
         Linear.forward([layer.gate, layer.up], a.xn2, n: n, into: [a.gate, a.up], ldy: 2 * c.intermediateSize,
                        saved: Array(a.saved[4..<6]), random: &random, training: training)
+        acts.keep(.gateUp, layer: l, config: c)
         swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
         // xOut = xMid + down(h)
         if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
@@ -391,7 +412,9 @@ public final class Transformer {
                 }
                 let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l]
                 if !acts.checkpointing && l != layers.count - 1 {
-                    // xn1, xn2 and h share one buffer across layers: recompute this layer's.
+                    // xn1, xn2 and h share one buffer across layers: recompute this layer's
+                    // (and refill q, k, v, att, gate/up from their bf16 copies where kept so).
+                    acts.restore(layer: l, config: c)
                     rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
                     rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
                     swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)

@@ -247,7 +247,9 @@ public final class TrainingRun {
                                      "seed": config.trainer.seed, "step": trainer.state.step, "ranks": group.size]
         if let commit = Finch.gitCommit { record["git_commit"] = commit }
         record["precision"] = ["chosen": precision.precision.rawValue, "reason": precision.reason,
-                               "gemm": GEMM.description, "cpu": CPU.description]
+                               "gemm": GEMM.description, "cpu": CPU.description,
+                               "saved_activations": config.gradientCheckpointing ? "recomputed per layer"
+                                   : precision.precision == .bf16 ? "bf16 (q, k, v, attention output, gate/up), rest fp32" : "fp32"]
         var checksums: [String: String] = [:]
         for source in [config.model, config.data] + (config.evalData.map { [$0] } ?? []) {
             checksums[source] = try Checksum.sha256Hex(ofPath: source)
