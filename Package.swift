@@ -21,6 +21,7 @@ let package = Package(
     products: [
         .library(name: "Finch", targets: ["Finch"]),
         .executable(name: "finch", targets: ["FinchCLI"]),
+        .executable(name: "finch-fuzz", targets: ["FinchFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -44,6 +45,8 @@ let package = Package(
             dependencies: ["Finch", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "Yams", package: "Yams")]
         ),
+        // The fuzzing harness: mutates inputs and runs the finch executable on each (no library dependency).
+        .executableTarget(name: "FinchFuzz"),
         .testTarget(
             name: "FinchTests",
             dependencies: ["Finch", "FinchCPU"],
