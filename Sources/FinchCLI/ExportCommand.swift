@@ -18,14 +18,17 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "f32, f16, bf16, or q8_0 (gguf only).") var dtype: String = "f32"
     @Option(help: "The folder (hf) or .gguf file (gguf) to create.") var output: String
     @Flag(help: "Replace an existing output (only once the new one is complete).") var overwrite = false
+    @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
+    var allowNonFinite = false
 
     func run() throws {
         try runReportingErrors {
             guard let format = ExportFormat(rawValue: format.lowercased()) else {
                 throw ValidationError("unknown --format '\(format)'; valid: \(ExportFormat.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            let options = ExportOptions(model: model, adapter: adapter, format: format, dtype: try ExportDType(parsing: dtype),
+            var options = ExportOptions(model: model, adapter: adapter, format: format, dtype: try ExportDType(parsing: dtype),
                                         output: output, overwrite: overwrite)
+            options.allowNonFinite = allowNonFinite
             let start = Date()
             let summary = try Exporter.export(options)
             let merged = adapter == nil ? "no adapter" : "\(summary.mergedModules) LoRA modules merged"

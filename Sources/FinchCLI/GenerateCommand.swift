@@ -6,6 +6,8 @@ import Foundation
 struct ModelOptions: ParsableArguments {
     @Option(help: "An HF model folder or a .gguf file.") var model: String
     @Option(help: "A PEFT LoRA adapter folder, applied without merging.") var adapter: String?
+    @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
+    var allowNonFinite = false
     @Option(name: .customLong("max-new-tokens")) var maxNewTokens = 256
     @Option var temperature: Float = 0
     @Option(name: .customLong("top-p")) var topP: Float = 1
@@ -32,7 +34,7 @@ struct ModelOptions: ParsableArguments {
     }
 
     func load() throws -> (ChatSession) {
-        let files = try ModelFiles.open(model)
+        let files = try ModelFiles.open(model, allowNonFinite: allowNonFinite)
         let tokenizer = try Tokenizer.load(from: model)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let model = try Transformer(files: files, adapter: adapter)

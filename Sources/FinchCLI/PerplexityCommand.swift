@@ -9,6 +9,8 @@ struct PerplexityCommand: ParsableCommand {
 
     @Option(help: "An HF model folder or a .gguf file.") var model: String
     @Option(help: "A PEFT LoRA adapter folder to apply.") var adapter: String?
+    @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
+    var allowNonFinite = false
     @Option(help: "Text data: .txt (one sequence per non-empty line) or .jsonl with a \"text\" field.") var data: String?
     @Option(name: .customLong("token-ids"), help: "JSONL, one JSON array of token ids per line (expert option, skips tokenization).")
     var tokenIDs: String?
@@ -19,14 +21,14 @@ struct PerplexityCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
-            let files = try ModelFiles.open(model)
+            let files = try ModelFiles.open(model, allowNonFinite: allowNonFinite)
             let sequences: [[Int]]
             if let tokenIDs {
                 sequences = try Perplexity.readTokenIDs(path: tokenIDs, vocabSize: files.config.vocabSize)
             } else if let data {
                 let tokenizer = try Tokenizer.load(from: model)
                 try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
-                sequences = try Perplexity.readTexts(path: data).map { tokenizer.encode($0, addSpecialTokens: true) }
+                sequences = try Perplexity.readTexts(path: data).map { try tokenizer.encode($0, addSpecialTokens: true) }
             } else {
                 throw ValidationError("give the data to score with --data FILE or --token-ids FILE")
             }

@@ -85,7 +85,7 @@ struct TokenizeCommand: ParsableCommand {
                 appendJSONString(tok.decode(ids, skipSpecialTokens: skipSpecialTokens), to: &out)
             } else {
                 let text = try parser.parseString()
-                let ids = tok.encode(text, addSpecialTokens: addSpecialTokens)
+                let ids = try tok.encode(text, addSpecialTokens: addSpecialTokens)
                 out.append(UInt8(ascii: "["))
                 for (i, id) in ids.enumerated() {
                     if i > 0 { out.append(UInt8(ascii: ",")) }
@@ -104,12 +104,12 @@ struct TokenizeCommand: ParsableCommand {
         let text = try UTF8Validation.string(from: data, source: file)
         // The first run starts with an empty word cache; later runs reuse it, as HF's do.
         let coldStart = DispatchTime.now().uptimeNanoseconds
-        let warm = tok.encode(text, addSpecialTokens: false)
+        let warm = try tok.encode(text, addSpecialTokens: false)
         let cold = Double(DispatchTime.now().uptimeNanoseconds - coldStart) / 1e9
         var best = Double.infinity
         for _ in 0..<max(1, benchRepeats) {
             let start = DispatchTime.now().uptimeNanoseconds
-            let ids = tok.encode(text, addSpecialTokens: false)
+            let ids = try tok.encode(text, addSpecialTokens: false)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             precondition(ids.count == warm.count)
             best = min(best, seconds)

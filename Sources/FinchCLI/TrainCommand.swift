@@ -48,6 +48,8 @@ struct TrainCommand: ParsableCommand {
     @Flag(name: .customLong("keep-quantized"),
           help: "Keep a quantized (GGUF) base quantized in memory instead of an f32 copy: less memory, slower products.")
     var keepQuantized = false
+    @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
+    var allowNonFinite = false
     @Option(help: "Precision of the base model's products: auto (bf16 where the CPU computes it natively, as TRL's bf16=True; else fp32), fp32 or bf16.")
     var precision: String?
     @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
@@ -74,15 +76,60 @@ struct TrainCommand: ParsableCommand {
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
             ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout), ("precision", precision),
-            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
+            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("allow_nonfinite", allowNonFinite ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
     }
 
+    /// A config is a flat mapping: refuse, before parsing, the shapes that exhaust a YAML parser
+    /// (nesting thousands deep overflows its recursive descent; aliases of aliases expand
+    /// exponentially, the "billion laughs"), naming the line.
+    static func checkYAMLShape(_ text: String, path: String) throws {
+        let maxDepth = 32, maxAliases = 64
+        var aliases = 0, flow = 0
+        for (number, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var quote: Character? = nil, previous: Character = " "
+            let indent = line.prefix { $0 == " " || $0 == "\t" }.count
+            var dashes = 0
+            var rest = line.dropFirst(indent)
+            while rest.hasPrefix("- ") || rest == "-" { dashes += 1; rest = rest.dropFirst(2).drop { $0 == " " } }
+            for c in line {
+                if let q = quote { if c == q { quote = nil }; previous = c; continue }
+                switch c {
+                case "\"", "'": quote = c
+                case "#" where previous == " " || previous == "\t": break
+                case "[", "{": flow += 1
+                case "]", "}": flow -= 1
+                case "*" where previous == " " || previous == "[" || previous == "," || previous == ":": aliases += 1
+                default: break
+                }
+                if c == "#" && (previous == " " || previous == "\t") { break }
+                previous = c
+                if flow > maxDepth { break }
+            }
+            if flow > maxDepth || dashes > maxDepth || indent > 4 * maxDepth {
+                throw LoadError.malformed(path: path, field: "line \(number + 1)", found: "values nested more than \(maxDepth) deep",
+                                          expected: "a mapping of option names to values")
+            }
+            if aliases > maxAliases {
+                throw LoadError.malformed(path: path, field: "line \(number + 1)", found: "more than \(maxAliases) aliases (*name)",
+                                          expected: "a mapping of option names to values")
+            }
+        }
+    }
+
     /// YAML scalars and lists as strings, keys normalised to snake_case.
     static func yamlValues(_ path: String) throws -> [String: String] {
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw LoadError.fileNotFound(path: path) }
+        guard FileManager.default.fileExists(atPath: path) else { throw LoadError.fileNotFound(path: path) }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw LoadError.unreadable(path: path, reason: "cannot read the file")
+        }
+        guard data.count <= 1 << 20 else {
+            throw LoadError.malformed(path: path, field: "YAML", found: "\(data.count) bytes", expected: "a config of at most 1 MiB")
+        }
+        let text = try UTF8Validation.string(from: data, source: path)
+        try checkYAMLShape(text, path: path)
         let object: Any?
         do { object = try Yams.load(yaml: text) } catch {
             throw LoadError.malformed(path: path, field: "YAML", found: "\(error)".split(separator: "\n").first.map(String.init) ?? "invalid YAML",

@@ -146,6 +146,6 @@ final class RealModelTextPerplexityTests: XCTestCase {
         let tokenizer = try Tokenizer.load(from: path)
         let texts = try Perplexity.readTexts(path: dir.appendingPathComponent("text.txt").path)
         let expected = try Perplexity.readTokenIDs(path: dir.appendingPathComponent("token_ids.jsonl").path, vocabSize: 49152)
-        XCTAssertEqual(texts.map { tokenizer.encode($0, addSpecialTokens: true) }, expected)
+        XCTAssertEqual(try texts.map { try tokenizer.encode($0, addSpecialTokens: true) }, expected)
     }
 }

@@ -64,10 +64,10 @@ final class TokenizerCLITests: XCTestCase {
             let lines = result.out.split(separator: "\n").map(String.init)
             XCTAssertEqual(lines.count, texts.count)
             for (text, line) in zip(texts, lines) {
-                XCTAssertEqual(try JSONDecoder().decode([Int].self, from: Data(line.utf8)), tokenizer.encode(text, addSpecialTokens: special), text)
+                XCTAssertEqual(try JSONDecoder().decode([Int].self, from: Data(line.utf8)), try tokenizer.encode(text, addSpecialTokens: special), text)
             }
         }
-        let ids = tokenizer.encode("<|im_start|>user\nHi 🦙\t\"<|im_end|>")
+        let ids = try tokenizer.encode("<|im_start|>user\nHi 🦙\t\"<|im_end|>")
         let decoded = try finch(["tokenize", "--tokenizer", smolLM2, "--decode"], input: Array("\(ids)\n[]\n".utf8))
         XCTAssertEqual(decoded.status, 0, decoded.err)
         XCTAssertEqual(decoded.out, "\"<|im_start|>user\\nHi 🦙\\t\\\"<|im_end|>\"\n\"\"\n")

@@ -42,6 +42,8 @@ public struct ExportOptions: Sendable {
     /// The folder (hf) or file (gguf) to create.
     public var output: String
     public var overwrite: Bool
+    /// Load a model whose weights hold NaN or infinity (refused by default).
+    public var allowNonFinite = false
     /// Safetensors shards stay at or below this many bytes (transformers' default is 5 GB; 2 GB here).
     public var maxShardBytes: Int
 

@@ -26,7 +26,7 @@ public enum Exporter {
         let output = options.output
         if FileManager.default.fileExists(atPath: output) && !options.overwrite { throw ExportError.outputExists(path: output) }
         try checkWritableParent(of: output)
-        let files = try ModelFiles.open(options.model)
+        let files = try ModelFiles.open(options.model, allowNonFinite: options.allowNonFinite)
         let merged = try MergedWeights(files: files, adapter: options.adapter)
         switch options.format {
         case .hf: return try HFFolderWriter.write(merged, options: options)

@@ -42,7 +42,7 @@ public final class ChatSession {
     }
 
     public func plainPrompt(_ text: String) throws -> [Int] {
-        let ids = tokenizer.encode(text, addSpecialTokens: true)
+        let ids = try tokenizer.encode(text, addSpecialTokens: true)
         guard !ids.isEmpty else { throw Error.emptyPrompt }
         return ids
     }
@@ -54,7 +54,7 @@ public final class ChatSession {
         messages.append(ChatMessage(role: "user", content: user))
         let text = try ChatTemplate(source).render(messages: messages, addGenerationPrompt: true,
                                                    bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken)
-        return tokenizer.encode(text, addSpecialTokens: false)
+        return try tokenizer.encode(text, addSpecialTokens: false)
     }
 
     /// Generates after `promptIDs`; `onToken` sees each token before the stop rules end the output.

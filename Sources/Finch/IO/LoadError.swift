@@ -9,6 +9,8 @@ public enum LoadError: Error, CustomStringConvertible, Equatable {
     case unsupported(path: String, what: String, found: String, supported: [String])
     case missingTensor(path: String, name: String)
     case shapeMismatch(path: String, name: String, found: [Int], expected: [Int])
+    /// A weight that is NaN or infinite (`element`: its index in the flattened tensor).
+    case nonFinite(path: String, name: String, element: Int, value: String)
 
     public var description: String {
         switch self {
@@ -24,6 +26,8 @@ public enum LoadError: Error, CustomStringConvertible, Equatable {
             return "\(path): tensor '\(name)' is missing"
         case let .shapeMismatch(path, name, found, expected):
             return "\(path): tensor '\(name)' has shape \(found), expected \(expected)"
+        case let .nonFinite(path, name, element, value):
+            return "\(path): tensor '\(name)' holds \(value) at element \(element), expected finite weights (--allow-nonfinite loads it anyway)"
         }
     }
 }

@@ -19,8 +19,8 @@ public struct ModelFiles: Sendable {
     }
 
     /// Opens `path`: a folder holding `config.json` and `model.safetensors` (or a sharded
-    /// index), or a `.gguf` file.
-    public static func open(_ path: String) throws -> ModelFiles {
+    /// index), or a `.gguf` file. A NaN or infinite weight is an error unless `allowNonFinite`.
+    public static func open(_ path: String, allowNonFinite: Bool = false) throws -> ModelFiles {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw LoadError.fileNotFound(path: path)
@@ -43,6 +43,7 @@ public struct ModelFiles: Sendable {
         guard embed.shape == expected else {
             throw LoadError.shapeMismatch(path: path, name: embedName, found: embed.shape, expected: expected)
         }
+        if !allowNonFinite { try files.checkFinite() }
         return files
     }
 }

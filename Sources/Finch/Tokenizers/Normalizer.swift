@@ -17,35 +17,46 @@ indirect enum Normalizer {
     /// Removes combining marks (M), as HF's StripAccents (used after NFD).
     case stripAccents
 
-    func apply(_ bytes: [UInt8]) -> [UInt8] {
+    /// The most bytes a normalizer may make of `count` input bytes: real normalizers grow text
+    /// a few times at most (NFKC expands a few scalars up to 18-fold, Replace " " by "▁" triples
+    /// spaces); a chain of Replaces that multiplies it a thousandfold per step is refused.
+    static func outputLimit(inputBytes count: Int) -> Int { 64 * count + 4096 }
+
+    /// The normalized bytes; `TokenizerError.budgetExceeded` once the output would pass `limit`.
+    func apply(_ bytes: [UInt8], limit: Int) throws -> [UInt8] {
+        func checked(_ result: [UInt8]) throws -> [UInt8] {
+            if result.count > limit { throw Normalizer.overLimit(limit) }
+            return result
+        }
         switch self {
         case let .sequence(items):
             var result = bytes
-            for item in items { result = item.apply(result) }
+            for item in items { result = try item.apply(result, limit: limit) }
             return result
         case let .prepend(prefix):
-            return bytes.isEmpty ? bytes : prefix + bytes
+            return try checked(bytes.isEmpty ? bytes : prefix + bytes)
         case let .replaceLiteral(pattern, content):
-            return Normalizer.replaceAll(bytes, pattern, content)
+            return try Normalizer.replaceAll(bytes, pattern, content, limit: limit)
         case let .replaceRegex(regex, content):
             let text = ScalarText()
             bytes.withUnsafeBufferPointer { text.load($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, $0.count) }
             var matches: [(Int, Int)] = []
-            regex.matches(in: text, from: 0, to: text.count, into: &matches)
+            try regex.matches(in: text, from: 0, to: text.count, into: &matches)
             guard !matches.isEmpty else { return bytes }
             var result: [UInt8] = []
             var previous = 0
             for (a, b) in matches {
+                if result.count > limit { throw Normalizer.overLimit(limit) }
                 result.append(contentsOf: bytes[Int(text.offsets[previous])..<Int(text.offsets[a])])
                 result.append(contentsOf: content)
                 previous = b
             }
             result.append(contentsOf: bytes[Int(text.offsets[previous])...])
-            return result
-        case .nfc: return Array(Normalizer.string(bytes).precomposedStringWithCanonicalMapping.utf8)
-        case .nfd: return Array(Normalizer.string(bytes).decomposedStringWithCanonicalMapping.utf8)
-        case .nfkc: return Array(Normalizer.string(bytes).precomposedStringWithCompatibilityMapping.utf8)
-        case .nfkd: return Array(Normalizer.string(bytes).decomposedStringWithCompatibilityMapping.utf8)
+            return try checked(result)
+        case .nfc: return try checked(Array(Normalizer.string(bytes).precomposedStringWithCanonicalMapping.utf8))
+        case .nfd: return try checked(Array(Normalizer.string(bytes).decomposedStringWithCanonicalMapping.utf8))
+        case .nfkc: return try checked(Array(Normalizer.string(bytes).precomposedStringWithCompatibilityMapping.utf8))
+        case .nfkd: return try checked(Array(Normalizer.string(bytes).decomposedStringWithCompatibilityMapping.utf8))
         case .lowercase:
             var result: [UInt8] = []
             result.reserveCapacity(bytes.count)
@@ -78,8 +89,12 @@ indirect enum Normalizer {
 
     private static func string(_ bytes: [UInt8]) -> String { String(decoding: bytes, as: UTF8.self) }
 
+    private static func overLimit(_ limit: Int) -> TokenizerError {
+        .budgetExceeded(component: "normalizer", reason: "its output passes \(limit) bytes, 64 times its input; a Replace or Prepend chain grows the text without bound")
+    }
+
     /// Leftmost non-overlapping replacement of a literal byte string (valid UTF-8 on both sides).
-    static func replaceAll(_ bytes: [UInt8], _ pattern: [UInt8], _ content: [UInt8]) -> [UInt8] {
+    static func replaceAll(_ bytes: [UInt8], _ pattern: [UInt8], _ content: [UInt8], limit: Int = .max) throws -> [UInt8] {
         guard !pattern.isEmpty, bytes.count >= pattern.count else { return bytes }
         var result: [UInt8] = []
         result.reserveCapacity(bytes.count + bytes.count / 4)
@@ -89,6 +104,7 @@ indirect enum Normalizer {
             pattern.withUnsafeBufferPointer { pat in
                 while i < b.count {
                     if b[i] == first && i + m <= b.count && memcmp(b.baseAddress! + i, pat.baseAddress!, m) == 0 {
+                        if result.count + content.count > limit { return }
                         result.append(contentsOf: content)
                         i += m
                     } else {
@@ -98,6 +114,7 @@ indirect enum Normalizer {
                 }
             }
         }
+        if i < bytes.count { throw overLimit(limit) }
         return result
     }
 }

@@ -53,7 +53,15 @@ final class PatternRegex: @unchecked Sendable {
     /// Non-overlapping matches in scalars `[begin, end)` of `text`, as (start, end) scalar
     /// indices, found as Oniguruma's find_iter does (an empty match right after the previous
     /// match is skipped).
-    func matches(in text: ScalarText, from begin: Int, to end: Int, into result: inout [(Int, Int)]) {
+    /// Backtracking steps allowed per call of `matches`: a fixed allowance plus a generous amount
+    /// per scalar (the patterns of real tokenizers take a few steps per scalar, quadratic at worst
+    /// on long whitespace runs, as in Oniguruma). Nested quantifiers such as `(a+)+$` take
+    /// exponential time and run out of it within a fraction of a second; Oniguruma bounds
+    /// backtracking the same way (its retry limit).
+    static func stepBudget(scalars: Int) -> Int { 10_000_000 + 20_000 * scalars }
+
+    func matches(in text: ScalarText, from begin: Int, to end: Int, into result: inout [(Int, Int)]) throws {
+        var budget = Self.stepBudget(scalars: end - begin)
         var searchFrom = begin
         var lastMatchEnd = -1
         var stack: [(Int, Int)] = []
@@ -61,7 +69,7 @@ final class PatternRegex: @unchecked Sendable {
             var found: (Int, Int)? = nil
             var s = searchFrom
             while s <= end {
-                if let e = run(0, s, begin, end, text, &stack) { found = (s, e); break }
+                if let e = try run(0, s, begin, end, text, &stack, &budget) { found = (s, e); break }
                 s += 1
             }
             guard let (start, stop) = found else { return }
@@ -77,12 +85,18 @@ final class PatternRegex: @unchecked Sendable {
     }
 
     private func run(_ startPC: Int, _ startPos: Int, _ begin: Int, _ end: Int, _ text: ScalarText,
-                     _ stack: inout [(Int, Int)]) -> Int? {
+                     _ stack: inout [(Int, Int)], _ budget: inout Int) throws -> Int? {
         let base = stack.count
         defer { stack.removeSubrange(base...) }
         var pc = startPC, pos = startPos
         let scalars = text.scalars, classes = text.classes
         while true {
+            budget -= 1
+            if budget < 0 {
+                throw TokenizerError.budgetExceeded(
+                    component: "pattern \(TokenizerError.quoted(source))",
+                    reason: "more than \(Self.stepBudget(scalars: end - begin)) backtracking steps on a text of \(end - begin) characters; the pattern backtracks catastrophically (nested quantifiers such as (a+)+)")
+            }
             var ok = true
             switch program[pc] {
             case let .scalar(v):
@@ -99,10 +113,10 @@ final class PatternRegex: @unchecked Sendable {
             case let .assert(anchor):
                 if check(anchor, pos, begin, end, text) { pc += 1 } else { ok = false }
             case let .look(negate, next):
-                let matched = run(pc + 1, pos, begin, end, text, &stack) != nil
+                let matched = try run(pc + 1, pos, begin, end, text, &stack, &budget) != nil
                 if matched != negate { pc = next } else { ok = false }
             case let .atomic(next):
-                if let e = run(pc + 1, pos, begin, end, text, &stack) { pos = e; pc = next } else { ok = false }
+                if let e = try run(pc + 1, pos, begin, end, text, &stack, &budget) { pos = e; pc = next } else { ok = false }
             case .match:
                 return pos
             }

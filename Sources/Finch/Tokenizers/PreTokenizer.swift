@@ -34,7 +34,7 @@ final class PreTokenizer: @unchecked Sendable {
     /// Splits `p[0..<n]` (valid UTF-8) and calls `body` with each piece's bytes.
     /// `atTextStart` says whether these bytes begin the original text (Metaspace "first").
     func run(_ p: UnsafePointer<UInt8>, _ n: Int, atTextStart: Bool, work: PreTokenizerWork,
-             _ body: (UnsafePointer<UInt8>, Int) -> Void) {
+             _ body: (UnsafePointer<UInt8>, Int) -> Void) throws {
         guard n > 0 else { return }
         if steps.isEmpty { body(p, n); return }
         // Fast path: one scanner split over the whole text, no copies.
@@ -42,7 +42,7 @@ final class PreTokenizer: @unchecked Sendable {
             let text = work.text
             text.load(p, n)
             work.matches.removeAll(keepingCapacity: true)
-            splitter.matches(in: text, from: 0, to: text.count, into: &work.matches)
+            try splitter.matches(in: text, from: 0, to: text.count, into: &work.matches)
             let offsets = text.offsets
             for (a, b) in work.matches {
                 let start = Int(offsets[a])
@@ -58,7 +58,7 @@ final class PreTokenizer: @unchecked Sendable {
         for step in steps {
             switch step {
             case let .split(splitter, behavior, invert):
-                split(work, splitter, behavior, invert)
+                try split(work, splitter, behavior, invert)
             case let .metaspace(replacement, prepend, splitting):
                 metaspace(work, replacement, prepend, splitting)
             case .prefixSpace:
@@ -77,12 +77,12 @@ final class PreTokenizer: @unchecked Sendable {
         }
     }
 
-    private func split(_ work: PreTokenizerWork, _ splitter: Splitter, _ behavior: SplitBehavior, _ invert: Bool) {
+    private func split(_ work: PreTokenizerWork, _ splitter: Splitter, _ behavior: SplitBehavior, _ invert: Bool) throws {
         var result: [Piece] = []
         result.reserveCapacity(work.pieces.count * 4)
         for piece in work.pieces {
             work.matches.removeAll(keepingCapacity: true)
-            splitter.matches(in: work.text, from: piece.start, to: piece.end, into: &work.matches)
+            try splitter.matches(in: work.text, from: piece.start, to: piece.end, into: &work.matches)
             // Matches and the gaps between them, in order (pattern.rs `find_matches`).
             var parts: [(Int, Int, Bool)] = []
             var previous = piece.start

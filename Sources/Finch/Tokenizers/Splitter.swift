@@ -44,7 +44,7 @@ enum Splitter {
     }
 
     /// Matches in scalars `[begin, end)` as (start, end) pairs.
-    func matches(in text: ScalarText, from begin: Int, to end: Int, into result: inout [(Int, Int)]) {
+    func matches(in text: ScalarText, from begin: Int, to end: Int, into result: inout [(Int, Int)]) throws {
         switch self {
         case .gpt2: GPT2Scanner.scan(text, begin, end, &result)
         case let .llama3(scanner): scanner.scan(text, begin, end, &result)
@@ -64,7 +64,7 @@ enum Splitter {
                 if ascii || text.classes[i] & ScalarClass.punctuation != 0 { result.append((i, i + 1)) }
             }
         case let .regex(regex):
-            regex.matches(in: text, from: begin, to: end, into: &result)
+            try regex.matches(in: text, from: begin, to: end, into: &result)
         }
     }
 }

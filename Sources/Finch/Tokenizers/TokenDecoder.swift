@@ -98,10 +98,11 @@ indirect enum TokenDecoder {
             }
         case let .replaceLiteral(pattern, content):
             let p = Array(pattern.utf8), c = Array(content.utf8)
-            return tokens.map { String(decoding: Normalizer.replaceAll(Array($0.utf8), p, c), as: UTF8.self) }
+            return tokens.map { String(decoding: ((try? Normalizer.replaceAll(Array($0.utf8), p, c)) ?? Array($0.utf8)), as: UTF8.self) }
         case let .replaceRegex(regex, content):
             let normalizer = Normalizer.replaceRegex(regex, content: Array(content.utf8))
-            return tokens.map { String(decoding: normalizer.apply(Array($0.utf8)), as: UTF8.self) }
+            // A pattern past its backtracking budget leaves the token as it is (decoding cannot fail).
+            return tokens.map { String(decoding: (try? normalizer.apply(Array($0.utf8), limit: .max)) ?? Array($0.utf8), as: UTF8.self) }
         case let .sequence(items):
             var result = tokens
             for item in items { result = item.decodeChain(result) }

@@ -48,7 +48,7 @@ public final class Tokenizer: @unchecked Sendable {
         var chatTemplate: String?
     }
 
-    init(_ parts: Parts) {
+    init(_ parts: Parts) throws {
         source = parts.source
         model = parts.model
         normalizer = parts.normalizer
@@ -75,7 +75,7 @@ public final class Tokenizer: @unchecked Sendable {
             if token.normalized {
                 normalized.append(token)
                 let content = Array(token.content.utf8)
-                normalizedPatterns.append(parts.normalizer?.apply(content) ?? content)
+                normalizedPatterns.append(try parts.normalizer?.apply(content, limit: Normalizer.outputLimit(inputBytes: content.count)) ?? content)
             } else {
                 raw.append(token)
                 rawPatterns.append(Array(token.content.utf8))
@@ -167,15 +167,17 @@ public final class Tokenizer: @unchecked Sendable {
 
     /// The ids of `text`; with `addSpecialTokens`, the post-processor's tokens (e.g. BOS) too.
     /// Added tokens written in the text (e.g. "<|im_start|>") are always recognized.
-    public func encode(_ text: String, addSpecialTokens: Bool = true) -> [Int] {
+    /// Throws `TokenizerError.budgetExceeded` when the tokenizer's own patterns or normalizer
+    /// would take unbounded time or memory on the text (a hostile tokenizer.json).
+    public func encode(_ text: String, addSpecialTokens: Bool = true) throws -> [Int] {
         var text = text
         let session = takeSession()
         defer { returnSession(session) }
         var ids: [Int32] = []
         ids.reserveCapacity(text.utf8.count / 3 + 4)
-        text.withUTF8 { buffer in
+        try text.withUTF8 { buffer in
             guard let base = buffer.baseAddress, buffer.count > 0 else { return }
-            encodeText(base, buffer.count, session, &ids)
+            try encodeText(base, buffer.count, session, &ids)
         }
         if addSpecialTokens { ids = postProcessor.apply(ids) }
         return ids.map { Int($0) }
@@ -184,12 +186,12 @@ public final class Tokenizer: @unchecked Sendable {
     /// Encodes UTF-8 bytes, failing with `TokenizerError.invalidUTF8` (naming `source`) if
     /// they are not valid UTF-8.
     public func encode<C: Collection>(utf8 bytes: C, source: String, addSpecialTokens: Bool = true) throws -> [Int] where C.Element == UInt8 {
-        encode(try UTF8Validation.string(from: bytes, source: source), addSpecialTokens: addSpecialTokens)
+        try encode(try UTF8Validation.string(from: bytes, source: source), addSpecialTokens: addSpecialTokens)
     }
 
-    private func encodeText(_ p: UnsafePointer<UInt8>, _ n: Int, _ session: EncodeSession, _ ids: inout [Int32]) {
+    private func encodeText(_ p: UnsafePointer<UInt8>, _ n: Int, _ session: EncodeSession, _ ids: inout [Int32]) throws {
         if rawMatcher.isEmpty {
-            encodeSegment(p, n, atTextStart: true, session, &ids)
+            try encodeSegment(p, n, atTextStart: true, session, &ids)
             return
         }
         var splits: [AddedTokenMatcher.Split] = []
@@ -197,22 +199,22 @@ public final class Tokenizer: @unchecked Sendable {
         for split in splits {
             if split.id >= 0 { ids.append(split.id) }
             else if split.end > split.start {
-                encodeSegment(p + split.start, split.end - split.start, atTextStart: split.start == 0, session, &ids)
+                try encodeSegment(p + split.start, split.end - split.start, atTextStart: split.start == 0, session, &ids)
             }
         }
     }
 
-    private func encodeSegment(_ p: UnsafePointer<UInt8>, _ n: Int, atTextStart: Bool, _ session: EncodeSession, _ ids: inout [Int32]) {
+    private func encodeSegment(_ p: UnsafePointer<UInt8>, _ n: Int, atTextStart: Bool, _ session: EncodeSession, _ ids: inout [Int32]) throws {
         guard normalizer != nil || !normalizedMatcher.isEmpty else {
-            preTokenizeAndEncode(p, n, atTextStart: atTextStart, session, &ids)
+            try preTokenizeAndEncode(p, n, atTextStart: atTextStart, session, &ids)
             return
         }
         var bytes = Array(UnsafeBufferPointer(start: p, count: n))
-        if let normalizer { bytes = normalizer.apply(bytes) }
-        bytes.withUnsafeBufferPointer { buffer in
+        if let normalizer { bytes = try normalizer.apply(bytes, limit: Normalizer.outputLimit(inputBytes: n)) }
+        try bytes.withUnsafeBufferPointer { buffer in
             guard let base = buffer.baseAddress, buffer.count > 0 else { return }
             if normalizedMatcher.isEmpty {
-                preTokenizeAndEncode(base, buffer.count, atTextStart: atTextStart, session, &ids)
+                try preTokenizeAndEncode(base, buffer.count, atTextStart: atTextStart, session, &ids)
                 return
             }
             var splits: [AddedTokenMatcher.Split] = []
@@ -220,15 +222,15 @@ public final class Tokenizer: @unchecked Sendable {
             for split in splits {
                 if split.id >= 0 { ids.append(split.id) }
                 else if split.end > split.start {
-                    preTokenizeAndEncode(base + split.start, split.end - split.start,
+                    try preTokenizeAndEncode(base + split.start, split.end - split.start,
                                          atTextStart: atTextStart && split.start == 0, session, &ids)
                 }
             }
         }
     }
 
-    private func preTokenizeAndEncode(_ p: UnsafePointer<UInt8>, _ n: Int, atTextStart: Bool, _ session: EncodeSession, _ ids: inout [Int32]) {
-        preTokenizer.run(p, n, atTextStart: atTextStart, work: session.work) { piece, length in
+    private func preTokenizeAndEncode(_ p: UnsafePointer<UInt8>, _ n: Int, atTextStart: Bool, _ session: EncodeSession, _ ids: inout [Int32]) throws {
+        try preTokenizer.run(p, n, atTextStart: atTextStart, work: session.work) { piece, length in
             encodeWord(piece, length, session, &ids)
         }
     }

@@ -11,6 +11,9 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case invalidPattern(path: String, field: String, pattern: String, reason: String)
     /// Input bytes that are not UTF-8: `source` names the input (a file, "stdin line 3").
     case invalidUTF8(source: String, byteOffset: Int, bytes: [UInt8])
+    /// A pattern or normalizer that would take unbounded time or memory on this text: a regex past
+    /// its backtracking budget, a normalizer whose output grows past its cap.
+    case budgetExceeded(component: String, reason: String)
 
     public var description: String {
         switch self {
@@ -27,6 +30,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
         case let .invalidUTF8(source, byteOffset, bytes):
             let hex = bytes.map { String($0, radix: 16, uppercase: true).leftPadded(2) }.joined(separator: " ")
             return "\(source): invalid UTF-8 at byte \(byteOffset) (\(hex)); expected UTF-8 text"
+        case let .budgetExceeded(component, reason):
+            return "tokenizer \(component): \(reason)"
         }
     }
 

@@ -219,7 +219,7 @@ enum GGUFTokenizerLoader {
         var prefix: [Int32] = [], suffix: [Int32] = []
         if addBOS, let bos { prefix = [Int32(bos)] }
         if addEOS, let eos { suffix = [Int32(eos)] }
-        return Tokenizer(Tokenizer.Parts(
+        return try Tokenizer(Tokenizer.Parts(
             source: path, model: model, normalizer: normalizer,
             preTokenizer: PreTokenizer(steps: steps),
             postProcessor: .template(prefix: prefix, suffix: suffix), decoder: decoder,

@@ -88,7 +88,7 @@ enum TokenizerJSONLoader {
                 }
             }
         }
-        return Tokenizer(Tokenizer.Parts(
+        return try Tokenizer(Tokenizer.Parts(
             source: file, model: model, normalizer: normalizer,
             preTokenizer: PreTokenizer(steps: steps),
             postProcessor: postProcessor, decoder: decoder, addedTokens: added, modelTokens: modelTokens,

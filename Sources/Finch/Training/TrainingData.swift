@@ -126,8 +126,8 @@ public enum TrainingData {
         return rows.enumerated().map { Example(id: $0, fields: ["input_ids": $1.ids, "labels": $1.labels, "segment_lengths": $1.lengths]) }
     }
 
-    static func ids(_ tokenizer: Tokenizer, _ text: String, special: Bool = false) -> [Int32] {
-        tokenizer.encode(text, addSpecialTokens: special).map { Int32($0) }
+    static func ids(_ tokenizer: Tokenizer, _ text: String, special: Bool = false) throws -> [Int32] {
+        try tokenizer.encode(text, addSpecialTokens: special).map { Int32($0) }
     }
 
     static func render(_ tokenizer: Tokenizer, _ messages: [ChatMessage], generationPrompt: Bool, location: String) throws -> String {
@@ -143,7 +143,7 @@ public enum TrainingData {
         switch format {
         case .text:
             // The whole text is learned; EOS closes it.
-            var input = ids(tokenizer, try text(row, "text"), special: true)
+            var input = try ids(tokenizer, try text(row, "text"), special: true)
             if input.last != eos.first { input += eos }
             return ["input_ids": input, "labels": input]
         case .promptCompletion:
@@ -167,8 +167,8 @@ public enum TrainingData {
             }
             // Plain text goes through the tokenizer's own special tokens and gets EOS; a rendered
             // conversation is tokenized as it is (its template ends the turn).
-            let promptIDs = ids(tokenizer, promptText, special: !conversational)
-            var input = ids(tokenizer, fullText, special: !conversational)
+            let promptIDs = try ids(tokenizer, promptText, special: !conversational)
+            var input = try ids(tokenizer, fullText, special: !conversational)
             if !conversational, input.last != eos.first { input += eos }
             let boundary = commonPrefixLength(promptIDs, input)
             return ["input_ids": input, "labels": [Int32](repeating: -100, count: boundary) + input[boundary...]]
@@ -194,9 +194,9 @@ public enum TrainingData {
             var input: [Int32] = [], labels: [Int32] = []
             var cursor = 0
             for span in spans + [bytes.count..<bytes.count] {
-                let before = ids(tokenizer, String(decoding: bytes[cursor..<span.lowerBound], as: UTF8.self))
+                let before = try ids(tokenizer, String(decoding: bytes[cursor..<span.lowerBound], as: UTF8.self))
                 input += before; labels += [Int32](repeating: -100, count: before.count)
-                let inside = ids(tokenizer, String(decoding: bytes[span], as: UTF8.self))
+                let inside = try ids(tokenizer, String(decoding: bytes[span], as: UTF8.self))
                 input += inside; labels += inside
                 cursor = span.upperBound
             }
@@ -213,9 +213,9 @@ public enum TrainingData {
                 throw Error.field(location: location, name: "messages[\(i)]", found: "a template whose output for fewer turns is not a prefix",
                                   expected: "a chat template that renders conversations incrementally")
             }
-            let context = ids(tokenizer, String(before.dropFirst(rendered.count)))
+            let context = try ids(tokenizer, String(before.dropFirst(rendered.count)))
             input += context; labels += [Int32](repeating: -100, count: context.count)
-            let added = ids(tokenizer, String(after.dropFirst(before.count)))
+            let added = try ids(tokenizer, String(after.dropFirst(before.count)))
             input += added
             labels += message.role == "assistant" ? added : [Int32](repeating: -100, count: added.count)
             rendered = after
@@ -272,13 +272,13 @@ public enum TrainingData {
             // tok(prompt) and tok(prompt + answer) with the tokenizer's own special tokens; EOS
             // closes plain-text answers (a chat template ends its turns itself).
             let special = !conversational
-            let prompt = ids(tokenizer, promptText, special: special)
-            func sequence(_ answer: String) -> [Int32] {
-                var full = ids(tokenizer, promptText + answer, special: special)
+            let prompt = try ids(tokenizer, promptText, special: special)
+            func sequence(_ answer: String) throws -> [Int32] {
+                var full = try ids(tokenizer, promptText + answer, special: special)
                 if !conversational, let eos, full.last != eos { full.append(eos) }
                 return full
             }
-            let chosen = sequence(chosenText), rejected = sequence(rejectedText)
+            let chosen = try sequence(chosenText), rejected = try sequence(rejectedText)
             let promptLength = min(commonPrefixLength(prompt, chosen), commonPrefixLength(prompt, rejected))
             func labels(_ s: [Int32]) -> [Int32] { [Int32](repeating: -100, count: promptLength) + s[promptLength...] }
             return ["prompt_input_ids": Array(prompt.prefix(promptLength)),
@@ -286,9 +286,9 @@ public enum TrainingData {
                     "rejected_input_ids": rejected, "rejected_labels": labels(rejected)]
         }
         // ORPO / CPO: the prompt alone, then each answer as the rest of tok(prompt + answer).
-        let promptIDs = ids(tokenizer, promptText)
-        func split(_ answer: String) -> (prompt: [Int32], answer: [Int32]) {
-            let full = ids(tokenizer, promptText + answer)
+        let promptIDs = try ids(tokenizer, promptText)
+        func split(_ answer: String) throws -> (prompt: [Int32], answer: [Int32]) {
+            let full = try ids(tokenizer, promptText + answer)
             var boundary = min(promptIDs.count, full.count)
             if Array(full.prefix(boundary)) != promptIDs { boundary = max(boundary - 1, 0) }   // a merge across the boundary
             var prompt = Array(full.prefix(boundary)), completion = Array(full[boundary...])
@@ -296,7 +296,7 @@ public enum TrainingData {
             if let eos, completion.last != eos { completion.append(eos) }
             return (prompt, completion)
         }
-        let chosen = split(chosenText), rejected = split(rejectedText)
+        let chosen = try split(chosenText), rejected = try split(rejectedText)
         func labels(_ part: (prompt: [Int32], answer: [Int32])) -> [Int32] { [Int32](repeating: -100, count: part.prompt.count) + part.answer }
         return ["prompt_input_ids": chosen.prompt,
                 "chosen_input_ids": chosen.prompt + chosen.answer, "chosen_labels": labels(chosen),

@@ -49,7 +49,7 @@ public final class TrainingRun {
     public func run(onEvent reportEvent: (Event) -> Void) throws {
         func onEvent(_ event: Event) { if group.isRoot { reportEvent(event) } }
         if group.isRoot { try prepareOutput() }
-        files = try ModelFiles.open(config.model)
+        files = try ModelFiles.open(config.model, allowNonFinite: config.allowNonFinite)
         tokenizer = try Tokenizer.load(from: config.model)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))

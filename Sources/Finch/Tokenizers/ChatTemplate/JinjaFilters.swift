@@ -41,7 +41,7 @@ enum JinjaFilters {
             "capitalize": { _, v, _ in .string(pythonCapitalize(v.pyStr)) },
             "center": { _, v, a in
                 let width = try bindArguments(a, ["width"], function: "center")[0].flatMap(pythonInt) ?? 80
-                return .string(pythonPad(v.pyStr, width: width, fill: " ", align: "c"))
+                return .string(try pythonPad(v.pyStr, width: width, fill: " ", align: "c"))
             },
             "default": { _, v, a in
                 let p = try bindArguments(a, ["default_value", "boolean"], function: "default")
@@ -86,7 +86,10 @@ enum JinjaFilters {
                 let indentation: String
                 switch p[0] {
                 case .string(let s)?: indentation = s
-                case let w?: indentation = String(repeating: " ", count: max(0, pythonInt(w) ?? 4))
+                case let w?:
+                    let width = max(0, pythonInt(w) ?? 4)
+                    try JinjaLimits.checkWidth(width)
+                    indentation = String(repeating: " ", count: width)
                 case nil: indentation = "    "
                 }
                 guard case .string(let s) = v else { throw JinjaUndefinedUse() }
@@ -220,6 +223,7 @@ enum JinjaFilters {
                 case .string(let s)?: options.indent = s
                 case let w?:
                     guard let n = pythonInt(w) else { throw JinjaRuntimeError("indent must be an int or a string") }
+                    try JinjaLimits.checkWidth(n)
                     options.indent = String(repeating: " ", count: max(0, n))
                 }
                 switch p[2] {

@@ -111,11 +111,13 @@ func pythonFormatValue(_ value: JinjaValue, spec: String) throws -> String {
         chars.removeFirst()
         var p = ""
         while let first = chars.first, first.isNumber { p.append(first); chars.removeFirst() }
-        precision = Int(p)
+        precision = p.isEmpty ? nil : Int(p) ?? Int.max
     }
     let type = chars.first
     if chars.count > 1 { throw JinjaRuntimeError("Invalid format specifier '\(spec)'") }
     let width = Int(widthText) ?? 0
+    try JinjaLimits.checkWidth(widthText.isEmpty ? 0 : width == 0 && widthText.count > 1 ? Int.max : width)
+    try JinjaLimits.checkWidth(precision ?? 0)
 
     var body: String
     var negative = false
@@ -123,7 +125,7 @@ func pythonFormatValue(_ value: JinjaValue, spec: String) throws -> String {
     case .string(let s):
         guard type == nil || type == "s" else { throw JinjaRuntimeError("Unknown format code '\(type!)' for object of type 'str'") }
         body = precision.map { String(String.UnicodeScalarView(s.unicodeScalars.prefix($0))) } ?? s
-        return pythonPad(body, width: width, fill: String(fill), align: align ?? "<")
+        return try pythonPad(body, width: width, fill: String(fill), align: align ?? "<")
     case .int, .bool, .double:
         let number = pythonNumericValue(value)!
         if case .int(let i) = number, type == nil || "dxXobc".contains(type!) {
@@ -163,10 +165,10 @@ func pythonFormatValue(_ value: JinjaValue, spec: String) throws -> String {
     }
     let signText = negative ? "-" : sign == "+" ? "+" : sign == " " ? " " : ""
     if align == "=" {
-        let padded = pythonPad(body, width: width - signText.count, fill: String(fill), align: ">")
+        let padded = try pythonPad(body, width: width - signText.count, fill: String(fill), align: ">")
         return signText + padded
     }
-    return pythonPad(signText + body, width: width, fill: String(fill), align: align ?? ">")
+    return try pythonPad(signText + body, width: width, fill: String(fill), align: align ?? ">")
 }
 
 private func group(_ digits: String, with separator: Character) -> String {

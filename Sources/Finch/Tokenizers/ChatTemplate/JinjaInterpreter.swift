@@ -38,6 +38,35 @@ final class JinjaScope {
     func set(_ name: String, _ value: JinjaValue) { variables[name] = value }
 }
 
+/// The sandbox's budgets for values, as jinja2's sandbox bounds ranges: a template that builds a
+/// string of more than 64 MB, a list of more than a million items, or pads to a width past a
+/// million fails with a runtime error naming its line, instead of exhausting memory.
+enum JinjaLimits {
+    static let maxStringBytes = 64 << 20
+    static let maxItems = 1 << 20
+    static let maxWidth = 1 << 20
+
+    static func check(_ value: JinjaValue) throws {
+        switch value {
+        case .string(let s) where s.utf8.count > maxStringBytes:
+            throw JinjaRuntimeError("a string of \(s.utf8.count) bytes is past the template budget of \(maxStringBytes)")
+        case .array(let a) where a.count > maxItems, .tuple(let a) where a.count > maxItems:
+            throw JinjaRuntimeError("a list of \(a.count) items is past the template budget of \(maxItems)")
+        default: break
+        }
+    }
+
+    /// `count * times` within `limit`, without overflow.
+    static func checkSize(_ count: Int, times: Int, limit: Int, what: String) throws {
+        let (total, overflow) = count.multipliedReportingOverflow(by: times)
+        if overflow || total > limit { throw JinjaRuntimeError("repeated \(what) too large (past the template budget of \(limit))") }
+    }
+
+    static func checkWidth(_ width: Int) throws {
+        if width > maxWidth { throw JinjaRuntimeError("width or precision \(width) is past the template budget of \(maxWidth)") }
+    }
+}
+
 /// Executes a parsed template. One instance per render call.
 final class JinjaInterpreter {
     let source: JinjaSource
@@ -243,7 +272,9 @@ final class JinjaInterpreter {
     /// (`{% filter %}` and `{% set x | f %}` blocks).
     func evaluate(_ expr: JinjaExpr, _ scope: JinjaScope, piped: JinjaValue? = nil) throws -> JinjaValue {
         do {
-            return try evaluateUnlocated(expr, scope, piped: piped)
+            let value = try evaluateUnlocated(expr, scope, piped: piped)
+            try JinjaLimits.check(value)
+            return value
         } catch let e where e is JinjaRuntimeError || e is JinjaRaise || e is JinjaUndefinedUse {
             if e is JinjaUndefinedUse {
                 throw located(JinjaRuntimeError("'\(describe(expr))' is undefined"), at: expr.offset)

@@ -184,6 +184,7 @@ private func callStringMethod(_ s: String, _ name: String, _ args: JinjaArgument
         let width = try intArgument(args.positional.first, 0, fn)
         let scalars = Array(s.unicodeScalars)
         guard scalars.count < width else { return .string(s) }
+        try JinjaLimits.checkWidth(width)
         let padding = String(repeating: "0", count: width - scalars.count)
         if let first = scalars.first, first == "+" || first == "-" { return .string(String(first) + padding + String(String.UnicodeScalarView(scalars.dropFirst()))) }
         return .string(padding + s)
@@ -191,7 +192,7 @@ private func callStringMethod(_ s: String, _ name: String, _ args: JinjaArgument
         let p = try bindArguments(args, ["width", "fillchar"], function: fn)
         let width = try intArgument(p[0], 0, fn)
         let fill = try stringArgument(p[1], fn) ?? " "
-        return .string(pythonPad(s, width: width, fill: fill, align: name == "center" ? "c" : name == "ljust" ? "<" : ">"))
+        return .string(try pythonPad(s, width: width, fill: fill, align: name == "center" ? "c" : name == "ljust" ? "<" : ">"))
     case "removeprefix", "removesuffix":
         guard case .string(let affix)? = args.positional.first else { throw JinjaRuntimeError("\(name)() argument must be str") }
         if name == "removeprefix" { return .string(s.unicodeScalars.starts(with: affix.unicodeScalars) ? String(String.UnicodeScalarView(s.unicodeScalars.dropFirst(affix.unicodeScalars.count))) : s) }
@@ -384,7 +385,8 @@ func pythonIsUpper(_ s: String) -> Bool {
 
 /// Pads to `width` code points; `align` is "<", ">", "^" (format's centering) or "c" (`str.center`,
 /// which puts an odd extra fill character on the left when `width` is odd).
-func pythonPad(_ s: String, width: Int, fill: String, align: Character) -> String {
+func pythonPad(_ s: String, width: Int, fill: String, align: Character) throws -> String {
+    try JinjaLimits.checkWidth(width)
     let length = s.unicodeScalars.count
     guard width > length else { return s }
     let total = width - length

@@ -35,13 +35,13 @@ private func repeatSequence(_ sequence: JinjaValue, _ count: JinjaValue) throws 
     let times = max(0, n)
     switch sequence {
     case .string(let s):
-        if s.utf8.count * times > 64 << 20 { throw JinjaRuntimeError("repeated string too large") }
+        try JinjaLimits.checkSize(s.utf8.count, times: times, limit: JinjaLimits.maxStringBytes, what: "string")
         return .string(String(repeating: s, count: times))
     case .array(let a):
-        if a.count * times > 1 << 20 { throw JinjaRuntimeError("repeated list too large") }
+        try JinjaLimits.checkSize(a.count, times: times, limit: JinjaLimits.maxItems, what: "list")
         return .array(Array([[JinjaValue]](repeating: a, count: times).joined()))
     case .tuple(let a):
-        if a.count * times > 1 << 20 { throw JinjaRuntimeError("repeated tuple too large") }
+        try JinjaLimits.checkSize(a.count, times: times, limit: JinjaLimits.maxItems, what: "tuple")
         return .tuple(Array([[JinjaValue]](repeating: a, count: times).joined()))
     default:
         throw JinjaRuntimeError("can't multiply sequence by non-int")
