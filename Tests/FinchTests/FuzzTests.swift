@@ -141,6 +141,26 @@ final class FuzzTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(q6, 0)
     }
 
+    /// A norm stored as [1, 32] where the model reads [32] was accepted; shapes must now be exactly
+    /// what the model expects (as transformers' loader requires).
+    func testShapesMustMatchExactly() throws {
+        let folder = try tinyChatModel()
+        let file = URL(fileURLWithPath: folder).appendingPathComponent("model.safetensors")
+        let bytes = [UInt8](try Data(contentsOf: file))
+        let headerLength = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        var header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as! [String: Any]
+        var norm = header["model.norm.weight"] as! [String: Any]
+        norm["shape"] = [1, 32]
+        header["model.norm.weight"] = norm
+        var json = [UInt8](try JSONSerialization.data(withJSONObject: header, options: [.sortedKeys]))
+        while json.count % 8 != 0 { json.append(0x20) }
+        let out = (0..<8).map { UInt8(truncatingIfNeeded: json.count >> (8 * $0)) } + json + bytes[(8 + headerLength)...]
+        try Data(out).write(to: file)
+        XCTAssertThrowsError(try Transformer(files: ModelFiles.open(folder))) { error in
+            XCTAssertEqual(error as? LoadError, .shapeMismatch(path: folder, name: "model.norm.weight", found: [1, 32], expected: [32]))
+        }
+    }
+
     /// A short, deterministic run of the harness over every format (the built `finch`, debug):
     /// no crash, no hang, no error without a message.
     func testShortFuzzRunFindsNothing() throws {

@@ -175,7 +175,7 @@ final class GGUFTests: XCTestCase {
         IOTestSupport.assertLoadError(try GGUFFile(path: file), mentions: [file, "'output_norm.weight'", "truncated", "\(original.count - 10)-byte"])
     }
 
-    func testTensorValidation() {
+    func testTensorValidation() throws {
         var b = GGUFBuilder()
         b.addTensor("w", dims: [33, 2], type: 8, data: [UInt8](repeating: 0, count: 136))
         var file = write(b)
@@ -201,7 +201,23 @@ final class GGUFTests: XCTestCase {
         b.addTensor("w", dims: [4], type: 0, data: floats([1, 2, 3, 4]))
         b.tensorOffsetOverride = 1 << 20
         file = write(b)
-        IOTestSupport.assertLoadError(try GGUFFile(path: file), mentions: [file, "data of tensor 'w'", "16 bytes"])
+        IOTestSupport.assertLoadError(try GGUFFile(path: file), mentions: [file, "data offset of tensor 'w'", "1048576", "expected 0"])
+
+        // Overlapping tensors: the second claims the first one's bytes (offset 0, not 32).
+        b = GGUFBuilder()
+        b.addTensor("a", dims: [4], type: 0, data: floats([1, 2, 3, 4]))
+        b.addTensor("b", dims: [4], type: 0, data: floats([5, 6, 7, 8]))
+        b.tensorOffsetOverride = 0
+        file = write(b)
+        IOTestSupport.assertLoadError(try GGUFFile(path: file), mentions: [file, "data offset of tensor 'b'", "found 0", "expected 32"])
+
+        // A truncated file: the last tensor's data runs past the end.
+        b = GGUFBuilder()
+        b.addTensor("w", dims: [8], type: 0, data: floats(Array(repeating: 1, count: 8)))
+        file = write(b)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: file))
+        try bytes.prefix(bytes.count - 20).write(to: URL(fileURLWithPath: file))
+        IOTestSupport.assertLoadError(try GGUFFile(path: file), mentions: [file, "data of tensor 'w'", "32 bytes", "truncated"])
 
         b = GGUFBuilder()
         b.addTensor("w", dims: [4], type: 0, data: floats([1, 2, 3, 4]))

@@ -223,6 +223,10 @@ final class GGUFFile: @unchecked Sendable {
 
         var tensors: [String: TensorData] = [:]
         tensors.reserveCapacity(infos.count)
+        // Tensors lie one after another in the order of their infos, each padded to the alignment:
+        // every offset must be the running padded sum (llama.cpp's reader requires the same), so
+        // no two tensors overlap and no bytes go unaccounted.
+        var expectedOffset = 0
         for info in infos {
             let name = info.name
             let columns = info.dims[0]
@@ -243,6 +247,10 @@ final class GGUFFile: @unchecked Sendable {
                 throw LoadError.malformed(path: path, field: "data offset of tensor '\(name)'", found: "\(info.offset)",
                                           expected: "a multiple of the alignment \(alignment)")
             }
+            guard info.offset == expectedOffset else {
+                throw LoadError.malformed(path: path, field: "data offset of tensor '\(name)'", found: "\(info.offset)",
+                                          expected: "\(expectedOffset), the end of the previous tensor padded to \(alignment) bytes")
+            }
             let (start, o2) = dataOffset.addingReportingOverflow(info.offset)
             let (end, o3) = start.addingReportingOverflow(byteCount)
             guard !o1, !o2, !o3, end <= file.count else {
@@ -250,6 +258,7 @@ final class GGUFFile: @unchecked Sendable {
                                           found: "\(byteCount) bytes at file offset \(start) (ending at \(o1 || o2 || o3 ? "an overflowing offset" : "\(end)"))",
                                           expected: "data within the \(file.count)-byte file (is the file truncated?)")
             }
+            expectedOffset = (info.offset + byteCount + alignment - 1) / alignment * alignment
             let tensor = TensorData(name: name, dtype: info.dtype, shape: info.dims.reversed(),
                                     bytes: file.bytes + start, byteCount: byteCount, owner: file)
             guard tensors.updateValue(tensor, forKey: name) == nil else {

@@ -90,7 +90,7 @@ public final class Transformer {
 
         func tensor(_ name: String, _ shape: [Int]) throws -> TensorData {
             guard let t = tensors[name] else { throw LoadError.missingTensor(path: source, name: name) }
-            guard t.shape == shape || (shape.count == 1 && t.elementCount == shape[0]) else {
+            guard t.shape == shape else {
                 throw LoadError.shapeMismatch(path: source, name: name, found: t.shape, expected: shape)
             }
             return t
