@@ -50,6 +50,9 @@ struct TrainCommand: ParsableCommand {
     var keepQuantized = false
     @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
     var allowNonFinite = false
+    @Option(name: .customLong("nan-policy"),
+            help: "A step whose loss or gradient is NaN or infinite: stop (default, naming the step) or skip-step (no update; stops after 10 in a row).")
+    var nanPolicy: String?
     @Option(help: "Precision of the base model's products: auto (bf16 where the CPU computes it natively, as TRL's bf16=True; else fp32), fp32 or bf16.")
     var precision: String?
     @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
@@ -76,7 +79,7 @@ struct TrainCommand: ParsableCommand {
             ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
             ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
             ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout), ("precision", precision),
-            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("allow_nonfinite", allowNonFinite ? "true" : nil), ("chat_template", chatTemplate ? "true" : nil),
+            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("allow_nonfinite", allowNonFinite ? "true" : nil), ("nan_policy", nanPolicy), ("chat_template", chatTemplate ? "true" : nil),
             ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
         ]
         return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
@@ -195,6 +198,10 @@ final class ProgressReporter {
             let elapsed = MonotonicClock.now() - start
             let done = log.step - firstStep
             let eta = done > 0 ? elapsed / Double(done) * Double(total - log.step) : 0
+            if let skipped = log.metrics["skipped_steps"] {
+                print("step \(log.step)/\(total): the loss or gradient is not finite: skipped without updating (--nan-policy skip-step; \(Int(skipped)) skipped so far)")
+                return
+            }
             let loss = log.metrics["loss"] ?? .nan
             let speed = log.metrics["tokens_per_second"] ?? 0
             var text = String(format: "step %d/%d  loss %.4f  %.0f tok/s  ETA %@", log.step, total, loss, speed, Self.duration(eta))

@@ -181,4 +181,31 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
             for c in checkpoints { XCTAssertNoThrow(try PEFTAdapter.config(directory: output + "/" + c), c) }
         }
     }
+
+    /// `--nan-policy skip-step`: a non-finite step leaves the adapter exactly as it was (the
+    /// checkpoints of skipped steps hold the same bytes), says so, and a run that never recovers
+    /// stops after 10 skipped steps in a row, naming the step.
+    func testNaNPolicySkipStep() throws {
+        let model = try model(), data = try preferenceData()
+        let output = temporary.appendingPathComponent("skip").path
+        var arguments = trainArguments(model: model, data: data, output: output)
+        arguments[arguments.firstIndex(of: "--lr")! + 1] = "1e30"
+        arguments[arguments.firstIndex(of: "--save-steps")! + 1] = "1"
+        arguments[arguments.firstIndex(of: "--warmup-steps")! + 1] = "0"
+        let r = try run(arguments + ["--max-grad-norm", "0", "--nan-policy", "skip-step", "--max-steps", "40"])
+        XCTAssertEqual(r.status, 1, r.out)
+        XCTAssertTrue(r.err.contains("not finite"), r.err)
+        let skipped = r.out.split(separator: "\n").filter { $0.contains("skipped without updating") }
+        XCTAssertEqual(skipped.count, 9, "9 skipped, the 10th in a row stops: \(r.out)")
+        let firstSkipped = try XCTUnwrap(skipped.first.flatMap { Int($0.dropFirst(5).prefix { $0.isNumber }) })
+        func adapter(_ step: Int) throws -> Data {
+            try Data(contentsOf: URL(fileURLWithPath: output + "/checkpoint-\(step)/adapter_model.safetensors"))
+        }
+        if firstSkipped > 1 {
+            XCTAssertEqual(try adapter(firstSkipped), try adapter(firstSkipped - 1), "a skipped step changed the adapter")
+            XCTAssertEqual(try adapter(firstSkipped + 8), try adapter(firstSkipped - 1))
+        }
+        let metrics = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertTrue(metrics.contains("\"skipped_steps\":9"), metrics)
+    }
 }

@@ -31,6 +31,8 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var keepQuantized = false
     /// Load a model whose weights hold NaN or infinity (refused by default).
     public var allowNonFinite = false
+    /// What a step with a non-finite loss or gradient does: stop (default) or skip-step.
+    public var nanPolicy = NaNPolicy.stop
     /// Precision of the base model's products (`Precision`): auto picks bf16 where the CPU
     /// computes it natively, as TRL's bf16=True default does.
     public var precision: PrecisionChoice = .auto
@@ -63,7 +65,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     /// Every key, in snake_case.
     public static let keys = ["method", "model", "data", "eval_data", "output", "format", "max_length", "beta", "loss_type",
                               "label_smoothing", "simpo_gamma", "cpo_alpha", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                              "use_rslora", "full", "adapter", "packing", "gradient_checkpointing", "keep_quantized", "allow_nonfinite", "precision", "chat_template", "generate_during_eval", "resume", "overwrite",
+                              "use_rslora", "full", "adapter", "packing", "gradient_checkpointing", "keep_quantized", "allow_nonfinite", "nan_policy", "precision", "chat_template", "generate_during_eval", "resume", "overwrite",
                               "batch_size", "grad_accum", "epochs", "max_steps", "lr", "optimizer", "weight_decay",
                               "lr_scheduler", "warmup_steps", "max_grad_norm", "seed", "logging_steps", "eval_steps",
                               "save_steps", "group_by_length", "collective_timeout"]
@@ -133,6 +135,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         gradientCheckpointing = try bool("gradient_checkpointing") ?? gradientCheckpointing
         keepQuantized = try bool("keep_quantized") ?? keepQuantized
         allowNonFinite = try bool("allow_nonfinite") ?? allowNonFinite
+        nanPolicy = try choice("nan_policy", NaNPolicy.allCases.map(\.rawValue)).flatMap(NaNPolicy.init(rawValue:)) ?? nanPolicy
         precision = try choice("precision", PrecisionChoice.allCases.map(\.rawValue)).flatMap(PrecisionChoice.init(rawValue:)) ?? precision
         chatTemplate = try bool("chat_template") ?? chatTemplate
         generateDuringEval = try int("generate_during_eval") ?? generateDuringEval

@@ -23,7 +23,16 @@ public struct TrainerSettings: Sendable, Codable, Equatable {
     public init() {}
 }
 
-/// Where a run stands: enough, with the parameters and optimizer moments, to resume bit for bit.
+/// What a step with a NaN or infinite loss or gradient does (`--nan-policy`).
+public enum NaNPolicy: String, Sendable, Codable, CaseIterable {
+    /// Stop before updating, naming the step (the default): checkpoints stay intact.
+    case stop
+    /// Leave the parameters and optimizer as they were, move on to the next window, and count the
+    /// step as skipped (as a mixed-precision loss scaler skips an overflowing step); stop after
+    /// `Trainer.maxConsecutiveSkips` skipped steps in a row.
+    case skipStep = "skip-step"
+}
+
 /// Why training stopped.
 public enum TrainingError: Error, CustomStringConvertible, Equatable {
     /// The loss or the gradient norm of a step was NaN or infinite (a diverging run).
@@ -76,6 +85,13 @@ public final class Trainer {
     public let model: Transformer
     public let objective: Objective
     public let settings: TrainerSettings
+    /// What a non-finite step does.
+    public var nanPolicy = NaNPolicy.stop
+    /// With `.skipStep`: a run that skips this many steps in a row has diverged for good and stops.
+    public static let maxConsecutiveSkips = 10
+    private var consecutiveSkips = 0
+    /// Steps skipped so far in this process (`.skipStep`).
+    public private(set) var skippedSteps = 0
     public let train: [Example]
     public let eval: [Example]
     public let optimizer: Optimizer
@@ -169,16 +185,26 @@ public final class Trainer {
         // A non-finite loss or gradient stops the run before the update: the parameters (and every
         // checkpoint written so far) stay as they were. The gradient is all-reduced, so every rank
         // sees the same norm and stops together.
-        if !gradNorm.isFinite || metrics["loss"].map({ !$0.isFinite }) == true {
-            throw TrainingError.nonFinite(step: state.step + 1, loss: metrics["loss"], gradNorm: Double(gradNorm), learningRate: Double(lr))
+        let skipped = !gradNorm.isFinite || metrics["loss"].map({ !$0.isFinite }) == true
+        if skipped {
+            let error = TrainingError.nonFinite(step: state.step + 1, loss: metrics["loss"], gradNorm: Double(gradNorm), learningRate: Double(lr))
+            guard nanPolicy == .skipStep, consecutiveSkips + 1 < Self.maxConsecutiveSkips else { throw error }
+            // Skip: no update, the optimizer's moments and step count untouched; the window is consumed.
+            consecutiveSkips += 1
+            skippedSteps += 1
+            parameters.zeroGrads()
+            metrics = metrics.filter { $0.value.isFinite }
+            metrics["skipped_steps"] = Double(skippedSteps)
+        } else {
+            // Collapse: every prediction uniform (negative log-likelihood ln(vocab)) and nothing left
+            // to learn from (gradient exactly zero), as a huge learning rate leaves a model.
+            let uniform = log(Double(model.config.vocabSize))
+            if gradNorm == 0, let nll = metrics["nll_loss"] ?? metrics["loss"], abs(nll - uniform) < 1e-3 * uniform {
+                throw TrainingError.collapsed(step: state.step + 1, loss: nll, learningRate: Double(lr))
+            }
+            consecutiveSkips = 0
+            optimizer.update(parameters, lr: lr)
         }
-        // Collapse: every prediction uniform (negative log-likelihood ln(vocab)) and nothing left
-        // to learn from (gradient exactly zero), as a huge learning rate leaves a model.
-        let uniform = log(Double(model.config.vocabSize))
-        if gradNorm == 0, let nll = metrics["nll_loss"] ?? metrics["loss"], abs(nll - uniform) < 1e-3 * uniform {
-            throw TrainingError.collapsed(step: state.step + 1, loss: nll, learningRate: Double(lr))
-        }
-        optimizer.update(parameters, lr: lr)
 
         state.step += 1
         state.windowInEpoch += 1
@@ -190,7 +216,7 @@ public final class Trainer {
         state.numTokens += tokens
         if objective.logsTokenCount { metrics["num_tokens"] = Double(state.numTokens) }
         metrics["learning_rate"] = Double(lr)
-        metrics["grad_norm"] = Double(gradNorm)
+        if gradNorm.isFinite { metrics["grad_norm"] = Double(gradNorm) }
         let seconds = MonotonicClock.now() - start
         metrics["tokens_per_second"] = Double(tokens) / seconds
         return StepLog(step: state.step, epoch: Double(state.epoch) + Double(state.windowInEpoch) / Double(windowsPerEpoch),

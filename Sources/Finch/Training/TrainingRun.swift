@@ -86,6 +86,7 @@ public final class TrainingRun {
             objective = SFTObjective(padId: padId)
         }
         trainer = try Trainer(model: model, objective: objective, train: train, eval: evalExamples, settings: config.trainer, group: group)
+        trainer.nanPolicy = config.nanPolicy
 
         var resumedAt: Int?
         if config.resume {
