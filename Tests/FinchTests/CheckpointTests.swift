@@ -62,6 +62,8 @@ final class CheckpointTests: XCTestCase {
         _ = try t.step()
         let saved = try Checkpoint.save(t, runDirectory: run)
         let statePath = saved + "/" + Checkpoint.stateFile
+        // As a checkpoint from before manifests (the manifest would catch any edit first).
+        try FileManager.default.removeItem(atPath: saved + "/" + Checkpoint.manifestFile)
         let original = try Data(contentsOf: URL(fileURLWithPath: statePath))
         func corrupt(_ edit: (inout [String: Any]) -> Void) throws {
             var object = try JSONSerialization.jsonObject(with: original) as! [String: Any]
@@ -82,5 +84,37 @@ final class CheckpointTests: XCTestCase {
         }
         try original.write(to: URL(fileURLWithPath: statePath))
         XCTAssertNoThrow(try Checkpoint.restore(try trainer(), from: saved))
+    }
+
+    /// A checkpoint carries a manifest of its files' sizes and SHA-256: one flipped bit in the
+    /// optimizer moments, or a truncated adapter, is refused naming the file; a writer's leftover
+    /// `.partial-PID` folder is cleared by the next save.
+    func testManifestDetectsDamagedFiles() throws {
+        let run = FileManager.default.temporaryDirectory.appendingPathComponent("finch-ckpt-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: run) }
+        let t = try trainer()
+        _ = try t.step()
+        try FileManager.default.createDirectory(atPath: run + "/checkpoint-1.partial-99999", withIntermediateDirectories: true)
+        let saved = try Checkpoint.save(t, runDirectory: run)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run + "/checkpoint-1.partial-99999"), "a dead writer's folder is cleared")
+        let manifest = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: saved + "/manifest.json"))) as! [String: Any]
+        let files = (manifest["files"] as! [String: Any]).keys.sorted()
+        XCTAssertEqual(files, ["adapter_config.json", "adapter_model.safetensors", "optimizer.safetensors", "parameters.safetensors", "trainer_state.json"])
+        XCTAssertNoThrow(try Checkpoint.restore(try trainer(), from: saved))
+
+        let optimizer = URL(fileURLWithPath: saved + "/optimizer.safetensors")
+        let original = try Data(contentsOf: optimizer)
+        var flipped = original
+        flipped[flipped.count - 3] ^= 0x10
+        try flipped.write(to: optimizer)
+        XCTAssertThrowsError(try Checkpoint.restore(try trainer(), from: saved)) {
+            XCTAssertTrue("\($0)".contains("optimizer.safetensors") && "\($0)".contains("SHA-256") && "\($0)".contains("damaged"), "\($0)")
+        }
+        try original.write(to: optimizer)
+        let adapter = URL(fileURLWithPath: saved + "/adapter_model.safetensors")
+        try Data(contentsOf: adapter).dropLast(10).write(to: adapter)
+        XCTAssertThrowsError(try Checkpoint.restore(try trainer(), from: saved)) {
+            XCTAssertTrue("\($0)".contains("adapter_model.safetensors") && "\($0)".contains("bytes"), "\($0)")
+        }
     }
 }

@@ -3,8 +3,11 @@ import Foundation
 /// Checkpoints of a training run: `checkpoint-<step>/` holding the trainable parameters, the
 /// optimizer moments and `trainer_state.json` (step, data position, random state), and for LoRA
 /// the adapter in PEFT format. Each folder is written under a temporary name and renamed into
-/// place, so a crash never leaves a half-written checkpoint under the final name.
+/// place, so a crash never leaves a half-written checkpoint under the final name. The last file
+/// written, `manifest.json`, holds every other file's size and SHA-256; resuming checks them, so a
+/// checkpoint damaged after it was written (a disk error, a copy cut short) is refused by name.
 public enum Checkpoint {
+    static let manifestFile = "manifest.json"
     static let stateFile = "trainer_state.json"
     static let parametersFile = "parameters.safetensors"
     static let optimizerFile = "optimizer.safetensors"
@@ -43,12 +46,62 @@ public enum Checkpoint {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try encoder.encode(saved).write(to: URL(fileURLWithPath: (temporary as NSString).appendingPathComponent(stateFile)))
+        try writeManifest(in: temporary)
+        // Folders of checkpoints whose writer died before the rename are never valid: clear them.
+        for name in (try? fm.contentsOfDirectory(atPath: runDirectory)) ?? [] where name.hasPrefix("checkpoint-") && name.contains(".partial-") {
+            let path = (runDirectory as NSString).appendingPathComponent(name)
+            if path != temporary { try? fm.removeItem(atPath: path) }
+        }
         // Replace an older checkpoint of the same step only once the new one is complete.
         if fm.fileExists(atPath: final) { try fm.removeItem(atPath: final) }
         guard rename(temporary, final) == 0 else {
             throw SaveError.unwritable(path: final, reason: String(cString: strerror(errno)))
         }
         return final
+    }
+
+    /// Writes `manifest.json`: each file of `folder` (recursively) with its size and SHA-256.
+    static func writeManifest(in folder: String) throws {
+        var files: [String: [String: Any]] = [:]
+        let enumerator = FileManager.default.enumerator(atPath: folder)
+        while let name = enumerator?.nextObject() as? String {
+            let path = (folder as NSString).appendingPathComponent(name)
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), !isDirectory.boolValue else { continue }
+            let size = (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? 0
+            files[name] = ["bytes": size, "sha256": try Checksum.sha256Hex(ofPath: path)]
+        }
+        let data = try JSONSerialization.data(withJSONObject: ["format": 1, "files": files], options: [.prettyPrinted, .sortedKeys])
+        try data.write(to: URL(fileURLWithPath: (folder as NSString).appendingPathComponent(manifestFile)))
+    }
+
+    /// Checks every file the manifest lists (size, then SHA-256); a checkpoint written before
+    /// manifests existed has none and is read as it is.
+    static func verifyManifest(in folder: String) throws {
+        let path = (folder as NSString).appendingPathComponent(manifestFile)
+        guard let data = FileManager.default.contents(atPath: path) else {
+            if FileManager.default.fileExists(atPath: path) { throw LoadError.unreadable(path: path, reason: "cannot read the file") }
+            return
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+              let files = object["files"] as? [String: [String: Any]] else {
+            throw LoadError.malformed(path: path, field: "files", found: "not a manifest", expected: "{\"files\": {name: {\"bytes\", \"sha256\"}}}")
+        }
+        for name in files.keys.sorted() {
+            let entry = files[name]!, file = (folder as NSString).appendingPathComponent(name)
+            guard let bytes = (entry["bytes"] as? NSNumber)?.intValue, let sha = entry["sha256"] as? String else {
+                throw LoadError.malformed(path: path, field: "files.\(name)", found: "\(entry)", expected: "bytes and sha256")
+            }
+            guard FileManager.default.fileExists(atPath: file) else { throw LoadError.fileNotFound(path: file) }
+            let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? NSNumber)?.intValue ?? -1
+            guard size == bytes else {
+                throw LoadError.malformed(path: file, field: "size", found: "\(size) bytes", expected: "\(bytes) bytes as the checkpoint's manifest records (the file is damaged)")
+            }
+            let actual = try Checksum.sha256Hex(ofPath: file)
+            guard actual == sha else {
+                throw LoadError.malformed(path: file, field: "SHA-256", found: actual, expected: "\(sha) as the checkpoint's manifest records (the file is damaged)")
+            }
+        }
     }
 
     /// The newest complete checkpoint of a run, if any.
@@ -65,6 +118,7 @@ public enum Checkpoint {
     /// may differ from the run that wrote it when the global batch (ranks x batch size x grad
     /// accum) is the same: the data order and the schedule depend only on that.
     public static func restore(_ trainer: Trainer, from checkpoint: String) throws {
+        try verifyManifest(in: checkpoint)
         let statePath = (checkpoint as NSString).appendingPathComponent(stateFile)
         guard let data = FileManager.default.contents(atPath: statePath) else { throw LoadError.fileNotFound(path: statePath) }
         let saved: SavedState
