@@ -133,21 +133,33 @@ struct TrainCommand: ParsableCommand {
         }
         let text = try UTF8Validation.string(from: data, source: path)
         try checkYAMLShape(text, path: path)
-        let object: Any?
-        do { object = try Yams.load(yaml: text) } catch {
+        // The node tree, not Yams' constructed values: its constructor traps on a complex key
+        // (`? [a, b]`), and a config needs names and scalars only.
+        let root: Node?
+        do { root = try Yams.compose(yaml: text) } catch {
             throw LoadError.malformed(path: path, field: "YAML", found: "\(error)".split(separator: "\n").first.map(String.init) ?? "invalid YAML",
                                       expected: "a mapping of option names to values")
         }
-        guard let mapping = object as? [String: Any] else {
-            throw LoadError.malformed(path: path, field: "top level", found: object.map { "\(type(of: $0))" } ?? "nothing", expected: "a mapping")
+        func line(_ node: Node) -> String { node.mark.map { "line \($0.line)" } ?? "top level" }
+        guard let root, case let .mapping(mapping) = root else {
+            throw LoadError.malformed(path: path, field: "top level", found: root.map { _ in "a list or a single value" } ?? "nothing",
+                                      expected: "a mapping of option names to values")
+        }
+        func scalar(_ node: Node, _ key: String) throws -> String {
+            guard case let .scalar(s) = node else {
+                throw LoadError.malformed(path: path, field: "\(line(node)): \(key)", found: "a nested list or mapping", expected: "a value, or a list of values")
+            }
+            return s.string
         }
         var values: [String: String] = [:]
-        for (key, value) in mapping {
-            let name = key.replacingOccurrences(of: "-", with: "_")
-            switch value {
-            case let list as [Any]: values[name] = list.map { "\($0)" }.joined(separator: ",")
-            case let bool as Bool: values[name] = bool ? "true" : "false"
-            default: values[name] = "\(value)"
+        for (keyNode, valueNode) in mapping {
+            guard case let .scalar(key) = keyNode else {
+                throw LoadError.malformed(path: path, field: line(keyNode), found: "a key that is a list or mapping", expected: "option names as keys")
+            }
+            let name = key.string.replacingOccurrences(of: "-", with: "_")
+            switch valueNode {
+            case let .sequence(list): values[name] = try list.map { try scalar($0, name) }.joined(separator: ",")
+            default: values[name] = try scalar(valueNode, name)
             }
         }
         return values

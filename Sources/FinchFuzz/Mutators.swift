@@ -104,7 +104,8 @@ enum JSONMutator {
             if let array = node as? [Any], let first = array.first { return array + Array(repeating: first, count: 1 + rng.below(2000)) }
             return [node, node]
         case 6:
-            if let s = node as? String { return String(repeating: s.isEmpty ? "a" : s, count: 1 + rng.below(5000)) }
+            // Long, but bounded: the harness must not spend its own memory on one case.
+            if let s = node as? String { return String(repeating: s.isEmpty ? "a" : String(s.prefix(200)), count: 1 + rng.below(5000)) }
             return ["unexpected": node]
         case 7:
             if let n = node as? NSNumber { return -n.doubleValue }

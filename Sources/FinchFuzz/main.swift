@@ -100,7 +100,7 @@ func main() -> Int32 {
     /// What the workers share, under `lock`.
     final class Shared: @unchecked Sendable {
         let lock = NSLock()
-        var next = 0
+        var next = 0, done = 0
         var tallies: [Target: Tally] = [:]
         var findings: [String] = []
     }
@@ -129,6 +129,10 @@ func main() -> Int32 {
                 continue
             }
             lock.lock()
+            shared.done += 1
+            if shared.done % 500 == 0 && options.single == nil {
+                FileHandle.standardError.write(Data("finch-fuzz: \(shared.done)/\(indices.count) cases, \(shared.findings.count) findings, \(Int(Date().timeIntervalSince(started))) s\n".utf8))
+            }
             shared.tallies[target, default: Tally()].cases += 1
             shared.tallies[target, default: Tally()].counts[result.outcome, default: 0] += 1
             shared.tallies[target, default: Tally()].seconds += result.seconds

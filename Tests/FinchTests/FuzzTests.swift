@@ -99,6 +99,15 @@ final class FuzzTests: TemporaryDirectoryTestCase {
             XCTAssertTrue(r.err.contains(path.path) && r.err.contains("line "), "config \(i) names the file and line: \(r.err)")
             XCTAssertTrue(r.err.contains("nested") || r.err.contains("aliases"), r.err)
         }
+        // Fuzz case 1763: a complex key (`? [a, b]`) trapped inside the YAML library (SIGILL).
+        for (yaml, expected) in [("method: orpo\n? [a, b]\n: c\n", "line 2: found a key that is a list or mapping"),
+                                 ("lr: [1, [2]]\n", "line 1: lr: found a nested list or mapping")] {
+            let path = temporary.appendingPathComponent("k.yaml")
+            try yaml.write(to: path, atomically: true, encoding: .utf8)
+            let r = try FinchProcess.run(["train", "--config", path.path], timeout: 60)
+            XCTAssertEqual(r.status, 1, r.err)
+            XCTAssertTrue(r.err.contains(path.path + ": " + expected), r.err)
+        }
     }
 
     /// NaN and infinite weights (the fuzzer's f32 NaN mutation was accepted, and every output
