@@ -35,9 +35,11 @@ let package = Package(
         .target(
             name: "Finch",
             dependencies: ["FinchCPU", .product(name: "Crypto", package: "swift-crypto")],
-            // Optimised in debug builds too: the kernels' SIMD loops are 50x slower unoptimised,
-            // which would make the test suite crawl.
-            swiftSettings: [.unsafeFlags(["-Ounchecked", "-wmo"] + baselineFlags(), .when(configuration: .release)),
+            // Release builds are -O with whole-module optimisation (SwiftPM's default): bounds and
+            // overflow checks stay on (issue 18; -Ounchecked measured under 1% of a training step,
+            // perf profiles of both builds). Optimised in debug builds too: the kernels' SIMD loops
+            // are 50x slower unoptimised, which would make the test suite crawl.
+            swiftSettings: [.unsafeFlags(baselineFlags(), .when(configuration: .release)),
                             .unsafeFlags(["-O"] + baselineFlags(), .when(configuration: .debug))]
         ),
         .executableTarget(

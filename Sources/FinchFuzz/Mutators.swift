@@ -101,7 +101,12 @@ enum JSONMutator {
         case 3: return rng.pick([NSNull(), true, false, [Any](), [String: Any]()] as [Any])
         case 4: return nil
         case 5:
-            if let array = node as? [Any], let first = array.first { return array + Array(repeating: first, count: 1 + rng.below(2000)) }
+            // Many copies of a scalar, a few of anything larger: documents stay within a few MB,
+            // so the harness spends its time in finch, not in its own mutations.
+            if let array = node as? [Any], let first = array.first {
+                let scalar = first is String || first is NSNumber || first is NSNull
+                return array + Array(repeating: first, count: 1 + rng.below(scalar ? 2000 : 20))
+            }
             return [node, node]
         case 6:
             // Long, but bounded: the harness must not spend its own memory on one case.
@@ -131,7 +136,9 @@ enum JSONMutator {
             return bytes
         }
         var result: Any = document
-        for _ in 0..<(1 + rng.below(3)) {
+        for round in 0..<(1 + rng.below(3)) {
+            // Grow at most once per case (the first round): growth compounded over rounds explodes.
+            if round > 0, let size = try? JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed]).count, size > 4 << 20 { break }
             if !targets.isEmpty && rng.chance(0.5) {
                 // A known-dangerous spot of this format, set to one of its dangerous values.
                 let (path, values) = rng.pick(targets)
@@ -151,7 +158,7 @@ enum JSONMutator {
         }
         let options: JSONSerialization.WritingOptions = [.fragmentsAllowed, .withoutEscapingSlashes]
         guard JSONSerialization.isValidJSONObject(result) || !(result is [Any] || result is [String: Any]),
-              let out = try? JSONSerialization.data(withJSONObject: result, options: options) else { return data }
+              let out = try? JSONSerialization.data(withJSONObject: result, options: options), out.count <= 16 << 20 else { return data }
         return Array(out)
     }
 }

@@ -56,13 +56,14 @@ func ropeApply(_ x: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin:
         for t in range {
             let ct = cos + t * half, st = sin + t * half
             for h in 0..<heads {
-                let v = x + (t * heads + h) * headDim
+                // Two pointers, so the inner loop has no index arithmetic to check and vectorises.
+                let v = x + (t * heads + h) * headDim, w = v + half
                 for i in 0..<half {
-                    let a = v[i], b = v[i + half]
+                    let a = v[i], b = w[i]
                     let s = sign * st[i]
                     // out1 = x1 cos - x2 sin; out2 = x2 cos + x1 sin
                     v[i] = a * ct[i] - b * s
-                    v[i + half] = b * ct[i] + a * s
+                    w[i] = b * ct[i] + a * s
                 }
             }
         }

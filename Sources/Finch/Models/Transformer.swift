@@ -541,10 +541,13 @@ public final class Transformer {
             }
             if headGrad == nil { frozenHeadColumnSums = sums }
         }
-        return (0..<count).map { t in
-            var dot = 0.0
-            for c in 0..<C { dot += Double(hidden[t * C + c]) * sums[c] }
-            return Float(dot)
+        return sums.withUnsafeBufferPointer { s in
+            (0..<count).map { t in
+                let row = hidden + t * C
+                var dot = 0.0
+                for c in 0..<C { dot += Double(row[c]) * s[c] }
+                return Float(dot)
+            }
         }
     }
 

@@ -23,7 +23,7 @@ public final class TrainingRun {
         public var description: String {
             switch self {
             case let .outputExists(path): return "\(path) already holds a run; pass --overwrite to replace it or --resume to continue it"
-            case let .nothingToResume(path): return "\(path) holds no checkpoint to resume from"
+            case let .nothingToResume(path): return "\(path) holds no checkpoint to resume from (the run stopped before its first save; start it again with --overwrite)"
             }
         }
     }

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# kill -9 at N random moments of training runs (a checkpoint every step, so many kills land while
+# one is being written), then `--resume` until the run finishes; every final adapter must equal an
+# uninterrupted run's byte for byte, or the resume must refuse with a one-line error.
+# Usage: scripts/kill-resume.sh [N=30] [seed=1]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-30}
+RANDOM=${2:-1}
+FINCH=${FINCH:-.build/release/finch}
+[ -x "$FINCH" ] || swift build -c release --product finch >/dev/null
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+cp -r Tests/FinchTests/Fixtures/trainers/model "$WORK/model"
+cp Tests/FinchTests/Fixtures/trainers/tokenizer/tokenizer*.json "$WORK/model/"
+for i in $(seq 0 39); do
+    echo "{\"prompt\": \"Question $i: what is $i plus $i?\", \"chosen\": \"$i plus $i is $((2 * i)).\", \"rejected\": \"It might be $((2 * i + 1)), I think, but check.\"}"
+done > "$WORK/pairs.jsonl"
+ARGS=(train --method orpo --model "$WORK/model" --data "$WORK/pairs.jsonl" --max-steps 40 --batch-size 2 --grad-accum 2
+      --save-steps 1 --lora-r 8 --lora-dropout 0.1 --lr 1e-3 --seed 9)
+start=$(date +%s%N)
+"$FINCH" "${ARGS[@]}" --output "$WORK/straight" >/dev/null
+duration_ms=$(( ($(date +%s%N) - start) / 1000000 ))
+echo "uninterrupted run: ${duration_ms} ms"
+identical=0; refused=0; different=0
+for trial in $(seq 1 "$N"); do
+    out="$WORK/run-$trial"
+    # Kill 1 to 3 times at random moments, then let the last resume finish.
+    kills=$(( RANDOM % 3 + 1 ))
+    for k in $(seq 1 "$kills"); do
+        extra=(); [ "$k" -gt 1 ] && extra=(--resume)
+        [ "$k" -gt 1 ] && [ ! -d "$out" ] && extra=()
+        "$FINCH" "${ARGS[@]}" --output "$out" "${extra[@]}" >"$out.log" 2>&1 &
+        pid=$!
+        sleep "$(awk -v r=$RANDOM -v d="$duration_ms" 'BEGIN { printf "%.3f", (r / 32768.0) * d / 1000.0 }')"
+        kill -9 "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ -d "$out" ]; then resume=(--resume); else resume=(); fi
+    if "$FINCH" "${ARGS[@]}" --output "$out" "${resume[@]}" >"$out.log" 2>&1; then
+        if cmp -s "$WORK/straight/adapter_model.safetensors" "$out/adapter_model.safetensors"; then
+            identical=$((identical + 1))
+        else
+            different=$((different + 1)); echo "trial $trial: the final adapter differs from the uninterrupted run's"
+        fi
+    else
+        refused=$((refused + 1)); echo "trial $trial: resume refused: $(tail -1 "$out.log")"
+    fi
+done
+echo "kill -9 trials: $N, identical adapters: $identical, clear refusals: $refused, different adapters: $different"
+[ "$different" -eq 0 ]
