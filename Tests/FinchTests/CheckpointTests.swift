@@ -28,6 +28,9 @@ final class CheckpointTests: XCTestCase {
         for _ in 0..<3 { _ = try first.step() }
         let saved = try Checkpoint.save(first, runDirectory: run)
         XCTAssertEqual(Checkpoint.latest(in: run), saved)
+        // An empty newer folder (issue 18: it blocked resuming) is passed over.
+        try FileManager.default.createDirectory(atPath: run + "/checkpoint-5", withIntermediateDirectories: true)
+        XCTAssertEqual(Checkpoint.latest(in: run), saved)
         XCTAssertTrue(FileManager.default.fileExists(atPath: saved + "/adapter_model.safetensors"), "LoRA checkpoints hold a PEFT adapter")
 
         let resumed = try trainer()

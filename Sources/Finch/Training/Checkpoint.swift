@@ -104,14 +104,16 @@ public enum Checkpoint {
         }
     }
 
-    /// The newest complete checkpoint of a run, if any.
+    /// The newest complete checkpoint of a run, if any: a `checkpoint-N` folder without its
+    /// trainer state (emptied, or made by hand) is passed over for the newest one that has it.
     public static func latest(in runDirectory: String) -> String? {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: runDirectory)) ?? []
         let steps = names.compactMap { name -> Int? in
             guard name.hasPrefix("checkpoint-"), !name.contains(".partial") else { return nil }
             return Int(name.dropFirst("checkpoint-".count))
         }
-        return steps.max().map { (runDirectory as NSString).appendingPathComponent("checkpoint-\($0)") }
+        return steps.sorted(by: >).lazy.map { (runDirectory as NSString).appendingPathComponent("checkpoint-\($0)") }
+            .first { FileManager.default.fileExists(atPath: ($0 as NSString).appendingPathComponent(stateFile)) }
     }
 
     /// Restores parameters, optimizer and position from `checkpoint` into `trainer`. The rank count

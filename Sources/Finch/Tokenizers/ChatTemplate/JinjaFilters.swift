@@ -161,7 +161,7 @@ enum JinjaFilters {
             "replace": { _, v, a in
                 let p = try bindArguments(a, ["old", "new", "count"], function: "replace")
                 guard let old = p[0], let new = p[1] else { throw JinjaRuntimeError("replace() needs old and new strings") }
-                return .string(pythonReplace(v.pyStr, old.pyStr, new.pyStr, count: p[2].flatMap(pythonInt) ?? -1))
+                return .string(try pythonReplace(v.pyStr, old.pyStr, new.pyStr, count: p[2].flatMap(pythonInt) ?? -1))
             },
             "reverse": { _, v, _ in
                 switch v {

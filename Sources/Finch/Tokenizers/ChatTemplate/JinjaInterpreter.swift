@@ -42,7 +42,7 @@ final class JinjaScope {
 /// string of more than 64 MB, a list of more than a million items, or pads to a width past a
 /// million fails with a runtime error naming its line, instead of exhausting memory.
 enum JinjaLimits {
-    static let maxStringBytes = 64 << 20
+    static let maxStringBytes = 16 << 20
     static let maxItems = 1 << 20
     static let maxWidth = 1 << 20
 
@@ -77,6 +77,10 @@ final class JinjaInterpreter {
     private static let maxOutputBytes = 64 << 20
     private static let maxIterations = 1_000_000
     private var iterations = 0
+    /// Statements executed in one render (every macro call runs some): exponential recursion
+    /// (`f(n-1)` twice) stops here instead of running for hours.
+    static let maxSteps = 2_000_000
+    private var steps = 0
     /// UTF-8 ranges of the top-level output written inside `{% generation %}` blocks
     /// (transformers' assistant masks); blocks inside captured output are not recorded.
     private(set) var generationSpans: [Range<Int>] = []
@@ -126,6 +130,10 @@ final class JinjaInterpreter {
     }
 
     private func execute(_ stmt: JinjaStmt, scope: JinjaScope, into out: inout String) throws -> Flow {
+        steps += 1
+        if steps > Self.maxSteps {
+            throw located(JinjaRuntimeError("the template ran more than \(Self.maxSteps) steps in one render (runaway loop or recursion)"), at: stmt.offset)
+        }
         switch stmt.kind {
         case .data(let text):
             out += text

@@ -192,7 +192,8 @@ struct JinjaJSONParser {
         var out = String.UnicodeScalarView()
         var runStart = pos
         func flush(_ p: JinjaJSONParser, _ end: Int) {
-            out.append(contentsOf: String(decoding: p.bytes[runStart..<end], as: UTF8.self).unicodeScalars)
+            // One scalar at a time: UnicodeScalarView.append(contentsOf:) rebuilds the whole string.
+            for scalar in String(decoding: p.bytes[runStart..<end], as: UTF8.self).unicodeScalars { out.append(scalar) }
         }
         while pos < bytes.count {
             let b = bytes[pos]

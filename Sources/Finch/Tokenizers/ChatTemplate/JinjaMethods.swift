@@ -151,7 +151,7 @@ private func callStringMethod(_ s: String, _ name: String, _ args: JinjaArgument
         guard case .string(let old)? = p[0], case .string(let new)? = p[1] else {
             throw JinjaRuntimeError("replace() arguments must be str")
         }
-        return .string(pythonReplace(s, old, new, count: try intArgument(p[2], -1, fn)))
+        return .string(try pythonReplace(s, old, new, count: try intArgument(p[2], -1, fn)))
     case "find", "rfind", "index", "rindex", "count":
         let p = try bindArguments(args, ["sub", "start", "end"], function: fn)
         guard case .string(let sub)? = p[0] else { throw JinjaRuntimeError("must be str, not \(p[0]?.typeName ?? "nothing")") }
@@ -334,25 +334,39 @@ func pythonSplitLines(_ s: String, keepEnds: Bool) -> [String] {
     return lines
 }
 
-func pythonReplace(_ s: String, _ old: String, _ new: String, count: Int) -> String {
+func pythonReplace(_ s: String, _ old: String, _ new: String, count: Int) throws -> String {
     let scalars = Array(s.unicodeScalars)
-    let hits = occurrences(of: Array(old.unicodeScalars), in: scalars, range: 0..<scalars.count)
-    let used = count < 0 ? hits : Array(hits.prefix(count))
-    var out = String.UnicodeScalarView()
-    var start = 0
-    let n = old.unicodeScalars.count
-    for h in used {
-        out.append(contentsOf: scalars[start..<h])
-        out.append(contentsOf: new.unicodeScalars)
-        if n == 0 {
-            if h < scalars.count { out.append(scalars[h]) }
-            start = min(h + 1, scalars.count)
-        } else {
-            start = h + n
+    let newCount = new.unicodeScalars.count, oldCount = old.unicodeScalars.count
+    // Replacing "" inserts `new` between every character: check the size before building it.
+    let possible = oldCount == 0 ? scalars.count + 1 : scalars.count / max(oldCount, 1)
+    let most = count < 0 ? possible : min(count, possible)
+    if newCount > oldCount {
+        let (grow, o1) = most.multipliedReportingOverflow(by: newCount - oldCount)
+        let (total, o2) = scalars.count.addingReportingOverflow(grow)
+        if o1 || o2 || total > JinjaLimits.maxStringBytes {
+            throw JinjaRuntimeError("replace() would build a string past the template budget of \(JinjaLimits.maxStringBytes)")
         }
     }
-    if start < scalars.count { out.append(contentsOf: scalars[start...]) }
-    return String(out)
+    let hits = occurrences(of: Array(old.unicodeScalars), in: scalars, range: 0..<scalars.count)
+    let used = count < 0 ? hits : Array(hits.prefix(count))
+    // UTF-8 bytes, built once (appending sequences to a UnicodeScalarView copies it every time).
+    var out: [UInt8] = []
+    out.reserveCapacity(s.utf8.count + used.count * new.utf8.count)
+    let newBytes = Array(new.utf8)
+    func put(_ range: Range<Int>) { for i in range { UTF8.encode(scalars[i]) { out.append($0) } } }
+    var start = 0
+    for h in used {
+        put(start..<h)
+        out.append(contentsOf: newBytes)
+        if oldCount == 0 {
+            if h < scalars.count { put(h..<(h + 1)) }
+            start = min(h + 1, scalars.count)
+        } else {
+            start = h + oldCount
+        }
+    }
+    if start < scalars.count { put(start..<scalars.count) }
+    return String(decoding: out, as: UTF8.self)
 }
 
 /// Python's `str.title()`: a cased character after an uncased one starts a word.
