@@ -173,6 +173,20 @@ final class FuzzTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// Found once release builds kept their checks (seed 2, cases 934 and 1045): a chat template
+    /// that renders nothing reached the generator's precondition, and a Strip decoder with a
+    /// negative `start` made an invalid range. Both are one-line errors now.
+    func testEmptyTemplateOutputAndNegativeStripAreErrors() throws {
+        let folder = try tinyChatModel()
+        try "{% if false %}x{% endif %}".write(toFile: folder + "/chat_template.jinja", atomically: true, encoding: .utf8)
+        let r = try FinchProcess.run(["generate", "--model", folder, "--chat", "--prompt", "hi", "--max-new-tokens", "2"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("rendered no tokens"), r.err)
+        XCTAssertThrowsError(try tokenizer { json in
+            json["decoder"] = ["type": "Strip", "content": " ", "start": -1, "stop": 0]
+        }) { error in XCTAssertTrue("\(error)".contains("decoder") && "\(error)".contains("start"), "\(error)") }
+    }
+
     /// A short, deterministic run of the harness over every format (the built `finch`, debug):
     /// no crash, no hang, no error without a message.
     func testShortFuzzRunFindsNothing() throws {

@@ -10,12 +10,14 @@ public final class ChatSession {
 
     public enum Error: Swift.Error, CustomStringConvertible {
         case emptyPrompt
+        case emptyTemplateOutput(String)
         case promptTooLong(tokens: Int, limit: Int)
         case noChatTemplate(String)
 
         public var description: String {
             switch self {
             case .emptyPrompt: return "the prompt is empty: give at least one character to continue"
+            case let .emptyTemplateOutput(source): return "\(source): the chat template rendered no tokens for this conversation; expected a prompt to continue"
             case let .promptTooLong(tokens, limit): return "the prompt has \(tokens) tokens; with --max-new-tokens it must fit the model's context of \(limit)"
             case let .noChatTemplate(model): return "\(model) has no chat template; drop --chat to continue plain text"
             }
@@ -54,7 +56,10 @@ public final class ChatSession {
         messages.append(ChatMessage(role: "user", content: user))
         let text = try ChatTemplate(source).render(messages: messages, addGenerationPrompt: true,
                                                    bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken)
-        return try tokenizer.encode(text, addSpecialTokens: false)
+        let ids = try tokenizer.encode(text, addSpecialTokens: false)
+        // A template can render nothing at all (one that ignores the messages, say).
+        guard !ids.isEmpty else { throw Error.emptyTemplateOutput(files.source) }
+        return ids
     }
 
     /// Generates after `promptIDs`; `onToken` sees each token before the stop rules end the output.

@@ -241,7 +241,10 @@ enum TokenizerJSONLoader {
             let contentField = try field.required("content")
             let content = try contentField.string().unicodeScalars
             guard content.count == 1 else { throw contentField.malformed("a single character") }
-            return .strip(content: content.first!, start: try field.optionalInt("start") ?? 0, stop: try field.optionalInt("stop") ?? 0)
+            let start = try field.optionalInt("start") ?? 0, stop = try field.optionalInt("stop") ?? 0
+            guard start >= 0 else { throw try field.required("start").malformed("a count of characters, 0 or more") }
+            guard stop >= 0 else { throw try field.required("stop").malformed("a count of characters, 0 or more") }
+            return .strip(content: content.first!, start: start, stop: stop)
         case "Replace":
             let content = try field.required("content").string()
             switch try pattern(field.required("pattern")) {
