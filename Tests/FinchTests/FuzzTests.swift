@@ -187,6 +187,22 @@ final class FuzzTests: TemporaryDirectoryTestCase {
         }) { error in XCTAssertTrue("\(error)".contains("decoder") && "\(error)".contains("start"), "\(error)") }
     }
 
+    /// Issue 18's last silent acceptances: `num_hidden_layers` below the layers the weights hold
+    /// (the extra layers were ignored), and data type errors named by Foundation class.
+    func testFewerLayersThanWeightsAndJSONKindsInErrors() throws {
+        let folder = try tinyChatModel()
+        let configURL = URL(fileURLWithPath: folder).appendingPathComponent("config.json")
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: configURL)) as! [String: Any]
+        config["num_hidden_layers"] = 1
+        try JSONSerialization.data(withJSONObject: config).write(to: configURL)
+        XCTAssertThrowsError(try ModelFiles.open(folder)) { error in
+            XCTAssertTrue("\(error)".contains("num_hidden_layers") && "\(error)".contains("layer 1"), "\(error)")
+        }
+        XCTAssertEqual(jsonKind(NSNumber(value: 5)), "a number (5)")
+        let parsed = try JSONSerialization.jsonObject(with: Data("[true, 1, null, \"x\", [], {}]".utf8)) as! [Any]
+        XCTAssertEqual(parsed.map(jsonKind), ["a boolean (true)", "a number (1)", "null", "a string", "a list", "an object"])
+    }
+
     /// A short, deterministic run of the harness over every format (the built `finch`, debug):
     /// no crash, no hang, no error without a message.
     func testShortFuzzRunFindsNothing() throws {

@@ -43,6 +43,17 @@ public struct ModelFiles: Sendable {
         guard embed.shape == expected else {
             throw LoadError.shapeMismatch(path: path, name: embedName, found: embed.shape, expected: expected)
         }
+        // Layers the weights hold beyond the configured count would be ignored in silence.
+        let prefix = "model.layers."
+        let deepest = files.tensors.keys.compactMap { name -> Int? in
+            guard name.hasPrefix(prefix) else { return nil }
+            return Int(name.dropFirst(prefix.count).prefix { $0.isNumber })
+        }.max()
+        if let deepest, deepest >= files.config.layerCount {
+            throw LoadError.malformed(path: path, field: files.gguf == nil ? "num_hidden_layers" : "block_count",
+                                      found: "\(files.config.layerCount), but the weights hold layer \(deepest) (\(prefix)\(deepest).*)",
+                                      expected: "a layer count covering every layer in the weights")
+        }
         if !allowNonFinite { try files.checkFinite() }
         return files
     }

@@ -72,7 +72,7 @@ public enum DataFile {
         guard let array = object as? [Any] else { throw Error.malformed(location: name, found: "a JSON object", expected: "a JSON array of objects") }
         return try array.enumerated().map { i, element in
             guard let fields = element as? [String: Any] else {
-                throw Error.malformed(location: "\(name)[\(i)]", found: "a JSON \(type(of: element))", expected: "a JSON object")
+                throw Error.malformed(location: "\(name)[\(i)]", found: jsonKind(element), expected: "a JSON object")
             }
             return Row(location: "\(name)[\(i)]", fields: fields)
         }
@@ -120,5 +120,20 @@ public enum DataFile {
             }
             return Row(location: "\(name):\(record.line)", fields: Dictionary(zip(header.fields, record.fields.map { $0 as Any }), uniquingKeysWith: { a, _ in a }))
         }
+    }
+}
+
+/// How a JSON value is named in an error: by its JSON kind, never by a Foundation class name.
+func jsonKind(_ value: Any) -> String {
+    switch value {
+    case is NSNull: return "null"
+    case let n as NSNumber:
+        // JSONSerialization's booleans are NSNumbers of C type char ("c"), true and false only.
+        let isBool = String(cString: n.objCType) == "c" && (n.int8Value == 0 || n.int8Value == 1) && "\(type(of: n))".contains("Bool")
+        return isBool ? "a boolean (\(n.boolValue))" : "a number (\(n))"
+    case is String: return "a string"
+    case is [Any]: return "a list"
+    case is [String: Any]: return "an object"
+    default: return "a JSON value"
     }
 }

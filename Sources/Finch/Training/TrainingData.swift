@@ -47,13 +47,13 @@ public enum TrainingData {
 
     static func text(_ row: DataFile.Row, _ name: String) throws -> String {
         guard let value = row.fields[name] else { throw Error.field(location: row.location, name: name, found: "nothing", expected: "a string") }
-        guard let s = value as? String else { throw Error.field(location: row.location, name: name, found: "\(type(of: value))", expected: "a string") }
+        guard let s = value as? String else { throw Error.field(location: row.location, name: name, found: jsonKind(value), expected: "a string") }
         return s
     }
 
     static func messages(_ row: DataFile.Row, _ name: String) throws -> [ChatMessage] {
         guard let list = row.fields[name] as? [Any] else {
-            throw Error.field(location: row.location, name: name, found: "\(row.fields[name].map { "\(type(of: $0))" } ?? "nothing")",
+            throw Error.field(location: row.location, name: name, found: row.fields[name].map(jsonKind) ?? "nothing",
                               expected: "a list of {role, content} objects")
         }
         return try list.enumerated().map { i, item in
