@@ -12,6 +12,8 @@ fi
 # The larger tokenizer vocabularies of llama.cpp's tests (their tests skip without them).
 bash scripts/fetch_tokenizer_vocabs.sh >/dev/null 2>&1 || echo "test: tokenizer vocabularies could not be fetched; those tests will be skipped"
 swift build --build-tests
+# The library's DocC catalog builds with every symbol link resolved (Sources/Finch/Finch.docc).
+swift package generate-documentation --target Finch --warnings-as-errors >/dev/null
 # XCTest only (the suite has no Swift Testing tests); the last line sums it up plainly.
 set +e
 swift test --skip-build --disable-swift-testing 2>&1 | tee /tmp/finch-test-$$.log
