@@ -101,7 +101,6 @@ struct TrainCommand: ParsableCommand {
                 if let q = quote { if c == q { quote = nil }; previous = c; continue }
                 switch c {
                 case "\"", "'": quote = c
-                case "#" where previous == " " || previous == "\t": break
                 case "[", "{": flow += 1
                 case "]", "}": flow -= 1
                 case "*" where previous == " " || previous == "[" || previous == "," || previous == ":": aliases += 1

@@ -1,3 +1,5 @@
+import Foundation
+
 /// SplitMix64: a small, fast generator whose whole state is one seed, so every case of a run is
 /// reproducible from (run seed, case number) alone, whatever order the workers take cases in.
 struct SplitMix: RandomNumberGenerator {
@@ -18,15 +20,6 @@ struct SplitMix: RandomNumberGenerator {
     /// A normal deviate (Box-Muller), for seed weights.
     mutating func gaussian() -> Float {
         let u = max(Double(next() >> 11) / Double(1 << 53), 1e-300), v = Double(next() >> 11) / Double(1 << 53)
-        return Float((-2 * _log(u)).squareRoot() * _cos(2 * Double.pi * v))
+        return Float((-2 * log(u)).squareRoot() * cos(2 * Double.pi * v))
     }
 }
-
-@inline(__always) private func _log(_ x: Double) -> Double { log(x) }
-@inline(__always) private func _cos(_ x: Double) -> Double { cos(x) }
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif

@@ -17,6 +17,14 @@ final class FuzzTests: TemporaryDirectoryTestCase {
         return try Tokenizer.load(from: folder.path)
     }
 
+    /// A safetensors file's bytes, its header length and its header JSON.
+    static func safetensors(_ file: URL) throws -> (bytes: [UInt8], headerLength: Int, header: [String: Any]) {
+        let bytes = [UInt8](try Data(contentsOf: file))
+        let headerLength = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as! [String: Any]
+        return (bytes, headerLength, header)
+    }
+
     func assertBudgetError(_ body: () throws -> Any, mentions: String, file: StaticString = #filePath, line: UInt = #line) {
         let start = Date()
         XCTAssertThrowsError(try body(), file: file, line: line) { error in
@@ -119,9 +127,7 @@ final class FuzzTests: TemporaryDirectoryTestCase {
     func testNonFiniteWeightsAreRefusedAtLoad() throws {
         let folder = try tinyChatModel()
         let file = URL(fileURLWithPath: folder).appendingPathComponent("model.safetensors")
-        var bytes = [UInt8](try Data(contentsOf: file))
-        let headerLength = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
-        let header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as! [String: Any]
+        var (bytes, headerLength, header) = try Self.safetensors(file)
         let name = "model.layers.1.mlp.down_proj.weight"
         let offsets = (header[name] as! [String: Any])["data_offsets"] as! [Int]
         let at = 8 + headerLength + offsets[0] + 4 * 5
@@ -158,9 +164,7 @@ final class FuzzTests: TemporaryDirectoryTestCase {
     func testShapesMustMatchExactly() throws {
         let folder = try tinyChatModel()
         let file = URL(fileURLWithPath: folder).appendingPathComponent("model.safetensors")
-        let bytes = [UInt8](try Data(contentsOf: file))
-        let headerLength = bytes.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
-        var header = try JSONSerialization.jsonObject(with: Data(bytes[8..<(8 + headerLength)])) as! [String: Any]
+        var (bytes, headerLength, header) = try Self.safetensors(file)
         var norm = header["model.norm.weight"] as! [String: Any]
         norm["shape"] = [1, 32]
         header["model.norm.weight"] = norm
