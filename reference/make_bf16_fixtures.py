@@ -36,8 +36,9 @@ with a TorchDispatchMode trace of the training step (recorded in the JSON, `auto
     per-token log-probs (selective_log_softmax's fp32 path: gather minus logsumexp), the NLL term
     (log_softmax, nll_loss), log-odds, log_sigmoid and the metrics are all fp32.
 Finch's bf16 differs by design: products take bf16-rounded inputs but give fp32 results (PyTorch
-rounds every Linear / matmul output to bf16, the logits included), and LoRA products, attention,
-norms, softmax, log-probs and losses are fp32.
+rounds every Linear / matmul output to bf16, the logits included); LoRA's products take bf16
+inputs as here (but lora_A's gradient reads x in fp32), and attention, norms, softmax, log-probs
+and losses are fp32.
 
 Surprise worth knowing: calling `trainer.get_batch_loss_metrics` inside `torch.autocast` (as
 this script did at first) is not what the Trainer does. The logits then stay bf16, and TRL's

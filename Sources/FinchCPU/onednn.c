@@ -48,6 +48,9 @@ static struct {
     const version_t *(*version)(void);
     void (*omp_set_num_threads)(int);
     int (*omp_get_max_threads)(void);
+    int (*omp_get_thread_num)(void);
+    int (*omp_get_num_threads)(void);
+    void (*gomp_parallel)(void (*)(void *), void *, unsigned, unsigned);
     engine_t engine;
     stream_t stream;
     int loaded;
@@ -116,6 +119,9 @@ int finch_onednn_load(unsigned maxISA, char *message, size_t messageSize) {
     if (gomp) {
         *(void **)&dnnl.omp_set_num_threads = dlsym(gomp, "omp_set_num_threads");
         *(void **)&dnnl.omp_get_max_threads = dlsym(gomp, "omp_get_max_threads");
+        *(void **)&dnnl.omp_get_thread_num = dlsym(gomp, "omp_get_thread_num");
+        *(void **)&dnnl.omp_get_num_threads = dlsym(gomp, "omp_get_num_threads");
+        *(void **)&dnnl.gomp_parallel = dlsym(gomp, "GOMP_parallel");   // what `#pragma omp parallel` compiles to
     }
     const version_t *v = dnnl.version();
     if (!v || v->major != 2) {
@@ -307,4 +313,22 @@ int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64
     if (!e) return -2;
     if (s != 0) return -3;
     return 0;
+}
+
+// f32 -> bf16 on oneDNN's OpenMP threads: they are the ones spinning between products, so
+// handing them the conversion costs nothing, where other threads would fight them for the cores.
+typedef struct { const float *src; size_t ld; uint16_t *dst; size_t rows, columns; } convert_job_t;
+
+static void convert_part(void *data) {
+    const convert_job_t *job = data;
+    size_t part = (size_t)dnnl.omp_get_thread_num(), parts = (size_t)dnnl.omp_get_num_threads();
+    size_t start = job->rows * part / parts, end = job->rows * (part + 1) / parts;
+    if (start < end) finch_f32_to_bf16_rows(job->src + start * job->ld, job->ld, job->dst + start * job->columns, end - start, job->columns);
+}
+
+void finch_onednn_to_bf16_rows(const float *src, size_t ld, uint16_t *dst, size_t rows, size_t columns) {
+    int threads = dnnl.gomp_parallel && dnnl.omp_get_thread_num && dnnl.omp_get_num_threads ? dnnl.omp_get_max_threads() : 1;
+    if (threads <= 1 || rows < 2 || rows * columns < 65536) { finch_f32_to_bf16_rows(src, ld, dst, rows, columns); return; }
+    convert_job_t job = { src, ld, dst, rows, columns };
+    dnnl.gomp_parallel(convert_part, &job, (unsigned)threads, 0);
 }

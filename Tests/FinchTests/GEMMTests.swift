@@ -148,6 +148,46 @@ final class GEMMTests: XCTestCase {
         checkBF16Products(portable: false)
     }
 
+    /// Products that read a shared bf16 copy of their input (`GEMM.withBF16Copy`, as q, k, v and
+    /// their LoRA pairs do) give exactly what each product's own conversion gives, also for a
+    /// column block of a wider matrix (gate's and up's halves of one dy). The copy exists only
+    /// where bf16 products run natively; elsewhere the products read f32.
+    func testSharedBF16CopyGivesTheSameProducts() {
+        let rows = 48, columns = 96, n = 40, ld = 2 * rows
+        let w = TestSupport.randomArray(rows * columns, seed: 51)
+        let x = TestSupport.randomArray(n * columns, seed: 52)
+        let dy = TestSupport.randomArray(n * ld, seed: 53)   // two blocks of `rows` columns side by side
+        w.withUnsafeBufferPointer { wp in
+            let matrix = WeightMatrix(rows: rows, columns: columns, floats: wp.baseAddress!, owner: nil).bf16Copy()
+            var y = [Float](repeating: 0, count: n * rows), dx = [Float](repeating: 0, count: n * columns)
+            matrix.multiply(x, n: n, into: &y)
+            dy.withUnsafeBufferPointer { matrix.multiplyTransposed($0.baseAddress! + rows, lddy: ld, n: n, into: &dx, accumulate: false) }
+            var ySharing = y.map { _ in Float.nan }, dxSharing = dx.map { _ in Float.nan }
+            x.withUnsafeBufferPointer { xp in
+                GEMM.withBF16Copy(of: xp.baseAddress!, rows: n, ld: columns, precision: .bf16) { copy in
+                    XCTAssertEqual(copy != nil, GEMM.nativeBF16)
+                    if let copy {
+                        XCTAssertEqual((0..<n * columns).map { copy[$0] }, x.map { Self.referenceBF16($0) }, "the copy rounds as bf16 does")
+                    }
+                    ySharing.withUnsafeMutableBufferPointer { matrix.multiply(xp.baseAddress!, n: n, into: $0.baseAddress!, xCopy: copy) }
+                }
+            }
+            dy.withUnsafeBufferPointer { dyp in
+                GEMM.withBF16Copy(of: dyp.baseAddress!, rows: n, ld: ld, precision: .bf16) { copy in
+                    dxSharing.withUnsafeMutableBufferPointer {
+                        matrix.multiplyTransposed(dyp.baseAddress! + rows, lddy: ld, n: n, into: $0.baseAddress!, accumulate: false,
+                                                  dyCopy: copy.map { $0 + rows })
+                    }
+                }
+            }
+            XCTAssertEqual(ySharing, y)
+            XCTAssertEqual(dxSharing, dx)
+        }
+        x.withUnsafeBufferPointer { xp in
+            GEMM.withBF16Copy(of: xp.baseAddress!, rows: n, ld: columns, precision: .fp32) { XCTAssertNil($0, "fp32 products read f32") }
+        }
+    }
+
     /// A bf16 copy of a weight matrix multiplies as its rounded values do, both ways.
     func testBF16WeightMatrixProducts() {
         let rows = 48, columns = 96, n = 40

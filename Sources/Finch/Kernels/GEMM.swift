@@ -36,6 +36,22 @@ public enum PrecisionChoice: String, Sendable, CaseIterable, Codable {
 enum GEMMOperand {
     case f32(UnsafePointer<Float>)
     case bf16(UnsafePointer<UInt16>)
+    /// An f32 matrix and its bf16 copy in the same layout (`GEMM.withBF16Copy`): native bf16
+    /// products read the copy, every other product the f32 values.
+    case f32WithCopy(UnsafePointer<Float>, UnsafePointer<UInt16>)
+
+    /// `.f32(x)`, or `.f32WithCopy` when x has a copy.
+    static func f32(_ x: UnsafePointer<Float>, copy: UnsafePointer<UInt16>?) -> GEMMOperand {
+        copy.map { .f32WithCopy(x, $0) } ?? .f32(x)
+    }
+
+    /// The f32 values, where the operand has them.
+    var f32Values: UnsafePointer<Float>? {
+        switch self {
+        case let .f32(p), let .f32WithCopy(p, _): return p
+        case .bf16: return nil
+        }
+    }
 }
 
 /// Matrix products: oneDNN's matmul primitives where libdnnl is present (ISA chosen at run time,
@@ -181,7 +197,7 @@ public enum GEMM {
         // The stored shapes: A is [m, k] or, transposed, [k, m]; B is [k, n] or [n, k].
         let aRows = transA == .none ? m : k, aColumns = transA == .none ? k : m
         let bRows = transB == .none ? k : n, bColumns = transB == .none ? n : k
-        if case let .f32(fa) = a, case let .f32(fb) = b, precision == .fp32 {
+        if precision == .fp32, let fa = a.f32Values, let fb = b.f32Values {
             sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda, b: fb, ldb: ldb, beta: beta, c: c, ldc: ldc)
             return
         }
@@ -209,6 +225,18 @@ public enum GEMM {
         sgemmUntimed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda3, b: fb, ldb: ldb3, beta: beta, c: c, ldc: ldc)
     }
 
+    /// Calls `body` with a bf16 copy of x [rows, ld] in the same layout when bf16 products run
+    /// natively in `precision` (nil otherwise, and for a nil x), for several products that read x:
+    /// each product would convert x on its own, and q, k, v with their LoRA pairs read it six times.
+    static func withBF16Copy<R>(of x: UnsafePointer<Float>?, rows: Int, ld: Int, precision: Precision,
+                                _ body: (UnsafePointer<UInt16>?) -> R) -> R {
+        guard let x, precision == .bf16, nativeBF16, !portableBF16, rows > matVecMaxVectors else { return body(nil) }
+        let copy = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * ld)
+        defer { copy.deallocate() }
+        finch_onednn_to_bf16_rows(x, ld, copy, rows, ld)
+        return body(copy)
+    }
+
     /// Conversion buffers, reused (products run one at a time; the lock makes sure of it).
     final class Scratch: @unchecked Sendable {
         let lock = NSLock()
@@ -231,10 +259,10 @@ public enum GEMM {
     private static func bf16Operand(_ x: GEMMOperand, rows: Int, columns: Int, ld: Int,
                                     into buffer: inout ScratchBuffer) -> (UnsafeRawPointer, Int) {
         switch x {
-        case let .bf16(p): return (UnsafeRawPointer(p), ld)
+        case let .bf16(p), let .f32WithCopy(_, p): return (UnsafeRawPointer(p), ld)
         case let .f32(p):
             let dst = buffer.reserve(rows * columns * 2).assumingMemoryBound(to: UInt16.self)
-            BFloat16.convertRows(p, ld: ld, to: dst, rows: rows, columns: columns)
+            finch_onednn_to_bf16_rows(p, ld, dst, rows, columns)   // bf16 products run natively: oneDNN is loaded
             return (UnsafeRawPointer(dst), columns)
         }
     }
@@ -242,7 +270,7 @@ public enum GEMM {
     private static func f32Operand(_ x: GEMMOperand, rows: Int, columns: Int, ld: Int, round: Bool,
                                    into buffer: inout ScratchBuffer) -> (UnsafePointer<Float>, Int) {
         switch x {
-        case let .f32(p):
+        case let .f32(p), let .f32WithCopy(p, _):
             guard round else { return (p, ld) }
             let dst = buffer.reserve(rows * columns * 4).assumingMemoryBound(to: Float.self)
             for r in 0..<rows { BFloat16.round(p + r * ld, to: dst + r * columns, count: columns) }

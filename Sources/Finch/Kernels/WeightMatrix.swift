@@ -122,9 +122,9 @@ final class WeightMatrix: @unchecked Sendable {
     }
 
     /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`); row t of y starts at y + t * ldy
-    /// (ldy defaults to rows).
+    /// (ldy defaults to rows). `xCopy`: x's bf16 copy (`GEMM.withBF16Copy`), if it has one.
     public func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int? = nil,
-                         accumulate: Bool = false) {
+                         accumulate: Bool = false, xCopy: UnsafePointer<UInt16>? = nil) {
         let beta: Float = accumulate ? 1 : 0, ldy = ldy ?? rows
         if n <= matVecMaxVectors, let form = matVecForm {
             matVec([MatVecTarget(dtype: form.dtype, weights: form.storage, rows: rows, output: y, outputStride: ldy)],
@@ -132,12 +132,12 @@ final class WeightMatrix: @unchecked Sendable {
             return
         }
         if let w = operand {
-            GEMM.multiply(.none, .transpose, m: n, n: rows, k: columns, a: .f32(x), lda: columns, b: w, ldb: columns,
+            GEMM.multiply(.none, .transpose, m: n, n: rows, k: columns, a: .f32(x, copy: xCopy), lda: columns, b: w, ldb: columns,
                           beta: beta, c: y, ldc: ldy, precision: precision)
             return
         }
         withTile { tile, start, count in
-            GEMM.multiply(.none, .transpose, m: n, n: count, k: columns, a: .f32(x), lda: columns, b: .f32(tile), ldb: columns,
+            GEMM.multiply(.none, .transpose, m: n, n: count, k: columns, a: .f32(x, copy: xCopy), lda: columns, b: .f32(tile), ldb: columns,
                           beta: beta, c: y + start, ldc: ldy, precision: precision)
         }
     }
@@ -194,16 +194,16 @@ final class WeightMatrix: @unchecked Sendable {
     /// over all their rows; for more, one GEMM when the outputs lie side by side in one matrix
     /// (gate and up) and the weights are joined f32 or quantized (`withOneMatrix`), else one product each.
     static func multiply(_ products: [(matrix: WeightMatrix, output: UnsafeMutablePointer<Float>)],
-                         _ x: UnsafePointer<Float>, n: Int, ldy: Int? = nil) {
+                         _ x: UnsafePointer<Float>, n: Int, ldy: Int? = nil, xCopy: UnsafePointer<UInt16>? = nil) {
         let matrices = products.map(\.matrix)
         let forms = matrices.compactMap(\.matVecForm)
         guard n <= matVecMaxVectors, forms.count == products.count, let columns = matrices.first?.columns,
               matrices.allSatisfy({ $0.columns == columns }) else {
             if let ldy, withOneMatrix(matrices, products.map { UnsafePointer($0.output) }, ld: ldy, { w, rows, columns in
-                GEMM.multiply(.none, .transpose, m: n, n: rows, k: columns, a: .f32(x), lda: columns, b: w, ldb: columns,
+                GEMM.multiply(.none, .transpose, m: n, n: rows, k: columns, a: .f32(x, copy: xCopy), lda: columns, b: w, ldb: columns,
                               c: products[0].output, ldc: ldy, precision: matrices[0].precision)
             }) { return }
-            for p in products { p.matrix.multiply(x, n: n, into: p.output, ldy: ldy) }
+            for p in products { p.matrix.multiply(x, n: n, into: p.output, ldy: ldy, xCopy: xCopy) }
             return
         }
         let targets = zip(forms, products).map {
@@ -213,18 +213,19 @@ final class WeightMatrix: @unchecked Sendable {
     }
 
     /// dx[n, columns] += dy[n, rows] W (dx = when not `accumulate`); row t of dy starts at
-    /// dy + t * lddy (rows by default).
+    /// dy + t * lddy (rows by default). `dyCopy`: dy's bf16 copy in the same layout, if any.
     public func multiplyTransposed(_ dy: UnsafePointer<Float>, lddy: Int? = nil, n: Int, into dx: UnsafeMutablePointer<Float>,
-                                   accumulate: Bool = true) {
+                                   accumulate: Bool = true, dyCopy: UnsafePointer<UInt16>? = nil) {
         let lddy = lddy ?? rows
         if let w = operand {
-            GEMM.multiply(.none, .none, m: n, n: columns, k: rows, a: .f32(dy), lda: lddy, b: w, ldb: columns,
+            GEMM.multiply(.none, .none, m: n, n: columns, k: rows, a: .f32(dy, copy: dyCopy), lda: lddy, b: w, ldb: columns,
                           beta: accumulate ? 1 : 0, c: dx, ldc: columns, precision: precision)
             return
         }
         var first = !accumulate
         withTile { tile, start, count in
-            GEMM.multiply(.none, .none, m: n, n: columns, k: count, a: .f32(dy + start), lda: lddy, b: .f32(tile), ldb: columns,
+            GEMM.multiply(.none, .none, m: n, n: columns, k: count, a: .f32(dy + start, copy: dyCopy.map { $0 + start }), lda: lddy,
+                          b: .f32(tile), ldb: columns,
                           beta: first ? 0 : 1, c: dx, ldc: columns, precision: precision)
             first = false
         }
@@ -233,15 +234,18 @@ final class WeightMatrix: @unchecked Sendable {
     /// dx[n, columns] (+)= sum_i dy_i W_i for matrices that share their input, each dy_i with
     /// row stride `lddy`: one GEMM over all their rows when the dy_i lie side by side (gate and
     /// up) and the weights are joined f32 or quantized (`withOneMatrix`), else one product each, accumulating.
+    /// `dyCopy`: the bf16 copy of the matrix of rows `lddy` apart that starts at the first dy and
+    /// holds them all, if it has one.
     static func multiplyTransposed(_ terms: [(matrix: WeightMatrix, dy: UnsafePointer<Float>)], lddy: Int, n: Int,
-                                   into dx: UnsafeMutablePointer<Float>, accumulate: Bool) {
+                                   into dx: UnsafeMutablePointer<Float>, accumulate: Bool, dyCopy: UnsafePointer<UInt16>? = nil) {
         let matrices = terms.map(\.matrix)
         if withOneMatrix(matrices, terms.map(\.dy), ld: lddy, { w, rows, columns in
-            GEMM.multiply(.none, .none, m: n, n: columns, k: rows, a: .f32(terms[0].dy), lda: lddy, b: w, ldb: columns,
+            GEMM.multiply(.none, .none, m: n, n: columns, k: rows, a: .f32(terms[0].dy, copy: dyCopy), lda: lddy, b: w, ldb: columns,
                           beta: accumulate ? 1 : 0, c: dx, ldc: columns, precision: matrices[0].precision)
         }) { return }
         for (i, term) in terms.enumerated() {
-            term.matrix.multiplyTransposed(term.dy, lddy: lddy, n: n, into: dx, accumulate: accumulate || i > 0)
+            term.matrix.multiplyTransposed(term.dy, lddy: lddy, n: n, into: dx, accumulate: accumulate || i > 0,
+                                           dyCopy: dyCopy.map { $0 + (term.dy - terms[0].dy) })
         }
     }
 

@@ -32,8 +32,10 @@ final class Linear {
     /// y[n, out] (+)= x[n, in] W^T + bias + scale * dropout(x) A^T B^T.
     func forward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  saved: LinearSaved, random: inout FinchRandom, training: Bool) {
-        weight.multiply(x, n: n, into: y, accumulate: accumulate)
-        finishForward(x, n: n, into: y, ldy: outFeatures, saved: saved, random: &random, training: training)
+        GEMM.withBF16Copy(of: x, rows: n, ld: inFeatures, precision: weight.precision) { xCopy in
+            weight.multiply(x, n: n, into: y, accumulate: accumulate, xCopy: xCopy)
+            finishForward(x, xCopy: xCopy, n: n, into: y, ldy: outFeatures, saved: saved, random: &random, training: training)
+        }
     }
 
     /// The forwards of layers that share their input x (q, k, v; gate, up), each into its own
@@ -43,15 +45,18 @@ final class Linear {
     /// and LoRA term in order, so dropout draws come as from separate calls.
     static func forward(_ linears: [Linear], _ x: UnsafePointer<Float>, n: Int, into outputs: [UnsafeMutablePointer<Float>],
                         ldy: Int? = nil, saved: [LinearSaved], random: inout FinchRandom, training: Bool) {
-        WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n, ldy: ldy)
-        for i in linears.indices {
-            linears[i].finishForward(x, n: n, into: outputs[i], ldy: ldy ?? linears[i].outFeatures, saved: saved[i],
-                                     random: &random, training: training)
+        GEMM.withBF16Copy(of: x, rows: n, ld: linears[0].inFeatures, precision: linears[0].weight.precision) { xCopy in
+            WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n, ldy: ldy, xCopy: xCopy)
+            for i in linears.indices {
+                linears[i].finishForward(x, xCopy: linears[i].weight.precision == linears[0].weight.precision ? xCopy : nil, n: n,
+                                         into: outputs[i], ldy: ldy ?? linears[i].outFeatures, saved: saved[i],
+                                         random: &random, training: training)
+            }
         }
     }
 
     /// Adds the bias and the LoRA term to y = x W^T (rows `ldy` apart).
-    private func finishForward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int,
+    private func finishForward(_ x: UnsafePointer<Float>, xCopy: UnsafePointer<UInt16>?, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int,
                                saved: LinearSaved, random: inout FinchRandom, training: Bool) {
         if let bias {
             let out = outFeatures
@@ -69,20 +74,32 @@ final class Linear {
             dropped = .allocate(capacity: count)
             for i in 0..<count { dropped![i] = x[i] * mask[i] }
         }
-        let loraInput = dropped.map { UnsafePointer($0) } ?? x
+        let loraInput = dropped.map { GEMMOperand.f32(UnsafePointer($0)) } ?? .f32(x, copy: xCopy)
         // xa = x A^T  [n, r];  y += scale * xa B^T
-        GEMM.sgemm(.none, .transpose, m: n, n: lora.rank, k: inFeatures, a: loraInput, lda: inFeatures,
-                   b: lora.a, ldb: inFeatures, c: xa, ldc: lora.rank)
-        GEMM.sgemm(.none, .transpose, m: n, n: outFeatures, k: lora.rank, alpha: lora.scale, a: xa, lda: lora.rank,
-                   b: lora.b, ldb: lora.rank, beta: 1, c: y, ldc: ldy)
+        loraProduct(.none, .transpose, m: n, n: lora.rank, k: inFeatures, a: loraInput, lda: inFeatures,
+                   b: .f32(lora.a), ldb: inFeatures, c: xa, ldc: lora.rank)
+        loraProduct(.none, .transpose, m: n, n: outFeatures, k: lora.rank, alpha: lora.scale, a: .f32(xa), lda: lora.rank,
+                   b: .f32(lora.b), ldb: lora.rank, beta: 1, c: y, ldc: ldy)
+    }
+
+    /// A product of the LoRA path, in the base weight's precision: under bf16 mixed precision
+    /// LoRA's products take bf16-rounded inputs too, as PyTorch's autocast runs PEFT's lora_A
+    /// and lora_B (the low-rank matrices and their gradients stay f32).
+    private func loraProduct(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+                             a: GEMMOperand, lda: Int, b: GEMMOperand, ldb: Int, beta: Float = 0,
+                             c: UnsafeMutablePointer<Float>, ldc: Int, precision: Precision? = nil) {
+        GEMM.multiply(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta,
+                      c: c, ldc: ldc, precision: precision ?? weight.precision)
     }
 
     /// Given dy [n, out]: dx (+)= dy W (+ the LoRA path), and gradients of what trains.
     /// `x` is the forward input; `scratch` holds at least n * rank floats.
     func backward(_ dy: UnsafePointer<Float>, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
                   accumulate: Bool, saved: LinearSaved, scratch: UnsafeMutablePointer<Float>) {
-        if let dx { weight.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate) }
-        finishBackward(dy, lddy: outFeatures, x: x, n: n, dx: dx, saved: saved, scratch: scratch)
+        GEMM.withBF16Copy(of: dy, rows: n, ld: outFeatures, precision: weight.precision) { dyCopy in
+            if let dx { weight.multiplyTransposed(dy, n: n, into: dx, accumulate: accumulate, dyCopy: dyCopy) }
+            finishBackward(dy, dyCopy: dyCopy, lddy: outFeatures, x: x, n: n, dx: dx, saved: saved, scratch: scratch)
+        }
     }
 
     /// The backwards of layers that share their input x, given each one's dy with rows `lddy`
@@ -90,20 +107,27 @@ final class Linear {
     /// the weights lie one after another, then each layer's gradients and LoRA path.
     static func backward(_ linears: [Linear], _ dys: [UnsafePointer<Float>], lddy: Int, x: UnsafePointer<Float>, n: Int,
                          dx: UnsafeMutablePointer<Float>, accumulate: Bool, saved: [LinearSaved], scratch: UnsafeMutablePointer<Float>) {
-        WeightMatrix.multiplyTransposed(zip(linears, dys).map { ($0.weight, $1) }, lddy: lddy, n: n, into: dx, accumulate: accumulate)
-        for i in linears.indices {
-            linears[i].finishBackward(dys[i], lddy: lddy, x: x, n: n, dx: dx, saved: saved[i], scratch: scratch)
+        // One bf16 copy serves every dy when they lie in one matrix of rows lddy apart that starts at the first.
+        let oneMatrix = dys.allSatisfy { (0..<lddy).contains($0 - dys[0]) }
+            && linears.allSatisfy { $0.weight.precision == linears[0].weight.precision }
+        GEMM.withBF16Copy(of: oneMatrix ? dys[0] : nil, rows: n, ld: lddy, precision: linears[0].weight.precision) { dyCopy in
+            WeightMatrix.multiplyTransposed(zip(linears, dys).map { ($0.weight, $1) }, lddy: lddy, n: n, into: dx, accumulate: accumulate,
+                                            dyCopy: dyCopy)
+            for i in linears.indices {
+                linears[i].finishBackward(dys[i], dyCopy: dyCopy.map { $0 + (dys[i] - dys[0]) }, lddy: lddy, x: x, n: n, dx: dx,
+                                          saved: saved[i], scratch: scratch)
+            }
         }
     }
 
     /// Everything of the backward after the base product dy W: weight and bias gradients when
     /// they train, and the LoRA path (its gradients, and its term added to dx).
-    private func finishBackward(_ dy: UnsafePointer<Float>, lddy: Int, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
+    private func finishBackward(_ dy: UnsafePointer<Float>, dyCopy: UnsafePointer<UInt16>?, lddy: Int, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
                                 saved: LinearSaved, scratch: UnsafeMutablePointer<Float>) {
         let out = outFeatures, inF = inFeatures
         if let weightGrad {
             // dW += dy^T x
-            GEMM.multiply(.transpose, .none, m: out, n: inF, k: n, a: .f32(dy), lda: lddy, b: .f32(x), ldb: inF, beta: 1,
+            GEMM.multiply(.transpose, .none, m: out, n: inF, k: n, a: .f32(dy, copy: dyCopy), lda: lddy, b: .f32(x), ldb: inF, beta: 1,
                           c: weightGrad, ldc: inF, precision: weight.precision)
         }
         if let biasGrad {
@@ -121,22 +145,23 @@ final class Linear {
         }
         let loraInput = dropped.map { UnsafePointer($0) } ?? x
         // dB += scale * dy^T xa   [out, r]
-        GEMM.sgemm(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: dy, lda: lddy, b: xa, ldb: r,
+        loraProduct(.transpose, .none, m: out, n: r, k: n, alpha: lora.scale, a: .f32(dy, copy: dyCopy), lda: lddy, b: .f32(xa), ldb: r,
                    beta: 1, c: lora.db, ldc: r)
         // dxa = scale * dy B   [n, r]
         let dxa = scratch
-        GEMM.sgemm(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: dy, lda: lddy, b: lora.b, ldb: r,
+        loraProduct(.none, .none, m: n, n: r, k: out, alpha: lora.scale, a: .f32(dy, copy: dyCopy), lda: lddy, b: .f32(lora.b), ldb: r,
                    c: dxa, ldc: r)
-        // dA += dxa^T dropout(x)   [r, in]
-        GEMM.sgemm(.transpose, .none, m: r, n: inF, k: n, a: dxa, lda: r, b: loraInput, ldb: inF,
-                   beta: 1, c: lora.da, ldc: inF)
+        // dA += dxa^T dropout(x)   [r, in], from f32 x: its bf16 copy would cost more than the
+        // thin product saves (x has no copy in backward; dy's serves the three products above).
+        loraProduct(.transpose, .none, m: r, n: inF, k: n, a: .f32(dxa), lda: r, b: .f32(loraInput), ldb: inF,
+                   beta: 1, c: lora.da, ldc: inF, precision: .fp32)
         guard let dx else { return }
         if let mask = saved.dropoutMask, let dxLoRA = dropped {
             // d dropout(x) / dx is the mask itself (0 or 1/keep).
-            GEMM.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, c: dxLoRA, ldc: inF)
+            loraProduct(.none, .none, m: n, n: inF, k: r, a: .f32(dxa), lda: r, b: .f32(lora.a), ldb: inF, c: dxLoRA, ldc: inF)
             for i in 0..<n * inF { dx[i] += dxLoRA[i] * mask[i] }
         } else {
-            GEMM.sgemm(.none, .none, m: n, n: inF, k: r, a: dxa, lda: r, b: lora.a, ldb: inF, beta: 1, c: dx, ldc: inF)
+            loraProduct(.none, .none, m: n, n: inF, k: r, a: .f32(dxa), lda: r, b: .f32(lora.a), ldb: inF, beta: 1, c: dx, ldc: inF)
         }
     }
 }

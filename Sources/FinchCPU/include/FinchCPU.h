@@ -93,6 +93,9 @@ int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k,
 int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
                              const void *a, int64_t lda, const void *b, int64_t ldb, int type, float beta,
                              float *c, int64_t ldc);
+/// `finch_f32_to_bf16_rows` split over oneDNN's OpenMP threads (on the calling thread alone
+/// for small matrices, or when oneDNN is not loaded).
+void finch_onednn_to_bf16_rows(const float *src, size_t ld, uint16_t *dst, size_t rows, size_t columns);
 /// The implementation oneDNN picked for the last matmul this thread created (e.g.
 /// "brg:avx512_core_bf16"), and this thread's last error.
 const char *finch_onednn_last_implementation(void);
