@@ -11,12 +11,16 @@ else
 fi
 # The larger tokenizer vocabularies of llama.cpp's tests (their tests skip without them).
 bash scripts/fetch_tokenizer_vocabs.sh >/dev/null 2>&1 || echo "test: tokenizer vocabularies could not be fetched; those tests will be skipped"
-swift build --build-tests
+# Release mode: the kernels are meant to run optimised, and Package.swift has no unsafe flags to
+# optimise debug builds. -enable-testing lets the tests use internal names (@testable import).
+swift build -c release --build-tests -Xswiftc -enable-testing
 # The library's DocC catalog builds with every symbol link resolved (Sources/Finch/Finch.docc).
 swift package generate-documentation --target Finch --warnings-as-errors >/dev/null
+# Finch from another package, by version: Examples/FineTune against a tagged clone (committed state).
+bash scripts/example-by-version.sh
 # XCTest only (the suite has no Swift Testing tests); the last line sums it up plainly.
 set +e
-swift test --skip-build --disable-swift-testing 2>&1 | tee /tmp/finch-test-$$.log
+swift test -c release -Xswiftc -enable-testing --skip-build --disable-swift-testing 2>&1 | tee /tmp/finch-test-$$.log
 status=${PIPESTATUS[0]}
 set -e
 summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ tests? skipped and [0-9]+ failures?|Executed [0-9]+ tests?, with [0-9]+ failures?" /tmp/finch-test-$$.log | tail -1)

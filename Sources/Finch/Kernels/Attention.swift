@@ -1,4 +1,5 @@
 import Foundation
+import FinchCPU
 
 /// Sizes of one causal self-attention call. Tensors are token-major:
 /// q and out are [batch * seq, heads * headDim]; k and v are [batch * seq, kvHeads * headDim].
@@ -308,6 +309,7 @@ private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafeP
                                     shape: AttentionShape) {
     let D = shape.headDim, total = start + queries
     let units = shape.batch * shape.heads
+    _ = CPU.vectorLevel
     let work = { (range: Range<Int>) in
         guard !range.isEmpty else { return }
         let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
@@ -320,9 +322,11 @@ private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafeP
             let ob = out + b * queries * shape.qStride + h * D
             for i in 0..<queries {
                 let qi = qb + i * shape.qStride, row = scores + i * total, visible = start + i + 1
-                keyScores(qi, kb, stride: shape.kvStride, count: visible, width: D, scale: shape.scale, into: row)
+                // FinchCPU/vector.c: four keys at a time into their own sums; the weighted values
+                // in registers over every value row.
+                finch_key_scores(qi, kb, Int64(shape.kvStride), Int64(visible), Int64(D), shape.scale, row)
                 _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask)
-                weightedValues(row, vb, stride: shape.kvStride, count: visible, width: D, into: ob + i * shape.qStride)
+                finch_weighted_values(row, vb, Int64(shape.kvStride), Int64(visible), Int64(D), ob + i * shape.qStride)
             }
         }
     }
@@ -332,84 +336,3 @@ private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafeP
         SpinPool.shared.run { part, parts in work(units * part / parts..<units * (part + 1) / parts) }
     }
 }
-
-@inline(__always) private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-}
-
-@inline(__always) private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
-}
-
-/// scores[j] = scale * (q . k_j) for the `count` keys k_j = keys + j * stride, each `width`
-/// (a multiple of 8) long. Four keys at a time, each into its own sum: one key's products
-/// form a chain of dependent multiply-adds, and four chains keep the FMA units busy.
-private func keyScores(_ q: UnsafePointer<Float>, _ keys: UnsafePointer<Float>, stride: Int, count: Int, width: Int,
-                       scale: Float, into scores: UnsafeMutablePointer<Float>) {
-    var j = 0
-    while j &+ 4 <= count {
-        let k0 = keys + j &* stride, k1 = k0 + stride, k2 = k1 + stride, k3 = k2 + stride
-        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-        var i = 0
-        while i < width {
-            let qi = load8(q + i)
-            a0 = a0.addingProduct(qi, load8(k0 + i))
-            a1 = a1.addingProduct(qi, load8(k1 + i))
-            a2 = a2.addingProduct(qi, load8(k2 + i))
-            a3 = a3.addingProduct(qi, load8(k3 + i))
-            i &+= 8
-        }
-        scores[j] = scale * a0.sum()
-        scores[j &+ 1] = scale * a1.sum()
-        scores[j &+ 2] = scale * a2.sum()
-        scores[j &+ 3] = scale * a3.sum()
-        j &+= 4
-    }
-    while j < count {
-        let k = keys + j &* stride
-        var a = SIMD8<Float>()
-        var i = 0
-        while i < width { a = a.addingProduct(load8(q + i), load8(k + i)); i &+= 8 }
-        scores[j] = scale * a.sum()
-        j &+= 1
-    }
-}
-
-/// out[0..<width] = sum_j p[j] * v_j for the `count` values v_j = values + j * stride. The sums
-/// stay in registers, 32 columns at a time over every value row (two rows per step into two
-/// sets of sums), instead of being loaded and stored again for each row: that store-to-load
-/// chain, once per value row, was most of decoding's attention time. Every row below `count`
-/// must be finite (the cache holds every position up to the query, padding included).
-private func weightedValues(_ p: UnsafePointer<Float>, _ values: UnsafePointer<Float>, stride: Int, count: Int,
-                            width: Int, into out: UnsafeMutablePointer<Float>) {
-    var c = 0
-    while c &+ 32 <= width {
-        var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
-        var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
-        var j = 0
-        while j &+ 2 <= count {
-            let v = values + (j &* stride &+ c), w = v + stride
-            let pv = p[j], pw = p[j &+ 1]
-            o0 = o0.addingProduct(pv, load8(v)); o1 = o1.addingProduct(pv, load8(v + 8))
-            o2 = o2.addingProduct(pv, load8(v + 16)); o3 = o3.addingProduct(pv, load8(v + 24))
-            e0 = e0.addingProduct(pw, load8(w)); e1 = e1.addingProduct(pw, load8(w + 8))
-            e2 = e2.addingProduct(pw, load8(w + 16)); e3 = e3.addingProduct(pw, load8(w + 24))
-            j &+= 2
-        }
-        if j < count {
-            let v = values + (j &* stride &+ c), pv = p[j]
-            o0 = o0.addingProduct(pv, load8(v)); o1 = o1.addingProduct(pv, load8(v + 8))
-            o2 = o2.addingProduct(pv, load8(v + 16)); o3 = o3.addingProduct(pv, load8(v + 24))
-        }
-        store8(o0 + e0, out + c); store8(o1 + e1, out + c + 8)
-        store8(o2 + e2, out + c + 16); store8(o3 + e3, out + c + 24)
-        c &+= 32
-    }
-    while c < width {
-        var o = SIMD8<Float>()
-        for j in 0..<count { o = o.addingProduct(p[j], load8(values + (j &* stride &+ c))) }
-        store8(o, out + c)
-        c &+= 8
-    }
-}
-

@@ -153,6 +153,12 @@ public enum CPU {
         }
         return Int(finch_bf16_set_level(Int32(cap), features.rawValue))
     }()
+
+    /// Chooses the vector loops of FinchCPU/vector.c (exp, SwiGLU, matrix-vector products,
+    /// decoding attention): AVX2 + FMA + F16C, or portable C under FINCH_ISA=portable or on a CPU
+    /// without them. Touched before the first call of each kind; tests set a lower level with
+    /// `finch_vector_set_level` and restore this one.
+    static let vectorLevel: Int = Int(finch_vector_set_level(level == .portable ? 0 : 1, features.rawValue))
 }
 
 /// bf16 (the upper half of an f32) conversions, rounding to nearest even as PyTorch does.

@@ -1,4 +1,4 @@
-import Foundation
+import FinchCPU
 
 /// h = silu(gate) * up, elementwise over `count` values.
 func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>, count: Int) {
@@ -9,15 +9,10 @@ func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>,
 /// up are the two halves of one [rows, 2 * width] matrix in training) and h is contiguous.
 func swigluForward(_ h: UnsafeMutablePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                           rows: Int, width: Int, stride: Int) {
+    _ = CPU.vectorLevel
     forEachRowChunk(rows: rows, width: width) { t, j0, j1 in
-        let g = gate + t * stride, u = up + t * stride, out = h + t * width
-        var j = j0
-        while j + 8 <= j1 {
-            let gv = load8(g + j), uv = load8(u + j)
-            store8(gv / (1 + fastExp(-gv)) * uv, out + j)
-            j += 8
-        }
-        while j < j1 { out[j] = g[j] / (1 + fastExp(-g[j])) * u[j]; j += 1 }
+        let row = t * stride
+        finch_swiglu_forward(h + t * width + j0, gate + row + j0, up + row + j0, Int64(j1 - j0))
     }
 }
 
@@ -33,23 +28,10 @@ func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointe
 func swigluBackward(dgate: UnsafeMutablePointer<Float>, dup: UnsafeMutablePointer<Float>,
                            dh: UnsafePointer<Float>, gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                            rows: Int, width: Int, stride: Int) {
+    _ = CPU.vectorLevel
     forEachRowChunk(rows: rows, width: width) { t, j0, j1 in
-        let g = gate + t * stride, u = up + t * stride, d = dh + t * width
-        let dg = dgate + t * stride, du = dup + t * stride
-        var j = j0
-        while j + 8 <= j1 {
-            let gv = load8(g + j), uv = load8(u + j), dv = load8(d + j)
-            let sig = 1 / (1 + fastExp(-gv))
-            store8(dv * gv * sig, du + j)
-            store8(dv * uv * sig * (1 + gv * (1 - sig)), dg + j)
-            j += 8
-        }
-        while j < j1 {
-            let sig = 1 / (1 + fastExp(-g[j]))
-            du[j] = d[j] * g[j] * sig
-            dg[j] = d[j] * u[j] * sig * (1 + g[j] * (1 - sig))
-            j += 1
-        }
+        let row = t * stride + j0
+        finch_swiglu_backward(dgate + row, dup + row, dh + t * width + j0, gate + row, up + row, Int64(j1 - j0))
     }
 }
 
@@ -66,12 +48,4 @@ private func forEachRowChunk(rows: Int, width: Int, _ body: (Int, Int, Int) -> V
             body(t, j0, j1)
         }
     }
-}
-
-@inline(__always) private func load8(_ p: UnsafePointer<Float>) -> SIMD8<Float> {
-    UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float>.self)
-}
-
-@inline(__always) private func store8(_ v: SIMD8<Float>, _ p: UnsafeMutablePointer<Float>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: v, as: SIMD8<Float>.self)
 }

@@ -61,6 +61,43 @@ float finch_int8_dot_q4_0(const uint8_t *row, const int8_t *qx, const float *dx,
 /// The same for q4_1 rows (20-byte blocks).
 float finch_int8_dot_q4_1(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks);
 
+// MARK: - Vector loops (vector.c): AVX2 + FMA + F16C or portable, chosen at run time
+
+/// The level the loops below use: 0 portable C, 1 AVX2 + FMA + F16C. `maxLevel` caps it (the
+/// FINCH_ISA override); returns the level chosen. Both levels do the same fused multiply-adds
+/// in the same order.
+int finch_vector_set_level(int maxLevel, uint32_t features);
+/// A fast exp (about 1 ulp on [-87.3, 88.7]; 0 below about -87.7, infinity above 88.7, NaN stays NaN).
+float finch_exp(float x);
+/// x[i] = exp(x[i] - shift); returns the sum of the results.
+float finch_exp_shifted(float *x, int64_t count, float shift);
+/// x[i] = exp(x[i] - shift); returns sum(exp(x - shift)) and, in *weighted, sum(exp(x - shift) * x)
+/// of the values before.
+float finch_exp_sums(float *x, int64_t count, float shift, float *weighted);
+/// x[i] = exp(x[i] - shift) * scale.
+void finch_scaled_exp(float *x, int64_t count, float shift, float scale);
+/// The largest value, NaNs skipped (-infinity when there is none).
+float finch_max(const float *x, int64_t count);
+/// h = silu(g) * u, elementwise.
+void finch_swiglu_forward(float *h, const float *g, const float *u, int64_t count);
+/// The gradients of `finch_swiglu_forward` given dh (written, not accumulated).
+void finch_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t count);
+/// dot(w, x) over n values (a multiple of 32).
+float finch_dot_f32(const float *w, const float *x, int64_t n);
+/// A row of q8_0 / q4_0 / q4_1 blocks (ggml layouts) dotted with f32 x; q4_1 also takes each
+/// block's sum of x.
+float finch_dot_q8_0(const uint8_t *row, const float *x, int64_t blocks);
+float finch_dot_q4_0(const uint8_t *row, const float *x, int64_t blocks);
+float finch_dot_q4_1(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums);
+enum { FINCH_INT8_Q8_0 = 0, FINCH_INT8_Q4_0 = 1, FINCH_INT8_Q4_1 = 2 };
+/// A quantized row (FINCH_INT8_*) dotted with activations rounded to 8 bits per block of 32 (qx,
+/// scales dx, sums of qx sx), on AVX512_VNNI when `vnni` (the caller checks the CPU), else AVX2 or portable.
+float finch_int8_dot(int type, const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks, int vnni);
+/// scores[j] = scale * dot(q, keys + j * stride) over `width` values (a multiple of 8), j < count.
+void finch_key_scores(const float *q, const float *keys, int64_t stride, int64_t count, int64_t width, float scale, float *scores);
+/// out[0..<width] = sum over j < count of p[j] * (values + j * stride); width a multiple of 8.
+void finch_weighted_values(const float *p, const float *values, int64_t stride, int64_t count, int64_t width, float *out);
+
 // MARK: - Peak arithmetic loops (for `finch bench peak`)
 
 /// Runs `iterations` rounds of 12 independent vector FMAs (fp32) or bf16 dot products and

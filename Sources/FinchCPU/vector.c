@@ -1,0 +1,700 @@
+// The vector loops between matrix products, compiled twice: for AVX2 + FMA + F16C (x86-64-v3,
+// every x86-64 CPU since 2013-2015) with target attributes, and as portable C, one chosen at run
+// time (finch_vector_set_level). Both paths do the same operations in the same order, fused
+// multiply-adds included (fmaf in the portable one), so they agree up to the order of the final
+// horizontal sums. Nothing here depends on the flags of the machine that built it.
+//
+//   - fast exp and the softmax / cross-entropy loops built on it (libm's expf does one value at
+//     a time and was most of their time);
+//   - SwiGLU forward and backward;
+//   - matrix-vector products of f32, q8_0, q4_0 and q4_1 rows with f32 vectors (decoding), and
+//     of quantized rows with vectors rounded to 8 bits (llama.cpp's arithmetic);
+//   - decoding attention's key scores and weighted values.
+#include "FinchCPU.h"
+#include <math.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+#endif
+
+// Fused multiply-adds only where written: the two paths must round alike.
+#pragma STDC FP_CONTRACT OFF
+
+static int level = 0;   // 0 portable, 1 AVX2 + FMA + F16C
+
+int finch_vector_set_level(int maxLevel, uint32_t f) {
+    int l = 0;
+#if defined(__x86_64__)
+    uint32_t need = FINCH_CPU_AVX2 | FINCH_CPU_FMA | FINCH_CPU_F16C;
+    if ((f & need) == need) l = 1;
+#endif
+    level = l < maxLevel ? l : maxLevel;
+    return level;
+}
+
+// MARK: - exp
+
+// exp(x) = 2^n * exp(r), n = round(x / ln 2), r = x - n ln 2 (ln 2 split in two constants),
+// exp(r) by Cephes' degree-6 polynomial: about 1 ulp on [-87.3, 88.7]. Inputs are clamped to
+// [-88, 88.72] (NaN stays NaN): at -88, n = -127 makes the power-of-two factor's bits 0, so the
+// result is exactly 0 from about -87.7 down (and for -infinity); above 88.7 it is infinity.
+static const float EXP_LO = -88.0f, EXP_HI = 88.72f, LOG2E = 1.44269504f;
+static const float C1 = -0.693359375f, C2 = 2.1219444e-4f;
+static const float P0 = 1.98756915e-4f, P1 = 1.39819995e-3f, P2 = 8.3334519e-3f, P3 = 4.16657959e-2f,
+                   P4 = 1.66666655e-1f, P5 = 5.00000012e-1f;
+
+static inline float exp1(float x) {
+    float c = x < EXP_LO ? EXP_LO : x;          // NaN compares false and stays
+    c = c > EXP_HI ? EXP_HI : c;
+    float n = nearbyintf(c * LOG2E);
+    float r = fmaf(n, C1, c);
+    r = fmaf(n, C2, r);
+    float p = fmaf(P0, r, P1);
+    p = fmaf(p, r, P2);
+    p = fmaf(p, r, P3);
+    p = fmaf(p, r, P4);
+    p = fmaf(p, r, P5);
+    p = fmaf(p, r * r, r + 1);
+    // n + 1.5 * 2^23 holds the integer n in its low mantissa bits (no conversion that traps on NaN).
+    float shifted = n + 12582912.0f;
+    uint32_t e;
+    memcpy(&e, &shifted, 4);
+    uint32_t bits = (e - 0x4B400000u + 127u) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+float finch_exp(float x) { return exp1(x); }
+
+#if defined(__x86_64__)
+AVX2 static inline __m256 exp8(__m256 x) {
+    __m256 c = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);   // max/min return the second operand on NaN
+    c = _mm256_min_ps(_mm256_set1_ps(EXP_HI), c);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(c, _mm256_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fmadd_ps(n, _mm256_set1_ps(C1), c);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(C2), r);
+    __m256 p = _mm256_fmadd_ps(_mm256_set1_ps(P0), r, _mm256_set1_ps(P1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(P5));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1)));
+    __m256i e = _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(n, _mm256_set1_ps(12582912.0f))), _mm256_set1_epi32(0x4B400000));
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(e, _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+// Lanes summed in a fixed order: (0+4, 1+5, 2+6, 3+7), then pairs, then the last two.
+AVX2 static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+// The portable path keeps 8 partial sums as the vector one does, summed in the same order.
+static inline float hsum8_c(const float *v) {
+    float s0 = v[0] + v[4], s1 = v[1] + v[5], s2 = v[2] + v[6], s3 = v[3] + v[7];
+    return (s0 + s2) + (s1 + s3);
+}
+
+#if defined(__x86_64__)
+AVX2 static float exp_shifted_avx2(float *x, int64_t n, float shift) {
+    __m256 sum = _mm256_setzero_ps(), s = _mm256_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+        _mm256_storeu_ps(x + i, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    float total = hsum8(sum);
+    for (; i < n; i++) { float v = exp1(x[i] - shift); x[i] = v; total += v; }
+    return total;
+}
+#endif
+
+float finch_exp_shifted(float *x, int64_t n, float shift) {
+#if defined(__x86_64__)
+    if (level >= 1) return exp_shifted_avx2(x, n, shift);
+#endif
+    float sum[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) for (int j = 0; j < 8; j++) { float v = exp1(x[i + j] - shift); x[i + j] = v; sum[j] += v; }
+    float total = hsum8_c(sum);
+    for (; i < n; i++) { float v = exp1(x[i] - shift); x[i] = v; total += v; }
+    return total;
+}
+
+#if defined(__x86_64__)
+AVX2 static float exp_sums_avx2(float *x, int64_t n, float shift, float *weighted) {
+    __m256 sum = _mm256_setzero_ps(), w = _mm256_setzero_ps(), s = _mm256_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), e = exp8(_mm256_sub_ps(v, s));
+        _mm256_storeu_ps(x + i, e);
+        sum = _mm256_add_ps(sum, e);
+        w = _mm256_add_ps(w, _mm256_mul_ps(e, v));
+    }
+    float total = hsum8(sum), wt = hsum8(w);
+    for (; i < n; i++) { float v = x[i], e = exp1(v - shift); x[i] = e; total += e; wt += e * v; }
+    *weighted = wt;
+    return total;
+}
+#endif
+
+float finch_exp_sums(float *x, int64_t n, float shift, float *weighted) {
+#if defined(__x86_64__)
+    if (level >= 1) return exp_sums_avx2(x, n, shift, weighted);
+#endif
+    float sum[8] = {0}, w[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        for (int j = 0; j < 8; j++) { float v = x[i + j], e = exp1(v - shift); x[i + j] = e; sum[j] += e; w[j] += e * v; }
+    }
+    float total = hsum8_c(sum), wt = hsum8_c(w);
+    for (; i < n; i++) { float v = x[i], e = exp1(v - shift); x[i] = e; total += e; wt += e * v; }
+    *weighted = wt;
+    return total;
+}
+
+#if defined(__x86_64__)
+AVX2 static void scaled_exp_avx2(float *x, int64_t n, float shift, float scale) {
+    __m256 s = _mm256_set1_ps(shift), k = _mm256_set1_ps(scale);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)), k));
+    for (; i < n; i++) x[i] = exp1(x[i] - shift) * scale;
+}
+#endif
+
+void finch_scaled_exp(float *x, int64_t n, float shift, float scale) {
+#if defined(__x86_64__)
+    if (level >= 1) { scaled_exp_avx2(x, n, shift, scale); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) x[i] = exp1(x[i] - shift) * scale;
+}
+
+#if defined(__x86_64__)
+AVX2 static float max_avx2(const float *x, int64_t n) {
+    __m256 best = _mm256_set1_ps(-INFINITY);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) best = _mm256_max_ps(_mm256_loadu_ps(x + i), best);   // NaN lanes keep `best`
+    float lanes[8];
+    _mm256_storeu_ps(lanes, best);
+    float m = -INFINITY;
+    for (int j = 0; j < 8; j++) m = lanes[j] > m ? lanes[j] : m;
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+#endif
+
+float finch_max(const float *x, int64_t n) {
+#if defined(__x86_64__)
+    if (level >= 1) return max_avx2(x, n);
+#endif
+    float m = -INFINITY;
+    for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+// MARK: - SwiGLU
+
+#if defined(__x86_64__)
+AVX2 static void swiglu_forward_avx2(float *h, const float *g, const float *u, int64_t n) {
+    __m256 one = _mm256_set1_ps(1), zero = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 gv = _mm256_loadu_ps(g + j);
+        __m256 e = exp8(_mm256_sub_ps(zero, gv));
+        _mm256_storeu_ps(h + j, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + j)));
+    }
+    for (; j < n; j++) h[j] = g[j] / (1 + exp1(-g[j])) * u[j];
+}
+
+AVX2 static void swiglu_backward_avx2(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+    __m256 one = _mm256_set1_ps(1), zero = _mm256_setzero_ps();
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 gv = _mm256_loadu_ps(g + j), uv = _mm256_loadu_ps(u + j), dv = _mm256_loadu_ps(dh + j);
+        __m256 sig = _mm256_div_ps(one, _mm256_add_ps(one, exp8(_mm256_sub_ps(zero, gv))));
+        _mm256_storeu_ps(du + j, _mm256_mul_ps(_mm256_mul_ps(dv, gv), sig));
+        __m256 slope = _mm256_add_ps(one, _mm256_mul_ps(gv, _mm256_sub_ps(one, sig)));
+        _mm256_storeu_ps(dg + j, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(dv, uv), sig), slope));
+    }
+    for (; j < n; j++) {
+        float sig = 1 / (1 + exp1(-g[j]));
+        du[j] = dh[j] * g[j] * sig;
+        dg[j] = dh[j] * u[j] * sig * (1 + g[j] * (1 - sig));
+    }
+}
+#endif
+
+void finch_swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
+#if defined(__x86_64__)
+    if (level >= 1) { swiglu_forward_avx2(h, g, u, n); return; }
+#endif
+    for (int64_t j = 0; j < n; j++) h[j] = g[j] / (1 + exp1(-g[j])) * u[j];
+}
+
+void finch_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+#if defined(__x86_64__)
+    if (level >= 1) { swiglu_backward_avx2(dg, du, dh, g, u, n); return; }
+#endif
+    for (int64_t j = 0; j < n; j++) {
+        float sig = 1 / (1 + exp1(-g[j]));
+        du[j] = dh[j] * g[j] * sig;
+        dg[j] = dh[j] * u[j] * sig * (1 + g[j] * (1 - sig));
+    }
+}
+
+// MARK: - Matrix-vector products (ggml block layouts; see Dequantize.swift)
+
+static inline float half_c(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+    if (exponent == 0x1f) bits = sign | 0x7f800000u | (mantissa << 13);
+    else if (exponent != 0) bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    else if (mantissa == 0) bits = sign;
+    else {   // subnormal: normalise
+        exponent = 113;
+        while (!(mantissa & 0x400)) { mantissa <<= 1; exponent--; }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+#if defined(__x86_64__)
+// f16 scales through vmovd, which zeroes the rest of the register, then vcvtph2ps (converting
+// one half with vpinsrw merged into a register holding a running sum and chained the blocks).
+AVX2 static inline float half_avx2(const uint8_t *p) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128((int)h)));
+}
+
+AVX2 static inline __m256 load8(const float *p) { return _mm256_loadu_ps(p); }
+
+// 8 signed bytes as floats.
+AVX2 static inline __m256 bytes8(const uint8_t *p) {
+    int64_t v;
+    memcpy(&v, p, 8);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_cvtsi64_si128(v)));
+}
+
+// 8 bytes of nibbles as 16 floats (low nibbles, high nibbles), each minus `offset`: the bytes are
+// widened to 32 bits once, then masked and shifted.
+AVX2 static inline void nibbles16(const uint8_t *p, int32_t offset, __m256 *low, __m256 *high) {
+    int64_t v;
+    memcpy(&v, p, 8);
+    __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+    __m256i o = _mm256_set1_epi32(offset);
+    *low = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_and_si256(bytes, _mm256_set1_epi32(0x0f)), o));
+    *high = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bytes, 4), o));
+}
+
+AVX2 static float dot_f32_avx2(const float *w, const float *x, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t i = 0; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load8(w + i), load8(x + i), a0);
+        a1 = _mm256_fmadd_ps(load8(w + i + 8), load8(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load8(w + i + 16), load8(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load8(w + i + 24), load8(x + i + 24), a3);
+    }
+    return hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+// Two blocks per iteration, each into its own sums, so consecutive blocks do not wait on one
+// chain of multiply-adds (~10 cycles per block of 32 weights where one block at a time took ~14).
+// The sums are named registers, not an array indexed by block parity (that put them in memory).
+AVX2 static inline __m256 q8_0_block_sums(const uint8_t *q, const float *xb) {
+    __m256 s = _mm256_mul_ps(bytes8(q), load8(xb));
+    s = _mm256_fmadd_ps(bytes8(q + 8), load8(xb + 8), s);
+    s = _mm256_fmadd_ps(bytes8(q + 16), load8(xb + 16), s);
+    return _mm256_fmadd_ps(bytes8(q + 24), load8(xb + 24), s);
+}
+
+AVX2 static float dot_q8_0_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        const uint8_t *b0 = row + b * 34, *b1 = b0 + 34;
+        acc0 = _mm256_fmadd_ps(q8_0_block_sums(b0 + 2, x + b * 32), _mm256_set1_ps(half_avx2(b0)), acc0);
+        acc1 = _mm256_fmadd_ps(q8_0_block_sums(b1 + 2, x + b * 32 + 32), _mm256_set1_ps(half_avx2(b1)), acc1);
+    }
+    if (b < blocks) {
+        const uint8_t *b0 = row + b * 34;
+        acc0 = _mm256_fmadd_ps(q8_0_block_sums(b0 + 2, x + b * 32), _mm256_set1_ps(half_avx2(b0)), acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+// The sum of a q4 block's 32 products: nibbles of bytes 0..<8 are values 0..<8 (low) and
+// 16..<24 (high), of bytes 8..<16 values 8..<16 and 24..<32.
+AVX2 static inline __m256 q4_block_sums(const uint8_t *q, const float *xb, int32_t offset) {
+    __m256 l0, h0, l1, h1;
+    nibbles16(q, offset, &l0, &h0);
+    nibbles16(q + 8, offset, &l1, &h1);
+    __m256 s = _mm256_mul_ps(l0, load8(xb));
+    s = _mm256_fmadd_ps(h0, load8(xb + 16), s);
+    s = _mm256_fmadd_ps(l1, load8(xb + 8), s);
+    return _mm256_fmadd_ps(h1, load8(xb + 24), s);
+}
+
+AVX2 static float dot_q4_0_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        const uint8_t *b0 = row + b * 18, *b1 = b0 + 18;
+        acc0 = _mm256_fmadd_ps(q4_block_sums(b0 + 2, x + b * 32, 8), _mm256_set1_ps(half_avx2(b0)), acc0);
+        acc1 = _mm256_fmadd_ps(q4_block_sums(b1 + 2, x + b * 32 + 32, 8), _mm256_set1_ps(half_avx2(b1)), acc1);
+    }
+    if (b < blocks) {
+        const uint8_t *b0 = row + b * 18;
+        acc0 = _mm256_fmadd_ps(q4_block_sums(b0 + 2, x + b * 32, 8), _mm256_set1_ps(half_avx2(b0)), acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+// A q4_1 block's d and m (two f16) in one load and conversion.
+AVX2 static inline void halves_avx2(const uint8_t *p, float *d, float *m) {
+    int32_t both;
+    memcpy(&both, p, 4);
+    __m128 dm = _mm_cvtph_ps(_mm_cvtsi32_si128(both));
+    *d = _mm_cvtss_f32(dm);
+    *m = _mm_cvtss_f32(_mm_movehdup_ps(dm));
+}
+
+AVX2 static float dot_q4_1_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float minimums0 = 0, minimums1 = 0, d0, m0, d1, m1;
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        const uint8_t *b0 = row + b * 20, *b1 = b0 + 20;
+        halves_avx2(b0, &d0, &m0);
+        halves_avx2(b1, &d1, &m1);
+        acc0 = _mm256_fmadd_ps(q4_block_sums(b0 + 4, x + b * 32, 0), _mm256_set1_ps(d0), acc0);
+        acc1 = _mm256_fmadd_ps(q4_block_sums(b1 + 4, x + b * 32 + 32, 0), _mm256_set1_ps(d1), acc1);
+        minimums0 += m0 * blockSums[b];
+        minimums1 += m1 * blockSums[b + 1];
+    }
+    if (b < blocks) {
+        const uint8_t *b0 = row + b * 20;
+        halves_avx2(b0, &d0, &m0);
+        acc0 = _mm256_fmadd_ps(q4_block_sums(b0 + 4, x + b * 32, 0), _mm256_set1_ps(d0), acc0);
+        minimums0 += m0 * blockSums[b];
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1)) + (minimums0 + minimums1);
+}
+#endif
+
+// The portable versions: the same multiply-adds lane by lane (lane j of a vector is element j
+// of each group of 8), the same two accumulators and the same final order.
+static inline void fma8(float *acc, const float *a, const float *b) { for (int j = 0; j < 8; j++) acc[j] = fmaf(a[j], b[j], acc[j]); }
+
+static float dot_f32_c(const float *w, const float *x, int64_t n) {
+    float a[4][8] = {{0}};
+    for (int64_t i = 0; i + 32 <= n; i += 32) for (int k = 0; k < 4; k++) fma8(a[k], w + i + 8 * k, x + i + 8 * k);
+    float s[8];
+    for (int j = 0; j < 8; j++) s[j] = (a[0][j] + a[1][j]) + (a[2][j] + a[3][j]);
+    return hsum8_c(s);
+}
+
+static float dot_q8_0_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float acc[2][8] = {{0}};
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 34, *q = block + 2;
+        const float *xb = x + b * 32;
+        float d = half_c(block), s[8], v[8];
+        for (int j = 0; j < 8; j++) s[j] = (float)(int8_t)q[j] * xb[j];
+        for (int k = 1; k < 4; k++) { for (int j = 0; j < 8; j++) v[j] = (float)(int8_t)q[8 * k + j]; fma8(s, v, xb + 8 * k); }
+        for (int j = 0; j < 8; j++) acc[b & 1][j] = fmaf(s[j], d, acc[b & 1][j]);
+    }
+    float s[8];
+    for (int j = 0; j < 8; j++) s[j] = acc[0][j] + acc[1][j];
+    return hsum8_c(s);
+}
+
+static inline void q4_block_sums_c(const uint8_t *q, const float *xb, int32_t offset, float *s) {
+    float l0[8], h0[8], l1[8], h1[8];
+    for (int j = 0; j < 8; j++) {
+        l0[j] = (float)((int32_t)(q[j] & 0x0f) - offset); h0[j] = (float)((int32_t)(q[j] >> 4) - offset);
+        l1[j] = (float)((int32_t)(q[8 + j] & 0x0f) - offset); h1[j] = (float)((int32_t)(q[8 + j] >> 4) - offset);
+    }
+    for (int j = 0; j < 8; j++) s[j] = l0[j] * xb[j];
+    fma8(s, h0, xb + 16);
+    fma8(s, l1, xb + 8);
+    fma8(s, h1, xb + 24);
+}
+
+static float dot_q4_0_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float acc[2][8] = {{0}};
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 18;
+        float s[8], d = half_c(block);
+        q4_block_sums_c(block + 2, x + b * 32, 8, s);
+        for (int j = 0; j < 8; j++) acc[b & 1][j] = fmaf(s[j], d, acc[b & 1][j]);
+    }
+    float s[8];
+    for (int j = 0; j < 8; j++) s[j] = acc[0][j] + acc[1][j];
+    return hsum8_c(s);
+}
+
+static float dot_q4_1_c(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    float acc[2][8] = {{0}}, minimums[2] = { 0, 0 };
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 20;
+        float s[8], d = half_c(block), m = half_c(block + 2);
+        q4_block_sums_c(block + 4, x + b * 32, 0, s);
+        for (int j = 0; j < 8; j++) acc[b & 1][j] = fmaf(s[j], d, acc[b & 1][j]);
+        minimums[b & 1] += m * blockSums[b];
+    }
+    float s[8];
+    for (int j = 0; j < 8; j++) s[j] = acc[0][j] + acc[1][j];
+    return hsum8_c(s) + (minimums[0] + minimums[1]);
+}
+
+float finch_dot_f32(const float *w, const float *x, int64_t n) {
+#if defined(__x86_64__)
+    if (level >= 1) return dot_f32_avx2(w, x, n);
+#endif
+    return dot_f32_c(w, x, n);
+}
+
+float finch_dot_q8_0(const uint8_t *row, const float *x, int64_t blocks) {
+#if defined(__x86_64__)
+    if (level >= 1) return dot_q8_0_avx2(row, x, blocks);
+#endif
+    return dot_q8_0_c(row, x, blocks);
+}
+
+float finch_dot_q4_0(const uint8_t *row, const float *x, int64_t blocks) {
+#if defined(__x86_64__)
+    if (level >= 1) return dot_q4_0_avx2(row, x, blocks);
+#endif
+    return dot_q4_0_c(row, x, blocks);
+}
+
+float finch_dot_q4_1(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+#if defined(__x86_64__)
+    if (level >= 1) return dot_q4_1_avx2(row, x, blocks, blockSums);
+#endif
+    return dot_q4_1_c(row, x, blocks, blockSums);
+}
+
+// MARK: - Quantized rows times 8-bit activations (AVX2; AVX512_VNNI in int8_dot.c)
+//
+// Per block, for weights w = dw * qw (+ m for q4_1) and activations x ≈ dx * qx:
+//   q8_0: sum w x ≈ dw dx sum qw qx;  q4_0: dw dx (sum q qx - 8 sum qx);  q4_1: dw dx sum q qx + m dx sum qx.
+// The integer sums are exact on every path, so the paths differ only in the order of float additions.
+
+#if defined(__x86_64__)
+// 32 products of bytes (unsigned u, signed s) summed into 8 int32 lanes, as floats.
+AVX2 static inline __m256 product_sums(__m256i u, __m256i s) {
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+// A q4 block's 16 bytes of nibbles as 32 bytes 0..<16: low nibbles first, then high.
+AVX2 static inline __m256i nibbles32(const uint8_t *p) {
+    __m128i packed = _mm_loadu_si128((const __m128i *)p);
+    __m256i both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+    return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+AVX2 static float int8_dot_q8_0_avx2(const uint8_t *row, const int8_t *qx, const float *dx, int64_t blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 34;
+        __m256i w = _mm256_loadu_si256((const __m256i *)(block + 2)), x = _mm256_loadu_si256((const __m256i *)(qx + b * 32));
+        // signed x signed through the unsigned x signed instruction: |w|, and x with w's sign.
+        __m256 p = product_sums(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+        acc = _mm256_fmadd_ps(p, _mm256_set1_ps(half_avx2(block) * dx[b]), acc);
+    }
+    return hsum8(acc);
+}
+
+AVX2 static float int8_dot_q4_0_avx2(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    float offsets = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 18;
+        float scale = half_avx2(block) * dx[b];
+        acc = _mm256_fmadd_ps(product_sums(nibbles32(block + 2), _mm256_loadu_si256((const __m256i *)(qx + b * 32))),
+                              _mm256_set1_ps(scale), acc);
+        offsets += scale * (float)(8 * sx[b]);
+    }
+    return hsum8(acc) - offsets;
+}
+
+AVX2 static float int8_dot_q4_1_avx2(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks) {
+    // Two accumulators: consecutive blocks do not wait on each other's multiply-add.
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float minimums = 0, d0, m0, d1, m1;
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        const uint8_t *b0 = row + b * 20, *b1 = b0 + 20;
+        halves_avx2(b0, &d0, &m0);
+        halves_avx2(b1, &d1, &m1);
+        acc0 = _mm256_fmadd_ps(product_sums(nibbles32(b0 + 4), _mm256_loadu_si256((const __m256i *)(qx + b * 32))),
+                               _mm256_set1_ps(d0 * dx[b]), acc0);
+        acc1 = _mm256_fmadd_ps(product_sums(nibbles32(b1 + 4), _mm256_loadu_si256((const __m256i *)(qx + b * 32 + 32))),
+                               _mm256_set1_ps(d1 * dx[b + 1]), acc1);
+        minimums += m0 * dx[b] * (float)sx[b] + m1 * dx[b + 1] * (float)sx[b + 1];
+    }
+    if (b < blocks) {
+        const uint8_t *b0 = row + b * 20;
+        halves_avx2(b0, &d0, &m0);
+        acc0 = _mm256_fmadd_ps(product_sums(nibbles32(b0 + 4), _mm256_loadu_si256((const __m256i *)(qx + b * 32))),
+                               _mm256_set1_ps(d0 * dx[b]), acc0);
+        minimums += m0 * dx[b] * (float)sx[b];
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1)) + minimums;
+}
+#endif
+
+// sum q_i qx_i over a q4 block's 16 bytes of nibbles (low: values 0..<16, high: 16..<32).
+static int32_t nibble_products(const uint8_t *q, const int8_t *xb) {
+    int32_t sum = 0;
+    for (int i = 0; i < 16; i++) sum += (int32_t)(q[i] & 0x0f) * xb[i] + (int32_t)(q[i] >> 4) * xb[16 + i];
+    return sum;
+}
+
+float finch_int8_dot(int type, const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks,
+                     int vnni) {
+#if defined(__x86_64__)
+    if (vnni) {
+        switch (type) {
+        case FINCH_INT8_Q8_0: return finch_int8_dot_q8_0(row, qx, dx, blocks);
+        case FINCH_INT8_Q4_0: return finch_int8_dot_q4_0(row, qx, dx, sx, blocks);
+        default: return finch_int8_dot_q4_1(row, qx, dx, sx, blocks);
+        }
+    }
+    if (level >= 1) {
+        switch (type) {
+        case FINCH_INT8_Q8_0: return int8_dot_q8_0_avx2(row, qx, dx, blocks);
+        case FINCH_INT8_Q4_0: return int8_dot_q4_0_avx2(row, qx, dx, sx, blocks);
+        default: return int8_dot_q4_1_avx2(row, qx, dx, sx, blocks);
+        }
+    }
+#else
+    (void)vnni;
+#endif
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const int8_t *xb = qx + b * 32;
+        switch (type) {
+        case FINCH_INT8_Q8_0: {
+            const uint8_t *block = row + b * 34;
+            int32_t sum = 0;
+            for (int i = 0; i < 32; i++) sum += (int32_t)(int8_t)block[2 + i] * xb[i];
+            total += (float)sum * half_c(block) * dx[b];
+            break;
+        }
+        case FINCH_INT8_Q4_0: {
+            const uint8_t *block = row + b * 18;
+            total += (float)(nibble_products(block + 2, xb) - 8 * sx[b]) * half_c(block) * dx[b];
+            break;
+        }
+        default: {
+            const uint8_t *block = row + b * 20;
+            total += (float)nibble_products(block + 4, xb) * half_c(block) * dx[b] + half_c(block + 2) * dx[b] * (float)sx[b];
+        }
+        }
+    }
+    return total;
+}
+
+// MARK: - Decoding attention
+
+#if defined(__x86_64__)
+// Four keys at a time, each into its own sum: one key's products are a chain of dependent
+// multiply-adds, and four chains keep the FMA units busy.
+AVX2 static void key_scores_avx2(const float *q, const float *keys, int64_t stride, int64_t count, int64_t width, float scale,
+                                 float *scores) {
+    int64_t j = 0;
+    for (; j + 4 <= count; j += 4) {
+        const float *k0 = keys + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = 0; i < width; i += 8) {
+            __m256 qi = load8(q + i);
+            a0 = _mm256_fmadd_ps(qi, load8(k0 + i), a0);
+            a1 = _mm256_fmadd_ps(qi, load8(k1 + i), a1);
+            a2 = _mm256_fmadd_ps(qi, load8(k2 + i), a2);
+            a3 = _mm256_fmadd_ps(qi, load8(k3 + i), a3);
+        }
+        scores[j] = scale * hsum8(a0);
+        scores[j + 1] = scale * hsum8(a1);
+        scores[j + 2] = scale * hsum8(a2);
+        scores[j + 3] = scale * hsum8(a3);
+    }
+    for (; j < count; j++) {
+        const float *k = keys + j * stride;
+        __m256 a = _mm256_setzero_ps();
+        for (int64_t i = 0; i < width; i += 8) a = _mm256_fmadd_ps(load8(q + i), load8(k + i), a);
+        scores[j] = scale * hsum8(a);
+    }
+}
+
+// The sums stay in registers, 32 columns at a time over every value row (two rows per step into
+// two sets of sums): a store-to-load chain once per value row was most of decoding's attention.
+AVX2 static void weighted_values_avx2(const float *p, const float *values, int64_t stride, int64_t count, int64_t width,
+                                      float *out) {
+    int64_t c = 0;
+    for (; c + 32 <= width; c += 32) {
+        __m256 o0 = _mm256_setzero_ps(), o1 = o0, o2 = o0, o3 = o0, e0 = o0, e1 = o0, e2 = o0, e3 = o0;
+        int64_t j = 0;
+        for (; j + 2 <= count; j += 2) {
+            const float *v = values + j * stride + c, *w = v + stride;
+            __m256 pv = _mm256_set1_ps(p[j]), pw = _mm256_set1_ps(p[j + 1]);
+            o0 = _mm256_fmadd_ps(pv, load8(v), o0); o1 = _mm256_fmadd_ps(pv, load8(v + 8), o1);
+            o2 = _mm256_fmadd_ps(pv, load8(v + 16), o2); o3 = _mm256_fmadd_ps(pv, load8(v + 24), o3);
+            e0 = _mm256_fmadd_ps(pw, load8(w), e0); e1 = _mm256_fmadd_ps(pw, load8(w + 8), e1);
+            e2 = _mm256_fmadd_ps(pw, load8(w + 16), e2); e3 = _mm256_fmadd_ps(pw, load8(w + 24), e3);
+        }
+        if (j < count) {
+            const float *v = values + j * stride + c;
+            __m256 pv = _mm256_set1_ps(p[j]);
+            o0 = _mm256_fmadd_ps(pv, load8(v), o0); o1 = _mm256_fmadd_ps(pv, load8(v + 8), o1);
+            o2 = _mm256_fmadd_ps(pv, load8(v + 16), o2); o3 = _mm256_fmadd_ps(pv, load8(v + 24), o3);
+        }
+        _mm256_storeu_ps(out + c, _mm256_add_ps(o0, e0)); _mm256_storeu_ps(out + c + 8, _mm256_add_ps(o1, e1));
+        _mm256_storeu_ps(out + c + 16, _mm256_add_ps(o2, e2)); _mm256_storeu_ps(out + c + 24, _mm256_add_ps(o3, e3));
+    }
+    for (; c < width; c += 8) {
+        __m256 o = _mm256_setzero_ps();
+        for (int64_t j = 0; j < count; j++) o = _mm256_fmadd_ps(_mm256_set1_ps(p[j]), load8(values + j * stride + c), o);
+        _mm256_storeu_ps(out + c, o);
+    }
+}
+#endif
+
+void finch_key_scores(const float *q, const float *keys, int64_t stride, int64_t count, int64_t width, float scale, float *scores) {
+#if defined(__x86_64__)
+    if (level >= 1) { key_scores_avx2(q, keys, stride, count, width, scale, scores); return; }
+#endif
+    for (int64_t j = 0; j < count; j++) {
+        const float *k = keys + j * stride;
+        float a[8] = {0};
+        for (int64_t i = 0; i < width; i += 8) fma8(a, q + i, k + i);
+        scores[j] = scale * hsum8_c(a);
+    }
+}
+
+void finch_weighted_values(const float *p, const float *values, int64_t stride, int64_t count, int64_t width, float *out) {
+#if defined(__x86_64__)
+    if (level >= 1) { weighted_values_avx2(p, values, stride, count, width, out); return; }
+#endif
+    // Columns in whole groups of 32 take the rows in pairs into two sums, as the vector path does.
+    int64_t paired = width / 32 * 32;
+    for (int64_t c = 0; c < width; c++) {
+        float o = 0, e = 0;
+        int64_t j = 0;
+        if (c < paired) for (; j + 2 <= count; j += 2) { o = fmaf(p[j], values[j * stride + c], o); e = fmaf(p[j + 1], values[(j + 1) * stride + c], e); }
+        for (; j < count; j++) o = fmaf(p[j], values[j * stride + c], o);
+        out[c] = o + e;
+    }
+}
