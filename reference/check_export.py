@@ -13,7 +13,7 @@ adapter), printing relative differences and PASS/FAIL against the issue's tolera
 (tokenizer.json via AutoTokenizer) with transformers' own reading of the GGUF vocabulary, and
 checks that GGUF f32 -> HF f32 -> GGUF f32 keeps every tensor bit for bit.
 
-Usage: python3 reference/check_export.py GGUF ADAPTER TOKEN_IDS.jsonl [--finch .build/debug/finch] [--workdir DIR]
+Usage: python3 reference/check_export.py GGUF ADAPTER TOKEN_IDS.jsonl [--finch .build/release/finch] [--workdir DIR]
 """
 import argparse
 import json
@@ -63,7 +63,7 @@ def main():
     ap.add_argument("gguf")
     ap.add_argument("adapter")
     ap.add_argument("token_ids")
-    ap.add_argument("--finch", default=".build/debug/finch")
+    ap.add_argument("--finch", default=".build/release/finch")
     ap.add_argument("--workdir", default="/tmp/finch-export-check")
     args = ap.parse_args()
     torch.set_num_threads(2)
