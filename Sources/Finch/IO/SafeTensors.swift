@@ -240,16 +240,6 @@ enum SafeTensors {
     }
 }
 
-/// Rounds a Float to bfloat16 (nearest, ties to even), as PyTorch does; NaN stays NaN.
-@inline(__always)
-public func bfloat16Bits(_ value: Float) -> UInt16 {
-    let bits = value.bitPattern
-    if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
-    let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
-    return UInt16(truncatingIfNeeded: rounded >> 16)
-}
-
-
 /// Reads the tensors of an HF model folder: `model.safetensors`, or every shard named in
 /// the `weight_map` of `model.safetensors.index.json`.
 public func loadSafeTensorsFolder(_ dir: String) throws -> [String: TensorData] {

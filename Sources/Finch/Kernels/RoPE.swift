@@ -1,5 +1,14 @@
 import Foundation
 
+/// How rotary position frequencies are rescaled (`rope_scaling` / `rope_parameters` in config.json).
+public enum RopeScaling: Equatable, Sendable {
+    case none
+    /// Positions divided by `factor`.
+    case linear(factor: Float)
+    /// Llama 3.x: long wavelengths divided by `factor`, short ones kept, a smooth ramp between.
+    case llama3(factor: Float, lowFreqFactor: Float, highFreqFactor: Float, originalMaxPositions: Int)
+}
+
 /// Rotary position embedding in the "rotate half" layout of HF Llama: within each head,
 /// element i pairs with element i + headDim/2.
 struct RotaryEmbedding: Sendable {

@@ -1,14 +1,5 @@
 import Foundation
 
-/// How rotary position frequencies are rescaled (`rope_scaling` / `rope_parameters` in config.json).
-public enum RopeScaling: Equatable, Sendable {
-    case none
-    /// Positions divided by `factor`.
-    case linear(factor: Float)
-    /// Llama 3.x: long wavelengths divided by `factor`, short ones kept, a smooth ramp between.
-    case llama3(factor: Float, lowFreqFactor: Float, highFreqFactor: Float, originalMaxPositions: Int)
-}
-
 /// The shape of a Llama-family decoder, read from an HF `config.json` or derived from GGUF metadata.
 public struct ModelConfig: Equatable, Sendable {
     public static let supportedModelTypes = ["llama", "mistral", "qwen2", "qwen3"]

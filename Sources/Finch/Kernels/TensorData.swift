@@ -75,3 +75,12 @@ final class OwnedBytes: @unchecked Sendable {
     }
     deinit { pointer.deallocate() }
 }
+
+/// Rounds a Float to bfloat16 (nearest, ties to even), as PyTorch does; NaN stays NaN.
+@inline(__always)
+public func bfloat16Bits(_ value: Float) -> UInt16 {
+    let bits = value.bitPattern
+    if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
+    let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
+    return UInt16(truncatingIfNeeded: rounded >> 16)
+}
