@@ -19,13 +19,22 @@ let package = Package(
         // What the running CPU can do (cpuid), kernels compiled per instruction set with target
         // attributes and chosen at run time, and the oneDNN binding (dlopen).
         .target(name: "FinchCPU"),
-        // No unsafe flags: the package builds as a versioned dependency, the same for every machine.
-        // The vector loops that need AVX2 / FMA / F16C / AVX-512 are FinchCPU's C, chosen at run
-        // time; release builds are -O with whole-module optimisation and keep bounds checks.
-        .target(
-            name: "Finch",
-            dependencies: ["FinchCPU", .product(name: "Crypto", package: "swift-crypto")]
-        ),
+        // The library's layers, bottom up; arrows point down only (each target lists what it
+        // uses). No unsafe flags: the package builds as a versioned dependency, the same for
+        // every machine; the vector loops that need AVX2 / FMA / F16C / AVX-512 are FinchCPU's C,
+        // chosen at run time. Release builds are -O with whole-module optimisation and keep
+        // bounds checks.
+        .target(name: "FinchKernels", dependencies: ["FinchCPU"]),
+        .target(name: "FinchIO", dependencies: ["FinchKernels", .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "FinchTokenizers", dependencies: ["FinchKernels", "FinchIO"]),   // usable alone
+        .target(name: "FinchModels", dependencies: ["FinchKernels", "FinchIO"]),
+        .target(name: "FinchGeneration", dependencies: ["FinchModels", "FinchTokenizers"]),
+        .target(name: "FinchDistributed", dependencies: ["FinchKernels"]),
+        .target(name: "FinchTraining", dependencies: ["FinchModels", "FinchTokenizers", "FinchGeneration", "FinchDistributed"]),
+        .target(name: "FinchExport", dependencies: ["FinchModels", "FinchTokenizers"]),
+        // The umbrella that re-exports every layer's public API, and the benchmarks.
+        .target(name: "Finch", dependencies: ["FinchKernels", "FinchIO", "FinchTokenizers", "FinchModels", "FinchGeneration",
+                                              "FinchDistributed", "FinchTraining", "FinchExport"]),
         .executableTarget(
             name: "FinchCLI",
             dependencies: ["Finch", .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -35,7 +44,8 @@ let package = Package(
         .executableTarget(name: "FinchFuzz"),
         .testTarget(
             name: "FinchTests",
-            dependencies: ["Finch", "FinchCPU"],
+            dependencies: ["Finch", "FinchCPU", "FinchKernels", "FinchIO", "FinchTokenizers", "FinchModels", "FinchGeneration",
+                           "FinchDistributed", "FinchTraining", "FinchExport"],
             resources: [.copy("Fixtures")]
         ),
     ],

@@ -458,7 +458,7 @@ def main():
     print(f"splits.json: {len(SPLIT_PATTERNS)} patterns x {len(texts)} texts", file=sys.stderr)
 
 
-# Mirror of the patterns in Sources/Finch/Tokenizers/Splitter.swift and TokenizerGGUF.swift
+# Mirror of the patterns in Sources/FinchTokenizers/Splitter.swift and TokenizerGGUF.swift
 # (the Swift test fails if one of Finch's patterns has no entry here).
 SPLIT_PATTERNS = [
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+",

@@ -8,7 +8,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-version=$(sed -n 's/.*public static let version = "\(.*\)"/\1/p' "$root/Sources/Finch/Support/Version.swift")
+version=$(sed -n 's/.*public static let version = "\(.*\)"/\1/p' "$root/Sources/FinchKernels/Support/Version.swift")
 git clone -q "$root" "$work/finch"
 git -C "$work/finch" tag "$version"
 cp -r "$root/Examples/FineTune" "$work/app"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what Finch needs on a fresh Debian machine that has the Swift toolchain:
-# OpenBLAS (loaded at run time, see Sources/Finch/Kernels/BLAS.swift), oneDNN and Open MPI for
-# data parallel training under mpirun (loaded at run time too, see Sources/Finch/Distributed/MPI.swift).
+# OpenBLAS (loaded at run time, see Sources/FinchKernels/Kernels/BLAS.swift), oneDNN and Open MPI for
+# data parallel training under mpirun (loaded at run time too, see Sources/FinchDistributed/MPI.swift).
 set -euo pipefail
 
 SUDO=""

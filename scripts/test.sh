@@ -14,8 +14,10 @@ bash scripts/fetch_tokenizer_vocabs.sh >/dev/null 2>&1 || echo "test: tokenizer 
 # Release mode: the kernels are meant to run optimised, and Package.swift has no unsafe flags to
 # optimise debug builds. -enable-testing lets the tests use internal names (@testable import).
 swift build -c release --build-tests -Xswiftc -enable-testing
-# The library's DocC catalog builds with every symbol link resolved (Sources/Finch/Finch.docc).
-swift package generate-documentation --target Finch --warnings-as-errors >/dev/null
+# The library's documentation (the catalog Sources/Finch/Finch.docc and every layer's symbols),
+# combined into one archive, builds with every symbol link resolved.
+swift package generate-documentation --enable-experimental-combined-documentation --warnings-as-errors \
+    $(for t in Finch FinchKernels FinchIO FinchTokenizers FinchModels FinchGeneration FinchDistributed FinchTraining FinchExport; do echo --target $t; done) >/dev/null
 # Finch from another package, by version: Examples/FineTune against a tagged clone (committed state).
 bash scripts/example-by-version.sh
 # XCTest only (the suite has no Swift Testing tests); the last line sums it up plainly.

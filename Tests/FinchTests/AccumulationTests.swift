@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// DESIGN.md's exact accumulation: one SGD step from batch 4 x accumulation 1, 2 x 2 and 1 x 4
 /// gives the same update, for every objective, because each window counts its normalisers first.

@@ -2,6 +2,14 @@ import Foundation
 import XCTest
 
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// Chat templates against transformers' `apply_chat_template` (fixtures from
 /// reference/make_chat_template_fixtures.py), plus error reporting and robustness.

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 final class CheckpointTests: XCTestCase {
     let directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// Data parallel training under Open MPI's `mpirun` on loopback: 2 ranks give the update of one
 /// process with the whole batch; a rank that dies or hangs stops the job with a clear error in

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// `finch export`: merged weights equal model + adapter, Finch reads its exports back, GGUF to
 /// HF to GGUF keeps f32 tensors bit for bit, q8_0 matches ggml's quantizer, and each refusal

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// What `finch-fuzz` found, each as a regression test with its one-line error, and a short
 /// deterministic fuzzing run of every input format through the built `finch` (the long run is

@@ -1,6 +1,14 @@
 import FinchCPU
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// The GEMM layer: bf16 rounding on every kernel level, bf16 products on the native (oneDNN,
 /// AVX512_BF16) and portable paths against one reference, fp32 products through oneDNN against

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// The decode path's matrix-vector products on stored (quantized) weights against the
 /// dequantized f32 matrix, and WeightMatrix choosing them for a few vectors.

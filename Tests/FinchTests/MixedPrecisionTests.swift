@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// bf16 mixed precision on a whole training step: the native path (oneDNN, AVX512_BF16) and the
 /// portable one (bf16-rounded inputs through the fp32 GEMM) compute the same numbers up to the

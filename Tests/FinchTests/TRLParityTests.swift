@@ -1,5 +1,13 @@
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// One SGD step (lr 1, full fine-tuning, no clipping) against TRL 1.16's own trainers on the
 /// batches they collated (Fixtures/trainers, reference/make_trainer_fixtures.py): step-1 loss

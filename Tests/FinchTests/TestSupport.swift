@@ -1,6 +1,14 @@
 import Foundation
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 enum TestSupport {
     /// The Fixtures folder copied into the test bundle.

@@ -1,6 +1,14 @@
 import Foundation
 import XCTest
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 
 /// Where the tokenizer fixtures are: committed under Fixtures/tokenizers, or in the cache
 /// ($FINCH_CACHE or ~/.cache/finch) filled by scripts/fetch_tokenizer_vocabs.sh,

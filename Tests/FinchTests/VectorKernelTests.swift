@@ -1,5 +1,13 @@
 import FinchCPU
 @testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
 import XCTest
 
 /// FinchCPU/vector.c's loops give the same numbers at every level: the AVX2 + FMA + F16C

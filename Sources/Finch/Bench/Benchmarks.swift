@@ -1,5 +1,13 @@
 import FinchCPU
 import Foundation
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+import FinchTraining
+import FinchExport
 
 /// Measurements printed by `finch bench`. Timings are medians over repetitions after a warm-up.
 public enum Benchmarks {

@@ -1,4 +1,12 @@
 import Foundation
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+import FinchTraining
+import FinchExport
 
 extension Benchmarks {
     public struct DataParallelTiming: Sendable {

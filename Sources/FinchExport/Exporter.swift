@@ -1,0 +1,292 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+
+/// What an export wrote.
+public struct ExportSummary: Sendable {
+    public var output: String
+    /// Files written, relative to the output folder (hf) or the file itself (gguf).
+    public var files: [String]
+    public var tensorCount: Int
+    public var bytes: Int
+    /// LoRA modules merged into their weights.
+    public var mergedModules: Int
+}
+
+/// `finch export`: merges an optional LoRA adapter into a model and writes it as an HF folder
+/// or a GGUF file. Nothing appears under the output name until it is complete.
+public enum Exporter {
+    public static func export(_ options: ExportOptions) throws -> ExportSummary {
+        guard ExportDType.supported(by: options.format).contains(options.dtype) else {
+            throw ExportError.dtypeNotSupported(dtype: options.dtype, format: options.format)
+        }
+        let output = options.output
+        if FileManager.default.fileExists(atPath: output) && !options.overwrite { throw ExportError.outputExists(path: output) }
+        try checkWritableParent(of: output)
+        let files = try ModelFiles.open(options.model, allowNonFinite: options.allowNonFinite)
+        let merged = try MergedWeights(files: files, adapter: options.adapter)
+        switch options.format {
+        case .hf: return try HFFolderWriter.write(merged, options: options)
+        case .gguf: return try GGUFExport.write(merged, options: options)
+        }
+    }
+
+    /// Fails early, naming the path and the OS's reason, when the output's folder cannot take a new entry.
+    static func checkWritableParent(of path: String) throws {
+        let parent = (path as NSString).deletingLastPathComponent
+        let folder = parent.isEmpty ? "." : parent
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory) else {
+            throw SaveError.unwritable(path: path, reason: "the folder \(folder) does not exist")
+        }
+        guard isDirectory.boolValue else { throw SaveError.unwritable(path: path, reason: "\(folder) is not a folder") }
+        guard access(folder, W_OK | X_OK) == 0 else {
+            throw SaveError.unwritable(path: path, reason: String(cString: strerror(errno)))
+        }
+    }
+
+    /// Builds a folder at a temporary sibling of `path` and renames it into place once `body`
+    /// has filled it; on failure the sibling is removed. An existing `path` is replaced only
+    /// after the new folder is complete.
+    static func writeFolderAtomically(_ path: String, _ body: (String) throws -> Void) throws {
+        let parent = (path as NSString).deletingLastPathComponent
+        let base = (path as NSString).lastPathComponent
+        let prefix = (parent.isEmpty ? "" : parent + "/") + ".\(base).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        guard mkdir(prefix, 0o755) == 0 else { throw SaveError.unwritable(path: path, reason: String(cString: strerror(errno))) }
+        var done = false
+        defer { if !done { try? FileManager.default.removeItem(atPath: prefix) } }
+        try body(prefix)
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            // rename(2) cannot replace a non-empty folder: move the old one aside first.
+            let old = prefix + ".old"
+            guard rename(path, old) == 0 else { throw SaveError.unwritable(path: path, reason: String(cString: strerror(errno))) }
+            guard rename(prefix, path) == 0 else {
+                let reason = String(cString: strerror(errno))
+                _ = rename(old, path)
+                throw SaveError.unwritable(path: path, reason: reason)
+            }
+            try? FileManager.default.removeItem(atPath: old)
+        } else {
+            guard rename(prefix, path) == 0 else { throw SaveError.unwritable(path: path, reason: String(cString: strerror(errno))) }
+        }
+        done = true
+    }
+
+    /// JSON text as transformers writes its config files (indented, keys sorted).
+    static func jsonText(_ object: Any) throws -> Data {
+        var data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
+        data.append(0x0A)
+        return data
+    }
+}
+
+/// Writes a Hugging Face folder: config.json, generation_config.json, model.safetensors (or
+/// shards of at most `maxShardBytes` with model.safetensors.index.json) and the tokenizer.
+enum HFFolderWriter {
+    static let tokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
+
+    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
+        let files = merged.files
+        let dtype = options.dtype.dtype
+        let torchDType = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][dtype.rawValue]!
+        // Tied models keep no lm_head; names Finch's model does not use are not exported.
+        var names = merged.names.filter { $0.hasPrefix("model.") || $0 == "lm_head.weight" }
+        if files.config.tieWordEmbeddings { names.removeAll { $0 == "lm_head.weight" } }
+
+        // Shards: names in order, a new shard when the next tensor would pass the limit.
+        var shards: [[String]] = [[]]
+        var shardBytes = 0, totalBytes = 0
+        for name in names {
+            let bytes = merged.shape(name).reduce(1, *) * dtype.blockBytes
+            if shardBytes > 0 && shardBytes + bytes > options.maxShardBytes { shards.append([]); shardBytes = 0 }
+            shards[shards.count - 1].append(name)
+            shardBytes += bytes
+            totalBytes += bytes
+        }
+        let shardFiles = shards.count == 1 ? ["model.safetensors"]
+            : (1...shards.count).map { String(format: "model-%05d-of-%05d.safetensors", $0, shards.count) }
+
+        var written: [String] = []
+        try Exporter.writeFolderAtomically(options.output) { folder in
+            func path(_ name: String) -> String { (folder as NSString).appendingPathComponent(name) }
+            func writeJSON(_ object: Any, _ name: String) throws {
+                try Exporter.jsonText(object).write(to: URL(fileURLWithPath: path(name)))
+                written.append(name)
+            }
+
+            for (shard, file) in zip(shards, shardFiles) {
+                try SafeTensors.write(path: path(file), layout: shard.map { (name: $0, shape: merged.shape($0)) }, dtype: dtype,
+                                      metadata: ["format": "pt"]) { merged.values($0) }
+                written.append(file)
+            }
+            if shards.count > 1 {
+                var weightMap: [String: String] = [:]
+                for (shard, file) in zip(shards, shardFiles) { for name in shard { weightMap[name] = file } }
+                try writeJSON(["metadata": ["total_size": totalBytes], "weight_map": weightMap], "model.safetensors.index.json")
+            }
+
+            // config.json: the source's own when it has one (keeping fields Finch does not read).
+            var config = files.config.huggingFaceJSON()
+            var generation: [String: Any] = [:]
+            if files.gguf == nil {
+                let source = (files.source as NSString).appendingPathComponent("config.json")
+                if let data = FileManager.default.contents(atPath: source),
+                   let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] { config = json }
+                let generationPath = (files.source as NSString).appendingPathComponent("generation_config.json")
+                if let data = FileManager.default.contents(atPath: generationPath),
+                   let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] { generation = json }
+            }
+            config["torch_dtype"] = torchDType
+            config["dtype"] = torchDType
+            try writeJSON(config, "config.json")
+            if generation.isEmpty {
+                generation["_from_model_config"] = true
+                if let bos = files.config.bosTokenId { generation["bos_token_id"] = bos }
+                if files.config.eosTokenIds.count == 1 { generation["eos_token_id"] = files.config.eosTokenIds[0] }
+                else if !files.config.eosTokenIds.isEmpty { generation["eos_token_id"] = files.config.eosTokenIds }
+            }
+            try writeJSON(generation, "generation_config.json")
+
+            // The tokenizer: copied from an HF source, built from a GGUF's vocabulary.
+            if let gguf = files.gguf {
+                if gguf.metadata["tokenizer.ggml.model"] != nil {
+                    let (tokenizerJSON, tokenizerConfig) = try TokenizerConversion.huggingFaceFiles(from: gguf, modelMaxLength: files.config.maxPositionEmbeddings)
+                    try Data(tokenizerJSON.utf8).write(to: URL(fileURLWithPath: path("tokenizer.json")))
+                    written.append("tokenizer.json")
+                    try writeJSON(tokenizerConfig, "tokenizer_config.json")
+                }
+            } else {
+                for name in tokenizerFiles {
+                    let source = (files.source as NSString).appendingPathComponent(name)
+                    guard FileManager.default.fileExists(atPath: source) else { continue }
+                    try FileManager.default.copyItem(atPath: source, toPath: path(name))
+                    written.append(name)
+                }
+            }
+        }
+        return ExportSummary(output: options.output, files: written, tensorCount: names.count, bytes: totalBytes,
+                             mergedModules: merged.pairs.count)
+    }
+}
+
+/// Writes one GGUF file in llama.cpp's layout: llama.cpp tensor names, q/k rows permuted for
+/// its RoPE, 1-D tensors (norms, biases) as F32, the metadata of the source GGUF (or built from
+/// an HF folder's config and tokenizer).
+enum GGUFExport {
+    static let fileTypes: [DType: UInt32] = [.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32]
+
+    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
+        let files = merged.files, config = files.config
+        let arch: String
+        switch config.modelType {
+        case "llama", "mistral": arch = "llama"
+        case "qwen2": arch = "qwen2"
+        default:
+            throw ExportError.unsupported(format: .gguf, what: "model_type", found: config.modelType, supported: ["llama", "mistral", "qwen2"])
+        }
+        if case .llama3 = config.ropeScaling {
+            throw ExportError.unsupported(format: .gguf, what: "rope scaling (llama.cpp stores Llama 3 scaling as a rope_freqs tensor, which Finch does not write)",
+                                          found: "llama3", supported: ["none", "linear"])
+        }
+        let dtype = options.dtype.dtype
+
+        // Tensor order: the source GGUF's when there is one.
+        var hfNames = merged.names.filter { GGUFFile.ggufName($0) != nil }
+        if config.tieWordEmbeddings { hfNames.removeAll { $0 == "lm_head.weight" } }
+        if let gguf = files.gguf {
+            let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
+            hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
+        }
+        // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
+        let tensors = hfNames.map { name -> GGUFWriter.Tensor in
+            let shape = merged.shape(name)
+            var type = shape.count == 1 ? DType.f32 : dtype
+            if type.isQuantized && shape.last! % type.blockSize != 0 { type = .f16 }
+            return GGUFWriter.Tensor(name: GGUFFile.ggufName(name)!, shape: shape, dtype: type)
+        }
+
+        var metadata: [(key: String, value: GGUFValue)]
+        if let gguf = files.gguf {
+            metadata = gguf.metadataKeys.map { (key: $0, value: gguf.metadata[$0]!) }
+        } else {
+            metadata = try architectureMetadata(config, arch: arch, name: (files.source as NSString).lastPathComponent)
+            // A folder without tokenizer.json (a bare conversion) gives a GGUF without tokenizer, as its source.
+            if FileManager.default.fileExists(atPath: (files.source as NSString).appendingPathComponent("tokenizer.json")) {
+                metadata += try TokenizerConversion.ggufMetadata(folder: files.source, config: config)
+            }
+        }
+        func set(_ key: String, _ value: GGUFValue) {
+            if let i = metadata.firstIndex(where: { $0.key == key }) { metadata[i].value = value } else { metadata.append((key, value)) }
+        }
+        set("general.file_type", .uint32(fileTypes[dtype]!))
+        set("general.quantization_version", .uint32(2))
+
+        let permute: [String: Int] = arch == "llama" ? Dictionary(uniqueKeysWithValues: (0..<config.layerCount).flatMap { l in
+            ["weight", "bias"].flatMap { s in [("blk.\(l).attn_q.\(s)", config.headCount), ("blk.\(l).attn_k.\(s)", config.kvHeadCount)] }
+        }) : [:]
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: tensors.map(\.byteCount).max() ?? 1, alignment: 64)
+        defer { scratch.deallocate() }
+        try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
+            let tensor = tensors[index]
+            var values = merged.values(hfNames[index])
+            if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
+            let bytes = values.withUnsafeBufferPointer { encodeRow($0.baseAddress!, as: tensor.dtype, into: scratch, count: $0.count) }
+            try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
+        }
+        return ExportSummary(output: options.output, files: [(options.output as NSString).lastPathComponent], tensorCount: tensors.count,
+                             bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.pairs.count)
+    }
+
+    /// convert_hf_to_gguf's `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`: GGUF row
+    /// `h*hd + 2*j + i` is HF row `h*hd + i*hd/2 + j` (the inverse of `GGUFFile.hfTensors`).
+    static func permuteRowsForLlamaCpp(_ values: [Float], shape: [Int], heads: Int) -> [Float] {
+        let rows = shape[0], columns = shape.count == 1 ? 1 : shape[1]
+        let headRows = rows / heads, half = headRows / 2
+        var result = values
+        values.withUnsafeBufferPointer { src in
+            result.withUnsafeMutableBufferPointer { dst in
+                for row in 0..<rows {
+                    let head = row / headRows, within = row % headRows
+                    let source = head * headRows + (within % 2) * half + within / 2
+                    (dst.baseAddress! + row * columns).update(from: src.baseAddress! + source * columns, count: columns)
+                }
+            }
+        }
+        return result
+    }
+
+    /// The `general.*` and `<arch>.*` keys llama.cpp's convert_hf_to_gguf writes for a Llama-family config.
+    static func architectureMetadata(_ config: ModelConfig, arch: String, name: String) throws -> [(key: String, value: GGUFValue)] {
+        var m: [(key: String, value: GGUFValue)] = [
+            ("general.architecture", .string(arch)),
+            ("general.name", .string(name)),
+            ("\(arch).context_length", .uint32(UInt32(config.maxPositionEmbeddings))),
+            ("\(arch).embedding_length", .uint32(UInt32(config.hiddenSize))),
+            ("\(arch).block_count", .uint32(UInt32(config.layerCount))),
+            ("\(arch).feed_forward_length", .uint32(UInt32(config.intermediateSize))),
+            ("\(arch).attention.head_count", .uint32(UInt32(config.headCount))),
+            ("\(arch).attention.head_count_kv", .uint32(UInt32(config.kvHeadCount))),
+            ("\(arch).rope.freq_base", .float32(config.ropeTheta)),
+            ("\(arch).attention.layer_norm_rms_epsilon", .float32(config.rmsNormEps)),
+            ("\(arch).rope.dimension_count", .uint32(UInt32(config.headDim))),
+            ("\(arch).vocab_size", .uint32(UInt32(config.vocabSize))),
+        ]
+        if config.headDim * config.headCount != config.hiddenSize {
+            m.append(("\(arch).attention.key_length", .uint32(UInt32(config.headDim))))
+            m.append(("\(arch).attention.value_length", .uint32(UInt32(config.headDim))))
+        }
+        if case let .linear(factor) = config.ropeScaling {
+            m.append(("\(arch).rope.scaling.type", .string("linear")))
+            m.append(("\(arch).rope.scaling.factor", .float32(factor)))
+        }
+        return m
+    }
+}

@@ -1,0 +1,338 @@
+import Foundation
+import FinchCPU
+
+/// Sizes of one causal self-attention call. Tensors are token-major:
+/// q and out are [batch * seq, heads * headDim]; k and v are [batch * seq, kvHeads * headDim].
+package struct AttentionShape: Sendable {
+    var batch: Int
+    var seq: Int
+    var heads: Int
+    var kvHeads: Int
+    var headDim: Int
+
+    package init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int) {
+        self.batch = batch; self.seq = seq; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+    }
+    var qStride: Int { heads * headDim }
+    var kvStride: Int { kvHeads * headDim }
+    var group: Int { heads / kvHeads }
+    var scale: Float { 1 / Float(headDim).squareRoot() }
+}
+
+/// How many parts the query blocks of each (batch row, KV head) are split into: 1 when those
+/// pairs share out evenly over the cores, else one per core, so that no core idles while another
+/// finishes a pair (one row of SmolLM2's 3 KV heads on 2 cores left one core idle for a third of
+/// the attention time: micro-batches of one row ran ~15% slower per token than of two).
+private func attentionParts(_ shape: AttentionShape) -> Int {
+    let tasks = shape.batch * shape.kvHeads
+    return tasks % Parallel.coreCount == 0 ? 1 : Parallel.coreCount
+}
+
+/// The query blocks 0..<blocks dealt into `parts` sets of about equal work, block j attending
+/// to j + 1 blocks of keys: largest first, each to the part with the least so far (8 blocks in
+/// 2 parts: 18 and 18, where two consecutive ranges could do no better than 15 and 21).
+/// With `offset`, each block also sees that many blocks of keys before the first query.
+func attentionBlockSets(blocks: Int, parts: Int, offset: Int = 0) -> [[Int]] {
+    var sets = [[Int]](repeating: [], count: parts), work = [Int](repeating: 0, count: parts)
+    for block in stride(from: blocks - 1, through: 0, by: -1) {
+        let least = work.indices.min { work[$0] < work[$1] }!
+        sets[least].append(block)
+        work[least] += offset + block + 1
+    }
+    return sets
+}
+
+/// Runs `body(b, kvHead, blocks, part, scratch)` for every (batch row, KV head) pair and every
+/// part of its query blocks (`attentionParts`) on all cores. The q heads that share a KV head
+/// run in one task, so that dK and dV of that head have a single writer per part.
+/// Inside the parallel region BLAS runs single-threaded; with one task it keeps its threads.
+private func forEachKVGroup(_ shape: AttentionShape, parts: Int, queryStart: Int = 0, scratchFloats: Int,
+                            _ body: (Int, Int, [Int], Int, UnsafeMutablePointer<Float>, AttentionProducts) -> Void) {
+    let B = min(attentionQueryBlock, shape.seq)
+    let sets = attentionBlockSets(blocks: (shape.seq + B - 1) / B, parts: parts, offset: queryStart / B)
+    let tasks = shape.batch * shape.kvHeads * parts
+    let workers = min(tasks, Parallel.coreCount)
+    func run(_ task: Int, _ scratch: UnsafeMutablePointer<Float>) {
+        let pair = task / parts, part = task % parts
+        body(pair / shape.kvHeads, pair % shape.kvHeads, sets[part], part, scratch, AttentionProducts(inTask: workers > 1))
+    }
+    if workers <= 1 {
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
+        defer { scratch.deallocate() }
+        for task in 0..<tasks { run(task, scratch) }
+        return
+    }
+    BLAS.setThreadCount(1)
+    defer { BLAS.setThreadCount(Parallel.coreCount) }
+    concurrentPerform(iterations: workers) { w in
+        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: scratchFloats)
+        defer { scratch.deallocate() }
+        var task = w
+        while task < tasks {
+            run(task, scratch)
+            task += workers
+        }
+    }
+}
+
+/// Attention's matrix products: on the calling thread alone inside a parallel task (oneDNN
+/// with the thread's own primitives, or single-threaded OpenBLAS), else on every core.
+struct AttentionProducts {
+    let inTask: Bool
+
+    @inline(__always)
+    func sgemm(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+               a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float = 0,
+               c: UnsafeMutablePointer<Float>, ldc: Int) {
+        if inTask {
+            GEMM.taskSGEMM(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        } else {
+            GEMM.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
+    }
+}
+
+/// Softmax of one score row over its first `visible` keys, skipping keys whose mask is 0;
+/// the rest of the row (up to `length`) becomes 0. Returns the log-sum-exp, or -infinity
+/// (and an all-zero row) when no key is visible.
+@inline(__always)
+private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, length: Int, mask: UnsafePointer<Float>?,
+                              first: Int = 0) -> Float {
+    if let mask { for j in 0..<visible where mask[j] == 0 { s[j] = -.infinity } }
+    for j in 0..<min(first, visible) { s[j] = -.infinity }
+    let (m, _) = maxAndIndex(s, count: visible)
+    if visible < length { (s + visible).update(repeating: 0, count: length - visible) }
+    guard m > -.infinity else { s.update(repeating: 0, count: visible); return -.infinity }
+    let sum = expShiftedInPlace(s, count: visible, shift: m)
+    let inverse = 1 / sum
+    for j in 0..<visible { s[j] *= inverse }
+    return m + logf(sum)
+}
+
+/// Query rows per block of causal attention: a block of queries ending at position e needs
+/// keys 0..<e only, so the products skip the upper triangle block by block (three eighths of
+/// the work at 256 tokens, seven sixteenths at 512). 64 rows (192 stacked with 3 q heads per KV
+/// head) ran attention forward + backward 10% faster than 128 at 4 x 512 tokens; 32 was no
+/// faster. Tests set it smaller.
+nonisolated(unsafe) var attentionQueryBlock = 64
+
+/// Causal attention with grouped KV heads and a key padding mask [batch, seq] (1 keep, 0 pad).
+/// With `segmentStarts` [batch, seq] (packed sequences), a query sees only keys from the start
+/// of its own sequence on.
+/// Writes out and the log-sum-exp of each score row, lse [batch, heads, seq], which is all
+/// backward needs to rebuild the probabilities. A query with no visible key outputs zeros.
+///
+/// The q heads that share a KV head are stacked into one matrix per query block, so each
+/// block is two GEMMs of group * block rows against the visible keys.
+///
+/// For a KV cache (a prompt's prefill, in chunks): `queryStart` is the position of the first
+/// query (each query at queryStart + i sees keys 0...queryStart + i), and `kvRows` the positions
+/// per batch row in k, v and keyMask (the cache's capacity). Defaults: 0 and `shape.seq`.
+package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
+                             q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                             keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape,
+                             queryStart: Int = 0, kvRows: Int? = nil) {
+    let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
+    let R = kvRows ?? T, S = queryStart, K = S + T   // K: keys of the last query
+    precondition(S == 0 || segmentStarts == nil, "attentionForward: packed sequences start at position 0")
+    forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D)) { b, kvh, blocks, _, scratch, products in
+        let kb = k + b * R * shape.kvStride + kvh * D
+        let vb = v + b * R * shape.kvStride + kvh * D
+        let mask = keyMask.map { $0 + b * R }
+        let scores = scratch, stackedQ = scratch + G * B * K, stackedOut = stackedQ + G * B * D
+        for block in blocks {
+            let i0 = block * B, rows = min(B, T - i0), keys = S + i0 + rows
+            let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
+            heads.gather(q, into: stackedQ)
+            // scores = scale * Q K^T   [G * rows, keys]
+            products.sgemm(.none, .transpose, m: G * rows, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
+                       b: kb, ldb: shape.kvStride, c: scores, ldc: keys)
+            for g in 0..<G {
+                let lseRow = lse + (b * shape.heads + kvh * G + g) * T
+                for r in 0..<rows {
+                    let i = i0 + r
+                    lseRow[i] = softmaxCausalRow(scores + (g * rows + r) * keys, visible: S + i + 1, length: keys, mask: mask,
+                                                 first: segmentStarts.map { Int($0[b * T + i]) } ?? 0)
+                }
+            }
+            // out = P V   [G * rows, D]
+            products.sgemm(.none, .none, m: G * rows, n: D, k: keys, a: scores, lda: keys, b: vb, ldb: shape.kvStride,
+                       c: stackedOut, ldc: D)
+            heads.scatter(stackedOut, into: out)
+        }
+    }
+}
+
+/// The rows [start, start + rows) of the q heads of KV head `kvh` in batch row `b`, stacked
+/// head by head into a [group * rows, headDim] matrix (and back).
+private struct QueryBlock {
+    let shape: AttentionShape, b: Int, kvh: Int, start: Int, rows: Int
+
+    private func row(_ g: Int, _ r: Int) -> Int {
+        (b * shape.seq + start + r) * shape.qStride + (kvh * shape.group + g) * shape.headDim
+    }
+
+    func gather(_ source: UnsafePointer<Float>, into stacked: UnsafeMutablePointer<Float>) {
+        let D = shape.headDim
+        for g in 0..<shape.group { for r in 0..<rows { (stacked + (g * rows + r) * D).update(from: source + row(g, r), count: D) } }
+    }
+
+    func scatter(_ stacked: UnsafePointer<Float>, into destination: UnsafeMutablePointer<Float>) {
+        let D = shape.headDim
+        for g in 0..<shape.group { for r in 0..<rows { (destination + row(g, r)).update(from: stacked + (g * rows + r) * D, count: D) } }
+    }
+}
+
+/// Backward of `attentionForward`. Writes dq, dk and dv (not accumulating).
+/// P is rebuilt from lse; dS = P * (dP - rowsum(dO * O)). Blocked and stacked as the forward.
+package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
+                              dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
+                              v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
+                              keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
+    let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
+    // Parts after the first of a (row, KV head) sum their dK and dV into buffers of their own,
+    // [T, D] each, added to dk and dv in part order afterwards (the same sums on every run).
+    let parts = attentionParts(shape), pairs = shape.batch * shape.kvHeads
+    let partials = UnsafeMutablePointer<Float>.allocate(capacity: parts > 1 ? pairs * (parts - 1) * 2 * T * D : 0)
+    defer { partials.deallocate() }
+    forEachKVGroup(shape, parts: parts, scratchFloats: G * B * (2 * T + 4 * D)) { b, kvh, blocks, part, scratch, products in
+        let p = scratch, ds = scratch + G * B * T
+        let stackedQ = ds + G * B * T, stackedO = stackedQ + G * B * D
+        let stackedDO = stackedO + G * B * D, stackedDQ = stackedDO + G * B * D
+        let kb = k + b * T * shape.kvStride + kvh * D
+        let vb = v + b * T * shape.kvStride + kvh * D
+        let dkb: UnsafeMutablePointer<Float>, dvb: UnsafeMutablePointer<Float>, ldkv: Int
+        if part == 0 {
+            dkb = dk + b * T * shape.kvStride + kvh * D
+            dvb = dv + b * T * shape.kvStride + kvh * D
+            ldkv = shape.kvStride
+        } else {
+            dkb = partials + ((b * shape.kvHeads + kvh) * (parts - 1) + part - 1) * 2 * T * D
+            dvb = dkb + T * D
+            ldkv = D
+        }
+        for t in 0..<T {
+            (dkb + t * ldkv).update(repeating: 0, count: D)
+            (dvb + t * ldkv).update(repeating: 0, count: D)
+        }
+        let mask = keyMask.map { $0 + b * T }
+        for block in blocks {
+            let i0 = block * B, rows = min(B, T - i0), keys = i0 + rows, m = G * rows
+            let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
+            heads.gather(q, into: stackedQ)
+            heads.gather(out, into: stackedO)
+            heads.gather(dout, into: stackedDO)
+            products.sgemm(.none, .transpose, m: m, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
+                       b: kb, ldb: shape.kvStride, c: p, ldc: keys)
+            // dP = dO V^T   [m, keys]
+            products.sgemm(.none, .transpose, m: m, n: keys, k: D, a: stackedDO, lda: D,
+                       b: vb, ldb: shape.kvStride, c: ds, ldc: keys)
+            for g in 0..<G {
+                let lseRow = lse + (b * shape.heads + kvh * G + g) * T
+                for r in 0..<rows {
+                    let i = i0 + r, row = g * rows + r
+                    let pr = p + row * keys, dsr = ds + row * keys
+                    let l = lseRow[i]
+                    var delta: Float = 0
+                    for d in 0..<D { delta += stackedDO[row * D + d] * stackedO[row * D + d] }
+                    if l == -Float.infinity {
+                        pr.update(repeating: 0, count: keys); dsr.update(repeating: 0, count: keys)
+                        continue
+                    }
+                    // P = exp(S - lse) on visible keys, 0 elsewhere; dS = P * (dP - delta)
+                    if let mask { for j in 0...i where mask[j] == 0 { pr[j] = -.infinity } }
+                    if let segmentStarts { for j in 0..<Int(segmentStarts[b * T + i]) { pr[j] = -.infinity } }
+                    scaledExpInPlace(pr, count: i + 1, shift: l, scale: 1)
+                    for j in 0...i { dsr[j] = pr[j] * (dsr[j] - delta) }
+                    if i + 1 < keys {
+                        (pr + i + 1).update(repeating: 0, count: keys - i - 1)
+                        (dsr + i + 1).update(repeating: 0, count: keys - i - 1)
+                    }
+                }
+            }
+            // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q   (over the visible keys)
+            products.sgemm(.transpose, .none, m: keys, n: D, k: m, a: p, lda: keys, b: stackedDO, ldb: D,
+                       beta: 1, c: dvb, ldc: ldkv)
+            products.sgemm(.none, .none, m: m, n: D, k: keys, alpha: shape.scale, a: ds, lda: keys, b: kb, ldb: shape.kvStride,
+                       c: stackedDQ, ldc: D)
+            products.sgemm(.transpose, .none, m: keys, n: D, k: m, alpha: shape.scale, a: ds, lda: keys, b: stackedQ, ldb: D,
+                       beta: 1, c: dkb, ldc: ldkv)
+            heads.scatter(stackedDQ, into: dq)
+        }
+    }
+    guard parts > 1 else { return }
+    for pair in 0..<pairs {
+        let b = pair / shape.kvHeads, kvh = pair % shape.kvHeads
+        for part in 1..<parts {
+            let dkp = partials + (pair * (parts - 1) + part - 1) * 2 * T * D, dvp = dkp + T * D
+            for t in 0..<T {
+                let row = (b * T + t) * shape.kvStride + kvh * D
+                for d in 0..<D {
+                    dk[row + d] += dkp[t * D + d]
+                    dv[row + d] += dvp[t * D + d]
+                }
+            }
+        }
+    }
+}
+
+/// Attention of a chunk of `queries` new positions per row against a KV cache: queries
+/// q [batch * queries, heads * headDim] sit at positions start..<start+queries; keys and values
+/// [batch, capacity, kvHeads * headDim] hold start+queries
+/// filled positions. A key is visible when it is not after the query and keyMask[b * capacity + j] != 0.
+package func attentionCachedForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                   keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                   keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
+                                   shape: AttentionShape) {
+    if queries <= 4 && shape.headDim % 8 == 0 {
+        return attentionDecodeForward(out: out, q: q, keys: keys, values: values, keyMask: keyMask,
+                                      capacity: capacity, start: start, queries: queries, shape: shape)
+    }
+    // A prompt's chunk is causal self-attention shifted by `start`: the blocked kernel skips the
+    // keys after each query block and shares the work evenly over the cores. (It replaced plain
+    // GEMMs over every key for every query, one task per (row, KV head).)
+    let lse = UnsafeMutablePointer<Float>.allocate(capacity: shape.batch * shape.heads * queries)
+    defer { lse.deallocate() }
+    var chunk = shape
+    chunk.seq = queries
+    attentionForward(out: out, lse: lse, q: q, k: keys, v: values, keyMask: keyMask, shape: chunk,
+                     queryStart: start, kvRows: capacity)
+}
+
+/// `attentionCachedForward` for a few queries per row (decoding): plain loops beat GEMM calls on
+/// such thin products. Each (row, query head) is one unit of work; the units are shared with the
+/// other cores through the spinning pool, as decoding's matrix-vector products are, once
+/// there is enough of them (a long cache) to pay for the hand-off.
+private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafePointer<Float>,
+                                    keys: UnsafePointer<Float>, values: UnsafePointer<Float>,
+                                    keyMask: UnsafePointer<Float>, capacity: Int, start: Int, queries: Int,
+                                    shape: AttentionShape) {
+    let D = shape.headDim, total = start + queries
+    let units = shape.batch * shape.heads
+    _ = CPU.vectorLevel
+    let work = { (range: Range<Int>) in
+        guard !range.isEmpty else { return }
+        let scores = UnsafeMutablePointer<Float>.allocate(capacity: queries * total)
+        defer { scores.deallocate() }
+        for unit in range {
+            let b = unit / shape.heads, h = unit % shape.heads, kvh = h / shape.group
+            let kb = keys + b * capacity * shape.kvStride + kvh * D, vb = values + b * capacity * shape.kvStride + kvh * D
+            let mask = keyMask + b * capacity
+            let qb = q + b * queries * shape.qStride + h * D
+            let ob = out + b * queries * shape.qStride + h * D
+            for i in 0..<queries {
+                let qi = qb + i * shape.qStride, row = scores + i * total, visible = start + i + 1
+                // FinchCPU/vector.c: four keys at a time into their own sums; the weighted values
+                // in registers over every value row.
+                finch_key_scores(qi, kb, Int64(shape.kvStride), Int64(visible), Int64(D), shape.scale, row)
+                _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask)
+                finch_weighted_values(row, vb, Int64(shape.kvStride), Int64(visible), Int64(D), ob + i * shape.qStride)
+            }
+        }
+    }
+    // About 2 * D multiply-adds per unit and key; below ~16k the hand-off costs more than it saves.
+    guard units >= 2 && units * queries * total * D >= 16_384 else { return work(0..<units) }
+    withoutActuallyEscaping(work) { work in
+        SpinPool.shared.run { part, parts in work(units * part / parts..<units * (part + 1) / parts) }
+    }
+}

@@ -1,0 +1,284 @@
+import FinchCPU
+import Foundation
+
+/// How the matrix products of the base model compute.
+///
+/// bf16 has one definition everywhere: the product of bf16-rounded inputs, accumulated in fp32,
+/// with an fp32 result. Where the CPU computes bf16 natively (AVX512_BF16, AMX) oneDNN runs it;
+/// elsewhere the inputs are rounded (activations) or widened (bf16 weights) to fp32 tile by tile
+/// and the fp32 GEMM runs them, which gives the same numbers up to the order of summation.
+public enum Precision: String, Sendable, CaseIterable, Codable {
+    case fp32, bf16
+}
+
+/// `--precision`: a precision, or `auto` (bf16 where the CPU computes it natively, as TRL's
+/// `bf16=True` default does on hardware that supports it; fp32 elsewhere).
+public enum PrecisionChoice: String, Sendable, CaseIterable, Codable {
+    case auto, fp32, bf16
+
+    /// The precision to run with and why.
+    public func resolved() -> (precision: Precision, reason: String) {
+        switch self {
+        case .fp32: return (.fp32, "--precision fp32")
+        case .bf16:
+            return (.bf16, GEMM.nativeBF16 ? "--precision bf16 (native: \(GEMM.description))"
+                                          : "--precision bf16 (no native bf16 here: bf16-rounded inputs through the fp32 GEMM)")
+        case .auto:
+            if GEMM.nativeBF16 { return (.bf16, "auto: this CPU computes bf16 natively (\(CPU.level.name), \(GEMM.backend.rawValue))") }
+            let why = !CPU.hasNativeBF16 ? "this CPU has no AVX512_BF16 or AMX" + (CPU.limit.map { " within FINCH_ISA=\($0.name)" } ?? "")
+                                         : "oneDNN is not loaded"
+            return (.fp32, "auto: \(why)")
+        }
+    }
+}
+
+/// A matrix operand of a product: f32, or bf16 (raw 16-bit patterns).
+package enum GEMMOperand {
+    case f32(UnsafePointer<Float>)
+    case bf16(UnsafePointer<UInt16>)
+    /// An f32 matrix and its bf16 copy in the same layout (`GEMM.withBF16Copy`): native bf16
+    /// products read the copy, every other product the f32 values.
+    case f32WithCopy(UnsafePointer<Float>, UnsafePointer<UInt16>)
+
+    /// `.f32(x)`, or `.f32WithCopy` when x has a copy.
+    static package func f32(_ x: UnsafePointer<Float>, copy: UnsafePointer<UInt16>?) -> GEMMOperand {
+        copy.map { .f32WithCopy(x, $0) } ?? .f32(x)
+    }
+
+    /// The f32 values, where the operand has them.
+    var f32Values: UnsafePointer<Float>? {
+        switch self {
+        case let .f32(p), let .f32WithCopy(p, _): return p
+        case .bf16: return nil
+        }
+    }
+}
+
+/// Matrix products: oneDNN's matmul primitives where libdnnl is present (ISA chosen at run time,
+/// primitives cached per shape), OpenBLAS otherwise. `FINCH_GEMM=openblas` forces OpenBLAS.
+public enum GEMM {
+    public enum Backend: String, Sendable { case oneDNN = "oneDNN", openBLAS = "OpenBLAS" }
+    public typealias Transpose = BLAS.Transpose
+
+    /// The backend of fp32 products, and why oneDNN is not used when it is not.
+    static let loaded: (backend: Backend, notice: String?) = {
+        let env = ProcessInfo.processInfo.environment
+        if let forced = env["FINCH_GEMM"]?.lowercased(), forced == "openblas" { return (.openBLAS, nil) }
+        // oneDNN's OpenMP threads: this process's share of the cores (ranks of mpirun split them).
+        if env["OMP_NUM_THREADS"] == nil { setenv("OMP_NUM_THREADS", String(Parallel.coreCount), 1) }
+        // Idle OpenMP workers spin ~300,000 rounds after each product by default, taking a core from
+        // the kernels that run between products; 10,000 still catches back-to-back products
+        // (ORPO step 2.9-3.1 -> 2.8 s here). A value the user set wins.
+        if env["OMP_WAIT_POLICY"] == nil && env["GOMP_SPINCOUNT"] == nil { setenv("GOMP_SPINCOUNT", "10000", 1) }
+        var message = [CChar](repeating: 0, count: 256)
+        let status = finch_onednn_load(CPU.limit?.oneDNNMaxISA ?? 0, &message, message.count)
+        if status == 0 { return (.oneDNN, nil) }
+        return (.openBLAS, "finch: oneDNN not used (\(String(cStringBuffer: message))); matrix products run on OpenBLAS")
+    }()
+
+    public static var backend: Backend { loaded.backend }
+
+    /// Tests set it to run bf16 products on the portable path where the native one exists.
+    nonisolated(unsafe) static var portableBF16 = false
+
+    /// Prints the notice once when oneDNN could not be loaded.
+    public static func reportBackend() {
+        if let notice = loaded.notice { FileHandle.standardError.write(Data((notice + "\n").utf8)) }
+    }
+
+    /// bf16 products run natively: oneDNN is loaded and dispatches to AVX512_BF16 or AMX.
+    public static var nativeBF16: Bool {
+        backend == .oneDNN && CPU.hasNativeBF16 && finch_onednn_effective_isa() >= 0xe7
+    }
+
+    /// One line: the backend, its version and ISA, and the CPU.
+    public static var description: String {
+        switch backend {
+        case .oneDNN:
+            let v = Int(finch_onednn_version())
+            return "oneDNN \(v / 10000).\(v / 100 % 100).\(v % 100) (\(oneDNNISAName(finch_onednn_effective_isa()))), \(ProcessInfo.processInfo.environment["OMP_NUM_THREADS"] ?? "?") threads"
+        case .openBLAS: return BLAS.description
+        }
+    }
+
+    static func oneDNNISAName(_ isa: UInt32) -> String {
+        switch isa {
+        case 0x1: "sse41"
+        case 0x3: "avx"
+        case 0x7: "avx2"
+        case 0x407: "avx2_vnni"
+        case 0x27: "avx512_core"
+        case 0x67: "avx512_core_vnni"
+        case 0xe7: "avx512_core_bf16"
+        case 0x3e7, 0x1e7: "avx512_core_amx"
+        default: String(format: "isa 0x%x", isa)
+        }
+    }
+
+    /// Time and FLOPs per kind of product, when `profiling` is on (`finch bench step --profile`).
+    public final class Profile: @unchecked Sendable {
+        let lock = NSLock()
+        var entries: [String: (calls: Int, seconds: Double, flops: Double)] = [:]
+        public init() {}
+        func add(_ key: String, _ seconds: Double, _ flops: Double) {
+            lock.lock(); defer { lock.unlock() }
+            let e = entries[key] ?? (0, 0, 0)
+            entries[key] = (e.calls + 1, e.seconds + seconds, e.flops + flops)
+        }
+        /// Lines "key: calls, seconds, GFLOP/s", slowest first.
+        public func report() -> [String] {
+            lock.lock(); defer { lock.unlock() }
+            return entries.sorted { $0.value.seconds > $1.value.seconds }.map {
+                String(format: "%@: %d calls, %.3f s, %.1f GFLOP/s", $0.key, $0.value.calls, $0.value.seconds, $0.value.flops / max($0.value.seconds, 1e-12) / 1e9)
+            }
+        }
+        public func reset() { lock.lock(); entries = [:]; lock.unlock() }
+    }
+    nonisolated(unsafe) public static var profile: Profile?
+
+    @inline(__always)
+    static func timed(_ key: @autoclosure () -> String, flops: Double, _ body: () -> Void) {
+        guard let profile else { body(); return }
+        let start = MonotonicClock.now()
+        body()
+        profile.add(key(), MonotonicClock.now() - start, flops)
+    }
+
+    static func shapeKey(_ kind: String, _ tA: Transpose, _ tB: Transpose, _ m: Int, _ n: Int, _ k: Int) -> String {
+        "\(kind) \(tA == .none ? "N" : "T")\(tB == .none ? "N" : "T") \(m)x\(n)x\(k)"
+    }
+
+    /// fp32 C[m, n] = alpha * op(A) op(B) + beta * C, all row-major; `op(A)` is [m, k], `op(B)` [k, n].
+    public static func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                             alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                             b: UnsafePointer<Float>, ldb: Int,
+                             beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        timed(shapeKey("fp32", transA, transB, m, n, k), flops: 2 * Double(m) * Double(n) * Double(k)) {
+            sgemmUntimed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        }
+    }
+
+    /// fp32 product on the calling thread alone, inside Finch's own parallel tasks (attention's
+    /// per-head blocks): oneDNN with this thread's own primitives, so that tasks run concurrently;
+    /// OpenBLAS (single-threaded by the caller) without it.
+    public static func taskSGEMM(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                 alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+                                 b: UnsafePointer<Float>, ldb: Int,
+                                 beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0, k > 0, backend == .oneDNN, !taskProductsOnOpenBLAS,
+              finch_onednn_task_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k),
+                                       alpha, a, Int64(lda), b, Int64(ldb), Int32(FINCH_F32), beta, c, Int64(ldc)) == 0 else {
+            BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+    }
+
+    /// `FINCH_TASK_GEMM=openblas`: attention's per-task products on OpenBLAS, for comparison.
+    static let taskProductsOnOpenBLAS = ProcessInfo.processInfo.environment["FINCH_TASK_GEMM"]?.lowercased() == "openblas"
+
+    private static func sgemmUntimed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                     alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+                                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        guard m > 0, n > 0, k > 0, backend == .oneDNN,
+              finch_onednn_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+                                  a, Int64(lda), b, Int64(ldb), Int32(FINCH_F32), beta, c, Int64(ldc)) == 0 else {
+            BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+    }
+
+    /// C[m, n] = alpha * op(A) op(B) + beta * C with fp32 accumulation and result, each operand
+    /// f32 or bf16. In `.bf16` precision the inputs are rounded to bf16 (see `Precision`); in
+    /// `.fp32` bf16 operands are widened exactly.
+    static package func multiply(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+                         a: GEMMOperand, lda: Int, b: GEMMOperand, ldb: Int, beta: Float = 0,
+                         c: UnsafeMutablePointer<Float>, ldc: Int, precision: Precision) {
+        guard m > 0, n > 0 else { return }
+        // The stored shapes: A is [m, k] or, transposed, [k, m]; B is [k, n] or [n, k].
+        let aRows = transA == .none ? m : k, aColumns = transA == .none ? k : m
+        let bRows = transB == .none ? k : n, bColumns = transB == .none ? n : k
+        if precision == .fp32, let fa = a.f32Values, let fb = b.f32Values {
+            sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda, b: fb, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            return
+        }
+        timed(shapeKey("bf16", transA, transB, m, n, k), flops: 2 * Double(m) * Double(n) * Double(k)) {
+            multiplyMixed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc,
+                          precision: precision, aRows: aRows, aColumns: aColumns, bRows: bRows, bColumns: bColumns)
+        }
+    }
+
+    private static func multiplyMixed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int, alpha: Float,
+                                      a: GEMMOperand, lda: Int, b: GEMMOperand, ldb: Int, beta: Float,
+                                      c: UnsafeMutablePointer<Float>, ldc: Int, precision: Precision,
+                                      aRows: Int, aColumns: Int, bRows: Int, bColumns: Int) {
+        scratch.lock.lock()
+        defer { scratch.lock.unlock() }
+        if precision == .bf16 && nativeBF16 && !portableBF16 && k > 0 {
+            let (pa, lda2) = bf16Operand(a, rows: aRows, columns: aColumns, ld: lda, into: &scratch.a)
+            let (pb, ldb2) = bf16Operand(b, rows: bRows, columns: bColumns, ld: ldb, into: &scratch.b)
+            if finch_onednn_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
+                                   pa, Int64(lda2), pb, Int64(ldb2), Int32(FINCH_BF16), beta, c, Int64(ldc)) == 0 { return }
+        }
+        // The portable path: f32 operands, bf16-rounded in bf16 precision, bf16 ones widened.
+        let (fa, lda3) = f32Operand(a, rows: aRows, columns: aColumns, ld: lda, round: precision == .bf16, into: &scratch.a)
+        let (fb, ldb3) = f32Operand(b, rows: bRows, columns: bColumns, ld: ldb, round: precision == .bf16, into: &scratch.b)
+        sgemmUntimed(transA, transB, m: m, n: n, k: k, alpha: alpha, a: fa, lda: lda3, b: fb, ldb: ldb3, beta: beta, c: c, ldc: ldc)
+    }
+
+    /// Calls `body` with a bf16 copy of x [rows, ld] in the same layout when bf16 products run
+    /// natively in `precision` (nil otherwise, and for a nil x), for several products that read x:
+    /// each product would convert x on its own, and q, k, v with their LoRA pairs read it six times.
+    static package func withBF16Copy<R>(of x: UnsafePointer<Float>?, rows: Int, ld: Int, precision: Precision,
+                                _ body: (UnsafePointer<UInt16>?) -> R) -> R {
+        guard let x, precision == .bf16, nativeBF16, !portableBF16, rows > matVecMaxVectors else { return body(nil) }
+        let copy = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * ld)
+        defer { copy.deallocate() }
+        finch_onednn_to_bf16_rows(x, ld, copy, rows, ld)
+        return body(copy)
+    }
+
+    /// Conversion buffers, reused (products run one at a time; the lock makes sure of it).
+    final class Scratch: @unchecked Sendable {
+        let lock = NSLock()
+        var a = ScratchBuffer(), b = ScratchBuffer()
+    }
+    struct ScratchBuffer {
+        var pointer: UnsafeMutableRawPointer?
+        var bytes = 0
+        mutating func reserve(_ count: Int) -> UnsafeMutableRawPointer {
+            if count > bytes {
+                pointer?.deallocate()
+                pointer = .allocate(byteCount: count, alignment: 64)
+                bytes = count
+            }
+            return pointer!
+        }
+    }
+    static let scratch = Scratch()
+
+    private static func bf16Operand(_ x: GEMMOperand, rows: Int, columns: Int, ld: Int,
+                                    into buffer: inout ScratchBuffer) -> (UnsafeRawPointer, Int) {
+        switch x {
+        case let .bf16(p), let .f32WithCopy(_, p): return (UnsafeRawPointer(p), ld)
+        case let .f32(p):
+            let dst = buffer.reserve(rows * columns * 2).assumingMemoryBound(to: UInt16.self)
+            finch_onednn_to_bf16_rows(p, ld, dst, rows, columns)   // bf16 products run natively: oneDNN is loaded
+            return (UnsafeRawPointer(dst), columns)
+        }
+    }
+
+    private static func f32Operand(_ x: GEMMOperand, rows: Int, columns: Int, ld: Int, round: Bool,
+                                   into buffer: inout ScratchBuffer) -> (UnsafePointer<Float>, Int) {
+        switch x {
+        case let .f32(p), let .f32WithCopy(p, _):
+            guard round else { return (p, ld) }
+            let dst = buffer.reserve(rows * columns * 4).assumingMemoryBound(to: Float.self)
+            for r in 0..<rows { BFloat16.round(p + r * ld, to: dst + r * columns, count: columns) }
+            return (UnsafePointer(dst), columns)
+        case let .bf16(p):
+            let dst = buffer.reserve(rows * columns * 4).assumingMemoryBound(to: Float.self)
+            for r in 0..<rows { BFloat16.convert(p + r * ld, to: dst + r * columns, count: columns) }
+            return (UnsafePointer(dst), columns)
+        }
+    }
+}

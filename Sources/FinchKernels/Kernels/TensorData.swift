@@ -1,0 +1,86 @@
+/// Element encodings of stored tensors: the safetensors dtypes Finch reads and the GGML
+/// block formats of GGUF files. Quantized types pack `blockSize` values into `blockBytes`.
+public enum DType: String, Sendable, CaseIterable {
+    case f32 = "F32"
+    case f16 = "F16"
+    case bf16 = "BF16"
+    case q8_0 = "Q8_0"
+    case q4_0 = "Q4_0"
+    case q4_1 = "Q4_1"
+    case q4_K = "Q4_K"
+    case q6_K = "Q6_K"
+
+    /// Values per block (1 for plain float types).
+    public var blockSize: Int {
+        switch self {
+        case .f32, .f16, .bf16: return 1
+        case .q8_0, .q4_0, .q4_1: return 32
+        case .q4_K, .q6_K: return 256
+        }
+    }
+
+    /// Bytes per block.
+    public var blockBytes: Int {
+        switch self {
+        case .f32: return 4
+        case .f16, .bf16: return 2
+        case .q8_0: return 34
+        case .q4_0: return 18
+        case .q4_1: return 20
+        case .q4_K: return 144
+        case .q6_K: return 210
+        }
+    }
+
+    public var isQuantized: Bool { blockSize > 1 }
+
+    /// Bytes of one row of `columns` values; `columns` must be a multiple of `blockSize`.
+    public func rowBytes(columns: Int) -> Int { columns / blockSize * blockBytes }
+}
+
+/// A view of one stored tensor: its bytes stay where they are (usually a memory-mapped
+/// file, kept alive by `owner`). `shape` is row-major, slowest dimension first, as in
+/// PyTorch: a linear layer's weight is `[out, in]`.
+public struct TensorData: @unchecked Sendable {
+    public var name: String
+    public var dtype: DType
+    public var shape: [Int]
+    public var bytes: UnsafeRawPointer
+    public var byteCount: Int
+    /// Keeps the memory behind `bytes` alive.
+    public var owner: AnyObject
+
+    public init(name: String, dtype: DType, shape: [Int], bytes: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
+        self.name = name
+        self.dtype = dtype
+        self.shape = shape
+        self.bytes = bytes
+        self.byteCount = byteCount
+        self.owner = owner
+    }
+
+    public var elementCount: Int { shape.reduce(1, *) }
+    /// Rows and columns when seen as a matrix: the last dimension is the columns.
+    public var rows: Int { shape.count <= 1 ? 1 : shape.dropLast().reduce(1, *) }
+    public var columns: Int { shape.last ?? 1 }
+}
+
+/// Memory that Finch allocated itself and that a `TensorData` can point into.
+final package class OwnedBytes: @unchecked Sendable {
+    public let pointer: UnsafeMutableRawPointer
+    public let count: Int
+    public init(count: Int) {
+        self.count = count
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)
+    }
+    deinit { pointer.deallocate() }
+}
+
+/// Rounds a Float to bfloat16 (nearest, ties to even), as PyTorch does; NaN stays NaN.
+@inline(__always)
+public func bfloat16Bits(_ value: Float) -> UInt16 {
+    let bits = value.bitPattern
+    if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
+    let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
+    return UInt16(truncatingIfNeeded: rounded >> 16)
+}

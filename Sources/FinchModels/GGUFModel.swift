@@ -1,0 +1,219 @@
+import Foundation
+import FinchKernels
+import FinchIO
+
+// The model-level reading of a GGUF file: the decoder's shape from llama.cpp's metadata, and
+// the tensors under their Hugging Face names. It lives with the models (the IO layer below
+// only parses the container).
+extension GGUFFile {
+    // MARK: - Model configuration
+
+    /// The decoder's shape, from the `<arch>.*` metadata (as llama.cpp's llama-model.cpp reads it).
+    public func modelConfig() throws -> ModelConfig {
+        guard let archValue = metadata["general.architecture"] else {
+            throw LoadError.malformed(path: path, field: "general.architecture", found: "nothing", expected: "a string such as \"llama\"")
+        }
+        guard let arch = archValue.string else {
+            throw LoadError.malformed(path: path, field: "general.architecture", found: archValue.typeName, expected: "a string")
+        }
+        guard Self.supportedArchitectures.contains(arch) else {
+            throw LoadError.unsupported(path: path, what: "architecture (general.architecture)", found: arch, supported: Self.supportedArchitectures)
+        }
+        func optionalInt(_ key: String) throws -> Int? {
+            guard let value = metadata[key] else { return nil }
+            guard let v = value.int, v >= 0 else {
+                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a non-negative integer")
+            }
+            return v
+        }
+        func int(_ key: String) throws -> Int {
+            guard let v = try optionalInt(key) else {
+                throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer")
+            }
+            return v
+        }
+        func optionalFloat(_ key: String) throws -> Float? {
+            guard let value = metadata[key] else { return nil }
+            guard let v = value.float else {
+                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number")
+            }
+            return v
+        }
+        func float(_ key: String) throws -> Float {
+            guard let v = try optionalFloat(key) else {
+                throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "a number")
+            }
+            return v
+        }
+
+        let hidden = try int("\(arch).embedding_length")
+        let heads = try int("\(arch).attention.head_count")
+        let kvHeads = try optionalInt("\(arch).attention.head_count_kv") ?? heads
+        guard hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            throw LoadError.malformed(path: path, field: "\(arch).attention.head_count / head_count_kv", found: "\(heads) / \(kvHeads)",
+                                      expected: "positive, head_count a multiple of head_count_kv")
+        }
+        let headDim = try optionalInt("\(arch).attention.key_length") ?? hidden / heads
+        if let rotary = try optionalInt("\(arch).rope.dimension_count"), rotary != headDim {
+            throw LoadError.unsupported(path: path, what: "\(arch).rope.dimension_count (partial rotary)", found: "\(rotary)",
+                                        supported: ["\(headDim) (the head dimension)"])
+        }
+
+        let vocab: Int
+        if let v = try optionalInt("\(arch).vocab_size") { vocab = v }
+        else if let tokens = metadata["tokenizer.ggml.tokens"]?.array { vocab = tokens.count }
+        else if let embed = tensors["token_embd.weight"] { vocab = embed.shape[0] }
+        else {
+            throw LoadError.malformed(path: path, field: "\(arch).vocab_size", found: "nothing (and no tokenizer.ggml.tokens or token_embd.weight)",
+                                      expected: "the vocabulary size")
+        }
+
+        if tensors["rope_freqs.weight"] != nil {
+            throw LoadError.unsupported(path: path, what: "RoPE scaling stored as per-dimension factors (tensor rope_freqs.weight, llama.cpp's form of Llama 3 scaling)",
+                                        found: "rope_freqs.weight", supported: ["no rope_freqs tensor"])
+        }
+        var scaling = RopeScaling.none
+        if let typeValue = metadata["\(arch).rope.scaling.type"] {
+            guard let type = typeValue.string else {
+                throw LoadError.malformed(path: path, field: "\(arch).rope.scaling.type", found: typeValue.typeName, expected: "a string")
+            }
+            switch type {
+            case "none": scaling = .none
+            case "linear": scaling = .linear(factor: try float("\(arch).rope.scaling.factor"))
+            case "llama3":
+                scaling = .llama3(factor: try float("\(arch).rope.scaling.factor"),
+                                  lowFreqFactor: try float("\(arch).rope.scaling.low_freq_factor"),
+                                  highFreqFactor: try float("\(arch).rope.scaling.high_freq_factor"),
+                                  originalMaxPositions: try int("\(arch).rope.scaling.original_context_length"))
+            default:
+                throw LoadError.unsupported(path: path, what: "\(arch).rope.scaling.type", found: type, supported: ["none", "linear", "llama3"])
+            }
+        }
+
+        let bos = try optionalInt("tokenizer.ggml.bos_token_id")
+        let eos = try optionalInt("tokenizer.ggml.eos_token_id")
+        let config = ModelConfig(modelType: arch,
+                           hiddenSize: hidden,
+                           intermediateSize: try int("\(arch).feed_forward_length"),
+                           layerCount: try int("\(arch).block_count"),
+                           headCount: heads,
+                           kvHeadCount: kvHeads,
+                           headDim: headDim,
+                           vocabSize: vocab,
+                           rmsNormEps: try float("\(arch).attention.layer_norm_rms_epsilon"),
+                           ropeTheta: try optionalFloat("\(arch).rope.freq_base") ?? 10000,
+                           ropeScaling: scaling,
+                           tieWordEmbeddings: tensors["output.weight"] == nil,
+                           maxPositionEmbeddings: try optionalInt("\(arch).context_length") ?? 2048,
+                           attentionBias: arch == "qwen2" || tensors["blk.0.attn_q.bias"] != nil,
+                           outputBias: tensors["blk.0.attn_output.bias"] != nil,
+                           qkNorm: tensors["blk.0.attn_q_norm.weight"] != nil,
+                           bosTokenId: bos,
+                           eosTokenIds: eos.map { [$0] } ?? [])
+        try config.validate(path: path, names: [
+            "hidden_size": "\(arch).embedding_length", "intermediate_size": "\(arch).feed_forward_length",
+            "num_hidden_layers": "\(arch).block_count", "num_attention_heads": "\(arch).attention.head_count",
+            "num_key_value_heads": "\(arch).attention.head_count_kv", "head_dim": "\(arch).attention.key_length",
+            "vocab_size": "tokenizer.ggml.tokens", "rms_norm_eps": "\(arch).attention.layer_norm_rms_epsilon",
+            "rope_theta": "\(arch).rope.freq_base", "max_position_embeddings": "\(arch).context_length",
+            "bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id"])
+        return config
+    }
+
+    // MARK: - Hugging Face view
+
+    /// The tensors under their Hugging Face names, with the rows of Llama's q and k
+    /// projections put back in HF order (llama.cpp's convert permutes them for its RoPE
+    /// layout). Permuted tensors are copied, still quantized, into `OwnedBytes`; the rest
+    /// point into the mapping. Names without an HF counterpart are kept as they are.
+    public func hfTensors() throws -> [String: TensorData] {
+        let config = try modelConfig()
+        var result: [String: TensorData] = [:]
+        result.reserveCapacity(tensors.count)
+        for name in tensorNames {
+            guard var tensor = tensors[name] else { continue }
+            let hfName = Self.hfName(name) ?? name
+            if config.modelType == "llama" {
+                if name.hasSuffix(".attn_q.weight") || name.hasSuffix(".attn_q.bias") {
+                    tensor = try unpermuteRows(tensor, heads: config.headCount)
+                } else if name.hasSuffix(".attn_k.weight") || name.hasSuffix(".attn_k.bias") {
+                    tensor = try unpermuteRows(tensor, heads: config.kvHeadCount)
+                }
+            }
+            tensor.name = hfName
+            guard result.updateValue(tensor, forKey: hfName) == nil else {
+                throw LoadError.malformed(path: path, field: "tensor '\(name)'", found: "a second tensor named '\(hfName)' in HF terms", expected: "unique names")
+            }
+        }
+        return result
+    }
+
+    /// Whole-model tensors and the per-layer modules: llama.cpp's name and Hugging Face's.
+    static let globalNames: [(gguf: String, hf: String)] = [
+        ("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight"),
+        ("output.weight", "lm_head.weight"),
+    ]
+    static let layerModuleNames: [(gguf: String, hf: String)] = [
+        ("attn_norm", "input_layernorm"), ("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"),
+        ("attn_v", "self_attn.v_proj"), ("attn_output", "self_attn.o_proj"), ("attn_q_norm", "self_attn.q_norm"),
+        ("attn_k_norm", "self_attn.k_norm"), ("ffn_norm", "post_attention_layernorm"), ("ffn_gate", "mlp.gate_proj"),
+        ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
+    ]
+
+    /// The Hugging Face name of a llama.cpp tensor name, or nil if it has none.
+    public static func hfName(_ name: String) -> String? {
+        if let global = globalNames.first(where: { $0.gguf == name }) { return global.hf }
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0 else { return nil }
+        let suffix = parts[3]
+        guard suffix == "weight" || suffix == "bias",
+              let module = layerModuleNames.first(where: { $0.gguf == parts[2] })?.hf else { return nil }
+        return "model.layers.\(layer).\(module).\(suffix)"
+    }
+
+    /// The llama.cpp name of a Hugging Face tensor name (the inverse of `hfName`), or nil.
+    public static func ggufName(_ hfName: String) -> String? {
+        if let global = globalNames.first(where: { $0.hf == hfName }) { return global.gguf }
+        let parts = hfName.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), layer >= 0 else { return nil }
+        let module = parts[3..<(parts.count - 1)].joined(separator: ".")
+        let suffix = parts.last!
+        guard suffix == "weight" || suffix == "bias",
+              let short = layerModuleNames.first(where: { $0.hf == module })?.gguf else { return nil }
+        return "blk.\(layer).\(short).\(suffix)"
+    }
+
+    /// Undoes convert_hf_to_gguf's `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`:
+    /// HF row `h*hd + i*hd/2 + j` is GGUF row `h*hd + 2*j + i`. Whole rows move, so quantized
+    /// rows are copied as bytes.
+    private func unpermuteRows(_ tensor: TensorData, heads: Int) throws -> TensorData {
+        let rows = tensor.shape[0]
+        let rowBytes: Int
+        if tensor.shape.count == 1 {
+            guard !tensor.dtype.isQuantized else {
+                throw LoadError.unsupported(path: path, what: "dtype of 1-D tensor '\(tensor.name)'", found: tensor.dtype.rawValue, supported: ["F32", "F16", "BF16"])
+            }
+            rowBytes = tensor.dtype.blockBytes
+        } else {
+            guard tensor.shape.count == 2 else {
+                throw LoadError.malformed(path: path, field: "shape of tensor '\(tensor.name)'", found: "\(tensor.shape)", expected: "[rows, columns]")
+            }
+            rowBytes = tensor.dtype.rowBytes(columns: tensor.shape[1])
+        }
+        guard heads > 0, rows % (2 * heads) == 0 else {
+            throw LoadError.shapeMismatch(path: path, name: tensor.name, found: tensor.shape, expected: [heads * 2 * max(1, rows / max(1, 2 * heads))] + tensor.shape.dropFirst())
+        }
+        let headRows = rows / heads
+        let half = headRows / 2
+        let storage = OwnedBytes(count: tensor.byteCount)
+        for row in 0..<rows {
+            let head = row / headRows, within = row % headRows
+            let source = head * headRows + 2 * (within % half) + within / half
+            (storage.pointer + row * rowBytes).copyMemory(from: tensor.bytes + source * rowBytes, byteCount: rowBytes)
+        }
+        var result = tensor
+        result.bytes = UnsafeRawPointer(storage.pointer)
+        result.owner = storage
+        return result
+    }
+}

@@ -1,0 +1,226 @@
+import Foundation
+import FinchKernels
+import FinchIO
+
+/// The shape of a Llama-family decoder, read from an HF `config.json` or derived from GGUF metadata.
+public struct ModelConfig: Equatable, Sendable {
+    public static let supportedModelTypes = ["llama", "mistral", "qwen2", "qwen3"]
+
+    public var modelType: String
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var layerCount: Int
+    public var headCount: Int
+    public var kvHeadCount: Int
+    public var headDim: Int
+    public var vocabSize: Int
+    public var rmsNormEps: Float
+    public var ropeTheta: Float
+    public var ropeScaling: RopeScaling
+    public var tieWordEmbeddings: Bool
+    public var maxPositionEmbeddings: Int
+    /// q, k and v projections carry a bias (Qwen2, or Llama with `attention_bias`).
+    public var attentionBias: Bool
+    /// o_proj carries a bias too (Llama's `attention_bias` puts one on all four).
+    public var outputBias: Bool
+    /// RMSNorm over each head of q and k before RoPE (Qwen3).
+    public var qkNorm: Bool
+    public var bosTokenId: Int?
+    public var eosTokenIds: [Int]
+
+    public init(modelType: String, hiddenSize: Int, intermediateSize: Int, layerCount: Int,
+                headCount: Int, kvHeadCount: Int, headDim: Int? = nil, vocabSize: Int,
+                rmsNormEps: Float = 1e-5, ropeTheta: Float = 10000, ropeScaling: RopeScaling = .none,
+                tieWordEmbeddings: Bool = false, maxPositionEmbeddings: Int = 2048,
+                attentionBias: Bool = false, outputBias: Bool = false, qkNorm: Bool = false,
+                bosTokenId: Int? = nil, eosTokenIds: [Int] = []) {
+        self.modelType = modelType
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.layerCount = layerCount
+        self.headCount = headCount
+        self.kvHeadCount = kvHeadCount
+        self.headDim = headDim ?? hiddenSize / headCount
+        self.vocabSize = vocabSize
+        self.rmsNormEps = rmsNormEps
+        self.ropeTheta = ropeTheta
+        self.ropeScaling = ropeScaling
+        self.tieWordEmbeddings = tieWordEmbeddings
+        self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.attentionBias = attentionBias
+        self.outputBias = outputBias
+        self.qkNorm = qkNorm
+        self.bosTokenId = bosTokenId
+        self.eosTokenIds = eosTokenIds
+    }
+
+    public var qDim: Int { headCount * headDim }
+    public var kvDim: Int { kvHeadCount * headDim }
+
+    /// Reads an HF `config.json`.
+    public static func load(path: String) throws -> ModelConfig {
+        guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.fileNotFound(path: path) }
+        let object: Any
+        do { object = try JSONSerialization.jsonObject(with: data) } catch {
+            throw LoadError.malformed(path: path, field: "JSON", found: "invalid JSON (\(error.localizedDescription))", expected: "a JSON object")
+        }
+        guard let json = object as? [String: Any] else {
+            throw LoadError.malformed(path: path, field: "top level", found: "\(type(of: object))", expected: "a JSON object")
+        }
+        return try ModelConfig(json: json, path: path)
+    }
+
+    /// Parses the fields of an HF config dictionary; `path` names the source in errors.
+    public init(json: [String: Any], path: String) throws {
+        func int(_ key: String) throws -> Int {
+            guard let value = json[key] else {
+                throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer")
+            }
+            guard let number = value as? NSNumber, number.doubleValue == number.doubleValue.rounded(),
+                  abs(number.doubleValue) < 1e15 else {
+                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "an integer")
+            }
+            return number.intValue
+        }
+        func optionalInt(_ key: String) throws -> Int? {
+            guard let value = json[key], !(value is NSNull) else { return nil }
+            return try int(key)
+        }
+        func float(_ key: String, _ fallback: Float) throws -> Float {
+            guard let value = json[key], !(value is NSNull) else { return fallback }
+            guard let number = value as? NSNumber else {
+                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number")
+            }
+            return number.floatValue
+        }
+        func bool(_ key: String, _ fallback: Bool) -> Bool { (json[key] as? NSNumber)?.boolValue ?? fallback }
+
+        guard let modelType = json["model_type"] as? String else {
+            throw LoadError.malformed(path: path, field: "model_type", found: "\(json["model_type"] ?? "nothing")", expected: "a string")
+        }
+        guard Self.supportedModelTypes.contains(modelType) else {
+            throw LoadError.unsupported(path: path, what: "model_type", found: modelType, supported: Self.supportedModelTypes)
+        }
+        func size(_ key: String) throws -> Int {
+            let value = try int(key)
+            guard value > 0 else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a positive integer") }
+            return value
+        }
+        let hidden = try size("hidden_size")
+        let heads = try size("num_attention_heads")
+        let kvHeads = try optionalInt("num_key_value_heads") ?? heads
+        guard hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            throw LoadError.malformed(path: path, field: "num_attention_heads / num_key_value_heads",
+                                      found: "\(heads) / \(kvHeads)", expected: "positive, heads a multiple of KV heads")
+        }
+
+        // transformers 5 writes `rope_parameters` (holding rope_theta); 4.x wrote rope_theta + rope_scaling.
+        let ropeParameters = json["rope_parameters"] as? [String: Any]
+        var theta = try float("rope_theta", 10000)
+        if let t = ropeParameters?["rope_theta"] as? NSNumber { theta = t.floatValue }
+        let scalingJSON = (json["rope_scaling"] as? [String: Any]) ?? ropeParameters
+        let scaling = try Self.parseRopeScaling(scalingJSON, path: path)
+
+        let eos: [Int]
+        if let list = json["eos_token_id"] as? [NSNumber] { eos = list.map(\.intValue) }
+        else if let one = json["eos_token_id"] as? NSNumber { eos = [one.intValue] }
+        else { eos = [] }
+
+        let attentionBias = modelType == "qwen2" || bool("attention_bias", false)
+        self.init(modelType: modelType,
+                  hiddenSize: hidden,
+                  intermediateSize: try size("intermediate_size"),
+                  layerCount: try size("num_hidden_layers"),
+                  headCount: heads,
+                  kvHeadCount: kvHeads,
+                  headDim: try optionalInt("head_dim"),
+                  vocabSize: try size("vocab_size"),
+                  rmsNormEps: try float("rms_norm_eps", 1e-6),
+                  ropeTheta: theta,
+                  ropeScaling: scaling,
+                  tieWordEmbeddings: bool("tie_word_embeddings", false),
+                  maxPositionEmbeddings: try optionalInt("max_position_embeddings") ?? 2048,
+                  attentionBias: attentionBias,
+                  outputBias: modelType != "qwen2" && bool("attention_bias", false),
+                  qkNorm: modelType == "qwen3",
+                  bosTokenId: try optionalInt("bos_token_id"),
+                  eosTokenIds: eos)
+        if bool("mlp_bias", false) {
+            throw LoadError.unsupported(path: path, what: "mlp_bias", found: "true", supported: ["false"])
+        }
+        try validate(path: path)
+    }
+
+    /// Sizes within what a model of this family can have and consistent with each other, so that
+    /// nothing allocated from them overflows or exhausts memory, and numbers that are finite and
+    /// positive. `names` maps the HF keys to the file's own (a GGUF's metadata keys) for the error.
+    func validate(path: String, names: [String: String] = [:]) throws {
+        func fail(_ key: String, _ found: Any, _ expected: String) -> LoadError {
+            .malformed(path: path, field: names[key] ?? key, found: "\(found)", expected: expected)
+        }
+        let sizes: [(String, Int, ClosedRange<Int>)] = [
+            ("hidden_size", hiddenSize, 1...65536), ("intermediate_size", intermediateSize, 1...(1 << 20)),
+            ("num_hidden_layers", layerCount, 1...1024), ("num_attention_heads", headCount, 1...1024),
+            ("num_key_value_heads", kvHeadCount, 1...headCount), ("head_dim", headDim, 2...4096),
+            ("vocab_size", vocabSize, 1...(1 << 24)), ("max_position_embeddings", maxPositionEmbeddings, 1...(1 << 24)),
+        ]
+        for (key, value, range) in sizes where !range.contains(value) {
+            throw fail(key, value, "an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        if headCount % kvHeadCount != 0 { throw fail("num_key_value_heads", kvHeadCount, "a divisor of the \(headCount) attention heads") }
+        if headDim % 2 != 0 { throw fail("head_dim", headDim, "an even number (rotary embeddings pair dimensions)") }
+        if !(rmsNormEps.isFinite && rmsNormEps > 0 && rmsNormEps < 1) { throw fail("rms_norm_eps", rmsNormEps, "a number in (0, 1)") }
+        if !(ropeTheta.isFinite && ropeTheta > 0) { throw fail("rope_theta", ropeTheta, "a positive finite number") }
+        if let bos = bosTokenId, !(0..<vocabSize).contains(bos) { throw fail("bos_token_id", bos, "a token id below vocab_size \(vocabSize)") }
+        if let eos = eosTokenIds.first(where: { !(0..<vocabSize).contains($0) }) {
+            throw fail("eos_token_id", eos, "token ids below vocab_size \(vocabSize)")
+        }
+    }
+
+    static func parseRopeScaling(_ json: [String: Any]?, path: String) throws -> RopeScaling {
+        guard let json else { return .none }
+        let kind = (json["rope_type"] as? String) ?? (json["type"] as? String) ?? "default"
+        func number(_ key: String) throws -> Float {
+            guard let n = json[key] as? NSNumber else {
+                throw LoadError.malformed(path: path, field: "rope_scaling.\(key)", found: "\(json[key] ?? "nothing")", expected: "a number")
+            }
+            return n.floatValue
+        }
+        switch kind {
+        case "default": return .none
+        case "linear": return .linear(factor: try number("factor"))
+        case "llama3":
+            return .llama3(factor: try number("factor"), lowFreqFactor: try number("low_freq_factor"),
+                           highFreqFactor: try number("high_freq_factor"),
+                           originalMaxPositions: Int(try number("original_max_position_embeddings")))
+        default:
+            throw LoadError.unsupported(path: path, what: "rope_scaling type", found: kind, supported: ["default", "linear", "llama3"])
+        }
+    }
+}
+
+extension ModelConfig {
+    /// An HF `config.json` for this shape, as transformers writes it for the model type.
+    public func huggingFaceJSON() -> [String: Any] {
+        var json: [String: Any] = [
+            "model_type": modelType, "hidden_size": hiddenSize, "intermediate_size": intermediateSize,
+            "num_hidden_layers": layerCount, "num_attention_heads": headCount, "num_key_value_heads": kvHeadCount,
+            "head_dim": headDim, "vocab_size": vocabSize, "rms_norm_eps": rmsNormEps, "rope_theta": ropeTheta,
+            "tie_word_embeddings": tieWordEmbeddings, "max_position_embeddings": maxPositionEmbeddings,
+            "hidden_act": "silu", "torch_dtype": "float32",
+            "architectures": [["llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                               "qwen3": "Qwen3ForCausalLM"][modelType] ?? "LlamaForCausalLM"],
+        ]
+        if modelType == "llama" || modelType == "mistral" { json["attention_bias"] = attentionBias }
+        if let bos = bosTokenId { json["bos_token_id"] = bos }
+        if eosTokenIds.count == 1 { json["eos_token_id"] = eosTokenIds[0] } else if !eosTokenIds.isEmpty { json["eos_token_id"] = eosTokenIds }
+        switch ropeScaling {
+        case .none: break
+        case let .linear(factor): json["rope_scaling"] = ["rope_type": "linear", "factor": factor]
+        case let .llama3(factor, low, high, original):
+            json["rope_scaling"] = ["rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+                                    "original_max_position_embeddings": original]
+        }
+        return json
+    }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import FinchKernels
+import FinchIO
+
+/// LoRA adapters in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`,
+/// with tensor names such as `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
+public enum PEFTAdapter {
+    public static let configFile = "adapter_config.json"
+    public static let weightsFile = "adapter_model.safetensors"
+
+    /// Reads the LoRA hyper-parameters of an adapter folder.
+    public static func config(directory: String) throws -> LoRAConfig {
+        let path = (directory as NSString).appendingPathComponent(configFile)
+        guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.fileNotFound(path: path) }
+        guard let json = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw LoadError.malformed(path: path, field: "JSON", found: "invalid JSON", expected: "a JSON object")
+        }
+        if let type = json["peft_type"] as? String, type != "LORA" {
+            throw LoadError.unsupported(path: path, what: "peft_type", found: type, supported: ["LORA"])
+        }
+        guard let rank = (json["r"] as? NSNumber)?.intValue, rank > 0 else {
+            throw LoadError.malformed(path: path, field: "r", found: "\(json["r"] ?? "nothing")", expected: "a positive integer")
+        }
+        let alpha = (json["lora_alpha"] as? NSNumber)?.floatValue ?? Float(rank)
+        let dropout = (json["lora_dropout"] as? NSNumber)?.floatValue ?? 0
+        let targets: [String]
+        if let list = json["target_modules"] as? [String] { targets = list }
+        else if let one = json["target_modules"] as? String {
+            // A regex in PEFT; Finch takes the projection names it mentions.
+            targets = LoRAConfig.allProjections.filter { one.contains($0) }
+        } else {
+            throw LoadError.malformed(path: path, field: "target_modules", found: "\(json["target_modules"] ?? "nothing")",
+                                      expected: "a list of module names")
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            if let pattern = json[key] as? [String: Any], !pattern.isEmpty {
+                throw LoadError.unsupported(path: path, what: key, found: "\(pattern)", supported: ["{}"])
+            }
+        }
+        if let bias = json["bias"] as? String, bias != "none" {
+            throw LoadError.unsupported(path: path, what: "bias", found: bias, supported: ["none"])
+        }
+        return LoRAConfig(rank: rank, alpha: alpha, dropout: dropout, targets: targets,
+                          useRSLoRA: (json["use_rslora"] as? NSNumber)?.boolValue ?? false)
+    }
+
+    /// Copies an adapter's weights into a model built with `.lora(config(directory:))`.
+    /// Every LoRA parameter must be present with the model's shape: an adapter made for
+    /// another model fails here, naming the tensor.
+    public static func load(directory: String, into model: Transformer) throws {
+        let path = (directory as NSString).appendingPathComponent(weightsFile)
+        let tensors = try SafeTensors.read(path: path)
+        guard let parameters = model.parameters, case .lora = model.fineTuning else {
+            throw LoadError.unsupported(path: path, what: "model mode", found: "\(model.fineTuning)", supported: ["lora"])
+        }
+        for entry in parameters.entries {
+            // PEFT saves without the adapter name; some tools keep ".default".
+            let stored = tensors[entry.name] ?? tensors[entry.name.replacingOccurrences(of: ".weight", with: ".default.weight")]
+            guard let t = stored else { throw LoadError.missingTensor(path: path, name: entry.name) }
+            guard t.shape == entry.shape else {
+                throw LoadError.shapeMismatch(path: path, name: entry.name, found: t.shape, expected: entry.shape)
+            }
+            dequantizeRow(t.dtype, t.bytes, parameters.values + entry.offset, count: entry.count)
+        }
+        let known = Set(parameters.entries.map(\.name))
+        if let extra = tensors.keys.sorted().first(where: { !known.contains($0) && !known.contains($0.replacingOccurrences(of: ".default.weight", with: ".weight")) }) {
+            throw LoadError.malformed(path: path, field: extra, found: "a tensor the model has no place for",
+                                      expected: "only LoRA tensors of the targeted modules")
+        }
+    }
+
+    /// Writes the model's LoRA parameters and config as PEFT does, atomically per file.
+    public static func save(_ model: Transformer, to directory: String, baseModel: String? = nil) throws {
+        guard let parameters = model.parameters, case let .lora(lora) = model.fineTuning else {
+            throw SaveError.unwritable(path: directory, reason: "the model has no LoRA adapters to save")
+        }
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let tensors = parameters.entries.map { (name: $0.name, shape: $0.shape, values: parameters.array($0.name)!) }
+        try SafeTensors.write(path: (directory as NSString).appendingPathComponent(weightsFile), tensors: tensors,
+                              metadata: ["format": "pt"])
+        let config: [String: Any] = [
+            "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
+            "lora_dropout": lora.dropout, "target_modules": lora.targets, "use_rslora": lora.useRSLoRA,
+            "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "init_lora_weights": true,
+            "base_model_name_or_path": baseModel ?? NSNull(), "modules_to_save": NSNull(),
+            "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
+        ]
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        let url = URL(fileURLWithPath: (directory as NSString).appendingPathComponent(configFile))
+        try data.write(to: url, options: .atomic)
+    }
+}
+
+extension Transformer {
+    /// The model of `files` for inference, with a PEFT adapter folder applied without merging.
+    public convenience init(files: ModelFiles, adapter: String?) throws {
+        try self.init(files: files, fineTuning: try adapter.map { .lora(try PEFTAdapter.config(directory: $0)) } ?? .none)
+        if let adapter { try PEFTAdapter.load(directory: adapter, into: self) }
+    }
+}

@@ -1,0 +1,77 @@
+import Foundation
+import FinchKernels
+import FinchIO
+
+extension ModelConfig {
+    /// The shape of SmolLM2-135M (Llama architecture), used by benchmarks.
+    public static let smolLM2_135M = ModelConfig(
+        modelType: "llama", hiddenSize: 576, intermediateSize: 1536, layerCount: 30, headCount: 9, kvHeadCount: 3,
+        vocabSize: 49152, rmsNormEps: 1e-5, ropeTheta: 100000, tieWordEmbeddings: true, maxPositionEmbeddings: 8192)
+
+    /// The shape of Llama-3.2-1B.
+    public static let llama32_1B = ModelConfig(
+        modelType: "llama", hiddenSize: 2048, intermediateSize: 8192, layerCount: 16, headCount: 32, kvHeadCount: 8,
+        vocabSize: 128256, rmsNormEps: 1e-5, ropeTheta: 500000,
+        ropeScaling: .llama3(factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192),
+        tieWordEmbeddings: true, maxPositionEmbeddings: 131072)
+}
+
+extension ModelFiles {
+    /// A model of `config`'s shape with random f32 weights (normal, std 0.02; norms 1), for benchmarks and tests.
+    /// With `quantization` q4_0 or q4_1, every matrix (projections, embedding, head) is stored in
+    /// that 4-bit block format instead: random nibbles with scales giving about the same spread.
+    public static func random(config: ModelConfig, seed: UInt64 = 0, quantization: DType = .f32) -> ModelFiles {
+        precondition([.f32, .q4_0, .q4_1].contains(quantization), "random models are f32, q4_0 or q4_1")
+        var rng = FinchRandom(seed: seed)
+        var tensors: [String: TensorData] = [:]
+        func add(_ name: String, _ shape: [Int], fill: Float? = nil) {
+            let count = shape.reduce(1, *)
+            if quantization != .f32 && shape.count == 2 && fill == nil {
+                let blocks = count / 32, blockBytes = quantization.blockBytes
+                let bytes = OwnedBytes(count: blocks * blockBytes)
+                let p = bytes.pointer.assumingMemoryBound(to: UInt8.self)
+                // Nibbles uniform in 0...15 have std 4.6: d = 0.02 / 4.6 keeps std 0.02 (q4_1: m = -8d centres them).
+                let d = Float16(0.02 / 4.6).bitPattern, m = Float16(-8 * 0.02 / 4.6).bitPattern
+                for b in 0..<blocks {
+                    var block = p + b * blockBytes
+                    block[0] = UInt8(d & 0xFF); block[1] = UInt8(d >> 8); block += 2
+                    if quantization == .q4_1 { block[0] = UInt8(m & 0xFF); block[1] = UInt8(m >> 8); block += 2 }
+                    for j in 0..<16 { block[j] = UInt8(truncatingIfNeeded: rng.next()) }
+                }
+                tensors[name] = TensorData(name: name, dtype: quantization, shape: shape, bytes: UnsafeRawPointer(p),
+                                           byteCount: blocks * blockBytes, owner: bytes)
+                return
+            }
+            let bytes = OwnedBytes(count: count * 4)
+            let p = bytes.pointer.assumingMemoryBound(to: Float.self)
+            for i in 0..<count { p[i] = fill ?? rng.nextGaussian() * 0.02 }
+            tensors[name] = TensorData(name: name, dtype: .f32, shape: shape, bytes: UnsafeRawPointer(p), byteCount: count * 4, owner: bytes)
+        }
+        let c = config
+        add("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
+        for l in 0..<c.layerCount {
+            let p = "model.layers.\(l)."
+            add(p + "input_layernorm.weight", [c.hiddenSize], fill: 1)
+            add(p + "post_attention_layernorm.weight", [c.hiddenSize], fill: 1)
+            add(p + "self_attn.q_proj.weight", [c.qDim, c.hiddenSize])
+            add(p + "self_attn.k_proj.weight", [c.kvDim, c.hiddenSize])
+            add(p + "self_attn.v_proj.weight", [c.kvDim, c.hiddenSize])
+            add(p + "self_attn.o_proj.weight", [c.hiddenSize, c.qDim])
+            add(p + "mlp.gate_proj.weight", [c.intermediateSize, c.hiddenSize])
+            add(p + "mlp.up_proj.weight", [c.intermediateSize, c.hiddenSize])
+            add(p + "mlp.down_proj.weight", [c.hiddenSize, c.intermediateSize])
+            if c.attentionBias {
+                add(p + "self_attn.q_proj.bias", [c.qDim], fill: 0)
+                add(p + "self_attn.k_proj.bias", [c.kvDim], fill: 0)
+                add(p + "self_attn.v_proj.bias", [c.kvDim], fill: 0)
+            }
+            if c.qkNorm {
+                add(p + "self_attn.q_norm.weight", [c.headDim], fill: 1)
+                add(p + "self_attn.k_norm.weight", [c.headDim], fill: 1)
+            }
+        }
+        add("model.norm.weight", [c.hiddenSize], fill: 1)
+        if !c.tieWordEmbeddings { add("lm_head.weight", [c.vocabSize, c.hiddenSize]) }
+        return ModelFiles(config: config, tensors: tensors, source: "random \(config.modelType) model" + (quantization == .f32 ? "" : " (\(quantization.rawValue))"))
+    }
+}

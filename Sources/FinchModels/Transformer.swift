@@ -1,0 +1,643 @@
+import Foundation
+import FinchKernels
+import FinchIO
+
+/// What trains: nothing (inference), LoRA adapters, or every weight.
+public enum FineTuning: Equatable, Sendable {
+    case none
+    case lora(LoRAConfig)
+    case full
+}
+
+/// One decoder block: pre-norm attention then pre-norm SwiGLU MLP, each with a residual.
+final class DecoderLayer {
+    let inputNorm: UnsafeMutablePointer<Float>       // (C)
+    let postAttentionNorm: UnsafeMutablePointer<Float> // (C)
+    let qNorm: UnsafeMutablePointer<Float>?          // (headDim), Qwen3
+    let kNorm: UnsafeMutablePointer<Float>?
+    var inputNormGrad, postAttentionNormGrad, qNormGrad, kNormGrad: UnsafeMutablePointer<Float>?
+    /// q, k, v, o, gate, up, down, in this order.
+    let projections: [Linear]
+    var q: Linear { projections[0] }
+    var k: Linear { projections[1] }
+    var v: Linear { projections[2] }
+    var o: Linear { projections[3] }
+    var gate: Linear { projections[4] }
+    var up: Linear { projections[5] }
+    var down: Linear { projections[6] }
+
+    init(inputNorm: UnsafeMutablePointer<Float>, postAttentionNorm: UnsafeMutablePointer<Float>,
+         qNorm: UnsafeMutablePointer<Float>?, kNorm: UnsafeMutablePointer<Float>?, projections: [Linear]) {
+        self.inputNorm = inputNorm; self.postAttentionNorm = postAttentionNorm
+        self.qNorm = qNorm; self.kNorm = kNorm; self.projections = projections
+    }
+}
+
+/// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama) with a
+/// hand-written backward, as llm.c does it: each step of `forward` has its mirror in `backward`.
+public final class Transformer {
+    public let config: ModelConfig
+    public let fineTuning: FineTuning
+    /// The precision of the base model's products: bf16 holds the frozen weights in bf16 (half
+    /// the memory) and rounds matmul inputs to bf16; LoRA weights, gradients, optimizer state,
+    /// norms, softmax, attention and every loss stay fp32.
+    public let precision: Precision
+    /// The trainable parameters (LoRA pairs or all weights); nil in inference.
+    public let parameters: ParameterSet?
+    let embedding: WeightMatrix          // (V, C)
+    package let head: WeightMatrix               // (V, C), the embedding itself when tied
+    let finalNorm: UnsafeMutablePointer<Float>
+    package var embeddingGrad, headGrad, finalNormGrad: UnsafeMutablePointer<Float>?
+    let layers: [DecoderLayer]
+    let rotary: RotaryEmbedding
+    package var random: FinchRandom
+    private var owned: [AnyObject] = []
+    /// Buffers of the last shapes used, one set for training and one for inference, so that an
+    /// inference pass (a reference model, an evaluation) between a forward and its backward is safe.
+    private var cachedActivations: [Bool: Activations] = [:]
+    /// The batch and targets of the last `forwardForTraining`, which `backward(logProbGradients:)`
+    /// completes; with a frozen head, also -d log p(target) / d hidden of each position [n, C].
+    private var pendingBackward: (batch: TokenBatch, targets: [Int32], negativeLogProbGradients: [Float]?)?
+
+    /// With false, LoRA pairs are bypassed and the model is its frozen base (the reference of DPO).
+    public var adaptersEnabled: Bool = true {
+        didSet { for layer in layers { for p in layer.projections { p.loraEnabled = adaptersEnabled } } }
+    }
+
+    public static let defaultDenseLimitBytes = 1 << 30
+
+    /// Join gate and up (one GEMM for both) even where they are f32 used in place: tests set it
+    /// to run the joined path on the f32 parity fixtures.
+    nonisolated(unsafe) static var joinsInPlaceWeights = false
+
+    static let projectionNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
+
+    /// Builds the model from its stored tensors (HF names). LoRA A is initialised as PEFT does
+    /// (uniform in ±1/sqrt(in)) and B to zero; `seed` fixes A.
+    ///
+    /// Quantized weights stay quantized when their f32 copy would exceed `denseLimitBytes`;
+    /// below it they are dequantized once at load, which spares every matmul its dequantization
+    /// (a 135M model costs 0.5 GB as f32; a 1B model stays 4-bit).
+    public init(files: ModelFiles, fineTuning: FineTuning = .none, seed: UInt64 = 0,
+                denseLimitBytes: Int = Transformer.defaultDenseLimitBytes, precision: Precision = .fp32) throws {
+        let config = files.config
+        self.config = config
+        self.fineTuning = fineTuning
+        self.precision = precision
+        random = FinchRandom(seed: seed)
+        rotary = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
+        let tensors = files.tensors, source = files.source
+        let C = config.hiddenSize, L = config.layerCount
+
+        func tensor(_ name: String, _ shape: [Int]) throws -> TensorData {
+            guard let t = tensors[name] else { throw LoadError.missingTensor(path: source, name: name) }
+            guard t.shape == shape else {
+                throw LoadError.shapeMismatch(path: source, name: name, found: t.shape, expected: shape)
+            }
+            return t
+        }
+
+        // Every tensor the model reads, with its shape.
+        var layout: [(name: String, shape: [Int])] = [("model.embed_tokens.weight", [config.vocabSize, C])]
+        for l in 0..<L {
+            let p = "model.layers.\(l)."
+            layout.append((p + "input_layernorm.weight", [C]))
+            let shapes = [[config.qDim, C], [config.kvDim, C], [config.kvDim, C], [C, config.qDim],
+                          [config.intermediateSize, C], [config.intermediateSize, C], [C, config.intermediateSize]]
+            for (name, shape) in zip(Self.projectionNames, shapes) {
+                layout.append((p + name + ".weight", shape))
+                if config.attentionBias && (name.hasSuffix("q_proj") || name.hasSuffix("k_proj") || name.hasSuffix("v_proj"))
+                    || config.outputBias && name.hasSuffix("o_proj") {
+                    layout.append((p + name + ".bias", [shape[0]]))
+                }
+            }
+            if config.qkNorm {
+                layout.append((p + "self_attn.q_norm.weight", [config.headDim]))
+                layout.append((p + "self_attn.k_norm.weight", [config.headDim]))
+            }
+            layout.append((p + "post_attention_layernorm.weight", [C]))
+        }
+        layout.append(("model.norm.weight", [C]))
+        if !config.tieWordEmbeddings { layout.append(("lm_head.weight", [config.vocabSize, C])) }
+        let stored = try Dictionary(uniqueKeysWithValues: layout.map { ($0.name, try tensor($0.name, $0.shape)) })
+
+        // Trainable parameters: LoRA pairs, or copies of every weight.
+        var loraLayout: [(name: String, shape: [Int])] = []
+        if case let .lora(lora) = fineTuning {
+            for l in 0..<L {
+                for name in Self.projectionNames where lora.targets(module: name) {
+                    let module = "model.layers.\(l).\(name)"
+                    let w = stored[module + ".weight"]!
+                    let names = LoRAConfig.parameterNames(module: module)
+                    loraLayout.append((names.a, [lora.rank, w.columns]))
+                    loraLayout.append((names.b, [w.rows, lora.rank]))
+                }
+            }
+        }
+        let parameters: ParameterSet?
+        switch fineTuning {
+        case .none: parameters = nil
+        case .lora: parameters = ParameterSet(loraLayout)
+        case .full: parameters = ParameterSet(layout)
+        }
+        self.parameters = parameters
+
+        var owned: [AnyObject] = []
+        // Vectors (norms, biases) as f32: a parameter view in full fine-tuning, else an owned copy.
+        func vector(_ name: String) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?) {
+            let t = stored[name]!
+            if fineTuning == .full, let p = parameters?.value(name) {
+                dequantizeRow(t.dtype, t.bytes, p, count: t.elementCount)
+                return (p, parameters!.grad(name))
+            }
+            let bytes = OwnedBytes(count: t.elementCount * 4)
+            owned.append(bytes)
+            let p = bytes.pointer.assumingMemoryBound(to: Float.self)
+            dequantizeRow(t.dtype, t.bytes, p, count: t.elementCount)
+            return (p, nil)
+        }
+        let denseBytes = layout.reduce(0) { $0 + $1.shape.reduce(precision == .bf16 ? 2 : 4, *) }
+        let keepQuantized = denseBytes > denseLimitBytes
+        func matrix(_ name: String) -> (WeightMatrix, UnsafeMutablePointer<Float>?) {
+            let t = stored[name]!
+            if fineTuning == .full, let p = parameters?.value(name) {
+                let m = WeightMatrix(t)
+                m.dequantizeRows(0, m.rows, into: p)
+                let trained = WeightMatrix(rows: t.rows, columns: t.columns, floats: p, owner: parameters)
+                trained.precision = precision
+                return (trained, parameters!.grad(name))
+            }
+            let m = WeightMatrix(t)
+            m.precision = precision
+            if keepQuantized { return (m, nil) }
+            return (precision == .bf16 ? m.bf16Copy() : m.denseCopy(), nil)
+        }
+
+        let (embedding, embeddingGrad) = matrix("model.embed_tokens.weight")
+        self.embedding = embedding
+        self.embeddingGrad = embeddingGrad
+        if config.tieWordEmbeddings {
+            head = embedding
+            headGrad = embeddingGrad
+        } else {
+            (head, headGrad) = matrix("lm_head.weight")
+        }
+        (finalNorm, finalNormGrad) = vector("model.norm.weight")
+
+        let (gate, up) = (Self.projectionNames.firstIndex(of: "mlp.gate_proj")!, Self.projectionNames.firstIndex(of: "mlp.up_proj")!)
+        var layers: [DecoderLayer] = []
+        for l in 0..<L {
+            let p = "model.layers.\(l)."
+            var weights = Self.projectionNames.map { matrix(p + $0 + ".weight") }
+            // gate and up read the same input: with their rows one after another in memory,
+            // forward and backward each run one GEMM for both (15% faster than two at SmolLM2's
+            // shapes). Done where the stored weights are not used in place anyway (quantized,
+            // f16 / bf16): their f32 copies go into one allocation, or, in full fine-tuning, the
+            // parameters lie in layout order already. f32 read in place from a file is left
+            // apart (a copy would hold it twice); the choice depends on the stored tensors alone,
+            // so a full fine-tuning policy and its reference model compute alike.
+            let copiedAtLoad = Self.joinsInPlaceWeights || [gate, up].allSatisfy { i in
+                let t = stored[p + Self.projectionNames[i] + ".weight"]!
+                return t.dtype != .f32 || Int(bitPattern: t.bytes) % 4 != 0
+            }
+            if copiedAtLoad && fineTuning == .full {
+                let (g, u) = (weights[gate].0, weights[up].0)
+                g.joinedWithNext = g.floats.map { $0 + g.rows * g.columns } == u.floats && g.columns == u.columns
+            } else if (copiedAtLoad || precision == .bf16) && !keepQuantized {
+                let joint = WeightMatrix.jointDenseCopies([weights[gate].0, weights[up].0], precision: precision)
+                weights[gate].0 = joint[0]; weights[up].0 = joint[1]
+            }
+            var projections: [Linear] = []
+            for (name, (w, wGrad)) in zip(Self.projectionNames, weights) {
+                let bias = stored[p + name + ".bias"] != nil ? vector(p + name + ".bias") : nil
+                let linear = Linear(name: p + name, weight: w, bias: bias?.0)
+                linear.weightGrad = wGrad
+                linear.biasGrad = bias?.1
+                if case let .lora(lora) = fineTuning, lora.targets(module: name), let parameters {
+                    let names = LoRAConfig.parameterNames(module: p + name)
+                    let a = parameters.value(names.a)!
+                    let bound = 1 / Float(w.columns).squareRoot()
+                    for i in 0..<lora.rank * w.columns { a[i] = (random.nextFloat() * 2 - 1) * bound }
+                    linear.lora = LoRAModule(rank: lora.rank, scale: lora.scale, dropout: lora.dropout,
+                                             a: a, b: parameters.value(names.b)!,
+                                             da: parameters.grad(names.a)!, db: parameters.grad(names.b)!)
+                }
+                projections.append(linear)
+            }
+            let inputNorm = vector(p + "input_layernorm.weight")
+            let postNorm = vector(p + "post_attention_layernorm.weight")
+            let qNorm = config.qkNorm ? vector(p + "self_attn.q_norm.weight") : nil
+            let kNorm = config.qkNorm ? vector(p + "self_attn.k_norm.weight") : nil
+            let layer = DecoderLayer(inputNorm: inputNorm.0, postAttentionNorm: postNorm.0,
+                                     qNorm: qNorm?.0, kNorm: kNorm?.0, projections: projections)
+            layer.inputNormGrad = inputNorm.1
+            layer.postAttentionNormGrad = postNorm.1
+            layer.qNormGrad = qNorm?.1
+            layer.kNormGrad = kNorm?.1
+            layers.append(layer)
+        }
+        self.layers = layers
+        owned.append(files as AnyObject)
+        self.owned = owned
+        // Files whose every tensor was copied (bf16 or dense copies, vectors) need none of their
+        // pages resident: a 4-bit GGUF trained in bf16 would otherwise count twice in memory.
+        let inUse = Set(([embedding, head] + layers.flatMap { $0.projections.map(\.weight) })
+            .compactMap { $0.owner.map(ObjectIdentifier.init) })
+        var released = Set<ObjectIdentifier>()
+        for t in files.tensors.values {
+            guard let file = t.owner as? MappedFile, !inUse.contains(ObjectIdentifier(file)),
+                  released.insert(ObjectIdentifier(file)).inserted else { continue }
+            file.releaseResidentPages()
+        }
+    }
+
+    var isTraining: Bool { fineTuning != .none }
+
+    /// Decoding multiplies quantized weights by activations rounded to 8 bits per block of 32,
+    /// with integer dot products (llama.cpp's arithmetic): faster per token on a quantized model,
+    /// logits ~1e-2 relative from the exact path, so greedy answers can change (they do on
+    /// SmolLM2-135M, exactly as llama.cpp's). Products of more than a few vectors (prefill,
+    /// training) are not affected.
+    public var int8Activations = false {
+        didSet {
+            for matrix in layers.flatMap({ $0.projections.map(\.weight) }) + [head] { matrix.int8Activations = int8Activations }
+        }
+    }
+
+    /// bf16 training keeps each layer's q, k, v, attention output and gate/up for backward in
+    /// bf16, as PyTorch's autocast does (about 40% less activation memory; see `CompressedLayer`).
+    /// false keeps them f32. No effect in fp32.
+    public var keepsActivationsInBF16 = true {
+        didSet { cachedActivations[true] = nil }
+    }
+
+    /// Training keeps only each layer's input and recomputes the layer during backward: the
+    /// activations of one layer instead of all of them, for one more decoder forward per step.
+    public var gradientCheckpointing = false {
+        didSet { cachedActivations[true] = nil }
+    }
+
+    package func activations(for batch: TokenBatch, training: Bool) -> Activations {
+        if let a = cachedActivations[training], batch.tokenCount <= a.capacity {
+            a.batch = batch.batch
+            a.seq = batch.seq
+            return a
+        }
+        cachedActivations[training] = nil  // free the old buffers before allocating new ones
+        let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
+                            batch: batch.batch, seq: batch.seq, training: training, checkpointing: gradientCheckpointing,
+                            bf16Saved: precision == .bf16 && keepsActivationsInBF16)
+        cachedActivations[training] = a
+        return a
+    }
+
+    /// Runs the decoder and returns the final normed hidden states (n, C), valid until the next call.
+    /// With a `cache`, the batch is the next chunk of each row: its keys and values are stored
+    /// at the cache's current length, attention runs over everything cached, and the cache grows.
+    @discardableResult
+    package func forward(_ batch: TokenBatch, acts: Activations, cache: KVCache? = nil) -> UnsafeMutablePointer<Float> {
+        let pass = Pass(self, batch)
+        batch.ids.withUnsafeBufferPointer { embeddingForward(acts.stream[0], ids: $0.baseAddress!, count: pass.n, table: embedding) }
+        for l in layers.indices {
+            // Checkpointing: the layer's buffers are shared, and backward recomputes them from
+            // its input with the dropout draws it had the first time.
+            if acts.checkpointing { acts.layerRandom[l] = random }
+            forwardLayer(l, pass, acts: acts, cache: cache)
+        }
+        rmsnormForward(acts.finalNormed, acts.finalRstd, acts.input(ofLayer: acts.training ? layers.count : 0), finalNorm,
+                       rows: pass.n, dim: config.hiddenSize, eps: config.rmsNormEps)
+        if let cache { cache.length += batch.seq }
+        return acts.finalNormed
+    }
+
+    /// What every layer of one forward or backward pass shares: sizes and rope tables.
+    struct Pass {
+        let batch: TokenBatch
+        let n: Int
+        let shape: AttentionShape
+        let cos: [Float], sin: [Float]
+
+        init(_ model: Transformer, _ batch: TokenBatch) {
+            let c = model.config
+            self.batch = batch
+            n = batch.tokenCount
+            shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+            (cos, sin) = batch.positions.withUnsafeBufferPointer { model.rotary.tables(positions: $0.baseAddress!, count: batch.tokenCount) }
+        }
+    }
+
+    /// Layer `l` of the forward: reads the stream at its input, writes its activations and the
+    /// stream at its output (in inference both are the one stream buffer).
+    private func forwardLayer(_ l: Int, _ pass: Pass, acts: Activations, cache: KVCache?) {
+        let c = config, n = pass.n, C = c.hiddenSize, batch = pass.batch, shape = pass.shape
+        let training = acts.training
+        let layer = layers[l], a = acts.layer(l)
+        let xIn = acts.input(ofLayer: l)
+        let xOut = acts.input(ofLayer: training ? l + 1 : 0)
+        rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
+        Linear.forward([layer.q, layer.k, layer.v], a.xn1, n: n, into: [a.qPre ?? a.q, a.kPre ?? a.k, a.v],
+                       saved: Array(a.saved[0..<3]), random: &random, training: training)
+        if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
+            rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
+            rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
+        }
+        ropeApply(a.q, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
+        ropeApply(a.k, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+        acts.keep(.qkv, layer: l, config: c)
+        if let cache {
+            cache.store(layer: l, k: a.k, v: a.v, count: batch.seq)
+            cache.keyMask.withUnsafeBufferPointer { keyMask in
+                attentionCachedForward(out: a.att, q: a.q, keys: cache.keys(layer: l, row: 0),
+                                       values: cache.values(layer: l, row: 0),
+                                       keyMask: keyMask.baseAddress!, capacity: cache.capacity, start: cache.length,
+                                       queries: batch.seq, shape: shape)
+            }
+        } else {
+            batch.mask.withOptionalPointer { mask in
+                batch.segmentStarts.withOptionalPointer { starts in
+                    attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, segmentStarts: starts, shape: shape)
+                }
+            }
+        }
+        acts.keep(.attention, layer: l, config: c)
+        // xMid = xIn + o(att)
+        if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
+        layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
+        rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
+        Linear.forward([layer.gate, layer.up], a.xn2, n: n, into: [a.gate, a.up], ldy: 2 * c.intermediateSize,
+                       saved: Array(a.saved[4..<6]), random: &random, training: training)
+        acts.keep(.gateUp, layer: l, config: c)
+        swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+        // xOut = xMid + down(h)
+        if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
+        layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[6], random: &random, training: training)
+    }
+
+    /// Runs the next chunk of tokens of each cached row and returns the logits of each row's
+    /// last position [batch, V]. `mask` marks padding in the chunk (1 real, 0 pad), `positions` the rope positions.
+    package func decode(_ chunk: TokenBatch, cache: KVCache) -> [Float] {
+        precondition(chunk.batch == cache.batch && cache.length + chunk.seq <= cache.capacity, "the chunk does not fit the cache")
+        for b in 0..<chunk.batch {
+            for t in 0..<chunk.seq { cache.keyMask[b * cache.capacity + cache.length + t] = chunk.mask?[b * chunk.seq + t] ?? 1 }
+        }
+        let inference = TokenBatch(batch: chunk.batch, seq: chunk.seq, ids: chunk.ids, mask: nil, positions: chunk.positions)
+        let acts = activations(for: inference, training: false)
+        let hidden = forward(inference, acts: acts, cache: cache)
+        var last = [Float](repeating: 0, count: chunk.batch * config.hiddenSize)
+        for b in 0..<chunk.batch {
+            for c in 0..<config.hiddenSize { last[b * config.hiddenSize + c] = hidden[((b + 1) * chunk.seq - 1) * config.hiddenSize + c] }
+        }
+        var logits = [Float](repeating: 0, count: chunk.batch * config.vocabSize)
+        logits.withUnsafeMutableBufferPointer { out in last.withUnsafeBufferPointer { head.multiply($0.baseAddress!, n: chunk.batch, into: out.baseAddress!) } }
+        return logits
+    }
+
+    /// Backpropagates dFinal (n, C), the gradient of the loss with respect to the final normed
+    /// states, into the trainable parameters' gradients (accumulating).
+    package func backward(_ batch: TokenBatch, acts: Activations, dFinal: UnsafeMutablePointer<Float>) {
+        precondition(acts.training, "backward needs the activations of a training forward")
+        let pass = Pass(self, batch)
+        let c = config, n = pass.n, C = c.hiddenSize, shape = pass.shape
+        let (cosTable, sinTable) = (pass.cos, pass.sin)
+        let randomAfterForward = random
+        defer { random = randomAfterForward }
+        var dStream = acts.dStream!, dMid = acts.dMid!
+        let dNormed = acts.dNormed!, scratch = acts.loraScratch!
+        dStream.update(repeating: 0, count: n * C)
+        rmsnormBackward(dStream, finalNormGrad, dFinal, acts.stream[layers.count], finalNorm, acts.finalRstd, rows: n, dim: C)
+        batch.mask.withOptionalPointer { mask in
+            for l in stride(from: layers.count - 1, through: 0, by: -1) {
+                if acts.checkpointing {
+                    random = acts.layerRandom[l]
+                    forwardLayer(l, pass, acts: acts, cache: nil)
+                }
+                let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l]
+                if !acts.checkpointing && l != layers.count - 1 {
+                    // xn1, xn2 and h share one buffer across layers: recompute this layer's
+                    // (and refill q, k, v, att, gate/up from their bf16 copies where kept so).
+                    acts.restore(layer: l, config: c)
+                    rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
+                    rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
+                    swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+                }
+                // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
+                dMid.update(from: dStream, count: n * C)
+                layer.down.backward(dStream, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[6], scratch: scratch)
+                swigluBackward(dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up,
+                               rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+                Linear.backward([layer.gate, layer.up], [acts.dgate, acts.dup], lddy: 2 * c.intermediateSize, x: a.xn2, n: n,
+                                dx: dNormed, accumulate: false, saved: Array(a.saved[4..<6]), scratch: scratch)
+                rmsnormBackward(dMid, layer.postAttentionNormGrad, dNormed, a.xMid, layer.postAttentionNorm, a.rstd2, rows: n, dim: C)
+                // xMid = xIn + o(att)
+                layer.o.backward(dMid, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[3], scratch: scratch)
+                batch.segmentStarts.withOptionalPointer { starts in
+                    attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
+                                      out: a.att, lse: a.lse, keyMask: mask, segmentStarts: starts, shape: shape)
+                }
+                ropeApply(acts.dq, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
+                ropeApply(acts.dk, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
+                var dq = acts.dq!, dk = acts.dk!
+                if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
+                    acts.dqPre.update(repeating: 0, count: n * c.qDim)
+                    acts.dkPre.update(repeating: 0, count: n * c.kvDim)
+                    rmsnormBackward(acts.dqPre, layer.qNormGrad, dq, qPre, qNorm, a.qRstd!, rows: n * c.headCount, dim: c.headDim)
+                    rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: n * c.kvHeadCount, dim: c.headDim)
+                    dq = acts.dqPre; dk = acts.dkPre
+                }
+                layer.q.backward(dq, x: a.xn1, n: n, dx: dNormed, accumulate: false, saved: a.saved[0], scratch: scratch)
+                layer.k.backward(dk, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[1], scratch: scratch)
+                layer.v.backward(acts.dv, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[2], scratch: scratch)
+                // dIn = dMid + d(input norm)
+                rmsnormBackward(dMid, layer.inputNormGrad, dNormed, xIn, layer.inputNorm, a.rstd1, rows: n, dim: C)
+                swap(&dStream, &dMid)
+            }
+        }
+        if let embeddingGrad {
+            batch.ids.withUnsafeBufferPointer { embeddingBackward(embeddingGrad, ids: $0.baseAddress!, count: n, dout: dStream, dim: C) }
+        }
+    }
+
+    // MARK: - Entry points
+
+    /// Logits (n, V) of every position.
+    func logits(_ batch: TokenBatch) -> [Float] {
+        let acts = activations(for: batch, training: false)
+        let hidden = forward(batch, acts: acts)
+        var out = [Float](repeating: 0, count: batch.tokenCount * config.vocabSize)
+        out.withUnsafeMutableBufferPointer { head.multiply(hidden, n: batch.tokenCount, into: $0.baseAddress!) }
+        return out
+    }
+
+    /// Sum of -log p(target) over positions whose target is not negative, and their count; no gradients.
+    package func negativeLogLikelihood(_ batch: TokenBatch, targets: [Int32]) -> (sum: Double, count: Int) {
+        let acts = activations(for: batch, training: false)
+        let hidden = forward(batch, acts: acts)
+        let r = targets.withUnsafeBufferPointer {
+            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: batch.tokenCount, head: head)
+        }
+        return (r.loss, r.count)
+    }
+
+    /// The per-position log-probabilities of `targets` (0 where a target is negative) and the
+    /// other head statistics, from a training forward whose activations are kept
+    /// for `backward(logProbGradients:)`. Objectives whose loss is not a plain token mean
+    /// (ORPO, DPO) use this pair: forward, compute d loss / d log p per position, backward.
+    ///
+    /// A position's loss term depends on its hidden state only through log p(target), so with a
+    /// frozen head (LoRA) the same pass over the head also computes d log p / d hidden for every
+    /// position, and backward scales it instead of computing the logits a second time.
+    package func forwardForTraining(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+        precondition(isTraining, "forwardForTraining needs a model built for LoRA or full fine-tuning")
+        let hidden = forward(batch, acts: activations(for: batch, training: true))
+        guard headGrad == nil else {
+            pendingBackward = (batch, targets, nil)
+            return headStatistics(hidden: hidden, batch: batch, targets: targets)
+        }
+        var gradients = [Float](repeating: 0, count: batch.tokenCount * config.hiddenSize)
+        let stats = gradients.withUnsafeMutableBufferPointer { g in
+            headStatistics(hidden: hidden, batch: batch, targets: targets,
+                           backward: CrossEntropyBackward(uniformWeight: 1, dHidden: g.baseAddress!))
+        }
+        pendingBackward = (batch, targets, gradients)
+        return stats
+    }
+
+    /// Per-position statistics of an inference forward (no gradients): the reference model's log-probs, evaluation.
+    package func tokenStatistics(_ batch: TokenBatch, targets: [Int32]) -> TokenStatistics {
+        headStatistics(hidden: forward(batch, acts: activations(for: batch, training: false)), batch: batch, targets: targets)
+    }
+
+    /// The head's per-position figures for final hidden states (n, C): no gradients.
+    private func headStatistics(hidden: UnsafeMutablePointer<Float>, batch: TokenBatch, targets: [Int32],
+                                backward: CrossEntropyBackward? = nil) -> TokenStatistics {
+        var stats = TokenStatistics(count: batch.tokenCount)
+        stats.withOutputs { outputs in
+            targets.withUnsafeBufferPointer { t in
+                _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs,
+                                 backward: backward)
+            }
+        }
+        stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
+        return stats
+    }
+
+    /// The head's column sums [C]: sum_j logit_j = h . sum_j W_j, so the sum of a position's
+    /// logits costs one dot product. Cached while the head is frozen.
+    private var frozenHeadColumnSums: [Double]?
+
+    func logitSums(hidden: UnsafePointer<Float>, count: Int) -> [Float] {
+        let C = config.hiddenSize
+        var sums: [Double]
+        if let cached = frozenHeadColumnSums, headGrad == nil { sums = cached } else {
+            sums = [Double](repeating: 0, count: C)
+            let tile = 256
+            let rows = UnsafeMutablePointer<Float>.allocate(capacity: tile * C)
+            defer { rows.deallocate() }
+            var start = 0
+            while start < head.rows {
+                let n = min(tile, head.rows - start)
+                head.dequantizeRows(start, n, into: rows)
+                for r in 0..<n { for c in 0..<C { sums[c] += Double(rows[r * C + c]) } }
+                start += n
+            }
+            if headGrad == nil { frozenHeadColumnSums = sums }
+        }
+        return sums.withUnsafeBufferPointer { s in
+            (0..<count).map { t in
+                let row = hidden + t * C
+                var dot = 0.0
+                for c in 0..<C { dot += Double(row[c]) * s[c] }
+                return Float(dot)
+            }
+        }
+    }
+
+    /// Completes the last `forwardForTraining`: given d loss / d log p(target) at each position,
+    /// adds the gradients of every trainable parameter. The head's logits are recomputed in chunks.
+    public func backward(logProbGradients: [Float]) {
+        guard let (batch, targets, negativeLogProbGradients) = pendingBackward else { preconditionFailure("backward without forwardForTraining") }
+        pendingBackward = nil
+        let acts = activations(for: batch, training: true)
+        let n = batch.tokenCount, C = config.hiddenSize
+        // The CE kernel differentiates sum_t w_t * (-log p_t), so w_t = -dL/dlog p_t.
+        let weights = logProbGradients.map { -$0 }
+        let dFinal = UnsafeMutablePointer<Float>.allocate(capacity: n * C)
+        defer { dFinal.deallocate() }
+        if let g = negativeLogProbGradients {
+            // dL/dh_t = dL/dlog p_t * d log p_t/dh_t = w_t * (-d log p_t/dh_t)
+            parallelFor(n, grain: 16) { range in
+                for t in range { for c in 0..<C { dFinal[t * C + c] = weights[t] * g[t * C + c] } }
+            }
+            backward(batch, acts: acts, dFinal: dFinal)
+            return
+        }
+        dFinal.initialize(repeating: 0, count: n * C)
+        let maskedTargets = zip(targets, weights).map { $1 == 0 ? Int32(-1) : $0 }   // no head work where nothing flows
+        maskedTargets.withUnsafeBufferPointer { t in weights.withUnsafeBufferPointer { w in
+            _ = crossEntropy(hidden: acts.finalNormed, targets: t.baseAddress!, rows: n, head: head,
+                             backward: CrossEntropyBackward(rowWeights: w.baseAddress!, dHidden: dFinal, dHead: headGrad))
+        } }
+        backward(batch, acts: acts, dFinal: dFinal)
+    }
+
+    /// Forward and backward of the token cross-entropy: each scored position contributes
+    /// `weight * -log p(target)` to the loss, and its gradient is added to `parameters.grads`.
+    /// Returns the unweighted sum of -log p and the count of scored positions.
+    @discardableResult
+    package func crossEntropyStep(_ batch: TokenBatch, targets: [Int32], weight: Float,
+                                 statistics: UnsafeMutablePointer<TokenStatistics>? = nil) -> (sum: Double, count: Int) {
+        precondition(isTraining, "crossEntropyStep needs a model built for LoRA or full fine-tuning")
+        let acts = activations(for: batch, training: true)
+        let hidden = forward(batch, acts: acts)
+        let n = batch.tokenCount
+        let dFinal = acts.dNormed!   // free until backward starts
+        dFinal.update(repeating: 0, count: n * config.hiddenSize)
+        var stats = TokenStatistics(count: statistics == nil ? 0 : n)
+        let r = stats.withOutputs { outputs in
+            targets.withUnsafeBufferPointer {
+                crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: head, outputs: statistics == nil ? CrossEntropyOutputs() : outputs,
+                             backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad))
+            }
+        }
+        statistics?.pointee = stats
+        // backward() reuses dNormed, so hand it a copy.
+        let dCopy = UnsafeMutablePointer<Float>.allocate(capacity: n * config.hiddenSize)
+        defer { dCopy.deallocate() }
+        dCopy.update(from: dFinal, count: n * config.hiddenSize)
+        backward(batch, acts: acts, dFinal: dCopy)
+        return (r.loss, r.count)
+    }
+}
+
+/// Per-position figures of the head at each target: log p(target), the sum of the logits,
+/// the softmax entropy and whether the argmax is the target (0 where the target is negative).
+public struct TokenStatistics: Sendable {
+    public var logProbs: [Float]
+    public var logitSums: [Float]
+    public var entropies: [Float]
+    public var correct: [Float]
+
+    public init(count: Int) {
+        logProbs = [Float](repeating: 0, count: count)
+        logitSums = logProbs; entropies = logProbs; correct = logProbs
+    }
+
+    mutating func withOutputs<R>(_ body: (CrossEntropyOutputs) -> R) -> R {
+        logProbs.withUnsafeMutableBufferPointer { a in
+            entropies.withUnsafeMutableBufferPointer { c in correct.withUnsafeMutableBufferPointer { d in
+                body(CrossEntropyOutputs(logProbs: a.baseAddress, entropies: c.baseAddress, correct: d.baseAddress))
+            } }
+        }
+    }
+}
+
+extension Optional {
+    /// Calls `body` with a pointer to the array's elements, or nil.
+    func withOptionalPointer<Element, R>(_ body: (UnsafePointer<Element>?) -> R) -> R where Wrapped == [Element] {
+        switch self {
+        case .none: return body(nil)
+        case let .some(array): return array.withUnsafeBufferPointer { body($0.baseAddress) }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+import Foundation
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+
+/// Rows of a dataset file: JSONL (one object per line), JSON (an array of objects) or CSV
+/// (a header row, then one row per record; fields may be quoted with "" escapes).
+public enum DataFile {
+    public struct Row: @unchecked Sendable {
+        /// Where the row came from, for error messages: "pairs.jsonl:12".
+        public let location: String
+        public let fields: [String: Any]
+    }
+
+    public enum Error: Swift.Error, CustomStringConvertible, Equatable {
+        case unreadable(path: String, reason: String)
+        case malformed(location: String, found: String, expected: String)
+        case empty(path: String)
+
+        public var description: String {
+            switch self {
+            case let .unreadable(path, reason): return "\(path): cannot read: \(reason)"
+            case let .malformed(location, found, expected): return "\(location): found \(found), expected \(expected)"
+            case let .empty(path): return "\(path): no rows"
+            }
+        }
+    }
+
+    public static func read(_ path: String) throws -> [Row] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Error.unreadable(path: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            // Name the line of the first byte that is not UTF-8.
+            let offset = UTF8Validation.firstInvalidOffset(in: data) ?? 0
+            let line = data.prefix(offset).reduce(1) { $0 + ($1 == 0x0A ? 1 : 0) }
+            throw Error.malformed(location: "\(path):\(line)", found: String(format: "a byte that is not UTF-8 (0x%02X)", data[data.startIndex + offset]),
+                                  expected: "UTF-8 text")
+        }
+        let name = (path as NSString).lastPathComponent
+        let rows: [Row]
+        switch (path as NSString).pathExtension.lowercased() {
+        case "jsonl", "ndjson": rows = try jsonLines(text, name: name)
+        case "json": rows = try jsonArray(data, name: name)
+        case "csv": rows = try csv(text, name: name)
+        default:
+            throw Error.malformed(location: path, found: "extension '.\((path as NSString).pathExtension)'", expected: ".jsonl, .json or .csv")
+        }
+        guard !rows.isEmpty else { throw Error.empty(path: path) }
+        return rows
+    }
+
+    static func jsonLines(_ text: String, name: String) throws -> [Row] {
+        var rows: [Row] = []
+        // "\r\n" is one Character in Swift, so a split on "\n" alone would not see CRLF line ends.
+        for (i, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
+            let trimmed = line.trimmingCharacters(in: .whitespacesAndNewlines)
+            if trimmed.isEmpty { continue }
+            let location = "\(name):\(i + 1)"
+            guard let object = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) else {
+                throw Error.malformed(location: location, found: "invalid JSON '\(trimmed.prefix(40))'", expected: "one JSON object per line")
+            }
+            guard let fields = object as? [String: Any] else {
+                throw Error.malformed(location: location, found: "a JSON \(object is [Any] ? "array" : "value")", expected: "a JSON object")
+            }
+            rows.append(Row(location: location, fields: fields))
+        }
+        return rows
+    }
+
+    static func jsonArray(_ data: Data, name: String) throws -> [Row] {
+        guard let object = try? JSONSerialization.jsonObject(with: data) else {
+            throw Error.malformed(location: name, found: "invalid JSON", expected: "a JSON array of objects")
+        }
+        guard let array = object as? [Any] else { throw Error.malformed(location: name, found: "a JSON object", expected: "a JSON array of objects") }
+        return try array.enumerated().map { i, element in
+            guard let fields = element as? [String: Any] else {
+                throw Error.malformed(location: "\(name)[\(i)]", found: jsonKind(element), expected: "a JSON object")
+            }
+            return Row(location: "\(name)[\(i)]", fields: fields)
+        }
+    }
+
+    /// RFC 4180 CSV: quoted fields may hold commas, newlines and "" for a quote.
+    static func csv(_ text: String, name: String) throws -> [Row] {
+        var records: [(line: Int, fields: [String])] = []
+        var field = "", fields: [String] = [], inQuotes = false, line = 1, recordLine = 1
+        var iterator = Array(text.unicodeScalars).makeIterator()
+        var pending: Unicode.Scalar? = nil
+        func endRecord() {
+            fields.append(field); field = ""
+            if !(fields.count == 1 && fields[0].isEmpty) { records.append((recordLine, fields)) }
+            fields = []
+        }
+        while let c = pending ?? iterator.next() {
+            pending = nil
+            if inQuotes {
+                if c == "\"" {
+                    if let next = iterator.next() {
+                        if next == "\"" { field.unicodeScalars.append("\"") } else { inQuotes = false; pending = next }
+                    } else { inQuotes = false }
+                } else {
+                    if c == "\n" { line += 1 }
+                    field.unicodeScalars.append(c)
+                }
+            } else if c == "\"" && field.isEmpty {
+                inQuotes = true
+            } else if c == "," {
+                fields.append(field); field = ""
+            } else if c == "\n" {
+                endRecord(); line += 1; recordLine = line
+            } else if c != "\r" {
+                field.unicodeScalars.append(c)
+            }
+        }
+        if inQuotes { throw Error.malformed(location: "\(name):\(recordLine)", found: "an unterminated quoted field", expected: "a closing \"") }
+        if !field.isEmpty || !fields.isEmpty { endRecord() }
+        guard let header = records.first else { return [] }
+        return try records.dropFirst().map { record in
+            guard record.fields.count == header.fields.count else {
+                throw Error.malformed(location: "\(name):\(record.line)", found: "\(record.fields.count) fields",
+                                      expected: "\(header.fields.count) (\(header.fields.joined(separator: ", ")))")
+            }
+            return Row(location: "\(name):\(record.line)", fields: Dictionary(zip(header.fields, record.fields.map { $0 as Any }), uniquingKeysWith: { a, _ in a }))
+        }
+    }
+}
+
+/// How a JSON value is named in an error: by its JSON kind, never by a Foundation class name.
+func jsonKind(_ value: Any) -> String {
+    switch value {
+    case is NSNull: return "null"
+    case let n as NSNumber:
+        // JSONSerialization's booleans are NSNumbers of C type char ("c"), true and false only.
+        let isBool = String(cString: n.objCType) == "c" && (n.int8Value == 0 || n.int8Value == 1) && "\(type(of: n))".contains("Bool")
+        return isBool ? "a boolean (\(n.boolValue))" : "a number (\(n))"
+    case is String: return "a string"
+    case is [Any]: return "a list"
+    case is [String: Any]: return "an object"
+    default: return "a JSON value"
+    }
+}

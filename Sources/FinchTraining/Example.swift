@@ -1,0 +1,82 @@
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+
+/// One tokenized training row: named id sequences, as TRL's trainers name them
+/// (`input_ids` + `labels` for SFT; `chosen_input_ids`, `chosen_labels`, `rejected_input_ids`,
+/// `rejected_labels` for preference objectives). Labels follow transformers' unshifted
+/// convention: labels[t] is the token at t, -100 where no loss is taken.
+public struct Example: Sendable, Equatable {
+    /// Position in its dataset; keys caches such as DPO's reference log-probs.
+    public var id: Int
+    public var fields: [String: [Int32]]
+
+    public init(id: Int, fields: [String: [Int32]]) {
+        self.id = id
+        self.fields = fields
+    }
+
+    public subscript(field: String) -> [Int32] { fields[field] ?? [] }
+
+    /// The longest sequence of the row, used for length grouping and batch shapes.
+    public var length: Int { fields.filter { $0.key.hasSuffix("input_ids") }.map(\.value.count).max() ?? 0 }
+}
+
+/// The counts that normalise an objective's terms over a whole accumulation window.
+public struct Normalisers: Sendable, Equatable {
+    /// Tokens that carry a token-level loss term (SFT labels, ORPO's NLL tokens).
+    public var tokens: Double = 0
+    /// Preference pairs (ORPO's odds-ratio term, DPO, CPO, SimPO).
+    public var pairs: Double = 0
+    /// Completion tokens of chosen and of rejected rows (the mean-logit metrics).
+    public var chosenTokens: Double = 0
+    public var rejectedTokens: Double = 0
+    /// Padded positions per half of a preference batch (ORPO's and CPO's mean-logit metrics).
+    public var positions: Double = 0
+
+    public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0, positions: Double = 0) {
+        self.tokens = tokens; self.pairs = pairs; self.chosenTokens = chosenTokens; self.rejectedTokens = rejectedTokens
+        self.positions = positions
+    }
+
+    public static func + (a: Normalisers, b: Normalisers) -> Normalisers {
+        Normalisers(tokens: a.tokens + b.tokens, pairs: a.pairs + b.pairs, chosenTokens: a.chosenTokens + b.chosenTokens,
+                    rejectedTokens: a.rejectedTokens + b.rejectedTokens, positions: a.positions + b.positions)
+    }
+}
+
+/// A micro-batch of sequences turned into model input: right-padded rows and next-token targets.
+struct SequenceBatch {
+    let tokens: TokenBatch
+    /// Next-token targets per position from `labels` (-1 where ignored).
+    let targets: [Int32]
+
+    /// `rows` of ids with their labels (same lengths), padded with `padId` to the longest.
+    init(rows: [[Int32]], labels: [[Int32]], padId: Int32 = 0) {
+        let seq = rows.map(\.count).max() ?? 0
+        var padded: [[Int]] = [], flatLabels: [Int32] = []
+        for (row, label) in zip(rows, labels) {
+            padded.append(row.map(Int.init))
+            flatLabels += label + [Int32](repeating: -100, count: seq - label.count)
+        }
+        tokens = TokenBatch(rows: padded, padId: Int(padId))
+        targets = TokenBatch.shiftedTargets(labels: flatLabels, batch: rows.count, seq: seq)
+    }
+
+    /// Sum over positions of `values` where the row's target is scored, per row.
+    func rowSums(_ values: [Float], where targets: [Int32]) -> [Double] {
+        (0..<tokens.batch).map { b in
+            var s = 0.0
+            for t in 0..<tokens.seq where targets[b * tokens.seq + t] >= 0 { s += Double(values[b * tokens.seq + t]) }
+            return s
+        }
+    }
+
+    /// Scored positions per row.
+    func rowCounts(_ targets: [Int32]) -> [Double] {
+        (0..<tokens.batch).map { b in Double((0..<tokens.seq).filter { targets[b * tokens.seq + $0] >= 0 }.count) }
+    }
+}

@@ -1,0 +1,57 @@
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+
+/// A training objective. The training loop knows nothing of any particular loss: an objective
+/// says which fields it needs from an example, which counts normalise its terms, and how one
+/// micro-batch adds its share of the window's gradient.
+///
+/// Exact accumulation (DESIGN.md): the loop sums `normalisers(of:)` over every micro-batch of a
+/// window before the first backward, then each micro-batch contributes
+/// `sum of its terms / window count`, so the window's update equals one big batch's.
+public protocol Objective: AnyObject {
+    /// As TRL names the method: "sft", "orpo", "dpo", "simpo", "cpo".
+    var name: String { get }
+    /// Fields every example must carry.
+    var requiredFields: [String] { get }
+    /// Counts of this micro-batch's loss terms.
+    func normalisers(of examples: [Example]) -> Normalisers
+    /// Forward and backward of one micro-batch: adds its gradients (scaled by the window's
+    /// normalisers) to the model's parameter gradients and returns its share of the loss and of
+    /// each metric, so that summing the shares over a window gives the window's values.
+    func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double]
+    /// The loss and metrics of a micro-batch without gradients (evaluation), as shares of `window`.
+    func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double]
+    /// Whether TRL's trainer for this objective logs `num_tokens` (the running count of real tokens).
+    var logsTokenCount: Bool { get }
+}
+
+public enum ObjectiveError: Error, CustomStringConvertible, Equatable {
+    case missingFields(objective: String, fields: [String], example: Int)
+    case unknownMethod(String, supported: [String])
+    case invalidSetting(objective: String, name: String, found: String, expected: String)
+
+    public var description: String {
+        switch self {
+        case let .missingFields(objective, fields, example):
+            return "\(objective): example \(example) lacks the field(s) \(fields.joined(separator: ", ")) this objective needs"
+        case let .unknownMethod(method, supported):
+            return "unknown training method '\(method)'; supported: \(supported.joined(separator: ", "))"
+        case let .invalidSetting(objective, name, found, expected):
+            return "\(objective): \(name) is \(found), expected \(expected)"
+        }
+    }
+}
+
+extension Objective {
+    /// Throws, naming the objective and the fields, when an example lacks what this objective needs.
+    public func validate(_ examples: [Example]) throws {
+        for example in examples {
+            let missing = requiredFields.filter { example.fields[$0] == nil }
+            if !missing.isEmpty { throw ObjectiveError.missingFields(objective: name, fields: missing, example: example.id) }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+import Foundation
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+
+/// The knobs of a training run (flags and YAML keys of `finch train` map onto these).
+public struct TrainerSettings: Sendable, Codable, Equatable {
+    public var batchSize = 2
+    public var gradAccum = 1
+    public var epochs = 1
+    /// Stops after this many optimizer steps when > 0 (wins over `epochs`).
+    public var maxSteps = 0
+    public var learningRate: Float = 2e-4
+    public var optimizer: OptimizerKind = .adamw
+    public var weightDecay: Float = 0
+    public var scheduler: LRScheduleKind = .linear
+    public var warmupSteps = 0
+    /// 0 turns clipping off.
+    public var maxGradNorm: Float = 1
+    public var seed: UInt64 = 42
+    public var loggingSteps = 1
+    public var evalSteps = 0
+    public var saveSteps = 0
+    public var groupByLength = true
+
+    public init() {}
+}
+
+/// What a step with a NaN or infinite loss or gradient does (`--nan-policy`).
+public enum NaNPolicy: String, Sendable, Codable, CaseIterable {
+    /// Stop before updating, naming the step (the default): checkpoints stay intact.
+    case stop
+    /// Leave the parameters and optimizer as they were, move on to the next window, and count the
+    /// step as skipped (as a mixed-precision loss scaler skips an overflowing step); stop after
+    /// `Trainer.maxConsecutiveSkips` skipped steps in a row.
+    case skipStep = "skip-step"
+}
+
+/// Why training stopped.
+public enum TrainingError: Error, CustomStringConvertible, Equatable {
+    /// The loss or the gradient norm of a step was NaN or infinite (a diverging run).
+    case nonFinite(step: Int, loss: Double?, gradNorm: Double, learningRate: Double)
+    /// The model predicts the uniform distribution (loss ln(vocab)) with an exactly zero gradient.
+    case collapsed(step: Int, loss: Double, learningRate: Double)
+
+    public var description: String {
+        switch self {
+        case let .nonFinite(step, loss, gradNorm, learningRate):
+            let what = loss.map { $0.isFinite ? "gradient norm \(gradNorm)" : "loss \($0) (gradient norm \(gradNorm))" } ?? "gradient norm \(gradNorm)"
+            return "step \(step): \(what) is not finite at learning rate \(learningRate): training diverged and stopped before "
+                + "updating; checkpoints written before this step are intact (try a lower --lr or --max-grad-norm)"
+        case let .collapsed(step, loss, learningRate):
+            return String(format: "step %d: the model collapsed to a uniform distribution (loss %.4f = ln(vocab), gradient exactly 0) ", step, loss)
+                + "at learning rate \(learningRate): training stopped before updating; checkpoints written before this step are intact (try a lower --lr)"
+        }
+    }
+}
+
+public struct TrainerState: Sendable, Codable, Equatable {
+    public var step = 0
+    public var epoch = 0
+    /// Next window within `epoch` (windows are global: every rank's share of one optimizer step).
+    public var windowInEpoch = 0
+    /// The model's dropout generator.
+    public var random: [UInt64] = []
+    /// Real (unpadded) tokens trained on so far, TRL's `num_tokens`.
+    public var numTokens = 0
+}
+
+/// What one optimizer step did, under TRL's metric names.
+public struct StepLog: Sendable {
+    public var step: Int
+    public var epoch: Double
+    public var metrics: [String: Double]
+    /// Wall time of the step, and the part of it spent in collectives (0 for a single process).
+    public var seconds = 0.0
+    public var collectiveSeconds = 0.0
+}
+
+/// Runs windows of micro-batches through an objective and applies optimizer updates.
+///
+/// Data parallel (`group.size` ranks): a window holds `ranks x batchSize x gradAccum` examples,
+/// split into micro-batches of `ranks x batchSize` exactly as one process with that batch size
+/// would split it; rank r trains on slice r of each. The window's normalisers are summed over the
+/// ranks before the first backward and the gradients once before clipping, so every rank applies
+/// the update one process would apply to the whole window.
+public final class Trainer {
+    public let model: Transformer
+    public let objective: Objective
+    public let settings: TrainerSettings
+    /// What a non-finite step does.
+    public var nanPolicy = NaNPolicy.stop
+    /// With `.skipStep`: a run that skips this many steps in a row has diverged for good and stops.
+    public static let maxConsecutiveSkips = 10
+    private var consecutiveSkips = 0
+    /// Steps skipped so far in this process (`.skipStep`).
+    public private(set) var skippedSteps = 0
+    public let train: [Example]
+    public let eval: [Example]
+    public let optimizer: Optimizer
+    public let schedule: LRSchedule
+    public var state = TrainerState()
+    public let group: ProcessGroup
+    package let parameters: ParameterSet
+
+    public init(model: Transformer, objective: Objective, train: [Example], eval: [Example] = [], settings: TrainerSettings,
+                group: ProcessGroup = .single) throws {
+        guard let parameters = model.parameters else {
+            throw ObjectiveError.invalidSetting(objective: objective.name, name: "model", found: "frozen", expected: "LoRA or full fine-tuning")
+        }
+        guard !train.isEmpty else {
+            throw ObjectiveError.invalidSetting(objective: objective.name, name: "training data", found: "no examples", expected: "at least one")
+        }
+        guard settings.batchSize > 0, settings.gradAccum > 0 else {
+            throw ObjectiveError.invalidSetting(objective: objective.name, name: "batch size x grad accum",
+                                                found: "\(settings.batchSize) x \(settings.gradAccum)", expected: "positive numbers")
+        }
+        try objective.validate(train)
+        try objective.validate(eval)
+        self.model = model
+        self.objective = objective
+        self.settings = settings
+        self.train = train
+        self.eval = eval
+        self.parameters = parameters
+        self.group = group
+        optimizer = Optimizer(kind: settings.optimizer, parameters: parameters, weightDecay: settings.weightDecay)
+        let window = group.size * settings.batchSize * settings.gradAccum
+        let windowsPerEpoch = (train.count + window - 1) / window
+        let total = settings.maxSteps > 0 ? settings.maxSteps : settings.epochs * windowsPerEpoch
+        schedule = LRSchedule(kind: settings.scheduler, peak: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: total)
+    }
+
+    /// Examples per optimizer step, over all ranks.
+    public var windowSize: Int { group.size * settings.batchSize * settings.gradAccum }
+    public var windowsPerEpoch: Int { (train.count + windowSize - 1) / windowSize }
+    public var totalSteps: Int { schedule.totalSteps }
+    public var isFinished: Bool { state.step >= totalSteps }
+
+    /// The windows of one epoch, as example indices: a seeded shuffle, then (with length
+    /// grouping) megabatches of 50 windows sorted by length so that windows hold similar lengths.
+    /// It depends only on the seed, the epoch and the window size, never on how a window is split.
+    public func windows(epoch: Int) -> [[Int]] {
+        var rng = FinchRandom(seed: settings.seed &+ UInt64(epoch) &* 0x9E37_79B9)
+        var order = Array(train.indices)
+        order.shuffle(using: &rng)
+        if settings.groupByLength {
+            let mega = 50 * windowSize
+            order = stride(from: 0, to: order.count, by: mega).flatMap { start in
+                order[start..<min(start + mega, order.count)].sorted { train[$0].length > train[$1].length }
+            }
+        }
+        return stride(from: 0, to: order.count, by: windowSize).map { Array(order[$0..<min($0 + windowSize, order.count)]) }
+    }
+
+    /// Splits a window into micro-batches of `ranks x batchSize`, longest first (less padding per
+    /// batch), and keeps this rank's slice of each: the first `batchSize` examples for rank 0, the
+    /// next for rank 1, ... A slice can be empty at the end of an epoch.
+    func microBatches(_ window: [Int], of data: [Example]) -> [[Example]] {
+        let sorted = window.map { data[$0] }.sorted { $0.length > $1.length }
+        let b = settings.batchSize, global = group.size * b
+        return stride(from: 0, to: sorted.count, by: global).map { start in
+            Array(sorted[min(start + group.rank * b, sorted.count)..<min(start + (group.rank + 1) * b, sorted.count)])
+        }.filter { !$0.isEmpty }
+    }
+
+    /// One optimizer step over the next window.
+    public func step() throws -> StepLog {
+        let start = MonotonicClock.now(), communicated = group.collectiveSeconds
+        let window = windows(epoch: state.epoch)[state.windowInEpoch]
+        let micro = microBatches(window, of: train)
+        if group.size > 1 {
+            // Dropout masks: a stream per rank and step, so any rank count resumes exactly.
+            model.random = FinchRandom(seed: settings.seed ^ (UInt64(state.step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(group.rank) &* 0xD1B5_4A32_D192_ED03))
+        }
+        // Exact accumulation: every normaliser over the whole window (all ranks) before the first backward.
+        let normalisers = try group.sum(micro.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) },
+                                        "all-reduce of the normalisers (step \(state.step + 1))")
+        parameters.zeroGrads()
+        var metrics: [String: Double] = [:]
+        for batch in micro {
+            for (key, value) in try objective.accumulate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
+        }
+        try group.sum(parameters.grads, count: parameters.count, "all-reduce of the gradients (step \(state.step + 1))")
+        metrics = try group.sumAtRoot(metrics, "gathering the metrics (step \(state.step + 1))")
+        let gradNorm = clipGradientNorm(parameters, maxNorm: settings.maxGradNorm)
+        let lr = schedule.rate(at: state.step)
+        // A non-finite loss or gradient stops the run before the update: the parameters (and every
+        // checkpoint written so far) stay as they were. The gradient is all-reduced, so every rank
+        // sees the same norm and stops together.
+        let skipped = !gradNorm.isFinite || metrics["loss"].map({ !$0.isFinite }) == true
+        if skipped {
+            let error = TrainingError.nonFinite(step: state.step + 1, loss: metrics["loss"], gradNorm: Double(gradNorm), learningRate: Double(lr))
+            guard nanPolicy == .skipStep, consecutiveSkips + 1 < Self.maxConsecutiveSkips else { throw error }
+            // Skip: no update, the optimizer's moments and step count untouched; the window is consumed.
+            consecutiveSkips += 1
+            skippedSteps += 1
+            parameters.zeroGrads()
+            metrics = metrics.filter { $0.value.isFinite }
+            metrics["skipped_steps"] = Double(skippedSteps)
+        } else {
+            // Collapse: every prediction uniform (negative log-likelihood ln(vocab)) and nothing left
+            // to learn from (gradient exactly zero), as a huge learning rate leaves a model.
+            let uniform = log(Double(model.config.vocabSize))
+            if gradNorm == 0, let nll = metrics["nll_loss"] ?? metrics["loss"], abs(nll - uniform) < 1e-3 * uniform {
+                throw TrainingError.collapsed(step: state.step + 1, loss: nll, learningRate: Double(lr))
+            }
+            consecutiveSkips = 0
+            optimizer.update(parameters, lr: lr)
+        }
+
+        state.step += 1
+        state.windowInEpoch += 1
+        if state.windowInEpoch == windowsPerEpoch { state.epoch += 1; state.windowInEpoch = 0 }
+        state.random = model.random.state
+        let tokens = window.reduce(0) { total, i in
+            total + ["input_ids", "chosen_input_ids", "rejected_input_ids"].reduce(0) { $0 + train[i][$1].count }
+        }
+        state.numTokens += tokens
+        if objective.logsTokenCount { metrics["num_tokens"] = Double(state.numTokens) }
+        metrics["learning_rate"] = Double(lr)
+        if gradNorm.isFinite { metrics["grad_norm"] = Double(gradNorm) }
+        let seconds = MonotonicClock.now() - start
+        metrics["tokens_per_second"] = Double(tokens) / seconds
+        return StepLog(step: state.step, epoch: Double(state.epoch) + Double(state.windowInEpoch) / Double(windowsPerEpoch),
+                       metrics: metrics, seconds: seconds, collectiveSeconds: group.collectiveSeconds - communicated)
+    }
+
+    /// Loss and metrics over the whole evaluation set (exact means, as one big batch). Ranks
+    /// take turns over the batches; rank 0 gets the totals.
+    public func evaluate() throws -> [String: Double] {
+        guard !eval.isEmpty else { return [:] }
+        let batches = stride(from: 0, to: eval.count, by: settings.batchSize).map { Array(eval[$0..<min($0 + settings.batchSize, eval.count)]) }
+        let normalisers = batches.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) }
+        var metrics: [String: Double] = [:]
+        for (i, batch) in batches.enumerated() where i % group.size == group.rank {
+            for (key, value) in try objective.evaluate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
+        }
+        return try group.sumAtRoot(metrics, "gathering the evaluation metrics (step \(state.step))")
+    }
+
+    /// Makes every rank hold rank 0's parameters, optimizer moments and position (after rank 0
+    /// restored a checkpoint or loaded an adapter), and checks that all ranks read the same data.
+    public func synchroniseWithRoot() throws {
+        guard group.size > 1 else { return }
+        let tokens = train.reduce(0) { $0 + $1.fields.values.reduce(0) { $0 + $1.count } }
+        try group.checkSameAsRoot([Double(train.count), Double(tokens), Double(eval.count), Double(parameters.count)],
+                                  what: "training examples, their tokens, evaluation examples, trainable parameters")
+        try group.broadcast(parameters.values, count: parameters.count, "broadcast of the parameters from rank 0")
+        let encoded = try group.broadcast(Array(try JSONEncoder().encode(state)), "broadcast of the trainer state from rank 0")
+        state = try JSONDecoder().decode(TrainerState.self, from: Data(encoded))
+        let optimizerStep = try group.broadcast(Array(String(optimizer.step).utf8), "broadcast of the optimizer step from rank 0")
+        var m = optimizer.m, v = optimizer.v
+        if !m.isEmpty {
+            try m.withUnsafeMutableBufferPointer { try group.broadcast($0.baseAddress!, count: $0.count, "broadcast of AdamW's m from rank 0") }
+            try v.withUnsafeMutableBufferPointer { try group.broadcast($0.baseAddress!, count: $0.count, "broadcast of AdamW's v from rank 0") }
+        }
+        optimizer.restore(step: Int(String(decoding: optimizerStep, as: UTF8.self)) ?? 0, m: m, v: v)
+    }
+}
+
+extension ProcessGroup {
+    /// The normalisers summed over all ranks.
+    func sum(_ n: Normalisers, _ operation: @autoclosure () -> String) throws -> Normalisers {
+        guard size > 1 else { return n }
+        var values = [n.tokens, n.pairs, n.chosenTokens, n.rejectedTokens, n.positions]
+        try sum(&values, operation())
+        return Normalisers(tokens: values[0], pairs: values[1], chosenTokens: values[2], rejectedTokens: values[3], positions: values[4])
+    }
+}

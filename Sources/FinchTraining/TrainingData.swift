@@ -1,0 +1,317 @@
+import Foundation
+import FinchKernels
+import FinchIO
+import FinchTokenizers
+import FinchModels
+import FinchGeneration
+import FinchDistributed
+
+/// Dataset rows turned into `Example`s the way TRL's trainers tokenize them
+/// (reference/TRL_SEMANTICS.md): formats detected from the fields, chat templates applied to
+/// message lists, truncation to `maxLength` with counts of what was cut or dropped.
+public enum TrainingData {
+    public enum Format: String, Sendable, CaseIterable {
+        case text, promptCompletion = "prompt_completion", messages, preference
+    }
+
+    public struct Report: Sendable, Equatable {
+        public var rows = 0
+        public var truncated = 0
+        public var dropped = 0
+        public var tokens = 0
+    }
+
+    public enum Error: Swift.Error, CustomStringConvertible {
+        case undetectable(location: String, fields: [String])
+        case field(location: String, name: String, found: String, expected: String)
+        case wrongFormat(method: String, format: Format, expected: String)
+        case noTemplate(location: String)
+
+        public var description: String {
+            switch self {
+            case let .undetectable(location, fields):
+                return "\(location): cannot tell the dataset format from the fields \(fields.sorted()); expected text, prompt+completion, messages, or chosen+rejected (with or without prompt)"
+            case let .field(location, name, found, expected):
+                return "\(location): field '\(name)': found \(found), expected \(expected)"
+            case let .wrongFormat(method, format, expected):
+                return "method \(method) cannot train on \(format.rawValue) rows; it needs \(expected)"
+            case let .noTemplate(location):
+                return "\(location): the row holds messages but the tokenizer has no chat template"
+            }
+        }
+    }
+
+    /// The format of a row, from its fields.
+    public static func detect(_ row: DataFile.Row) throws -> Format {
+        let f = row.fields
+        if f["chosen"] != nil && f["rejected"] != nil { return .preference }
+        if f["messages"] != nil || f["conversations"] != nil { return .messages }
+        if f["prompt"] != nil && f["completion"] != nil { return .promptCompletion }
+        if f["text"] != nil { return .text }
+        throw Error.undetectable(location: row.location, fields: Array(f.keys))
+    }
+
+    static func text(_ row: DataFile.Row, _ name: String) throws -> String {
+        guard let value = row.fields[name] else { throw Error.field(location: row.location, name: name, found: "nothing", expected: "a string") }
+        guard let s = value as? String else { throw Error.field(location: row.location, name: name, found: jsonKind(value), expected: "a string") }
+        return s
+    }
+
+    static func messages(_ row: DataFile.Row, _ name: String) throws -> [ChatMessage] {
+        guard let list = row.fields[name] as? [Any] else {
+            throw Error.field(location: row.location, name: name, found: row.fields[name].map(jsonKind) ?? "nothing",
+                              expected: "a list of {role, content} objects")
+        }
+        return try list.enumerated().map { i, item in
+            guard let m = item as? [String: Any], let role = (m["role"] ?? m["from"]) as? String,
+                  let content = (m["content"] ?? m["value"]) as? String else {
+                throw Error.field(location: row.location, name: "\(name)[\(i)]", found: "\(item)", expected: "an object with string role and content")
+            }
+            return ChatMessage(role: role == "human" ? "user" : role == "gpt" ? "assistant" : role, content: content)
+        }
+    }
+
+    /// A prompt or answer given as a string or as a message list.
+    enum Turns { case text(String), messages([ChatMessage]) }
+
+    static func turns(_ row: DataFile.Row, _ name: String) throws -> Turns {
+        if row.fields[name] is String { return .text(try text(row, name)) }
+        return .messages(try messages(row, name))
+    }
+
+    /// Tokenizes every row for `method` and returns the examples and what truncation did.
+    /// With `chatPrompts`, plain-text prompts are rendered as a user turn with the chat template
+    /// (TRL leaves them as they are; an instruct model answers better in its own format).
+    public static func examples(rows: [DataFile.Row], method: String, format forced: Format?, tokenizer: Tokenizer,
+                                maxLength: Int, chatPrompts: Bool = false) throws -> ([Example], Report) {
+        var examples: [Example] = []
+        var report = Report()
+        let preference = method != "sft"
+        for row in rows {
+            let format = try forced ?? detect(row)
+            report.rows += 1
+            var fields: [String: [Int32]]
+            if preference {
+                guard format == .preference else { throw Error.wrongFormat(method: method, format: format, expected: "chosen and rejected fields") }
+                fields = try preferenceFields(row, tokenizer: tokenizer, chatPrompts: chatPrompts, method: method)
+            } else {
+                guard format != .preference else { throw Error.wrongFormat(method: method, format: format, expected: "text, prompt+completion or messages") }
+                fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+            }
+            // Truncation: sequences are cut at maxLength; a row with nothing left to learn is dropped.
+            var truncated = false
+            for key in fields.keys where fields[key]!.count > maxLength {
+                fields[key] = Array(fields[key]!.prefix(maxLength))
+                truncated = true
+            }
+            let labelKeys = preference ? ["chosen_labels", "rejected_labels"] : ["labels"]
+            if labelKeys.contains(where: { key in !(fields[key] ?? []).dropFirst().contains { $0 >= 0 } }) {
+                report.dropped += 1
+                continue
+            }
+            if truncated { report.truncated += 1 }
+            report.tokens += fields.filter { $0.key.hasSuffix("input_ids") }.reduce(0) { $0 + $1.value.count }
+            examples.append(Example(id: examples.count, fields: fields))
+        }
+        return (examples, report)
+    }
+
+    /// SFT packing: examples laid end to end into rows of at most `maxLength` tokens (first fit,
+    /// in order), each row remembering its sequences' lengths so that attention, positions and
+    /// targets stay within each sequence (`TokenBatch.packed`). Fewer, fuller rows: no padding.
+    public static func pack(_ examples: [Example], maxLength: Int) -> [Example] {
+        var rows: [(ids: [Int32], labels: [Int32], lengths: [Int32])] = []
+        for e in examples {
+            let ids = e["input_ids"], labels = e["labels"]
+            if let i = rows.firstIndex(where: { $0.ids.count + ids.count <= maxLength }) {
+                rows[i].ids += ids; rows[i].labels += labels; rows[i].lengths.append(Int32(ids.count))
+            } else {
+                rows.append((ids, labels, [Int32(ids.count)]))
+            }
+        }
+        return rows.enumerated().map { Example(id: $0, fields: ["input_ids": $1.ids, "labels": $1.labels, "segment_lengths": $1.lengths]) }
+    }
+
+    static func ids(_ tokenizer: Tokenizer, _ text: String, special: Bool = false) throws -> [Int32] {
+        try tokenizer.encode(text, addSpecialTokens: special).map { Int32($0) }
+    }
+
+    static func render(_ tokenizer: Tokenizer, _ messages: [ChatMessage], generationPrompt: Bool, location: String) throws -> String {
+        guard let source = tokenizer.chatTemplate else { throw Error.noTemplate(location: location) }
+        let template = try ChatTemplate(source, name: "chat template")
+        return try template.render(messages: messages, addGenerationPrompt: generationPrompt,
+                                   bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken)
+    }
+
+    /// SFT rows: input_ids and labels (-100 where no loss is taken).
+    static func sftFields(_ row: DataFile.Row, format: Format, tokenizer: Tokenizer, chatPrompts: Bool) throws -> [String: [Int32]] {
+        let eos = tokenizer.eosTokenId.map { [Int32($0)] } ?? []
+        switch format {
+        case .text:
+            // The whole text is learned; EOS closes it.
+            var input = try ids(tokenizer, try text(row, "text"), special: true)
+            if input.last != eos.first { input += eos }
+            return ["input_ids": input, "labels": input]
+        case .promptCompletion:
+            let prompt = try turns(row, "prompt"), completion = try turns(row, "completion")
+            let promptText: String, fullText: String
+            var conversational = true
+            switch (prompt, completion) {
+            case let (.messages(p), .messages(c)):
+                promptText = try render(tokenizer, p, generationPrompt: true, location: row.location)
+                fullText = try render(tokenizer, p + c, generationPrompt: false, location: row.location)
+            case let (.text(p), .text(c)) where chatPrompts:
+                let user = [ChatMessage(role: "user", content: p)]
+                promptText = try render(tokenizer, user, generationPrompt: true, location: row.location)
+                fullText = try render(tokenizer, user + [ChatMessage(role: "assistant", content: c)], generationPrompt: false, location: row.location)
+            case let (.text(p), .text(c)):
+                promptText = p
+                fullText = p + c
+                conversational = false
+            default:
+                throw Error.field(location: row.location, name: "completion", found: "a mix of text and messages", expected: "both text or both messages")
+            }
+            // Plain text goes through the tokenizer's own special tokens and gets EOS; a rendered
+            // conversation is tokenized as it is (its template ends the turn).
+            let promptIDs = try ids(tokenizer, promptText, special: !conversational)
+            var input = try ids(tokenizer, fullText, special: !conversational)
+            if !conversational, input.last != eos.first { input += eos }
+            let boundary = commonPrefixLength(promptIDs, input)
+            return ["input_ids": input, "labels": [Int32](repeating: -100, count: boundary) + input[boundary...]]
+        case .messages:
+            return try conversationFields(try messages(row, row.fields["messages"] != nil ? "messages" : "conversations"),
+                                          tokenizer: tokenizer, location: row.location)
+        case .preference:
+            throw Error.wrongFormat(method: "sft", format: format, expected: "text, prompt+completion or messages")
+        }
+    }
+
+    /// A conversation with loss on every assistant turn and nothing else. A template with
+    /// `{% generation %}` blocks marks the assistant text itself (as transformers' assistant
+    /// masks do); otherwise the template is rendered turn by turn and the text each assistant
+    /// turn adds is labelled.
+    static func conversationFields(_ messages: [ChatMessage], tokenizer: Tokenizer, location: String) throws -> [String: [Int32]] {
+        guard let source = tokenizer.chatTemplate else { throw Error.noTemplate(location: location) }
+        let template = try ChatTemplate(source, name: "chat template")
+        if template.marksGeneration {
+            let (text, spans) = try template.renderWithGenerationSpans(messages: messages, bosToken: tokenizer.bosToken,
+                                                                       eosToken: tokenizer.eosToken)
+            let bytes = Array(text.utf8)
+            var input: [Int32] = [], labels: [Int32] = []
+            var cursor = 0
+            for span in spans + [bytes.count..<bytes.count] {
+                let before = try ids(tokenizer, String(decoding: bytes[cursor..<span.lowerBound], as: UTF8.self))
+                input += before; labels += [Int32](repeating: -100, count: before.count)
+                let inside = try ids(tokenizer, String(decoding: bytes[span], as: UTF8.self))
+                input += inside; labels += inside
+                cursor = span.upperBound
+            }
+            return ["input_ids": input, "labels": labels]
+        }
+        var input: [Int32] = [], labels: [Int32] = []
+        var rendered = ""
+        for (i, message) in messages.enumerated() {
+            let before = message.role == "assistant"
+                ? try render(tokenizer, Array(messages[..<i]), generationPrompt: true, location: location)
+                : rendered
+            let after = try render(tokenizer, Array(messages[...i]), generationPrompt: false, location: location)
+            guard before.count >= rendered.count, after.hasPrefix(before), before.hasPrefix(rendered) else {
+                throw Error.field(location: location, name: "messages[\(i)]", found: "a template whose output for fewer turns is not a prefix",
+                                  expected: "a chat template that renders conversations incrementally")
+            }
+            let context = try ids(tokenizer, String(before.dropFirst(rendered.count)))
+            input += context; labels += [Int32](repeating: -100, count: context.count)
+            let added = try ids(tokenizer, String(after.dropFirst(before.count)))
+            input += added
+            labels += message.role == "assistant" ? added : [Int32](repeating: -100, count: added.count)
+            rendered = after
+        }
+        return ["input_ids": input, "labels": labels]
+    }
+
+    /// Preference rows tokenized as TRL builds them: ORPO and CPO tokenize the prompt on its own
+    /// and each answer after it, prepend BOS and append EOS; DPO tokenizes prompt + answer whole
+    /// with the tokenizer's own special tokens and splits at the shared prefix (TRL_SEMANTICS.md).
+    static func preferenceFields(_ row: DataFile.Row, tokenizer: Tokenizer, chatPrompts: Bool, method: String) throws -> [String: [Int32]] {
+        var promptText: String, chosenText: String, rejectedText: String
+        var conversational = false
+        if row.fields["prompt"] == nil {
+            // Implicit prompt: the longest shared prefix of chosen and rejected.
+            switch (try turns(row, "chosen"), try turns(row, "rejected")) {
+            case let (.messages(c), .messages(r)):
+                var shared = 0
+                while shared < min(c.count, r.count) - 1 && c[shared] == r[shared] { shared += 1 }
+                promptText = try render(tokenizer, Array(c[..<shared]), generationPrompt: true, location: row.location)
+                chosenText = String(try render(tokenizer, c, generationPrompt: false, location: row.location).dropFirst(promptText.count))
+                rejectedText = String(try render(tokenizer, r, generationPrompt: false, location: row.location).dropFirst(promptText.count))
+                conversational = true
+            case let (.text(c), .text(r)):
+                let common = c.commonPrefix(with: r)
+                promptText = common; chosenText = String(c.dropFirst(common.count)); rejectedText = String(r.dropFirst(common.count))
+            default:
+                throw Error.field(location: row.location, name: "rejected", found: "a mix of text and messages", expected: "the same kind as chosen")
+            }
+        } else {
+            switch try turns(row, "prompt") {
+            case let .messages(p):
+                promptText = try render(tokenizer, p, generationPrompt: true, location: row.location)
+                func answer(_ name: String) throws -> String {
+                    switch try turns(row, name) {
+                    case let .messages(a): return String(try render(tokenizer, p + a, generationPrompt: false, location: row.location).dropFirst(promptText.count))
+                    case let .text(a): return a
+                    }
+                }
+                chosenText = try answer("chosen"); rejectedText = try answer("rejected")
+                conversational = true
+            case let .text(p):
+                if chatPrompts {
+                    promptText = try render(tokenizer, [ChatMessage(role: "user", content: p)], generationPrompt: true, location: row.location)
+                    conversational = true
+                } else {
+                    promptText = p
+                }
+                chosenText = try text(row, "chosen"); rejectedText = try text(row, "rejected")
+            }
+        }
+        let eos = tokenizer.eosTokenId.map { Int32($0) }
+        if method == "dpo" {
+            // tok(prompt) and tok(prompt + answer) with the tokenizer's own special tokens; EOS
+            // closes plain-text answers (a chat template ends its turns itself).
+            let special = !conversational
+            let prompt = try ids(tokenizer, promptText, special: special)
+            func sequence(_ answer: String) throws -> [Int32] {
+                var full = try ids(tokenizer, promptText + answer, special: special)
+                if !conversational, let eos, full.last != eos { full.append(eos) }
+                return full
+            }
+            let chosen = try sequence(chosenText), rejected = try sequence(rejectedText)
+            let promptLength = min(commonPrefixLength(prompt, chosen), commonPrefixLength(prompt, rejected))
+            func labels(_ s: [Int32]) -> [Int32] { [Int32](repeating: -100, count: promptLength) + s[promptLength...] }
+            return ["prompt_input_ids": Array(prompt.prefix(promptLength)),
+                    "chosen_input_ids": chosen, "chosen_labels": labels(chosen),
+                    "rejected_input_ids": rejected, "rejected_labels": labels(rejected)]
+        }
+        // ORPO / CPO: the prompt alone, then each answer as the rest of tok(prompt + answer).
+        let promptIDs = try ids(tokenizer, promptText)
+        func split(_ answer: String) throws -> (prompt: [Int32], answer: [Int32]) {
+            let full = try ids(tokenizer, promptText + answer)
+            var boundary = min(promptIDs.count, full.count)
+            if Array(full.prefix(boundary)) != promptIDs { boundary = max(boundary - 1, 0) }   // a merge across the boundary
+            var prompt = Array(full.prefix(boundary)), completion = Array(full[boundary...])
+            if let bos = tokenizer.bosTokenId, prompt.first != Int32(bos) { prompt.insert(Int32(bos), at: 0) }
+            if let eos, completion.last != eos { completion.append(eos) }
+            return (prompt, completion)
+        }
+        let chosen = try split(chosenText), rejected = try split(rejectedText)
+        func labels(_ part: (prompt: [Int32], answer: [Int32])) -> [Int32] { [Int32](repeating: -100, count: part.prompt.count) + part.answer }
+        return ["prompt_input_ids": chosen.prompt,
+                "chosen_input_ids": chosen.prompt + chosen.answer, "chosen_labels": labels(chosen),
+                "rejected_input_ids": rejected.prompt + rejected.answer, "rejected_labels": labels(rejected)]
+    }
+
+    static func commonPrefixLength(_ a: [Int32], _ b: [Int32]) -> Int {
+        var n = 0
+        while n < min(a.count, b.count) && a[n] == b[n] { n += 1 }
+        return n
+    }
+}
