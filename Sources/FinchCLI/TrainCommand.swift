@@ -4,85 +4,47 @@ import Foundation
 import Yams
 
 struct TrainCommand: ParsableCommand {
+    // The options of a run are declared once, in `TrainConfig.options` (FinchTraining/TrainOptions.swift):
+    // flags, YAML keys, this help and README's table all come from there.
     static let configuration = CommandConfiguration(
         commandName: "train",
         abstract: "Fine-tune a model with SFT, ORPO, DPO, SimPO or CPO (LoRA or full).",
-        discussion: "Every option can also be given in a YAML file (--config), keys in snake_case; flags win.")
+        usage: "finch train [--config <file>] --model <path> --data <path> --output <path> [<option> ...]",
+        discussion: """
+            Every option can also be given in a YAML file (--config), keys in snake_case (max_length: 512); flags win.
+
+            OPTIONS OF A RUN:
+            \(TrainConfig.optionsHelp)
+            """)
 
     @Option(help: "A YAML file of options.") var config: String?
-    @Option(help: "sft, orpo, dpo, simpo or cpo.") var method: String?
-    @Option(help: "An HF model folder or a .gguf file.") var model: String?
-    @Option(help: "Training data: .jsonl, .json or .csv.") var data: String?
-    @Option(name: .customLong("eval-data"), help: "Held-out data, evaluated every --eval-steps.") var evalData: String?
-    @Option(help: "The run folder (adapter, metrics.jsonl, run.json, checkpoints).") var output: String?
-    @Option(help: "text, prompt_completion, messages or preference (default: detected).") var format: String?
-    @Option(name: .customLong("max-length")) var maxLength: String?
-    @Option(help: "ORPO / DPO / CPO / SimPO beta.") var beta: String?
-    @Option(name: .customLong("loss-type"), help: "DPO: sigmoid, ipo, hinge or robust.") var lossType: String?
-    @Option(name: .customLong("label-smoothing")) var labelSmoothing: String?
-    @Option(name: .customLong("simpo-gamma")) var simpoGamma: String?
-    @Option(name: .customLong("cpo-alpha")) var cpoAlpha: String?
-    @Option(name: .customLong("batch-size")) var batchSize: String?
-    @Option(name: .customLong("grad-accum")) var gradAccum: String?
-    @Option(name: .customLong("max-steps")) var maxSteps: String?
-    @Option var epochs: String?
-    @Option var lr: String?
-    @Option(help: "adamw or sgd.") var optimizer: String?
-    @Option(name: .customLong("weight-decay")) var weightDecay: String?
-    @Option(name: .customLong("lr-scheduler"), help: "constant, linear or cosine.") var lrScheduler: String?
-    @Option(name: .customLong("warmup-steps")) var warmupSteps: String?
-    @Option(name: .customLong("max-grad-norm"), help: "0 turns clipping off.") var maxGradNorm: String?
-    @Option(name: .customLong("lora-r")) var loraR: String?
-    @Option(name: .customLong("lora-alpha")) var loraAlpha: String?
-    @Option(name: .customLong("lora-dropout")) var loraDropout: String?
-    @Option(name: .customLong("lora-targets"), help: "Comma-separated: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.")
-    var loraTargets: String?
-    @Flag(name: .customLong("use-rslora")) var useRSLoRA = false
-    @Flag(help: "Train every weight instead of LoRA adapters.") var full = false
-    @Option(help: "Start from an existing PEFT adapter.") var adapter: String?
-    @Flag(help: "SFT: pack sequences end to end into rows of --max-length (attention stays within each).")
-    var packing = false
-    @Flag(name: .customLong("gradient-checkpointing"),
-          help: "Keep only each layer's input and recompute the layer in backward: far less memory, one more forward per step.")
-    var gradientCheckpointing = false
-    @Flag(name: .customLong("keep-quantized"),
-          help: "Keep a quantized (GGUF) base quantized in memory instead of an f32 copy: less memory, slower products.")
-    var keepQuantized = false
-    @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
-    var allowNonFinite = false
-    @Option(name: .customLong("nan-policy"),
-            help: "A step whose loss or gradient is NaN or infinite: stop (default, naming the step) or skip-step (no update; stops after 10 in a row).")
-    var nanPolicy: String?
-    @Option(help: "Precision of the base model's products: auto (bf16 where the CPU computes it natively, as TRL's bf16=True; else fp32), fp32 or bf16.")
-    var precision: String?
-    @Flag(name: .customLong("chat-template"), help: "Render plain-text prompts as a user turn with the chat template.")
-    var chatTemplate = false
-    @Option var seed: String?
-    @Option(name: .customLong("save-steps")) var saveSteps: String?
-    @Option(name: .customLong("eval-steps")) var evalSteps: String?
-    @Option(name: .customLong("logging-steps")) var loggingSteps: String?
-    @Option(name: .customLong("generate-during-eval"), help: "Sampled completions of N eval prompts per evaluation.")
-    var generateDuringEval: String?
-    @Option(name: .customLong("collective-timeout"),
-            help: "Under mpirun: seconds a rank waits for the others in a collective before the job stops (default 300).")
-    var collectiveTimeout: String?
-    @Flag(help: "Continue from the newest checkpoint in --output.") var resume = false
-    @Flag(help: "Replace an existing run in --output.") var overwrite = false
+    @Argument(parsing: .allUnrecognized, help: .hidden) var arguments: [String] = []
 
-    func flagValues() -> [String: String] {
-        let pairs: [(String, String?)] = [
-            ("method", method), ("model", model), ("data", data), ("eval_data", evalData), ("output", output), ("format", format),
-            ("max_length", maxLength), ("beta", beta), ("loss_type", lossType), ("label_smoothing", labelSmoothing),
-            ("simpo_gamma", simpoGamma), ("cpo_alpha", cpoAlpha), ("batch_size", batchSize), ("grad_accum", gradAccum),
-            ("max_steps", maxSteps), ("epochs", epochs), ("lr", lr), ("optimizer", optimizer), ("weight_decay", weightDecay),
-            ("lr_scheduler", lrScheduler), ("warmup_steps", warmupSteps), ("max_grad_norm", maxGradNorm), ("lora_r", loraR),
-            ("lora_alpha", loraAlpha), ("lora_dropout", loraDropout), ("lora_targets", loraTargets), ("adapter", adapter),
-            ("seed", seed), ("save_steps", saveSteps), ("eval_steps", evalSteps), ("logging_steps", loggingSteps),
-            ("generate_during_eval", generateDuringEval), ("collective_timeout", collectiveTimeout), ("precision", precision),
-            ("use_rslora", useRSLoRA ? "true" : nil), ("full", full ? "true" : nil), ("packing", packing ? "true" : nil), ("gradient_checkpointing", gradientCheckpointing ? "true" : nil), ("keep_quantized", keepQuantized ? "true" : nil), ("allow_nonfinite", allowNonFinite ? "true" : nil), ("nan_policy", nanPolicy), ("chat_template", chatTemplate ? "true" : nil),
-            ("resume", resume ? "true" : nil), ("overwrite", overwrite ? "true" : nil),
-        ]
-        return Dictionary(uniqueKeysWithValues: pairs.compactMap { key, value in value.map { (key, $0) } })
+    /// The run's flags as (snake_case key, value): `--lr 1e-4`, `--lr=1e-4`, and `--packing` for a
+    /// flag (`--packing=false` turns it off).
+    func flagValues() throws -> [String: String] {
+        let byFlag = Dictionary(uniqueKeysWithValues: TrainConfig.options.map { ($0.flag, $0) })
+        var values: [String: String] = [:], i = 0
+        while i < arguments.count {
+            let argument = arguments[i]
+            i += 1
+            let parts = argument.split(separator: "=", maxSplits: 1).map(String.init)
+            guard let option = byFlag[parts[0]] else {
+                throw TrainConfig.Error.unknown(key: argument, source: "the command line", known: TrainConfig.options.map(\.flag))
+            }
+            if parts.count == 2 {
+                values[option.key] = parts[1]
+            } else if option.kind == .flag {
+                values[option.key] = "true"
+            } else {
+                guard i < arguments.count else {
+                    throw TrainConfig.Error.invalid(key: option.key, source: option.flag, found: "nothing", expected: "a value (\(option.valueSyntax))")
+                }
+                values[option.key] = arguments[i]
+                i += 1
+            }
+        }
+        return values
     }
 
     /// A config is a flat mapping: refuse, before parsing, the shapes that exhaust a YAML parser
@@ -171,7 +133,7 @@ struct TrainCommand: ParsableCommand {
                 values = try Self.yamlValues(config)
                 for key in values.keys { sources[key] = config }
             }
-            for (key, value) in flagValues() {
+            for (key, value) in try flagValues() {
                 values[key] = value
                 sources[key] = "--" + key.replacingOccurrences(of: "_", with: "-")
             }

@@ -9,6 +9,19 @@ public enum FineTuning: Equatable, Sendable {
     case full
 }
 
+/// The seven projections of a decoder block, in the order its arrays of per-projection values
+/// (linears, saved buffers) hold them.
+enum Projection: Int, CaseIterable {
+    case q, k, v, o, gate, up, down
+    static let attentionInputs: [Projection] = [.q, .k, .v]
+    static let mlpInputs: [Projection] = [.gate, .up]
+}
+
+extension Array {
+    /// The value of `projection` in an array with one value per `Projection`.
+    subscript(_ projection: Projection) -> Element { self[projection.rawValue] }
+}
+
 /// One decoder block: pre-norm attention then pre-norm SwiGLU MLP, each with a residual.
 final class DecoderLayer {
     let inputNorm: UnsafeMutablePointer<Float>       // (C)
@@ -16,15 +29,15 @@ final class DecoderLayer {
     let qNorm: UnsafeMutablePointer<Float>?          // (headDim), Qwen3
     let kNorm: UnsafeMutablePointer<Float>?
     var inputNormGrad, postAttentionNormGrad, qNormGrad, kNormGrad: UnsafeMutablePointer<Float>?
-    /// q, k, v, o, gate, up, down, in this order.
+    /// One per `Projection`, in its order.
     let projections: [Linear]
-    var q: Linear { projections[0] }
-    var k: Linear { projections[1] }
-    var v: Linear { projections[2] }
-    var o: Linear { projections[3] }
-    var gate: Linear { projections[4] }
-    var up: Linear { projections[5] }
-    var down: Linear { projections[6] }
+    var q: Linear { projections[.q] }
+    var k: Linear { projections[.k] }
+    var v: Linear { projections[.v] }
+    var o: Linear { projections[.o] }
+    var gate: Linear { projections[.gate] }
+    var up: Linear { projections[.up] }
+    var down: Linear { projections[.down] }
 
     init(inputNorm: UnsafeMutablePointer<Float>, postAttentionNorm: UnsafeMutablePointer<Float>,
          qNorm: UnsafeMutablePointer<Float>?, kNorm: UnsafeMutablePointer<Float>?, projections: [Linear]) {
@@ -337,7 +350,7 @@ public final class Transformer {
         let xOut = acts.input(ofLayer: training ? l + 1 : 0)
         rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
         Linear.forward([layer.q, layer.k, layer.v], a.xn1, n: n, into: [a.qPre ?? a.q, a.kPre ?? a.k, a.v],
-                       saved: Array(a.saved[0..<3]), random: &random, training: training)
+                       saved: Projection.attentionInputs.map { a.saved[$0] }, random: &random, training: training)
         if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
             rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
             rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
@@ -363,15 +376,15 @@ public final class Transformer {
         acts.keep(.attention, layer: l, config: c)
         // xMid = xIn + o(att)
         if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
-        layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[3], random: &random, training: training)
+        layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[.o], random: &random, training: training)
         rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
         Linear.forward([layer.gate, layer.up], a.xn2, n: n, into: [a.gate, a.up], ldy: 2 * c.intermediateSize,
-                       saved: Array(a.saved[4..<6]), random: &random, training: training)
+                       saved: Projection.mlpInputs.map { a.saved[$0] }, random: &random, training: training)
         acts.keep(.gateUp, layer: l, config: c)
         swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
         // xOut = xMid + down(h)
         if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
-        layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[6], random: &random, training: training)
+        layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[.down], random: &random, training: training)
     }
 
     /// Runs the next chunk of tokens of each cached row and returns the logits of each row's
@@ -423,14 +436,14 @@ public final class Transformer {
                 }
                 // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
                 dMid.update(from: dStream, count: n * C)
-                layer.down.backward(dStream, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[6], scratch: scratch)
+                layer.down.backward(dStream, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[.down], scratch: scratch)
                 swigluBackward(dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up,
                                rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
                 Linear.backward([layer.gate, layer.up], [acts.dgate, acts.dup], lddy: 2 * c.intermediateSize, x: a.xn2, n: n,
-                                dx: dNormed, accumulate: false, saved: Array(a.saved[4..<6]), scratch: scratch)
+                                dx: dNormed, accumulate: false, saved: Projection.mlpInputs.map { a.saved[$0] }, scratch: scratch)
                 rmsnormBackward(dMid, layer.postAttentionNormGrad, dNormed, a.xMid, layer.postAttentionNorm, a.rstd2, rows: n, dim: C)
                 // xMid = xIn + o(att)
-                layer.o.backward(dMid, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[3], scratch: scratch)
+                layer.o.backward(dMid, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[.o], scratch: scratch)
                 batch.segmentStarts.withOptionalPointer { starts in
                     attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
                                       out: a.att, lse: a.lse, keyMask: mask, segmentStarts: starts, shape: shape)
@@ -445,9 +458,9 @@ public final class Transformer {
                     rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: n * c.kvHeadCount, dim: c.headDim)
                     dq = acts.dqPre; dk = acts.dkPre
                 }
-                layer.q.backward(dq, x: a.xn1, n: n, dx: dNormed, accumulate: false, saved: a.saved[0], scratch: scratch)
-                layer.k.backward(dk, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[1], scratch: scratch)
-                layer.v.backward(acts.dv, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[2], scratch: scratch)
+                layer.q.backward(dq, x: a.xn1, n: n, dx: dNormed, accumulate: false, saved: a.saved[.q], scratch: scratch)
+                layer.k.backward(dk, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[.k], scratch: scratch)
+                layer.v.backward(acts.dv, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[.v], scratch: scratch)
                 // dIn = dMid + d(input norm)
                 rmsnormBackward(dMid, layer.inputNormGrad, dNormed, xIn, layer.inputNorm, a.rstd1, rows: n, dim: C)
                 swap(&dStream, &dMid)

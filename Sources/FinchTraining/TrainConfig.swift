@@ -68,14 +68,6 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         }
     }
 
-    /// Every key, in snake_case.
-    public static let keys = ["method", "model", "data", "eval_data", "output", "format", "max_length", "beta", "loss_type",
-                              "label_smoothing", "simpo_gamma", "cpo_alpha", "lora_r", "lora_alpha", "lora_dropout", "lora_targets",
-                              "use_rslora", "full", "adapter", "packing", "gradient_checkpointing", "keep_quantized", "allow_nonfinite", "nan_policy", "precision", "chat_template", "generate_during_eval", "resume", "overwrite",
-                              "batch_size", "grad_accum", "epochs", "max_steps", "lr", "optimizer", "weight_decay",
-                              "lr_scheduler", "warmup_steps", "max_grad_norm", "seed", "logging_steps", "eval_steps",
-                              "save_steps", "group_by_length", "collective_timeout"]
-
     public init() {}
 
     /// Builds a config from string values (YAML scalars or flag arguments); `sources` names where
@@ -85,90 +77,18 @@ public struct TrainConfig: Sendable, Codable, Equatable {
             throw Error.unknown(key: key, source: sources[key] ?? "options", known: Self.keys)
         }
         func source(_ key: String) -> String { sources[key] ?? "--\(key.replacingOccurrences(of: "_", with: "-"))" }
-        func string(_ key: String) -> String? { values[key] }
-        func int(_ key: String) throws -> Int? {
-            guard let v = values[key] else { return nil }
-            guard let i = Int(v) else { throw Error.invalid(key: key, source: source(key), found: v, expected: "a whole number") }
-            return i
-        }
-        func double(_ key: String) throws -> Double? {
-            guard let v = values[key] else { return nil }
-            guard let d = Double(v), d.isFinite else { throw Error.invalid(key: key, source: source(key), found: v, expected: "a number") }
-            return d
-        }
-        func bool(_ key: String) throws -> Bool? {
-            guard let v = values[key]?.lowercased() else { return nil }
-            switch v {
-            case "true", "yes", "1", "on": return true
-            case "false", "no", "0", "off": return false
-            default: throw Error.invalid(key: key, source: source(key), found: v, expected: "true or false")
+        // The method first, then what a run must be given, then the rest in declaration order.
+        let options = Self.options.sorted { ($0.key == "method" ? 0 : 1) < ($1.key == "method" ? 0 : 1) }
+        for option in options {
+            if let value = values[option.key] { try option.set(value, in: &self, source: source(option.key)) }
+            if option.key == "method", let missing = Self.options.first(where: { $0.required && values[$0.key] == nil }) {
+                throw Error.missing(missing.key)
             }
         }
-        func choice(_ key: String, _ allowed: [String]) throws -> String? {
-            guard let v = values[key] else { return nil }
-            guard allowed.contains(v) else { throw Error.invalid(key: key, source: source(key), found: v, expected: "one of \(allowed.joined(separator: ", "))") }
-            return v
-        }
-
-        method = try choice("method", Self.methods) ?? method
-        guard let model = string("model") else { throw Error.missing("model") }
-        guard let data = string("data") else { throw Error.missing("data") }
-        guard let output = string("output") else { throw Error.missing("output") }
-        self.model = model; self.data = data; self.output = output
-        evalData = string("eval_data")
-        format = try choice("format", ["text", "prompt_completion", "messages", "preference"])
-        maxLength = try int("max_length") ?? maxLength
-        beta = try double("beta") ?? beta
-        lossType = try choice("loss_type", PreferenceLoss.DPOKind.allCases.map(\.rawValue)) ?? lossType
-        labelSmoothing = try double("label_smoothing") ?? labelSmoothing
-        simpoGamma = try double("simpo_gamma") ?? simpoGamma
-        cpoAlpha = try double("cpo_alpha") ?? cpoAlpha
-        loraR = try int("lora_r") ?? loraR
-        loraAlpha = Float(try double("lora_alpha") ?? Double(loraAlpha))
-        loraDropout = Float(try double("lora_dropout") ?? Double(loraDropout))
-        if let targets = string("lora_targets") {
-            let list = targets.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "[" || $0 == "]" }).map(String.init)
-            if let bad = list.first(where: { !LoRAConfig.allProjections.contains($0) }) {
-                throw Error.invalid(key: "lora_targets", source: source("lora_targets"), found: bad,
-                                    expected: "names among \(LoRAConfig.allProjections.joined(separator: ", "))")
-            }
-            loraTargets = list
-        }
-        useRSLoRA = try bool("use_rslora") ?? useRSLoRA
-        full = try bool("full") ?? full
-        adapter = string("adapter")
-        packing = try bool("packing") ?? packing
-        gradientCheckpointing = try bool("gradient_checkpointing") ?? gradientCheckpointing
-        keepQuantized = try bool("keep_quantized") ?? keepQuantized
-        allowNonFinite = try bool("allow_nonfinite") ?? allowNonFinite
-        nanPolicy = try choice("nan_policy", NaNPolicy.allCases.map(\.rawValue)).flatMap(NaNPolicy.init(rawValue:)) ?? nanPolicy
-        precision = try choice("precision", PrecisionChoice.allCases.map(\.rawValue)).flatMap(PrecisionChoice.init(rawValue:)) ?? precision
-        chatTemplate = try bool("chat_template") ?? chatTemplate
-        generateDuringEval = try int("generate_during_eval") ?? generateDuringEval
-        resume = try bool("resume") ?? resume
-        overwrite = try bool("overwrite") ?? overwrite
-        collectiveTimeout = try double("collective_timeout") ?? collectiveTimeout
+        let t = trainer
         if collectiveTimeout <= 0 {
             throw Error.invalid(key: "collective_timeout", source: source("collective_timeout"), found: "\(collectiveTimeout)", expected: "a positive number of seconds")
         }
-
-        var t = TrainerSettings()
-        t.batchSize = try int("batch_size") ?? t.batchSize
-        t.gradAccum = try int("grad_accum") ?? t.gradAccum
-        t.epochs = try int("epochs") ?? t.epochs
-        t.maxSteps = try int("max_steps") ?? t.maxSteps
-        t.learningRate = Float(try double("lr") ?? Double(t.learningRate))
-        t.optimizer = OptimizerKind(rawValue: try choice("optimizer", OptimizerKind.allCases.map(\.rawValue)) ?? t.optimizer.rawValue)!
-        t.weightDecay = Float(try double("weight_decay") ?? Double(t.weightDecay))
-        t.scheduler = LRScheduleKind(rawValue: try choice("lr_scheduler", LRScheduleKind.allCases.map(\.rawValue)) ?? t.scheduler.rawValue)!
-        t.warmupSteps = try int("warmup_steps") ?? t.warmupSteps
-        t.maxGradNorm = Float(try double("max_grad_norm") ?? Double(t.maxGradNorm))
-        if let seed = try int("seed") { t.seed = UInt64(truncatingIfNeeded: seed) }
-        t.loggingSteps = try int("logging_steps") ?? t.loggingSteps
-        t.evalSteps = try int("eval_steps") ?? t.evalSteps
-        t.saveSteps = try int("save_steps") ?? t.saveSteps
-        t.groupByLength = try bool("group_by_length") ?? t.groupByLength
-        trainer = t
 
         for (key, value) in [("max_length", maxLength), ("batch_size", t.batchSize), ("grad_accum", t.gradAccum), ("lora_r", loraR)] where value < 1 {
             throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "a positive number")
@@ -181,7 +101,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         }
         for (key, value) in [("lr", Double(t.learningRate)), ("weight_decay", Double(t.weightDecay)), ("max_grad_norm", Double(t.maxGradNorm)),
                              ("beta", beta), ("lora_alpha", Double(loraAlpha))] where !value.isFinite || value < 0 {
-            throw Error.invalid(key: key, source: source(key), found: "\(try double(key) ?? value)", expected: "a finite number >= 0 (within float range)")
+            throw Error.invalid(key: key, source: source(key), found: values[key] ?? "\(value)", expected: "a finite number >= 0 (within float range)")
         }
         if t.epochs < 1 && t.maxSteps < 1 { throw Error.invalid(key: "epochs", source: source("epochs"), found: "\(t.epochs)", expected: "at least 1, or max_steps") }
         if method == "dpo" && labelSmoothing != 0 && lossType != "robust" {

@@ -215,7 +215,10 @@ final class KernelTests: XCTestCase {
             h.withUnsafeMutableBufferPointer { swigluForward($0.baseAddress!, gate: g, up: u, count: count) }
             return h
         }
-        let naive = (0..<count).map { i in Float(Double(g[i]) / (1 + exp(-Double(g[i]))) * Double(u[i])) }
+        let naive = (0..<count).map { i -> Float in
+            let gi = Double(g[i]), sigmoid: Double = 1 / (1 + Foundation.exp(-gi))
+            return Float(gi * sigmoid * Double(u[i]))
+        }
         XCTAssertLessThan(S.maxRelativeError(forward(g, u), naive), 1e-6)
         var dg = [Float](repeating: 0, count: count), du = dg
         dg.withUnsafeMutableBufferPointer { dgp in du.withUnsafeMutableBufferPointer { dup in

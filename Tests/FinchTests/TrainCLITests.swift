@@ -131,6 +131,15 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(missing.err.contains("--output"), missing.err)
         let sftOnPairs = try run(["train", "--method", "sft", "--model", model, "--data", try preferenceData(), "--output", temporary.appendingPathComponent("y").path])
         XCTAssertTrue(sftOnPairs.err.contains("cannot train on preference rows"), sftOnPairs.err)
+        // Flags come from TrainConfig.options: a misspelt one, a value missing, a wrong kind of value.
+        let out = temporary.appendingPathComponent("z").path
+        let typo = try run(["train", "--model", model, "--data", bad, "--output", out, "--lr-rate", "1e-4"])
+        XCTAssertEqual(typo.status, 1)
+        XCTAssertTrue(typo.err.contains("unknown option '--lr-rate'") && typo.err.contains("--lr,"), typo.err)
+        let noValue = try run(["train", "--model", model, "--data", bad, "--output", out, "--max-steps"])
+        XCTAssertTrue(noValue.err.contains("--max-steps: max_steps: found 'nothing', expected a value (<int>)"), noValue.err)
+        let word = try run(["train", "--model", model, "--data", bad, "--output", out, "--max-steps=many"])
+        XCTAssertTrue(word.err.contains("--max-steps: max_steps: found 'many', expected a whole number"), word.err)
     }
 
     func losses(_ run: String) throws -> [Double] {
