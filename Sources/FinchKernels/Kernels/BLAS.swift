@@ -9,8 +9,8 @@ import Glibc
 /// "Prescott" kernels. It reads `OPENBLAS_CORETYPE` when the library is loaded, so Finch
 /// does not link it: it picks the core type from the CPU's features, sets the variable
 /// (a value the user set wins) and only then `dlopen`s the library.
-public enum BLAS {
-    public enum Transpose: Sendable { case none, transpose }
+package enum BLAS {
+    package enum Transpose: Sendable { case none, transpose }
 
     typealias SgemmFunction = @convention(c) (
         Int32, Int32, Int32, Int32, Int32, Int32, Float,
@@ -68,15 +68,15 @@ public enum BLAS {
     }
 
     /// A one-line description of the loaded library and its kernel, for benchmarks and logs.
-    public static var description: String {
+    package static var description: String {
         "OpenBLAS \(library.config), OPENBLAS_CORETYPE=\(library.coreType ?? "auto"), \(library.getThreads?() ?? 0) threads"
     }
 
-    public static func setThreadCount(_ n: Int) { library.setThreads?(Int32(n)) }
+    package static func setThreadCount(_ n: Int) { library.setThreads?(Int32(n)) }
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C, all row-major. `op(A)` is [m, k], `op(B)` is [k, n].
     @inline(__always)
-    public static func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+    package static func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                              alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                              b: UnsafePointer<Float>, ldb: Int,
                              beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {

@@ -56,9 +56,9 @@ package enum GEMMOperand {
 
 /// Matrix products: oneDNN's matmul primitives where libdnnl is present (ISA chosen at run time,
 /// primitives cached per shape), OpenBLAS otherwise. `FINCH_GEMM=openblas` forces OpenBLAS.
-public enum GEMM {
-    public enum Backend: String, Sendable { case oneDNN = "oneDNN", openBLAS = "OpenBLAS" }
-    public typealias Transpose = BLAS.Transpose
+package enum GEMM {
+    package enum Backend: String, Sendable { case oneDNN = "oneDNN", openBLAS = "OpenBLAS" }
+    package typealias Transpose = BLAS.Transpose
 
     /// The backend of fp32 products, and why oneDNN is not used when it is not.
     static let loaded: (backend: Backend, notice: String?) = {
@@ -76,23 +76,23 @@ public enum GEMM {
         return (.openBLAS, "finch: oneDNN not used (\(String(cStringBuffer: message))); matrix products run on OpenBLAS")
     }()
 
-    public static var backend: Backend { loaded.backend }
+    package static var backend: Backend { loaded.backend }
 
     /// Tests set it to run bf16 products on the portable path where the native one exists.
     nonisolated(unsafe) static var portableBF16 = false
 
     /// Prints the notice once when oneDNN could not be loaded.
-    public static func reportBackend() {
+    package static func reportBackend() {
         if let notice = loaded.notice { FileHandle.standardError.write(Data((notice + "\n").utf8)) }
     }
 
     /// bf16 products run natively: oneDNN is loaded and dispatches to AVX512_BF16 or AMX.
-    public static var nativeBF16: Bool {
+    package static var nativeBF16: Bool {
         backend == .oneDNN && CPU.hasNativeBF16 && finch_onednn_effective_isa() >= 0xe7
     }
 
     /// One line: the backend, its version and ISA, and the CPU.
-    public static var description: String {
+    package static var description: String {
         switch backend {
         case .oneDNN:
             let v = Int(finch_onednn_version())
@@ -116,25 +116,25 @@ public enum GEMM {
     }
 
     /// Time and FLOPs per kind of product, when `profiling` is on (`finch bench step --profile`).
-    public final class Profile: @unchecked Sendable {
+    package final class Profile: @unchecked Sendable {
         let lock = NSLock()
         var entries: [String: (calls: Int, seconds: Double, flops: Double)] = [:]
-        public init() {}
+        package init() {}
         func add(_ key: String, _ seconds: Double, _ flops: Double) {
             lock.lock(); defer { lock.unlock() }
             let e = entries[key] ?? (0, 0, 0)
             entries[key] = (e.calls + 1, e.seconds + seconds, e.flops + flops)
         }
         /// Lines "key: calls, seconds, GFLOP/s", slowest first.
-        public func report() -> [String] {
+        package func report() -> [String] {
             lock.lock(); defer { lock.unlock() }
             return entries.sorted { $0.value.seconds > $1.value.seconds }.map {
                 String(format: "%@: %d calls, %.3f s, %.1f GFLOP/s", $0.key, $0.value.calls, $0.value.seconds, $0.value.flops / max($0.value.seconds, 1e-12) / 1e9)
             }
         }
-        public func reset() { lock.lock(); entries = [:]; lock.unlock() }
+        package func reset() { lock.lock(); entries = [:]; lock.unlock() }
     }
-    nonisolated(unsafe) public static var profile: Profile?
+    nonisolated(unsafe) package static var profile: Profile?
 
     @inline(__always)
     static func timed(_ key: @autoclosure () -> String, flops: Double, _ body: () -> Void) {
@@ -149,7 +149,7 @@ public enum GEMM {
     }
 
     /// fp32 C[m, n] = alpha * op(A) op(B) + beta * C, all row-major; `op(A)` is [m, k], `op(B)` [k, n].
-    public static func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+    package static func sgemm(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                              alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                              b: UnsafePointer<Float>, ldb: Int,
                              beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
@@ -161,7 +161,7 @@ public enum GEMM {
     /// fp32 product on the calling thread alone, inside Finch's own parallel tasks (attention's
     /// per-head blocks): oneDNN with this thread's own primitives, so that tasks run concurrently;
     /// OpenBLAS (single-threaded by the caller) without it.
-    public static func taskSGEMM(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+    package static func taskSGEMM(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                                  b: UnsafePointer<Float>, ldb: Int,
                                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {

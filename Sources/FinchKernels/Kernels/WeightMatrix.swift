@@ -5,21 +5,21 @@ import Foundation
 /// tile by tile inside each product, so a 4-bit base costs 4 bits per weight in memory.
 /// bf16 copies (`--precision bf16`) multiply in bf16 (see `Precision`): half the memory of f32.
 final package class WeightMatrix: @unchecked Sendable {
-    public let rows: Int
-    public let columns: Int
-    public let dtype: DType
+    package let rows: Int
+    package let columns: Int
+    package let dtype: DType
     /// Raw storage: `rows * dtype.rowBytes(columns)` bytes.
-    public let storage: UnsafeRawPointer
+    package let storage: UnsafeRawPointer
     package let owner: AnyObject?
     /// The stored (quantized) form of a dense copy: products with a few vectors read these
     /// fewer bytes instead (decoding is bound by the bytes of weights read per token).
-    public private(set) var compact: WeightMatrix?
+    package private(set) var compact: WeightMatrix?
     /// Products with a few vectors round them to 8 bits per block of 32 against quantized
     /// weights (integer dot products, as llama.cpp does): faster decoding, results ~1e-2 from exact.
-    public var int8Activations = false
+    package var int8Activations = false
     /// The precision of products with this matrix: bf16 for bf16 copies, and for f32 weights
     /// (full fine-tuning) trained in bf16 mixed precision, whose inputs are then rounded.
-    public var precision: Precision = .fp32
+    package var precision: Precision = .fp32
 
     /// Rows dequantized per tile: matrices of up to `wholeTileFloats` weights are dequantized whole
     /// (one GEMM per product: many small GEMMs cost more than the dequantization); larger ones
@@ -27,7 +27,7 @@ final package class WeightMatrix: @unchecked Sendable {
     static let tileRows = 256
     nonisolated(unsafe) static var wholeTileFloats = 4 << 20
 
-    public init(rows: Int, columns: Int, dtype: DType, storage: UnsafeRawPointer, owner: AnyObject?) {
+    package init(rows: Int, columns: Int, dtype: DType, storage: UnsafeRawPointer, owner: AnyObject?) {
         self.rows = rows
         self.columns = columns
         self.dtype = dtype
@@ -36,13 +36,13 @@ final package class WeightMatrix: @unchecked Sendable {
     }
 
     /// Wraps f32 memory owned elsewhere (a parameter buffer, say).
-    public convenience init(rows: Int, columns: Int, floats: UnsafePointer<Float>, owner: AnyObject?) {
+    package convenience init(rows: Int, columns: Int, floats: UnsafePointer<Float>, owner: AnyObject?) {
         self.init(rows: rows, columns: columns, dtype: .f32, storage: UnsafeRawPointer(floats), owner: owner)
     }
 
     /// Takes a stored tensor as it is when it is f32 and 4-byte aligned, or quantized; converts
     /// F16 / BF16 (and unaligned f32) to f32 once, since sgemm needs f32 operands anyway.
-    public convenience init(_ tensor: TensorData) {
+    package convenience init(_ tensor: TensorData) {
         let rows = tensor.rows, columns = tensor.columns
         if tensor.dtype.isQuantized || (tensor.dtype == .f32 && Int(bitPattern: tensor.bytes) % 4 == 0) {
             self.init(rows: rows, columns: columns, dtype: tensor.dtype, storage: tensor.bytes, owner: tensor.owner)
@@ -57,7 +57,7 @@ final package class WeightMatrix: @unchecked Sendable {
         }
     }
 
-    public var floats: UnsafePointer<Float>? { dtype == .f32 ? storage.assumingMemoryBound(to: Float.self) : nil }
+    package var floats: UnsafePointer<Float>? { dtype == .f32 ? storage.assumingMemoryBound(to: Float.self) : nil }
     /// The matrix as a GEMM operand, when it is stored f32 or bf16 (not quantized).
     var operand: GEMMOperand? {
         switch dtype {
@@ -66,10 +66,10 @@ final package class WeightMatrix: @unchecked Sendable {
         default: return nil
         }
     }
-    public var byteCount: Int { rows * dtype.rowBytes(columns: columns) }
+    package var byteCount: Int { rows * dtype.rowBytes(columns: columns) }
 
     /// Writes rows [start, start+count) as f32 into dst [count, columns].
-    public func dequantizeRows(_ start: Int, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
+    package func dequantizeRows(_ start: Int, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
         let rowBytes = dtype.rowBytes(columns: columns)
         parallelFor(count, grain: 16) { range in
             for r in range {
@@ -80,7 +80,7 @@ final package class WeightMatrix: @unchecked Sendable {
 
     /// A dense f32 copy (owned), for weights used so often that dequantizing each time costs too much.
     /// It keeps this matrix as its `compact` form when `matVec` reads it.
-    public func denseCopy() -> WeightMatrix {
+    package func denseCopy() -> WeightMatrix {
         if dtype == .f32 { return self }
         let owned = OwnedBytes(count: rows * columns * 4)
         let dst = owned.pointer.assumingMemoryBound(to: Float.self)
@@ -92,7 +92,7 @@ final package class WeightMatrix: @unchecked Sendable {
 
     /// A bf16 copy (owned), rounded to nearest even, multiplying in bf16. It keeps a quantized
     /// original as its `compact` form for `matVec` (decoding reads those fewer bytes, exactly).
-    public func bf16Copy() -> WeightMatrix {
+    package func bf16Copy() -> WeightMatrix {
         if dtype == .bf16 { return self }
         let owned = OwnedBytes(count: rows * columns * 2)
         let dst = owned.pointer.assumingMemoryBound(to: UInt16.self)
@@ -123,7 +123,7 @@ final package class WeightMatrix: @unchecked Sendable {
 
     /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`); row t of y starts at y + t * ldy
     /// (ldy defaults to rows). `xCopy`: x's bf16 copy (`GEMM.withBF16Copy`), if it has one.
-    public func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int? = nil,
+    package func multiply(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int? = nil,
                          accumulate: Bool = false, xCopy: UnsafePointer<UInt16>? = nil) {
         let beta: Float = accumulate ? 1 : 0, ldy = ldy ?? rows
         if n <= matVecMaxVectors, let form = matVecForm {
@@ -214,7 +214,7 @@ final package class WeightMatrix: @unchecked Sendable {
 
     /// dx[n, columns] += dy[n, rows] W (dx = when not `accumulate`); row t of dy starts at
     /// dy + t * lddy (rows by default). `dyCopy`: dy's bf16 copy in the same layout, if any.
-    public func multiplyTransposed(_ dy: UnsafePointer<Float>, lddy: Int? = nil, n: Int, into dx: UnsafeMutablePointer<Float>,
+    package func multiplyTransposed(_ dy: UnsafePointer<Float>, lddy: Int? = nil, n: Int, into dx: UnsafeMutablePointer<Float>,
                                    accumulate: Bool = true, dyCopy: UnsafePointer<UInt16>? = nil) {
         let lddy = lddy ?? rows
         if let w = operand {
