@@ -51,7 +51,8 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var collectiveTimeout = 300.0
     public var trainer = TrainerSettings()
 
-    public static let methods = ["sft", "orpo", "dpo", "simpo", "cpo"]
+    /// The methods of `ObjectiveRegistry`, by name.
+    public static var methods: [String] { ObjectiveRegistry.methods.map(\.name) }
 
     public enum Error: Swift.Error, CustomStringConvertible, Equatable {
         case missing(String)
@@ -113,16 +114,5 @@ public struct TrainConfig: Sendable, Codable, Equatable {
 
     public var loraConfig: LoRAConfig {
         LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: loraTargets, useRSLoRA: useRSLoRA)
-    }
-
-    /// The preference loss of a preference method (nil for SFT).
-    public var preferenceLoss: PreferenceLoss? {
-        switch method {
-        case "orpo": return .orpo(beta: beta)
-        case "dpo": return .dpo(kind: PreferenceLoss.DPOKind(rawValue: lossType) ?? .sigmoid, beta: beta, labelSmoothing: labelSmoothing)
-        case "simpo": return .simpo(beta: beta, gamma: simpoGamma, alpha: cpoAlpha, labelSmoothing: labelSmoothing)
-        case "cpo": return .cpo(beta: beta, alpha: cpoAlpha, labelSmoothing: labelSmoothing)
-        default: return nil
-        }
     }
 }

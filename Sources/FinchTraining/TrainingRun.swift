@@ -84,13 +84,9 @@ public final class TrainingRun {
         model.gradientCheckpointing = config.gradientCheckpointing
         if let adapter = config.adapter, !config.full { try PEFTAdapter.load(directory: adapter, into: model) }
         let padId = Int32(tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0)
-        let objective: Objective
-        if let loss = config.preferenceLoss {
-            let reference: ReferenceModel? = loss.needsReference ? (config.full ? .model(try Transformer(files: files, precision: precision.precision)) : .adaptersOff) : nil
-            objective = try PreferenceObjective(loss: loss, padId: padId, reference: reference)
-        } else {
-            objective = SFTObjective(padId: padId)
-        }
+        let chosenPrecision = precision.precision, modelFiles: ModelFiles = files
+        let objective = try ObjectiveRegistry.method(named: config.method).objective(
+            for: config, context: ObjectiveContext(padId: padId, frozenModel: { try Transformer(files: modelFiles, precision: chosenPrecision) }))
         trainer = try Trainer(model: model, objective: objective, train: train, eval: evalExamples, settings: config.trainer, group: group)
         trainer.nanPolicy = config.nanPolicy
 

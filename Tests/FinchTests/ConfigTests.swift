@@ -49,7 +49,11 @@ final class ConfigTests: XCTestCase {
         let c = try TrainConfig(values: ["model": "m", "data": "d", "output": "o", "method": "orpo", "beta": "0.2", "lr": "1e-4",
                                          "lora_targets": "q_proj, v_proj", "full": "false", "max_grad_norm": "0", "seed": "7",
                                          "optimizer": "sgd", "lr_scheduler": "cosine"])
-        XCTAssertEqual(c.preferenceLoss, .orpo(beta: 0.2))
+        let objective = try ObjectiveRegistry.method(named: c.method).objective(for: c, context: ObjectiveContext(padId: 0, frozenModel: { throw CancellationError() }))
+        XCTAssertEqual((objective as? PreferenceObjective)?.loss, .orpo(beta: 0.2))
+        XCTAssertThrowsError(try ObjectiveRegistry.method(named: "kto")) {
+            XCTAssertEqual("\($0)".contains("sft, orpo, dpo, simpo, cpo"), true, "\($0)")
+        }
         XCTAssertEqual(c.trainer.learningRate, 1e-4)
         XCTAssertEqual(c.loraTargets, ["q_proj", "v_proj"])
         XCTAssertEqual(c.trainer.maxGradNorm, 0)
