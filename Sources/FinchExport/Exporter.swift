@@ -189,12 +189,15 @@ enum GGUFExport {
         switch config.modelType {
         case "llama", "mistral": arch = "llama"
         case "qwen2": arch = "qwen2"
+        case "qwen3": arch = "qwen3"
         default:
-            throw ExportError.unsupported(format: .gguf, what: "model_type", found: config.modelType, supported: ["llama", "mistral", "qwen2"])
+            throw ExportError.unsupported(format: .gguf, what: "model_type", found: config.modelType, supported: ["llama", "mistral", "qwen2", "qwen3"])
         }
+        // Llama 3 rope scaling goes into llama.cpp's tensor of per-frequency factors, first, as
+        // convert_hf_to_gguf writes it (llama.cpp has no metadata key for it).
+        var ropeFactors: [Float]?
         if case .llama3 = config.ropeScaling {
-            throw ExportError.unsupported(format: .gguf, what: "rope scaling (llama.cpp stores Llama 3 scaling as a rope_freqs tensor, which Finch does not write)",
-                                          found: "llama3", supported: ["none", "linear"])
+            ropeFactors = config.ropeScaling.frequencyFactors(headDim: config.headDim, theta: config.ropeTheta)
         }
         let dtype = options.dtype.dtype
 
@@ -206,7 +209,8 @@ enum GGUFExport {
             hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
-        let tensors = hfNames.map { name -> GGUFWriter.Tensor in
+        let extra = ropeFactors.map { [GGUFWriter.Tensor(name: "rope_freqs.weight", shape: [$0.count], dtype: .f32)] } ?? []
+        let tensors = extra + hfNames.map { name -> GGUFWriter.Tensor in
             let shape = merged.shape(name)
             var type = shape.count == 1 ? DType.f32 : dtype
             if type.isQuantized && shape.last! % type.blockSize != 0 { type = .f16 }
@@ -236,7 +240,7 @@ enum GGUFExport {
         defer { scratch.deallocate() }
         try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
             let tensor = tensors[index]
-            var values = merged.values(hfNames[index])
+            var values = index < extra.count ? ropeFactors! : merged.values(hfNames[index - extra.count])
             if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
             let bytes = values.withUnsafeBufferPointer { encodeRow($0.baseAddress!, as: tensor.dtype, into: scratch, count: $0.count) }
             try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
@@ -279,7 +283,9 @@ enum GGUFExport {
             ("\(arch).rope.dimension_count", .uint32(UInt32(config.headDim))),
             ("\(arch).vocab_size", .uint32(UInt32(config.vocabSize))),
         ]
-        if config.headDim * config.headCount != config.hiddenSize {
+        // convert_hf_to_gguf writes them whenever config.json names head_dim, which Qwen3's always
+        // does (transformers' GGUF reader assumes Qwen3's default of 128 without them).
+        if config.headDim * config.headCount != config.hiddenSize || arch == "qwen3" {
             m.append(("\(arch).attention.key_length", .uint32(UInt32(config.headDim))))
             m.append(("\(arch).attention.value_length", .uint32(UInt32(config.headDim))))
         }

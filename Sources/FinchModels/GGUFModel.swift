@@ -68,10 +68,6 @@ extension GGUFFile {
                                       expected: "the vocabulary size")
         }
 
-        if tensors["rope_freqs.weight"] != nil {
-            throw LoadError.unsupported(path: path, what: "RoPE scaling stored as per-dimension factors (tensor rope_freqs.weight, llama.cpp's form of Llama 3 scaling)",
-                                        found: "rope_freqs.weight", supported: ["no rope_freqs tensor"])
-        }
         var scaling = RopeScaling.none
         if let typeValue = metadata["\(arch).rope.scaling.type"] {
             guard let type = typeValue.string else {
@@ -88,6 +84,10 @@ extension GGUFFile {
             default:
                 throw LoadError.unsupported(path: path, what: "\(arch).rope.scaling.type", found: type, supported: ["none", "linear", "llama3"])
             }
+        }
+        if let freqs = tensors["rope_freqs.weight"] {
+            scaling = try ropeScaling(fromFactors: freqs, declared: metadata["\(arch).rope.scaling.type"] == nil ? nil : scaling,
+                                      headDim: headDim, theta: try optionalFloat("\(arch).rope.freq_base") ?? 10000)
         }
 
         let bos = try optionalInt("tokenizer.ggml.bos_token_id")
@@ -118,6 +118,29 @@ extension GGUFFile {
             "rope_theta": "\(arch).rope.freq_base", "max_position_embeddings": "\(arch).context_length",
             "bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id"])
         return config
+    }
+
+    /// Llama 3 rope scaling from llama.cpp's `rope_freqs.weight` (one divisor per rotary
+    /// frequency, written without the parameters): checked against the metadata's scaling when
+    /// it declares one, else the parameters are recovered from the factors themselves.
+    func ropeScaling(fromFactors tensor: TensorData, declared: RopeScaling?, headDim: Int, theta: Float) throws -> RopeScaling {
+        guard tensor.shape == [headDim / 2] else {
+            throw LoadError.shapeMismatch(path: path, name: "rope_freqs.weight", found: tensor.shape, expected: [headDim / 2])
+        }
+        let factors = dequantize(tensor)
+        if let declared {
+            let expected = declared.frequencyFactors(headDim: headDim, theta: theta)
+            if let i = factors.indices.first(where: { abs(factors[$0] - expected[$0]) > 1e-5 * expected[$0] }) {
+                throw LoadError.malformed(path: path, field: "rope_freqs.weight[\(i)]", found: "\(factors[i])",
+                                          expected: "\(expected[i]), the factor of the rope scaling the metadata declares (\(declared))")
+            }
+            return declared
+        }
+        guard let scaling = RopeScaling.llama3(fromFactors: factors, headDim: headDim, theta: theta) else {
+            throw LoadError.malformed(path: path, field: "rope_freqs.weight", found: factors.prefix(8).map { "\($0)" }.joined(separator: ", "),
+                                      expected: "per-frequency factors of Llama 3 rope scaling (1 up to the factor, rising with wavelength)")
+        }
+        return scaling
     }
 
     // MARK: - Hugging Face view

@@ -106,6 +106,64 @@ final class ExportTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// Llama 3 rope scaling goes to GGUF as llama.cpp writes it, the tensor rope_freqs.weight
+    /// (equal to the factors transformers' llama3 inverse frequencies imply: fixture), and comes
+    /// back as the same scaling from the factors alone; the same model answers alike from both
+    /// files. A tensor that disagrees with a declared scaling, or that no Llama 3 scaling gives,
+    /// is refused naming it.
+    func testLlama3RopeScalingThroughGGUF() throws {
+        let name = "llama_scaled", path = out("scaled.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: .f32, output: path))
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.tensorNames.first, "rope_freqs.weight")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: parity(name) + "/rope_freqs.json"))) as! [String: Any]
+        let want = (record["factors"] as! [NSNumber]).map(\.floatValue), got = dequantize(gguf.tensors["rope_freqs.weight"]!)
+        XCTAssertEqual(got.count, want.count)
+        for (g, w) in zip(got, want) { XCTAssertEqual(g, w, accuracy: 1e-6 * w) }
+        let source = try ModelFiles.open(parity(name))
+        XCTAssertEqual(try ModelFiles.open(path).config.ropeScaling, source.config.ropeScaling)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
+
+        // The same file with a declared scaling the tensor disagrees with, then with factors no
+        // Llama 3 scaling gives.
+        func rewrite(_ output: String, extra: [(key: String, value: GGUFValue)], factors: [Float]? = nil) throws {
+            let metadata = gguf.metadataKeys.map { (key: $0, value: gguf.metadata[$0]!) } + extra
+            let tensors = gguf.tensorNames.map { GGUFWriter.Tensor(name: $0, shape: gguf.tensors[$0]!.shape, dtype: gguf.tensors[$0]!.dtype) }
+            try GGUFWriter.write(path: output, metadata: metadata, tensors: tensors) { index, sink in
+                let t = gguf.tensors[tensors[index].name]!
+                if index == 0, let factors { try factors.withUnsafeBytes { try sink($0) } } else { try sink(UnsafeRawBufferPointer(start: t.bytes, count: t.byteCount)) }
+            }
+        }
+        let declared = out("declared.gguf")
+        try rewrite(declared, extra: [("llama.rope.scaling.type", .string("llama3")), ("llama.rope.scaling.factor", .float32(4)),
+                                      ("llama.rope.scaling.low_freq_factor", .float32(1)), ("llama.rope.scaling.high_freq_factor", .float32(4)),
+                                      ("llama.rope.scaling.original_context_length", .uint32(64))])
+        XCTAssertThrowsError(try ModelFiles.open(declared)) {
+            XCTAssertTrue("\($0)".contains("rope_freqs.weight[1]") && "\($0)".contains("declares"), "\($0)")
+        }
+        let odd = out("odd.gguf")
+        try rewrite(odd, extra: [], factors: [1, 5, 2, 8, 8, 8, 8, 8])
+        XCTAssertThrowsError(try ModelFiles.open(odd)) {
+            XCTAssertTrue("\($0)".contains("rope_freqs.weight") && "\($0)".contains("Llama 3 rope scaling"), "\($0)")
+        }
+    }
+
+    /// Qwen3 (q and k RMS norms) goes to GGUF as llama.cpp's architecture qwen3 and back with the
+    /// same logits as transformers' (parity fixture).
+    func testQwen3ThroughGGUF() throws {
+        let name = "qwen3_qknorm", path = out("qwen3.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: .f32, output: path))
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.metadata["general.architecture"]?.string, "qwen3")
+        XCTAssertNotNil(gguf.tensors["blk.1.attn_k_norm.weight"])
+        let back = try ModelFiles.open(path)
+        XCTAssertEqual(back.config.modelType, "qwen3")
+        XCTAssertTrue(back.config.qkNorm)
+        let expected = dequantize(try SafeTensors.read(path: parity(name) + "/expected.safetensors")["logits"]!)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), expected), 1e-4)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
+    }
+
     func testGGUFWriterRoundTripsEveryMetadataType() throws {
         let path = out("types.gguf")
         let metadata: [(key: String, value: GGUFValue)] = [

@@ -9,6 +9,55 @@ public enum RopeScaling: Equatable, Sendable {
     case llama3(factor: Float, lowFreqFactor: Float, highFreqFactor: Float, originalMaxPositions: Int)
 }
 
+extension RopeScaling {
+    /// The rotary inverse frequencies theta^(-2i/headDim), i < headDim / 2, before scaling.
+    static func baseFrequencies(headDim: Int, theta: Float) -> [Float] {
+        (0..<headDim / 2).map { i in Float(1.0 / pow(Double(theta), Double(2 * i) / Double(headDim))) }
+    }
+
+    /// The divisor of each rotary frequency that this scaling applies (1 where it keeps the
+    /// frequency): llama.cpp's form of Llama 3 scaling, the tensor `rope_freqs.weight`.
+    public func frequencyFactors(headDim: Int, theta: Float) -> [Float] {
+        let base = Self.baseFrequencies(headDim: headDim, theta: theta)
+        let scaled = RotaryEmbedding(headDim: headDim, theta: theta, scaling: self).inverseFrequencies
+        return zip(base, scaled).map { $0 / $1 }
+    }
+
+    /// The Llama 3 scaling whose factors are `factors` (within 1e-5 relative), as llama.cpp's
+    /// `rope_freqs.weight` holds them without the parameters: the factor is the largest value;
+    /// the band between kept and slowed frequencies gives the wavelengths where the ramp starts
+    /// and ends (two values in the band determine them; with fewer, the first parameters that
+    /// reproduce every factor, HF's defaults first). Nil when no Llama 3 scaling gives them.
+    public static func llama3(fromFactors factors: [Float], headDim: Int, theta: Float) -> RopeScaling? {
+        guard factors.count == headDim / 2, let factor = factors.max(), factor >= 1, factors.allSatisfy({ $0 >= 1 - 1e-6 }) else { return nil }
+        if factor == 1 { return RopeScaling.none }
+        func matches(_ candidate: RopeScaling) -> Bool {
+            zip(candidate.frequencyFactors(headDim: headDim, theta: theta), factors).allSatisfy { abs($0 - $1) <= 1e-5 * $1 }
+        }
+        var candidates: [RopeScaling] = [.llama3(factor: factor, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192)]
+        // In the band, 1 / f = (1 - s) / factor + s with s = (original / wavelength - low) / (high - low):
+        // s is linear in 1 / wavelength, so two band values give original / low and original / high.
+        let wavelengths = baseFrequencies(headDim: headDim, theta: theta).map { 2 * Double.pi / Double($0) }
+        let band = factors.indices.filter { factors[$0] > 1 + 1e-5 && factors[$0] < factor * (1 - 1e-5) }
+        if let i = band.first, let j = band.last, i != j {
+            func s(_ k: Int) -> Double { (1 / Double(factors[k]) - 1 / Double(factor)) / (1 - 1 / Double(factor)) }
+            let alpha = (s(j) - s(i)) / (1 / wavelengths[j] - 1 / wavelengths[i])   // original / (high - low)
+            let beta = alpha / wavelengths[i] - s(i)                                   // low / (high - low)
+            if alpha > 0, beta > 0 {
+                let original = alpha / beta   // with low = 1
+                candidates.append(.llama3(factor: factor, lowFreqFactor: 1, highFreqFactor: Float(1 + 1 / beta),
+                                          originalMaxPositions: Int(original.rounded())))
+            }
+        }
+        for exponent in 4...20 {
+            for high in [2, 4, 8, 16, 32] as [Float] {
+                candidates.append(.llama3(factor: factor, lowFreqFactor: 1, highFreqFactor: high, originalMaxPositions: 1 << exponent))
+            }
+        }
+        return candidates.first(where: matches)
+    }
+}
+
 /// Rotary position embedding in the "rotate half" layout of HF Llama: within each head,
 /// element i pairs with element i + headDim/2.
 package struct RotaryEmbedding: Sendable {
@@ -18,8 +67,7 @@ package struct RotaryEmbedding: Sendable {
 
     package init(headDim: Int, theta: Float, scaling: RopeScaling) {
         self.headDim = headDim
-        let half = headDim / 2
-        var freqs = (0..<half).map { i in Float(1.0 / pow(Double(theta), Double(2 * i) / Double(headDim))) }
+        var freqs = RopeScaling.baseFrequencies(headDim: headDim, theta: theta)
         switch scaling {
         case .none: break
         case let .linear(factor):
