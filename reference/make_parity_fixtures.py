@@ -22,7 +22,7 @@ import transformers
 import peft
 import safetensors
 from safetensors.torch import save_file, load_file
-from transformers import LlamaConfig, Qwen2Config, Qwen3Config, AutoModelForCausalLM
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config, SmolLM3Config, AutoModelForCausalLM
 from peft import LoraConfig, get_peft_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,6 +63,10 @@ def model_specs():
         ("qwen3_qknorm", Qwen3Config(
             vocab_size=128, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
             head_dim=16, tie_word_embeddings=True, rope_theta=1000000.0, rms_norm_eps=1e-6,
+            use_sliding_window=False, **common), {}),
+        ("smollm3_norope", SmolLM3Config(
+            vocab_size=128, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+            tie_word_embeddings=True, rope_theta=2000000.0, rms_norm_eps=1e-6, no_rope_layers=[1, 0],
             use_sliding_window=False, **common), {}),
     ]
 
@@ -259,6 +263,7 @@ Models:
 | qwen2_bias | qwen2 (qkv bias) | 128 | 64 | 96 | 8/2 | 8 | no | theta 1e6 |
 | llama_scaled | llama | 160 | 64 | 128 | 4/1 | 16 | no | theta 5e5, llama3 factor 8, low 1, high 4, orig_max 64 |
 | qwen3_qknorm | qwen3 (q/k norm) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 1e6 |
+| smollm3_norope | smollm3 (layer 1 without RoPE) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 2e6, no_rope_layers [1, 0] |
 
 `llama_scaled`'s original_max_position_embeddings=64 makes the 8 rope frequencies hit all
 three llama3 regimes (1 unchanged, 1 smoothed, 6 divided by 8); the script asserts this.
@@ -270,11 +275,14 @@ Weights: embeddings N(0,0.1), linear N(0,0.08), biases N(0,0.1), every norm weig
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=DEFAULT_OUT)
+    ap.add_argument("--only", help="write this model's fixture alone (the others keep their bytes)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     os.makedirs(args.out, exist_ok=True)
     for i, (name, cfg, extra) in enumerate(model_specs()):
+        if args.only and name != args.only:
+            continue
         written = build(name, cfg, extra, args.out, seed=1000 + i)
         rope_keys = {k: v for k, v in written.items() if "rope" in k}
         print(f"  config.json rope fields: {rope_keys}")

@@ -4,7 +4,7 @@ import FinchIO
 
 /// The shape of a Llama-family decoder, read from an HF `config.json` or derived from GGUF metadata.
 public struct ModelConfig: Equatable, Sendable {
-    public static let supportedModelTypes = ["llama", "mistral", "qwen2", "qwen3"]
+    public static let supportedModelTypes = ["llama", "mistral", "qwen2", "qwen3", "smollm3"]
 
     public var modelType: String
     public var hiddenSize: Int
@@ -27,6 +27,8 @@ public struct ModelConfig: Equatable, Sendable {
     public var qkNorm: Bool
     public var bosTokenId: Int?
     public var eosTokenIds: [Int]
+    /// Layers whose attention takes no rotary embedding (SmolLM3's `no_rope_layers` zeros).
+    public var layersWithoutRope: Set<Int> = []
 
     public init(modelType: String, hiddenSize: Int, intermediateSize: Int, layerCount: Int,
                 headCount: Int, kvHeadCount: Int, headDim: Int? = nil, vocabSize: Int,
@@ -145,6 +147,26 @@ public struct ModelConfig: Equatable, Sendable {
                   qkNorm: modelType == "qwen3",
                   bosTokenId: try optionalInt("bos_token_id"),
                   eosTokenIds: eos)
+        if modelType == "smollm3" {
+            // no_rope_layers[l] is 1 where layer l uses RoPE; by default every
+            // no_rope_layer_interval-th layer (the 4th, 8th, ...) does not, as transformers builds it.
+            let layers = layerCount
+            let flags: [Int]
+            if let list = json["no_rope_layers"] {
+                guard let numbers = list as? [NSNumber], numbers.count == layers, numbers.allSatisfy({ $0.intValue == 0 || $0.intValue == 1 }) else {
+                    throw LoadError.malformed(path: path, field: "no_rope_layers", found: "\(list)", expected: "\(layers) values, each 0 or 1")
+                }
+                flags = numbers.map(\.intValue)
+            } else {
+                let interval = try optionalInt("no_rope_layer_interval") ?? 4
+                guard interval > 0 else { throw LoadError.malformed(path: path, field: "no_rope_layer_interval", found: "\(interval)", expected: "a positive integer") }
+                flags = (0..<layers).map { ($0 + 1) % interval != 0 ? 1 : 0 }
+            }
+            layersWithoutRope = Set(flags.indices.filter { flags[$0] == 0 })
+            if bool("use_sliding_window", false) {
+                throw LoadError.unsupported(path: path, what: "use_sliding_window", found: "true", supported: ["false"])
+            }
+        }
         if bool("mlp_bias", false) {
             throw LoadError.unsupported(path: path, what: "mlp_bias", found: "true", supported: ["false"])
         }
@@ -209,9 +231,10 @@ extension ModelConfig {
             "tie_word_embeddings": tieWordEmbeddings, "max_position_embeddings": maxPositionEmbeddings,
             "hidden_act": "silu", "torch_dtype": "float32",
             "architectures": [["llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                               "qwen3": "Qwen3ForCausalLM"][modelType] ?? "LlamaForCausalLM"],
+                               "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"][modelType] ?? "LlamaForCausalLM"],
         ]
         if modelType == "llama" || modelType == "mistral" { json["attention_bias"] = attentionBias }
+        if modelType == "smollm3" { json["no_rope_layers"] = (0..<layerCount).map { layersWithoutRope.contains($0) ? 0 : 1 } }
         if let bos = bosTokenId { json["bos_token_id"] = bos }
         if eosTokenIds.count == 1 { json["eos_token_id"] = eosTokenIds[0] } else if !eosTokenIds.isEmpty { json["eos_token_id"] = eosTokenIds }
         switch ropeScaling {

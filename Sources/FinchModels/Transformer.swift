@@ -355,8 +355,10 @@ public final class Transformer {
             rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
             rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
         }
-        ropeApply(a.q, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
-        ropeApply(a.k, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+        if !c.layersWithoutRope.contains(l) {
+            ropeApply(a.q, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
+            ropeApply(a.k, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+        }
         acts.keep(.qkv, layer: l, config: c)
         if let cache {
             cache.store(layer: l, k: a.k, v: a.v, count: batch.seq)
@@ -448,8 +450,10 @@ public final class Transformer {
                     attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
                                       out: a.att, lse: a.lse, keyMask: mask, segmentStarts: starts, shape: shape)
                 }
-                ropeApply(acts.dq, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
-                ropeApply(acts.dk, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
+                if !c.layersWithoutRope.contains(l) {
+                    ropeApply(acts.dq, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
+                    ropeApply(acts.dk, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
+                }
                 var dq = acts.dq!, dk = acts.dk!
                 if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
                     acts.dqPre.update(repeating: 0, count: n * c.qDim)

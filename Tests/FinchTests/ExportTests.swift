@@ -32,7 +32,7 @@ final class ExportTests: TemporaryDirectoryTestCase {
 
     func testMergedHFExportGivesTheLogitsOfModelPlusAdapter() throws {
         // llama_tied: alpha/r scale; qwen2_bias: rsLoRA, biases; llama_scaled: separate head, llama3 rope.
-        for name in ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm"] {
+        for name in ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope"] {
             let adapter = parity(name) + "/adapter"
             let withAdapter = try logits(parity(name), adapter: adapter, fixture: name)
             let base = try logits(parity(name), fixture: name)

@@ -13,7 +13,7 @@ import XCTest
 /// reference/make_parity_fixtures.py): logits, loss, and every gradient, LoRA and full.
 final class ParityTests: XCTestCase {
     typealias S = TestSupport
-    static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm"]
+    static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope"]
 
     struct Fixture {
         let directory: String
