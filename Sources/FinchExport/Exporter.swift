@@ -185,13 +185,9 @@ enum GGUFExport {
 
     static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
         let files = merged.files, config = files.config
-        let arch: String
-        switch config.modelType {
-        case "llama", "mistral": arch = "llama"
-        case "qwen2": arch = "qwen2"
-        case "qwen3": arch = "qwen3"
-        default:
-            throw ExportError.unsupported(format: .gguf, what: "model_type", found: config.modelType, supported: ["llama", "mistral", "qwen2", "qwen3"])
+        guard let arch = config.family.ggufArchitecture else {
+            throw ExportError.unsupported(format: .gguf, what: "model_type", found: config.modelType,
+                                          supported: ModelFamily.all.filter { $0.ggufArchitecture != nil }.map(\.modelType))
         }
         // Llama 3 rope scaling goes into llama.cpp's tensor of per-frequency factors, first, as
         // convert_hf_to_gguf writes it (llama.cpp has no metadata key for it).

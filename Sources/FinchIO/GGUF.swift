@@ -136,7 +136,6 @@ final package class GGUFFile: @unchecked Sendable {
         17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
         24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
     ]
-    public static let supportedArchitectures = ["llama", "qwen2", "qwen3"]
 
     public convenience init(path: String) throws {
         try self.init(file: MappedFile(path: path))

@@ -16,8 +16,8 @@ extension GGUFFile {
         guard let arch = archValue.string else {
             throw LoadError.malformed(path: path, field: "general.architecture", found: archValue.typeName, expected: "a string")
         }
-        guard Self.supportedArchitectures.contains(arch) else {
-            throw LoadError.unsupported(path: path, what: "architecture (general.architecture)", found: arch, supported: Self.supportedArchitectures)
+        guard let family = ModelFamily.reading(ggufArchitecture: arch) else {
+            throw LoadError.unsupported(path: path, what: "architecture (general.architecture)", found: arch, supported: ModelFamily.ggufArchitectures)
         }
         func optionalInt(_ key: String) throws -> Int? {
             guard let value = metadata[key] else { return nil }
@@ -92,7 +92,7 @@ extension GGUFFile {
 
         let bos = try optionalInt("tokenizer.ggml.bos_token_id")
         let eos = try optionalInt("tokenizer.ggml.eos_token_id")
-        let config = ModelConfig(modelType: arch,
+        let config = ModelConfig(modelType: family.modelType,
                            hiddenSize: hidden,
                            intermediateSize: try int("\(arch).feed_forward_length"),
                            layerCount: try int("\(arch).block_count"),
@@ -105,7 +105,7 @@ extension GGUFFile {
                            ropeScaling: scaling,
                            tieWordEmbeddings: tensors["output.weight"] == nil,
                            maxPositionEmbeddings: try optionalInt("\(arch).context_length") ?? 2048,
-                           attentionBias: arch == "qwen2" || tensors["blk.0.attn_q.bias"] != nil,
+                           attentionBias: family.modelType == "qwen2" || tensors["blk.0.attn_q.bias"] != nil,
                            outputBias: tensors["blk.0.attn_output.bias"] != nil,
                            qkNorm: tensors["blk.0.attn_q_norm.weight"] != nil,
                            bosTokenId: bos,

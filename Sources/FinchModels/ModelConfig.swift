@@ -4,7 +4,8 @@ import FinchIO
 
 /// The shape of a Llama-family decoder, read from an HF `config.json` or derived from GGUF metadata.
 public struct ModelConfig: Equatable, Sendable {
-    public static let supportedModelTypes = ["llama", "mistral", "qwen2", "qwen3", "smollm3"]
+    /// The `model_type`s of `ModelFamily.all`.
+    public static var supportedModelTypes: [String] { ModelFamily.all.map(\.modelType) }
 
     public var modelType: String
     public var hiddenSize: Int
@@ -56,6 +57,9 @@ public struct ModelConfig: Equatable, Sendable {
         self.eosTokenIds = eosTokenIds
     }
 
+    /// The family of `modelType` (Llama's for a type no family names: the shape alone was given).
+    public var family: ModelFamily { ModelFamily.named(modelType) ?? .llama }
+
     public var qDim: Int { headCount * headDim }
     public var kvDim: Int { kvHeadCount * headDim }
 
@@ -74,43 +78,21 @@ public struct ModelConfig: Equatable, Sendable {
 
     /// Parses the fields of an HF config dictionary; `path` names the source in errors.
     public init(json: [String: Any], path: String) throws {
-        func int(_ key: String) throws -> Int {
-            guard let value = json[key] else {
-                throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer")
-            }
-            guard let number = value as? NSNumber, number.doubleValue == number.doubleValue.rounded(),
-                  abs(number.doubleValue) < 1e15 else {
-                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "an integer")
-            }
-            return number.intValue
-        }
-        func optionalInt(_ key: String) throws -> Int? {
-            guard let value = json[key], !(value is NSNull) else { return nil }
-            return try int(key)
-        }
-        func float(_ key: String, _ fallback: Float) throws -> Float {
-            guard let value = json[key], !(value is NSNull) else { return fallback }
-            guard let number = value as? NSNumber else {
-                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number")
-            }
-            return number.floatValue
-        }
-        func bool(_ key: String, _ fallback: Bool) -> Bool { (json[key] as? NSNumber)?.boolValue ?? fallback }
-
+        let fields = ConfigFields(json: json, path: path)
         guard let modelType = json["model_type"] as? String else {
             throw LoadError.malformed(path: path, field: "model_type", found: "\(json["model_type"] ?? "nothing")", expected: "a string")
         }
-        guard Self.supportedModelTypes.contains(modelType) else {
+        guard let family = ModelFamily.named(modelType) else {
             throw LoadError.unsupported(path: path, what: "model_type", found: modelType, supported: Self.supportedModelTypes)
         }
         func size(_ key: String) throws -> Int {
-            let value = try int(key)
+            let value = try fields.int(key)
             guard value > 0 else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a positive integer") }
             return value
         }
         let hidden = try size("hidden_size")
         let heads = try size("num_attention_heads")
-        let kvHeads = try optionalInt("num_key_value_heads") ?? heads
+        let kvHeads = try fields.optionalInt("num_key_value_heads") ?? heads
         guard hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
             throw LoadError.malformed(path: path, field: "num_attention_heads / num_key_value_heads",
                                       found: "\(heads) / \(kvHeads)", expected: "positive, heads a multiple of KV heads")
@@ -118,7 +100,7 @@ public struct ModelConfig: Equatable, Sendable {
 
         // transformers 5 writes `rope_parameters` (holding rope_theta); 4.x wrote rope_theta + rope_scaling.
         let ropeParameters = json["rope_parameters"] as? [String: Any]
-        var theta = try float("rope_theta", 10000)
+        var theta = try fields.float("rope_theta", 10000)
         if let t = ropeParameters?["rope_theta"] as? NSNumber { theta = t.floatValue }
         let scalingJSON = (json["rope_scaling"] as? [String: Any]) ?? ropeParameters
         let scaling = try Self.parseRopeScaling(scalingJSON, path: path)
@@ -128,46 +110,27 @@ public struct ModelConfig: Equatable, Sendable {
         else if let one = json["eos_token_id"] as? NSNumber { eos = [one.intValue] }
         else { eos = [] }
 
-        let attentionBias = modelType == "qwen2" || bool("attention_bias", false)
+        // What every family shares; `attention_bias` puts a bias on q, k, v and o unless the family says otherwise.
         self.init(modelType: modelType,
                   hiddenSize: hidden,
                   intermediateSize: try size("intermediate_size"),
                   layerCount: try size("num_hidden_layers"),
                   headCount: heads,
                   kvHeadCount: kvHeads,
-                  headDim: try optionalInt("head_dim"),
+                  headDim: try fields.optionalInt("head_dim"),
                   vocabSize: try size("vocab_size"),
-                  rmsNormEps: try float("rms_norm_eps", 1e-6),
+                  rmsNormEps: try fields.float("rms_norm_eps", 1e-6),
                   ropeTheta: theta,
                   ropeScaling: scaling,
-                  tieWordEmbeddings: bool("tie_word_embeddings", false),
-                  maxPositionEmbeddings: try optionalInt("max_position_embeddings") ?? 2048,
-                  attentionBias: attentionBias,
-                  outputBias: modelType != "qwen2" && bool("attention_bias", false),
-                  qkNorm: modelType == "qwen3",
-                  bosTokenId: try optionalInt("bos_token_id"),
+                  tieWordEmbeddings: fields.bool("tie_word_embeddings", false),
+                  maxPositionEmbeddings: try fields.optionalInt("max_position_embeddings") ?? 2048,
+                  attentionBias: fields.bool("attention_bias", false),
+                  outputBias: fields.bool("attention_bias", false),
+                  qkNorm: false,
+                  bosTokenId: try fields.optionalInt("bos_token_id"),
                   eosTokenIds: eos)
-        if modelType == "smollm3" {
-            // no_rope_layers[l] is 1 where layer l uses RoPE; by default every
-            // no_rope_layer_interval-th layer (the 4th, 8th, ...) does not, as transformers builds it.
-            let layers = layerCount
-            let flags: [Int]
-            if let list = json["no_rope_layers"] {
-                guard let numbers = list as? [NSNumber], numbers.count == layers, numbers.allSatisfy({ $0.intValue == 0 || $0.intValue == 1 }) else {
-                    throw LoadError.malformed(path: path, field: "no_rope_layers", found: "\(list)", expected: "\(layers) values, each 0 or 1")
-                }
-                flags = numbers.map(\.intValue)
-            } else {
-                let interval = try optionalInt("no_rope_layer_interval") ?? 4
-                guard interval > 0 else { throw LoadError.malformed(path: path, field: "no_rope_layer_interval", found: "\(interval)", expected: "a positive integer") }
-                flags = (0..<layers).map { ($0 + 1) % interval != 0 ? 1 : 0 }
-            }
-            layersWithoutRope = Set(flags.indices.filter { flags[$0] == 0 })
-            if bool("use_sliding_window", false) {
-                throw LoadError.unsupported(path: path, what: "use_sliding_window", found: "true", supported: ["false"])
-            }
-        }
-        if bool("mlp_bias", false) {
+        try family.readHF(&self, fields)
+        if fields.bool("mlp_bias", false) {
             throw LoadError.unsupported(path: path, what: "mlp_bias", found: "true", supported: ["false"])
         }
         try validate(path: path)
@@ -230,11 +193,9 @@ extension ModelConfig {
             "head_dim": headDim, "vocab_size": vocabSize, "rms_norm_eps": rmsNormEps, "rope_theta": ropeTheta,
             "tie_word_embeddings": tieWordEmbeddings, "max_position_embeddings": maxPositionEmbeddings,
             "hidden_act": "silu", "torch_dtype": "float32",
-            "architectures": [["llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                               "qwen3": "Qwen3ForCausalLM", "smollm3": "SmolLM3ForCausalLM"][modelType] ?? "LlamaForCausalLM"],
+            "architectures": [family.hfArchitecture],
         ]
-        if modelType == "llama" || modelType == "mistral" { json["attention_bias"] = attentionBias }
-        if modelType == "smollm3" { json["no_rope_layers"] = (0..<layerCount).map { layersWithoutRope.contains($0) ? 0 : 1 } }
+        family.writeHF(self, &json)
         if let bos = bosTokenId { json["bos_token_id"] = bos }
         if eosTokenIds.count == 1 { json["eos_token_id"] = eosTokenIds[0] } else if !eosTokenIds.isEmpty { json["eos_token_id"] = eosTokenIds }
         switch ropeScaling {

@@ -122,4 +122,23 @@ final class ModelConfigTests: XCTestCase {
         IOTestSupport.writeBytes(Array("[1]".utf8), to: file)
         IOTestSupport.assertLoadError(try ModelConfig.load(path: file), mentions: [file, "JSON object"])
     }
+
+    /// Each family of the registry reads its config.json and writes one that reads back the
+    /// same, naming its architecture; an unknown model_type names every family.
+    func testEveryFamilyRoundTripsThroughConfigJSON() throws {
+        for family in ModelFamily.all {
+            let minimal: [String: Any] = ["model_type": family.modelType, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 8,
+                                          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128]
+            let config = try ModelConfig(json: minimal, path: "config.json")
+            let json = config.huggingFaceJSON()
+            XCTAssertEqual((json["architectures"] as? [String])?.first, family.hfArchitecture)
+            let text = try JSONSerialization.data(withJSONObject: json)
+            XCTAssertEqual(try ModelConfig(json: JSONSerialization.jsonObject(with: text) as! [String: Any], path: "config.json"), config, family.modelType)
+        }
+        XCTAssertEqual(try ModelConfig(json: ["model_type": "smollm3", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 8,
+                                              "num_attention_heads": 4, "vocab_size": 128], path: "c").layersWithoutRope, [3, 7])
+        XCTAssertThrowsError(try ModelConfig(json: ["model_type": "gemma9"], path: "c")) {
+            XCTAssertEqual("\($0)".contains(ModelFamily.all.map(\.modelType).joined(separator: ", ")), true, "\($0)")
+        }
+    }
 }

@@ -1,0 +1,71 @@
+import Foundation
+import FinchKernels
+import FinchIO
+
+/// One family of decoder models: its names in each format, and how its particular keys of
+/// `config.json` read and write. What all families share (sizes, RoPE, norms, token ids) is read
+/// by `ModelConfig`; a family's file (Families/) holds the rest, and `ModelFamily.all` lists
+/// them, so adding a family is its file plus an entry there, and an unknown `model_type` is an
+/// error that lists these.
+public struct ModelFamily: Sendable {
+    /// `model_type` in config.json.
+    public let modelType: String
+    /// `architectures[0]` in config.json.
+    public let hfArchitecture: String
+    /// llama.cpp's `general.architecture`, or nil where Finch does not read or write it as GGUF.
+    public let ggufArchitecture: String?
+    /// Sets the family's own fields from config.json (after the shared ones are read).
+    let readHF: @Sendable (inout ModelConfig, ConfigFields) throws -> Void
+    /// Adds the family's own keys to a config.json.
+    let writeHF: @Sendable (ModelConfig, inout [String: Any]) -> Void
+
+    init(modelType: String, hfArchitecture: String, ggufArchitecture: String?,
+         readHF: @escaping @Sendable (inout ModelConfig, ConfigFields) throws -> Void = { _, _ in },
+         writeHF: @escaping @Sendable (ModelConfig, inout [String: Any]) -> Void = { _, _ in }) {
+        self.modelType = modelType; self.hfArchitecture = hfArchitecture; self.ggufArchitecture = ggufArchitecture
+        self.readHF = readHF; self.writeHF = writeHF
+    }
+
+    /// Every family Finch reads, in the order errors list them.
+    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .smollm3]
+
+    /// The family of `modelType`, or nil.
+    public static func named(_ modelType: String) -> ModelFamily? { all.first { $0.modelType == modelType } }
+
+    /// The llama.cpp architectures Finch reads and writes.
+    public static var ggufArchitectures: [String] {
+        all.compactMap(\.ggufArchitecture).reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+    }
+
+    /// The family a GGUF of `architecture` loads as: the one of that name (llama, not mistral).
+    public static func reading(ggufArchitecture architecture: String) -> ModelFamily? {
+        all.first { $0.ggufArchitecture == architecture && $0.modelType == architecture } ?? all.first { $0.ggufArchitecture == architecture }
+    }
+}
+
+/// Typed reads of config.json keys; every failure names the file and the key.
+public struct ConfigFields {
+    let json: [String: Any]
+    let path: String
+
+    func int(_ key: String) throws -> Int {
+        guard let value = json[key] else { throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer") }
+        guard let number = value as? NSNumber, number.doubleValue == number.doubleValue.rounded(), abs(number.doubleValue) < 1e15 else {
+            throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "an integer")
+        }
+        return number.intValue
+    }
+
+    func optionalInt(_ key: String) throws -> Int? {
+        guard let value = json[key], !(value is NSNull) else { return nil }
+        return try int(key)
+    }
+
+    func float(_ key: String, _ fallback: Float) throws -> Float {
+        guard let value = json[key], !(value is NSNull) else { return fallback }
+        guard let number = value as? NSNumber else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number") }
+        return number.floatValue
+    }
+
+    func bool(_ key: String, _ fallback: Bool) -> Bool { (json[key] as? NSNumber)?.boolValue ?? fallback }
+}
