@@ -106,6 +106,14 @@ final class VectorKernelTests: XCTestCase {
                 }
             }
             XCTAssertEqual(portable.map(\.bitPattern), native.map(\.bitPattern), "\(dtype)")
+            // The row-range entry point matVec uses gives the same numbers, accumulating when asked.
+            let matvecType = [DType.f32: FINCH_MATVEC_F32, .q8_0: FINCH_MATVEC_Q8_0, .q4_0: FINCH_MATVEC_Q4_0, .q4_1: FINCH_MATVEC_Q4_1][dtype]!
+            var y = [Float](repeating: 1, count: rows)
+            stored.withUnsafeBytes { raw in
+                finch_matvec(Int32(matvecType), raw.baseAddress!.assumingMemoryBound(to: UInt8.self), Int64(rowBytes), Int64(rows), x, Int64(columns),
+                             1, sums, &y, Int64(rows), 1)
+            }
+            XCTAssertEqual(y, native.map { 1 + $0 }, "\(dtype) finch_matvec")
             var dense = [Float](repeating: 0, count: rows * columns)
             stored.withUnsafeBytes { raw in dense.withUnsafeMutableBufferPointer { dequantizeRow(dtype, raw.baseAddress!, $0.baseAddress!, count: rows * columns) } }
             // Each row's sum of |w x|: the scale of its rounding errors.

@@ -89,6 +89,12 @@ float finch_dot_f32(const float *w, const float *x, int64_t n);
 float finch_dot_q8_0(const uint8_t *row, const float *x, int64_t blocks);
 float finch_dot_q4_0(const uint8_t *row, const float *x, int64_t blocks);
 float finch_dot_q4_1(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums);
+enum { FINCH_MATVEC_F32 = 0, FINCH_MATVEC_Q8_0 = 1, FINCH_MATVEC_Q4_0 = 2, FINCH_MATVEC_Q4_1 = 3 };
+/// Rows [0, rows) of a matrix (FINCH_MATVEC_*, rows `rowBytes` apart) times n vectors of
+/// `columns` (a multiple of 32): y[t * stride + r] = (or += when `accumulate`) row r . x_t.
+/// q4_1 also takes each vector's block sums of x, [t * columns / 32 + b].
+void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, const float *x, int64_t columns, int64_t n,
+                  const float *blockSums, float *y, int64_t stride, int accumulate);
 enum { FINCH_INT8_Q8_0 = 0, FINCH_INT8_Q4_0 = 1, FINCH_INT8_Q4_1 = 2 };
 /// A quantized row (FINCH_INT8_*) dotted with activations rounded to 8 bits per block of 32 (qx,
 /// scales dx, sums of qx sx), on AVX512_VNNI when `vnni` (the caller checks the CPU), else AVX2 or portable.

@@ -89,13 +89,15 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                     each { row, _, t in int8Dot(target.dtype, row, rounded, t) }
                     continue
                 }
-                let blockCount = Int64(blocks)
-                switch target.dtype {
-                case .f32: each { row, xt, _ in finch_dot_f32(row.assumingMemoryBound(to: Float.self), xt, Int64(columns)) }
-                case .q8_0: each { row, xt, _ in finch_dot_q8_0(row.assumingMemoryBound(to: UInt8.self), xt, blockCount) }
-                case .q4_0: each { row, xt, _ in finch_dot_q4_0(row.assumingMemoryBound(to: UInt8.self), xt, blockCount) }
-                default: each { row, xt, t in finch_dot_q4_1(row.assumingMemoryBound(to: UInt8.self), xt, blockCount, sums! + t * blocks) }
+                let type: Int32 = switch target.dtype {
+                case .f32: Int32(FINCH_MATVEC_F32)
+                case .q8_0: Int32(FINCH_MATVEC_Q8_0)
+                case .q4_0: Int32(FINCH_MATVEC_Q4_0)
+                default: Int32(FINCH_MATVEC_Q4_1)
                 }
+                finch_matvec(type, target.weights.assumingMemoryBound(to: UInt8.self) + rows.lowerBound * rowBytes, Int64(rowBytes),
+                             Int64(rows.count), x, Int64(columns), Int64(n), sums, target.output + rows.lowerBound,
+                             Int64(target.outputStride), accumulate ? 1 : 0)
             }
         }
         // Decoding runs hundreds of these per token: the spinning pool hands work to the other
