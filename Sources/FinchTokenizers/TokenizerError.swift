@@ -38,21 +38,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
         }
     }
 
-    static func quoted(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            default:
-                if scalar.value < 0x20 { out += "\\u{\(String(scalar.value, radix: 16))}" } else { out.unicodeScalars.append(scalar) }
-            }
-        }
-        return out + "\""
-    }
+    /// `s` as a JSON string, as error messages show found text.
+    static func quoted(_ s: String) -> String { jsonQuote(s, ensureASCII: false) }
 }
 
 private extension String {
