@@ -25,7 +25,7 @@ set +e
 swift test -c release -Xswiftc -enable-testing --skip-build --disable-swift-testing 2>&1 | tee /tmp/finch-test-$$.log
 status=${PIPESTATUS[0]}
 set -e
-summary=$(grep -E "Executed [0-9]+ tests?, with [0-9]+ tests? skipped and [0-9]+ failures?|Executed [0-9]+ tests?, with [0-9]+ failures?" /tmp/finch-test-$$.log | tail -1)
+summary=$(grep -a -E "Executed [0-9]+ tests?, with [0-9]+ tests? skipped and [0-9]+ failures?|Executed [0-9]+ tests?, with [0-9]+ failures?" /tmp/finch-test-$$.log | tail -1)
 rm -f /tmp/finch-test-$$.log
 total=$(echo "$summary" | sed -E 's/.*Executed ([0-9]+) tests?.*/\1/')
 failed=$(echo "$summary" | sed -E 's/.* ([0-9]+) failures?.*/\1/')
