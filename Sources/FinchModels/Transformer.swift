@@ -100,20 +100,42 @@ public final class Transformer {
         self.precision = precision
         random = FinchRandom(seed: seed)
         rotary = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
-        let tensors = files.tensors, source = files.source
-        let C = config.hiddenSize, L = config.layerCount
 
-        func tensor(_ name: String, _ shape: [Int]) throws -> TensorData {
-            guard let t = tensors[name] else { throw LoadError.missingTensor(path: source, name: name) }
-            guard t.shape == shape else {
-                throw LoadError.shapeMismatch(path: source, name: name, found: t.shape, expected: shape)
-            }
-            return t
+        let layout = Self.tensorLayout(config)
+        let stored = try Self.storedTensors(files, layout)
+        let parameters: ParameterSet?
+        switch fineTuning {
+        case .none: parameters = nil
+        case let .lora(lora): parameters = ParameterSet(Self.loraLayout(config, lora, stored))
+        case .full: parameters = ParameterSet(layout)
         }
+        self.parameters = parameters
+        let denseBytes = layout.reduce(0) { $0 + $1.shape.reduce(precision == .bf16 ? 2 : 4, *) }
+        let weights = WeightLoader(stored: stored, fineTuning: fineTuning, parameters: parameters, precision: precision,
+                                   keepQuantized: denseBytes > denseLimitBytes)
 
-        // Every tensor the model reads, with its shape.
+        let (embedding, embeddingGrad) = weights.matrix("model.embed_tokens.weight")
+        self.embedding = embedding
+        self.embeddingGrad = embeddingGrad
+        if config.tieWordEmbeddings {
+            head = embedding
+            headGrad = embeddingGrad
+        } else {
+            (head, headGrad) = weights.matrix("lm_head.weight")
+        }
+        (finalNorm, finalNormGrad) = weights.vector("model.norm.weight")
+        var random = self.random
+        layers = (0..<config.layerCount).map { l in Self.decoderLayer(l, config: config, weights: weights, random: &random) }
+        self.random = random
+        owned = weights.owned + [files as AnyObject]
+        Self.releasePagesOfCopiedFiles(files, inUse: [embedding, head] + layers.flatMap { $0.projections.map(\.weight) })
+    }
+
+    /// Every tensor the model reads, with its shape (HF names).
+    static func tensorLayout(_ config: ModelConfig) -> [(name: String, shape: [Int])] {
+        let C = config.hiddenSize
         var layout: [(name: String, shape: [Int])] = [("model.embed_tokens.weight", [config.vocabSize, C])]
-        for l in 0..<L {
+        for l in 0..<config.layerCount {
             let p = "model.layers.\(l)."
             layout.append((p + "input_layernorm.weight", [C]))
             let shapes = [[config.qDim, C], [config.kvDim, C], [config.kvDim, C], [C, config.qDim],
@@ -133,31 +155,43 @@ public final class Transformer {
         }
         layout.append(("model.norm.weight", [C]))
         if !config.tieWordEmbeddings { layout.append(("lm_head.weight", [config.vocabSize, C])) }
-        let stored = try Dictionary(uniqueKeysWithValues: layout.map { ($0.name, try tensor($0.name, $0.shape)) })
+        return layout
+    }
 
-        // Trainable parameters: LoRA pairs, or copies of every weight.
-        var loraLayout: [(name: String, shape: [Int])] = []
-        if case let .lora(lora) = fineTuning {
-            for l in 0..<L {
-                for name in Self.projectionNames where lora.targets(module: name) {
-                    let module = "model.layers.\(l).\(name)"
-                    let w = stored[module + ".weight"]!
-                    let names = LoRAConfig.parameterNames(module: module)
-                    loraLayout.append((names.a, [lora.rank, w.columns]))
-                    loraLayout.append((names.b, [w.rows, lora.rank]))
-                }
+    /// The files' tensors of `layout`, each checked to be there with its shape.
+    static func storedTensors(_ files: ModelFiles, _ layout: [(name: String, shape: [Int])]) throws -> [String: TensorData] {
+        try Dictionary(uniqueKeysWithValues: layout.map { name, shape in
+            guard let t = files.tensors[name] else { throw LoadError.missingTensor(path: files.source, name: name) }
+            guard t.shape == shape else { throw LoadError.shapeMismatch(path: files.source, name: name, found: t.shape, expected: shape) }
+            return (name, t)
+        })
+    }
+
+    /// The LoRA pairs of the targeted projections, PEFT's names and shapes.
+    static func loraLayout(_ config: ModelConfig, _ lora: LoRAConfig, _ stored: [String: TensorData]) -> [(name: String, shape: [Int])] {
+        (0..<config.layerCount).flatMap { l in
+            Self.projectionNames.filter { lora.targets(module: $0) }.flatMap { name -> [(name: String, shape: [Int])] in
+                let module = "model.layers.\(l).\(name)", w = stored[module + ".weight"]!
+                let names = LoRAConfig.parameterNames(module: module)
+                return [(names.a, [lora.rank, w.columns]), (names.b, [w.rows, lora.rank])]
             }
         }
-        let parameters: ParameterSet?
-        switch fineTuning {
-        case .none: parameters = nil
-        case .lora: parameters = ParameterSet(loraLayout)
-        case .full: parameters = ParameterSet(layout)
-        }
-        self.parameters = parameters
+    }
 
-        var owned: [AnyObject] = []
-        // Vectors (norms, biases) as f32: a parameter view in full fine-tuning, else an owned copy.
+    /// Turns stored tensors into what the model computes with: in full fine-tuning, views of the
+    /// parameters (with their gradients); else vectors as owned f32 copies and matrices as bf16
+    /// or dense copies, or kept quantized when all the copies would pass the dense limit.
+    final class WeightLoader {
+        let stored: [String: TensorData], fineTuning: FineTuning, parameters: ParameterSet?
+        let precision: Precision, keepQuantized: Bool
+        private(set) var owned: [AnyObject] = []
+
+        init(stored: [String: TensorData], fineTuning: FineTuning, parameters: ParameterSet?, precision: Precision, keepQuantized: Bool) {
+            self.stored = stored; self.fineTuning = fineTuning; self.parameters = parameters
+            self.precision = precision; self.keepQuantized = keepQuantized
+        }
+
+        /// A norm or bias as f32, and its gradient in full fine-tuning.
         func vector(_ name: String) -> (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?) {
             let t = stored[name]!
             if fineTuning == .full, let p = parameters?.value(name) {
@@ -170,8 +204,8 @@ public final class Transformer {
             dequantizeRow(t.dtype, t.bytes, p, count: t.elementCount)
             return (p, nil)
         }
-        let denseBytes = layout.reduce(0) { $0 + $1.shape.reduce(precision == .bf16 ? 2 : 4, *) }
-        let keepQuantized = denseBytes > denseLimitBytes
+
+        /// A weight matrix, and its gradient in full fine-tuning.
         func matrix(_ name: String) -> (WeightMatrix, UnsafeMutablePointer<Float>?) {
             let t = stored[name]!
             if fineTuning == .full, let p = parameters?.value(name) {
@@ -186,77 +220,66 @@ public final class Transformer {
             if keepQuantized { return (m, nil) }
             return (precision == .bf16 ? m.bf16Copy() : m.denseCopy(), nil)
         }
+    }
 
-        let (embedding, embeddingGrad) = matrix("model.embed_tokens.weight")
-        self.embedding = embedding
-        self.embeddingGrad = embeddingGrad
-        if config.tieWordEmbeddings {
-            head = embedding
-            headGrad = embeddingGrad
-        } else {
-            (head, headGrad) = matrix("lm_head.weight")
+    /// Layer `l`: its norms, its seven projections (gate and up joined where they can run as one
+    /// GEMM), and LoRA pairs initialised as PEFT does (A uniform in ±1/sqrt(in), B zero).
+    static func decoderLayer(_ l: Int, config: ModelConfig, weights: WeightLoader, random: inout FinchRandom) -> DecoderLayer {
+        let p = "model.layers.\(l).", stored = weights.stored, fineTuning = weights.fineTuning
+        var matrices = Self.projectionNames.map { weights.matrix(p + $0 + ".weight") }
+        // gate and up read the same input: with their rows one after another in memory,
+        // forward and backward each run one GEMM for both (15% faster than two at SmolLM2's
+        // shapes). Done where the stored weights are not used in place anyway (quantized,
+        // f16 / bf16): their f32 copies go into one allocation, or, in full fine-tuning, the
+        // parameters lie in layout order already. f32 read in place from a file is left
+        // apart (a copy would hold it twice); the choice depends on the stored tensors alone,
+        // so a full fine-tuning policy and its reference model compute alike.
+        let (gate, up) = (Projection.gate.rawValue, Projection.up.rawValue)
+        let copiedAtLoad = Self.joinsInPlaceWeights || [gate, up].allSatisfy { i in
+            let t = stored[p + Self.projectionNames[i] + ".weight"]!
+            return t.dtype != .f32 || Int(bitPattern: t.bytes) % 4 != 0
         }
-        (finalNorm, finalNormGrad) = vector("model.norm.weight")
+        if copiedAtLoad && fineTuning == .full {
+            let (g, u) = (matrices[gate].0, matrices[up].0)
+            g.joinedWithNext = g.floats.map { $0 + g.rows * g.columns } == u.floats && g.columns == u.columns
+        } else if (copiedAtLoad || weights.precision == .bf16) && !weights.keepQuantized {
+            let joint = WeightMatrix.jointDenseCopies([matrices[gate].0, matrices[up].0], precision: weights.precision)
+            matrices[gate].0 = joint[0]; matrices[up].0 = joint[1]
+        }
+        var projections: [Linear] = []
+        for (name, (w, wGrad)) in zip(Self.projectionNames, matrices) {
+            let bias = stored[p + name + ".bias"] != nil ? weights.vector(p + name + ".bias") : nil
+            let linear = Linear(name: p + name, weight: w, bias: bias?.0)
+            linear.weightGrad = wGrad
+            linear.biasGrad = bias?.1
+            if case let .lora(lora) = fineTuning, lora.targets(module: name), let parameters = weights.parameters {
+                let names = LoRAConfig.parameterNames(module: p + name)
+                let a = parameters.value(names.a)!
+                let bound = 1 / Float(w.columns).squareRoot()
+                for i in 0..<lora.rank * w.columns { a[i] = (random.nextFloat() * 2 - 1) * bound }
+                linear.lora = LoRAModule(rank: lora.rank, scale: lora.scale, dropout: lora.dropout,
+                                         a: a, b: parameters.value(names.b)!,
+                                         da: parameters.grad(names.a)!, db: parameters.grad(names.b)!)
+            }
+            projections.append(linear)
+        }
+        let inputNorm = weights.vector(p + "input_layernorm.weight")
+        let postNorm = weights.vector(p + "post_attention_layernorm.weight")
+        let qNorm = config.qkNorm ? weights.vector(p + "self_attn.q_norm.weight") : nil
+        let kNorm = config.qkNorm ? weights.vector(p + "self_attn.k_norm.weight") : nil
+        let layer = DecoderLayer(inputNorm: inputNorm.0, postAttentionNorm: postNorm.0,
+                                 qNorm: qNorm?.0, kNorm: kNorm?.0, projections: projections)
+        layer.inputNormGrad = inputNorm.1
+        layer.postAttentionNormGrad = postNorm.1
+        layer.qNormGrad = qNorm?.1
+        layer.kNormGrad = kNorm?.1
+        return layer
+    }
 
-        let (gate, up) = (Self.projectionNames.firstIndex(of: "mlp.gate_proj")!, Self.projectionNames.firstIndex(of: "mlp.up_proj")!)
-        var layers: [DecoderLayer] = []
-        for l in 0..<L {
-            let p = "model.layers.\(l)."
-            var weights = Self.projectionNames.map { matrix(p + $0 + ".weight") }
-            // gate and up read the same input: with their rows one after another in memory,
-            // forward and backward each run one GEMM for both (15% faster than two at SmolLM2's
-            // shapes). Done where the stored weights are not used in place anyway (quantized,
-            // f16 / bf16): their f32 copies go into one allocation, or, in full fine-tuning, the
-            // parameters lie in layout order already. f32 read in place from a file is left
-            // apart (a copy would hold it twice); the choice depends on the stored tensors alone,
-            // so a full fine-tuning policy and its reference model compute alike.
-            let copiedAtLoad = Self.joinsInPlaceWeights || [gate, up].allSatisfy { i in
-                let t = stored[p + Self.projectionNames[i] + ".weight"]!
-                return t.dtype != .f32 || Int(bitPattern: t.bytes) % 4 != 0
-            }
-            if copiedAtLoad && fineTuning == .full {
-                let (g, u) = (weights[gate].0, weights[up].0)
-                g.joinedWithNext = g.floats.map { $0 + g.rows * g.columns } == u.floats && g.columns == u.columns
-            } else if (copiedAtLoad || precision == .bf16) && !keepQuantized {
-                let joint = WeightMatrix.jointDenseCopies([weights[gate].0, weights[up].0], precision: precision)
-                weights[gate].0 = joint[0]; weights[up].0 = joint[1]
-            }
-            var projections: [Linear] = []
-            for (name, (w, wGrad)) in zip(Self.projectionNames, weights) {
-                let bias = stored[p + name + ".bias"] != nil ? vector(p + name + ".bias") : nil
-                let linear = Linear(name: p + name, weight: w, bias: bias?.0)
-                linear.weightGrad = wGrad
-                linear.biasGrad = bias?.1
-                if case let .lora(lora) = fineTuning, lora.targets(module: name), let parameters {
-                    let names = LoRAConfig.parameterNames(module: p + name)
-                    let a = parameters.value(names.a)!
-                    let bound = 1 / Float(w.columns).squareRoot()
-                    for i in 0..<lora.rank * w.columns { a[i] = (random.nextFloat() * 2 - 1) * bound }
-                    linear.lora = LoRAModule(rank: lora.rank, scale: lora.scale, dropout: lora.dropout,
-                                             a: a, b: parameters.value(names.b)!,
-                                             da: parameters.grad(names.a)!, db: parameters.grad(names.b)!)
-                }
-                projections.append(linear)
-            }
-            let inputNorm = vector(p + "input_layernorm.weight")
-            let postNorm = vector(p + "post_attention_layernorm.weight")
-            let qNorm = config.qkNorm ? vector(p + "self_attn.q_norm.weight") : nil
-            let kNorm = config.qkNorm ? vector(p + "self_attn.k_norm.weight") : nil
-            let layer = DecoderLayer(inputNorm: inputNorm.0, postAttentionNorm: postNorm.0,
-                                     qNorm: qNorm?.0, kNorm: kNorm?.0, projections: projections)
-            layer.inputNormGrad = inputNorm.1
-            layer.postAttentionNormGrad = postNorm.1
-            layer.qNormGrad = qNorm?.1
-            layer.kNormGrad = kNorm?.1
-            layers.append(layer)
-        }
-        self.layers = layers
-        owned.append(files as AnyObject)
-        self.owned = owned
-        // Files whose every tensor was copied (bf16 or dense copies, vectors) need none of their
-        // pages resident: a 4-bit GGUF trained in bf16 would otherwise count twice in memory.
-        let inUse = Set(([embedding, head] + layers.flatMap { $0.projections.map(\.weight) })
-            .compactMap { $0.owner.map(ObjectIdentifier.init) })
+    /// Files whose every tensor was copied (bf16 or dense copies, vectors) need none of their
+    /// pages resident: a 4-bit GGUF trained in bf16 would otherwise count twice in memory.
+    static func releasePagesOfCopiedFiles(_ files: ModelFiles, inUse matrices: [WeightMatrix]) {
+        let inUse = Set(matrices.compactMap { $0.owner.map(ObjectIdentifier.init) })
         var released = Set<ObjectIdentifier>()
         for t in files.tensors.values {
             guard let file = t.owner as? MappedFile, !inUse.contains(ObjectIdentifier(file)),
