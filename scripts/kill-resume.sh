@@ -4,20 +4,10 @@
 # uninterrupted run's byte for byte, or the resume must refuse with a one-line error.
 # Usage: scripts/kill-resume.sh [N=30] [seed=1]
 set -euo pipefail
-cd "$(dirname "$0")/.."
 N=${1:-30}
 RANDOM=${2:-1}
-FINCH=${FINCH:-.build/release/finch}
-[ -x "$FINCH" ] || swift build -c release --product finch >/dev/null
-WORK=$(mktemp -d)
-trap 'rm -rf "$WORK"' EXIT
-cp -r Tests/FinchTests/Fixtures/trainers/model "$WORK/model"
-cp Tests/FinchTests/Fixtures/trainers/tokenizer/tokenizer*.json "$WORK/model/"
-for i in $(seq 0 39); do
-    echo "{\"prompt\": \"Question $i: what is $i plus $i?\", \"chosen\": \"$i plus $i is $((2 * i)).\", \"rejected\": \"It might be $((2 * i + 1)), I think, but check.\"}"
-done > "$WORK/pairs.jsonl"
-ARGS=(train --method orpo --model "$WORK/model" --data "$WORK/pairs.jsonl" --max-steps 40 --batch-size 2 --grad-accum 2
-      --save-steps 1 --lora-r 8 --lora-dropout 0.1 --lr 1e-3 --seed 9)
+MAX_STEPS=40 SAVE_STEPS=1
+source "$(dirname "$0")/kill-resume-setup.sh"
 start=$(date +%s%N)
 "$FINCH" "${ARGS[@]}" --output "$WORK/straight" >/dev/null
 duration_ms=$(( ($(date +%s%N) - start) / 1000000 ))

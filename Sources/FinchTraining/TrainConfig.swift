@@ -78,14 +78,13 @@ public struct TrainConfig: Sendable, Codable, Equatable {
             throw Error.unknown(key: key, source: sources[key] ?? "options", known: Self.keys)
         }
         func source(_ key: String) -> String { sources[key] ?? "--\(key.replacingOccurrences(of: "_", with: "-"))" }
-        // The method first, then what a run must be given, then the rest in declaration order.
-        let options = Self.options.sorted { ($0.key == "method" ? 0 : 1) < ($1.key == "method" ? 0 : 1) }
-        for option in options {
+        func apply(_ option: TrainOption) throws {
             if let value = values[option.key] { try option.set(value, in: &self, source: source(option.key)) }
-            if option.key == "method", let missing = Self.options.first(where: { $0.required && values[$0.key] == nil }) {
-                throw Error.missing(missing.key)
-            }
         }
+        // The method first, then what a run must be given, then the rest in declaration order.
+        try Self.options.filter { $0.key == "method" }.forEach(apply)
+        if let missing = Self.options.first(where: { $0.required && values[$0.key] == nil }) { throw Error.missing(missing.key) }
+        try Self.options.filter { $0.key != "method" }.forEach(apply)
         let t = trainer
         if collectiveTimeout <= 0 {
             throw Error.invalid(key: "collective_timeout", source: source("collective_timeout"), found: "\(collectiveTimeout)", expected: "a positive number of seconds")
