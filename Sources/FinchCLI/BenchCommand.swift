@@ -39,7 +39,7 @@ struct BenchCommand: ParsableCommand {
                          peaks.bf16.map { String(format: ", bf16 %.1f GFLOP/s", $0) } ?? ""))
             for (m, n, k) in [(2048, 576, 576), (2048, 1536, 576), (2048, 576, 1536), (2048, 49152, 576)] {
                 for path in Benchmarks.GEMMPath.allCases {
-                    if path == .openBLAS && GEMM.backend == .openBLAS { continue }
+                    if path == .openBLAS && GEMM.backend is OpenBLASGEMM { continue }
                     let gflops = Benchmarks.gemm(m: m, n: n, k: k, path: path, repetitions: repetitions)
                     let peak = path == .bf16 && GEMM.nativeBF16 ? peaks.bf16 : peaks.fp32
                     let share = peak.map { String(format: ", %.0f%% of the %@ peak", 100 * gflops / $0, path == .bf16 && GEMM.nativeBF16 ? "bf16" : "fp32") } ?? ""

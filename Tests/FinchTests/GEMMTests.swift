@@ -234,4 +234,81 @@ final class GEMMTests: XCTestCase {
         // auto precision is bf16 exactly where bf16 runs natively.
         XCTAssertEqual(PrecisionChoice.auto.resolved().precision == .bf16, GEMM.nativeBF16)
     }
+
+    // MARK: - Backend registry
+
+    /// A backend that never loads, and one that records what it is asked to compute.
+    struct MissingBackend: GEMMBackend {
+        static let name = "missing"
+        static func load() -> (backend: MissingBackend?, failure: String?) { (nil, "libmissing.so: not found") }
+        var description: String { "missing" }
+        var nativeBF16: Bool { false }
+        func multiply(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
+                      c: UnsafeMutablePointer<Float>) -> Bool { false }
+    }
+    struct NaiveBackend: GEMMBackend {
+        static let name = "naive"
+        static func load() -> (backend: NaiveBackend?, failure: String?) { (NaiveBackend(), nil) }
+        var description: String { "naive loops" }
+        var nativeBF16: Bool { false }
+        func multiply(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
+                      c: UnsafeMutablePointer<Float>) -> Bool {
+            guard elements == .f32 else { return false }
+            let a = a.assumingMemoryBound(to: Float.self), b = b.assumingMemoryBound(to: Float.self)
+            for i in 0..<p.m {
+                for j in 0..<p.n {
+                    var sum: Float = 0
+                    for l in 0..<p.k {
+                        sum += (p.transA == .none ? a[i * p.lda + l] : a[l * p.lda + i]) * (p.transB == .none ? b[l * p.ldb + j] : b[j * p.ldb + l])
+                    }
+                    c[i * p.ldc + j] = p.alpha * sum + (p.beta == 0 ? 0 : p.beta * c[i * p.ldc + j])
+                }
+            }
+            return true
+        }
+    }
+
+    /// The first backend that loads wins and the notice names each one passed over and why;
+    /// FINCH_GEMM picks one by name, and an unknown name says which exist.
+    func testRegistryChoosesTheFirstBackendThatLoads() {
+        let chosen = GEMM.choose([MissingBackend.self, NaiveBackend.self, OpenBLASGEMM.self], forced: nil)
+        XCTAssertEqual(chosen.backend.name, "naive")
+        XCTAssertEqual(chosen.notice, "finch: missing not used (libmissing.so: not found); matrix products run on naive")
+        XCTAssertNil(GEMM.choose([NaiveBackend.self, OpenBLASGEMM.self], forced: nil).notice)
+        let forced = GEMM.choose([NaiveBackend.self, OpenBLASGEMM.self], forced: "openblas")
+        XCTAssertEqual(forced.backend.name, "openblas")
+        XCTAssertNil(forced.notice)
+        let unknown = GEMM.choose([NaiveBackend.self, OpenBLASGEMM.self], forced: "cublas")
+        XCTAssertEqual(unknown.backend.name, "naive")
+        XCTAssertEqual(unknown.notice, "finch: FINCH_GEMM=cublas is not one of naive, openblas; matrix products run on naive")
+        let none = GEMM.choose([MissingBackend.self], forced: nil)
+        XCTAssertEqual(none.backend.name, "openblas")
+        XCTAssertEqual(none.notice, "finch: missing not used (libmissing.so: not found); matrix products run on openblas")
+        XCTAssertEqual(GEMM.registry.map { $0.name }, ["onednn", "openblas"])
+    }
+
+    /// Every registered backend computes the same products as a naive loop (transposes, alpha,
+    /// beta, strides), and the one in use says what it is.
+    func testEveryRegisteredBackendMatchesNaiveLoops() throws {
+        var rng = FinchRandom(seed: 7)
+        let (m, n, k) = (5, 7, 9)
+        for backendType in GEMM.registry {
+            guard let backend = backendType.load().backend else { continue }
+            for (tA, tB) in [(GEMM.Transpose.none, GEMM.Transpose.none), (.transpose, .none), (.none, .transpose), (.transpose, .transpose)] {
+                let lda = (tA == .none ? k : m) + 2, ldb = (tB == .none ? n : k) + 1, ldc = n + 3
+                let a = (0..<(tA == .none ? m : k) * lda).map { _ in rng.nextFloat() - 0.5 }
+                let b = (0..<(tB == .none ? k : n) * ldb).map { _ in rng.nextFloat() - 0.5 }
+                let c0 = (0..<m * ldc).map { _ in rng.nextFloat() - 0.5 }
+                let p = GEMMProblem(transA: tA, transB: tB, m: m, n: n, k: k, alpha: 0.75, beta: 0.5, lda: lda, ldb: ldb, ldc: ldc)
+                var expected = c0, got = c0
+                XCTAssertTrue(NaiveBackend().multiply(p, a: a, b: b, elements: .f32, c: &expected))
+                XCTAssertTrue(backend.multiply(p, a: a, b: b, elements: .f32, c: &got), backendType.name)
+                for i in 0..<m { for j in 0..<n {
+                    XCTAssertEqual(got[i * ldc + j], expected[i * ldc + j], accuracy: 1e-5, "\(backendType.name) \(tA) \(tB) [\(i), \(j)]")
+                } }
+            }
+        }
+        XCTAssertFalse(GEMM.description.isEmpty)
+        XCTAssertTrue(GEMM.registry.contains { $0.name == GEMM.backend.name })
+    }
 }

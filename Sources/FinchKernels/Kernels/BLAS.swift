@@ -90,4 +90,26 @@ package enum BLAS {
         library.sgemm(101, transA == .none ? 111 : 112, transB == .none ? 111 : 112,
                       Int32(m), Int32(n), Int32(k), alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
+
+    /// The product `p` describes, f32.
+    @inline(__always)
+    package static func sgemm(_ p: GEMMProblem, a: UnsafePointer<Float>, b: UnsafePointer<Float>, c: UnsafeMutablePointer<Float>) {
+        sgemm(p.transA, p.transB, m: p.m, n: p.n, k: p.k, alpha: p.alpha, a: a, lda: p.lda, b: b, ldb: p.ldb, beta: p.beta, c: c, ldc: p.ldc)
+    }
+}
+
+/// OpenBLAS as a GEMM backend: f32 products only (bf16 inputs are widened first), and the last
+/// resort of every product.
+package struct OpenBLASGEMM: GEMMBackend {
+    package static let name = "openblas"
+    package static func load() -> (backend: OpenBLASGEMM?, failure: String?) { (OpenBLASGEMM(), nil) }
+    package var description: String { BLAS.description }
+    package var nativeBF16: Bool { false }
+
+    package func multiply(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
+                          c: UnsafeMutablePointer<Float>) -> Bool {
+        guard elements == .f32 else { return false }
+        BLAS.sgemm(p, a: a.assumingMemoryBound(to: Float.self), b: b.assumingMemoryBound(to: Float.self), c: c)
+        return true
+    }
 }

@@ -24,9 +24,9 @@ public enum PrecisionChoice: String, Sendable, CaseIterable, Codable {
             return (.bf16, GEMM.nativeBF16 ? "--precision bf16 (native: \(GEMM.description))"
                                           : "--precision bf16 (no native bf16 here: bf16-rounded inputs through the fp32 GEMM)")
         case .auto:
-            if GEMM.nativeBF16 { return (.bf16, "auto: this CPU computes bf16 natively (\(CPU.level.name), \(GEMM.backend.rawValue))") }
+            if GEMM.nativeBF16 { return (.bf16, "auto: this CPU computes bf16 natively (\(CPU.level.name), \(GEMM.backend.name))") }
             let why = !CPU.hasNativeBF16 ? "this CPU has no AVX512_BF16 or AMX" + (CPU.limit.map { " within FINCH_ISA=\($0.name)" } ?? "")
-                                         : "oneDNN is not loaded"
+                                         : "matrix products run on \(GEMM.backend.name), which has no native bf16"
             return (.fp32, "auto: \(why)")
         }
     }
@@ -54,66 +54,28 @@ package enum GEMMOperand {
     }
 }
 
-/// Matrix products: oneDNN's matmul primitives where libdnnl is present (ISA chosen at run time,
-/// primitives cached per shape), OpenBLAS otherwise. `FINCH_GEMM=openblas` forces OpenBLAS.
+/// Matrix products of the model, on the backend `registry` chooses at run time: oneDNN's matmul
+/// primitives where libdnnl is present (ISA chosen at run time, primitives cached per shape),
+/// OpenBLAS otherwise. `FINCH_GEMM=openblas` forces OpenBLAS.
 package enum GEMM {
-    package enum Backend: String, Sendable { case oneDNN = "oneDNN", openBLAS = "OpenBLAS" }
     package typealias Transpose = BLAS.Transpose
 
-    /// The backend of fp32 products, and why oneDNN is not used when it is not.
-    static let loaded: (backend: Backend, notice: String?) = {
-        let env = ProcessInfo.processInfo.environment
-        if let forced = env["FINCH_GEMM"]?.lowercased(), forced == "openblas" { return (.openBLAS, nil) }
-        // oneDNN's OpenMP threads: this process's share of the cores (ranks of mpirun split them).
-        if env["OMP_NUM_THREADS"] == nil { setenv("OMP_NUM_THREADS", String(Parallel.coreCount), 1) }
-        // Idle OpenMP workers spin ~300,000 rounds after each product by default, taking a core from
-        // the kernels that run between products; 10,000 still catches back-to-back products
-        // (ORPO step 2.9-3.1 -> 2.8 s here). A value the user set wins.
-        if env["OMP_WAIT_POLICY"] == nil && env["GOMP_SPINCOUNT"] == nil { setenv("GOMP_SPINCOUNT", "10000", 1) }
-        var message = [CChar](repeating: 0, count: 256)
-        let status = finch_onednn_load(CPU.limit?.oneDNNMaxISA ?? 0, &message, message.count)
-        if status == 0 { return (.oneDNN, nil) }
-        return (.openBLAS, "finch: oneDNN not used (\(String(cStringBuffer: message))); matrix products run on OpenBLAS")
-    }()
-
-    package static var backend: Backend { loaded.backend }
+    /// The backend every product runs on (see `registry`).
+    package static var backend: any GEMMBackend { loaded.backend }
 
     /// Tests set it to run bf16 products on the portable path where the native one exists.
     nonisolated(unsafe) static var portableBF16 = false
 
-    /// Prints the notice once when oneDNN could not be loaded.
+    /// Prints the notice once when a preferred backend could not be loaded.
     package static func reportBackend() {
         if let notice = loaded.notice { FileHandle.standardError.write(Data((notice + "\n").utf8)) }
     }
 
-    /// bf16 products run natively: oneDNN is loaded and dispatches to AVX512_BF16 or AMX.
-    package static var nativeBF16: Bool {
-        backend == .oneDNN && CPU.hasNativeBF16 && finch_onednn_effective_isa() >= 0xe7
-    }
+    /// bf16 products run natively (AVX512_BF16 or AMX through oneDNN).
+    package static var nativeBF16: Bool { backend.nativeBF16 }
 
-    /// One line: the backend, its version and ISA, and the CPU.
-    package static var description: String {
-        switch backend {
-        case .oneDNN:
-            let v = Int(finch_onednn_version())
-            return "oneDNN \(v / 10000).\(v / 100 % 100).\(v % 100) (\(oneDNNISAName(finch_onednn_effective_isa()))), \(ProcessInfo.processInfo.environment["OMP_NUM_THREADS"] ?? "?") threads"
-        case .openBLAS: return BLAS.description
-        }
-    }
-
-    static func oneDNNISAName(_ isa: UInt32) -> String {
-        switch isa {
-        case 0x1: "sse41"
-        case 0x3: "avx"
-        case 0x7: "avx2"
-        case 0x407: "avx2_vnni"
-        case 0x27: "avx512_core"
-        case 0x67: "avx512_core_vnni"
-        case 0xe7: "avx512_core_bf16"
-        case 0x3e7, 0x1e7: "avx512_core_amx"
-        default: String(format: "isa 0x%x", isa)
-        }
-    }
+    /// One line: the backend, its version and ISA, and the threads.
+    package static var description: String { backend.description }
 
     /// Time and FLOPs per kind of product, when `profiling` is on (`finch bench step --profile`).
     package final class Profile: @unchecked Sendable {
@@ -159,18 +121,14 @@ package enum GEMM {
     }
 
     /// fp32 product on the calling thread alone, inside Finch's own parallel tasks (attention's
-    /// per-head blocks): oneDNN with this thread's own primitives, so that tasks run concurrently;
-    /// OpenBLAS (single-threaded by the caller) without it.
+    /// per-head blocks): on the backend where it can (oneDNN keeps each thread's own primitives, so
+    /// tasks run concurrently), else OpenBLAS (single-threaded by the caller).
     package static func taskSGEMM(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                  alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
                                  b: UnsafePointer<Float>, ldb: Int,
                                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        guard m > 0, n > 0, k > 0, backend == .oneDNN, !taskProductsOnOpenBLAS,
-              finch_onednn_task_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k),
-                                       alpha, a, Int64(lda), b, Int64(ldb), Int32(FINCH_F32), beta, c, Int64(ldc)) == 0 else {
-            BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-            return
-        }
+        let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta, lda: lda, ldb: ldb, ldc: ldc)
+        if taskProductsOnOpenBLAS || !backend.multiplyOnCallingThread(p, a: a, b: b, c: c) { BLAS.sgemm(p, a: a, b: b, c: c) }
     }
 
     /// `FINCH_TASK_GEMM=openblas`: attention's per-task products on OpenBLAS, for comparison.
@@ -179,12 +137,8 @@ package enum GEMM {
     private static func sgemmUntimed(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
                                      alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
                                      beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        guard m > 0, n > 0, k > 0, backend == .oneDNN,
-              finch_onednn_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
-                                  a, Int64(lda), b, Int64(ldb), Int32(FINCH_F32), beta, c, Int64(ldc)) == 0 else {
-            BLAS.sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
-            return
-        }
+        let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta, lda: lda, ldb: ldb, ldc: ldc)
+        if !backend.multiply(p, a: a, b: b, elements: .f32, c: c) { BLAS.sgemm(p, a: a, b: b, c: c) }
     }
 
     /// C[m, n] = alpha * op(A) op(B) + beta * C with fp32 accumulation and result, each operand
@@ -216,8 +170,8 @@ package enum GEMM {
         if precision == .bf16 && nativeBF16 && !portableBF16 && k > 0 {
             let (pa, lda2) = bf16Operand(a, rows: aRows, columns: aColumns, ld: lda, into: &scratch.a)
             let (pb, ldb2) = bf16Operand(b, rows: bRows, columns: bColumns, ld: ldb, into: &scratch.b)
-            if finch_onednn_matmul(transA == .transpose ? 1 : 0, transB == .transpose ? 1 : 0, Int64(m), Int64(n), Int64(k), alpha,
-                                   pa, Int64(lda2), pb, Int64(ldb2), Int32(FINCH_BF16), beta, c, Int64(ldc)) == 0 { return }
+            let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta, lda: lda2, ldb: ldb2, ldc: ldc)
+            if backend.multiply(p, a: pa, b: pb, elements: .bf16, c: c) { return }
         }
         // The portable path: f32 operands, bf16-rounded in bf16 precision, bf16 ones widened.
         let (fa, lda3) = f32Operand(a, rows: aRows, columns: aColumns, ld: lda, round: precision == .bf16, into: &scratch.a)
@@ -233,7 +187,7 @@ package enum GEMM {
         guard let x, precision == .bf16, nativeBF16, !portableBF16, rows > matVecMaxVectors else { return body(nil) }
         let copy = UnsafeMutablePointer<UInt16>.allocate(capacity: rows * ld)
         defer { copy.deallocate() }
-        finch_onednn_to_bf16_rows(x, ld, copy, rows, ld)
+        backend.convertToBF16(x, ld: ld, into: copy, rows: rows, columns: ld)
         return body(copy)
     }
 
@@ -262,7 +216,7 @@ package enum GEMM {
         case let .bf16(p), let .f32WithCopy(_, p): return (UnsafeRawPointer(p), ld)
         case let .f32(p):
             let dst = buffer.reserve(rows * columns * 2).assumingMemoryBound(to: UInt16.self)
-            finch_onednn_to_bf16_rows(p, ld, dst, rows, columns)   // bf16 products run natively: oneDNN is loaded
+            backend.convertToBF16(p, ld: ld, into: dst, rows: rows, columns: columns)
             return (UnsafeRawPointer(dst), columns)
         }
     }
