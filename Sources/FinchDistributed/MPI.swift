@@ -76,9 +76,13 @@ struct MPILibrary {
     }
 }
 
+/// A data parallel job that cannot go on.
 public enum DistributedError: Error, CustomStringConvertible, Equatable {
+    /// Started by mpirun, but Open MPI's library could not be loaded or lacks a symbol.
     case mpiUnavailable(String)
+    /// An MPI call returned an error code on `rank`.
     case mpiFailed(rank: Int, operation: String, code: Int32)
+    /// A rank holds different inputs than rank 0 (e.g. another data file), found by `checkSameAsRoot`.
     case mismatch(rank: Int, what: String, found: String, expected: String)
 
     public var description: String {

@@ -12,10 +12,13 @@ import FinchKernels
 /// (a rank died, hangs, or the network is gone) prints an `error:` line naming this rank and
 /// the operation, and aborts the whole job, so no rank waits forever.
 public final class ProcessGroup: @unchecked Sendable {
+    /// This process's index in the job (MPI_Comm_rank), 0..<size; 0 alone.
     public let rank: Int
+    /// Processes in the job; 1 alone.
     public let size: Int
     /// Ranks on this machine (they share its cores).
     public let localSize: Int
+    /// Rank 0: the one that reads checkpoints, writes the run folder and reports.
     public var isRoot: Bool { rank == 0 }
     /// Seconds a collective may wait for the other ranks before the job is aborted.
     public var timeout: Double {

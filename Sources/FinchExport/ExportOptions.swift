@@ -22,6 +22,7 @@ public enum ExportDType: String, CaseIterable, Sendable {
         self = value
     }
 
+    /// The stored tensor encoding this export type writes.
     public var dtype: DType {
         switch self {
         case .f32: return .f32
@@ -31,26 +32,32 @@ public enum ExportDType: String, CaseIterable, Sendable {
         }
     }
 
+    /// The dtypes `format` can hold: f32, f16 and bf16 for hf; also q8_0 for gguf.
     public static func supported(by format: ExportFormat) -> [ExportDType] {
         format == .hf ? [.f32, .f16, .bf16] : [.f32, .f16, .bf16, .q8_0]
     }
 }
 
+/// What `finch export` is asked to do: source model, optional adapter, format, dtype, destination.
 public struct ExportOptions: Sendable {
     /// An HF model folder or a .gguf file.
     public var model: String
     /// A PEFT LoRA adapter folder to merge; nil converts the format only.
     public var adapter: String?
+    /// An HF folder or one GGUF file.
     public var format: ExportFormat
+    /// Element type of the written weights (default f32); must be in `ExportDType.supported(by: format)`.
     public var dtype: ExportDType
     /// The folder (hf) or file (gguf) to create.
     public var output: String
+    /// Replace an existing `output`; without it, an existing path is an `ExportError.outputExists`.
     public var overwrite: Bool
     /// Load a model whose weights hold NaN or infinity (refused by default).
     public var allowNonFinite = false
     /// Safetensors shards stay at or below this many bytes (transformers' default is 5 GB; 2 GB here).
     public var maxShardBytes: Int
 
+    /// Options as `finch export` builds them; shards default to 2 GB.
     public init(model: String, adapter: String? = nil, format: ExportFormat, dtype: ExportDType = .f32, output: String,
                 overwrite: Bool = false, maxShardBytes: Int = 2_000_000_000) {
         self.model = model; self.adapter = adapter; self.format = format; self.dtype = dtype

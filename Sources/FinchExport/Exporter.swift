@@ -11,10 +11,13 @@ import FinchModels
 
 /// What an export wrote.
 public struct ExportSummary: Sendable {
+    /// The folder (hf) or file (gguf) written, as given in `ExportOptions.output`.
     public var output: String
     /// Files written, relative to the output folder (hf) or the file itself (gguf).
     public var files: [String]
+    /// Tensors written (for gguf, extra ones such as rope factors included).
     public var tensorCount: Int
+    /// Bytes of tensor data written, headers and tokenizer files excluded.
     public var bytes: Int
     /// LoRA modules merged into their weights.
     public var mergedModules: Int
@@ -23,6 +26,8 @@ public struct ExportSummary: Sendable {
 /// `finch export`: merges an optional LoRA adapter into a model and writes it as an HF folder
 /// or a GGUF file. Nothing appears under the output name until it is complete.
 public enum Exporter {
+    /// Runs the export. Throws `ExportError` (bad dtype, existing output, mismatched adapter,
+    /// unsupported model) or a load/save error; `output` appears only once it is complete.
     public static func export(_ options: ExportOptions) throws -> ExportSummary {
         guard ExportDType.supported(by: options.format).contains(options.dtype) else {
             throw ExportError.dtypeNotSupported(dtype: options.dtype, format: options.format)

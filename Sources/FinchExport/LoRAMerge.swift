@@ -9,7 +9,9 @@ import FinchModels
 /// `W' = W + scale * B A`, in f32, with `scale = alpha / r` (or `alpha / sqrt(r)` with rsLoRA),
 /// as PEFT's `merge_and_unload` computes it.
 struct MergedWeights {
+    /// The base model whose tensors are merged and written.
     public let files: ModelFiles
+    /// The adapter's hyper-parameters (its scale); nil when no adapter was given.
     public let lora: LoRAConfig?
     /// HF module path (`model.layers.0.self_attn.q_proj`) to its A [r, in] and B [out, r].
     let pairs: [String: (a: TensorData, b: TensorData)]
@@ -65,6 +67,7 @@ struct MergedWeights {
     /// HF names of the tensors, sorted.
     public var names: [String] { files.tensors.keys.sorted() }
 
+    /// Shape of the tensor named `name` (an HF name from `names`; traps for an unknown one).
     public func shape(_ name: String) -> [Int] { files.tensors[name]!.shape }
 
     /// The tensor as f32, dequantized, with its LoRA update added when it has one.

@@ -7,11 +7,17 @@ import FinchModels
 /// A model with its tokenizer, ready to answer: prompt building under the chat template,
 /// stop rules from the config, `generation_config.json` and stop strings.
 public final class ChatSession {
+    /// The model that generates (with its adapter, if one was applied).
     public let model: Transformer
+    /// Encodes prompts and decodes output; also supplies the chat template and its EOS id.
     public let tokenizer: Tokenizer
+    /// Where the model came from: its config (context length, EOS ids) and folder (generation_config.json).
     public let files: ModelFiles
+    /// The decoder over `model`; set its `prefillChunk` here.
     public let generator: Generator
 
+    /// A prompt that cannot be generated from: empty, rendered to nothing, longer than the context,
+    /// or a chat requested of a model without a chat template.
     public enum Error: Swift.Error, CustomStringConvertible {
         case emptyPrompt
         case emptyTemplateOutput(String)
@@ -28,6 +34,7 @@ public final class ChatSession {
         }
     }
 
+    /// A session over `model`, which must have been built from `files`.
     public init(model: Transformer, tokenizer: Tokenizer, files: ModelFiles) {
         self.model = model
         self.tokenizer = tokenizer
@@ -47,12 +54,16 @@ public final class ChatSession {
         return ids
     }
 
+    /// The ids of `text` to continue as plain text, special tokens added as the tokenizer does (a BOS,
+    /// for most). Throws `Error.emptyPrompt` when that gives no ids.
     public func plainPrompt(_ text: String) throws -> [Int] {
         let ids = try tokenizer.encode(text, addSpecialTokens: true)
         guard !ids.isEmpty else { throw Error.emptyPrompt }
         return ids
     }
 
+    /// The ids of `history` plus a new user turn, rendered with the chat template and the generation
+    /// prompt. `system` is inserted first unless the history already starts with a system message.
     public func chatPrompt(history: [ChatMessage], user: String, system: String?) throws -> [Int] {
         guard let source = tokenizer.chatTemplate else { throw Error.noChatTemplate(files.source) }
         var messages = history

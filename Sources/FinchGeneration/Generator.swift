@@ -6,21 +6,27 @@ import FinchModels
 
 /// What stops a generation.
 public struct StopRules: Sendable, Equatable {
+    /// Most tokens generated per row, the EOS token included; 0 returns at once with "length".
     public var maxNewTokens: Int
     /// Token ids that end a sequence (the config's EOS ids, generation_config.json's).
     public var eosTokenIds: Set<Int>
 
+    /// Stop after `maxNewTokens` or at any of `eosTokenIds`.
     public init(maxNewTokens: Int, eosTokenIds: Set<Int>) {
         self.maxNewTokens = maxNewTokens
         self.eosTokenIds = eosTokenIds
     }
 }
 
+/// The output of one row of a generation.
 public struct GenerationResult: Sendable {
+    /// The new tokens, prompt excluded; ends with the EOS token when `finishReason` is "eos".
     public var tokens: [Int]
     /// Why it stopped: "eos", "length", or "stop" (a callback asked).
     public var finishReason: String
+    /// Wall time of the prefill (all prompt tokens of the batch).
     public var promptSeconds: Double
+    /// Wall time from the end of prefill until this row stopped.
     public var decodeSeconds: Double
 }
 
@@ -29,10 +35,12 @@ public struct GenerationResult: Sendable {
 /// attention, positions counted from each prompt's first real token), so each step runs one
 /// token of every row through the model at once.
 public final class Generator {
+    /// The model that decodes; its adapters apply as they are enabled.
     public let model: Transformer
     /// Prompt tokens run through the model this many at a time (chunked prefill).
     public var prefillChunk = 256
 
+    /// A generator over `model`; each `generate` call allocates its own KV cache.
     public init(model: Transformer) { self.model = model }
 
     /// Continues `prompt`; `onToken` sees each new token and may return false to stop.

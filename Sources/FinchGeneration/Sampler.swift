@@ -11,14 +11,20 @@ public struct SamplingSettings: Sendable, Equatable, Codable {
     public var temperature: Float = 0
     /// 0 keeps every token.
     public var topK = 0
+    /// Nucleus sampling: keep the most likely tokens whose mass first reaches topP; 1 keeps all.
     public var topP: Float = 1
+    /// Drop tokens whose probability is below minP x the top token's; 0 keeps all.
     public var minP: Float = 0
     /// > 1 discourages tokens already present (logit / p when positive, * p when negative).
     public var repetitionPenalty: Float = 1
+    /// Subtracted once from the logit of every token already seen (prompt included), as OpenAI's.
     public var presencePenalty: Float = 0
+    /// Subtracted from a seen token's logit per occurrence, as OpenAI's.
     public var frequencyPenalty: Float = 0
+    /// Seeds the sampler's generator (row r of a batch uses seed + r); unused when greedy.
     public var seed: UInt64 = 0
 
+    /// Settings whose defaults disable every option: greedy decoding.
     public init(temperature: Float = 0, topK: Int = 0, topP: Float = 1, minP: Float = 0, repetitionPenalty: Float = 1,
                 presencePenalty: Float = 0, frequencyPenalty: Float = 0, seed: UInt64 = 0) {
         self.temperature = temperature; self.topK = topK; self.topP = topP; self.minP = minP
@@ -28,9 +34,11 @@ public struct SamplingSettings: Sendable, Equatable, Codable {
 }
 
 struct Sampler {
+    /// The settings this sampler applies; its seed started `random`.
     public let settings: SamplingSettings
     var random: FinchRandom
 
+    /// A sampler whose random stream starts at `settings.seed`.
     public init(_ settings: SamplingSettings) {
         self.settings = settings
         random = FinchRandom(seed: settings.seed)

@@ -31,21 +31,25 @@ package enum GGUFValue: Equatable, Sendable {
         }
     }
 
+    /// Any numeric value as Float (float32 exactly, others rounded); nil for non-numbers.
     public var float: Float? {
         if case let .float32(v) = self { return v }
         return double.map(Float.init)
     }
 
+    /// The value of a GGUF bool; nil for any other type (no 0/1 coercion).
     public var bool: Bool? {
         if case let .bool(v) = self { return v }
         return nil
     }
 
+    /// The value of a GGUF string; nil for any other type.
     public var string: String? {
         if case let .string(v) = self { return v }
         return nil
     }
 
+    /// The elements of a GGUF array; nil for any other type.
     public var array: [GGUFValue]? {
         if case let .array(v) = self { return v }
         return nil
@@ -111,8 +115,11 @@ package enum GGUFValue: Equatable, Sendable {
 /// memory-mapped. Tensors keep llama.cpp's names and point into the mapping; `hfTensors()`
 /// gives them Hugging Face names and layout.
 final package class GGUFFile: @unchecked Sendable {
+    /// The file's path, for error messages.
     public let path: String
+    /// GGUF format version, 2 or 3.
     public let version: Int
+    /// Every key-value pair of the header (`general.architecture`, `llama.block_count`, `tokenizer.ggml.tokens`, ...).
     public let metadata: [String: GGUFValue]
     /// Metadata keys in file order.
     public let metadataKeys: [String]
@@ -124,6 +131,7 @@ final package class GGUFFile: @unchecked Sendable {
     public let alignment: Int
     /// File offset of the tensor data section.
     public let dataOffset: Int
+    /// The mapping the tensors point into; kept alive as long as the GGUFFile.
     public let file: MappedFile
 
     /// GGML type ids Finch reads.
@@ -137,10 +145,13 @@ final package class GGUFFile: @unchecked Sendable {
         24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
     ]
 
+    /// Maps and parses the file at `path`.
     public convenience init(path: String) throws {
         try self.init(file: MappedFile(path: path))
     }
 
+    /// Parses header, metadata and tensor infos of a mapped file; throws `LoadError` for a bad
+    /// magic, an unsupported version or tensor type, or offsets outside the file.
     public init(file: MappedFile) throws {
         self.file = file
         path = file.path

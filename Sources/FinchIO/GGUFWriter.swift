@@ -6,12 +6,17 @@ import FinchKernels
 /// then the tensor data, each tensor starting at a multiple of `general.alignment`.
 /// The file appears atomically (a temporary sibling renamed into place).
 package enum GGUFWriter {
+    /// One tensor's header entry; its bytes come later from the `data` callback of `write`.
     public struct Tensor {
+        /// llama.cpp's name (`blk.0.attn_q.weight`), unique in the file.
         public var name: String
         /// Row-major, slowest dimension first (`[rows, columns]`), as `GGUFFile.tensors` gives it.
         public var shape: [Int]
+        /// Encoding of the bytes the `data` callback will supply.
         public var dtype: DType
+        /// An entry for a tensor of `shape` stored as `dtype`.
         public init(name: String, shape: [Int], dtype: DType) { self.name = name; self.shape = shape; self.dtype = dtype }
+        /// Bytes the data callback must hand over for this tensor (whole blocks for quantized types).
         public var byteCount: Int { shape.reduce(1, *) / dtype.blockSize * dtype.blockBytes }
     }
 

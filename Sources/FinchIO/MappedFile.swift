@@ -8,13 +8,18 @@ import FinchKernels
 /// A whole file mapped read-only into memory. Tensors loaded from it point into `bytes`
 /// and keep the mapping alive through `TensorData.owner`.
 final package class MappedFile: @unchecked Sendable {
+    /// The path it was opened with, for error messages.
     public let path: String
+    /// Start of the read-only mapping; valid while this object lives (a dummy byte for an empty file).
     public let bytes: UnsafeRawPointer
+    /// File size in bytes (0 for an empty file).
     public let count: Int
     /// nil for an empty file, which has nothing to map.
     private let mapping: UnsafeMutableRawPointer?
     private let placeholder: UnsafeMutableRawPointer?
 
+    /// Maps the whole regular file at `path`; throws `LoadError` when it is missing, unreadable,
+    /// a directory, or cannot be mapped. Unmapped on deinit.
     public init(path: String) throws {
         self.path = path
         let fd = open(path, O_RDONLY | O_CLOEXEC)

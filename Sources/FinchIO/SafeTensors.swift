@@ -11,6 +11,7 @@ import FinchKernels
 /// (plus an optional `__metadata__` string map), then the little-endian tensor data;
 /// `data_offsets` count from the first byte after the header.
 package enum SafeTensors {
+    /// The safetensors dtypes Finch reads and writes (F32, F16, BF16); any other is refused with its name.
     public static let supportedDTypes: [DType] = [.f32, .f16, .bf16]
 
     /// Maps the file and returns views of its tensors; they keep the mapping alive.

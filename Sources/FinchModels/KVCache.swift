@@ -4,9 +4,13 @@ import FinchIO
 /// Keys and values of every layer for `batch` sequences, preallocated up to `capacity`
 /// positions, so decoding never reallocates. Rows share positions; left padding is masked.
 final package class KVCache {
+    /// Decoder layers cached (the model's `layerCount`).
     public let layers: Int
+    /// Sequences decoded together, one cache row each.
     public let batch: Int
+    /// Positions each row can hold: prompt plus every new token; storing past it is out of bounds.
     public let capacity: Int
+    /// Floats per cached key or value of one position (`kvHeadCount * headDim`).
     public let kvDim: Int
     /// Positions filled so far (the same for every row).
     public internal(set) var length = 0
@@ -15,6 +19,7 @@ final package class KVCache {
     let keys: UnsafeMutablePointer<Float>     // (layers, batch, capacity, kvDim)
     let values: UnsafeMutablePointer<Float>   // (layers, batch, capacity, kvDim)
 
+    /// Allocates (uninitialised) keys and values for `batch` rows of `capacity` positions; freed on deinit.
     public init(config: ModelConfig, batch: Int, capacity: Int) {
         layers = config.layerCount
         self.batch = batch

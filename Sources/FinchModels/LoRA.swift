@@ -4,23 +4,30 @@ import FinchIO
 
 /// LoRA hyper-parameters, named as PEFT's `LoraConfig`.
 public struct LoRAConfig: Equatable, Sendable {
+    /// The seven linear projections of a Llama-family block: the default targets and the allowed names.
     public static let allProjections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+    /// Rank r of each A [r, in] / B [out, r] pair (PEFT's `r`).
     public var rank: Int
+    /// Numerator of the scale applied to the LoRA term (PEFT's `lora_alpha`); see `scale`.
     public var alpha: Float
+    /// Probability of zeroing an input of the LoRA branch while training (PEFT's `lora_dropout`); 0 disables.
     public var dropout: Float
     /// Module names (the last component of a module path, as PEFT matches them).
     public var targets: [String]
     /// rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.
     public var useRSLoRA: Bool
 
+    /// Finch's defaults (r 16, alpha 32, every projection) differ from PEFT's (r 8, alpha 8).
     public init(rank: Int = 16, alpha: Float = 32, dropout: Float = 0, targets: [String] = LoRAConfig.allProjections,
                 useRSLoRA: Bool = false) {
         self.rank = rank; self.alpha = alpha; self.dropout = dropout; self.targets = targets; self.useRSLoRA = useRSLoRA
     }
 
+    /// The factor on the LoRA term: alpha / rank, or alpha / sqrt(rank) with rsLoRA.
     public var scale: Float { useRSLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
 
+    /// Whether a module path gets an adapter: its name equals a target or ends with "." + target.
     public func targets(module name: String) -> Bool {
         targets.contains { name == $0 || name.hasSuffix("." + $0) }
     }

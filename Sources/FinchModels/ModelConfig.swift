@@ -7,18 +7,31 @@ public struct ModelConfig: Equatable, Sendable {
     /// The `model_type`s of `ModelFamily.all`.
     public static var supportedModelTypes: [String] { ModelFamily.all.map(\.modelType) }
 
+    /// HF `model_type` (`llama`, `qwen2`, ...); picks the `family`.
     public var modelType: String
+    /// Width C of the residual stream (HF `hidden_size`).
     public var hiddenSize: Int
+    /// Width of the SwiGLU MLP's gate and up outputs (HF `intermediate_size`).
     public var intermediateSize: Int
+    /// Decoder blocks (HF `num_hidden_layers`).
     public var layerCount: Int
+    /// Query heads (HF `num_attention_heads`).
     public var headCount: Int
+    /// Key/value heads, a divisor of `headCount` (HF `num_key_value_heads`; equal to it without GQA).
     public var kvHeadCount: Int
+    /// Width of one head (HF `head_dim`; hiddenSize / headCount when absent).
     public var headDim: Int
+    /// Rows of the embedding and of the output head (HF `vocab_size`).
     public var vocabSize: Int
+    /// Epsilon of every RMSNorm (HF `rms_norm_eps`; 1e-6 when a config.json omits it, 1e-5 in `init`).
     public var rmsNormEps: Float
+    /// RoPE base frequency (HF `rope_theta`, default 10000).
     public var ropeTheta: Float
+    /// RoPE context extension (HF `rope_scaling`): none, linear or llama3.
     public var ropeScaling: RopeScaling
+    /// The output head reuses the embedding matrix (HF `tie_word_embeddings`).
     public var tieWordEmbeddings: Bool
+    /// Longest context the model was trained for (default 2048); generation refuses prompt + new tokens beyond it.
     public var maxPositionEmbeddings: Int
     /// q, k and v projections carry a bias (Qwen2, or Llama with `attention_bias`).
     public var attentionBias: Bool
@@ -26,11 +39,14 @@ public struct ModelConfig: Equatable, Sendable {
     public var outputBias: Bool
     /// RMSNorm over each head of q and k before RoPE (Qwen3).
     public var qkNorm: Bool
+    /// HF `bos_token_id`, nil when the config has none (a GGUF export prefers the tokenizer's `bos_token`).
     public var bosTokenId: Int?
+    /// HF `eos_token_id`, one or several; generation stops at any of them. Empty when absent.
     public var eosTokenIds: [Int]
     /// Layers whose attention takes no rotary embedding (SmolLM3's `no_rope_layers` zeros).
     public var layersWithoutRope: Set<Int> = []
 
+    /// A shape given field by field (tests, random models); `headDim` nil means hiddenSize / headCount. Not validated.
     public init(modelType: String, hiddenSize: Int, intermediateSize: Int, layerCount: Int,
                 headCount: Int, kvHeadCount: Int, headDim: Int? = nil, vocabSize: Int,
                 rmsNormEps: Float = 1e-5, ropeTheta: Float = 10000, ropeScaling: RopeScaling = .none,
@@ -60,7 +76,9 @@ public struct ModelConfig: Equatable, Sendable {
     /// The family of `modelType` (Llama's for a type no family names: the shape alone was given).
     public var family: ModelFamily { ModelFamily.named(modelType) ?? .llama }
 
+    /// Width of the query projection's output (headCount * headDim).
     public var qDim: Int { headCount * headDim }
+    /// Width of the key and value projections' outputs (kvHeadCount * headDim).
     public var kvDim: Int { kvHeadCount * headDim }
 
     /// Reads an HF `config.json`.

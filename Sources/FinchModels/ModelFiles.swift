@@ -5,6 +5,7 @@ import FinchIO
 /// A model's configuration and weights, under Hugging Face tensor names and layout, from
 /// either an HF folder (`config.json` + safetensors) or a single GGUF file.
 public struct ModelFiles: Sendable {
+    /// The shape read from `config.json`, or derived from the GGUF metadata.
     public let config: ModelConfig
     /// HF names (`model.layers.0.self_attn.q_proj.weight`); shapes row-major, `[out, in]` for linear weights.
     public let tensors: [String: TensorData]

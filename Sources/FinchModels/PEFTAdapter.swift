@@ -5,7 +5,9 @@ import FinchIO
 /// LoRA adapters in PEFT's format: `adapter_config.json` + `adapter_model.safetensors`,
 /// with tensor names such as `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`.
 public enum PEFTAdapter {
+    /// File name of the hyper-parameters inside an adapter folder.
     public static let configFile = "adapter_config.json"
+    /// File name of the LoRA A/B tensors inside an adapter folder.
     public static let weightsFile = "adapter_model.safetensors"
 
     /// Reads the LoRA hyper-parameters of an adapter folder.

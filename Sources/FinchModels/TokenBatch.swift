@@ -3,18 +3,24 @@ import FinchIO
 
 /// Token ids of `batch` rows of `seq` positions each, with padding mask and positions.
 package struct TokenBatch: Sendable {
+    /// Rows (sequences, or packs of sequences).
     public let batch: Int
+    /// Positions per row, padding included.
     public let seq: Int
+    /// Token ids, row-major; padding holds the pad id.
     public var ids: [Int32]          // [batch * seq]
     /// 1 at real tokens, 0 at padding [batch * seq]; nil when nothing is padded.
     public var mask: [Float]?
+    /// RoPE position of each token; 0..<seq per row unless given (packed rows restart at each sequence).
     public var positions: [Int32]    // [batch * seq]
     /// Packed rows: the position where each token's own sequence starts [batch * seq]; attention
     /// stays within a sequence and positions restart at each start. Nil for one sequence per row.
     public var segmentStarts: [Int32]?
 
+    /// batch * seq, padding included.
     public var tokenCount: Int { batch * seq }
 
+    /// A batch from flat row-major ids; `positions` defaults to 0..<seq in every row.
     public init(batch: Int, seq: Int, ids: [Int32], mask: [Float]? = nil, positions: [Int32]? = nil) {
         precondition(ids.count == batch * seq, "ids must hold batch * seq values")
         self.batch = batch

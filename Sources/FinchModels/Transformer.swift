@@ -49,7 +49,9 @@ final class DecoderLayer {
 /// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama) with a
 /// hand-written backward, as llm.c does it: each step of `forward` has its mirror in `backward`.
 public final class Transformer {
+    /// The shape the model was built with (from its `ModelFiles`).
     public let config: ModelConfig
+    /// What this model trains; `.none` builds no gradients or parameter set.
     public let fineTuning: FineTuning
     /// The precision of the base model's products: bf16 holds the frozen weights in bf16 (half
     /// the memory) and rounds matmul inputs to bf16; LoRA weights, gradients, optimizer state,
@@ -77,6 +79,7 @@ public final class Transformer {
         didSet { for layer in layers { for p in layer.projections { p.loraEnabled = adaptersEnabled } } }
     }
 
+    /// 1 GiB: the default `denseLimitBytes`, above which quantized weights stay quantized.
     public static let defaultDenseLimitBytes = 1 << 30
 
     /// Join gate and up (one GEMM for both) even where they are f32 used in place: tests set it
@@ -653,11 +656,16 @@ public final class Transformer {
 /// Per-position figures of the head at each target: log p(target), the sum of the logits,
 /// the softmax entropy and whether the argmax is the target (0 where the target is negative).
 public struct TokenStatistics: Sendable {
+    /// log p(target) at each position.
     public var logProbs: [Float]
+    /// The sum of all V logits at each position (DPO logs their mean as TRL's `logits/chosen`).
     public var logitSums: [Float]
+    /// Entropy of the softmax over the vocabulary at each position, in nats.
     public var entropies: [Float]
+    /// 1 where the argmax logit is the target, else 0.
     public var correct: [Float]
 
+    /// Zeroed figures for `count` positions.
     public init(count: Int) {
         logProbs = [Float](repeating: 0, count: count)
         logitSums = logProbs; entropies = logProbs; correct = logProbs

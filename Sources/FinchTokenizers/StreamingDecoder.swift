@@ -5,12 +5,15 @@ import FinchIO
 /// tokenizers' DecodeStream does: it keeps a few ids of context, decodes them with the new
 /// id, and returns what the new id added.
 public struct StreamingDecoder {
+    /// Decodes the ids.
     public let tokenizer: Tokenizer
+    /// Drop special tokens (`<|im_end|>`, ...) from the text, as `decode(skip_special_tokens=True)`.
     public let skipSpecialTokens: Bool
     private var ids: [Int] = []
     private var prefix = ""
     private var prefixIndex = 0
 
+    /// An empty stream; feed it one sequence's ids with `append`.
     public init(tokenizer: Tokenizer, skipSpecialTokens: Bool = false) {
         self.tokenizer = tokenizer
         self.skipSpecialTokens = skipSpecialTokens

@@ -26,9 +26,13 @@ public final class Tokenizer: @unchecked Sendable {
     /// Model tokens whose string has no raw-byte form (byte-level vocabularies only).
     let otherTokens: ExactStringTable
 
+    /// `bos_token` of tokenizer_config.json (or special_tokens_map.json, or GGUF metadata); nil when unset.
     public let bosTokenId: Int?
+    /// `eos_token`, from the same sources; nil when unset (the model's config may list more EOS ids).
     public let eosTokenId: Int?
+    /// `pad_token`; nil when unset (training then pads with the EOS id).
     public let padTokenId: Int?
+    /// `unk_token`, the id of unknown pieces; nil when unset.
     public let unkTokenId: Int?
     /// Raw Jinja source of the chat template, if the tokenizer has one.
     public let chatTemplate: String?
@@ -142,8 +146,11 @@ public final class Tokenizer: @unchecked Sendable {
     /// Number of ids: one past the largest id of the model vocabulary and added tokens.
     public var vocabularySize: Int { tokens.count }
 
+    /// The BOS token's string (e.g. "<s>"), nil when unset; Finch hands it to chat templates as `bos_token`.
     public var bosToken: String? { bosTokenId.flatMap(tokenString) }
+    /// The EOS token's string, nil when unset; Finch hands it to chat templates as `eos_token`.
     public var eosToken: String? { eosTokenId.flatMap(tokenString) }
+    /// The pad token's string, nil when unset.
     public var padToken: String? { padTokenId.flatMap(tokenString) }
 
     /// The token's string as the vocabulary spells it (e.g. "Ġthe", "▁the", "<|im_end|>").

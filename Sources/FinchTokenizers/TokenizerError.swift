@@ -46,6 +46,7 @@ private extension String {
     func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
 }
 
+/// Strict UTF-8 checking, to name the offending byte when a file is not valid text.
 public enum UTF8Validation {
     /// The offset of the first byte that does not start or continue a valid UTF-8 sequence
     /// (overlong forms, surrogates and values above U+10FFFF are invalid), or nil.

@@ -9,12 +9,15 @@ import FinchDistributed
 /// Rows of a dataset file: JSONL (one object per line), JSON (an array of objects) or CSV
 /// (a header row, then one row per record; fields may be quoted with "" escapes).
 public enum DataFile {
+    /// One record, its fields as decoded JSON values (CSV fields are strings).
     public struct Row: @unchecked Sendable {
         /// Where the row came from, for error messages: "pairs.jsonl:12".
         public let location: String
+        /// Field name to value: String, NSNumber, [Any] or [String: Any] as JSONSerialization gives them.
         public let fields: [String: Any]
     }
 
+    /// A data file that cannot be read, is malformed (with file and line), or has no rows.
     public enum Error: Swift.Error, CustomStringConvertible, Equatable {
         case unreadable(path: String, reason: String)
         case malformed(location: String, found: String, expected: String)
@@ -29,6 +32,8 @@ public enum DataFile {
         }
     }
 
+    /// Reads every row of `path`, the format chosen by its extension (.jsonl/.ndjson, .json, .csv).
+    /// Throws for an unknown extension, bytes that are not UTF-8, a malformed row, or no rows.
     public static func read(_ path: String) throws -> [Row] {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw Error.unreadable(path: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")

@@ -12,13 +12,16 @@ import FinchDistributed
 public struct Example: Sendable, Equatable {
     /// Position in its dataset; keys caches such as DPO's reference log-probs.
     public var id: Int
+    /// Token-id sequences by TRL's field name; packed SFT rows also carry `segment_lengths`.
     public var fields: [String: [Int32]]
 
+    /// An example at position `id` of its dataset.
     public init(id: Int, fields: [String: [Int32]]) {
         self.id = id
         self.fields = fields
     }
 
+    /// The sequence named `field`, or empty when the example lacks it.
     public subscript(field: String) -> [Int32] { fields[field] ?? [] }
 
     /// The longest sequence of the row, used for length grouping and batch shapes.
@@ -31,17 +34,20 @@ public struct Normalisers: Sendable, Equatable {
     public var tokens: Double = 0
     /// Preference pairs (ORPO's odds-ratio term, DPO, CPO, SimPO).
     public var pairs: Double = 0
-    /// Completion tokens of chosen and of rejected rows (the mean-logit metrics).
+    /// Completion tokens of chosen rows (the mean-logit metrics).
     public var chosenTokens: Double = 0
+    /// Completion tokens of rejected rows (the mean-logit metrics).
     public var rejectedTokens: Double = 0
     /// Padded positions per half of a preference batch (ORPO's and CPO's mean-logit metrics).
     public var positions: Double = 0
 
+    /// Counts given directly; objectives build them with `normalisers(of:)`.
     public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0, positions: Double = 0) {
         self.tokens = tokens; self.pairs = pairs; self.chosenTokens = chosenTokens; self.rejectedTokens = rejectedTokens
         self.positions = positions
     }
 
+    /// Field-by-field sum, to total the counts of a window's micro-batches.
     public static func + (a: Normalisers, b: Normalisers) -> Normalisers {
         Normalisers(tokens: a.tokens + b.tokens, pairs: a.pairs + b.pairs, chosenTokens: a.chosenTokens + b.chosenTokens,
                     rejectedTokens: a.rejectedTokens + b.rejectedTokens, positions: a.positions + b.positions)

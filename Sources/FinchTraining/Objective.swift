@@ -29,6 +29,8 @@ public protocol Objective: AnyObject {
     var logsTokenCount: Bool { get }
 }
 
+/// Why an objective or trainer refused its input: an example without a needed field, an unknown
+/// `--method`, or a setting out of range (the trainer's too).
 public enum ObjectiveError: Error, CustomStringConvertible, Equatable {
     case missingFields(objective: String, fields: [String], example: Int)
     case unknownMethod(String, supported: [String])

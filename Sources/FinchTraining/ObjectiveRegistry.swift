@@ -12,9 +12,11 @@ public struct ObjectiveContext {
 /// `ObjectiveRegistry.methods` lists them all, so an objective (KTO, GRPO) is added as its file in
 /// Objectives/ plus one entry here; `--method`, its help and TrainingRun read the list.
 public struct TrainingMethod: Sendable {
+    /// TRL's name, the value of `--method`.
     public let name: String
     let make: @Sendable (TrainConfig, ObjectiveContext) throws -> Objective
 
+    /// A method named `name` whose objective `make` builds from the run's config.
     public init(_ name: String, make: @escaping @Sendable (TrainConfig, ObjectiveContext) throws -> Objective) {
         self.name = name
         self.make = make
@@ -26,7 +28,9 @@ public struct TrainingMethod: Sendable {
     }
 }
 
+/// The training methods Finch knows; `--method` and its help read this list.
 public enum ObjectiveRegistry {
+    /// Every method, in the order help lists them: sft, orpo, dpo, simpo, cpo.
     public static let methods: [TrainingMethod] = [
         TrainingMethod("sft") { _, context in SFTObjective(padId: context.padId) },
         preference("orpo") { .orpo(beta: $0.beta) },

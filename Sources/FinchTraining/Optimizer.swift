@@ -9,20 +9,29 @@ import FinchDistributed
 /// Optimizers over a `ParameterSet`'s flat buffers: one loop each.
 public enum OptimizerKind: String, Sendable, Codable, CaseIterable { case adamw, sgd }
 
+/// The update rule applied to a `ParameterSet` after each window's gradients are complete;
+/// its moments and step count are what a checkpoint saves besides the parameters.
 public final class Optimizer {
+    /// AdamW or SGD, fixed at creation (SGD keeps no moments).
     public let kind: OptimizerKind
+    /// AdamW's decay of the first moment (torch's default 0.9).
     public var beta1: Float = 0.9
+    /// AdamW's decay of the second moment (torch's default 0.999).
     public var beta2: Float = 0.999
+    /// Added to AdamW's bias-corrected sqrt(v) to avoid dividing by zero (torch's default 1e-8).
     public var epsilon: Float = 1e-8
+    /// Decoupled decay: each update first multiplies weights by 1 - lr * weightDecay; biases and norms are exempt.
     public var weightDecay: Float
     /// Updates taken so far (AdamW's bias correction uses it).
     public private(set) var step = 0
-    /// AdamW's first and second moments, one value per parameter.
+    /// AdamW's first moments (running mean of gradients), one per parameter; empty for SGD.
     public private(set) var m: [Float]
+    /// AdamW's second moments (running mean of squared gradients); empty for SGD.
     public private(set) var v: [Float]
     /// 1 where weight decay applies, 0 for biases and norm weights (as transformers' Trainer does).
     let decayMask: [Float]
 
+    /// Zero moments sized for `parameters`; the decay mask is read from their names (`.bias`, `norm`).
     public init(kind: OptimizerKind, parameters: ParameterSet, weightDecay: Float = 0) {
         self.kind = kind
         self.weightDecay = weightDecay
@@ -93,12 +102,18 @@ public func clipGradientNorm(_ parameters: ParameterSet, maxNorm: Float) -> Floa
 /// Learning-rate schedules with linear warmup, as transformers' get_scheduler defines them.
 public enum LRScheduleKind: String, Sendable, Codable, CaseIterable { case constant, linear, cosine }
 
+/// The learning rate of every optimizer step: linear warm-up to `peak`, then `kind`'s decay to `totalSteps`.
 public struct LRSchedule: Sendable {
+    /// The shape after warm-up: constant, linear to 0, or cosine to 0.
     public var kind: LRScheduleKind
+    /// The rate at the end of warm-up (the configured learning rate).
     public var peak: Float
+    /// Steps of linear rise from 0; rate(at: 0) is 0 when this is positive.
     public var warmupSteps: Int
+    /// Steps of the whole run; linear and cosine reach 0 here.
     public var totalSteps: Int
 
+    /// A schedule over `totalSteps` optimizer steps.
     public init(kind: LRScheduleKind, peak: Float, warmupSteps: Int, totalSteps: Int) {
         self.kind = kind; self.peak = peak; self.warmupSteps = warmupSteps; self.totalSteps = totalSteps
     }

@@ -12,9 +12,11 @@ public struct PerplexityResult: Sendable, Equatable {
     public var tokens: Int
     /// Mean NLL per predicted token (nats).
     public var nll: Double
+    /// exp(nll): the model's perplexity on the evaluated tokens.
     public var perplexity: Double { exp(nll) }
 }
 
+/// Perplexity evaluation of a model over token sequences (`finch perplexity`).
 public enum Perplexity {
     /// Scores `sequences` in windows of at most `maxLength` tokens (a longer sequence is cut
     /// into consecutive windows, each starting without context), batching windows of similar

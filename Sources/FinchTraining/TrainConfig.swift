@@ -9,26 +9,46 @@ import FinchDistributed
 /// Everything `finch train` can be told, from flags and a YAML file alike (flags win). Keys are
 /// snake_case in YAML and kebab-case as flags: `lora_r` / `--lora-r`.
 public struct TrainConfig: Sendable, Codable, Equatable {
+    /// The objective, as TRL names it: a name of `ObjectiveRegistry.methods` (sft, orpo, dpo, simpo, cpo).
     public var method = "sft"
+    /// Base model: an HF folder (config.json, safetensors, tokenizer) or a .gguf file. Required.
     public var model = ""
+    /// Training data file (.jsonl, .json or .csv). Required.
     public var data = ""
+    /// Held-out data in the same format; nil means no evaluation.
     public var evalData: String?
+    /// The run folder: adapter or weights, metrics.jsonl, run.json, checkpoints. Required.
     public var output = ""
     /// Dataset format: detected from the fields unless given (text, prompt_completion, messages, preference).
     public var format: String?
+    /// Tokens per sequence: longer ones are cut; a row left with no label to learn is dropped.
     public var maxLength = 1024
+    /// TRL's `beta` of ORPO, DPO, CPO and SimPO (ignored by SFT).
     public var beta = 0.1
+    /// DPO's `loss_type`: sigmoid, ipo, hinge or robust (`PreferenceLoss.DPOKind`).
     public var lossType = "sigmoid"
+    /// TRL's `label_smoothing` for DPO (robust only), CPO and SimPO; 0 turns it off.
     public var labelSmoothing = 0.0
+    /// SimPO's target reward margin gamma (TRL's `simpo_gamma`).
     public var simpoGamma = 0.5
+    /// Weight of the chosen rows' NLL term in CPO and SimPO (TRL's `cpo_alpha`).
     public var cpoAlpha = 1.0
+    /// LoRA rank (`--lora-r`); see `LoRAConfig.rank`.
     public var loraR = 16
+    /// LoRA alpha; the LoRA term is scaled by alpha / r (alpha / sqrt(r) with rsLoRA).
     public var loraAlpha: Float = 32
+    /// Dropout on the LoRA branch's input while training, in [0, 1).
     public var loraDropout: Float = 0
+    /// Projections that get adapters, among `LoRAConfig.allProjections` (default: all seven).
     public var loraTargets = LoRAConfig.allProjections
+    /// rsLoRA scaling, alpha / sqrt(r).
     public var useRSLoRA = false
+    /// Train every weight and save an HF folder instead of a LoRA adapter.
     public var full = false
+    /// A PEFT adapter folder to continue training from; its own r, alpha and targets replace the
+    /// lora_* settings. Ignored with `full`.
     public var adapter: String?
+    /// SFT only: pack examples end to end into rows of `maxLength`; attention stays within each.
     public var packing = false
     /// Recompute each layer in backward instead of keeping its activations (HF's gradient_checkpointing).
     public var gradientCheckpointing = false
@@ -44,16 +64,21 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var precision: PrecisionChoice = .auto
     /// Render plain-text prompts as a user turn with the model's chat template.
     public var chatTemplate = false
+    /// At each evaluation, sample completions of this many eval prompts into generations.jsonl; 0 for none.
     public var generateDuringEval = 0
+    /// Continue from the newest checkpoint in `output` (an error if it has none).
     public var resume = false
+    /// Empty a non-empty `output` before starting; without it (or `resume`) such a folder is an error.
     public var overwrite = false
     /// Data parallel runs: seconds a collective may wait for the other ranks before the job stops.
     public var collectiveTimeout = 300.0
+    /// Batch size, optimizer, schedule and logging: the options read by `Trainer`.
     public var trainer = TrainerSettings()
 
     /// The methods of `ObjectiveRegistry`, by name.
     public static var methods: [String] { ObjectiveRegistry.methods.map(\.name) }
 
+    /// A bad option, thrown while building a config; `source` names the flag or YAML file.
     public enum Error: Swift.Error, CustomStringConvertible, Equatable {
         case missing(String)
         case invalid(key: String, source: String, found: String, expected: String)
@@ -69,6 +94,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         }
     }
 
+    /// Every option at its default; model, data and output still empty.
     public init() {}
 
     /// Builds a config from string values (YAML scalars or flag arguments); `sources` names where
@@ -111,6 +137,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         if !(0..<1).contains(loraDropout) { throw Error.invalid(key: "lora_dropout", source: source("lora_dropout"), found: "\(loraDropout)", expected: "a number in [0, 1)") }
     }
 
+    /// The LoRA hyper-parameters of the lora_* options.
     public var loraConfig: LoRAConfig {
         LoRAConfig(rank: loraR, alpha: loraAlpha, dropout: loraDropout, targets: loraTargets, useRSLoRA: useRSLoRA)
     }

@@ -7,6 +7,7 @@ import FinchModels
 /// what it means. Flags, YAML files, `finch train --help` and README's table all come from
 /// `TrainConfig.options`.
 public struct TrainOption: Sendable {
+    /// The type of value an option takes, which decides its parsing and help syntax.
     public enum Kind: Sendable, Equatable {
         /// true when given as a flag; `key: true` or `false` in YAML.
         case flag
@@ -16,8 +17,11 @@ public struct TrainOption: Sendable {
         case list([String])
     }
 
+    /// snake_case name, as in YAML (`max_length`).
     public let key: String
+    /// The value it takes.
     public let kind: Kind
+    /// One-line meaning, shown in `--help` and README's table.
     public let help: String
 
     init(key: String, kind: Kind, help: String, defaultValue: String?, required: Bool = false,

@@ -8,24 +8,39 @@ import FinchDistributed
 
 /// The knobs of a training run (flags and YAML keys of `finch train` map onto these).
 public struct TrainerSettings: Sendable, Codable, Equatable {
+    /// Examples per micro-batch on each rank (pairs for preference methods); an optimizer step sees
+    /// batchSize x gradAccum x ranks examples. `--batch-size`, default 2.
     public var batchSize = 2
+    /// Micro-batches per optimizer step, accumulated exactly (one normaliser over the window). `--grad-accum`.
     public var gradAccum = 1
+    /// Passes over the training data; ignored when `maxSteps` > 0.
     public var epochs = 1
     /// Stops after this many optimizer steps when > 0 (wins over `epochs`).
     public var maxSteps = 0
+    /// Peak learning rate, reached after `warmupSteps` (`--lr`).
     public var learningRate: Float = 2e-4
+    /// AdamW (torch defaults for betas and epsilon) or plain SGD.
     public var optimizer: OptimizerKind = .adamw
+    /// Decoupled weight decay (p -= lr * wd * p); biases and norm weights are never decayed.
     public var weightDecay: Float = 0
+    /// Shape of the learning rate after warm-up, as transformers' `lr_scheduler_type`.
     public var scheduler: LRScheduleKind = .linear
+    /// Optimizer steps over which the rate rises linearly from 0 to `learningRate`.
     public var warmupSteps = 0
     /// 0 turns clipping off.
     public var maxGradNorm: Float = 1
+    /// Seeds LoRA initialisation, the per-epoch shuffle and dropout.
     public var seed: UInt64 = 42
+    /// Writes a metrics.jsonl line every N steps (and at the last step); 0 writes none.
     public var loggingSteps = 1
+    /// Evaluates every N steps and at the last; 0 evaluates at the end only. A baseline at step 0 runs either way.
     public var evalSteps = 0
+    /// Writes a resumable checkpoint every N steps, except the last (the result is saved then); 0 writes none.
     public var saveSteps = 0
+    /// Sorts each megabatch of 50 windows by length so windows hold similar lengths (less padding).
     public var groupByLength = true
 
+    /// Finch's defaults, as listed in `finch train --help`.
     public init() {}
 }
 
@@ -59,8 +74,11 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// Where a run stands: saved in each checkpoint and broadcast from rank 0 on resume.
 public struct TrainerState: Sendable, Codable, Equatable {
+    /// Optimizer steps completed (skipped steps included).
     public var step = 0
+    /// Epochs completed; the current epoch's index.
     public var epoch = 0
     /// Next window within `epoch` (windows are global: every rank's share of one optimizer step).
     public var windowInEpoch = 0
@@ -72,11 +90,15 @@ public struct TrainerState: Sendable, Codable, Equatable {
 
 /// What one optimizer step did, under TRL's metric names.
 public struct StepLog: Sendable {
+    /// The optimizer step just completed (1-based).
     public var step: Int
+    /// Fractional epoch after this step (2.5 = half-way through the third epoch).
     public var epoch: Double
+    /// Under TRL's names (`loss`, `learning_rate`, `grad_norm`, ...); summed over ranks at rank 0.
     public var metrics: [String: Double]
-    /// Wall time of the step, and the part of it spent in collectives (0 for a single process).
+    /// Wall time of the step, in seconds.
     public var seconds = 0.0
+    /// Of `seconds`, the part spent waiting in collectives (0 for a single process).
     public var collectiveSeconds = 0.0
 }
 
@@ -88,8 +110,11 @@ public struct StepLog: Sendable {
 /// ranks before the first backward and the gradients once before clipping, so every rank applies
 /// the update one process would apply to the whole window.
 public final class Trainer {
+    /// The model being trained; its parameters are updated in place.
     public let model: Transformer
+    /// The loss: SFT or a preference method.
     public let objective: Objective
+    /// The settings the trainer was built with; fixed for its lifetime.
     public let settings: TrainerSettings
     /// What a non-finite step does.
     public var nanPolicy = NaNPolicy.stop
@@ -98,14 +123,22 @@ public final class Trainer {
     private var consecutiveSkips = 0
     /// Steps skipped so far in this process (`.skipStep`).
     public private(set) var skippedSteps = 0
+    /// Tokenized training examples; every rank holds all of them and trains on its slice.
     public let train: [Example]
+    /// Tokenized evaluation examples; empty means no evaluation.
     public let eval: [Example]
+    /// Holds the moments and step count that checkpoints save.
     public let optimizer: Optimizer
+    /// Learning rate per step over `totalSteps`.
     public let schedule: LRSchedule
+    /// Position in the run; `step()` advances it, a checkpoint restores it.
     public var state = TrainerState()
+    /// The ranks of a data parallel job; `.single` in one process.
     public let group: ProcessGroup
     package let parameters: ParameterSet
 
+    /// Throws `ObjectiveError` for a frozen model, no training examples, a non-positive batch size or
+    /// grad accum, or examples missing the objective's fields.
     public init(model: Transformer, objective: Objective, train: [Example], eval: [Example] = [], settings: TrainerSettings,
                 group: ProcessGroup = .single) throws {
         guard let parameters = model.parameters else {
@@ -136,8 +169,11 @@ public final class Trainer {
 
     /// Examples per optimizer step, over all ranks.
     public var windowSize: Int { group.size * settings.batchSize * settings.gradAccum }
+    /// Optimizer steps per epoch; the last window may be partial.
     public var windowsPerEpoch: Int { (train.count + windowSize - 1) / windowSize }
+    /// Steps the run takes: `maxSteps`, or epochs x windowsPerEpoch.
     public var totalSteps: Int { schedule.totalSteps }
+    /// True once `totalSteps` steps are done.
     public var isFinished: Bool { state.step >= totalSteps }
 
     /// The windows of one epoch, as example indices: a seeded shuffle, then (with length

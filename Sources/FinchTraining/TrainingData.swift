@@ -10,17 +10,25 @@ import FinchDistributed
 /// (reference/TRL_SEMANTICS.md): formats detected from the fields, chat templates applied to
 /// message lists, truncation to `maxLength` with counts of what was cut or dropped.
 public enum TrainingData {
+    /// The dataset formats Finch reads, under TRL's names; raw values are the `--format` values.
     public enum Format: String, Sendable, CaseIterable {
         case text, promptCompletion = "prompt_completion", messages, preference
     }
 
+    /// What tokenizing a dataset did, printed before training.
     public struct Report: Sendable, Equatable {
+        /// Rows read.
         public var rows = 0
+        /// Kept rows with at least one sequence cut at `maxLength`.
         public var truncated = 0
+        /// Rows left out: after truncation, no label remained to learn from.
         public var dropped = 0
+        /// Tokens of the kept examples' input_ids fields (chosen and rejected both count), after truncation.
         public var tokens = 0
     }
 
+    /// A row that cannot become an example: unknown format, bad field, wrong format for the method,
+    /// or messages without a chat template; the location names the row (`file:line`).
     public enum Error: Swift.Error, CustomStringConvertible {
         case undetectable(location: String, fields: [String])
         case field(location: String, name: String, found: String, expected: String)

@@ -12,16 +12,23 @@ import FinchDistributed
 /// In a data parallel job every rank runs this with the same config; only rank 0 writes the
 /// output folder and reports events, the others train their share and stay quiet.
 public final class TrainingRun {
+    /// What a run reports as it goes; only rank 0 reports.
     public enum Event {
+        /// Data tokenized and model built: what truncation did, the steps to run, and the step resumed at.
         case prepared(train: TrainingData.Report, eval: TrainingData.Report?, totalSteps: Int, resumedAt: Int?)
         /// The precision chosen (`--precision`), why, and the GEMM backend that runs it.
         case precision(Precision, reason: String, gemm: String)
+        /// An optimizer step finished.
         case step(StepLog)
+        /// Evaluation metrics (without the `eval_` prefix metrics.jsonl gives them); step 0 is the baseline.
         case evaluation(step: Int, metrics: [String: Double])
+        /// A resumable checkpoint was written at `path`.
         case checkpoint(step: Int, path: String)
+        /// The result is saved in `output`.
         case finished(output: String)
     }
 
+    /// The output folder does not suit the run: occupied without --overwrite, or nothing to --resume.
     public enum Error: Swift.Error, CustomStringConvertible {
         case outputExists(String)
         case nothingToResume(String)
@@ -34,9 +41,13 @@ public final class TrainingRun {
         }
     }
 
+    /// The options this run was built from.
     public let config: TrainConfig
+    /// The ranks of a data parallel job (`.single` for one process).
     public let group: ProcessGroup
+    /// Built by `run`; nil before it.
     public private(set) var trainer: Trainer!
+    /// The model's tokenizer, loaded by `run`; nil before it.
     public private(set) var tokenizer: Tokenizer!
     var files: ModelFiles!
     var evalExamples: [Example] = []
@@ -44,6 +55,7 @@ public final class TrainingRun {
     /// The precision of the base model's products, and why it was chosen.
     public private(set) var precision: (precision: Precision, reason: String) = (.fp32, "")
 
+    /// Stores the config; nothing is read or written until `run`.
     public init(config: TrainConfig, group: ProcessGroup = .single) {
         self.config = config
         self.group = group
@@ -52,6 +64,8 @@ public final class TrainingRun {
     var output: String { config.output }
     func path(_ name: String) -> String { (output as NSString).appendingPathComponent(name) }
 
+    /// Loads, trains to the end, and saves the result into `config.output`, calling `reportEvent`
+    /// on rank 0 as things happen. Throws on bad data, a diverged step or a failed collective.
     public func run(onEvent reportEvent: (Event) -> Void) throws {
         func onEvent(_ event: Event) { if group.isRoot { reportEvent(event) } }
         if group.isRoot { try prepareOutput() }

@@ -53,6 +53,7 @@ public enum Benchmarks {
     public struct Peaks: Sendable {
         /// fp32 FMA GFLOP/s with the widest vectors Finch may use (AVX-512 or AVX2).
         public var fp32: Double
+        /// Which loop measured `fp32`: "AVX-512 FMA" or "AVX2 FMA" (0 GFLOP/s without AVX2 + FMA).
         public var fp32Kind: String
         /// bf16 dot-product GFLOP/s (AVX512_BF16 `vdpbf16ps`), where the CPU has it.
         public var bf16: Double?
@@ -79,8 +80,11 @@ public enum Benchmarks {
         return Peaks(fp32: fp32, fp32Kind: wide ? "AVX-512 FMA" : "AVX2 FMA", bf16: bf16)
     }
 
+    /// The speed of one training step (median over the timed repetitions).
     public struct StepTiming: Sendable {
+        /// Median wall time of one step.
         public var secondsPerStep: Double
+        /// Tokens of all rows (padding included) per second of step time.
         public var tokensPerSecond: Double
         /// Matmul FLOPs of one forward + backward, counted as 2 per multiply-add.
         public var flops: Double
@@ -215,10 +219,15 @@ public enum Benchmarks {
 }
 
 extension Benchmarks {
+    /// The speed of generation, prefill and decode apart (medians).
     public struct DecodeTiming: Sendable {
+        /// Prompt length the figures were measured with.
         public var promptTokens: Int
+        /// Tokens generated per run.
         public var newTokens: Int
+        /// Prompt tokens per second of prefill.
         public var prefillTokensPerSecond: Double
+        /// New tokens after the first per second of decoding (the first comes from the prefill).
         public var decodeTokensPerSecond: Double
     }
 

@@ -9,7 +9,9 @@ import FinchTraining
 import FinchExport
 
 extension Benchmarks {
+    /// What data parallel training costs per step, as rank 0 saw it.
     public struct DataParallelTiming: Sendable {
+        /// Processes in the group.
         public var ranks: Int
         /// Per optimizer step (medians over the timed steps).
         public var stepSeconds: Double
@@ -17,6 +19,7 @@ extension Benchmarks {
         public var collectiveSeconds: Double
         /// One all-reduce of the gradient buffer alone, after the ranks lined up.
         public var gradientAllReduceSeconds: Double
+        /// Size of the gradient buffer each all-reduce sums (4 bytes per trainable parameter).
         public var gradientBytes: Int
     }
 

@@ -8,20 +8,34 @@ import Foundation
 /// (or `avx512`, `avx512_vnni`, `avx512_bf16`, `amx`, `native`) forces a lower path, to test it
 /// or to compare: oneDNN is capped at that ISA and Finch's own kernels use nothing above it.
 public struct CPUFeatures: OptionSet, Sendable, CustomStringConvertible {
+    /// Bit set of `FINCH_CPU_*` flags, as `finch_cpu_features()` returns them.
     public let rawValue: UInt32
+    /// Features from `FINCH_CPU_*` bits.
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
+    /// 256-bit integer and float vectors; with FMA and F16C, Finch's vector kernels' minimum.
     public static let avx2 = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX2))
+    /// Fused multiply-add.
     public static let fma = CPUFeatures(rawValue: UInt32(FINCH_CPU_FMA))
+    /// Hardware f16 <-> f32 conversion.
     public static let f16c = CPUFeatures(rawValue: UInt32(FINCH_CPU_F16C))
+    /// AVX-512 foundation; the `avx512` level also needs DQ, BW and VL.
     public static let avx512f = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX512F))
+    /// AVX-512 doubleword and quadword instructions.
     public static let avx512dq = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX512DQ))
+    /// AVX-512 byte and word instructions.
     public static let avx512bw = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX512BW))
+    /// AVX-512 instructions on 128- and 256-bit vectors.
     public static let avx512vl = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX512VL))
+    /// AVX-512 int8 dot products (quantized products).
     public static let avx512vnni = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX512VNNI))
+    /// AVX-512 bf16 dot products and conversion: native bf16 arithmetic.
     public static let avx512bf16 = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVX512BF16))
+    /// VEX-encoded int8 dot products on 256-bit vectors (allowed from the avx2 level).
     public static let avxvnni = CPUFeatures(rawValue: UInt32(FINCH_CPU_AVXVNNI))
+    /// AMX tile registers (Sapphire Rapids and later), enabled by the OS.
     public static let amxTile = CPUFeatures(rawValue: UInt32(FINCH_CPU_AMX_TILE))
+    /// AMX bf16 tile products; also counts as native bf16.
     public static let amxBF16 = CPUFeatures(rawValue: UInt32(FINCH_CPU_AMX_BF16))
 
     static let names: [(CPUFeatures, String)] = [
@@ -40,6 +54,7 @@ public struct CPUFeatures: OptionSet, Sendable, CustomStringConvertible {
 public enum ISALevel: Int, Comparable, Sendable, CaseIterable {
     case portable, avx2, avx512, avx512VNNI, avx512BF16, amx
 
+    /// Lower levels use fewer instruction sets: portable < avx2 < ... < amx.
     public static func < (a: ISALevel, b: ISALevel) -> Bool { a.rawValue < b.rawValue }
 
     /// `FINCH_ISA` spellings.
@@ -55,6 +70,7 @@ public enum ISALevel: Int, Comparable, Sendable, CaseIterable {
         }
     }
 
+    /// The canonical `FINCH_ISA` spelling of the level.
     public var name: String {
         switch self {
         case .portable: "portable"
@@ -99,6 +115,7 @@ public enum ISALevel: Int, Comparable, Sendable, CaseIterable {
     }
 }
 
+/// The CPU Finch runs on, detected once per process: features, level, name.
 public enum CPU {
     /// What cpuid reports (and the OS enabled).
     public static let detected = CPUFeatures(rawValue: finch_cpu_features())
@@ -163,11 +180,13 @@ public enum CPU {
 
 /// bf16 (the upper half of an f32) conversions, rounding to nearest even as PyTorch does.
 package enum BFloat16 {
+    /// f32 to bf16 bit patterns, round to nearest even; `dst` holds `count` values.
     public static func convert(_ src: UnsafePointer<Float>, to dst: UnsafeMutablePointer<UInt16>, count: Int) {
         _ = CPU.bf16Level
         finch_f32_to_bf16(src, dst, count)
     }
 
+    /// bf16 bit patterns to f32 (exact).
     public static func convert(_ src: UnsafePointer<UInt16>, to dst: UnsafeMutablePointer<Float>, count: Int) {
         _ = CPU.bf16Level
         finch_bf16_to_f32(src, dst, count)

@@ -17,6 +17,7 @@ public func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Vo
     }
 }
 
+/// How many threads Finch's kernels split work over.
 public enum Parallel {
     /// This process's share of the machine's cores: ranks of an mpirun job on one machine split them.
     public static let coreCount: Int = max(1, ProcessInfo.processInfo.activeProcessorCount

@@ -32,6 +32,7 @@ public enum DType: String, Sendable, CaseIterable {
         }
     }
 
+    /// A GGML block format (Q8_0, Q4_K, ...) rather than a plain float type.
     public var isQuantized: Bool { blockSize > 1 }
 
     /// Bytes of one row of `columns` values; `columns` must be a multiple of `blockSize`.
@@ -42,14 +43,20 @@ public enum DType: String, Sendable, CaseIterable {
 /// file, kept alive by `owner`). `shape` is row-major, slowest dimension first, as in
 /// PyTorch: a linear layer's weight is `[out, in]`.
 public struct TensorData: @unchecked Sendable {
+    /// The tensor's name: as stored in its file, or the HF name once `ModelFiles` mapped a GGUF's.
     public var name: String
+    /// How the elements are encoded in `bytes`.
     public var dtype: DType
+    /// Row-major, slowest dimension first.
     public var shape: [Int]
+    /// The encoded elements; valid while `owner` lives. Read-only: usually a memory-mapped file.
     public var bytes: UnsafeRawPointer
+    /// Size of the data at `bytes`, in bytes (the readers check it against shape and dtype).
     public var byteCount: Int
     /// Keeps the memory behind `bytes` alive.
     public var owner: AnyObject
 
+    /// A view of `byteCount` bytes at `bytes`; `owner` must keep them alive. Nothing is copied or checked.
     public init(name: String, dtype: DType, shape: [Int], bytes: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
         self.name = name
         self.dtype = dtype
@@ -59,16 +66,21 @@ public struct TensorData: @unchecked Sendable {
         self.owner = owner
     }
 
+    /// Values in the tensor (the product of `shape`; 1 for a scalar).
     public var elementCount: Int { shape.reduce(1, *) }
     /// Rows and columns when seen as a matrix: the last dimension is the columns.
     public var rows: Int { shape.count <= 1 ? 1 : shape.dropLast().reduce(1, *) }
+    /// The last dimension (1 for a scalar).
     public var columns: Int { shape.last ?? 1 }
 }
 
 /// Memory that Finch allocated itself and that a `TensorData` can point into.
 final package class OwnedBytes: @unchecked Sendable {
+    /// Start of the allocation, 64-byte aligned; freed on deinit.
     public let pointer: UnsafeMutableRawPointer
+    /// Bytes requested (at least one is allocated).
     public let count: Int
+    /// Allocates `count` uninitialised bytes.
     public init(count: Int) {
         self.count = count
         pointer = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1), alignment: 64)

@@ -2,6 +2,7 @@
 package struct FinchRandom: RandomNumberGenerator, Sendable {
     private var s: (UInt64, UInt64, UInt64, UInt64)
 
+    /// A generator whose whole sequence is fixed by `seed` (expanded with splitmix64).
     public init(seed: UInt64) {
         // Expand the seed with splitmix64, as the xoshiro authors recommend.
         var x = seed
@@ -21,6 +22,7 @@ package struct FinchRandom: RandomNumberGenerator, Sendable {
         set { if newValue.count == 4 { s = (newValue[0], newValue[1], newValue[2], newValue[3]) } }
     }
 
+    /// The next 64 random bits (xoshiro256**).
     public mutating func next() -> UInt64 {
         let result = ((s.1 &* 5) << 7 | (s.1 &* 5) >> 57) &* 9
         let t = s.1 << 17

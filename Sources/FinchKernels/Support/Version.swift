@@ -1,6 +1,8 @@
 import Foundation
 
+/// Facts about the Finch build, recorded in each run's run.json.
 public enum Finch {
+    /// Finch's semantic version.
     public static let version = "0.1.0"
 
     /// The commit of the Finch checkout the running binary was built in, when it can be found

@@ -4,9 +4,12 @@ import FinchIO
 
 /// One message of a conversation.
 public struct ChatMessage: Sendable, Equatable {
+    /// "system", "user", "assistant" or "tool" as templates expect (ShareGPT's human/gpt are mapped on reading data).
     public var role: String
+    /// The message text, passed to the template unchanged.
     public var content: String
 
+    /// A message as `{"role": ..., "content": ...}` is written in HF datasets.
     public init(role: String, content: String) {
         self.role = role
         self.content = content
@@ -15,10 +18,14 @@ public struct ChatMessage: Sendable, Equatable {
 
 /// Where in a template something happened: 1-based line and column (in Unicode scalars).
 public struct ChatTemplateLocation: Sendable, Equatable, CustomStringConvertible {
+    /// The template's name as given to `ChatTemplate(_:name:)`, e.g. "chat template".
     public let template: String
+    /// 1-based line in the template source.
     public let line: Int
+    /// 1-based column, counted in Unicode scalars.
     public let column: Int
 
+    /// A position in the named template.
     public init(template: String, line: Int, column: Int) {
         self.template = template
         self.line = line
@@ -28,10 +35,13 @@ public struct ChatTemplateLocation: Sendable, Equatable, CustomStringConvertible
     public var description: String { "\(template), line \(line), column \(column)" }
 }
 
+/// Why a chat template failed to parse or render, with where in the template.
 public enum ChatTemplateError: Error, CustomStringConvertible, Equatable {
     /// The template does not parse; the message says what was found and what was expected.
     case syntax(message: String, location: ChatTemplateLocation)
+    /// The template uses a filter Finch does not implement (or jinja2 does not have).
     case unknownFilter(name: String, location: ChatTemplateLocation)
+    /// The template uses an `is` test Finch does not implement (or jinja2 does not have).
     case unknownTest(name: String, location: ChatTemplateLocation)
     /// The template called `raise_exception(message)` (e.g. roles that do not alternate).
     case raised(message: String, location: ChatTemplateLocation)
@@ -47,6 +57,7 @@ public enum ChatTemplateError: Error, CustomStringConvertible, Equatable {
         }
     }
 
+    /// Where the error happened in the template.
     public var location: ChatTemplateLocation {
         switch self {
         case .syntax(_, let l), .unknownFilter(_, let l), .unknownTest(_, let l), .raised(_, let l), .runtime(_, let l): return l
@@ -68,6 +79,7 @@ public enum ChatTemplateError: Error, CustomStringConvertible, Equatable {
 /// loop controls, the `generation` tag, and the globals `raise_exception`, `strftime_now`,
 /// `namespace`, `dict` and `range` (transformers/utils/chat_template_utils.py).
 public final class ChatTemplate: @unchecked Sendable {
+    /// How errors name the template ("chat template" unless given).
     public let name: String
     private let source: JinjaSource
     private let body: [JinjaStmt]

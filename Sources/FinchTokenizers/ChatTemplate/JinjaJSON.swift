@@ -87,7 +87,9 @@ private func newline(_ out: inout String, _ level: Int, _ options: JinjaJSONDump
 
 /// Error from `JinjaValue(jsonText:)`.
 public struct JinjaJSONError: Error, CustomStringConvertible {
+    /// 0-based byte offset into the UTF-8 text where parsing failed.
     public let offset: Int
+    /// What was wrong there.
     public let message: String
     public var description: String { "invalid JSON at byte \(offset): \(message)" }
 }

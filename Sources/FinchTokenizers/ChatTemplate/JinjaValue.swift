@@ -7,11 +7,13 @@ import FinchIO
 public indirect enum JinjaValue: Sendable {
     /// jinja2's default `Undefined`: prints as "", is falsy, iterates as empty; using it any other way is an error.
     case undefined
+    /// Python's `None` (JSON null).
     case none
     case bool(Bool)
     case int(Int)
     case double(Double)
     case string(String)
+    /// A Python list (JSON array).
     case array([JinjaValue])
     /// A Python tuple (from `dict.items()`, `(a, b)` literals); prints with parentheses.
     case tuple([JinjaValue])
@@ -19,6 +21,7 @@ public indirect enum JinjaValue: Sendable {
     case object(JinjaObject)
     /// A mutable attribute bag: `namespace(...)` and the `loop` variable.
     case namespace(JinjaNamespace)
+    /// A callable: a global, a macro or a bound method.
     case function(JinjaFunction)
     /// A one-shot Python iterator: what `select`, `map`, `unique`, `items` and `reverse` return.
     /// Always truthy, has no length, and is empty once iterated, as in jinja2.
@@ -31,7 +34,9 @@ public enum JinjaKey: Hashable, Sendable, ExpressibleByStringLiteral, Expressibl
     case string(String)
     case int(Int)
 
+    /// A string key from a literal: `"role"`.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// An int key from a literal: `0`.
     public init(integerLiteral value: Int) { self = .int(value) }
 
     /// The key of `value` in a dict, or nil when Python could not hash it the same way.
@@ -45,6 +50,7 @@ public enum JinjaKey: Hashable, Sendable, ExpressibleByStringLiteral, Expressibl
         }
     }
 
+    /// The key as a template value (`dict.items()` and iteration hand keys out as values).
     public var value: JinjaValue {
         switch self {
         case .string(let s): return .string(s)
@@ -55,26 +61,35 @@ public enum JinjaKey: Hashable, Sendable, ExpressibleByStringLiteral, Expressibl
 
 /// An ordered dictionary: Python's dict as templates see it, in insertion order.
 public struct JinjaObject: Sendable, Equatable, ExpressibleByDictionaryLiteral {
+    /// Keys in insertion order, the order iteration sees.
     public private(set) var keys: [JinjaKey] = []
     private var storage: [JinjaKey: JinjaValue] = [:]
 
+    /// An empty dict.
     public init() {}
 
+    /// A dict of string keys in the given order; a repeated key keeps its first position and last value.
     public init(_ pairs: [(String, JinjaValue)]) {
         for (key, value) in pairs { self[key] = value }
     }
 
+    /// A dict of string or int keys in the given order, as `init(_:)`.
     public init(keyed pairs: [(JinjaKey, JinjaValue)]) {
         for (key, value) in pairs { self[key] = value }
     }
 
+    /// A dict from a literal, keeping the literal's key order.
     public init(dictionaryLiteral elements: (String, JinjaValue)...) {
         self.init(elements)
     }
 
+    /// Number of keys.
     public var count: Int { keys.count }
+    /// True for `{}` (falsy in a template).
     public var isEmpty: Bool { keys.isEmpty }
+    /// Values in key order.
     public var values: [JinjaValue] { keys.map { storage[$0]! } }
+    /// Key-value pairs in insertion order.
     public var pairs: [(key: JinjaKey, value: JinjaValue)] { keys.map { ($0, storage[$0]!) } }
 
     /// Assigning keeps the key's first position, as Python dicts do; assigning nil removes it.
@@ -89,11 +104,13 @@ public struct JinjaObject: Sendable, Equatable, ExpressibleByDictionaryLiteral {
         }
     }
 
+    /// The value of a string key; nil when absent. Assigning behaves as with a `JinjaKey`.
     public subscript(key: String) -> JinjaValue? {
         get { self[.string(key)] }
         set { self[.string(key)] = newValue }
     }
 
+    /// Python dict equality: same keys with `==` values, whatever their order.
     public static func == (a: JinjaObject, b: JinjaObject) -> Bool {
         // Python dict equality ignores order.
         a.count == b.count && a.keys.allSatisfy { key in b[key].map { pyEquals(a[key]!, $0) } ?? false }
@@ -224,9 +241,12 @@ public final class JinjaIterator: @unchecked Sendable {
 
 /// Arguments of a call: positional then keyword, as written in the template.
 public struct JinjaArguments: Sendable {
+    /// Arguments without a name, in call order.
     public var positional: [JinjaValue]
+    /// `name=value` arguments, in call order.
     public var keywords: [(String, JinjaValue)]
 
+    /// The arguments of one call.
     public init(_ positional: [JinjaValue] = [], keywords: [(String, JinjaValue)] = []) {
         self.positional = positional
         self.keywords = keywords
@@ -235,9 +255,11 @@ public struct JinjaArguments: Sendable {
 
 /// A callable value: globals such as `raise_exception` or `range`, macros, bound methods.
 public final class JinjaFunction: @unchecked Sendable {
+    /// The name it was defined under; it prints as `<function name>`.
     public let name: String
     let body: (JinjaArguments) throws -> JinjaValue
 
+    /// A function that runs `body` when a template calls it; a thrown error stops rendering.
     public init(name: String, _ body: @escaping (JinjaArguments) throws -> JinjaValue) {
         self.name = name
         self.body = body
@@ -270,12 +292,19 @@ extension JinjaValue: Equatable {
 extension JinjaValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral, ExpressibleByFloatLiteral,
     ExpressibleByBooleanLiteral, ExpressibleByArrayLiteral, ExpressibleByDictionaryLiteral, ExpressibleByNilLiteral
 {
+    /// `.string` from a literal.
     public init(stringLiteral value: String) { self = .string(value) }
+    /// `.int` from a literal.
     public init(integerLiteral value: Int) { self = .int(value) }
+    /// `.double` from a literal.
     public init(floatLiteral value: Double) { self = .double(value) }
+    /// `.bool` from a literal.
     public init(booleanLiteral value: Bool) { self = .bool(value) }
+    /// `.array` from a literal.
     public init(arrayLiteral elements: JinjaValue...) { self = .array(elements) }
+    /// `.object` from a literal, in the literal's key order.
     public init(dictionaryLiteral elements: (String, JinjaValue)...) { self = .object(JinjaObject(elements)) }
+    /// `nil` is Python's `None`, not `.undefined`.
     public init(nilLiteral: ()) { self = .none }
 }
 
@@ -315,6 +344,7 @@ extension JinjaValue {
         self = try parser.parseDocument()
     }
 
+    /// True for `.undefined` only (`None` is defined).
     public var isUndefined: Bool { if case .undefined = self { return true } else { return false } }
 
     /// The string, when this is one.

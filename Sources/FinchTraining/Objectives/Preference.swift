@@ -17,6 +17,7 @@ public enum PreferenceLoss: Sendable, Equatable {
     /// CPOTrainer, loss_type simpo: average log-probs with margin gamma, plus alpha * NLL.
     case simpo(beta: Double, gamma: Double, alpha: Double, labelSmoothing: Double)
 
+    /// DPO's `loss_type` as TRL names it: sigmoid (the paper's), ipo, hinge, or robust (label smoothing).
     public enum DPOKind: String, Sendable, CaseIterable { case sigmoid, ipo, hinge, robust }
 
     var name: String {
@@ -54,14 +55,18 @@ public enum ReferenceModel {
 /// ORPO, DPO, CPO and SimPO: one forward over chosen rows then rejected rows, per-pair terms,
 /// and per-token gradients handed back to the model.
 public final class PreferenceObjective: Objective {
+    /// The loss and its hyper-parameters.
     public let loss: PreferenceLoss
+    /// "orpo", "dpo", "cpo" or "simpo", from `loss`.
     public var name: String { loss.name }
+    /// Chosen and rejected ids and labels, each row holding the prompt then its answer.
     public let requiredFields = ["chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"]
     let padId: Int32
     let reference: ReferenceModel?
     /// Reference log-probs (chosen, rejected) per example id, computed once.
     private var referenceCache: [Int: (Double, Double)] = [:]
 
+    /// `reference` is required for DPO (an `ObjectiveError` without it) and unused by the others.
     public init(loss: PreferenceLoss, padId: Int32 = 0, reference: ReferenceModel? = nil) throws {
         self.loss = loss
         self.padId = padId
@@ -72,6 +77,7 @@ public final class PreferenceObjective: Objective {
         }
     }
 
+    /// Pairs, chosen NLL tokens, chosen and rejected completion tokens, and padded positions.
     public func normalisers(of examples: [Example]) -> Normalisers {
         var n = Normalisers()
         for e in examples {
@@ -87,6 +93,7 @@ public final class PreferenceObjective: Objective {
         return n
     }
 
+    /// True for DPO only, as TRL's DPOTrainer is the one that logs `num_tokens`.
     public var logsTokenCount: Bool { if case .dpo = loss { true } else { false } }
 
     /// Chosen rows then rejected rows. Targets: completion labels, and for chosen rows every
@@ -119,6 +126,7 @@ public final class PreferenceObjective: Objective {
         return Pass(batch: batch, completion: completion, nll: nll, forward: forward, pairs: examples.count)
     }
 
+    /// One forward over chosen then rejected rows, the per-pair terms, and their backward.
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try validate(examples)
         let p = pass(examples)
@@ -130,6 +138,7 @@ public final class PreferenceObjective: Objective {
         return metrics
     }
 
+    /// The same terms and metrics as `accumulate`, without gradients.
     public func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try validate(examples)
         let p = pass(examples)

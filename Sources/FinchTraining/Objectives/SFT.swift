@@ -8,11 +8,15 @@ import FinchDistributed
 /// Supervised fine-tuning: token cross-entropy over label tokens, normalised by the label
 /// tokens of the whole window (so micro-batches of different lengths weigh by their tokens).
 public final class SFTObjective: Objective {
+    /// TRL's name for the method.
     public let name = "sft"
+    /// Ids and unshifted labels (-100 where no loss is taken).
     public let requiredFields = ["input_ids", "labels"]
+    /// SFTTrainer logs `num_tokens`.
     public let logsTokenCount = true
     let padId: Int32
 
+    /// `padId` fills rows shorter than the longest of a micro-batch (masked out of attention and loss).
     public init(padId: Int32 = 0) { self.padId = padId }
 
     /// The rows and next-token targets of a micro-batch. A packed example (with `segment_lengths`,
@@ -36,6 +40,7 @@ public final class SFTObjective: Objective {
         }
     }
 
+    /// The scored label tokens (`tokens`); the loss is their mean over the window.
     public func normalisers(of examples: [Example]) -> Normalisers {
         // Scored positions: every label after the first position of its sequence that is not -100.
         Normalisers(tokens: Double(examples.reduce(0) { total, e in
@@ -43,6 +48,7 @@ public final class SFTObjective: Objective {
         }))
     }
 
+    /// Cross-entropy forward and backward; returns shares of `loss`, `mean_token_accuracy` and `entropy`.
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try validate(examples)
         let b = batch(examples)
@@ -53,6 +59,7 @@ public final class SFTObjective: Objective {
         return metrics(lossSum: r.sum, stats: stats, window: window)
     }
 
+    /// The same metrics as `accumulate`, without gradients.
     public func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try validate(examples)
         let b = batch(examples)
