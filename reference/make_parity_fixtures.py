@@ -4,10 +4,10 @@
 For each tiny random model this writes Tests/FinchTests/Fixtures/parity/<name>/:
   config.json, model.safetensors   base model (transformers save_pretrained, F32)
   adapter/                         PEFT LoRA adapter (r=4, alpha=8, all 7 projections)
-  expected.safetensors             inputs, logits, losses and gradients (all F32)
+  expected.safetensors             inputs, logits, losses, gradients and a greedy decode (all F32)
 
 Deterministic: every random draw comes from an explicitly seeded generator.
-Usage: python3 reference/make_parity_fixtures.py [--out DIR]
+Usage: python3 reference/make_parity_fixtures.py [--out DIR] [--only NAME]
 """
 import argparse
 import copy
@@ -22,7 +22,8 @@ import transformers
 import peft
 import safetensors
 from safetensors.torch import save_file, load_file
-from transformers import LlamaConfig, Qwen2Config, Qwen3Config, SmolLM3Config, AutoModelForCausalLM
+from transformers import (LlamaConfig, Qwen2Config, Qwen3Config, SmolLM3Config, Gemma2Config,
+                          Gemma3TextConfig, AutoModelForCausalLM)
 from peft import LoraConfig, get_peft_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,13 +34,15 @@ SEQ = 9
 PAD_TOKEN = 0          # id placed at right-padded positions
 N_PROMPT = 2           # first positions of each row masked out of the labels
 N_PAD_ROW1 = 3         # right padding in row 1
+N_GREEDY_PROMPT = 4    # greedy decode: prompt = first ids of row 0
+N_GREEDY_NEW = 32      # greedy decode: new tokens, never stopped early
 
 # Scales of the random weights. Chosen so that attention is far from uniform and
 # logits have O(1) spread, which makes numerical mistakes visible.
 STD_EMBED = 0.1
 STD_LINEAR = 0.08
 STD_BIAS = 0.1
-STD_NORM = 0.1         # norms are 1 + STD_NORM * randn
+STD_NORM = 0.1         # norms are 1 + STD_NORM * randn (Gemma: stored STD_NORM * randn, used as 1 + w)
 STD_LORA = 0.1
 
 
@@ -68,15 +71,44 @@ def model_specs():
             vocab_size=128, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
             tie_word_embeddings=True, rope_theta=2000000.0, rms_norm_eps=1e-6, no_rope_layers=[1, 0],
             use_sliding_window=False, **common), {}),
+        # Gemma 2: query_pre_attn_scalar != head_dim, layer 0 sliding (window 4 < SEQ 9), layer 1 full,
+        # attention and final softcaps small enough that the tanh is far from linear here
+        ("gemma2_softcap", Gemma2Config(
+            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            hidden_activation="gelu_pytorch_tanh", max_position_embeddings=512, rms_norm_eps=1e-6,
+            query_pre_attn_scalar=24, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            attn_logit_softcapping=0.75, final_logit_softcapping=2.0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN), {}),
+        # Gemma 3 (text): q/k norms, local rope base 1e4 on the sliding layer 0, global base 1e6
+        # with linear scaling (factor 2) on the full layer 1, no softcaps (as in the released models)
+        ("gemma3_sliding", Gemma3TextConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+            hidden_activation="gelu_pytorch_tanh", max_position_embeddings=512, rms_norm_eps=1e-6,
+            query_pre_attn_scalar=24, sliding_window=4,
+            layer_types=["sliding_attention", "full_attention"],
+            rope_parameters={
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}},
+            tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN), {}),
     ]
+
+
+# Gemma's RMSNorm multiplies by (1 + weight): the stored weight is centred on 0, not 1
+ZERO_CENTRED_NORM_TYPES = ("gemma2", "gemma3_text")
 
 
 def randomize(model, gen):
     """Overwrite every parameter with seeded random values (in named_parameters order)."""
+    norm_centre = 0.0 if model.config.model_type in ZERO_CENTRED_NORM_TYPES else 1.0
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):           # input/post_attention/final/q/k norms
-                p.copy_(1.0 + STD_NORM * torch.randn(p.shape, generator=gen))
+            # input/post_attention/final/q/k norms, and Gemma's pre_/post_feedforward_layernorm
+            if name.endswith("norm.weight"):
+                p.copy_(norm_centre + STD_NORM * torch.randn(p.shape, generator=gen))
             elif name.endswith(".bias"):
                 p.copy_(STD_BIAS * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
@@ -123,6 +155,82 @@ def check_llama3_scaling(model, cfg):
     assert getattr(rot, "attention_scaling", 1.0) == 1.0
 
 
+def softcap_activity(model, ids, mask):
+    """Fraction of the pre-cap attention scores (at unmasked positions) and final logits with
+    |x| / cap > 0.5, i.e. where tanh is clearly not the identity."""
+    import transformers.models.gemma2.modeling_gemma2 as g2
+    cfg = model.config
+    scores, logits = [], []
+    orig = g2.eager_attention_forward
+
+    def spy(module, query, key, value, attention_mask, scaling=None, softcap=None, **kw):
+        keys = g2.repeat_kv(key, module.num_key_value_groups)
+        s = torch.matmul(query, keys.transpose(2, 3)) * scaling
+        allowed = (attention_mask == 0).expand_as(s)
+        scores.append(s[allowed].detach().abs() / softcap)
+        return orig(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap, **kw)
+
+    g2.eager_attention_forward = spy
+    hook = model.lm_head.register_forward_hook(lambda m, i, o: logits.append(o.detach()))
+    try:
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+    finally:
+        g2.eager_attention_forward = orig
+        hook.remove()
+    assert len(scores) == cfg.num_hidden_layers
+    a = torch.cat(scores)
+    f = logits[0].abs() / cfg.final_logit_softcapping
+    fa, ff = (a > 0.5).float().mean().item(), (f > 0.5).float().mean().item()
+    print(f"  softcap activity: attention |s|/{cfg.attn_logit_softcapping} > 0.5 for {fa:.1%} of "
+          f"{a.numel()} scores (max {a.max().item():.2f}); final |z|/{cfg.final_logit_softcapping} "
+          f"> 0.5 for {ff:.1%} of {f.numel()} logits (max {f.max().item():.2f})")
+    assert fa > 0.15 and ff > 0.15, "softcaps are not active enough"
+
+
+def check_sliding(model, ids, mask):
+    """The sliding window must change the output (window < sequence length)."""
+    cfg = copy.deepcopy(model.config)
+    cfg.sliding_window = 10 * SEQ          # same layer types (and rope), window wider than SEQ
+    full = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", dtype=torch.float32)
+    full.load_state_dict(model.state_dict())
+    full.eval()
+    with torch.no_grad():
+        d = (full(input_ids=ids, attention_mask=mask).logits
+             - model(input_ids=ids, attention_mask=mask).logits).abs().max().item()
+    print(f"  sliding window: max |logits(window {model.config.sliding_window}) - logits(no window)| = {d:.4f}")
+    assert d > 1e-2, "the sliding window does not change the logits"
+
+
+def greedy(model, prompt):
+    """N_GREEDY_NEW greedy tokens after `prompt` [1, P] and the logits each was picked from:
+    argmax of a full forward at each step (no cache, no eos handling); checked against
+    transformers' generate (incremental, with its cache)."""
+    seq = prompt.clone()
+    steps = []
+    with torch.no_grad():
+        for _ in range(N_GREEDY_NEW):
+            logits = model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[0, -1]
+            steps.append(logits)
+            seq = torch.cat([seq, logits.argmax().reshape(1, 1)], dim=1)
+    new = seq[0, prompt.shape[1]:]
+    gcfg = transformers.GenerationConfig(do_sample=False, max_new_tokens=N_GREEDY_NEW,
+                                         min_new_tokens=0, eos_token_id=None, pad_token_id=PAD_TOKEN,
+                                         return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
+                             generation_config=gcfg)
+    assert torch.equal(out.sequences[0, prompt.shape[1]:], new), (out.sequences, new)
+    cached = torch.stack([l[0] for l in out.logits])
+    full = torch.stack(steps)
+    assert torch.allclose(cached, full, rtol=1e-4, atol=1e-4), (cached - full).abs().max()
+    top2 = full.topk(2, dim=-1).values
+    margin = (top2[:, 0] - top2[:, 1]).min().item()
+    print(f"  greedy: smallest top-1/top-2 logit gap {margin:.4f}")
+    assert margin > 1e-3, "a greedy step is a near tie"
+    return new, full
+
+
 def build(name, cfg, lora_extra, out_root, seed):
     print(f"== {name}")
     gen = torch.Generator().manual_seed(seed)
@@ -132,6 +240,11 @@ def build(name, cfg, lora_extra, out_root, seed):
     randomize(model, gen)
     if name == "llama_scaled":
         check_llama3_scaling(model, model.config)
+    if model.config.model_type in ZERO_CENTRED_NORM_TYPES:
+        norms = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
+        assert len(norms) == 6 * cfg.num_hidden_layers + 1 if cfg.model_type == "gemma3_text" \
+            else len(norms) == 4 * cfg.num_hidden_layers + 1, len(norms)
+        assert all(p.abs().mean().item() < 0.3 for p in norms)   # stored w, scale is 1 + w
 
     out = os.path.join(out_root, name)
     if os.path.isdir(out):
@@ -144,6 +257,10 @@ def build(name, cfg, lora_extra, out_root, seed):
             os.remove(p)
 
     ids, mask, labels = make_batch(cfg.vocab_size, gen)
+    if getattr(cfg, "final_logit_softcapping", None) is not None:
+        softcap_activity(model, ids, mask)
+    if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
+        check_sliding(model, ids, mask)
     tensors = {
         "input_ids": ids.float(),
         "attention_mask": mask.float(),
@@ -215,6 +332,14 @@ def build(name, cfg, lora_extra, out_root, seed):
     assert (outl.logits - outb.logits).abs().max().item() > 1e-2
     print(f"  lora loss {outl.loss.item():.6f}  lora tensors {n_lora}")
 
+    # --- greedy decode with the base model (uses no random draws)
+    prompt = ids[:1, :N_GREEDY_PROMPT]
+    tokens, step_logits = greedy(model, prompt)
+    tensors["greedy_prompt"] = prompt[0].float().contiguous()
+    tensors["greedy_tokens"] = tokens.float().contiguous()
+    tensors["greedy_logits"] = step_logits.float().contiguous()
+    print(f"  greedy {prompt[0].tolist()} -> {tokens.tolist()}")
+
     # no metadata: safetensors writes its metadata map in random order, which would make
     # the file bytes differ between runs (versions are recorded in README.md instead)
     save_file(tensors, os.path.join(out, "expected.safetensors"))
@@ -234,7 +359,8 @@ Each `<name>/` holds:
 
 - `config.json`, `model.safetensors`: the base model as written by `save_pretrained` (F32;
   tied models have no `lm_head.weight`). Rope settings are under `rope_parameters`
-  (transformers 5 format: `rope_theta`, `rope_type`, plus llama3 scaling fields).
+  (transformers 5 format: `rope_theta`, `rope_type`, plus llama3 scaling fields; Gemma 3 nests
+  one such dict per layer type: `sliding_attention`, `full_attention`).
 - `adapter/`: PEFT LoRA adapter (`adapter_config.json`, `adapter_model.safetensors`),
   r=4, lora_alpha=8, dropout 0, targets q/k/v/o/gate/up/down, random A and B
   (`qwen2_bias` uses rsLoRA: scale = alpha/sqrt(r) = 4; others alpha/r = 2).
@@ -250,6 +376,12 @@ Each `<name>/` holds:
   - `grad.full.<name>`: d loss / d param with all base parameters trainable, HF names
     (e.g. `model.layers.0.mlp.up_proj.weight`); tied models have only
     `model.embed_tokens.weight` (includes the head's contribution).
+  - `greedy_prompt` [4]: the first 4 ids of row 0 (as floats); `greedy_tokens` [32]: the 32 new
+    tokens of greedy decoding from that prompt with the base model (argmax at every step, no
+    eos stop, ties never closer than 1e-3); `greedy_logits` [32,V]: the logits each token was
+    picked from (last position; equal to a full forward over prompt + tokens so far, and to
+    transformers' cached `generate` within 1e-4). Only in fixtures written since these keys
+    were added: `gemma2_softcap`, `gemma3_sliding` (the others get them when regenerated).
 
 Attention is eager, fp32, with the mask = causal AND key-not-padded. Logits at padded
 query positions are therefore defined (they attend to earlier real tokens) but no test
@@ -264,11 +396,19 @@ Models:
 | llama_scaled | llama | 160 | 64 | 128 | 4/1 | 16 | no | theta 5e5, llama3 factor 8, low 1, high 4, orig_max 64 |
 | qwen3_qknorm | qwen3 (q/k norm) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 1e6 |
 | smollm3_norope | smollm3 (layer 1 without RoPE) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 2e6, no_rope_layers [1, 0] |
+| gemma2_softcap | gemma2 (sliding window 4: layer 0 sliding, 1 full; attn softcap 0.75, final softcap 2.0; query_pre_attn_scalar 24) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 1e4 |
+| gemma3_sliding | gemma3_text (q/k norm; sliding window 4: layer 0 sliding, 1 full; query_pre_attn_scalar 24; no softcaps) | 128 | 64 | 96 | 4/2 | 16 | yes | sliding layer theta 1e4; full layer theta 1e6, linear factor 2 |
 
 `llama_scaled`'s original_max_position_embeddings=64 makes the 8 rope frequencies hit all
 three llama3 regimes (1 unchanged, 1 smoothed, 6 divided by 8); the script asserts this.
 Weights: embeddings N(0,0.1), linear N(0,0.08), biases N(0,0.1), every norm weight
-(including q_norm/k_norm) 1+0.1*N(0,1), LoRA A/B N(0,0.1).
+(including q_norm/k_norm) 1+0.1*N(0,1), LoRA A/B N(0,0.1). Gemma norms compute x_hat * (1 + w),
+so there the stored weight is 0.1*N(0,1) (same draws, effective scale again 1+0.1*N(0,1));
+Gemma scales the embeddings by sqrt(hidden) = 8 (exact in F32). `gemma2_softcap`'s caps are
+small so that tanh is far from linear: the script prints and asserts the fraction of pre-cap
+attention scores and final logits with |x|/cap > 0.5 (26% and 20%). Sliding windows: key j is
+visible from query i iff i - window < j <= i (and j is not padding); the script asserts the
+window changes the logits. Full Gemma semantics: `reference/GEMMA_SEMANTICS.md`.
 """
 
 
