@@ -42,12 +42,20 @@ let package = Package(
         ),
         // The fuzzing harness: mutates inputs and runs the finch executable on each (no library dependency).
         .executableTarget(name: "FinchFuzz"),
-        .testTarget(
-            name: "FinchTests",
-            dependencies: ["Finch", "FinchCPU", "FinchKernels", "FinchIO", "FinchTokenizers", "FinchModels", "FinchGeneration",
-                           "FinchDistributed", "FinchTraining", "FinchExport"],
-            resources: [.copy("Fixtures")]
-        ),
+        // Tests: one target per module, parity against the Python stack and end-to-end runs of the
+        // `finch` executable apart; FinchTestSupport holds the shared helpers and the fixtures.
+        .target(name: "FinchTestSupport", dependencies: ["FinchKernels", "FinchIO", "FinchTokenizers"], path: "Tests/FinchTestSupport",
+                resources: [.copy("Fixtures")]),
+        .testTarget(name: "FinchKernelsTests", dependencies: ["FinchKernels", "FinchCPU", "FinchTestSupport"]),
+        .testTarget(name: "FinchIOTests", dependencies: ["FinchIO", "FinchTestSupport"]),
+        .testTarget(name: "FinchTokenizersTests", dependencies: ["FinchTokenizers", "FinchTestSupport"]),
+        .testTarget(name: "FinchModelsTests", dependencies: ["FinchModels", "FinchTestSupport"]),
+        .testTarget(name: "FinchGenerationTests", dependencies: ["FinchGeneration", "FinchTestSupport"]),
+        .testTarget(name: "FinchTrainingTests", dependencies: ["FinchTraining", "FinchTestSupport"]),
+        .testTarget(name: "FinchExportTests", dependencies: ["FinchExport", "FinchTestSupport"]),
+        .testTarget(name: "FinchParityTests", dependencies: ["Finch", "FinchTestSupport"]),
+        .testTarget(name: "FinchEndToEndTests", dependencies: ["Finch", "FinchTestSupport"]),
+        .testTarget(name: "FinchAPITests", dependencies: ["Finch", "FinchTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -30,7 +30,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 from tokenizers import Tokenizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "Tests/FinchTests/Fixtures/tokenizers"
+FIXTURES = ROOT / "Tests/FinchTestSupport/Fixtures/tokenizers"
 CACHE = Path(os.environ.get("FINCH_CACHE", Path.home() / ".cache/finch"))
 
 

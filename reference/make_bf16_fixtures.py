@@ -46,7 +46,7 @@ selective_log_softmax takes its row-by-row path, a bf16 log_softmax: CPU autocas
 policy for log_softmax (CUDA autocast does). That gives loss 6.868553 instead of the Trainer's
 6.868217 and LoRA gradients 5.0e-3 relative L2 away from the Trainer's.
 
-Writes Tests/FinchTests/Fixtures/bf16/:
+Writes Tests/FinchTestSupport/Fixtures/bf16/:
   orpo_lora.safetensors   all F32, names as PEFT saves them (base_model.model.model.layers.N.
                           self_attn.q_proj.lora_A.weight, ...; 2 layers x 7 targets x A/B = 28):
                           lora.<name>       the LoRA A/B values before the step

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate chat-template parity fixtures for Finch's Swift Jinja interpreter.
 
-Renders every template in Tests/FinchTests/Fixtures/chat_templates/templates/ through
+Renders every template in Tests/FinchTestSupport/Fixtures/chat_templates/templates/ through
 transformers' own code path (`transformers.utils.chat_template_utils.render_jinja_template`,
 which `apply_chat_template(..., tokenize=False)` calls) for a set of conversations, and a list of
 small snippet templates that pin down jinja2 semantics, then writes cases.json next to them:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate GGUF fixtures for Finch's GGUF loader and dequantizer tests.
 
-Writes Tests/FinchTests/Fixtures/gguf/:
+Writes Tests/FinchTestSupport/Fixtures/gguf/:
   tiny_llama.gguf            llama_tied parity model in llama.cpp's "llama" layout
                              (q/k rows permuted; layer 0 2-D weights F16, layer 1 Q8_0;
                              embeddings and norms F32; tied, so no output.weight)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate golden parity fixtures for Finch's Swift tests.
 
-For each tiny random model this writes Tests/FinchTests/Fixtures/parity/<name>/:
+For each tiny random model this writes Tests/FinchTestSupport/Fixtures/parity/<name>/:
   config.json, model.safetensors   base model (transformers save_pretrained, F32)
   adapter/                         PEFT LoRA adapter (r=4, alpha=8, all 7 projections)
   expected.safetensors             inputs, logits, losses, gradients and a greedy decode (all F32)

@@ -5,7 +5,7 @@ writes it as the tensor rope_freqs.weight; inference divides each frequency by i
 factors here are transformers' own: the base inverse frequencies over the llama3-scaled ones
 (ROPE_INIT_FUNCTIONS), so Finch's exported tensor is checked against an independent computation.
 
-Writes Tests/FinchTests/Fixtures/parity/llama_scaled/rope_freqs.json: {"factors": [...], versions}.
+Writes Tests/FinchTestSupport/Fixtures/parity/llama_scaled/rope_freqs.json: {"factors": [...], versions}.
 Usage: python3 reference/make_rope_freqs_fixture.py
 """
 import json

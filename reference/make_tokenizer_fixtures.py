@@ -1,4 +1,4 @@
-"""Builds the tokenizer fixtures under Tests/FinchTests/Fixtures/tokenizers/.
+"""Builds the tokenizer fixtures under Tests/FinchTestSupport/Fixtures/tokenizers/.
 
 Expected ids come from Hugging Face `tokenizers` (the Rust library transformers uses).
 Without hub access, the HF tokenizer.json files are made by converting GGUF vocabularies
@@ -41,7 +41,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from tokenizers.decoders import DecodeStream
 
 ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "Tests/FinchTests/Fixtures/tokenizers"
+FIXTURES = ROOT / "Tests/FinchTestSupport/Fixtures/tokenizers"
 CACHE = Path(os.environ.get("FINCH_CACHE", Path.home() / ".cache/finch"))
 VOCABS = CACHE / "llama-vocabs"
 CONVERTED = CACHE / "tokenizers"

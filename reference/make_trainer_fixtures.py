@@ -6,7 +6,7 @@ ORPOTrainer / CPOTrainer) on a tiny random Llama with full fine-tuning, SGD lr=1
 weight decay, no clipping, constant schedule, batch 4 x accumulation 1, sequential sampling, and
 records what TRL fed the model, what it logged, and how every weight moved.
 
-Writes Tests/FinchTests/Fixtures/trainers/:
+Writes Tests/FinchTestSupport/Fixtures/trainers/:
   tokenizer/      tokenizer.json, tokenizer_config.json (+ chat template) of a tiny byte-level BPE
   model/          config.json, model.safetensors: the policy before the step (F32, tied embeddings)
   ref_model/      config.json, model.safetensors: a second random model, the DPO reference

@@ -2,7 +2,7 @@
 """Reference greedy generations of SmolLM2-135M-Instruct (Q4_1 GGUF) with transformers.
 
 Loads the GGUF the same way as reference/smollm2_perplexity.py (transformers dequantizes the
-weights to F32, model in float32) and writes Tests/FinchTests/Fixtures/smollm2/greedy.json:
+weights to F32, model in float32) and writes Tests/FinchTestSupport/Fixtures/smollm2/greedy.json:
 
   chat cases   10 short user prompts (one is exactly "What is the capital of France?").
                Prompt ids = tokenizer.apply_chat_template([{"role": "user", "content": p}],

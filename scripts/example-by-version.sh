@@ -15,7 +15,7 @@ cp -r "$root/Examples/FineTune" "$work/app"
 rm -rf "$work/app/.build"
 model="$work/tiny-model"
 mkdir "$model"
-cp "$root"/Tests/FinchTests/Fixtures/trainers/model/* "$root"/Tests/FinchTests/Fixtures/trainers/tokenizer/* "$model"/
+cp "$root"/Tests/FinchTestSupport/Fixtures/trainers/model/* "$root"/Tests/FinchTestSupport/Fixtures/trainers/tokenizer/* "$model"/
 cd "$work/app"
 echo "example: building Examples/FineTune against Finch $version (a tagged clone) in release mode"
 FINCH_PACKAGE_URL="$work/finch" swift build -c release 2>&1 | grep -E "error|warning: |Build complete" || true

@@ -5,7 +5,7 @@
 # Usage: scripts/fetch_tokenizer_vocabs.sh      # prints the folder on stdout
 # Cache: ${FINCH_CACHE:-$HOME/.cache/finch}/llama-vocabs/
 # The tokenizer tests look there (or in $FINCH_TOKENIZER_VOCABS) and skip the vocabularies
-# that are not committed under Tests/FinchTests/Fixtures/tokenizers/llama.cpp when it is absent.
+# that are not committed under Tests/FinchTestSupport/Fixtures/tokenizers/llama.cpp when it is absent.
 # Idempotent. Needs: python3 with pip, and sha256sum or shasum.
 set -euo pipefail
 

@@ -6,8 +6,8 @@ FINCH=${FINCH:-.build/release/finch}
 [ -x "$FINCH" ] || swift build -c release --product finch >/dev/null
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-cp -r Tests/FinchTests/Fixtures/trainers/model "$WORK/model"
-cp Tests/FinchTests/Fixtures/trainers/tokenizer/tokenizer*.json "$WORK/model/"
+cp -r Tests/FinchTestSupport/Fixtures/trainers/model "$WORK/model"
+cp Tests/FinchTestSupport/Fixtures/trainers/tokenizer/tokenizer*.json "$WORK/model/"
 for i in $(seq 0 39); do
     echo "{\"prompt\": \"Question $i: what is $i plus $i?\", \"chosen\": \"$i plus $i is $((2 * i)).\", \"rejected\": \"It might be $((2 * i + 1)), I think, but check.\"}"
 done > "$WORK/pairs.jsonl"

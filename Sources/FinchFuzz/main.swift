@@ -7,13 +7,13 @@ import Foundation
 //
 //   finch-fuzz [--cases 5000] [--seed 1] [--jobs 2] [--timeout 20] [--memory-gib 4]
 //              [--only safetensors,config,tokenizer,template,gguf,data,yaml]
-//              [--seeds Tests/FinchTests/Fixtures/fuzz/seed] [--work DIR] [--out DIR]
+//              [--seeds Tests/FinchTestSupport/Fixtures/fuzz/seed] [--work DIR] [--out DIR]
 //              [--finch PATH] [--case K]   (--case: run that one case, keep its folder, print it)
 
 struct Options {
     var cases = 5000, seed: UInt64 = 1, jobs = 2, timeout = 20.0, memoryGiB = 4
     var only = Target.allCases
-    var seeds = "Tests/FinchTests/Fixtures/fuzz/seed"
+    var seeds = "Tests/FinchTestSupport/Fixtures/fuzz/seed"
     var work = FileManager.default.temporaryDirectory.appendingPathComponent("finch-fuzz-\(getpid())").path
     var out: String?
     var finch: String?

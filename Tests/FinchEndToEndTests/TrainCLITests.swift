@@ -1,0 +1,229 @@
+import XCTest
+import FinchTestSupport
+@testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+@testable import FinchExport
+
+/// `finch train` end to end on a tiny model: outputs, bad input, and a crash then --resume
+/// ending at the same adapter bytes as an uninterrupted run.
+final class TrainCLITests: TemporaryDirectoryTestCase {
+    func model() throws -> String { try tinyChatModel() }
+
+    func preferenceData(rows: Int = 12) throws -> String {
+        let path = temporary.appendingPathComponent("pairs.jsonl").path
+        let animals = ["cat", "dog", "owl", "fox", "bee", "elk"]
+        let lines = (0..<rows).map { i -> String in
+            let a = animals[i % animals.count]
+            return #"{"prompt": "What does a \#(a) say? (\#(i))", "chosen": "A \#(a) makes its own sound.", "rejected": "I am not sure what a \#(a) would say, it depends a lot."}"#
+        }
+        try (lines.joined(separator: "\n") + "\n").write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func run(_ arguments: [String], environment: [String: String] = [:]) throws -> FinchProcess.Result {
+        try FinchProcess.run(arguments, environment: environment)
+    }
+
+    func trainArguments(model: String, data: String, output: String) -> [String] {
+        ["train", "--method", "orpo", "--model", model, "--data", data, "--output", output, "--max-steps", "6",
+         "--batch-size", "2", "--grad-accum", "2", "--save-steps", "2", "--lora-r", "4", "--lora-dropout", "0.1",
+         "--lr", "1e-3", "--seed", "3", "--warmup-steps", "2"]
+    }
+
+    func testTrainWritesAdapterMetricsAndRunRecord() throws {
+        let output = temporary.appendingPathComponent("run").path
+        let result = try run(trainArguments(model: try model(), data: try preferenceData(), output: output))
+        XCTAssertEqual(result.status, 0, result.err)
+        let files = try FileManager.default.contentsOfDirectory(atPath: output)
+        for name in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "run.json", "checkpoint-4"] {
+            XCTAssertTrue(files.contains(name), "\(name) missing from \(files)")
+        }
+        let lines = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines.count, 6)
+        let first = try JSONSerialization.jsonObject(with: Data(lines[0].utf8)) as! [String: Any]
+        for key in ["step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second", "nll_loss", "rewards/accuracies", "log_odds_ratio"] {
+            XCTAssertNotNil(first[key], "metrics.jsonl lacks \(key)")
+        }
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + "/run.json"))) as! [String: Any]
+        XCTAssertEqual(record["status"] as? String, "finished")
+        XCTAssertEqual((record["sha256"] as? [String: String])?.count, 2)
+        // The adapter is a PEFT adapter Finch reads back.
+        XCTAssertEqual(try PEFTAdapter.config(directory: output).rank, 4)
+
+        let again = try run(trainArguments(model: temporary.appendingPathComponent("model").path,
+                                           data: temporary.appendingPathComponent("pairs.jsonl").path, output: output))
+        XCTAssertEqual(again.status, 1, "an existing run is not overwritten")
+        XCTAssertTrue(again.err.contains("--overwrite"), again.err)
+    }
+
+    /// Options from YAML (flags win), evaluation with sampled generations, and --full writing an HF folder.
+    func testYAMLConfigEvaluationGenerationsAndFullWeights() throws {
+        let model = try model(), data = try preferenceData()
+        let output = temporary.appendingPathComponent("full").path
+        let yaml = temporary.appendingPathComponent("train.yaml").path
+        try """
+        method: sft
+        model: \(model)
+        data: \(data)
+        eval_data: \(data)
+        output: \(output)
+        max_steps: 2
+        batch_size: 4
+        eval_steps: 1
+        generate_during_eval: 2
+        lr: 0.5
+        full: true
+        """.write(toFile: yaml, atomically: true, encoding: .utf8)
+        // The pairs' prompt/chosen fields read as an SFT prompt + completion once named so.
+        let sftData = temporary.appendingPathComponent("sft.jsonl").path
+        let rows = try String(contentsOfFile: data, encoding: .utf8).replacingOccurrences(of: "\"chosen\"", with: "\"completion\"")
+            .replacingOccurrences(of: #", "rejected": "[^"]*""#, with: "", options: .regularExpression)
+        try rows.write(toFile: sftData, atomically: true, encoding: .utf8)
+        let result = try run(["train", "--config", yaml, "--data", sftData, "--eval-data", sftData, "--lr", "1e-3"])
+        XCTAssertEqual(result.status, 0, result.err)
+        let run = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + "/run.json"))) as! [String: Any]
+        let trainer = (run["config"] as! [String: Any])["trainer"] as! [String: Any]
+        XCTAssertEqual((trainer["learningRate"] as! NSNumber).doubleValue, 1e-3, accuracy: 1e-9, "the flag wins over the YAML value")
+        let metrics = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertEqual(metrics.components(separatedBy: "eval_loss").count - 1, 3, "eval at steps 0, 1 and 2")
+        let generations = try String(contentsOfFile: output + "/generations.jsonl", encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(generations.count, 6, "2 completions per evaluation")
+        // Full fine-tuning writes an HF folder Finch loads back.
+        let files = try ModelFiles.open(output)
+        XCTAssertEqual(files.config.hiddenSize, 32)
+        XCTAssertNotNil(files.tensors["model.layers.1.mlp.down_proj.weight"])
+    }
+
+    func testCrashThenResumeEndsAtTheSameAdapterBytes() throws {
+        let model = try model(), data = try preferenceData()
+        let straight = temporary.appendingPathComponent("straight").path
+        XCTAssertEqual(try run(trainArguments(model: model, data: data, output: straight)).status, 0)
+
+        let crashed = temporary.appendingPathComponent("crashed").path
+        let crash = try run(trainArguments(model: model, data: data, output: crashed), environment: ["FINCH_TEST_CRASH_AFTER_STEP": "3"])
+        XCTAssertNotEqual(crash.status, 0, "the run was meant to die at step 3")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: crashed + "/adapter_model.safetensors"))
+        let resumed = try run(trainArguments(model: model, data: data, output: crashed) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.err)
+        XCTAssertTrue(resumed.out.contains("resuming at step 2"), resumed.out)
+        let a = try Data(contentsOf: URL(fileURLWithPath: straight + "/adapter_model.safetensors"))
+        let b = try Data(contentsOf: URL(fileURLWithPath: crashed + "/adapter_model.safetensors"))
+        XCTAssertEqual(a, b, "resumed adapter bytes differ from the uninterrupted run's")
+        let steps = try String(contentsOfFile: crashed + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            (try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["step"] as? Int
+        }
+        XCTAssertEqual(steps, [1, 2, 3, 4, 5, 6])
+    }
+
+    func testBadInputGivesOneClearLine() throws {
+        let model = try model()
+        let bad = temporary.appendingPathComponent("bad.jsonl").path
+        try "{\"prompt\": \"a\", \"chosen\": \"b\", \"rejected\": \"c\"}\n{\"prompt\": \"a\", \"chosen\": \"b\"\n".write(toFile: bad, atomically: true, encoding: .utf8)
+        let r = try run(["train", "--method", "orpo", "--model", model, "--data", bad, "--output", temporary.appendingPathComponent("x").path])
+        XCTAssertEqual(r.status, 1)
+        XCTAssertTrue(r.err.contains("bad.jsonl:2"), r.err)
+        let missing = try run(["train", "--model", model, "--data", bad])
+        XCTAssertTrue(missing.err.contains("--output"), missing.err)
+        let sftOnPairs = try run(["train", "--method", "sft", "--model", model, "--data", try preferenceData(), "--output", temporary.appendingPathComponent("y").path])
+        XCTAssertTrue(sftOnPairs.err.contains("cannot train on preference rows"), sftOnPairs.err)
+        // Flags come from TrainConfig.options: a misspelt one, a value missing, a wrong kind of value.
+        let out = temporary.appendingPathComponent("z").path
+        let typo = try run(["train", "--model", model, "--data", bad, "--output", out, "--lr-rate", "1e-4"])
+        XCTAssertEqual(typo.status, 1)
+        XCTAssertTrue(typo.err.contains("unknown option '--lr-rate'") && typo.err.contains("--lr,"), typo.err)
+        let noValue = try run(["train", "--model", model, "--data", bad, "--output", out, "--max-steps"])
+        XCTAssertTrue(noValue.err.contains("--max-steps: max_steps: found 'nothing', expected a value (<int>)"), noValue.err)
+        let word = try run(["train", "--model", model, "--data", bad, "--output", out, "--max-steps=many"])
+        XCTAssertTrue(word.err.contains("--max-steps: max_steps: found 'many', expected a whole number"), word.err)
+    }
+
+    func losses(_ run: String) throws -> [Double] {
+        try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
+            (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double
+        }
+    }
+
+    /// `--precision` is recorded with its reason; fp32 gives the same losses with the kernels
+    /// limited to AVX2 (FINCH_ISA=avx2) as on the native path, and bf16 stays close to fp32.
+    func testPrecisionChoiceAndISAOverride() throws {
+        let model = try model(), data = try preferenceData()
+        func train(_ name: String, _ precision: String, environment: [String: String] = [:]) throws -> String {
+            let output = temporary.appendingPathComponent(name).path
+            let r = try run(trainArguments(model: model, data: data, output: output) + ["--precision", precision], environment: environment)
+            XCTAssertEqual(r.status, 0, r.err)
+            if precision != "auto" { XCTAssertTrue(r.out.contains("precision: \(precision) ("), r.out) }
+            return output
+        }
+        let native = try train("native", "fp32"), avx2 = try train("avx2", "fp32", environment: ["FINCH_ISA": "avx2"])
+        let (a, b) = (try losses(native), try losses(avx2))
+        XCTAssertEqual(a.count, 6)
+        for (x, y) in zip(a, b) { XCTAssertEqual(x, y, accuracy: 1e-5 * abs(y), "fp32 losses differ between the native and AVX2 paths") }
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: avx2 + "/run.json"))) as! [String: Any]
+        let precision = record["precision"] as? [String: String]
+        XCTAssertEqual(precision?["chosen"], "fp32")
+        XCTAssertTrue(precision?["cpu"]?.contains("FINCH_ISA=avx2") == true, "\(String(describing: precision))")
+
+        // Without oneDNN (the path a machine without libdnnl takes): OpenBLAS, the same losses.
+        let openBLAS = try losses(try train("openblas", "fp32", environment: ["FINCH_GEMM": "openblas"]))
+        for (x, y) in zip(openBLAS, a) { XCTAssertEqual(x, y, accuracy: 1e-5 * abs(y), "fp32 losses differ between OpenBLAS and oneDNN") }
+        let bf16 = try losses(try train("bf16", "bf16"))
+        for (x, y) in zip(bf16, a) { XCTAssertEqual(x, y, accuracy: 2e-2 * abs(y), "bf16 loss far from fp32") }
+        XCTAssertNotEqual(bf16, a, "bf16 products changed nothing")
+        let auto = try train("auto", "auto", environment: ["FINCH_ISA": "avx2"])
+        let autoRecord = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: auto + "/run.json"))) as! [String: Any]
+        XCTAssertEqual((autoRecord["precision"] as? [String: String])?["chosen"], "fp32", "auto under FINCH_ISA=avx2 has no native bf16")
+    }
+
+    /// A diverging run stops at the first step whose loss or gradient is not finite, or whose
+    /// model collapsed to uniform predictions, naming the step; earlier checkpoints stay loadable
+    /// (issue 18: --lr 1e6 saved a collapsed model with exit 0, --lr 1e30 a NaN adapter).
+    func testDivergenceStopsNamingTheStep() throws {
+        let model = try model(), data = try preferenceData()
+        for lr in ["1e6", "1e30"] {
+            let output = temporary.appendingPathComponent("lr\(lr)").path
+            var arguments = trainArguments(model: model, data: data, output: output)
+            arguments[arguments.firstIndex(of: "--lr")! + 1] = lr
+            arguments[arguments.firstIndex(of: "--save-steps")! + 1] = "1"
+            arguments[arguments.firstIndex(of: "--warmup-steps")! + 1] = "0"
+            let r = try run(arguments + ["--max-grad-norm", "0"])
+            XCTAssertEqual(r.status, 1, "lr \(lr): \(r.out)")
+            XCTAssertTrue(r.err.contains("step ") && (r.err.contains("not finite") || r.err.contains("collapsed")), "lr \(lr): \(r.err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: output + "/adapter_model.safetensors"), "lr \(lr): a final adapter was saved")
+            let checkpoints = try FileManager.default.contentsOfDirectory(atPath: output).filter { $0.hasPrefix("checkpoint-") }
+            for c in checkpoints { XCTAssertNoThrow(try PEFTAdapter.config(directory: output + "/" + c), c) }
+        }
+    }
+
+    /// `--nan-policy skip-step`: a non-finite step leaves the adapter exactly as it was (the
+    /// checkpoints of skipped steps hold the same bytes), says so, and a run that never recovers
+    /// stops after 10 skipped steps in a row, naming the step.
+    func testNaNPolicySkipStep() throws {
+        let model = try model(), data = try preferenceData()
+        let output = temporary.appendingPathComponent("skip").path
+        var arguments = trainArguments(model: model, data: data, output: output)
+        arguments[arguments.firstIndex(of: "--lr")! + 1] = "1e30"
+        arguments[arguments.firstIndex(of: "--save-steps")! + 1] = "1"
+        arguments[arguments.firstIndex(of: "--warmup-steps")! + 1] = "0"
+        let r = try run(arguments + ["--max-grad-norm", "0", "--nan-policy", "skip-step", "--max-steps", "40"])
+        XCTAssertEqual(r.status, 1, r.out)
+        XCTAssertTrue(r.err.contains("not finite"), r.err)
+        let skipped = r.out.split(separator: "\n").filter { $0.contains("skipped without updating") }
+        XCTAssertEqual(skipped.count, 9, "9 skipped, the 10th in a row stops: \(r.out)")
+        let firstSkipped = try XCTUnwrap(skipped.first.flatMap { Int($0.dropFirst(5).prefix { $0.isNumber }) })
+        func adapter(_ step: Int) throws -> Data {
+            try Data(contentsOf: URL(fileURLWithPath: output + "/checkpoint-\(step)/adapter_model.safetensors"))
+        }
+        if firstSkipped > 1 {
+            XCTAssertEqual(try adapter(firstSkipped), try adapter(firstSkipped - 1), "a skipped step changed the adapter")
+            XCTAssertEqual(try adapter(firstSkipped + 8), try adapter(firstSkipped - 1))
+        }
+        let metrics = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertTrue(metrics.contains("\"skipped_steps\":9"), metrics)
+    }
+}

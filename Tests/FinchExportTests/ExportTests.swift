@@ -1,0 +1,398 @@
+import XCTest
+import FinchTestSupport
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchExport
+
+/// `finch export`: merged weights equal model + adapter, Finch reads its exports back, GGUF to
+/// HF to GGUF keeps f32 tensors bit for bit, q8_0 matches ggml's quantizer, and each refusal
+/// says what was wrong. (reference/check_export.py checks the same exports in transformers.)
+final class ExportTests: TemporaryDirectoryTestCase {
+    typealias S = TestSupport
+
+    func parity(_ name: String) -> String { S.fixtures.appendingPathComponent("parity/\(name)").path }
+    func out(_ name: String) -> String { temporary.appendingPathComponent(name).path }
+
+    /// Logits of the model at `path` (plus adapter) on the parity fixture's batch.
+    func logits(_ path: String, adapter: String? = nil, fixture: String) throws -> [Float] {
+        let expected = try SafeTensors.read(path: parity(fixture) + "/expected.safetensors")
+        let shape = expected["input_ids"]!.shape
+        let batch = TokenBatch(batch: shape[0], seq: shape[1], ids: dequantize(expected["input_ids"]!).map { Int32($0) },
+                               mask: dequantize(expected["attention_mask"]!))
+        let files = try ModelFiles.open(path)
+        return try Transformer(files: files, adapter: adapter).logits(batch)
+    }
+
+    // MARK: - Merging
+
+    func testMergedHFExportGivesTheLogitsOfModelPlusAdapter() throws {
+        // llama_tied: alpha/r scale; qwen2_bias: rsLoRA, biases; llama_scaled: separate head, llama3 rope.
+        for name in ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope"] {
+            let adapter = parity(name) + "/adapter"
+            let withAdapter = try logits(parity(name), adapter: adapter, fixture: name)
+            let base = try logits(parity(name), fixture: name)
+            let folder = out("\(name)-merged")
+            let summary = try Exporter.export(ExportOptions(model: parity(name), adapter: adapter, format: .hf, dtype: .f32, output: folder))
+            XCTAssertEqual(summary.mergedModules, 14, name)   // 7 projections x 2 layers
+            let merged = try logits(folder, fixture: name)
+            XCTAssertLessThan(S.maxRelativeError(merged, withAdapter), 1e-5, name)
+            // The adapter changes the logits, so the comparison above can fail.
+            XCTAssertGreaterThan(S.maxRelativeError(base, withAdapter), 1e-2, name)
+            // And matches transformers + peft's logits (fixture).
+            let expected = dequantize(try SafeTensors.read(path: parity(name) + "/expected.safetensors")["lora_logits"]!)
+            XCTAssertLessThan(S.maxRelativeError(merged, expected), 1e-4, name)
+            XCTAssertTrue(FileManager.default.fileExists(atPath: folder + "/generation_config.json"), name)
+        }
+    }
+
+    func testLowerPrecisionExportsReadBackCloseToF32() throws {
+        let name = "llama_tied", adapter = parity(name) + "/adapter"
+        let reference = try logits(parity(name), adapter: adapter, fixture: name)
+        for (format, dtype, tolerance) in [(ExportFormat.hf, ExportDType.f16, Float(5e-3)), (.hf, .bf16, 3e-2),
+                                           (.gguf, .f32, 1e-5), (.gguf, .f16, 5e-3), (.gguf, .bf16, 3e-2), (.gguf, .q8_0, 3e-2)] {
+            let path = out("m-\(dtype.rawValue)" + (format == .gguf ? ".gguf" : ""))
+            try Exporter.export(ExportOptions(model: parity(name), adapter: adapter, format: format, dtype: dtype, output: path))
+            let back = try ModelFiles.open(path)
+            XCTAssertEqual(back.config.hiddenSize, 64)
+            let error = S.maxRelativeError(try logits(path, fixture: name), reference)
+            XCTAssertLessThan(error, tolerance, "\(format) \(dtype)")
+            if format == .gguf {
+                let gguf = try GGUFFile(path: path)
+                XCTAssertEqual(gguf.tensors["blk.0.attn_q.weight"]?.dtype, dtype.dtype)
+                XCTAssertEqual(gguf.tensors["blk.0.attn_norm.weight"]?.dtype, .f32, "norms stay f32")
+                XCTAssertEqual(gguf.metadata["general.file_type"]?.int, [ExportDType.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32][dtype])
+            } else {
+                XCTAssertEqual(back.tensors["model.norm.weight"]?.dtype, dtype.dtype)
+            }
+        }
+    }
+
+    // MARK: - GGUF
+
+    func testGGUFToHFToGGUFKeepsF32TensorsBitIdentical() throws {
+        let source = S.fixtures.appendingPathComponent("gguf/tiny_llama.gguf").path
+        let first = out("first.gguf"), folder = out("hf"), second = out("second.gguf")
+        try Exporter.export(ExportOptions(model: source, format: .gguf, dtype: .f32, output: first))
+        try Exporter.export(ExportOptions(model: first, format: .hf, dtype: .f32, output: folder))
+        try Exporter.export(ExportOptions(model: folder, format: .gguf, dtype: .f32, output: second))
+        let a = try GGUFFile(path: first), b = try GGUFFile(path: second)
+        XCTAssertEqual(a.tensorNames, b.tensorNames)
+        XCTAssertEqual(a.tensorNames.count, 1 + 2 * 9 + 1)
+        for name in a.tensorNames {
+            let x = a.tensors[name]!, y = b.tensors[name]!
+            XCTAssertEqual(x.dtype, .f32, name)
+            XCTAssertEqual(x.shape, y.shape, name)
+            XCTAssertEqual(memcmp(x.bytes, y.bytes, x.byteCount), 0, "\(name) differs")
+        }
+        for key in ["llama.embedding_length", "llama.block_count", "llama.attention.head_count", "llama.attention.head_count_kv",
+                    "llama.feed_forward_length", "llama.rope.freq_base", "llama.attention.layer_norm_rms_epsilon"] {
+            XCTAssertEqual(a.metadata[key]?.double, b.metadata[key]?.double, key)
+        }
+        // The source's f16 and q8_0 weights, dequantized, are what the export holds; q/k rows
+        // are back in llama.cpp's order (the source's own), so F16 rows compare exactly.
+        let original = try GGUFFile(path: source)
+        XCTAssertEqual(dequantize(original.tensors["blk.0.attn_q.weight"]!), dequantize(a.tensors["blk.0.attn_q.weight"]!))
+        XCTAssertEqual(dequantize(original.tensors["blk.1.attn_k.weight"]!), dequantize(a.tensors["blk.1.attn_k.weight"]!))
+        // And all three load as the same model.
+        let expected = try SafeTensors.read(path: S.fixtures.appendingPathComponent("gguf/expected_tiny.safetensors").path)
+        let hf = try ModelFiles.open(folder)
+        for (name, tensor) in hf.tensors {
+            XCTAssertEqual(dequantize(tensor), dequantize(expected["tiny_llama." + name]!), name)
+        }
+    }
+
+    /// Llama 3 rope scaling goes to GGUF as llama.cpp writes it, the tensor rope_freqs.weight
+    /// (equal to the factors transformers' llama3 inverse frequencies imply: fixture), and comes
+    /// back as the same scaling from the factors alone; the same model answers alike from both
+    /// files. A tensor that disagrees with a declared scaling, or that no Llama 3 scaling gives,
+    /// is refused naming it.
+    func testLlama3RopeScalingThroughGGUF() throws {
+        let name = "llama_scaled", path = out("scaled.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: .f32, output: path))
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.tensorNames.first, "rope_freqs.weight")
+        let record = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: parity(name) + "/rope_freqs.json"))) as! [String: Any]
+        let want = (record["factors"] as! [NSNumber]).map(\.floatValue), got = dequantize(gguf.tensors["rope_freqs.weight"]!)
+        XCTAssertEqual(got.count, want.count)
+        for (g, w) in zip(got, want) { XCTAssertEqual(g, w, accuracy: 1e-6 * w) }
+        let source = try ModelFiles.open(parity(name))
+        XCTAssertEqual(try ModelFiles.open(path).config.ropeScaling, source.config.ropeScaling)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
+
+        // The same file with a declared scaling the tensor disagrees with, then with factors no
+        // Llama 3 scaling gives.
+        func rewrite(_ output: String, extra: [(key: String, value: GGUFValue)], factors: [Float]? = nil) throws {
+            let metadata = gguf.metadataKeys.map { (key: $0, value: gguf.metadata[$0]!) } + extra
+            let tensors = gguf.tensorNames.map { GGUFWriter.Tensor(name: $0, shape: gguf.tensors[$0]!.shape, dtype: gguf.tensors[$0]!.dtype) }
+            try GGUFWriter.write(path: output, metadata: metadata, tensors: tensors) { index, sink in
+                let t = gguf.tensors[tensors[index].name]!
+                if index == 0, let factors { try factors.withUnsafeBytes { try sink($0) } } else { try sink(UnsafeRawBufferPointer(start: t.bytes, count: t.byteCount)) }
+            }
+        }
+        let declared = out("declared.gguf")
+        try rewrite(declared, extra: [("llama.rope.scaling.type", .string("llama3")), ("llama.rope.scaling.factor", .float32(4)),
+                                      ("llama.rope.scaling.low_freq_factor", .float32(1)), ("llama.rope.scaling.high_freq_factor", .float32(4)),
+                                      ("llama.rope.scaling.original_context_length", .uint32(64))])
+        XCTAssertThrowsError(try ModelFiles.open(declared)) {
+            XCTAssertTrue("\($0)".contains("rope_freqs.weight[1]") && "\($0)".contains("declares"), "\($0)")
+        }
+        let odd = out("odd.gguf")
+        try rewrite(odd, extra: [], factors: [1, 5, 2, 8, 8, 8, 8, 8])
+        XCTAssertThrowsError(try ModelFiles.open(odd)) {
+            XCTAssertTrue("\($0)".contains("rope_freqs.weight") && "\($0)".contains("Llama 3 rope scaling"), "\($0)")
+        }
+    }
+
+    /// Qwen3 (q and k RMS norms) goes to GGUF as llama.cpp's architecture qwen3 and back with the
+    /// same logits as transformers' (parity fixture).
+    func testQwen3ThroughGGUF() throws {
+        let name = "qwen3_qknorm", path = out("qwen3.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: .f32, output: path))
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.metadata["general.architecture"]?.string, "qwen3")
+        XCTAssertNotNil(gguf.tensors["blk.1.attn_k_norm.weight"])
+        let back = try ModelFiles.open(path)
+        XCTAssertEqual(back.config.modelType, "qwen3")
+        XCTAssertTrue(back.config.qkNorm)
+        let expected = dequantize(try SafeTensors.read(path: parity(name) + "/expected.safetensors")["logits"]!)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), expected), 1e-4)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
+    }
+
+    func testGGUFWriterRoundTripsEveryMetadataType() throws {
+        let path = out("types.gguf")
+        let metadata: [(key: String, value: GGUFValue)] = [
+            ("general.architecture", .string("llama")), ("u8", .uint8(200)), ("i8", .int8(-5)), ("u16", .uint16(60000)),
+            ("i16", .int16(-300)), ("u32", .uint32(4_000_000_000)), ("i32", .int32(-7)), ("f32", .float32(1.5)),
+            ("b", .bool(true)), ("s", .string("héllo")), ("u64", .uint64(1 << 40)), ("i64", .int64(-(1 << 40))),
+            ("f64", .float64(-2.25)), ("strings", .array([.string("a"), .string("b c")])),
+            ("nested", .array([.array([.int32(1), .int32(2)]), .array([.int32(3)])])),
+        ]
+        let values: [Float] = (0..<96).map { Float($0) / 7 }
+        try GGUFWriter.write(path: path, metadata: metadata, tensors: [GGUFWriter.Tensor(name: "t", shape: [3, 32], dtype: .f32),
+                                                                       GGUFWriter.Tensor(name: "v", shape: [5], dtype: .f16)]) { index, sink in
+            let count = index == 0 ? 96 : 5
+            var bytes = [UInt8](repeating: 0, count: count * 4)
+            let n = values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { encodeRow(v.baseAddress!, as: index == 0 ? .f32 : .f16, into: $0.baseAddress!, count: count) } }
+            try bytes.withUnsafeBytes { try sink(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+        }
+        let file = try GGUFFile(path: path)
+        XCTAssertEqual(file.version, 3)
+        for (key, value) in metadata { XCTAssertEqual(file.metadata[key], value, key) }
+        XCTAssertEqual(file.metadata["general.alignment"], .uint32(32))
+        XCTAssertEqual(file.metadataKeys.prefix(2), ["general.architecture", "general.alignment"])
+        XCTAssertEqual(file.tensors["t"]!.shape, [3, 32])
+        XCTAssertEqual(dequantize(file.tensors["t"]!), values)
+        XCTAssertEqual(dequantize(file.tensors["v"]!), values.prefix(5).map { Float(Float16($0)) })
+        XCTAssertEqual(file.dataOffset % 32, 0)
+    }
+
+    func testQ8_0QuantizationMatchesGGML() {
+        // Expected bytes from gguf-py 0.19's quants.quantize (ggml's quantize_row_q8_0_ref):
+        // block 0 has max 1.27 (d = 0.01); block 1 ties 1.5 and -1.5, rounded away from zero.
+        var x: [Float] = [0.00036904599983245134, 0.08962365984916687, -0.08224135637283325, -0.267177551984787, -0.1364012360572815,
+                          1.27, -1.27, 0.005, -0.147661954164505, -0.1861424744129181, 0.14695261418819427, 0.10706610232591629,
+                          0.03162427619099617, -0.2791404128074646, -0.00877554714679718, 0.20859095454216003, -0.4032643735408783,
+                          -0.13728472590446472, -0.5703667998313904, -0.38686132431030273, -0.5525205135345459, -0.0705273374915123,
+                          -0.3802339434623718, 0.08137930929660797, 0.047025326639413834, -0.056079283356666565, -0.7550278902053833,
+                          -0.16160786151885986, -0.014550283551216125, 0.033992696553468704, -0.45904073119163513, -0.14332598447799683]
+        x += [Float](repeating: 0, count: 32)
+        x[40] = -2.54; x[41] = 0.03; x[42] = -0.03
+        let expected: [UInt8] = [31, 33, 0, 9, 248, 229, 242, 127, 129, 1, 241, 237, 15, 11, 3, 228, 255, 21, 216, 242, 199, 217, 201, 249,
+                                 218, 8, 5, 250, 180, 240, 255, 3, 210, 242, 31, 37, 0, 0, 0, 0, 0, 0, 0, 0, 129, 2, 254,
+                                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        var bytes = [UInt8](repeating: 0, count: 68)
+        x.withUnsafeBufferPointer { src in bytes.withUnsafeMutableBytes { quantizeRowQ8_0(src.baseAddress!, $0.baseAddress!, count: 64) } }
+        XCTAssertEqual(bytes, expected)
+        // Dequantized, every value is within about half a step (d rounded to f16) of the input.
+        var back = [Float](repeating: 0, count: 64)
+        bytes.withUnsafeBytes { dequantizeRow(.q8_0, $0.baseAddress!, &back, count: 64) }
+        for i in 0..<64 { XCTAssertEqual(back[i], x[i], accuracy: (i < 32 ? 0.01 : 0.02) * 0.6, "\(i)") }
+    }
+
+    func testHFExportShardsPastTheLimitWithAnIndex() throws {
+        let name = "llama_tied", folder = out("sharded")
+        try Exporter.export(ExportOptions(model: parity(name), format: .hf, dtype: .f32, output: folder, maxShardBytes: 60_000))
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder)
+        let shards = files.filter { $0.hasPrefix("model-") && $0.hasSuffix(".safetensors") }.sorted()
+        XCTAssertGreaterThan(shards.count, 2)
+        XCTAssertEqual(shards.first, String(format: "model-00001-of-%05d.safetensors", shards.count))
+        XCTAssertTrue(files.contains("model.safetensors.index.json"))
+        XCTAssertFalse(files.contains("model.safetensors"))
+        for shard in shards {
+            let size = try FileManager.default.attributesOfItem(atPath: folder + "/" + shard)[.size] as! Int
+            XCTAssertLessThan(size, 60_000 + 4096, shard)   // the limit, plus the header
+        }
+        XCTAssertEqual(S.maxRelativeError(try logits(folder, fixture: name), try logits(parity(name), fixture: name)), 0)
+    }
+
+    // MARK: - Refusals
+
+    func testAdapterForAnotherModelIsRefusedNamingTheTensorAndShapes() throws {
+        let options = ExportOptions(model: parity("llama_tied"), adapter: parity("llama_scaled") + "/adapter", format: .hf, output: out("x"))
+        XCTAssertThrowsError(try Exporter.export(options)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("lora_"), text)
+            XCTAssertTrue(text.contains("another model"), text)
+            XCTAssertTrue(text.contains("has shape [") && text.contains("needs ["), text)
+        }
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: temporary.path), [], "nothing left behind")
+    }
+
+    func testRefusalsThroughTheCLI() throws {
+        let model = parity("llama_tied")
+        let unknown = try FinchProcess.run(["export", "--model", model, "--format", "hf", "--dtype", "f8", "--output", out("a")])
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(unknown.err.contains("unknown dtype 'f8'") && unknown.err.contains("f32, f16, bf16, q8_0"), unknown.err)
+
+        let q8hf = try FinchProcess.run(["export", "--model", model, "--format", "hf", "--dtype", "q8_0", "--output", out("a")])
+        XCTAssertEqual(q8hf.status, 1)
+        XCTAssertTrue(q8hf.err.contains("q8_0 cannot be written as hf"), q8hf.err)
+
+        let missing = out("no-such-folder/model.gguf")
+        let unwritable = try FinchProcess.run(["export", "--model", model, "--format", "gguf", "--output", missing])
+        XCTAssertEqual(unwritable.status, 1)
+        XCTAssertTrue(unwritable.err.contains(missing) && unwritable.err.contains("does not exist"), unwritable.err)
+
+        let mismatch = try FinchProcess.run(["export", "--model", model, "--adapter", parity("llama_scaled") + "/adapter",
+                                             "--format", "gguf", "--output", out("b.gguf")])
+        XCTAssertEqual(mismatch.status, 1)
+        XCTAssertTrue(mismatch.err.contains("another model") && mismatch.err.contains("down_proj.lora_A.weight' has shape [4, 128] but this model needs [4, 96]"), mismatch.err)
+
+        let ok = try FinchProcess.run(["export", "--model", model, "--adapter", parity("llama_tied") + "/adapter",
+                                       "--format", "gguf", "--dtype", "q8_0", "--output", out("c.gguf")])
+        XCTAssertEqual(ok.status, 0, ok.err)
+        XCTAssertTrue(ok.out.contains("14 LoRA modules merged"), ok.out)
+        let again = try FinchProcess.run(["export", "--model", model, "--format", "gguf", "--output", out("c.gguf")])
+        XCTAssertEqual(again.status, 1)
+        XCTAssertTrue(again.err.contains("already exists") && again.err.contains("--overwrite"), again.err)
+        let replaced = try FinchProcess.run(["export", "--model", model, "--format", "gguf", "--output", out("c.gguf"), "--overwrite"])
+        XCTAssertEqual(replaced.status, 0, replaced.err)
+        XCTAssertEqual(try GGUFFile(path: out("c.gguf")).metadata["general.file_type"]?.int, 0)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: temporary.path).sorted(), ["c.gguf"], "no temporary files left")
+    }
+
+    func testOverwritingAnHFFolderReplacesItWhole() throws {
+        let folder = out("hf")
+        try Exporter.export(ExportOptions(model: parity("llama_tied"), format: .hf, output: folder, maxShardBytes: 60_000))
+        XCTAssertThrowsError(try Exporter.export(ExportOptions(model: parity("llama_tied"), format: .hf, output: folder)))
+        try Exporter.export(ExportOptions(model: parity("llama_tied"), format: .hf, dtype: .bf16, output: folder, overwrite: true))
+        let files = try FileManager.default.contentsOfDirectory(atPath: folder)
+        XCTAssertTrue(files.contains("model.safetensors"))
+        XCTAssertFalse(files.contains { $0.hasPrefix("model-") }, "old shards are gone: \(files)")
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: temporary.path), ["hf"])
+    }
+
+    // MARK: - Tokenizers
+
+    /// llama.cpp's vocabularies (tests/test-tokenizer-0 strings and ids) through GGUF -> tokenizer.json
+    /// and back -> GGUF metadata: both give llama.cpp's ids. Vocabularies not on disk are skipped
+    /// (llama-spm is committed; scripts/fetch_tokenizer_vocabs.sh fetches the rest).
+    func testTokenizerConversionKeepsLlamaCppIDs() throws {
+        let names = ["llama-spm", "gpt-2", "llama-bpe", "qwen2", "qwen35", "phi-3", "deepseek-coder", "deepseek-llm", "falcon", "mpt",
+                     "starcoder", "refact", "command-r"]
+        var checked = 0
+        for name in names {
+            guard let url = TokenizerFixtures.llamaCppVocab(name) else { continue }
+            let dir = TokenizerFixtures.root.appendingPathComponent("llama.cpp")
+            let raw = try String(contentsOf: dir.appendingPathComponent("ggml-vocab-\(name).gguf.inp"), encoding: .utf8)
+            let texts = raw.components(separatedBy: "\n__ggml_vocab_test__\n")
+            let expectedLines = try String(contentsOf: dir.appendingPathComponent("ggml-vocab-\(name).gguf.out"), encoding: .utf8)
+                .split(separator: "\n", omittingEmptySubsequences: false)
+
+            let gguf = try GGUFFile(path: url.path)
+            // FINCH_EXPORT_TOKENIZERS=DIR keeps the folders for reference/check_export_tokenizers.py (HF tokenizers).
+            let keep = ProcessInfo.processInfo.environment["FINCH_EXPORT_TOKENIZERS"]
+            let folder = keep.map { "\($0)/\(name)" } ?? out("tok-\(name)")
+            try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+            let (json, config) = try TokenizerConversion.huggingFaceFiles(from: gguf, modelMaxLength: 4096)
+            try Data(json.utf8).write(to: URL(fileURLWithPath: folder + "/tokenizer.json"))
+            try Exporter.jsonText(config).write(to: URL(fileURLWithPath: folder + "/tokenizer_config.json"))
+            let hf = try Tokenizer.load(from: folder)
+
+            let modelConfig = ModelConfig(modelType: "llama", hiddenSize: 8, intermediateSize: 8, layerCount: 1, headCount: 1,
+                                          kvHeadCount: 1, vocabSize: gguf.metadata["tokenizer.ggml.tokens"]!.array!.count)
+            let metadata = [(key: "general.architecture", value: GGUFValue.string("llama"))]
+                + (try TokenizerConversion.ggufMetadata(folder: folder, config: modelConfig))
+            let back = out("tok-\(name).gguf")
+            try GGUFWriter.write(path: back, metadata: metadata, tensors: []) { _, _ in }
+            let again = try Tokenizer.load(from: back)
+
+            var hfPassed = 0, backPassed = 0
+            for (index, text) in texts.enumerated() {
+                let expected = expectedLines[index].split(separator: " ").map { Int($0)! }
+                if try hf.encode(text, addSpecialTokens: false) == expected { hfPassed += 1 }
+                if try again.encode(text, addSpecialTokens: false) == expected { backPassed += 1 }
+            }
+            XCTAssertEqual(hfPassed, texts.count, "\(name): tokenizer.json")
+            XCTAssertEqual(backPassed, texts.count, "\(name): tokenizer.json -> GGUF")
+            XCTAssertEqual(try hf.encode("Hello world", addSpecialTokens: true), try Tokenizer.load(from: url.path).encode("Hello world", addSpecialTokens: true), name)
+            print("export tokenizer ggml-vocab-\(name): tokenizer.json \(hfPassed)/\(texts.count), back to GGUF \(backPassed)/\(texts.count)")
+            checked += 1
+        }
+        if checked == 0 { throw XCTSkip("no llama.cpp vocabulary found") }
+    }
+
+    // MARK: - The real model (skipped without FINCH_SMOLLM2_GGUF)
+
+    func testSmolLM2TokenizerSurvivesExport() throws {
+        guard let gguf = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: gguf) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set")
+        }
+        let folder = out("smollm2"), back = out("smollm2.gguf")
+        try Exporter.export(ExportOptions(model: gguf, format: .hf, dtype: .bf16, output: folder))
+        try Exporter.export(ExportOptions(model: folder, format: .gguf, dtype: .bf16, output: back))
+        let original = try Tokenizer.load(from: gguf), hf = try Tokenizer.load(from: folder), again = try Tokenizer.load(from: back)
+        let texts = ["Hello, world!", "  leading spaces and 12345 digits", "<|im_start|>user\nWhat is 2+2?<|im_end|>\n",
+                     "naïve café — ünïcödé 東京 🙂", "tabs\tand\nnewlines\r\n", "don't won't it's", String(repeating: "abc ", count: 50)]
+        for text in texts {
+            XCTAssertEqual(try hf.encode(text), try original.encode(text), text)
+            XCTAssertEqual(try again.encode(text), try original.encode(text), text)
+        }
+        XCTAssertEqual(hf.chatTemplate, original.chatTemplate)
+        XCTAssertEqual(hf.eosTokenId, original.eosTokenId)
+        XCTAssertEqual(again.bosTokenId, original.bosTokenId)
+        let a = try GGUFFile(path: gguf), b = try GGUFFile(path: back)
+        for key in ["tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type", "tokenizer.chat_template"] {
+            XCTAssertEqual(a.metadata[key], b.metadata[key], key)
+        }
+    }
+
+    /// SIGKILL in the middle of writing leaves nothing under the final name (only a hidden
+    /// temporary sibling, which a later export does not mind).
+    func testKilledExportLeavesNoHalfWrittenOutput() throws {
+        guard let gguf = ProcessInfo.processInfo.environment["FINCH_SMOLLM2_GGUF"], FileManager.default.fileExists(atPath: gguf) else {
+            throw XCTSkip("FINCH_SMOLLM2_GGUF is not set")
+        }
+        let binary = try FinchProcess.binary()
+        for (format, name) in [("gguf", "killed.gguf"), ("hf", "killed-hf")] {
+            let process = Process()
+            process.executableURL = binary
+            process.arguments = ["export", "--model", gguf, "--format", format, "--output", out(name)]
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            // Wait until the temporary sibling holds some bytes, then kill.
+            let deadline = Date().addingTimeInterval(60)
+            var started = false
+            while Date() < deadline && process.isRunning && !started {
+                let entries = (try? FileManager.default.contentsOfDirectory(atPath: temporary.path)) ?? []
+                if let tmp = entries.first(where: { $0.hasPrefix(".\(name).tmp-") }) {
+                    let path = out(tmp)
+                    let size = format == "gguf" ? (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+                        : ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []).isEmpty ? 0 : 1
+                    started = size > 0
+                }
+                usleep(2_000)
+            }
+            XCTAssertTrue(started && process.isRunning, "\(format): the export finished before it could be interrupted")
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out(name)), "\(format): a half-written \(name) is visible")
+            // The next export succeeds despite the leftover.
+            try Exporter.export(ExportOptions(model: parity("llama_tied"), format: format == "gguf" ? .gguf : .hf, output: out(name)))
+            XCTAssertNoThrow(try ModelFiles.open(out(name)))
+        }
+    }
+}

@@ -1,0 +1,114 @@
+import XCTest
+import FinchTestSupport
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+
+/// DESIGN.md's exact accumulation: one SGD step from batch 4 x accumulation 1, 2 x 2 and 1 x 4
+/// gives the same update, for every objective, because each window counts its normalisers first.
+final class AccumulationTests: XCTestCase {
+    let directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path
+
+    /// Rows of different lengths, so that micro-batch means differ from the window mean.
+    static func sftExamples() -> [Example] {
+        var rng = FinchRandom(seed: 11)
+        return (0..<4).map { i in
+            let length = [5, 12, 7, 9][i]
+            let ids = (0..<length).map { _ in Int32(3 + rng.next() % 120) }
+            let prompt = [2, 4, 3, 5][i]
+            let labels = ids.enumerated().map { $0.offset < prompt ? Int32(-100) : $0.element }
+            return Example(id: i, fields: ["input_ids": ids, "labels": labels])
+        }
+    }
+
+    static func preferenceExamples() -> [Example] {
+        var rng = FinchRandom(seed: 12)
+        func tokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(3 + rng.next() % 120) } }
+        return (0..<4).map { i in
+            let prompt = [1] + tokens([3, 6, 2, 4][i])
+            let chosen = tokens([2, 5, 8, 3][i]) + [2], rejected = tokens([6, 2, 4, 7][i]) + [2]
+            func labels(_ completion: [Int32]) -> [Int32] { [Int32](repeating: -100, count: prompt.count) + completion }
+            return Example(id: i, fields: ["chosen_input_ids": prompt + chosen, "chosen_labels": labels(chosen),
+                                           "rejected_input_ids": prompt + rejected, "rejected_labels": labels(rejected)])
+        }
+    }
+
+    /// The parameter update of one SGD step (lr 1, no clipping) with the given split.
+    func update(tuning: FineTuning, examples: [Example], batch: Int, accum: Int,
+                objective makeObjective: (Transformer) throws -> Objective) throws -> (update: [Float], loss: Double, metrics: [String: Double]) {
+        let model = try Transformer(files: ModelFiles.open(directory), fineTuning: tuning)
+        if case .lora = tuning { try PEFTAdapter.load(directory: directory + "/adapter", into: model) }
+        let p = model.parameters!
+        let before = Array(UnsafeBufferPointer(start: p.values, count: p.count))
+        var settings = TrainerSettings()
+        settings.batchSize = batch; settings.gradAccum = accum; settings.learningRate = 1
+        settings.optimizer = .sgd; settings.maxGradNorm = 0; settings.scheduler = .constant
+        let trainer = try Trainer(model: model, objective: try makeObjective(model), train: examples, settings: settings)
+        let log = try trainer.step()
+        let after = Array(UnsafeBufferPointer(start: p.values, count: p.count))
+        return (zip(after, before).map { $0 - $1 }, log.metrics["loss"]!, log.metrics)
+    }
+
+    func assertExact(_ label: String, tuning: FineTuning, examples: [Example], objective: (Transformer) throws -> Objective) throws {
+        let full = try update(tuning: tuning, examples: examples, batch: 4, accum: 1, objective: objective)
+        XCTAssertGreaterThan(full.update.map(abs).max()!, 0, "\(label): the step changed nothing")
+        for (batch, accum) in [(2, 2), (1, 4)] {
+            let split = try update(tuning: tuning, examples: examples, batch: batch, accum: accum, objective: objective)
+            let gap = TestSupport.relativeL2(split.update, full.update)
+            XCTAssertLessThan(gap, 1e-5, "\(label) \(batch)x\(accum): update differs from 4x1 by \(gap)")
+            XCTAssertEqual(split.loss, full.loss, accuracy: 1e-5 * abs(full.loss), "\(label) \(batch)x\(accum) loss")
+            // ORPO's and CPO's logits/* average over padded positions as TRL defines them, so they
+            // depend on how rows share a padded micro-batch; everything else must not.
+            let paddingDependent = label.hasPrefix("orpo") || label.hasPrefix("cpo") || label.hasPrefix("simpo")
+                ? ["logits/chosen", "logits/rejected"] : []
+            for (key, value) in full.metrics where !(["tokens_per_second", "grad_norm"] + paddingDependent).contains(key) {
+                XCTAssertEqual(split.metrics[key] ?? .nan, value, accuracy: 1e-5 * max(abs(value), 1e-3), "\(label) \(batch)x\(accum) \(key)")
+            }
+        }
+    }
+
+    func lora() throws -> FineTuning { .lora(try PEFTAdapter.config(directory: directory + "/adapter")) }
+
+    func testSFT() throws {
+        try assertExact("sft lora", tuning: try lora(), examples: Self.sftExamples()) { _ in SFTObjective() }
+        try assertExact("sft full", tuning: .full, examples: Self.sftExamples()) { _ in SFTObjective() }
+    }
+
+    func testORPO() throws {
+        try assertExact("orpo lora", tuning: try lora(), examples: Self.preferenceExamples()) { _ in try PreferenceObjective(loss: .orpo(beta: 0.1)) }
+        try assertExact("orpo full", tuning: .full, examples: Self.preferenceExamples()) { _ in try PreferenceObjective(loss: .orpo(beta: 0.1)) }
+    }
+
+    func testDPO() throws {
+        for kind in PreferenceLoss.DPOKind.allCases {
+            try assertExact("dpo \(kind) lora", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
+                try PreferenceObjective(loss: .dpo(kind: kind, beta: 0.1, labelSmoothing: kind == .robust ? 0.1 : 0), reference: .adaptersOff)
+            }
+        }
+        let reference = try Transformer(files: ModelFiles.open(directory))
+        try assertExact("dpo full", tuning: .full, examples: Self.preferenceExamples()) { _ in
+            try PreferenceObjective(loss: .dpo(kind: .sigmoid, beta: 0.1, labelSmoothing: 0), reference: .model(reference))
+        }
+    }
+
+    func testSimPOAndCPO() throws {
+        try assertExact("simpo", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
+            try PreferenceObjective(loss: .simpo(beta: 2, gamma: 0.5, alpha: 0, labelSmoothing: 0))
+        }
+        try assertExact("cpo", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
+            try PreferenceObjective(loss: .cpo(beta: 0.1, alpha: 1, labelSmoothing: 0))
+        }
+    }
+
+    func testAnObjectiveNamesTheFieldsItLacks() throws {
+        let model = try Transformer(files: ModelFiles.open(directory), fineTuning: try lora())
+        let objective = try PreferenceObjective(loss: .orpo(beta: 0.1))
+        XCTAssertThrowsError(try Trainer(model: model, objective: objective, train: Self.sftExamples(), settings: TrainerSettings())) { error in
+            XCTAssertEqual("\(error)", "orpo: example 0 lacks the field(s) chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels this objective needs")
+        }
+    }
+}

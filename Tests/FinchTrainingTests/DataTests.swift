@@ -1,0 +1,80 @@
+import XCTest
+import FinchTestSupport
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchTokenizers
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchDistributed
+@testable import FinchTraining
+
+/// Bad data gets a clear error with file and line; rows that can be skipped are counted.
+final class DataTests: TemporaryDirectoryTestCase {
+    func tokenizer() throws -> Tokenizer {
+        try Tokenizer.load(from: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer").path)
+    }
+
+    func testErrorsNameFileAndLine() throws {
+        XCTAssertThrowsError(try DataFile.read(try write("a.jsonl", "{\"text\": \"ok\"}\nnot json\n"))) {
+            XCTAssertTrue("\($0)".hasPrefix("a.jsonl:2: found invalid JSON"), "\($0)")
+        }
+        XCTAssertThrowsError(try DataFile.read(try write("b.csv", "prompt,chosen,rejected\na,b,c\nd,e\n"))) {
+            XCTAssertEqual("\($0)", "b.csv:3: found 2 fields, expected 3 (prompt, chosen, rejected)")
+        }
+        XCTAssertThrowsError(try DataFile.read(temporary.appendingPathComponent("missing.jsonl").path)) {
+            XCTAssertTrue("\($0)".contains("missing.jsonl: cannot read: no such file"), "\($0)")
+        }
+        let rows = try DataFile.read(try write("c.jsonl", "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\", \"rejected\": \"b\"}\n"))
+        XCTAssertThrowsError(try TrainingData.examples(rows: rows, method: "orpo", format: nil, tokenizer: try tokenizer(), maxLength: 64)) {
+            XCTAssertTrue("\($0)".hasPrefix("c.jsonl:2: cannot tell the dataset format"), "\($0)")
+        }
+    }
+
+    /// Files written on Windows (CRLF line ends) read as the same rows; a byte that is not UTF-8
+    /// is named with its line.
+    func testCRLFLinesAndInvalidUTF8Line() throws {
+        let rows = try DataFile.read(try write("crlf.jsonl", "{\"text\": \"a\"}\r\n{\"text\": \"b\"}\r\n\r\n{\"text\": \"c\"}\r\n"))
+        XCTAssertEqual(rows.map { $0.fields["text"] as? String }, ["a", "b", "c"])
+        XCTAssertEqual(rows.map(\.location), ["crlf.jsonl:1", "crlf.jsonl:2", "crlf.jsonl:4"])
+        let csvRows = try DataFile.read(try write("crlf.csv", "prompt,completion\r\nhi,there\r\n"))
+        XCTAssertEqual(csvRows.first?.fields["completion"] as? String, "there")
+        let bad = temporary.appendingPathComponent("bad.jsonl")
+        try Data("{\"text\": \"a\"}\n{\"text\": \"\u{00}".utf8 + [0xFF] + Data("\"}\n".utf8)).write(to: bad)
+        XCTAssertThrowsError(try DataFile.read(bad.path)) {
+            XCTAssertTrue("\($0)".contains("bad.jsonl:2: found a byte that is not UTF-8 (0xFF)"), "\($0)")
+        }
+    }
+
+    func testCSVQuotedFieldsAndJSONArrays() throws {
+        let rows = try DataFile.read(try write("d.csv", "prompt,completion\n\"Hello, \"\"you\"\"\",\"line\nbreak\"\n"))
+        XCTAssertEqual(rows[0].fields["prompt"] as? String, "Hello, \"you\"")
+        XCTAssertEqual(rows[0].fields["completion"] as? String, "line\nbreak")
+        XCTAssertEqual(try DataFile.read(try write("e.json", "[{\"text\": \"a\"}, {\"text\": \"b\"}]")).count, 2)
+    }
+
+    func testRowsWithNothingLeftAfterTruncationAreDroppedAndCounted() throws {
+        let long = String(repeating: "word ", count: 80)
+        let rows = try DataFile.read(try write("f.jsonl", """
+        {"prompt": "\(long)", "chosen": "yes", "rejected": "no"}
+        {"prompt": "short", "chosen": "yes", "rejected": "no"}
+
+        """))
+        let (examples, report) = try TrainingData.examples(rows: rows, method: "orpo", format: nil, tokenizer: try tokenizer(), maxLength: 32)
+        XCTAssertEqual(report.rows, 2)
+        XCTAssertEqual(report.dropped, 1, "the long prompt leaves no completion tokens")
+        XCTAssertEqual(examples.count, 1)
+    }
+}
+
+/// Token ids a tokenizer can produce are checked against the model's embedding rows (issue 18:
+/// an added token with id 5,000,000 or a special token past the vocabulary read outside the table).
+final class TokenizerModelCheckTests: XCTestCase {
+    func testTokensPastTheEmbeddingAreNamed() throws {
+        let tokenizer = try Tokenizer.load(from: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer").path)
+        let rows = try ModelFiles.open(TestSupport.fixtures.appendingPathComponent("trainers/model").path).config.vocabSize
+        XCTAssertNoThrow(try tokenizer.checkIDs(below: rows, model: "model"))
+        XCTAssertThrowsError(try tokenizer.checkIDs(below: 200, model: "small")) {
+            XCTAssertTrue("\($0)".contains("tokenizer") && "\($0)".contains("below 200") && "\($0)".contains("token '"), "\($0)")
+        }
+    }
+}
