@@ -78,13 +78,13 @@ struct TokenizeCommand: ParsableCommand {
                 let bad = bytes[offset..<min(offset + 4, bytes.count)].map { String(format: "%02X", $0) }.joined(separator: " ")
                 throw InputError(line: lineNumber, message: "invalid UTF-8 at byte \(offset) (\(bad)); expected UTF-8 text")
             }
-            var parser = JSONLineParser(bytes: Array(bytes), line: lineNumber)
+            let input = try JSONLine(bytes: Array(bytes), line: lineNumber, expected: decode ? JSONLine.expectedIDs : JSONLine.expectedString)
             out.removeAll(keepingCapacity: true)
             if decode {
-                let ids = try parser.parseIDs(limit: tok.vocabularySize)
-                appendJSONString(tok.decode(ids, skipSpecialTokens: skipSpecialTokens), to: &out)
+                let ids = try input.ids(limit: tok.vocabularySize)
+                out.append(contentsOf: jsonQuote(tok.decode(ids, skipSpecialTokens: skipSpecialTokens), ensureASCII: false).utf8)
             } else {
-                let text = try parser.parseString()
+                let text = try input.string()
                 let ids = try tok.encode(text, addSpecialTokens: addSpecialTokens)
                 out.append(UInt8(ascii: "["))
                 for (i, id) in ids.enumerated() {
@@ -119,132 +119,43 @@ struct TokenizeCommand: ParsableCommand {
     }
 }
 
-/// The one JSON value of an input line: a string, or an array of ids.
-private struct JSONLineParser {
-    let bytes: [UInt8]
+/// The one JSON value of an input line (the tokenizers' JSON parser): a string, or an array of ids.
+private struct JSONLine {
+    let value: JSONValue
     let line: Int
-    var i = 0
 
-    init(bytes: [UInt8], line: Int) {
-        self.bytes = bytes
+    static let expectedString = "a JSON string such as \"Hello\"", expectedIDs = "a JSON array of token ids such as [1, 2, 3]"
+
+    /// `expected` names what the line should hold, for the error when it is not JSON at all.
+    init(bytes: [UInt8], line: Int, expected: String) throws {
         self.line = line
-    }
-
-    func error(_ message: String) -> TokenizeCommand.InputError { .init(line: line, message: message) }
-
-    mutating func skipSpace() { while i < bytes.count, [0x20, 0x09, 0x0D, 0x0A].contains(bytes[i]) { i += 1 } }
-
-    mutating func expectEnd(_ what: String) throws {
-        skipSpace()
-        if i < bytes.count { throw error("unexpected text after the \(what) at column \(i + 1)") }
-    }
-
-    mutating func parseString() throws -> String {
-        skipSpace()
-        guard i < bytes.count else { throw error("empty line; expected a JSON string such as \"Hello\"") }
-        guard bytes[i] == UInt8(ascii: "\"") else {
-            throw error("expected a JSON string such as \"Hello\", found '\(String(decoding: bytes[i..<min(i + 20, bytes.count)], as: UTF8.self))'")
+        guard bytes.contains(where: { ![0x20, 0x09, 0x0D, 0x0A].contains($0) }) else {
+            throw TokenizeCommand.InputError(line: line, message: "empty line; expected \(expected)")
         }
-        i += 1
-        var out: [UInt8] = []
-        while true {
-            guard i < bytes.count else { throw error("unterminated JSON string") }
-            let c = bytes[i]
-            i += 1
-            if c == UInt8(ascii: "\"") { break }
-            if c < 0x20 { throw error("control character 0x\(String(format: "%02X", c)) inside a JSON string at column \(i); escape it (\\n, \\t, \\u00XX)") }
-            guard c == UInt8(ascii: "\\") else { out.append(c); continue }
-            guard i < bytes.count else { throw error("unterminated escape at the end of the line") }
-            let e = bytes[i]
-            i += 1
-            switch e {
-            case UInt8(ascii: "\""): out.append(0x22)
-            case UInt8(ascii: "\\"): out.append(0x5C)
-            case UInt8(ascii: "/"): out.append(0x2F)
-            case UInt8(ascii: "b"): out.append(0x08)
-            case UInt8(ascii: "f"): out.append(0x0C)
-            case UInt8(ascii: "n"): out.append(0x0A)
-            case UInt8(ascii: "r"): out.append(0x0D)
-            case UInt8(ascii: "t"): out.append(0x09)
-            case UInt8(ascii: "u"):
-                var v = try hex4()
-                if (0xD800..<0xDC00).contains(v) {
-                    guard i + 1 < bytes.count, bytes[i] == UInt8(ascii: "\\"), bytes[i + 1] == UInt8(ascii: "u") else {
-                        throw error("lone surrogate \\u\(String(v, radix: 16, uppercase: true)) at column \(i - 5): not a Unicode character")
-                    }
-                    i += 2
-                    let low = try hex4()
-                    guard (0xDC00..<0xE000).contains(low) else {
-                        throw error("\\u\(String(v, radix: 16, uppercase: true)) not followed by a low surrogate at column \(i - 5)")
-                    }
-                    v = 0x10000 + (v - 0xD800) << 10 + (low - 0xDC00)
-                } else if (0xDC00..<0xE000).contains(v) {
-                    throw error("lone surrogate \\u\(String(v, radix: 16, uppercase: true)) at column \(i - 5): not a Unicode character")
-                }
-                out.append(contentsOf: String(Unicode.Scalar(v)!).utf8)
-            default:
-                throw error("unknown escape '\\\(Character(Unicode.Scalar(e)))' at column \(i - 1)")
+        do { value = try JSONParser.parse(bytes) } catch let failure as JSONParser.Failure {
+            throw TokenizeCommand.InputError(line: line, message: "\(failure.message) at column \(failure.offset + 1); expected \(expected)")
+        }
+    }
+
+    func string() throws -> String {
+        guard case let .string(text) = value else {
+            throw TokenizeCommand.InputError(line: line, message: "expected \(Self.expectedString), found \(value.kindName)")
+        }
+        return text
+    }
+
+    func ids(limit: Int) throws -> [Int] {
+        guard case let .array(items) = value else {
+            throw TokenizeCommand.InputError(line: line, message: "expected \(Self.expectedIDs), found \(value.kindName)")
+        }
+        return try items.enumerated().map { index, item in
+            guard case let .int(id) = item else {
+                throw TokenizeCommand.InputError(line: line, message: "element \(index) is \(item.kindName); expected a token id (an integer)")
             }
-        }
-        try expectEnd("string")
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    mutating func hex4() throws -> UInt32 {
-        guard i + 4 <= bytes.count, let v = UInt32(String(decoding: bytes[i..<(i + 4)], as: UTF8.self), radix: 16) else {
-            throw error("expected four hex digits after \\u at column \(i + 1)")
-        }
-        i += 4
-        return v
-    }
-
-    mutating func parseIDs(limit: Int) throws -> [Int] {
-        skipSpace()
-        guard i < bytes.count else { throw error("empty line; expected a JSON array of token ids such as [1, 2, 3]") }
-        guard bytes[i] == UInt8(ascii: "[") else { throw error("expected a JSON array of token ids such as [1, 2, 3]") }
-        i += 1
-        var ids: [Int] = []
-        skipSpace()
-        if i < bytes.count && bytes[i] == UInt8(ascii: "]") {
-            i += 1
-            try expectEnd("array")
-            return ids
-        }
-        while true {
-            skipSpace()
-            let start = i
-            while i < bytes.count, (0x30...0x39).contains(bytes[i]) || bytes[i] == UInt8(ascii: "-") { i += 1 }
-            let token = String(decoding: bytes[start..<i], as: UTF8.self)
-            guard let id = Int(token) else {
-                let found = start < bytes.count ? String(decoding: bytes[start..<min(start + 12, bytes.count)], as: UTF8.self) : "the end of the line"
-                throw error("expected a token id at column \(start + 1), found '\(found)'")
+            guard id >= 0 && id < limit else {
+                throw TokenizeCommand.InputError(line: line, message: "token id \(id) is outside the vocabulary (0..<\(limit))")
             }
-            guard id >= 0 && id < limit else { throw error("token id \(id) is outside the vocabulary (0..<\(limit))") }
-            ids.append(id)
-            skipSpace()
-            guard i < bytes.count else { throw error("unterminated array") }
-            if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
-            if bytes[i] == UInt8(ascii: "]") { i += 1; break }
-            throw error("expected ',' or ']' at column \(i + 1)")
-        }
-        try expectEnd("array")
-        return ids
-    }
-}
-
-/// Appends `s` as a JSON string (non-ASCII kept as UTF-8).
-private func appendJSONString(_ s: String, to out: inout [UInt8]) {
-    out.append(0x22)
-    for b in s.utf8 {
-        switch b {
-        case 0x22: out.append(contentsOf: [0x5C, 0x22])
-        case 0x5C: out.append(contentsOf: [0x5C, 0x5C])
-        case 0x0A: out.append(contentsOf: [0x5C, UInt8(ascii: "n")])
-        case 0x0D: out.append(contentsOf: [0x5C, UInt8(ascii: "r")])
-        case 0x09: out.append(contentsOf: [0x5C, UInt8(ascii: "t")])
-        case 0..<0x20: out.append(contentsOf: String(format: "\\u%04x", b).utf8)
-        default: out.append(b)
+            return id
         }
     }
-    out.append(0x22)
 }

@@ -5,7 +5,7 @@ import FinchIO
 /// written: Foundation's JSONSerialization would merge keys that Swift's String equality
 /// treats as equal (canonically equivalent, e.g. "ά" U+03AC and U+1F71, both Llama 2 tokens)
 /// and drops a leading U+FEFF from strings, both of which lose vocabulary entries.
-indirect enum JSONValue {
+package indirect enum JSONValue {
     case null
     case bool(Bool)
     case int(Int)
@@ -15,15 +15,30 @@ indirect enum JSONValue {
     case object([(key: String, value: JSONValue)])
 }
 
+extension JSONValue {
+    /// What the value is, in words for an error message ("a number", "an object").
+    package var kindName: String {
+        switch self {
+        case .null: "null"
+        case .bool: "a boolean"
+        case .int, .double: "a number"
+        case .string: "a string"
+        case .array: "an array"
+        case .object: "an object"
+        }
+    }
+}
+
 /// Parses JSON text (RFC 8259) from bytes.
-struct JSONParser {
-    struct Failure: Error { var message: String; var offset: Int }
+package struct JSONParser {
+    /// What was wrong, and the byte offset where the parser found it.
+    package struct Failure: Error { package var message: String; package var offset: Int }
 
     private let bytes: UnsafeBufferPointer<UInt8>
     private var i = 0
     private var depth = 0
 
-    static func parse(_ data: [UInt8]) throws -> JSONValue {
+    package static func parse(_ data: [UInt8]) throws -> JSONValue {
         try data.withUnsafeBufferPointer { buffer in
             var parser = JSONParser(bytes: buffer)
             parser.skipSpace()
