@@ -598,7 +598,7 @@ public final class Transformer {
 
     /// Completes the last `forwardForTraining`: given d loss / d log p(target) at each position,
     /// adds the gradients of every trainable parameter. The head's logits are recomputed in chunks.
-    public func backward(logProbGradients: [Float]) {
+    package func backward(logProbGradients: [Float]) {
         guard let (batch, targets, negativeLogProbGradients) = pendingBackward else { preconditionFailure("backward without forwardForTraining") }
         pendingBackward = nil
         let acts = activations(for: batch, training: true)

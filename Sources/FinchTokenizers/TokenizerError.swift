@@ -47,10 +47,10 @@ private extension String {
 }
 
 /// Strict UTF-8 checking, to name the offending byte when a file is not valid text.
-public enum UTF8Validation {
+package enum UTF8Validation {
     /// The offset of the first byte that does not start or continue a valid UTF-8 sequence
     /// (overlong forms, surrogates and values above U+10FFFF are invalid), or nil.
-    public static func firstInvalidOffset<C: Collection>(in bytes: C) -> Int? where C.Element == UInt8 {
+    package static func firstInvalidOffset<C: Collection>(in bytes: C) -> Int? where C.Element == UInt8 {
         let b = Array(bytes)
         var i = 0
         let n = b.count
@@ -77,7 +77,7 @@ public enum UTF8Validation {
     }
 
     /// The bytes as a String, or `TokenizerError.invalidUTF8` naming `source` and the offset.
-    public static func string<C: Collection>(from bytes: C, source: String) throws -> String where C.Element == UInt8 {
+    package static func string<C: Collection>(from bytes: C, source: String) throws -> String where C.Element == UInt8 {
         let array = Array(bytes)
         if let offset = firstInvalidOffset(in: array) {
             throw TokenizerError.invalidUTF8(source: source, byteOffset: offset, bytes: Array(array[offset..<min(offset + 4, array.count)]))

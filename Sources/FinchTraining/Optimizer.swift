@@ -87,7 +87,7 @@ public final class Optimizer {
 /// The L2 norm of all gradients; when `maxNorm` > 0 and the norm exceeds it, scales the
 /// gradients down as torch's clip_grad_norm_ does. Returns the norm before clipping.
 @discardableResult
-public func clipGradientNorm(_ parameters: ParameterSet, maxNorm: Float) -> Float {
+package func clipGradientNorm(_ parameters: ParameterSet, maxNorm: Float) -> Float {
     let g = parameters.grads
     var total = 0.0
     for i in 0..<parameters.count { total += Double(g[i]) * Double(g[i]) }

@@ -4,7 +4,7 @@ import Foundation
 /// Splits `0..<count` into contiguous chunks and runs them on all cores.
 /// Small ranges run inline: below `grain` items per core, threads cost more than they save.
 @inline(__always)
-public func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
+package func parallelFor(_ count: Int, grain: Int = 1, _ body: (Range<Int>) -> Void) {
     let workers = min(Parallel.coreCount, max(1, count / max(grain, 1)))
     if workers <= 1 {
         if count > 0 { body(0..<count) }
