@@ -14,7 +14,7 @@ import sys
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "Tests", "FinchTests", "Fixtures", "tokenizers", "llama.cpp")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "Tests", "FinchTestSupport", "Fixtures", "tokenizers", "llama.cpp")
 
 
 def main():

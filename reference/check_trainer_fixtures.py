@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_DIR = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "trainers")
+DEFAULT_DIR = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "trainers")
 
 
 def load_model(path):

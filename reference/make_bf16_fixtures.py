@@ -85,8 +85,8 @@ from torch.utils._pytree import tree_flatten
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINERS = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "trainers")
-OUT = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "bf16")
+TRAINERS = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "trainers")
+OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "bf16")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 RANK, ALPHA = 4, 8
 NOT_METRICS = ("loss", "grad_norm", "learning_rate", "epoch", "step")

@@ -26,7 +26,7 @@ import transformers
 import transformers.utils.chat_template_utils as ctu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "chat_templates")
+DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "chat_templates")
 
 NOW = (2024, 9, 5, 14, 30, 7)
 

@@ -12,7 +12,7 @@ Writes Tests/FinchTestSupport/Fixtures/gguf/:
                              "tiny_llama." / "tiny_qwen2."
   quant_blocks.safetensors   <TYPE>.bytes (raw block bytes as F32 0..255, flat) and
                              <TYPE>.values (dequantized F32, flat) for 4 blocks each of
-                             Q4_0, Q4_1, Q8_0, Q4_K, Q6_K
+                             Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, IQ4_XS
   bad_tensor_type.gguf       valid tiny GGUF except its one tensor has type id 99
 
 Requires the parity fixtures (reference/make_parity_fixtures.py) to exist.
@@ -29,8 +29,8 @@ from gguf.quants import quantize, dequantize
 from safetensors.numpy import load_file, save_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARITY = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "parity")
-OUT = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "gguf")
+PARITY = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "parity")
+OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "gguf")
 
 # HF suffix -> GGUF suffix inside a block
 BLOCK_MAP = {
@@ -199,6 +199,13 @@ def make_quant_blocks(rng):
         QT.Q8_0: [(0, (0.001, 0.01))],
         QT.Q4_K: [(0, (0.01, 0.1)), (2, (0.01, 0.1))],     # d, dmin
         QT.Q6_K: [(208, (0.01, 0.1))],                      # d at the end of the block
+        QT.Q5_0: [(0, (0.01, 0.1))],
+        QT.Q5_1: [(0, (0.01, 0.1)), (2, (-0.5, 0.5))],
+        QT.Q2_K: [(80, (0.01, 0.1)), (82, (0.01, 0.1))],   # scales[16], qs[64], d, dmin
+        QT.Q3_K: [(108, (0.01, 0.1))],                      # hmask[32], qs[64], scales[12], d
+        QT.Q5_K: [(0, (0.01, 0.1)), (2, (0.01, 0.1))],     # d, dmin, scales[12], qh[32], qs[128]
+        QT.IQ4_NL: [(0, (0.01, 0.1))],                      # d, qs[16]
+        QT.IQ4_XS: [(0, (0.01, 0.1))],                      # d, scales_h, scales_l[4], qs[128]
     }
     for qt, fields in specs.items():
         block_elems, block_bytes = gguf.GGML_QUANT_SIZES[qt]

@@ -27,7 +27,7 @@ from transformers import (LlamaConfig, Qwen2Config, Qwen3Config, SmolLM3Config, 
 from peft import LoraConfig, get_peft_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "parity")
+DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "parity")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SEQ = 9

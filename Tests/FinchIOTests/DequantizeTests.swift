@@ -8,7 +8,7 @@ final class DequantizeTests: XCTestCase {
     /// Blocks quantized by gguf-py with their expected values (`<TYPE>.bytes` are byte values stored as F32).
     func testMatchesGGUFPyFixtures() throws {
         let fixture = try SafeTensors.read(path: IOTestSupport.fixture("gguf/quant_blocks.safetensors"))
-        for dtype in [DType.q4_0, .q4_1, .q8_0, .q4_K, .q6_K] {
+        for dtype in DType.allCases where dtype.isQuantized {
             let bytes = dequantize(try XCTUnwrap(fixture["\(dtype.rawValue).bytes"], dtype.rawValue)).map { UInt8($0) }
             let expected = dequantize(try XCTUnwrap(fixture["\(dtype.rawValue).values"], dtype.rawValue))
             XCTAssertEqual(bytes.count / dtype.blockBytes * dtype.blockSize, expected.count, dtype.rawValue)
@@ -54,14 +54,16 @@ final class DequantizeTests: XCTestCase {
     /// Random blocks (scales drawn as finite halves) against the naive per-element definitions below.
     func testQuantizedTypesAgainstNaiveDefinitions() {
         var rng = SplitMix(seed: 7)
-        for dtype in [DType.q4_0, .q4_1, .q8_0, .q4_K, .q6_K] {
+        for dtype in DType.allCases where dtype.isQuantized {
             let blocks = 9
             var bytes = (0..<(blocks * dtype.blockBytes)).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
             for b in 0..<blocks {
                 let base = b * dtype.blockBytes
                 let scaleOffsets: [Int]
                 switch dtype {
-                case .q4_1, .q4_K: scaleOffsets = [0, 2]
+                case .q4_1, .q5_1, .q4_K, .q5_K: scaleOffsets = [0, 2]
+                case .q2_K: scaleOffsets = [80, 82]
+                case .q3_K: scaleOffsets = [108]
                 case .q6_K: scaleOffsets = [208]
                 default: scaleOffsets = [0]
                 }
@@ -103,6 +105,9 @@ final class DequantizeTests: XCTestCase {
     }
 
     // MARK: - Helpers
+
+    /// ggml's kvalues_iq4nl.
+    static let iq4Levels: [Float] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
 
     private func run(_ dtype: DType, _ bytes: [UInt8], offset: Int = 0, padded: [UInt8]? = nil) -> [Float] {
         let source = padded ?? bytes
@@ -147,6 +152,49 @@ final class DequantizeTests: XCTestCase {
                     let q = Int(low4 | high2 << 4) - 32
                     let scale = Int8(bitPattern: x[192 + n * 8 + l / 16 + 2 * quarter])
                     out.append(half(x, 208) * Float(scale) * Float(q))
+                case .q5_0, .q5_1:
+                    let header = dtype == .q5_0 ? 2 : 4
+                    let qh = UInt32(x[header]) | UInt32(x[header + 1]) << 8 | UInt32(x[header + 2]) << 16 | UInt32(x[header + 3]) << 24
+                    let nibble = i < 16 ? x[header + 4 + i] & 15 : x[header + 4 + i - 16] >> 4
+                    let q = Int(nibble) | Int((qh >> UInt32(i)) & 1) << 4
+                    out.append(dtype == .q5_0 ? Float(q - 16) * half(x, 0) : Float(q) * half(x, 0) + half(x, 2))
+                case .q2_K, .q3_K:
+                    // 2 halves of 128; in each, 4 shifts x 2 runs of 16 values, one scale per run.
+                    let n = i / 128, shift = (i % 128) / 32, run = (i % 32) / 16, l = i % 16
+                    let qsStart = dtype == .q2_K ? 16 : 32
+                    let low = Int((x[qsStart + n * 32 + run * 16 + l] >> (2 * shift)) & 3)
+                    let scaleIndex = n * 8 + shift * 2 + run
+                    if dtype == .q2_K {
+                        let sc = x[scaleIndex]
+                        out.append(half(x, 80) * Float(sc & 15) * Float(low) - half(x, 82) * Float(sc >> 4))
+                    } else {
+                        // ggml's unpacking of the 12 scale bytes as three little-endian words.
+                        func word(_ k: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(x[96 + 4 * k + $1]) << (8 * $1) } }
+                        let (a0, a1, tmp) = (word(0), word(1), word(2))
+                        let aux = [(a0 & 0x0f0f_0f0f) | ((tmp & 0x0303_0303) << 4), (a1 & 0x0f0f_0f0f) | (((tmp >> 2) & 0x0303_0303) << 4),
+                                   ((a0 >> 4) & 0x0f0f_0f0f) | (((tmp >> 4) & 0x0303_0303) << 4), ((a1 >> 4) & 0x0f0f_0f0f) | (((tmp >> 6) & 0x0303_0303) << 4)]
+                        let scale = Int(Int8(bitPattern: UInt8((aux[scaleIndex / 4] >> (8 * UInt32(scaleIndex % 4))) & 0xFF))) - 32
+                        let highBitSet = (x[run * 16 + l] >> (n * 4 + shift)) & 1 == 1
+                        out.append(half(x, 108) * Float(scale) * Float(low - (highBitSet ? 0 : 4)))
+                    }
+                case .q5_K:
+                    let sub = i / 32, group = i / 64, l = i % 32
+                    let s = Array(x[4..<16])
+                    let scale = sub < 4 ? s[sub] & 63 : (s[sub + 4] & 15) | ((s[sub - 4] >> 6) << 4)
+                    let min = sub < 4 ? s[sub + 4] & 63 : (s[sub + 4] >> 4) | ((s[sub] >> 6) << 4)
+                    let byte = x[48 + group * 32 + l]
+                    let q = Int(sub % 2 == 0 ? byte & 15 : byte >> 4) + 16 * Int((x[16 + l] >> sub) & 1)
+                    out.append(half(x, 0) * Float(scale) * Float(q) - half(x, 2) * Float(min))
+                case .iq4_NL:
+                    let nibble = i < 16 ? x[2 + i] & 15 : x[2 + i - 16] >> 4
+                    out.append(half(x, 0) * Self.iq4Levels[Int(nibble)])
+                case .iq4_XS:
+                    let sub = i / 32, r = i % 32
+                    let byte = x[8 + sub * 16 + r % 16]
+                    let nibble = r < 16 ? byte & 15 : byte >> 4
+                    let scalesHigh = Int(x[2]) | Int(x[3]) << 8
+                    let ls = Int((x[4 + sub / 2] >> (4 * (sub % 2))) & 15) | ((scalesHigh >> (2 * sub)) & 3) << 4
+                    out.append(half(x, 0) * Float(ls - 32) * Self.iq4Levels[Int(nibble)])
                 default:
                     fatalError("naive: \(dtype)")
                 }

@@ -9,13 +9,20 @@ public enum DType: String, Sendable, CaseIterable {
     case q4_1 = "Q4_1"
     case q4_K = "Q4_K"
     case q6_K = "Q6_K"
+    case q5_0 = "Q5_0"
+    case q5_1 = "Q5_1"
+    case q2_K = "Q2_K"
+    case q3_K = "Q3_K"
+    case q5_K = "Q5_K"
+    case iq4_NL = "IQ4_NL"
+    case iq4_XS = "IQ4_XS"
 
     /// Values per block (1 for plain float types).
     public var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16: return 1
-        case .q8_0, .q4_0, .q4_1: return 32
-        case .q4_K, .q6_K: return 256
+        case .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .iq4_NL: return 32
+        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_XS: return 256
         }
     }
 
@@ -29,6 +36,13 @@ public enum DType: String, Sendable, CaseIterable {
         case .q4_1: return 20
         case .q4_K: return 144
         case .q6_K: return 210
+        case .q5_0: return 22
+        case .q5_1: return 24
+        case .q2_K: return 84
+        case .q3_K: return 110
+        case .q5_K: return 176
+        case .iq4_NL: return 18
+        case .iq4_XS: return 136
         }
     }
 
@@ -90,7 +104,7 @@ final package class OwnedBytes: @unchecked Sendable {
 
 /// Rounds a Float to bfloat16 (nearest, ties to even), as PyTorch does; NaN stays NaN.
 @inline(__always)
-public func bfloat16Bits(_ value: Float) -> UInt16 {
+package func bfloat16Bits(_ value: Float) -> UInt16 {
     let bits = value.bitPattern
     if value.isNaN { return UInt16(truncatingIfNeeded: bits >> 16) | 0x0040 }
     let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
