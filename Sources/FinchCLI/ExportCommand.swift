@@ -15,7 +15,12 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "An HF model folder or a .gguf file.") var model: String
     @Option(help: "A PEFT LoRA adapter folder to merge (optional).") var adapter: String?
     @Option(help: "hf or gguf.") var format: String
-    @Option(help: "f32, f16, bf16, or q8_0 (gguf only).") var dtype: String = "f32"
+    @Option(help: "f32, f16 or bf16; for gguf also any --quant type.") var dtype: String = "f32"
+    @Option(help: ArgumentHelp("gguf: quantize as llama.cpp's quantizer does for this file type.",
+                               discussion: "q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k, q5_0, q5_1, q4_0, q4_1. "
+                                   + "_M/_S/_L mixtures keep the tensors llama.cpp protects in a higher type; rows that do not split "
+                                   + "into 256-value blocks fall back as llama.cpp's do (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0)."))
+    var quant: String?
     @Option(help: "The folder (hf) or .gguf file (gguf) to create.") var output: String
     @Flag(help: "Replace an existing output (only once the new one is complete).") var overwrite = false
     @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
@@ -26,7 +31,8 @@ struct ExportCommand: ParsableCommand {
             guard let format = ExportFormat(rawValue: format.lowercased()) else {
                 throw ValidationError("unknown --format '\(format)'; valid: \(ExportFormat.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            var options = ExportOptions(model: model, adapter: adapter, format: format, dtype: try ExportDType(parsing: dtype),
+            if quant != nil && dtype != "f32" { throw ValidationError("give --dtype or --quant, not both") }
+            var options = ExportOptions(model: model, adapter: adapter, format: format, dtype: try ExportDType(parsing: quant ?? dtype),
                                         output: output, overwrite: overwrite)
             options.allowNonFinite = allowNonFinite
             let start = Date()
@@ -35,6 +41,7 @@ struct ExportCommand: ParsableCommand {
             print(String(format: "wrote %@ (%@, %@, %d tensors, %.1f MB of weights, %@) in %.1f s",
                          summary.output, format.rawValue, options.dtype.rawValue, summary.tensorCount,
                          Double(summary.bytes) / 1e6, merged, Date().timeIntervalSince(start)))
+            if let types = summary.tensorTypes { print("tensor types: \(types)") }
         }
     }
 }

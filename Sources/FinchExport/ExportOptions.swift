@@ -10,9 +10,12 @@ public enum ExportFormat: String, CaseIterable, Sendable {
     case gguf
 }
 
-/// Element types of exported weights. Q8_0 exists in GGUF only.
+/// Element types of exported weights: a float type (HF and GGUF), or, for GGUF only, one of
+/// llama.cpp's quantized file types under its names (`q4_k_m` is Q4_K with the tensors llama.cpp
+/// protects in Q6_K; see `GGUFTensorTypes`).
 public enum ExportDType: String, CaseIterable, Sendable {
     case f32, f16, bf16, q8_0
+    case q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k
 
     /// Parses a user's spelling (case-insensitive), failing with the valid names.
     public init(parsing text: String) throws {
@@ -22,19 +25,51 @@ public enum ExportDType: String, CaseIterable, Sendable {
         self = value
     }
 
-    /// The stored tensor encoding this export type writes.
+    /// The stored tensor encoding this export type writes for most matrices (its base type).
     public var dtype: DType {
         switch self {
-        case .f32: return .f32
-        case .f16: return .f16
-        case .bf16: return .bf16
-        case .q8_0: return .q8_0
+        case .f32: .f32
+        case .f16: .f16
+        case .bf16: .bf16
+        case .q8_0: .q8_0
+        case .q4_0: .q4_0
+        case .q4_1: .q4_1
+        case .q5_0: .q5_0
+        case .q5_1: .q5_1
+        case .q2_k: .q2_K
+        case .q3_k_s, .q3_k_m, .q3_k_l: .q3_K
+        case .q4_k_s, .q4_k_m: .q4_K
+        case .q5_k_s, .q5_k_m: .q5_K
+        case .q6_k: .q6_K
         }
     }
 
-    /// The dtypes `format` can hold: f32, f16 and bf16 for hf; also q8_0 for gguf.
+    /// llama.cpp's `general.file_type` (enum llama_ftype) for this type.
+    var ggufFileType: UInt32 {
+        switch self {
+        case .f32: 0
+        case .f16: 1
+        case .q4_0: 2
+        case .q4_1: 3
+        case .q8_0: 7
+        case .q5_0: 8
+        case .q5_1: 9
+        case .q2_k: 10
+        case .q3_k_s: 11
+        case .q3_k_m: 12
+        case .q3_k_l: 13
+        case .q4_k_s: 14
+        case .q4_k_m: 15
+        case .q5_k_s: 16
+        case .q5_k_m: 17
+        case .q6_k: 18
+        case .bf16: 32
+        }
+    }
+
+    /// The dtypes `format` can hold: f32, f16 and bf16 for hf; every one for gguf.
     public static func supported(by format: ExportFormat) -> [ExportDType] {
-        format == .hf ? [.f32, .f16, .bf16] : [.f32, .f16, .bf16, .q8_0]
+        format == .hf ? [.f32, .f16, .bf16] : allCases
     }
 }
 

@@ -21,6 +21,8 @@ public struct ExportSummary: Sendable {
     public var bytes: Int
     /// LoRA modules merged into their weights.
     public var mergedModules: Int
+    /// GGUF: the type of every tensor, by role ("attn_v.weight Q6_K x12, Q4_K x18; ..."); nil for hf.
+    public var tensorTypes: String? = nil
 }
 
 /// `finch export`: merges an optional LoRA adapter into a model and writes it as an HF folder
@@ -186,7 +188,6 @@ enum HFFolderWriter {
 /// its RoPE, 1-D tensors (norms, biases) as F32, the metadata of the source GGUF (or built from
 /// an HF folder's config and tokenizer).
 enum GGUFExport {
-    static let fileTypes: [DType: UInt32] = [.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32]
 
     static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
         let files = merged.files, config = files.config
@@ -211,11 +212,11 @@ enum GGUFExport {
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
         let extra = ropeFactors.map { [GGUFWriter.Tensor(name: "rope_freqs.weight", shape: [$0.count], dtype: .f32)] } ?? []
+        var types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
+                                    groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings)
         let tensors = extra + hfNames.map { name -> GGUFWriter.Tensor in
-            let shape = merged.shape(name)
-            var type = shape.count == 1 ? DType.f32 : dtype
-            if type.isQuantized && shape.last! % type.blockSize != 0 { type = .f16 }
-            return GGUFWriter.Tensor(name: GGUFFile.ggufName(name)!, shape: shape, dtype: type)
+            let ggufName = GGUFFile.ggufName(name)!, shape = merged.shape(name)
+            return GGUFWriter.Tensor(name: ggufName, shape: shape, dtype: types.type(of: ggufName, shape: shape))
         }
 
         var metadata: [(key: String, value: GGUFValue)]
@@ -231,7 +232,7 @@ enum GGUFExport {
         func set(_ key: String, _ value: GGUFValue) {
             if let i = metadata.firstIndex(where: { $0.key == key }) { metadata[i].value = value } else { metadata.append((key, value)) }
         }
-        set("general.file_type", .uint32(fileTypes[dtype]!))
+        set("general.file_type", .uint32(options.dtype.ggufFileType))
         set("general.quantization_version", .uint32(2))
 
         let permute: [String: Int] = arch == "llama" ? Dictionary(uniqueKeysWithValues: (0..<config.layerCount).flatMap { l in
@@ -243,11 +244,31 @@ enum GGUFExport {
             let tensor = tensors[index]
             var values = index < extra.count ? ropeFactors! : merged.values(hfNames[index - extra.count])
             if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
-            let bytes = values.withUnsafeBufferPointer { encodeRow($0.baseAddress!, as: tensor.dtype, into: scratch, count: $0.count) }
+            let bytes = encodeRows(values, as: tensor.dtype, into: scratch)
             try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
         }
         return ExportSummary(output: options.output, files: [(options.output as NSString).lastPathComponent], tensorCount: tensors.count,
-                             bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.pairs.count)
+                             bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.pairs.count,
+                             tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }))
+    }
+
+    /// Encodes `values` as `type` into `destination`, rows in parallel where the type quantizes in
+    /// blocks (the K types search for scales: seconds per large matrix on one core); returns the bytes.
+    static func encodeRows(_ values: [Float], as type: DType, into destination: UnsafeMutableRawPointer) -> Int {
+        let block = type.blockSize, chunkValues = 64 * 256
+        guard type.isQuantized, values.count > chunkValues, values.count % block == 0 else {
+            return values.withUnsafeBufferPointer { encodeRow($0.baseAddress!, as: type, into: destination, count: $0.count) }
+        }
+        let chunks = (values.count + chunkValues - 1) / chunkValues
+        values.withUnsafeBufferPointer { source in
+            parallelFor(chunks) { range in
+                for chunk in range {
+                    let start = chunk * chunkValues, count = min(chunkValues, values.count - start)
+                    encodeRow(source.baseAddress! + start, as: type, into: destination + start / block * type.blockBytes, count: count)
+                }
+            }
+        }
+        return values.count / block * type.blockBytes
     }
 
     /// convert_hf_to_gguf's `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`: GGUF row

@@ -1,7 +1,9 @@
 import Foundation
 
 // Float to GGML blocks, the inverse of Dequantize.swift, following ggml's quantize_row_*_ref
-// (ggml-quants.c) so that a file Finch writes holds the bytes llama.cpp's own quantizer would.
+// (ggml-quants.c, the quantizer llama.cpp uses without an importance matrix) so that a file
+// Finch writes holds the bytes llama.cpp's own quantizer would: the same searches for scales,
+// the same float operations in the same order, halves rounded to nearest even.
 
 /// Quantizes `count` values (a multiple of 32) to Q8_0 blocks at `dst` (`count / 32 * 34` bytes).
 /// ggml's quantize_row_q8_0_ref: d = max|x| / 127, q = roundf(x / d) (ties away from zero),
@@ -23,7 +25,426 @@ func quantizeRowQ8_0(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer
     }
 }
 
-/// Encodes `count` floats as `dtype` (F32, F16, BF16 or Q8_0) at `dst`; returns the bytes written.
+/// ggml's nearest_int: x rounded to the nearest integer, ties to even (|x| < 2^22).
+@inline(__always)
+private func nearestInt(_ x: Float) -> Int { Int(x.rounded(.toNearestOrEven)) }
+
+@inline(__always)
+private func storeHalf(_ value: Float, _ p: UnsafeMutablePointer<UInt8>) {
+    let bits = Float16(value).bitPattern
+    p[0] = UInt8(truncatingIfNeeded: bits)
+    p[1] = UInt8(truncatingIfNeeded: bits >> 8)
+}
+
+@inline(__always)
+private func loadHalf(_ p: UnsafePointer<UInt8>) -> Float { Float(Float16(bitPattern: UInt16(p[0]) | UInt16(p[1]) << 8)) }
+
+/// The value of largest magnitude (the first of equals), as ggml's symmetric quantizers pick it.
+@inline(__always)
+private func signedMaxMagnitude(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var amax: Float = 0, max: Float = 0
+    for j in 0..<n where abs(x[j]) > amax { amax = abs(x[j]); max = x[j] }
+    return max
+}
+
+/// Q4_0 (18 bytes) and Q5_0 (22): d = (the value of largest magnitude) / -2^(bits-1), so that it
+/// maps to the lowest level; q = x / d + 2^(bits-1), rounded by truncating x/d + offset + 0.5.
+/// Q5_0 keeps each value's fifth bit in qh (bit j for value j).
+private func quantizeRowSymmetric(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, bits: Int) {
+    let blockBytes = bits == 4 ? 18 : 22, levels = 1 << bits, offset = Float(levels / 2)
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    for b in 0..<(count / 32) {
+        let x = src + b &* 32, block = out + b &* blockBytes
+        let d = signedMaxMagnitude(x, 32) / -offset
+        let id: Float = d != 0 ? 1 / d : 0
+        storeHalf(d, block)
+        let qs = block + (bits == 4 ? 2 : 6)
+        var qh: UInt32 = 0
+        for j in 0..<16 {
+            let q0 = min(levels - 1, Int(x[j] * id + (offset + 0.5))), q1 = min(levels - 1, Int(x[j &+ 16] * id + (offset + 0.5)))
+            qs[j] = UInt8(q0 & 0x0F) | UInt8(q1 & 0x0F) << 4
+            qh |= UInt32((q0 >> 4) & 1) << UInt32(j) | UInt32((q1 >> 4) & 1) << UInt32(j &+ 16)
+        }
+        if bits == 5 { for k in 0..<4 { block[2 &+ k] = UInt8(truncatingIfNeeded: qh >> UInt32(8 &* k)) } }
+    }
+}
+
+/// Q4_1 (20 bytes) and Q5_1 (24): d = (max - min) / (2^bits - 1), m = min; q = (x - min) / d,
+/// rounded by truncating + 0.5 (Q4_1 clamps to 15; ggml's Q5_1 does not clamp).
+private func quantizeRowWithMin(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, bits: Int) {
+    let blockBytes = bits == 4 ? 20 : 24
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    for b in 0..<(count / 32) {
+        let x = src + b &* 32, block = out + b &* blockBytes
+        var lo = Float.greatestFiniteMagnitude, hi = -Float.greatestFiniteMagnitude
+        for j in 0..<32 { lo = min(lo, x[j]); hi = max(hi, x[j]) }
+        let d = (hi - lo) / Float((1 << bits) - 1)
+        let id: Float = d != 0 ? 1 / d : 0
+        storeHalf(d, block)
+        storeHalf(lo, block + 2)
+        let qs = block + (bits == 4 ? 4 : 8)
+        var qh: UInt32 = 0
+        for j in 0..<16 {
+            var q0 = Int(UInt8(truncatingIfNeeded: Int((x[j] - lo) * id + 0.5)))
+            var q1 = Int(UInt8(truncatingIfNeeded: Int((x[j &+ 16] - lo) * id + 0.5)))
+            if bits == 4 { q0 = min(15, q0); q1 = min(15, q1) }
+            qs[j] = UInt8(q0 & 0x0F) | UInt8(q1 & 0x0F) << 4
+            qh |= UInt32((q0 >> 4) & 1) << UInt32(j) | UInt32((q1 >> 4) & 1) << UInt32(j &+ 16)
+        }
+        if bits == 5 { for k in 0..<4 { block[4 &+ k] = UInt8(truncatingIfNeeded: qh >> UInt32(8 &* k)) } }
+    }
+}
+
+/// ggml's make_qkx2_quants: levels L in 0...nmax, a scale and a min (returned as a non-negative
+/// `negatedMin`, the value subtracted) so that x ≈ scale * L - negatedMin, minimising the
+/// `weights`-weighted squared (or, with `absoluteError`, absolute) error over nstep + 1
+/// candidate scales (nmax + rmin + rdelta * step) / (max - min), each refined by least squares.
+private func fitScaleAndMin(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, weights: UnsafePointer<Float>,
+                            levels: UnsafeMutablePointer<UInt8>, rmin: Float, rdelta: Float, nstep: Int,
+                            absoluteError: Bool) -> (scale: Float, negatedMin: Float) {
+    var lo = x[0], hi = x[0]
+    var sumW = weights[0]
+    var sumX = sumW * x[0]
+    for i in 1..<n {
+        lo = min(lo, x[i]); hi = max(hi, x[i])
+        sumW += weights[i]
+        sumX += weights[i] * x[i]
+    }
+    if lo > 0 { lo = 0 }
+    if hi == lo {
+        for i in 0..<n { levels[i] = 0 }
+        return (0, -lo)
+    }
+    func error(_ scale: Float, _ m: Float, _ l: Int, _ i: Int) -> Float {
+        let diff = scale * Float(l) + m - x[i]
+        return weights[i] * (absoluteError ? abs(diff) : diff * diff)
+    }
+    var iscale = Float(nmax) / (hi - lo)
+    var scale = 1 / iscale
+    var bestError: Float = 0
+    for i in 0..<n {
+        levels[i] = UInt8(max(0, min(nmax, nearestInt(iscale * (x[i] - lo)))))
+        bestError += error(scale, lo, Int(levels[i]), i)
+    }
+    var candidate = [UInt8](repeating: 0, count: n)
+    for step in 0...nstep {
+        iscale = (rmin + rdelta * Float(step) + Float(nmax)) / (hi - lo)
+        var sumL: Float = 0, sumL2: Float = 0, sumXL: Float = 0
+        for i in 0..<n {
+            let l = max(0, min(nmax, nearestInt(iscale * (x[i] - lo))))
+            candidate[i] = UInt8(l)
+            let w = weights[i], fl = Float(l)
+            sumL += w * fl
+            sumL2 += w * fl * fl
+            sumXL += w * fl * x[i]
+        }
+        let det = sumW * sumL2 - sumL * sumL
+        guard det > 0 else { continue }
+        var thisScale = (sumW * sumXL - sumX * sumL) / det
+        var thisMin = (sumL2 * sumX - sumL * sumXL) / det
+        if thisMin > 0 {
+            thisMin = 0
+            thisScale = sumXL / sumL2
+        }
+        var err: Float = 0
+        for i in 0..<n { err += error(thisScale, thisMin, Int(candidate[i]), i) }
+        if err < bestError {
+            for i in 0..<n { levels[i] = candidate[i] }
+            bestError = err
+            scale = thisScale
+            lo = thisMin
+        }
+    }
+    return (scale, -lo)
+}
+
+/// ggml's make_qx_quants with rmse_type 1 (weights x^2): signed levels -nmax..<nmax, stored
+/// offset by nmax in `levels`; the scale is refined over 19 candidates (nmax ± 0.1 k) / max.
+private func fitSymmetricScale(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, levels: UnsafeMutablePointer<UInt8>) -> Float {
+    let max = signedMaxMagnitude(x, n)
+    if abs(max) < 1e-15 {
+        for i in 0..<n { levels[i] = 0 }
+        return 0
+    }
+    func level(_ iscale: Float, _ i: Int) -> Int { Swift.max(-nmax, Swift.min(nmax - 1, nearestInt(iscale * x[i]))) }
+    func sums(_ iscale: Float) -> (Float, Float) {
+        var sumLX: Float = 0, sumL2: Float = 0
+        for i in 0..<n {
+            let l = Float(level(iscale, i)), w = x[i] * x[i]
+            sumLX += w * x[i] * l
+            sumL2 += w * l * l
+        }
+        return (sumLX, sumL2)
+    }
+    var iscale = -Float(nmax) / max
+    for i in 0..<n { levels[i] = UInt8(level(iscale, i) + nmax) }
+    var (sumLX, sumL2) = sums(iscale)
+    var scale: Float = sumL2 != 0 ? sumLX / sumL2 : 0
+    var best = scale * sumLX
+    for k in -9...9 where k != 0 {
+        iscale = -(Float(nmax) + 0.1 * Float(k)) / max
+        (sumLX, sumL2) = sums(iscale)
+        if sumL2 > 0 && sumLX * sumLX > best * sumL2 {
+            for i in 0..<n { levels[i] = UInt8(level(iscale, i) + nmax) }
+            scale = sumLX / sumL2
+            best = scale * sumLX
+        }
+    }
+    return scale
+}
+
+/// Q6_K (210 bytes per 256): sixteen 16-value sub-blocks, each with a signed 8-bit scale of the
+/// block's half-precision d; 6-bit levels (low 4 bits in ql, high 2 in qh, as Dequantize reads them).
+private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    var levels = [UInt8](repeating: 0, count: 256)
+    var scales = [Float](repeating: 0, count: 16)
+    for b in 0..<(count / 256) {
+        let x = src + b &* 256, block = out + b &* 210
+        levels.withUnsafeMutableBufferPointer { L in
+            var maxScale: Float = 0, maxAbsScale: Float = 0
+            for sub in 0..<16 {
+                scales[sub] = fitSymmetricScale(16, nmax: 32, x + 16 &* sub, levels: L.baseAddress! + 16 &* sub)
+                if abs(scales[sub]) > maxAbsScale { maxAbsScale = abs(scales[sub]); maxScale = scales[sub] }
+            }
+            block.update(repeating: 0, count: 210)
+            guard maxAbsScale >= 1e-15 else { return }
+            let iscale = -128 / maxScale
+            storeHalf(1 / iscale, block + 208)
+            let d = loadHalf(block + 208)
+            for sub in 0..<16 {
+                let sc = Int8(truncatingIfNeeded: min(127, nearestInt(iscale * scales[sub])))
+                block[192 &+ sub] = UInt8(bitPattern: sc)
+                let dl = d * Float(sc)
+                guard dl != 0 else { continue }
+                for i in 0..<16 { L[16 &* sub &+ i] = UInt8(max(-32, min(31, nearestInt(x[16 &* sub &+ i] / dl))) + 32) }
+            }
+            for half in 0..<2 {
+                let ql = block + half &* 64, qh = block + (128 &+ half &* 32), l = L.baseAddress! + half &* 128
+                for j in 0..<32 {
+                    ql[j] = (l[j] & 0x0F) | (l[j &+ 64] & 0x0F) << 4
+                    ql[j &+ 32] = (l[j &+ 32] & 0x0F) | (l[j &+ 96] & 0x0F) << 4
+                    qh[j] = l[j] >> 4 | (l[j &+ 32] >> 4) << 2 | (l[j &+ 64] >> 4) << 4 | (l[j &+ 96] >> 4) << 6
+                }
+            }
+        }
+    }
+}
+
+/// Q4_K (144 bytes per 256) and Q5_K (176): eight 32-value sub-blocks, each with a 6-bit scale
+/// and a 6-bit min of the block's half-precision d and dmin (packed as Dequantize reads them);
+/// levels fit with weights sqrt(mean x^2) + |x|, then re-rounded against the stored scales.
+private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, bits: Int) {
+    let blockBytes = bits == 4 ? 144 : 176, nmax = (1 << bits) - 1
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    var levels = [UInt8](repeating: 0, count: 256)
+    var weights = [Float](repeating: 0, count: 32)
+    var scales = [Float](repeating: 0, count: 8), mins = [Float](repeating: 0, count: 8)
+    for b in 0..<(count / 256) {
+        let x = src + b &* 256, block = out + b &* blockBytes
+        levels.withUnsafeMutableBufferPointer { L in
+            var maxScale: Float = 0, maxMin: Float = 0
+            for sub in 0..<8 {
+                let xs = x + 32 &* sub
+                var sumX2: Float = 0
+                for l in 0..<32 { sumX2 += xs[l] * xs[l] }
+                let average = (sumX2 / 32).squareRoot()
+                for l in 0..<32 { weights[l] = average + abs(xs[l]) }
+                (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+                    fitScaleAndMin(32, nmax: nmax, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 32 &* sub,
+                                   rmin: bits == 4 ? -1 : -0.5, rdelta: 0.1, nstep: bits == 4 ? 20 : 15, absoluteError: false)
+                }
+                maxScale = max(maxScale, scales[sub])
+                maxMin = max(maxMin, mins[sub])
+            }
+            block.update(repeating: 0, count: blockBytes)
+            let inverseScale: Float = maxScale > 0 ? 63 / maxScale : 0, inverseMin: Float = maxMin > 0 ? 63 / maxMin : 0
+            let packed = block + 4
+            for sub in 0..<8 {
+                let ls = min(63, UInt8(truncatingIfNeeded: nearestInt(inverseScale * scales[sub])))
+                let lm = min(63, UInt8(truncatingIfNeeded: nearestInt(inverseMin * mins[sub])))
+                if sub < 4 {
+                    packed[sub] = ls
+                    packed[sub &+ 4] = lm
+                } else {
+                    packed[sub &+ 4] = (ls & 0x0F) | (lm & 0x0F) << 4
+                    packed[sub &- 4] |= (ls >> 4) << 6
+                    packed[sub] |= (lm >> 4) << 6
+                }
+            }
+            storeHalf(maxScale / 63, block)
+            storeHalf(maxMin / 63, block + 2)
+            let d = loadHalf(block), dmin = loadHalf(block + 2)
+            for sub in 0..<8 {
+                let (sc, m) = packedScaleMin(sub, packed)
+                let dl = d * Float(sc)
+                guard dl != 0 else { continue }
+                let dm = dmin * Float(m)
+                for i in 0..<32 { L[32 &* sub &+ i] = UInt8(max(0, min(nmax, nearestInt((x[32 &* sub &+ i] + dm) / dl)))) }
+            }
+            let qs = block + (bits == 4 ? 16 : 48), qh = block + 16
+            for group in 0..<4 {
+                let l = L.baseAddress! + group &* 64, q = qs + group &* 32
+                for j in 0..<32 {
+                    var low = l[j], high = l[j &+ 32]
+                    if bits == 5 {
+                        if low > 15 { low -= 16; qh[j] |= 1 << UInt8(2 &* group) }
+                        if high > 15 { high -= 16; qh[j] |= 2 << UInt8(2 &* group) }
+                    }
+                    q[j] = low | high << 4
+                }
+            }
+        }
+    }
+}
+
+/// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K / Q5_K.
+@inline(__always)
+private func packedScaleMin(_ j: Int, _ q: UnsafePointer<UInt8>) -> (UInt8, UInt8) {
+    if j < 4 { return (q[j] & 63, q[j &+ 4] & 63) }
+    return ((q[j &+ 4] & 0x0F) | ((q[j &- 4] >> 6) << 4), (q[j &+ 4] >> 4) | ((q[j] >> 6) << 4))
+}
+
+/// Q2_K (84 bytes per 256): sixteen 16-value sub-blocks, each with a 4-bit scale and 4-bit min
+/// of the block's d and dmin; 2-bit levels fit with weights |x| and absolute error.
+private func quantizeRowQ2_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    var levels = [UInt8](repeating: 0, count: 256)
+    var weights = [Float](repeating: 0, count: 16)
+    var scales = [Float](repeating: 0, count: 16), mins = [Float](repeating: 0, count: 16)
+    for b in 0..<(count / 256) {
+        let x = src + b &* 256, block = out + b &* 84
+        levels.withUnsafeMutableBufferPointer { L in
+            var maxScale: Float = 0, maxMin: Float = 0
+            for sub in 0..<16 {
+                let xs = x + 16 &* sub
+                for l in 0..<16 { weights[l] = abs(xs[l]) }
+                (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+                    fitScaleAndMin(16, nmax: 3, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 16 &* sub,
+                                   rmin: -0.5, rdelta: 0.1, nstep: 15, absoluteError: true)
+                }
+                maxScale = max(maxScale, scales[sub])
+                maxMin = max(maxMin, mins[sub])
+            }
+            block.update(repeating: 0, count: 84)
+            if maxScale > 0 {
+                let iscale = 15 / maxScale
+                for sub in 0..<16 { block[sub] = UInt8(truncatingIfNeeded: nearestInt(iscale * scales[sub])) }
+                storeHalf(maxScale / 15, block + 80)
+            }
+            if maxMin > 0 {
+                let iscale = 15 / maxMin
+                for sub in 0..<16 { block[sub] |= UInt8(truncatingIfNeeded: nearestInt(iscale * mins[sub]) << 4) }
+                storeHalf(maxMin / 15, block + 82)
+            }
+            let d = loadHalf(block + 80), dmin = loadHalf(block + 82)
+            for sub in 0..<16 {
+                let dl = d * Float(block[sub] & 0x0F)
+                guard dl != 0 else { continue }
+                let dm = dmin * Float(block[sub] >> 4)
+                for i in 0..<16 { L[16 &* sub &+ i] = UInt8(max(0, min(3, nearestInt((x[16 &* sub &+ i] + dm) / dl)))) }
+            }
+            packTwoBitLevels(L.baseAddress!, into: block + 16)
+        }
+    }
+}
+
+/// Four 2-bit levels per byte: byte j of each 32-byte group holds levels j, j+32, j+64, j+96 of
+/// its 128 values (shifts 0, 2, 4, 6), as Q2_K and Q3_K read them.
+@inline(__always)
+private func packTwoBitLevels(_ levels: UnsafePointer<UInt8>, into qs: UnsafeMutablePointer<UInt8>) {
+    for half in 0..<2 {
+        let l = levels + half &* 128, q = qs + half &* 32
+        for j in 0..<32 { q[j] = l[j] | l[j &+ 32] << 2 | l[j &+ 64] << 4 | l[j &+ 96] << 6 }
+    }
+}
+
+/// ggml's make_q3_quants with its rmse refinement: signed levels -nmax..<nmax (stored offset by
+/// nmax), the least-squares scale, levels changed one at a time while that improves the fit.
+private func fitQ3Scale(_ x: UnsafePointer<Float>, levels: UnsafeMutablePointer<UInt8>) -> Float {
+    let n = 16, nmax = 4
+    let max = signedMaxMagnitude(x, n)
+    if abs(max) < 1e-15 {
+        for i in 0..<n { levels[i] = 0 }
+        return 0
+    }
+    let iscale = -Float(nmax) / max
+    var L = [Int](repeating: 0, count: n)
+    var sumLX: Float = 0, sumL2: Float = 0
+    for i in 0..<n {
+        L[i] = Swift.max(-nmax, Swift.min(nmax - 1, nearestInt(iscale * x[i])))
+        let w = x[i] * x[i]
+        sumLX += w * x[i] * Float(L[i])
+        sumL2 += w * Float(L[i]) * Float(L[i])
+    }
+    for _ in 0..<5 {
+        var changed = 0
+        for i in 0..<n {
+            let w = x[i] * x[i]
+            var slx = sumLX - w * x[i] * Float(L[i])
+            guard slx > 0 else { continue }
+            var sl2 = sumL2 - w * Float(L[i]) * Float(L[i])
+            let newL = Swift.max(-nmax, Swift.min(nmax - 1, nearestInt(x[i] * sl2 / slx)))
+            guard newL != L[i] else { continue }
+            slx += w * x[i] * Float(newL)
+            sl2 += w * Float(newL) * Float(newL)
+            if sl2 > 0 && slx * slx * sumL2 > sumLX * sumLX * sl2 {
+                L[i] = newL; sumLX = slx; sumL2 = sl2
+                changed += 1
+            }
+        }
+        if changed == 0 { break }
+    }
+    for i in 0..<n { levels[i] = UInt8(L[i] + nmax) }
+    return sumL2 > 0 ? sumLX / sumL2 : 0
+}
+
+/// Q3_K (110 bytes per 256): sixteen 16-value sub-blocks with signed 6-bit scales (offset by 32,
+/// packed as Dequantize reads them) of the block's d; 3-bit levels: low 2 bits in qs, the third
+/// in hmask (bit k of byte j for value 32k + j).
+private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    var levels = [UInt8](repeating: 0, count: 256)
+    var scales = [Float](repeating: 0, count: 16)
+    for b in 0..<(count / 256) {
+        let x = src + b &* 256, block = out + b &* 110
+        levels.withUnsafeMutableBufferPointer { L in
+            var maxScale: Float = 0, maxAbs: Float = 0
+            for sub in 0..<16 {
+                scales[sub] = fitQ3Scale(x + 16 &* sub, levels: L.baseAddress! + 16 &* sub)
+                if abs(scales[sub]) > maxAbs { maxAbs = abs(scales[sub]); maxScale = scales[sub] }
+            }
+            block.update(repeating: 0, count: 110)
+            let packed = block + 96
+            if maxScale != 0 {
+                let iscale = -32 / maxScale
+                for sub in 0..<16 {
+                    let l = Int(max(-32, min(31, Int8(truncatingIfNeeded: nearestInt(iscale * scales[sub]))))) + 32
+                    if sub < 8 { packed[sub] = UInt8(l & 0x0F) } else { packed[sub &- 8] |= UInt8(l & 0x0F) << 4 }
+                    packed[8 &+ sub % 4] |= UInt8(l >> 4) << UInt8(2 &* (sub / 4))
+                }
+                storeHalf(1 / iscale, block + 108)
+            }
+            let d = loadHalf(block + 108)
+            for sub in 0..<16 {
+                let low = sub < 8 ? packed[sub] & 0x0F : packed[sub &- 8] >> 4
+                let sc = Int(low | ((packed[8 &+ sub % 4] >> UInt8(2 &* (sub / 4))) & 3) << 4) - 32
+                let dl = d * Float(sc)
+                guard dl != 0 else { continue }
+                for i in 0..<16 { L[16 &* sub &+ i] = UInt8(max(-4, min(3, nearestInt(x[16 &* sub &+ i] / dl))) + 4) }
+            }
+            let hmask = block
+            for j in 0..<256 where L[j] > 3 {
+                hmask[j % 32] |= 1 << UInt8(j / 32)
+                L[j] -= 4
+            }
+            packTwoBitLevels(L.baseAddress!, into: block + 32)
+        }
+    }
+}
+
+/// Encodes `count` floats as `dtype` (F32, F16, BF16 or any GGML block type but the IQ4s) at `dst`;
+/// returns the bytes written.
 /// F16 and BF16 round to nearest even, as PyTorch and ggml do.
 @discardableResult
 package func encodeRow(_ src: UnsafePointer<Float>, as dtype: DType, into dst: UnsafeMutableRawPointer, count: Int) -> Int {
@@ -40,10 +461,15 @@ package func encodeRow(_ src: UnsafePointer<Float>, as dtype: DType, into dst: U
         let out = dst.assumingMemoryBound(to: UInt16.self)
         for i in 0..<count { out[i] = bfloat16Bits(src[i]).littleEndian }
         return count &* 2
-    case .q8_0:
-        quantizeRowQ8_0(src, dst, count: count)
-        return count / 32 &* 34
-    default:
+    case .q8_0: quantizeRowQ8_0(src, dst, count: count)
+    case .q4_0, .q5_0: quantizeRowSymmetric(src, dst, count: count, bits: dtype == .q4_0 ? 4 : 5)
+    case .q4_1, .q5_1: quantizeRowWithMin(src, dst, count: count, bits: dtype == .q4_1 ? 4 : 5)
+    case .q2_K: quantizeRowQ2_K(src, dst, count: count)
+    case .q3_K: quantizeRowQ3_K(src, dst, count: count)
+    case .q4_K, .q5_K: quantizeRowQ45_K(src, dst, count: count, bits: dtype == .q4_K ? 4 : 5)
+    case .q6_K: quantizeRowQ6_K(src, dst, count: count)
+    case .iq4_NL, .iq4_XS:
         preconditionFailure("encodeRow: Finch does not write \(dtype.rawValue)")
     }
+    return count / dtype.blockSize &* dtype.blockBytes
 }

@@ -1,0 +1,98 @@
+import FinchKernels
+
+/// The element type of each tensor of a quantized GGUF export, chosen as llama.cpp's quantizer
+/// (llama-quant.cpp) chooses it for a file type: the base type of the type's name, a higher one
+/// for the tensors a mixture (`_S`, `_M`, `_L`) protects, and a block-32 type where a row's
+/// length is not a multiple of the 256-value K blocks. Vectors (norms, biases) stay F32.
+struct GGUFTensorTypes {
+    let fileType: ExportDType
+    let layerCount: Int
+    /// Query heads per KV head (llama.cpp's n_gqa).
+    let groupSize: Int
+    let tiedEmbeddings: Bool
+    /// attn_v and ffn_down tensors met so far: mixtures raise some layers, counted in file order.
+    private var attentionValues = 0, feedForwardDowns = 0
+
+    init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool) {
+        self.fileType = fileType; self.layerCount = layerCount; self.groupSize = groupSize; self.tiedEmbeddings = tiedEmbeddings
+    }
+
+    /// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
+    static func usesMoreBits(_ layer: Int, of layers: Int) -> Bool {
+        layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2
+    }
+
+    /// The type of GGUF tensor `name` of row-major `shape`; call once per tensor, in file order.
+    mutating func type(of name: String, shape: [Int]) -> DType {
+        let base = fileType.dtype
+        guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight") else { return .f32 }
+        guard base.isQuantized else { return base }
+        let columns = shape.last!
+        var type = base
+        if name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight") {
+            type = columns % base.blockSize != 0 ? .q8_0 : base == .q8_0 ? .q8_0 : .q6_K
+        } else if name.contains("attn_v.weight") {
+            let layer = attentionValues
+            attentionValues += 1
+            switch fileType {
+            case .q2_k: type = groupSize >= 4 ? .q4_K : .q3_K
+            case .q3_k_m: type = layer < 2 ? .q5_K : .q4_K
+            case .q3_k_l: type = .q5_K
+            case .q4_k_m, .q5_k_m: if Self.usesMoreBits(layer, of: layerCount) { type = .q6_K }
+            case .q4_k_s: if layer < 4 { type = .q5_K }
+            default: break
+            }
+        } else if name.contains("ffn_down") {
+            let layer = feedForwardDowns
+            feedForwardDowns += 1
+            switch fileType {
+            case .q2_k: type = .q3_K
+            case .q3_k_m: type = layer < layerCount / 16 ? .q5_K : .q4_K
+            case .q3_k_l: type = .q5_K
+            case .q4_k_m, .q5_k_m: if Self.usesMoreBits(layer, of: layerCount) { type = .q6_K }
+            case .q4_k_s: if layer < layerCount / 8 { type = .q5_K }
+            default: break
+            }
+        } else if name.contains("attn_output.weight") {
+            switch fileType {
+            case .q2_k: type = .q3_K
+            case .q3_k_m: type = .q4_K
+            case .q3_k_l: type = .q5_K
+            default: break
+            }
+        }
+        return Self.fallback(type, columns: columns)
+    }
+
+    /// llama.cpp's tensor_type_fallback: a K type for rows that do not split into 256-value blocks
+    /// becomes a block-32 type of at least its precision; F16 where even 32 does not divide.
+    static func fallback(_ type: DType, columns: Int) -> DType {
+        guard columns % type.blockSize != 0 else { return type }
+        let replacement: DType = switch type {
+        case .q2_K, .q3_K: .q4_0
+        case .q4_K: .q5_0
+        case .q5_K: .q5_1
+        case .q6_K: .q8_0
+        default: .f16
+        }
+        return columns % replacement.blockSize == 0 ? replacement : .f16
+    }
+
+    /// One line naming the type of every tensor: by role (the name without `blk.N.`), the types
+    /// with their counts, e.g. "attn_v.weight Q6_K x12, Q4_K x18".
+    static func summary(_ tensors: [(name: String, type: DType)]) -> String {
+        var roles: [String] = []
+        var counts: [String: [(DType, Int)]] = [:]
+        for (name, type) in tensors {
+            var role = name
+            if role.hasPrefix("blk."), let dot = role.dropFirst(4).firstIndex(of: ".") { role = String(role[role.index(after: dot)...]) }
+            if counts[role] == nil { roles.append(role) }
+            var list = counts[role, default: []]
+            if let i = list.firstIndex(where: { $0.0 == type }) { list[i].1 += 1 } else { list.append((type, 1)) }
+            counts[role] = list
+        }
+        return roles.map { role in
+            "\(role) " + counts[role]!.map { $0.1 == 1 ? $0.0.rawValue : "\($0.0.rawValue) x\($0.1)" }.joined(separator: ", ")
+        }.joined(separator: "; ")
+    }
+}
