@@ -14,7 +14,7 @@ struct ExportCommand: ParsableCommand {
 
     @Option(help: "An HF model folder or a .gguf file.") var model: String
     @Option(help: "A PEFT LoRA adapter folder to merge (optional).") var adapter: String?
-    @Option(help: "hf or gguf.") var format: String
+    @Option(help: "hf, gguf, or gguf-lora (the --adapter alone, as llama.cpp's LoRA adapter GGUF).") var format: String
     @Option(help: "f32, f16 or bf16; for gguf also any --quant type.") var dtype: String = "f32"
     @Option(help: ArgumentHelp("gguf: quantize as llama.cpp's quantizer does for this file type.",
                                discussion: "q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k, q5_0, q5_1, q4_0, q4_1. "
@@ -37,7 +37,8 @@ struct ExportCommand: ParsableCommand {
             options.allowNonFinite = allowNonFinite
             let start = Date()
             let summary = try Exporter.export(options)
-            let merged = adapter == nil ? "no adapter" : "\(summary.mergedModules) LoRA modules merged"
+            let merged = adapter == nil ? "no adapter"
+                : format == .ggufLoRA ? "adapter of \(summary.mergedModules) LoRA modules, not merged" : "\(summary.mergedModules) LoRA modules merged"
             print(String(format: "wrote %@ (%@, %@, %d tensors, %.1f MB of weights, %@) in %.1f s",
                          summary.output, format.rawValue, options.dtype.rawValue, summary.tensorCount,
                          Double(summary.bytes) / 1e6, merged, Date().timeIntervalSince(start)))

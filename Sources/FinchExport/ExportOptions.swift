@@ -8,6 +8,8 @@ import FinchModels
 public enum ExportFormat: String, CaseIterable, Sendable {
     case hf
     case gguf
+    /// The LoRA adapter alone as llama.cpp's adapter GGUF (`llama-cli --lora`), over an unchanged base.
+    case ggufLoRA = "gguf-lora"
 }
 
 /// Element types of exported weights: a float type (HF and GGUF), or, for GGUF only, one of
@@ -67,9 +69,13 @@ public enum ExportDType: String, CaseIterable, Sendable {
         }
     }
 
-    /// The dtypes `format` can hold: f32, f16 and bf16 for hf; every one for gguf.
+    /// The dtypes `format` can hold: f32, f16 and bf16 for hf (and q8_0 for a gguf-lora); every one for gguf.
     public static func supported(by format: ExportFormat) -> [ExportDType] {
-        format == .hf ? [.f32, .f16, .bf16] : allCases
+        switch format {
+        case .hf: [.f32, .f16, .bf16]
+        case .gguf: allCases
+        case .ggufLoRA: [.f32, .f16, .bf16, .q8_0]
+        }
     }
 }
 
@@ -112,6 +118,8 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
     case adapterIncomplete(adapter: String, tensor: String, missing: String)
     /// The model cannot be written in this format (an architecture or feature the format's readers lack).
     case unsupported(format: ExportFormat, what: String, found: String, supported: [String])
+    /// `--format gguf-lora` without `--adapter`.
+    case adapterRequired(format: ExportFormat)
 
     public var description: String {
         switch self {
@@ -127,6 +135,8 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
             return "\(adapter): adapter tensor '\(tensor)' adapts '\(module)', which this model does not have: the adapter was made for another model"
         case let .adapterIncomplete(adapter, tensor, missing):
             return "\(adapter): adapter tensor '\(tensor)' has no partner '\(missing)'"
+        case let .adapterRequired(format):
+            return "--format \(format.rawValue) writes a LoRA adapter: give it with --adapter (and its base with --model)"
         case let .unsupported(format, what, found, supported):
             return "cannot export as \(format.rawValue): unsupported \(what) '\(found)'; supported: \(supported.joined(separator: ", "))"
         }

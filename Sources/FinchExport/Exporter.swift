@@ -19,7 +19,7 @@ public struct ExportSummary: Sendable {
     public var tensorCount: Int
     /// Bytes of tensor data written, headers and tokenizer files excluded.
     public var bytes: Int
-    /// LoRA modules merged into their weights.
+    /// LoRA modules merged into their weights (for gguf-lora: the modules of the adapter written).
     public var mergedModules: Int
     /// GGUF: the type of every tensor, by role ("attn_v.weight Q6_K x12, Q4_K x18; ..."); nil for hf.
     public var tensorTypes: String? = nil
@@ -37,11 +37,13 @@ public enum Exporter {
         let output = options.output
         if FileManager.default.fileExists(atPath: output) && !options.overwrite { throw ExportError.outputExists(path: output) }
         try checkWritableParent(of: output)
+        if options.format == .ggufLoRA && options.adapter == nil { throw ExportError.adapterRequired(format: options.format) }
         let files = try ModelFiles.open(options.model, allowNonFinite: options.allowNonFinite)
         let merged = try MergedWeights(files: files, adapter: options.adapter)
         switch options.format {
         case .hf: return try HFFolderWriter.write(merged, options: options)
         case .gguf: return try GGUFExport.write(merged, options: options)
+        case .ggufLoRA: return try GGUFExport.writeAdapter(merged, options: options)
         }
     }
 
@@ -189,19 +191,80 @@ enum HFFolderWriter {
 /// an HF folder's config and tokenizer).
 enum GGUFExport {
 
-    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
-        let files = merged.files, config = files.config
+    /// llama.cpp's architecture name for the model, or `ExportError.unsupported`.
+    static func architecture(_ config: ModelConfig, format: ExportFormat) throws -> String {
         guard let arch = config.family.ggufArchitecture else {
-            throw ExportError.unsupported(format: .gguf, what: "model_type", found: config.modelType,
+            throw ExportError.unsupported(format: format, what: "model_type", found: config.modelType,
                                           supported: ModelFamily.all.filter { $0.ggufArchitecture != nil }.map(\.modelType))
         }
+        return arch
+    }
+
+    /// GGUF names whose rows llama.cpp permutes for its RoPE (llama's q and k), with their head counts.
+    static func permutedRows(_ config: ModelConfig, arch: String) -> [String: Int] {
+        guard arch == "llama" else { return [:] }
+        return Dictionary(uniqueKeysWithValues: (0..<config.layerCount).flatMap { l in
+            ["weight", "bias"].flatMap { s in [("blk.\(l).attn_q.\(s)", config.headCount), ("blk.\(l).attn_k.\(s)", config.kvHeadCount)] }
+        })
+    }
+
+    /// The adapter as llama.cpp's LoRA GGUF (what its convert_lora_to_gguf.py writes): general.type
+    /// `adapter`, adapter.type `lora`, adapter.lora.alpha, and per adapted weight `<name>.lora_a`
+    /// [r, in] and `<name>.lora_b` [out, r] (B's rows permuted as the base's q/k rows are).
+    /// llama.cpp scales by alpha / r; for rsLoRA (alpha / sqrt(r)) the alpha written is alpha * sqrt(r).
+    static func writeAdapter(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
+        let config = merged.files.config, lora = merged.lora!
+        let arch = try architecture(config, format: .ggufLoRA)
+        let permute = permutedRows(config, arch: arch)
+        let type = options.dtype.dtype
+        var entries: [(tensor: GGUFWriter.Tensor, values: () -> [Float])] = []
+        let modules = merged.pairs.keys.compactMap { module in GGUFFile.ggufName(module + ".weight").map { (module, $0) } }
+        let layer = { (name: String) -> Int in name.hasPrefix("blk.") ? Int(name.dropFirst(4).prefix { $0.isNumber }) ?? 0 : -1 }
+        for (module, name) in modules.sorted(by: { (layer($0.1), $0.1) < (layer($1.1), $1.1) }) {
+            let pair = merged.pairs[module]!
+            for (suffix, tensor) in [("lora_a", pair.a), ("lora_b", pair.b)] {
+                let stored = tensor.shape.last! % type.blockSize == 0 ? type : .f32
+                entries.append((GGUFWriter.Tensor(name: "\(name).\(suffix)", shape: tensor.shape, dtype: stored), {
+                    let values = dequantize(tensor)
+                    guard suffix == "lora_b", let heads = permute[name] else { return values }
+                    return permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads)
+                }))
+            }
+        }
+        guard !entries.isEmpty else {
+            throw ExportError.unsupported(format: .ggufLoRA, what: "adapted modules", found: merged.pairs.keys.sorted().joined(separator: ", "),
+                                          supported: ["the projections of the decoder layers"])
+        }
+        let metadata: [(key: String, value: GGUFValue)] = [
+            ("general.architecture", .string(arch)),
+            ("general.type", .string("adapter")),
+            ("general.name", .string((options.adapter! as NSString).lastPathComponent)),
+            ("general.file_type", .uint32(options.dtype.ggufFileType)),
+            ("general.quantization_version", .uint32(2)),
+            ("adapter.type", .string("lora")),
+            ("adapter.lora.alpha", .float32(lora.scale * Float(lora.rank))),
+        ]
+        let tensors = entries.map(\.tensor)
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: tensors.map(\.byteCount).max() ?? 1, alignment: 64)
+        defer { scratch.deallocate() }
+        try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
+            let bytes = encodeRows(entries[index].values(), as: tensors[index].dtype, into: scratch)
+            try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
+        }
+        return ExportSummary(output: options.output, files: [(options.output as NSString).lastPathComponent], tensorCount: tensors.count,
+                             bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.pairs.count,
+                             tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }))
+    }
+
+    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
+        let files = merged.files, config = files.config
+        let arch = try architecture(config, format: .gguf)
         // Llama 3 rope scaling goes into llama.cpp's tensor of per-frequency factors, first, as
         // convert_hf_to_gguf writes it (llama.cpp has no metadata key for it).
         var ropeFactors: [Float]?
         if case .llama3 = config.ropeScaling {
             ropeFactors = config.ropeScaling.frequencyFactors(headDim: config.headDim, theta: config.ropeTheta)
         }
-        let dtype = options.dtype.dtype
 
         // Tensor order: the source GGUF's when there is one.
         var hfNames = merged.names.filter { GGUFFile.ggufName($0) != nil }
@@ -235,9 +298,7 @@ enum GGUFExport {
         set("general.file_type", .uint32(options.dtype.ggufFileType))
         set("general.quantization_version", .uint32(2))
 
-        let permute: [String: Int] = arch == "llama" ? Dictionary(uniqueKeysWithValues: (0..<config.layerCount).flatMap { l in
-            ["weight", "bias"].flatMap { s in [("blk.\(l).attn_q.\(s)", config.headCount), ("blk.\(l).attn_k.\(s)", config.kvHeadCount)] }
-        }) : [:]
+        let permute = permutedRows(config, arch: arch)
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: tensors.map(\.byteCount).max() ?? 1, alignment: 64)
         defer { scratch.deallocate() }
         try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in

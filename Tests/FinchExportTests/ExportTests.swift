@@ -47,6 +47,97 @@ final class ExportTests: TemporaryDirectoryTestCase {
         }
     }
 
+    // MARK: - LoRA adapter as GGUF
+
+    /// llama.cpp applies a LoRA GGUF as W x + (alpha / r) B (A x) on the base GGUF's weights: that
+    /// sum, formed from the two files Finch writes, equals the weights of Finch's merged GGUF
+    /// export (q/k rows permuted alike), for alpha/r and rsLoRA scales.
+    func testAdapterGGUFOverTheBaseGivesTheMergedWeights() throws {
+        for name in ["llama_tied", "qwen2_bias"] {
+            let adapter = parity(name) + "/adapter"
+            let base = out("\(name)-base.gguf"), merged = out("\(name)-merged.gguf"), lora = out("\(name)-lora.gguf")
+            try Exporter.export(ExportOptions(model: parity(name), format: .gguf, output: base))
+            try Exporter.export(ExportOptions(model: parity(name), adapter: adapter, format: .gguf, output: merged))
+            let summary = try Exporter.export(ExportOptions(model: parity(name), adapter: adapter, format: .ggufLoRA, output: lora))
+            XCTAssertEqual(summary.tensorCount, 28, name)
+            let (b, m, l) = (try GGUFFile(path: base), try GGUFFile(path: merged), try GGUFFile(path: lora))
+            XCTAssertEqual(l.metadata["general.type"]?.string, "adapter")
+            XCTAssertEqual(l.metadata["adapter.type"]?.string, "lora")
+            XCTAssertEqual(l.metadata["general.architecture"]?.string, b.metadata["general.architecture"]?.string)
+            let config = try PEFTAdapter.config(directory: adapter)
+            let alpha = try XCTUnwrap(l.metadata["adapter.lora.alpha"]?.float)
+            XCTAssertEqual(alpha / Float(config.rank), config.scale, accuracy: 1e-6, name)   // rsLoRA: alpha * sqrt(r) written
+            var checked = 0
+            for tensorName in l.tensorNames where tensorName.hasSuffix(".lora_a") {
+                let weight = String(tensorName.dropLast(".lora_a".count))
+                let a = dequantize(l.tensors[tensorName]!), bMatrix = dequantize(l.tensors[weight + ".lora_b"]!)
+                let w = b.tensors[weight]!, out = w.shape[0], inputs = w.shape[1], r = config.rank
+                XCTAssertEqual(l.tensors[tensorName]!.shape, [r, inputs], tensorName)
+                XCTAssertEqual(l.tensors[weight + ".lora_b"]!.shape, [out, r], tensorName)
+                var sum = dequantize(w)
+                for i in 0..<out { for j in 0..<inputs {
+                    var dot: Float = 0
+                    for k in 0..<r { dot += bMatrix[i * r + k] * a[k * inputs + j] }
+                    sum[i * inputs + j] += alpha / Float(r) * dot
+                } }
+                XCTAssertLessThan(S.maxRelativeError(sum, dequantize(m.tensors[weight]!)), 1e-5, "\(name) \(weight)")
+                XCTAssertGreaterThan(S.maxRelativeError(dequantize(w), dequantize(m.tensors[weight]!)), 1e-3, "\(name) \(weight) unchanged")
+                checked += 1
+            }
+            XCTAssertEqual(checked, 14, name)
+        }
+        XCTAssertThrowsError(try Exporter.export(ExportOptions(model: parity("llama_tied"), format: .ggufLoRA, output: out("x.gguf")))) {
+            XCTAssertEqual($0 as? ExportError, .adapterRequired(format: .ggufLoRA))
+        }
+    }
+
+    // MARK: - Quantized GGUF
+
+    /// llama.cpp's choices for SmolLM2-135M (30 layers, rows of 576 and 1536, 9 heads over 3 KV
+    /// heads, tied embeddings): the mixture raises attn_v and ffn_down in the layers
+    /// use_more_bits picks; rows of 576 take the block-32 fallbacks; norms stay F32.
+    func testTensorTypesFollowLlamaCppMixtures() {
+        func types(_ fileType: ExportDType) -> String {
+            var chooser = GGUFTensorTypes(fileType: fileType, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
+            var tensors: [(name: String, type: DType)] = [("token_embd.weight", chooser.type(of: "token_embd.weight", shape: [49152, 576]))]
+            for l in 0..<30 {
+                for (name, shape) in [("attn_q", [576, 576]), ("attn_k", [192, 576]), ("attn_v", [192, 576]), ("attn_output", [576, 576]),
+                                      ("ffn_gate", [1536, 576]), ("ffn_up", [1536, 576]), ("ffn_down", [576, 1536]), ("attn_norm", [576])] {
+                    let full = "blk.\(l).\(name).weight"
+                    tensors.append((full, chooser.type(of: full, shape: shape)))
+                }
+            }
+            return GGUFTensorTypes.summary(tensors)
+        }
+        XCTAssertEqual(GGUFTensorTypes.usesMoreBits(0, of: 30), true)
+        XCTAssertEqual((0..<30).filter { GGUFTensorTypes.usesMoreBits($0, of: 30) }, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29])
+        XCTAssertEqual(types(.q4_k_m), "token_embd.weight Q8_0; attn_q.weight Q5_0 x30; attn_k.weight Q5_0 x30; attn_v.weight Q8_0 x14, Q5_0 x16; "
+                       + "attn_output.weight Q5_0 x30; ffn_gate.weight Q5_0 x30; ffn_up.weight Q5_0 x30; ffn_down.weight Q6_K x14, Q4_K x16; attn_norm.weight F32 x30")
+        XCTAssertEqual(types(.q5_k_m), "token_embd.weight Q8_0; attn_q.weight Q5_1 x30; attn_k.weight Q5_1 x30; attn_v.weight Q8_0 x14, Q5_1 x16; "
+                       + "attn_output.weight Q5_1 x30; ffn_gate.weight Q5_1 x30; ffn_up.weight Q5_1 x30; ffn_down.weight Q6_K x14, Q5_K x16; attn_norm.weight F32 x30")
+        XCTAssertEqual(types(.q4_0), "token_embd.weight Q8_0; attn_q.weight Q4_0 x30; attn_k.weight Q4_0 x30; attn_v.weight Q4_0 x30; "
+                       + "attn_output.weight Q4_0 x30; ffn_gate.weight Q4_0 x30; ffn_up.weight Q4_0 x30; ffn_down.weight Q4_0 x30; attn_norm.weight F32 x30")
+        XCTAssertEqual(types(.q6_k), "token_embd.weight Q8_0; attn_q.weight Q8_0 x30; attn_k.weight Q8_0 x30; attn_v.weight Q8_0 x30; "
+                       + "attn_output.weight Q8_0 x30; ffn_gate.weight Q8_0 x30; ffn_up.weight Q8_0 x30; ffn_down.weight Q6_K x30; attn_norm.weight F32 x30")
+        XCTAssertEqual(types(.f16), "token_embd.weight F16; attn_q.weight F16 x30; attn_k.weight F16 x30; attn_v.weight F16 x30; "
+                       + "attn_output.weight F16 x30; ffn_gate.weight F16 x30; ffn_up.weight F16 x30; ffn_down.weight F16 x30; attn_norm.weight F32 x30")
+    }
+
+    /// A quantized export reads back (every type dequantizes) and stays near the f32 model's logits.
+    func testQuantizedExportsReadBackNearTheF32Model() throws {
+        let name = "llama_tied", reference = try logits(parity(name), fixture: name)
+        for (quant, tolerance) in [(ExportDType.q8_0, Float(0.02)), (.q6_k, 0.05), (.q5_k_m, 0.1), (.q4_k_m, 0.2), (.q5_0, 0.1), (.q4_0, 0.2)] {
+            let path = out("\(quant.rawValue).gguf")
+            let summary = try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: quant, output: path))
+            XCTAssertNotNil(summary.tensorTypes)
+            let file = try GGUFFile(path: path)
+            XCTAssertEqual(file.metadata["general.file_type"]?.int, Int(quant.ggufFileType), quant.rawValue)
+            let error = S.maxRelativeError(try logits(path, fixture: name), reference)
+            XCTAssertLessThan(error, tolerance, quant.rawValue)
+            XCTAssertGreaterThan(error, 0, quant.rawValue)
+        }
+    }
+
     func testLowerPrecisionExportsReadBackCloseToF32() throws {
         let name = "llama_tied", adapter = parity(name) + "/adapter"
         let reference = try logits(parity(name), adapter: adapter, fixture: name)
