@@ -2,12 +2,6 @@ import Foundation
 import XCTest
 import FinchKernels
 import FinchIO
-import FinchTokenizers
-import FinchModels
-import FinchGeneration
-import FinchDistributed
-import FinchTraining
-import FinchExport
 
 /// Helpers for the file-format tests.
 package enum IOTestSupport {

@@ -2,12 +2,6 @@ import Foundation
 import XCTest
 import FinchKernels
 import FinchIO
-import FinchTokenizers
-import FinchModels
-import FinchGeneration
-import FinchDistributed
-import FinchTraining
-import FinchExport
 
 package enum TestSupport {
     /// The Fixtures folder copied into the test bundle.
