@@ -203,10 +203,11 @@ enum GGUFExport {
         let dtype = options.dtype.dtype
 
         // Tensor order: the source GGUF's when there is one.
-        var hfNames = merged.names.filter { GGUFFile.ggufName($0) != nil }
+        let family = config.family
+        var hfNames = merged.names.filter { GGUFFile.ggufName($0, family: family) != nil }
         if config.tieWordEmbeddings { hfNames.removeAll { $0 == "lm_head.weight" } }
         if let gguf = files.gguf {
-            let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
+            let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element, family: family) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
             hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
@@ -215,7 +216,7 @@ enum GGUFExport {
             let shape = merged.shape(name)
             var type = shape.count == 1 ? DType.f32 : dtype
             if type.isQuantized && shape.last! % type.blockSize != 0 { type = .f16 }
-            return GGUFWriter.Tensor(name: GGUFFile.ggufName(name)!, shape: shape, dtype: type)
+            return GGUFWriter.Tensor(name: GGUFFile.ggufName(name, family: family)!, shape: shape, dtype: type)
         }
 
         var metadata: [(key: String, value: GGUFValue)]
@@ -242,6 +243,10 @@ enum GGUFExport {
         try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
             let tensor = tensors[index]
             var values = index < extra.count ? ropeFactors! : merged.values(hfNames[index - extra.count])
+            // llama.cpp stores a norm as the multiplier it applies (Gemma's 1 + w).
+            if config.normWeightOffset != 0 && index >= extra.count && hfNames[index - extra.count].hasSuffix("norm.weight") {
+                values = values.map { $0 + config.normWeightOffset }
+            }
             if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
             let bytes = values.withUnsafeBufferPointer { encodeRow($0.baseAddress!, as: tensor.dtype, into: scratch, count: $0.count) }
             try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
@@ -293,6 +298,10 @@ enum GGUFExport {
         if case let .linear(factor) = config.ropeScaling {
             m.append(("\(arch).rope.scaling.type", .string("linear")))
             m.append(("\(arch).rope.scaling.factor", .float32(factor)))
+        }
+        // The family's own keys (Gemma's softcaps, window, ...), replacing shared ones of the same name.
+        for (key, value) in config.family.writeGGUF(config) {
+            if let i = m.firstIndex(where: { $0.key == key }) { m[i].value = value } else { m.append((key, value)) }
         }
         return m
     }
