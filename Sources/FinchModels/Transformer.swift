@@ -53,7 +53,7 @@ final class DecoderLayer {
     }
 }
 
-/// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama) with a
+/// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama, and Gemma 2 / 3 through their config settings) with a
 /// hand-written backward, as llm.c does it: each step of `forward` has its mirror in `backward`.
 public final class Transformer {
     /// The shape the model was built with (from its `ModelFiles`).
