@@ -417,6 +417,36 @@ final class GemmaTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// `finch train` SFT with LoRA on a Gemma 2 folder (the fixture's shape and settings, random
+    /// weights, the vocabulary of the trainer fixtures' tokenizer): the loss falls over the steps.
+    func testFinchTrainSFTOnAGemmaFolder() throws {
+        let tokenizerModel = try tinyChatModel()
+        var config = try ModelFiles.open(Fixture("gemma2_softcap").directory).config
+        config.vocabSize = 320; config.bosTokenId = 1; config.eosTokenIds = [2]
+        let folder = out("gemma2-chat")
+        try FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
+        try JSONSerialization.data(withJSONObject: config.huggingFaceJSON()).write(to: URL(fileURLWithPath: folder + "/config.json"))
+        let random = ModelFiles.random(config: config, seed: 5)
+        try SafeTensors.write(path: folder + "/model.safetensors",
+                              tensors: random.tensors.keys.sorted().map { ($0, random.tensors[$0]!.shape, dequantize(random.tensors[$0]!)) })
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            try FileManager.default.copyItem(atPath: tokenizerModel + "/" + name, toPath: folder + "/" + name)
+        }
+        let animals = ["cat", "dog", "owl", "fox"]
+        let data = try write("sft.jsonl", animals.map { #"{"prompt": "What does a \#($0) say?", "completion": "A \#($0) says its own word."}"# }
+            .joined(separator: "\n") + "\n")
+        let output = out("run")
+        let result = try FinchProcess.run(["train", "--method", "sft", "--model", folder, "--data", data, "--output", output,
+                                           "--max-steps", "8", "--batch-size", "2", "--lora-r", "4", "--lr", "1e-2", "--seed", "3"])
+        XCTAssertEqual(result.status, 0, result.err)
+        let losses = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+            try XCTUnwrap((JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double)
+        }
+        XCTAssertEqual(losses.count, 8)
+        XCTAssertLessThan(losses.suffix(2).reduce(0, +), 0.97 * losses.prefix(2).reduce(0, +), "\(losses)")
+        print("GemmaTests finch train (gemma2, LoRA SFT): losses \(losses.map { String(format: "%.3f", $0) }.joined(separator: " "))")
+    }
+
     /// bf16 (bf16 products, f32 norms, softmax, softcaps and losses) stays near fp32 for Gemma.
     /// transformers in a bf16 *model* also rounds the embedding scale sqrt(hidden) to bf16 (8 is
     /// exact here); Finch's bf16 keeps f32 weights, as TRL's bf16=True autocast does, and uses the f32 scale.
