@@ -218,7 +218,7 @@ enum GGUFExport {
         let permute = permutedRows(config, arch: arch)
         let type = options.dtype.dtype
         var entries: [(tensor: GGUFWriter.Tensor, values: () -> [Float])] = []
-        let modules = merged.pairs.keys.compactMap { module in GGUFFile.ggufName(module + ".weight").map { (module, $0) } }
+        let modules = merged.pairs.keys.compactMap { module in GGUFFile.ggufName(module + ".weight", family: config.family).map { (module, $0) } }
         let layer = { (name: String) -> Int in name.hasPrefix("blk.") ? Int(name.dropFirst(4).prefix { $0.isNumber }) ?? 0 : -1 }
         for (module, name) in modules.sorted(by: { (layer($0.1), $0.1) < (layer($1.1), $1.1) }) {
             let pair = merged.pairs[module]!
@@ -267,10 +267,11 @@ enum GGUFExport {
         }
 
         // Tensor order: the source GGUF's when there is one.
-        var hfNames = merged.names.filter { GGUFFile.ggufName($0) != nil }
+        let family = config.family
+        var hfNames = merged.names.filter { GGUFFile.ggufName($0, family: family) != nil }
         if config.tieWordEmbeddings { hfNames.removeAll { $0 == "lm_head.weight" } }
         if let gguf = files.gguf {
-            let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
+            let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element, family: family) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
             hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
@@ -278,7 +279,7 @@ enum GGUFExport {
         var types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
                                     groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings)
         let tensors = extra + hfNames.map { name -> GGUFWriter.Tensor in
-            let ggufName = GGUFFile.ggufName(name)!, shape = merged.shape(name)
+            let ggufName = GGUFFile.ggufName(name, family: family)!, shape = merged.shape(name)
             return GGUFWriter.Tensor(name: ggufName, shape: shape, dtype: types.type(of: ggufName, shape: shape))
         }
 
@@ -304,6 +305,10 @@ enum GGUFExport {
         try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
             let tensor = tensors[index]
             var values = index < extra.count ? ropeFactors! : merged.values(hfNames[index - extra.count])
+            // llama.cpp stores a norm as the multiplier it applies (Gemma's 1 + w).
+            if config.normWeightOffset != 0 && index >= extra.count && hfNames[index - extra.count].hasSuffix("norm.weight") {
+                values = values.map { $0 + config.normWeightOffset }
+            }
             if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
             let bytes = encodeRows(values, as: tensor.dtype, into: scratch)
             try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
@@ -375,6 +380,10 @@ enum GGUFExport {
         if case let .linear(factor) = config.ropeScaling {
             m.append(("\(arch).rope.scaling.type", .string("linear")))
             m.append(("\(arch).rope.scaling.factor", .float32(factor)))
+        }
+        // The family's own keys (Gemma's softcaps, window, ...), replacing shared ones of the same name.
+        for (key, value) in config.family.writeGGUF(config) {
+            if let i = m.firstIndex(where: { $0.key == key }) { m[i].value = value } else { m.append((key, value)) }
         }
         return m
     }

@@ -51,6 +51,11 @@ struct LayerActivations {
     var h: UnsafeMutablePointer<Float>        // (n, F) silu(gate) * up (shared by all layers)
     /// Per projection q, k, v, o, gate, up, down.
     var saved: [LinearSaved]
+    // With branch output norms (Gemma) only:
+    var attentionOutput: UnsafeMutablePointer<Float>? = nil      // (n, C) o(att), before its norm
+    var attentionOutputRstd: UnsafeMutablePointer<Float>? = nil  // (n)
+    var mlpOutput: UnsafeMutablePointer<Float>? = nil            // (n, C) down(h), before its norm
+    var mlpOutputRstd: UnsafeMutablePointer<Float>? = nil        // (n)
 }
 
 /// One layer's q, k, v, attention output and gate/up (n tokens each) as bf16, kept from forward
@@ -89,6 +94,8 @@ final package class Activations {
     var layers: [LayerActivations] = []
     var finalNormed: UnsafeMutablePointer<Float>!    // (n, C)
     var finalRstd: UnsafeMutablePointer<Float>!      // (n)
+    /// A branch output's norm (Gemma), before it is added to the stream (n, C); shared by all layers.
+    var branchNormed: UnsafeMutablePointer<Float>?
     // Backward scratch, shared by all layers.
     var dStream: UnsafeMutablePointer<Float>!, dMid: UnsafeMutablePointer<Float>!, dNormed: UnsafeMutablePointer<Float>!  // (n, C)
     var dq: UnsafeMutablePointer<Float>!, dqPre: UnsafeMutablePointer<Float>!, datt: UnsafeMutablePointer<Float>!      // (n, Q)
@@ -96,6 +103,7 @@ final package class Activations {
     var dh: UnsafeMutablePointer<Float>!                                        // (n, F)
     var dgate: UnsafeMutablePointer<Float>!, dup: UnsafeMutablePointer<Float>!  // (n, F) each, laid out as gate and up
     var loraScratch: UnsafeMutablePointer<Float>!   // (n, rank)
+    var dBranch: UnsafeMutablePointer<Float>?       // (n, C) d of a branch output before its norm (Gemma)
 
     init(config c: ModelConfig, layers linears: [[Linear]], batch: Int, seq: Int, training: Bool, checkpointing: Bool = false,
          bf16Saved: Bool = false) {
@@ -107,7 +115,7 @@ final package class Activations {
         let n = batch * seq, C = c.hiddenSize, Q = c.qDim, K = c.kvDim, F = c.intermediateSize
         let a = arena
         let streamHandles = (0..<(training ? c.layerCount + 1 : 1)).map { _ in a.reserve(n * C) }
-        struct Handles { var all: [Int]; var saved: [(Int?, Int?)] }
+        struct Handles { var all: [Int]; var saved: [(Int?, Int?)]; var branch: [Int] }
         var layerHandles: [Handles] = []
         var maxRank = 0
         // Slots 0 (xn1), 12 (xn2) and 16 (h): one buffer for all layers; with bf16 copies kept per
@@ -126,8 +134,12 @@ final package class Activations {
                 maxRank = max(maxRank, lora.rank)
                 return (a.reserve(n * lora.rank), training && lora.dropout > 0 ? a.reserve(n * linear.inFeatures) : nil)
             }
-            layerHandles.append(Handles(all: all, saved: saved))
+            // o(att), its rstd, down(h), its rstd: per layer in training, as the other saved values.
+            let branch = c.branchOutputNorms ? [a.reserve(n * C), a.reserve(n), a.reserve(n * C), a.reserve(n)] : []
+            layerHandles.append(Handles(all: all, saved: saved, branch: branch))
         }
+        let branchNormedHandle = c.branchOutputNorms ? a.reserve(n * C) : nil
+        let dBranchHandle = c.branchOutputNorms && training ? a.reserve(n * C) : nil
         let finalHandles = [a.reserve(n * C), a.reserve(n)]
         let backwardHandles = training
             ? [n * C, n * C, n * C, n * Q, c.qkNorm ? n * Q : 0, n * Q, n * K, c.qkNorm ? n * K : 0, n * K, n * F, n * 2 * F, 0,
@@ -145,7 +157,14 @@ final package class Activations {
                 att: p[9], lse: p[10], xMid: training ? p[11] : stream[0], xn2: p[12], rstd2: p[13],
                 gate: p[14], up: p[14] + F, h: p[16],
                 saved: handles.saved.map { LinearSaved(xa: $0.0.map { a[$0] }, dropoutMask: $0.1.map { a[$0] }) }))
+            if !handles.branch.isEmpty {
+                let b = handles.branch.map { a[$0] }
+                layers[layers.count - 1].attentionOutput = b[0]; layers[layers.count - 1].attentionOutputRstd = b[1]
+                layers[layers.count - 1].mlpOutput = b[2]; layers[layers.count - 1].mlpOutputRstd = b[3]
+            }
         }
+        branchNormed = branchNormedHandle.map { a[$0] }
+        dBranch = dBranchHandle.map { a[$0] }
         if compress {
             let perLayer = [n * Q, n * K, n * K, n * Q, n * 2 * F]
             let layerCount = c.layerCount, layerSize = perLayer.reduce(0, +)

@@ -92,7 +92,7 @@ extension GGUFFile {
 
         let bos = try optionalInt("tokenizer.ggml.bos_token_id")
         let eos = try optionalInt("tokenizer.ggml.eos_token_id")
-        let config = ModelConfig(modelType: family.modelType,
+        var config = ModelConfig(modelType: family.modelType,
                            hiddenSize: hidden,
                            intermediateSize: try int("\(arch).feed_forward_length"),
                            layerCount: try int("\(arch).block_count"),
@@ -110,6 +110,8 @@ extension GGUFFile {
                            qkNorm: tensors["blk.0.attn_q_norm.weight"] != nil,
                            bosTokenId: bos,
                            eosTokenIds: eos.map { [$0] } ?? [])
+        family.traits(&config)
+        try family.readGGUF(&config, self)
         try config.validate(path: path, names: [
             "hidden_size": "\(arch).embedding_length", "intermediate_size": "\(arch).feed_forward_length",
             "num_hidden_layers": "\(arch).block_count", "num_attention_heads": "\(arch).attention.head_count",
@@ -147,7 +149,8 @@ extension GGUFFile {
 
     /// The tensors under their Hugging Face names, with the rows of Llama's q and k
     /// projections put back in HF order (llama.cpp's convert permutes them for its RoPE
-    /// layout). Permuted tensors are copied, still quantized, into `OwnedBytes`; the rest
+    /// layout), and norms as HF stores them (llama.cpp stores Gemma's `1 + w`). Permuted
+    /// tensors are copied, still quantized, into `OwnedBytes`; the rest
     /// point into the mapping. Names without an HF counterpart are kept as they are.
     public func hfTensors() throws -> [String: TensorData] {
         let config = try modelConfig()
@@ -155,7 +158,10 @@ extension GGUFFile {
         result.reserveCapacity(tensors.count)
         for name in tensorNames {
             guard var tensor = tensors[name] else { continue }
-            let hfName = Self.hfName(name) ?? name
+            let hfName = Self.hfName(name, family: config.family) ?? name
+            if config.normWeightOffset != 0 && hfName.hasSuffix("norm.weight") {
+                tensor = Self.shifted(tensor, by: -config.normWeightOffset)
+            }
             if config.modelType == "llama" {
                 if name.hasSuffix(".attn_q.weight") || name.hasSuffix(".attn_q.bias") {
                     tensor = try unpermuteRows(tensor, heads: config.headCount)
@@ -183,27 +189,39 @@ extension GGUFFile {
         ("ffn_up", "mlp.up_proj"), ("ffn_down", "mlp.down_proj"),
     ]
 
-    /// The Hugging Face name of a llama.cpp tensor name, or nil if it has none.
-    public static func hfName(_ name: String) -> String? {
+    /// The Hugging Face name of a llama.cpp tensor name in a model of `family` (Llama's names by default), or nil if it has none.
+    public static func hfName(_ name: String, family: ModelFamily? = nil) -> String? {
+        let names = (family?.ggufLayerNames ?? []) + layerModuleNames
         if let global = globalNames.first(where: { $0.gguf == name }) { return global.hf }
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4, parts[0] == "blk", let layer = Int(parts[1]), layer >= 0 else { return nil }
         let suffix = parts[3]
         guard suffix == "weight" || suffix == "bias",
-              let module = layerModuleNames.first(where: { $0.gguf == parts[2] })?.hf else { return nil }
+              let module = names.first(where: { $0.gguf == parts[2] })?.hf else { return nil }
         return "model.layers.\(layer).\(module).\(suffix)"
     }
 
-    /// The llama.cpp name of a Hugging Face tensor name (the inverse of `hfName`), or nil.
-    public static func ggufName(_ hfName: String) -> String? {
+    /// The llama.cpp name of a Hugging Face tensor name in a model of `family` (the inverse of `hfName`), or nil.
+    public static func ggufName(_ hfName: String, family: ModelFamily? = nil) -> String? {
+        let names = (family?.ggufLayerNames ?? []) + layerModuleNames
         if let global = globalNames.first(where: { $0.hf == hfName }) { return global.gguf }
         let parts = hfName.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let layer = Int(parts[2]), layer >= 0 else { return nil }
         let module = parts[3..<(parts.count - 1)].joined(separator: ".")
         let suffix = parts.last!
         guard suffix == "weight" || suffix == "bias",
-              let short = layerModuleNames.first(where: { $0.hf == module })?.gguf else { return nil }
+              let short = names.first(where: { $0.hf == module })?.gguf else { return nil }
         return "blk.\(layer).\(short).\(suffix)"
+    }
+
+    /// `tensor + delta`, elementwise, as an f32 copy (a norm: one row of plain floats).
+    static func shifted(_ tensor: TensorData, by delta: Float) -> TensorData {
+        let values = dequantize(tensor)
+        let storage = OwnedBytes(count: values.count * 4)
+        let p = storage.pointer.assumingMemoryBound(to: Float.self)
+        for i in values.indices { p[i] = values[i] + delta }
+        return TensorData(name: tensor.name, dtype: .f32, shape: tensor.shape, bytes: UnsafeRawPointer(storage.pointer),
+                          byteCount: values.count * 4, owner: storage)
     }
 
     /// Undoes convert_hf_to_gguf's `w.reshape(n_head, 2, rows/n_head/2, cols).swapaxes(1, 2)`:

@@ -46,6 +46,42 @@ public struct ModelConfig: Equatable, Sendable {
     /// Layers whose attention takes no rotary embedding (SmolLM3's `no_rope_layers` zeros).
     public var layersWithoutRope: Set<Int> = []
 
+    // What Gemma does differently. Families set these (Families/); the defaults are Llama's,
+    // and the decoder skips each step whose setting is off.
+    /// Added to every RMSNorm weight (q/k norms too) before it multiplies: 1 where the stored
+    /// weights are zero-centred, `x̂ * (1 + w)` (Gemma), else 0. GGUF stores `offset + w`.
+    public var normWeightOffset: Float = 0
+    /// The embeddings are multiplied by this after the lookup (Gemma: sqrt(hidden_size) in f32;
+    /// the tied head is not).
+    public var embeddingMultiplier: Float = 1
+    /// The gated MLP's activation: SwiGLU, or GeGLU with tanh GELU (Gemma).
+    public var hiddenActivation: MLPActivation = .silu
+    /// RMSNorms on the attention and MLP outputs before each residual add (Gemma's
+    /// `post_attention_layernorm` and `post_feedforward_layernorm`; the MLP's input norm is then
+    /// `pre_feedforward_layernorm`). Off: the MLP's input norm is `post_attention_layernorm`.
+    public var branchOutputNorms = false
+    /// HF `query_pre_attn_scalar`: scores are scaled by its inverse square root; nil: by head_dim's.
+    public var queryPreAttentionScalar: Double?
+    /// Attention scores become c * tanh(score / c) before the softmax (Gemma 2's `attn_logit_softcapping`).
+    public var attentionLogitSoftcap: Float?
+    /// Logits become c * tanh(logit / c) (Gemma's `final_logit_softcapping`).
+    public var finalLogitSoftcap: Float?
+    /// Keys a query of a sliding layer sees, itself included (HF `sliding_window`): i - j < window.
+    public var slidingWindow: Int?
+    /// The layers with sliding-window attention (HF `layer_types` "sliding_attention").
+    public var slidingLayers: Set<Int> = []
+    /// RoPE base of the sliding layers, which then take no rope scaling (Gemma 3's local base,
+    /// `rope_local_base_freq`); nil: the sliding layers use `ropeTheta` and `ropeScaling` as all others.
+    public var slidingRopeTheta: Float?
+
+    /// The multiplier of q . k.
+    public var attentionScale: Float {
+        queryPreAttentionScalar.map { Float(pow($0, -0.5)) } ?? 1 / Float(headDim).squareRoot()
+    }
+
+    /// The window of layer `l`'s attention, nil where it sees every earlier key.
+    public func window(ofLayer l: Int) -> Int? { slidingLayers.contains(l) ? slidingWindow : nil }
+
     /// A shape given field by field (tests, random models); `headDim` nil means hiddenSize / headCount. Not validated.
     public init(modelType: String, hiddenSize: Int, intermediateSize: Int, layerCount: Int,
                 headCount: Int, kvHeadCount: Int, headDim: Int? = nil, vocabSize: Int,
@@ -147,6 +183,7 @@ public struct ModelConfig: Equatable, Sendable {
                   qkNorm: false,
                   bosTokenId: try fields.optionalInt("bos_token_id"),
                   eosTokenIds: eos)
+        family.traits(&self)
         try family.readHF(&self, fields)
         if fields.bool("mlp_bias", false) {
             throw LoadError.unsupported(path: path, what: "mlp_bias", found: "true", supported: ["false"])
@@ -178,6 +215,15 @@ public struct ModelConfig: Equatable, Sendable {
         if let eos = eosTokenIds.first(where: { !(0..<vocabSize).contains($0) }) {
             throw fail("eos_token_id", eos, "token ids below vocab_size \(vocabSize)")
         }
+        if let window = slidingWindow, window < 1 { throw fail("sliding_window", window, "a positive integer") }
+        if !slidingLayers.isEmpty && slidingWindow == nil { throw fail("sliding_window", "nothing", "a window for the sliding layers") }
+        if let l = slidingLayers.first(where: { !(0..<layerCount).contains($0) }) { throw fail("layer_types", l, "layers below \(layerCount)") }
+        for (key, value) in [("attn_logit_softcapping", attentionLogitSoftcap), ("final_logit_softcapping", finalLogitSoftcap),
+                             ("rope_local_base_freq", slidingRopeTheta)] {
+            if let value, !(value.isFinite && value > 0) { throw fail(key, value, "a positive finite number or null") }
+        }
+        if let q = queryPreAttentionScalar, !(q.isFinite && q > 0) { throw fail("query_pre_attn_scalar", q, "a positive finite number") }
+        if !(embeddingMultiplier.isFinite && embeddingMultiplier > 0) { throw fail("hidden_size", hiddenSize, "an embedding scale that is finite") }
     }
 
     static func parseRopeScaling(_ json: [String: Any]?, path: String) throws -> RopeScaling {

@@ -48,11 +48,15 @@ extension ModelFiles {
             tensors[name] = TensorData(name: name, dtype: .f32, shape: shape, bytes: UnsafeRawPointer(p), byteCount: count * 4, owner: bytes)
         }
         let c = config
+        let unit = 1 - c.normWeightOffset   // every norm multiplies by 1 (Gemma stores w of 1 + w)
+        let norms = Transformer.normNames(c)
         add("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
         for l in 0..<c.layerCount {
             let p = "model.layers.\(l)."
-            add(p + "input_layernorm.weight", [c.hiddenSize], fill: 1)
-            add(p + "post_attention_layernorm.weight", [c.hiddenSize], fill: 1)
+            add(p + "input_layernorm.weight", [c.hiddenSize], fill: unit)
+            for name in [norms.attentionOutput, norms.mlpInput, norms.mlpOutput].compactMap({ $0 }) {
+                add(p + name + ".weight", [c.hiddenSize], fill: unit)
+            }
             add(p + "self_attn.q_proj.weight", [c.qDim, c.hiddenSize])
             add(p + "self_attn.k_proj.weight", [c.kvDim, c.hiddenSize])
             add(p + "self_attn.v_proj.weight", [c.kvDim, c.hiddenSize])
@@ -66,11 +70,11 @@ extension ModelFiles {
                 add(p + "self_attn.v_proj.bias", [c.kvDim], fill: 0)
             }
             if c.qkNorm {
-                add(p + "self_attn.q_norm.weight", [c.headDim], fill: 1)
-                add(p + "self_attn.k_norm.weight", [c.headDim], fill: 1)
+                add(p + "self_attn.q_norm.weight", [c.headDim], fill: unit)
+                add(p + "self_attn.k_norm.weight", [c.headDim], fill: unit)
             }
         }
-        add("model.norm.weight", [c.hiddenSize], fill: 1)
+        add("model.norm.weight", [c.hiddenSize], fill: unit)
         if !c.tieWordEmbeddings { add("lm_head.weight", [c.vocabSize, c.hiddenSize]) }
         return ModelFiles(config: config, tensors: tensors, source: "random \(config.modelType) model" + (quantization == .f32 ? "" : " (\(quantization.rawValue))"))
     }

@@ -22,13 +22,17 @@ extension Array {
     subscript(_ projection: Projection) -> Element { self[projection.rawValue] }
 }
 
-/// One decoder block: pre-norm attention then pre-norm SwiGLU MLP, each with a residual.
+/// One decoder block: pre-norm attention then pre-norm gated MLP, each with a residual (and,
+/// in Gemma, a norm on each branch's output before the residual add).
 final class DecoderLayer {
     let inputNorm: UnsafeMutablePointer<Float>       // (C)
-    let postAttentionNorm: UnsafeMutablePointer<Float> // (C)
-    let qNorm: UnsafeMutablePointer<Float>?          // (headDim), Qwen3
+    let mlpNorm: UnsafeMutablePointer<Float>         // (C) the MLP's input norm
+    let qNorm: UnsafeMutablePointer<Float>?          // (headDim), Qwen3, Gemma 3
     let kNorm: UnsafeMutablePointer<Float>?
-    var inputNormGrad, postAttentionNormGrad, qNormGrad, kNormGrad: UnsafeMutablePointer<Float>?
+    let attentionOutputNorm: UnsafeMutablePointer<Float>?  // (C) Gemma's post_attention_layernorm
+    let mlpOutputNorm: UnsafeMutablePointer<Float>?        // (C) Gemma's post_feedforward_layernorm
+    var inputNormGrad, mlpNormGrad, qNormGrad, kNormGrad: UnsafeMutablePointer<Float>?
+    var attentionOutputNormGrad, mlpOutputNormGrad: UnsafeMutablePointer<Float>?
     /// One per `Projection`, in its order.
     let projections: [Linear]
     var q: Linear { projections[.q] }
@@ -39,14 +43,17 @@ final class DecoderLayer {
     var up: Linear { projections[.up] }
     var down: Linear { projections[.down] }
 
-    init(inputNorm: UnsafeMutablePointer<Float>, postAttentionNorm: UnsafeMutablePointer<Float>,
-         qNorm: UnsafeMutablePointer<Float>?, kNorm: UnsafeMutablePointer<Float>?, projections: [Linear]) {
-        self.inputNorm = inputNorm; self.postAttentionNorm = postAttentionNorm
-        self.qNorm = qNorm; self.kNorm = kNorm; self.projections = projections
+    init(inputNorm: UnsafeMutablePointer<Float>, mlpNorm: UnsafeMutablePointer<Float>,
+         qNorm: UnsafeMutablePointer<Float>?, kNorm: UnsafeMutablePointer<Float>?,
+         attentionOutputNorm: UnsafeMutablePointer<Float>?, mlpOutputNorm: UnsafeMutablePointer<Float>?, projections: [Linear]) {
+        self.inputNorm = inputNorm; self.mlpNorm = mlpNorm
+        self.qNorm = qNorm; self.kNorm = kNorm
+        self.attentionOutputNorm = attentionOutputNorm; self.mlpOutputNorm = mlpOutputNorm
+        self.projections = projections
     }
 }
 
-/// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama) with a
+/// The Llama-family decoder (Llama, Mistral, Qwen2, Qwen3, SmolLM, TinyLlama, and Gemma 2 / 3 through their config settings) with a
 /// hand-written backward, as llm.c does it: each step of `forward` has its mirror in `backward`.
 public final class Transformer {
     /// The shape the model was built with (from its `ModelFiles`).
@@ -65,6 +72,8 @@ public final class Transformer {
     package var embeddingGrad, headGrad, finalNormGrad: UnsafeMutablePointer<Float>?
     let layers: [DecoderLayer]
     let rotary: RotaryEmbedding
+    /// The sliding layers' own rotary embedding (Gemma 3's local base), nil where they share `rotary`.
+    let slidingRotary: RotaryEmbedding?
     package var random: FinchRandom
     private var owned: [AnyObject] = []
     /// Buffers of the last shapes used, one set for training and one for inference, so that an
@@ -89,6 +98,14 @@ public final class Transformer {
     static let projectionNames = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]
 
+    /// HF names of a layer's norms around the MLP and on the branch outputs: Llama's MLP input
+    /// norm is `post_attention_layernorm`; with branch output norms (Gemma) that name is the
+    /// attention output's norm, and the MLP's input norm is `pre_feedforward_layernorm`.
+    static func normNames(_ config: ModelConfig) -> (mlpInput: String, attentionOutput: String?, mlpOutput: String?) {
+        config.branchOutputNorms ? ("pre_feedforward_layernorm", "post_attention_layernorm", "post_feedforward_layernorm")
+                                 : ("post_attention_layernorm", nil, nil)
+    }
+
     /// Builds the model from its stored tensors (HF names). LoRA A is initialised as PEFT does
     /// (uniform in ±1/sqrt(in)) and B to zero; `seed` fixes A.
     ///
@@ -103,6 +120,7 @@ public final class Transformer {
         self.precision = precision
         random = FinchRandom(seed: seed)
         rotary = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
+        slidingRotary = config.slidingRopeTheta.map { RotaryEmbedding(headDim: config.headDim, theta: $0, scaling: .none) }
 
         let layout = Self.tensorLayout(config)
         let stored = try Self.storedTensors(files, layout)
@@ -154,7 +172,8 @@ public final class Transformer {
                 layout.append((p + "self_attn.q_norm.weight", [config.headDim]))
                 layout.append((p + "self_attn.k_norm.weight", [config.headDim]))
             }
-            layout.append((p + "post_attention_layernorm.weight", [C]))
+            let norms = Self.normNames(config)
+            for name in [norms.attentionOutput, norms.mlpInput, norms.mlpOutput].compactMap({ $0 }) { layout.append((p + name + ".weight", [C])) }
         }
         layout.append(("model.norm.weight", [C]))
         if !config.tieWordEmbeddings { layout.append(("lm_head.weight", [config.vocabSize, C])) }
@@ -266,16 +285,21 @@ public final class Transformer {
             }
             projections.append(linear)
         }
+        let names = Self.normNames(config)
         let inputNorm = weights.vector(p + "input_layernorm.weight")
-        let postNorm = weights.vector(p + "post_attention_layernorm.weight")
+        let mlpNorm = weights.vector(p + names.mlpInput + ".weight")
         let qNorm = config.qkNorm ? weights.vector(p + "self_attn.q_norm.weight") : nil
         let kNorm = config.qkNorm ? weights.vector(p + "self_attn.k_norm.weight") : nil
-        let layer = DecoderLayer(inputNorm: inputNorm.0, postAttentionNorm: postNorm.0,
-                                 qNorm: qNorm?.0, kNorm: kNorm?.0, projections: projections)
+        let attentionOutputNorm = names.attentionOutput.map { weights.vector(p + $0 + ".weight") }
+        let mlpOutputNorm = names.mlpOutput.map { weights.vector(p + $0 + ".weight") }
+        let layer = DecoderLayer(inputNorm: inputNorm.0, mlpNorm: mlpNorm.0, qNorm: qNorm?.0, kNorm: kNorm?.0,
+                                 attentionOutputNorm: attentionOutputNorm?.0, mlpOutputNorm: mlpOutputNorm?.0, projections: projections)
         layer.inputNormGrad = inputNorm.1
-        layer.postAttentionNormGrad = postNorm.1
+        layer.mlpNormGrad = mlpNorm.1
         layer.qNormGrad = qNorm?.1
         layer.kNormGrad = kNorm?.1
+        layer.attentionOutputNormGrad = attentionOutputNorm?.1
+        layer.mlpOutputNormGrad = mlpOutputNorm?.1
         return layer
     }
 
@@ -338,6 +362,7 @@ public final class Transformer {
     package func forward(_ batch: TokenBatch, acts: Activations, cache: KVCache? = nil) -> UnsafeMutablePointer<Float> {
         let pass = Pass(self, batch)
         batch.ids.withUnsafeBufferPointer { embeddingForward(acts.stream[0], ids: $0.baseAddress!, count: pass.n, table: embedding) }
+        if config.embeddingMultiplier != 1 { scaleInPlace(acts.stream[0], count: pass.n * config.hiddenSize, by: config.embeddingMultiplier) }
         for l in layers.indices {
             // Checkpointing: the layer's buffers are shared, and backward recomputes them from
             // its input with the dropout draws it had the first time.
@@ -345,7 +370,7 @@ public final class Transformer {
             forwardLayer(l, pass, acts: acts, cache: cache)
         }
         rmsnormForward(acts.finalNormed, acts.finalRstd, acts.input(ofLayer: acts.training ? layers.count : 0), finalNorm,
-                       rows: pass.n, dim: config.hiddenSize, eps: config.rmsNormEps)
+                       rows: pass.n, dim: config.hiddenSize, eps: config.rmsNormEps, weightOffset: config.normWeightOffset)
         if let cache { cache.length += batch.seq }
         return acts.finalNormed
     }
@@ -354,36 +379,58 @@ public final class Transformer {
     struct Pass {
         let batch: TokenBatch
         let n: Int
-        let shape: AttentionShape
-        let cos: [Float], sin: [Float]
+        let config: ModelConfig
+        private let fullShape: AttentionShape
+        private let cos: [Float], sin: [Float]
+        /// The sliding layers' own tables (Gemma 3's local RoPE base), where they have them.
+        private let slidingTables: (cos: [Float], sin: [Float])?
 
         init(_ model: Transformer, _ batch: TokenBatch) {
             let c = model.config
             self.batch = batch
+            config = c
             n = batch.tokenCount
-            shape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim)
+            fullShape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim,
+                                       scale: c.attentionScale, softcap: c.attentionLogitSoftcap ?? 0)
             (cos, sin) = batch.positions.withUnsafeBufferPointer { model.rotary.tables(positions: $0.baseAddress!, count: batch.tokenCount) }
+            slidingTables = model.slidingRotary.map { rotary in
+                batch.positions.withUnsafeBufferPointer { rotary.tables(positions: $0.baseAddress!, count: batch.tokenCount) }
+            }
+        }
+
+        /// Layer `l`'s attention: the full shape, with the window on sliding layers.
+        func shape(_ l: Int) -> AttentionShape {
+            var shape = fullShape
+            shape.window = config.window(ofLayer: l) ?? 0
+            return shape
+        }
+
+        /// Layer `l`'s rope tables [n, headDim / 2].
+        func rope(_ l: Int) -> (cos: [Float], sin: [Float]) {
+            if let slidingTables, config.slidingLayers.contains(l) { return slidingTables }
+            return (cos, sin)
         }
     }
 
     /// Layer `l` of the forward: reads the stream at its input, writes its activations and the
     /// stream at its output (in inference both are the one stream buffer).
     private func forwardLayer(_ l: Int, _ pass: Pass, acts: Activations, cache: KVCache?) {
-        let c = config, n = pass.n, C = c.hiddenSize, batch = pass.batch, shape = pass.shape
-        let training = acts.training
+        let c = config, n = pass.n, C = c.hiddenSize, batch = pass.batch, shape = pass.shape(l)
+        let training = acts.training, offset = c.normWeightOffset
         let layer = layers[l], a = acts.layer(l)
         let xIn = acts.input(ofLayer: l)
         let xOut = acts.input(ofLayer: training ? l + 1 : 0)
-        rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
+        rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
         Linear.forward([layer.q, layer.k, layer.v], a.xn1, n: n, into: [a.qPre ?? a.q, a.kPre ?? a.k, a.v],
                        saved: Projection.attentionInputs.map { a.saved[$0] }, random: &random, training: training)
         if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
-            rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps)
-            rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps)
+            rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps, weightOffset: offset)
+            rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps, weightOffset: offset)
         }
         if !c.layersWithoutRope.contains(l) {
-            ropeApply(a.q, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
-            ropeApply(a.k, cos: pass.cos, sin: pass.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+            let rope = pass.rope(l)
+            ropeApply(a.q, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
+            ropeApply(a.k, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
         }
         acts.keep(.qkv, layer: l, config: c)
         if let cache {
@@ -402,17 +449,29 @@ public final class Transformer {
             }
         }
         acts.keep(.attention, layer: l, config: c)
-        // xMid = xIn + o(att)
+        // xMid = xIn + o(att)   (Gemma: xMid = xIn + norm(o(att)))
         if a.xMid != xIn { a.xMid.update(from: xIn, count: n * C) }
-        layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[.o], random: &random, training: training)
-        rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
+        if let norm = layer.attentionOutputNorm, let branch = a.attentionOutput, let normed = acts.branchNormed {
+            layer.o.forward(a.att, n: n, into: branch, accumulate: false, saved: a.saved[.o], random: &random, training: training)
+            rmsnormForward(normed, a.attentionOutputRstd, branch, norm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
+            addInPlace(a.xMid, normed, count: n * C)
+        } else {
+            layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[.o], random: &random, training: training)
+        }
+        rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.mlpNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
         Linear.forward([layer.gate, layer.up], a.xn2, n: n, into: [a.gate, a.up], ldy: 2 * c.intermediateSize,
                        saved: Projection.mlpInputs.map { a.saved[$0] }, random: &random, training: training)
         acts.keep(.gateUp, layer: l, config: c)
-        swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
-        // xOut = xMid + down(h)
+        gatedActivationForward(c.hiddenActivation, a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+        // xOut = xMid + down(h)   (Gemma: xOut = xMid + norm(down(h)))
         if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
-        layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[.down], random: &random, training: training)
+        if let norm = layer.mlpOutputNorm, let branch = a.mlpOutput, let normed = acts.branchNormed {
+            layer.down.forward(a.h, n: n, into: branch, accumulate: false, saved: a.saved[.down], random: &random, training: training)
+            rmsnormForward(normed, a.mlpOutputRstd, branch, norm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
+            addInPlace(xOut, normed, count: n * C)
+        } else {
+            layer.down.forward(a.h, n: n, into: xOut, accumulate: true, saved: a.saved[.down], random: &random, training: training)
+        }
     }
 
     /// Runs the next chunk of tokens of each cached row and returns the logits of each row's
@@ -430,7 +489,10 @@ public final class Transformer {
             for c in 0..<config.hiddenSize { last[b * config.hiddenSize + c] = hidden[((b + 1) * chunk.seq - 1) * config.hiddenSize + c] }
         }
         var logits = [Float](repeating: 0, count: chunk.batch * config.vocabSize)
-        logits.withUnsafeMutableBufferPointer { out in last.withUnsafeBufferPointer { head.multiply($0.baseAddress!, n: chunk.batch, into: out.baseAddress!) } }
+        logits.withUnsafeMutableBufferPointer { out in
+            last.withUnsafeBufferPointer { head.multiply($0.baseAddress!, n: chunk.batch, into: out.baseAddress!) }
+            if let cap = config.finalLogitSoftcap { softcapInPlace(out.baseAddress!, count: out.count, cap: cap) }
+        }
         return logits
     }
 
@@ -439,64 +501,83 @@ public final class Transformer {
     package func backward(_ batch: TokenBatch, acts: Activations, dFinal: UnsafeMutablePointer<Float>) {
         precondition(acts.training, "backward needs the activations of a training forward")
         let pass = Pass(self, batch)
-        let c = config, n = pass.n, C = c.hiddenSize, shape = pass.shape
-        let (cosTable, sinTable) = (pass.cos, pass.sin)
+        let c = config, n = pass.n, C = c.hiddenSize, offset = c.normWeightOffset
         let randomAfterForward = random
         defer { random = randomAfterForward }
         var dStream = acts.dStream!, dMid = acts.dMid!
         let dNormed = acts.dNormed!, scratch = acts.loraScratch!
         dStream.update(repeating: 0, count: n * C)
-        rmsnormBackward(dStream, finalNormGrad, dFinal, acts.stream[layers.count], finalNorm, acts.finalRstd, rows: n, dim: C)
+        rmsnormBackward(dStream, finalNormGrad, dFinal, acts.stream[layers.count], finalNorm, acts.finalRstd, rows: n, dim: C,
+                        weightOffset: offset)
         batch.mask.withOptionalPointer { mask in
             for l in stride(from: layers.count - 1, through: 0, by: -1) {
                 if acts.checkpointing {
                     random = acts.layerRandom[l]
                     forwardLayer(l, pass, acts: acts, cache: nil)
                 }
-                let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l]
+                let layer = layers[l], a = acts.layer(l), xIn = acts.stream[l], shape = pass.shape(l), rope = pass.rope(l)
                 if !acts.checkpointing && l != layers.count - 1 {
                     // xn1, xn2 and h share one buffer across layers: recompute this layer's
                     // (and refill q, k, v, att, gate/up from their bf16 copies where kept so).
                     acts.restore(layer: l, config: c)
-                    rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps)
-                    rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.postAttentionNorm, rows: n, dim: C, eps: c.rmsNormEps)
-                    swigluForward(a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+                    rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
+                    rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.mlpNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
+                    gatedActivationForward(c.hiddenActivation, a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize,
+                                           stride: 2 * c.intermediateSize)
                 }
                 // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
+                // (Gemma: xOut = xMid + norm(down(h)): the norm's backward first)
                 dMid.update(from: dStream, count: n * C)
-                layer.down.backward(dStream, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[.down], scratch: scratch)
-                swigluBackward(dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up,
-                               rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+                var dDown = dStream
+                if let norm = layer.mlpOutputNorm, let branch = a.mlpOutput, let dBranch = acts.dBranch {
+                    dBranch.update(repeating: 0, count: n * C)
+                    rmsnormBackward(dBranch, layer.mlpOutputNormGrad, dStream, branch, norm, a.mlpOutputRstd!, rows: n, dim: C, weightOffset: offset)
+                    dDown = dBranch
+                }
+                layer.down.backward(dDown, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[.down], scratch: scratch)
+                gatedActivationBackward(c.hiddenActivation, dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up,
+                                        rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
                 Linear.backward([layer.gate, layer.up], [acts.dgate, acts.dup], lddy: 2 * c.intermediateSize, x: a.xn2, n: n,
                                 dx: dNormed, accumulate: false, saved: Projection.mlpInputs.map { a.saved[$0] }, scratch: scratch)
-                rmsnormBackward(dMid, layer.postAttentionNormGrad, dNormed, a.xMid, layer.postAttentionNorm, a.rstd2, rows: n, dim: C)
-                // xMid = xIn + o(att)
-                layer.o.backward(dMid, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[.o], scratch: scratch)
+                rmsnormBackward(dMid, layer.mlpNormGrad, dNormed, a.xMid, layer.mlpNorm, a.rstd2, rows: n, dim: C, weightOffset: offset)
+                // xMid = xIn + o(att)   (Gemma: xMid = xIn + norm(o(att)))
+                var dO = dMid
+                if let norm = layer.attentionOutputNorm, let branch = a.attentionOutput, let dBranch = acts.dBranch {
+                    dBranch.update(repeating: 0, count: n * C)
+                    rmsnormBackward(dBranch, layer.attentionOutputNormGrad, dMid, branch, norm, a.attentionOutputRstd!, rows: n, dim: C,
+                                    weightOffset: offset)
+                    dO = dBranch
+                }
+                layer.o.backward(dO, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[.o], scratch: scratch)
                 batch.segmentStarts.withOptionalPointer { starts in
                     attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
                                       out: a.att, lse: a.lse, keyMask: mask, segmentStarts: starts, shape: shape)
                 }
                 if !c.layersWithoutRope.contains(l) {
-                    ropeApply(acts.dq, cos: cosTable, sin: sinTable, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
-                    ropeApply(acts.dk, cos: cosTable, sin: sinTable, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
+                    ropeApply(acts.dq, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
+                    ropeApply(acts.dk, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
                 }
                 var dq = acts.dq!, dk = acts.dk!
                 if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
                     acts.dqPre.update(repeating: 0, count: n * c.qDim)
                     acts.dkPre.update(repeating: 0, count: n * c.kvDim)
-                    rmsnormBackward(acts.dqPre, layer.qNormGrad, dq, qPre, qNorm, a.qRstd!, rows: n * c.headCount, dim: c.headDim)
-                    rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: n * c.kvHeadCount, dim: c.headDim)
+                    rmsnormBackward(acts.dqPre, layer.qNormGrad, dq, qPre, qNorm, a.qRstd!, rows: n * c.headCount, dim: c.headDim,
+                                    weightOffset: offset)
+                    rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: n * c.kvHeadCount, dim: c.headDim,
+                                    weightOffset: offset)
                     dq = acts.dqPre; dk = acts.dkPre
                 }
                 layer.q.backward(dq, x: a.xn1, n: n, dx: dNormed, accumulate: false, saved: a.saved[.q], scratch: scratch)
                 layer.k.backward(dk, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[.k], scratch: scratch)
                 layer.v.backward(acts.dv, x: a.xn1, n: n, dx: dNormed, accumulate: true, saved: a.saved[.v], scratch: scratch)
                 // dIn = dMid + d(input norm)
-                rmsnormBackward(dMid, layer.inputNormGrad, dNormed, xIn, layer.inputNorm, a.rstd1, rows: n, dim: C)
+                rmsnormBackward(dMid, layer.inputNormGrad, dNormed, xIn, layer.inputNorm, a.rstd1, rows: n, dim: C, weightOffset: offset)
                 swap(&dStream, &dMid)
             }
         }
         if let embeddingGrad {
+            // x0 = multiplier * E[ids]
+            if c.embeddingMultiplier != 1 { scaleInPlace(dStream, count: n * C, by: c.embeddingMultiplier) }
             batch.ids.withUnsafeBufferPointer { embeddingBackward(embeddingGrad, ids: $0.baseAddress!, count: n, dout: dStream, dim: C) }
         }
     }
@@ -508,7 +589,10 @@ public final class Transformer {
         let acts = activations(for: batch, training: false)
         let hidden = forward(batch, acts: acts)
         var out = [Float](repeating: 0, count: batch.tokenCount * config.vocabSize)
-        out.withUnsafeMutableBufferPointer { head.multiply(hidden, n: batch.tokenCount, into: $0.baseAddress!) }
+        out.withUnsafeMutableBufferPointer {
+            head.multiply(hidden, n: batch.tokenCount, into: $0.baseAddress!)
+            if let cap = config.finalLogitSoftcap { softcapInPlace($0.baseAddress!, count: $0.count, cap: cap) }
+        }
         return out
     }
 
@@ -517,7 +601,7 @@ public final class Transformer {
         let acts = activations(for: batch, training: false)
         let hidden = forward(batch, acts: acts)
         let r = targets.withUnsafeBufferPointer {
-            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: batch.tokenCount, head: head)
+            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: batch.tokenCount, head: head, softcap: logitSoftcap)
         }
         return (r.loss, r.count)
     }
@@ -558,12 +642,15 @@ public final class Transformer {
         stats.withOutputs { outputs in
             targets.withUnsafeBufferPointer { t in
                 _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs,
-                                 backward: backward)
+                                 backward: backward, softcap: logitSoftcap)
             }
         }
         stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
         return stats
     }
+
+    /// The final logit soft-cap for the cross-entropy kernel, 0 for none.
+    package var logitSoftcap: Float { config.finalLogitSoftcap ?? 0 }
 
     /// The head's column sums [C]: sum_j logit_j = h . sum_j W_j, so the sum of a position's
     /// logits costs one dot product. Cached while the head is frozen.
@@ -571,6 +658,22 @@ public final class Transformer {
 
     func logitSums(hidden: UnsafePointer<Float>, count: Int) -> [Float] {
         let C = config.hiddenSize
+        if let cap = config.finalLogitSoftcap {
+            // Capped logits are not linear in h: sum them row by row, a chunk of rows at a time.
+            let V = config.vocabSize, chunk = 64
+            var sums = [Float](repeating: 0, count: count)
+            let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * V)
+            defer { logits.deallocate() }
+            var start = 0
+            while start < count {
+                let rows = min(chunk, count - start)
+                head.multiply(hidden + start * C, n: rows, into: logits)
+                softcapInPlace(logits, count: rows * V, cap: cap)
+                for r in 0..<rows { var s = 0.0; for j in 0..<V { s += Double(logits[r * V + j]) }; sums[start + r] = Float(s) }
+                start += rows
+            }
+            return sums
+        }
         var sums: [Double]
         if let cached = frozenHeadColumnSums, headGrad == nil { sums = cached } else {
             sums = [Double](repeating: 0, count: C)
@@ -619,7 +722,7 @@ public final class Transformer {
         let maskedTargets = zip(targets, weights).map { $1 == 0 ? Int32(-1) : $0 }   // no head work where nothing flows
         maskedTargets.withUnsafeBufferPointer { t in weights.withUnsafeBufferPointer { w in
             _ = crossEntropy(hidden: acts.finalNormed, targets: t.baseAddress!, rows: n, head: head,
-                             backward: CrossEntropyBackward(rowWeights: w.baseAddress!, dHidden: dFinal, dHead: headGrad))
+                             backward: CrossEntropyBackward(rowWeights: w.baseAddress!, dHidden: dFinal, dHead: headGrad), softcap: logitSoftcap)
         } }
         backward(batch, acts: acts, dFinal: dFinal)
     }
@@ -640,7 +743,7 @@ public final class Transformer {
         let r = stats.withOutputs { outputs in
             targets.withUnsafeBufferPointer {
                 crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: head, outputs: statistics == nil ? CrossEntropyOutputs() : outputs,
-                             backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad))
+                             backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad), softcap: logitSoftcap)
             }
         }
         statistics?.pointee = stats

@@ -7,7 +7,7 @@ import FinchTestSupport
 /// Gradient checkpointing recomputes each layer in backward: the gradients, the loss and the
 /// dropout draws must be those of the ordinary pass.
 final class GradientCheckpointingTests: XCTestCase {
-    let directories = ["llama_tied", "qwen2_bias", "qwen3_qknorm"].map { TestSupport.fixtures.appendingPathComponent("parity/\($0)").path }
+    let directories = ["llama_tied", "qwen2_bias", "qwen3_qknorm", "gemma2_softcap", "gemma3_sliding"].map { TestSupport.fixtures.appendingPathComponent("parity/\($0)").path }
 
     /// Two SFT steps (the second shows the random state after a step is unchanged) and one
     /// ORPO-style forward + backward(logProbGradients:), with LoRA dropout and in full fine-tuning.

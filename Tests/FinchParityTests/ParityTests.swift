@@ -14,7 +14,7 @@ import FinchTestSupport
 /// reference/make_parity_fixtures.py): logits, loss, and every gradient, LoRA and full.
 final class ParityTests: XCTestCase {
     typealias S = TestSupport
-    static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope"]
+    static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope", "gemma2_softcap", "gemma3_sliding"]
 
     struct Fixture {
         let directory: String

@@ -189,7 +189,7 @@ public enum Benchmarks {
         dFinal.initialize(repeating: 0, count: n * C)
         targets.withUnsafeBufferPointer {
             _ = crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: model.head,
-                             backward: CrossEntropyBackward(uniformWeight: 1 / Float(n), dHidden: dFinal, dHead: model.headGrad))
+                             backward: CrossEntropyBackward(uniformWeight: 1 / Float(n), dHidden: dFinal, dHead: model.headGrad), softcap: model.logitSoftcap)
         }
         let t2 = now()
         model.backward(tokens, acts: acts, dFinal: dFinal)

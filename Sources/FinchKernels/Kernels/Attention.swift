@@ -9,14 +9,28 @@ package struct AttentionShape: Sendable {
     var heads: Int
     var kvHeads: Int
     var headDim: Int
+    /// Multiplier of q . k: 1 / sqrt(headDim) unless the model says otherwise (Gemma's
+    /// `query_pre_attn_scalar`^-1/2).
+    package var scale: Float
+    /// Scores become softcap * tanh(score / softcap) before masking and softmax (Gemma 2's
+    /// `attn_logit_softcapping`); 0: none.
+    package var softcap: Float
+    /// Sliding window: query i sees key j only when i - j < window (positions, not counting
+    /// padding apart from its place); 0: every earlier key.
+    package var window: Int
 
-    package init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int) {
+    package init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int, scale: Float? = nil, softcap: Float = 0, window: Int = 0) {
         self.batch = batch; self.seq = seq; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
+        self.scale = scale ?? 1 / Float(headDim).squareRoot()
+        self.softcap = softcap; self.window = window
     }
     var qStride: Int { heads * headDim }
     var kvStride: Int { kvHeads * headDim }
     var group: Int { heads / kvHeads }
-    var scale: Float { 1 / Float(headDim).squareRoot() }
+
+    /// The first key query `i` (its position in the keys) may see, given its sequence's first key.
+    @inline(__always)
+    func firstKey(query i: Int, sequenceStart: Int) -> Int { window > 0 ? max(sequenceStart, i + 1 - window) : sequenceStart }
 }
 
 /// How many parts the query blocks of each (batch row, KV head) are split into: 1 when those
@@ -150,9 +164,10 @@ package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutab
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
                 for r in 0..<rows {
-                    let i = i0 + r
-                    lseRow[i] = softmaxCausalRow(scores + (g * rows + r) * keys, visible: S + i + 1, length: keys, mask: mask,
-                                                 first: segmentStarts.map { Int($0[b * T + i]) } ?? 0)
+                    let i = i0 + r, row = scores + (g * rows + r) * keys
+                    if shape.softcap > 0 { softcapInPlace(row, count: S + i + 1, cap: shape.softcap) }
+                    lseRow[i] = softmaxCausalRow(row, visible: S + i + 1, length: keys, mask: mask,
+                                                 first: shape.firstKey(query: S + i, sequenceStart: segmentStarts.map { Int($0[b * T + i]) } ?? 0))
                 }
             }
             // out = P V   [G * rows, D]
@@ -195,10 +210,11 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
     let parts = attentionParts(shape), pairs = shape.batch * shape.kvHeads
     let partials = UnsafeMutablePointer<Float>.allocate(capacity: parts > 1 ? pairs * (parts - 1) * 2 * T * D : 0)
     defer { partials.deallocate() }
-    forEachKVGroup(shape, parts: parts, scratchFloats: G * B * (2 * T + 4 * D)) { b, kvh, blocks, part, scratch, products in
+    forEachKVGroup(shape, parts: parts, scratchFloats: G * B * (2 * T + 4 * D) + T) { b, kvh, blocks, part, scratch, products in
         let p = scratch, ds = scratch + G * B * T
         let stackedQ = ds + G * B * T, stackedO = stackedQ + G * B * D
         let stackedDO = stackedO + G * B * D, stackedDQ = stackedDO + G * B * D
+        let capSlope = stackedDQ + G * B * D   // [T] 1 - tanh^2 of one row's scores, with a softcap
         let kb = k + b * T * shape.kvStride + kvh * D
         let vb = v + b * T * shape.kvStride + kvh * D
         let dkb: UnsafeMutablePointer<Float>, dvb: UnsafeMutablePointer<Float>, ldkv: Int
@@ -239,11 +255,22 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
                         pr.update(repeating: 0, count: keys); dsr.update(repeating: 0, count: keys)
                         continue
                     }
+                    // S = c tanh(S0 / c) with a softcap: dS0 = dS (1 - tanh^2)
+                    if shape.softcap > 0 {
+                        let c = shape.softcap
+                        for j in 0...i {
+                            let t = tanhf(pr[j] / c)
+                            pr[j] = c * t
+                            capSlope[j] = 1 - t * t
+                        }
+                    }
                     // P = exp(S - lse) on visible keys, 0 elsewhere; dS = P * (dP - delta)
                     if let mask { for j in 0...i where mask[j] == 0 { pr[j] = -.infinity } }
-                    if let segmentStarts { for j in 0..<Int(segmentStarts[b * T + i]) { pr[j] = -.infinity } }
+                    let first = shape.firstKey(query: i, sequenceStart: segmentStarts.map { Int($0[b * T + i]) } ?? 0)
+                    for j in 0..<min(first, i + 1) { pr[j] = -.infinity }
                     scaledExpInPlace(pr, count: i + 1, shift: l, scale: 1)
                     for j in 0...i { dsr[j] = pr[j] * (dsr[j] - delta) }
+                    if shape.softcap > 0 { for j in 0...i { dsr[j] *= capSlope[j] } }
                     if i + 1 < keys {
                         (pr + i + 1).update(repeating: 0, count: keys - i - 1)
                         (dsr + i + 1).update(repeating: 0, count: keys - i - 1)
@@ -325,7 +352,9 @@ private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafeP
                 // FinchCPU/vector.c: four keys at a time into their own sums; the weighted values
                 // in registers over every value row.
                 finch_key_scores(qi, kb, Int64(shape.kvStride), Int64(visible), Int64(D), shape.scale, row)
-                _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask)
+                if shape.softcap > 0 { softcapInPlace(row, count: visible, cap: shape.softcap) }
+                _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask,
+                                     first: shape.firstKey(query: start + i, sequenceStart: 0))
                 finch_weighted_values(row, vb, Int64(shape.kvStride), Int64(visible), Int64(D), ob + i * shape.qStride)
             }
         }

@@ -37,10 +37,11 @@ package struct CrossEntropyBackward {
 /// never held for more than `chunkRows` rows at once (256 rows of SmolLM2's 49152-token vocabulary:
 /// 50 MB, and a 2048-row head pass 10-15% faster than with 128). Rows whose target is negative are skipped
 /// entirely (no head work). Returns the sum of -log p(target) over scored rows and their count.
+/// With a `softcap` c > 0 the logits are c * tanh(logit / c) (Gemma's `final_logit_softcapping`).
 @discardableResult
 package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
                          head: WeightMatrix, outputs: CrossEntropyOutputs = CrossEntropyOutputs(),
-                         backward: CrossEntropyBackward? = nil, chunkRows: Int = 256) -> (loss: Double, count: Int) {
+                         backward: CrossEntropyBackward? = nil, softcap: Float = 0, chunkRows: Int = 256) -> (loss: Double, count: Int) {
     let dim = head.columns, vocab = head.rows
     let scored = (0..<rows).filter { targets[$0] >= 0 }
     for r in 0..<rows where targets[r] < 0 {
@@ -52,7 +53,9 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
     let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * vocab) // [chunk, vocab]
     let dh = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)      // [chunk, dim]
     let rowLogProb = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
-    defer { h.deallocate(); logits.deallocate(); dh.deallocate(); rowLogProb.deallocate() }
+    // d capped / d logit = 1 - tanh^2 [chunk, vocab], with a softcap in backward.
+    let capSlope = UnsafeMutablePointer<Float>.allocate(capacity: softcap > 0 && backward != nil ? chunk * vocab : 0)
+    defer { h.deallocate(); logits.deallocate(); dh.deallocate(); rowLogProb.deallocate(); capSlope.deallocate() }
     var totalLoss = 0.0
 
     var start = 0
@@ -65,6 +68,18 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
                 let row = scored[start + i]
                 let l = logits + i * vocab
                 let target = Int(targets[row])
+                if softcap > 0 {
+                    if backward != nil {
+                        let slope = capSlope + i * vocab
+                        for j in 0..<vocab {
+                            let t = tanhf(l[j] / softcap)
+                            l[j] = softcap * t
+                            slope[j] = 1 - t * t
+                        }
+                    } else {
+                        softcapInPlace(l, count: vocab, cap: softcap)
+                    }
+                }
                 let (m, argmax) = maxAndIndex(l, count: vocab)
                 let targetLogit = l[target]
                 // The row (scratch) becomes exp(l - m) in the pass that sums it; a backward then scales it to w * softmax.
@@ -78,6 +93,7 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
                     let w = backward.rowWeights?[row] ?? backward.uniformWeight
                     scaleInPlace(l, count: vocab, by: w / sum)
                     l[target] -= w
+                    if softcap > 0 { let slope = capSlope + i * vocab; for j in 0..<vocab { l[j] *= slope[j] } }
                 }
             }
         }

@@ -41,8 +41,13 @@ func expSumsInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Float) 
 
 /// x[i] *= scale.
 @inline(__always)
-func scaleInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, by scale: Float) {
+package func scaleInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, by scale: Float) {
     for i in 0..<count { x[i] *= scale }
+}
+
+/// x[i] += y[i], over all cores for long vectors.
+package func addInPlace(_ x: UnsafeMutablePointer<Float>, _ y: UnsafePointer<Float>, count: Int) {
+    parallelFor(count, grain: 1 << 16) { range in for i in range { x[i] += y[i] } }
 }
 
 /// x[i] = scale * exp(x[i] - shift).

@@ -18,16 +18,30 @@ public struct ModelFamily: Sendable {
     let readHF: @Sendable (inout ModelConfig, ConfigFields) throws -> Void
     /// Adds the family's own keys to a config.json.
     let writeHF: @Sendable (ModelConfig, inout [String: Any]) -> Void
+    /// What every model of the family is, whatever its file says (set before `readHF` / `readGGUF`).
+    let traits: @Sendable (inout ModelConfig) -> Void
+    /// Sets the family's own fields from a GGUF's `<arch>.*` metadata (after the shared ones).
+    let readGGUF: @Sendable (inout ModelConfig, GGUFFile) throws -> Void
+    /// The family's own `<arch>.*` metadata keys for a GGUF written from `config`.
+    package let writeGGUF: @Sendable (ModelConfig) -> [(key: String, value: GGUFValue)]
+    /// llama.cpp's per-layer tensor names that differ from Llama's (`GGUFFile.layerModuleNames`),
+    /// as (GGUF, HF) pairs: they are looked up first.
+    package let ggufLayerNames: [(gguf: String, hf: String)]
 
     init(modelType: String, hfArchitecture: String, ggufArchitecture: String?,
+         traits: @escaping @Sendable (inout ModelConfig) -> Void = { _ in },
          readHF: @escaping @Sendable (inout ModelConfig, ConfigFields) throws -> Void = { _, _ in },
-         writeHF: @escaping @Sendable (ModelConfig, inout [String: Any]) -> Void = { _, _ in }) {
+         writeHF: @escaping @Sendable (ModelConfig, inout [String: Any]) -> Void = { _, _ in },
+         readGGUF: @escaping @Sendable (inout ModelConfig, GGUFFile) throws -> Void = { _, _ in },
+         writeGGUF: @escaping @Sendable (ModelConfig) -> [(key: String, value: GGUFValue)] = { _ in [] },
+         ggufLayerNames: [(gguf: String, hf: String)] = []) {
         self.modelType = modelType; self.hfArchitecture = hfArchitecture; self.ggufArchitecture = ggufArchitecture
-        self.readHF = readHF; self.writeHF = writeHF
+        self.traits = traits; self.readHF = readHF; self.writeHF = writeHF
+        self.readGGUF = readGGUF; self.writeGGUF = writeGGUF; self.ggufLayerNames = ggufLayerNames
     }
 
     /// Every family Finch reads, in the order errors list them.
-    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .smollm3]
+    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .smollm3, .gemma2, .gemma3]
 
     /// The family of `modelType`, or nil.
     public static func named(_ modelType: String) -> ModelFamily? { all.first { $0.modelType == modelType } }
@@ -68,4 +82,12 @@ public struct ConfigFields {
     }
 
     func bool(_ key: String, _ fallback: Bool) -> Bool { (json[key] as? NSNumber)?.boolValue ?? fallback }
+
+    /// A number that may be null: nil when the key is null, `absent` when it is missing.
+    func nullableFloat(_ key: String, absent: Float?) throws -> Float? {
+        guard let value = json[key] else { return absent }
+        if value is NSNull { return nil }
+        guard let number = value as? NSNumber else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number or null") }
+        return number.floatValue
+    }
 }
