@@ -276,7 +276,7 @@ enum GGUFExport {
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
         let extra = ropeFactors.map { [GGUFWriter.Tensor(name: "rope_freqs.weight", shape: [$0.count], dtype: .f32)] } ?? []
-        var types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
+        let types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
                                     groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings)
         let tensors = extra + hfNames.map { name -> GGUFWriter.Tensor in
             let ggufName = GGUFFile.ggufName(name, family: family)!, shape = merged.shape(name)

@@ -10,8 +10,6 @@ struct GGUFTensorTypes {
     /// Query heads per KV head (llama.cpp's n_gqa).
     let groupSize: Int
     let tiedEmbeddings: Bool
-    /// attn_v and ffn_down tensors met so far: mixtures raise some layers, counted in file order.
-    private var attentionValues = 0, feedForwardDowns = 0
 
     init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool) {
         self.fileType = fileType; self.layerCount = layerCount; self.groupSize = groupSize; self.tiedEmbeddings = tiedEmbeddings
@@ -22,8 +20,15 @@ struct GGUFTensorTypes {
         layer < layers / 8 || layer >= 7 * layers / 8 || (layer - layers / 8) % 3 == 2
     }
 
-    /// The type of GGUF tensor `name` of row-major `shape`; call once per tensor, in file order.
-    mutating func type(of name: String, shape: [Int]) -> DType {
+    /// The layer of `blk.N.…`. llama.cpp counts attn_v and ffn_down tensors as it meets them, in
+    /// its loader's order, which sorts tensors by layer number: the count is the layer.
+    static func layer(of name: String) -> Int {
+        guard name.hasPrefix("blk.") else { return 0 }
+        return Int(name.dropFirst(4).prefix { $0.isNumber }) ?? 0
+    }
+
+    /// The type of GGUF tensor `name` of row-major `shape`.
+    func type(of name: String, shape: [Int]) -> DType {
         let base = fileType.dtype
         guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight") else { return .f32 }
         guard base.isQuantized else { return base }
@@ -32,8 +37,7 @@ struct GGUFTensorTypes {
         if name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight") {
             type = columns % base.blockSize != 0 ? .q8_0 : base == .q8_0 ? .q8_0 : .q6_K
         } else if name.contains("attn_v.weight") {
-            let layer = attentionValues
-            attentionValues += 1
+            let layer = Self.layer(of: name)
             switch fileType {
             case .q2_k: type = groupSize >= 4 ? .q4_K : .q3_K
             case .q3_k_m: type = layer < 2 ? .q5_K : .q4_K
@@ -43,8 +47,7 @@ struct GGUFTensorTypes {
             default: break
             }
         } else if name.contains("ffn_down") {
-            let layer = feedForwardDowns
-            feedForwardDowns += 1
+            let layer = Self.layer(of: name)
             switch fileType {
             case .q2_k: type = .q3_K
             case .q3_k_m: type = layer < layerCount / 16 ? .q5_K : .q4_K

@@ -98,9 +98,9 @@ final class ExportTests: TemporaryDirectoryTestCase {
     /// use_more_bits picks; rows of 576 take the block-32 fallbacks; norms stay F32.
     func testTensorTypesFollowLlamaCppMixtures() {
         func types(_ fileType: ExportDType) -> String {
-            var chooser = GGUFTensorTypes(fileType: fileType, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
+            let chooser = GGUFTensorTypes(fileType: fileType, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
             var tensors: [(name: String, type: DType)] = [("token_embd.weight", chooser.type(of: "token_embd.weight", shape: [49152, 576]))]
-            for l in 0..<30 {
+            for l in (0..<30).sorted(by: { String($0) < String($1) }) {   // file order need not be layer order
                 for (name, shape) in [("attn_q", [576, 576]), ("attn_k", [192, 576]), ("attn_v", [192, 576]), ("attn_output", [576, 576]),
                                       ("ffn_gate", [1536, 576]), ("ffn_up", [1536, 576]), ("ffn_down", [576, 1536]), ("attn_norm", [576])] {
                     let full = "blk.\(l).\(name).weight"
@@ -111,6 +111,10 @@ final class ExportTests: TemporaryDirectoryTestCase {
         }
         XCTAssertEqual(GGUFTensorTypes.usesMoreBits(0, of: 30), true)
         XCTAssertEqual((0..<30).filter { GGUFTensorTypes.usesMoreBits($0, of: 30) }, [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29])
+        // The layers llama.cpp's own q4_k_m of SmolLM2 holds in Q6_K, whatever the file order.
+        let q4km = GGUFTensorTypes(fileType: .q4_k_m, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
+        XCTAssertEqual((0..<30).filter { q4km.type(of: "blk.\($0).ffn_down.weight", shape: [576, 1536]) == .q6_K },
+                       [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29])
         XCTAssertEqual(types(.q4_k_m), "token_embd.weight Q8_0; attn_q.weight Q5_0 x30; attn_k.weight Q5_0 x30; attn_v.weight Q8_0 x14, Q5_0 x16; "
                        + "attn_output.weight Q5_0 x30; ffn_gate.weight Q5_0 x30; ffn_up.weight Q5_0 x30; ffn_down.weight Q6_K x14, Q4_K x16; attn_norm.weight F32 x30")
         XCTAssertEqual(types(.q5_k_m), "token_embd.weight Q8_0; attn_q.weight Q5_1 x30; attn_k.weight Q5_1 x30; attn_v.weight Q8_0 x14, Q5_1 x16; "
