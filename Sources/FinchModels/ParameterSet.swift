@@ -22,9 +22,9 @@ public final class ParameterSet: @unchecked Sendable {
     /// Total elements across all entries.
     public let count: Int
     /// All parameter values, `count` floats; owned and freed by the set, valid while it lives.
-    public let values: UnsafeMutablePointer<Float>
+    package let values: UnsafeMutablePointer<Float>
     /// All gradients, laid out as `values`; backward accumulates into it, so zero it before each step.
-    public let grads: UnsafeMutablePointer<Float>
+    package let grads: UnsafeMutablePointer<Float>
     private let index: [String: Int]
 
     /// Lays out `shapes` in order; values and gradients start at zero.
@@ -52,9 +52,9 @@ public final class ParameterSet: @unchecked Sendable {
     /// The entry named `name`; nil if the model has no such parameter.
     public func entry(_ name: String) -> Entry? { index[name].map { entries[$0] } }
     /// Pointer to the values of `name` inside `values` (not a copy); nil if absent.
-    public func value(_ name: String) -> UnsafeMutablePointer<Float>? { entry(name).map { values + $0.offset } }
+    package func value(_ name: String) -> UnsafeMutablePointer<Float>? { entry(name).map { values + $0.offset } }
     /// Pointer to the gradient of `name` inside `grads` (not a copy); nil if absent.
-    public func grad(_ name: String) -> UnsafeMutablePointer<Float>? { entry(name).map { grads + $0.offset } }
+    package func grad(_ name: String) -> UnsafeMutablePointer<Float>? { entry(name).map { grads + $0.offset } }
     /// Sets every gradient to 0; the trainer calls it before each optimizer step's micro-batches.
     public func zeroGrads() { grads.update(repeating: 0, count: count) }
 

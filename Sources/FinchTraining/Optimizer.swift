@@ -25,9 +25,9 @@ public final class Optimizer {
     /// Updates taken so far (AdamW's bias correction uses it).
     public private(set) var step = 0
     /// AdamW's first moments (running mean of gradients), one per parameter; empty for SGD.
-    public private(set) var m: [Float]
+    package private(set) var m: [Float]
     /// AdamW's second moments (running mean of squared gradients); empty for SGD.
-    public private(set) var v: [Float]
+    package private(set) var v: [Float]
     /// 1 where weight decay applies, 0 for biases and norm weights (as transformers' Trainer does).
     let decayMask: [Float]
 
@@ -77,7 +77,7 @@ public final class Optimizer {
     }
 
     /// Restores state saved by a checkpoint.
-    public func restore(step: Int, m: [Float], v: [Float]) {
+    package func restore(step: Int, m: [Float], v: [Float]) {
         self.step = step
         self.m = m
         self.v = v

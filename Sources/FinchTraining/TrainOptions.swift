@@ -50,7 +50,7 @@ public struct TrainOption: Sendable {
     }
 
     /// Parses `value` (from `source`, for errors) into `config`.
-    public func set(_ value: String, in config: inout TrainConfig, source: String) throws {
+    package func set(_ value: String, in config: inout TrainConfig, source: String) throws {
         try apply(&config, value, source)
     }
 

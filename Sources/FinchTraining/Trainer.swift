@@ -179,7 +179,7 @@ public final class Trainer {
     /// The windows of one epoch, as example indices: a seeded shuffle, then (with length
     /// grouping) megabatches of 50 windows sorted by length so that windows hold similar lengths.
     /// It depends only on the seed, the epoch and the window size, never on how a window is split.
-    public func windows(epoch: Int) -> [[Int]] {
+    package func windows(epoch: Int) -> [[Int]] {
         var rng = FinchRandom(seed: settings.seed &+ UInt64(epoch) &* 0x9E37_79B9)
         var order = Array(train.indices)
         order.shuffle(using: &rng)
@@ -280,7 +280,7 @@ public final class Trainer {
 
     /// Makes every rank hold rank 0's parameters, optimizer moments and position (after rank 0
     /// restored a checkpoint or loaded an adapter), and checks that all ranks read the same data.
-    public func synchroniseWithRoot() throws {
+    package func synchroniseWithRoot() throws {
         guard group.size > 1 else { return }
         let tokens = train.reduce(0) { $0 + $1.fields.values.reduce(0) { $0 + $1.count } }
         try group.checkSameAsRoot([Double(train.count), Double(tokens), Double(eval.count), Double(parameters.count)],
