@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 
-import numpy as np
 import llama_cpp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,18 +27,9 @@ import llamacpp_nll
 
 def llama_nll(model, seqs, lora=None):
     llm = llama_cpp.Llama(model_path=model, lora_path=lora, n_ctx=llamacpp_nll.WINDOW, n_threads=2, logits_all=True, verbose=False)
-    total, count = 0.0, 0
-    for chunk in llamacpp_nll.windows(seqs):
-        llm.reset()
-        llm.eval(chunk)
-        logits = np.array(llm.scores[: len(chunk) - 1], dtype=np.float64)
-        peak = logits.max(axis=1, keepdims=True)
-        logz = peak[:, 0] + np.log(np.exp(logits - peak).sum(axis=1))
-        targets = np.asarray(chunk[1:])
-        total += float((logz - logits[np.arange(len(targets)), targets]).sum())
-        count += len(targets)
+    nll, _ = llamacpp_nll.model_nll(model, seqs, llm=llm)
     reply = llm.create_chat_completion([{"role": "user", "content": "What is the capital of France?"}], max_tokens=24, temperature=0)
-    return total / count, reply["choices"][0]["message"]["content"].strip().replace("\n", " ")
+    return nll, reply["choices"][0]["message"]["content"].strip().replace("\n", " ")
 
 
 def main():

@@ -63,10 +63,12 @@ def tensor_type_counts(path: str) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def model_nll(model_path: str, seqs: list[list[int]]) -> tuple[float, int]:
-    """Return (mean NLL per predicted token, number of predicted tokens)."""
-    llm = llama_cpp.Llama(model_path=model_path, n_ctx=WINDOW, n_threads=2,
-                          logits_all=True, verbose=False)
+def model_nll(model_path: str, seqs: list[list[int]], lora_path: str | None = None,
+              llm=None) -> tuple[float, int]:
+    """Return (mean NLL per predicted token, number of predicted tokens); `lora_path` applies a
+    LoRA adapter GGUF at run time; `llm` scores with a model already loaded."""
+    llm = llm or llama_cpp.Llama(model_path=model_path, lora_path=lora_path, n_ctx=WINDOW, n_threads=2,
+                                 logits_all=True, verbose=False)
     total = 0.0
     count = 0
     for chunk in windows(seqs):
@@ -78,7 +80,6 @@ def model_nll(model_path: str, seqs: list[list[int]]) -> tuple[float, int]:
         targets = np.asarray(chunk[1:])
         total += float((logz - logits[np.arange(len(targets)), targets]).sum())
         count += len(targets)
-    del llm
     return total / count, count
 
 

@@ -136,14 +136,20 @@ private func dequantizeQ4_K(_ p: UnsafePointer<UInt8>, _ y: UnsafeMutablePointer
         for group in 0..<4 {
             let qs = block + (16 &+ group &* 32)
             let out = y + (b &* 256 &+ group &* 64)
-            let (sc1, m1) = q4KScaleMin(2 &* group, scales)
-            let (sc2, m2) = q4KScaleMin(2 &* group &+ 1, scales)
-            let d1 = d * Float(sc1), min1 = dmin * Float(m1)
-            let d2 = d * Float(sc2), min2 = dmin * Float(m2)
+            let (d1, min1, d2, min2) = q4KSubBlockPair(group, scales, d: d, dmin: dmin)
             for l in 0..<32 { out[l] = d1 * Float(qs[l] & 0x0F) - min1 }
             for l in 0..<32 { out[l &+ 32] = d2 * Float(qs[l] >> 4) - min2 }
         }
     }
+}
+
+/// The multipliers and offsets of sub-blocks 2 * group and 2 * group + 1 of a Q4_K / Q5_K block:
+/// y = d1 * q - min1 for the first, d2 * q - min2 for the second.
+@inline(__always)
+private func q4KSubBlockPair(_ group: Int, _ scales: UnsafePointer<UInt8>, d: Float, dmin: Float) -> (Float, Float, Float, Float) {
+    let (sc1, m1) = q4KScaleMin(2 &* group, scales)
+    let (sc2, m2) = q4KScaleMin(2 &* group &+ 1, scales)
+    return (d * Float(sc1), dmin * Float(m1), d * Float(sc2), dmin * Float(m2))
 }
 
 /// ggml's get_scale_min_k4: scale and min of sub-block `j` (0..<8) from the 12 packed bytes.
@@ -289,10 +295,7 @@ private func dequantizeQ5_K(_ p: UnsafePointer<UInt8>, _ y: UnsafeMutablePointer
         for group in 0..<4 {
             let qs = block + (48 &+ group &* 32)
             let out = y + (b &* 256 &+ group &* 64)
-            let (sc1, m1) = q4KScaleMin(2 &* group, scales)
-            let (sc2, m2) = q4KScaleMin(2 &* group &+ 1, scales)
-            let d1 = d * Float(sc1), min1 = dmin * Float(m1)
-            let d2 = d * Float(sc2), min2 = dmin * Float(m2)
+            let (d1, min1, d2, min2) = q4KSubBlockPair(group, scales, d: d, dmin: dmin)
             let bit1 = UInt8(1) << UInt8(2 &* group), bit2 = UInt8(2) << UInt8(2 &* group)
             for l in 0..<32 { out[l] = d1 * Float((qs[l] & 0x0F) &+ (qh[l] & bit1 != 0 ? 16 : 0)) - min1 }
             for l in 0..<32 { out[l &+ 32] = d2 * Float((qs[l] >> 4) &+ (qh[l] & bit2 != 0 ? 16 : 0)) - min2 }

@@ -193,6 +193,18 @@ private func fitSymmetricScale(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, l
     return scale
 }
 
+/// Fits each of the `scales.count` sub-blocks of `size` values with `fit` (their levels into
+/// `levels`) and returns the scale of largest magnitude (the first of equals), with its sign.
+private func fitSubBlocks(_ x: UnsafePointer<Float>, size: Int, scales: inout [Float], levels: UnsafeMutablePointer<UInt8>,
+                          _ fit: (UnsafePointer<Float>, UnsafeMutablePointer<UInt8>) -> Float) -> Float {
+    var largest: Float = 0, largestMagnitude: Float = 0
+    for sub in 0..<scales.count {
+        scales[sub] = fit(x + size &* sub, levels + size &* sub)
+        if abs(scales[sub]) > largestMagnitude { largestMagnitude = abs(scales[sub]); largest = scales[sub] }
+    }
+    return largest
+}
+
 /// Q6_K (210 bytes per 256): sixteen 16-value sub-blocks, each with a signed 8-bit scale of the
 /// block's half-precision d; 6-bit levels (low 4 bits in ql, high 2 in qh, as Dequantize reads them).
 private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
@@ -202,13 +214,9 @@ private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
     for b in 0..<(count / 256) {
         let x = src + b &* 256, block = out + b &* 210
         levels.withUnsafeMutableBufferPointer { L in
-            var maxScale: Float = 0, maxAbsScale: Float = 0
-            for sub in 0..<16 {
-                scales[sub] = fitSymmetricScale(16, nmax: 32, x + 16 &* sub, levels: L.baseAddress! + 16 &* sub)
-                if abs(scales[sub]) > maxAbsScale { maxAbsScale = abs(scales[sub]); maxScale = scales[sub] }
-            }
+            let maxScale = fitSubBlocks(x, size: 16, scales: &scales, levels: L.baseAddress!) { fitSymmetricScale(16, nmax: 32, $0, levels: $1) }
             block.update(repeating: 0, count: 210)
-            guard maxAbsScale >= 1e-15 else { return }
+            guard abs(maxScale) >= 1e-15 else { return }
             let iscale = -128 / maxScale
             storeHalf(1 / iscale, block + 208)
             let d = loadHalf(block + 208)
@@ -409,11 +417,7 @@ private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
     for b in 0..<(count / 256) {
         let x = src + b &* 256, block = out + b &* 110
         levels.withUnsafeMutableBufferPointer { L in
-            var maxScale: Float = 0, maxAbs: Float = 0
-            for sub in 0..<16 {
-                scales[sub] = fitQ3Scale(x + 16 &* sub, levels: L.baseAddress! + 16 &* sub)
-                if abs(scales[sub]) > maxAbs { maxAbs = abs(scales[sub]); maxScale = scales[sub] }
-            }
+            let maxScale = fitSubBlocks(x, size: 16, scales: &scales, levels: L.baseAddress!) { fitQ3Scale($0, levels: $1) }
             block.update(repeating: 0, count: 110)
             let packed = block + 96
             if maxScale != 0 {
