@@ -200,9 +200,10 @@ enum GGUFExport {
         return arch
     }
 
-    /// GGUF names whose rows llama.cpp permutes for its RoPE (llama's q and k), with their head counts.
+    /// GGUF names whose rows llama.cpp permutes for its RoPE (q and k of Llama and the families
+    /// its converter builds on Llama), with their head counts.
     static func permutedRows(_ config: ModelConfig, arch: String) -> [String: Int] {
-        guard arch == "llama" else { return [:] }
+        guard config.family.ggufPermutesQueryKey else { return [:] }
         return Dictionary(uniqueKeysWithValues: (0..<config.layerCount).flatMap { l in
             ["weight", "bias"].flatMap { s in [("blk.\(l).attn_q.\(s)", config.headCount), ("blk.\(l).attn_k.\(s)", config.kvHeadCount)] }
         })

@@ -162,7 +162,7 @@ extension GGUFFile {
             if config.normWeightOffset != 0 && hfName.hasSuffix("norm.weight") {
                 tensor = Self.shifted(tensor, by: -config.normWeightOffset)
             }
-            if config.modelType == "llama" {
+            if config.family.ggufPermutesQueryKey {
                 if name.hasSuffix(".attn_q.weight") || name.hasSuffix(".attn_q.bias") {
                     tensor = try unpermuteRows(tensor, heads: config.headCount)
                 } else if name.hasSuffix(".attn_k.weight") || name.hasSuffix(".attn_k.bias") {

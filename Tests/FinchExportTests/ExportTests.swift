@@ -256,6 +256,34 @@ final class ExportTests: TemporaryDirectoryTestCase {
         XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
     }
 
+    /// SmolLM3 as llama.cpp's `smollm3` (Llama's tensors, q/k rows permuted) plus Finch's
+    /// `smollm3.no_rope_layers`; without that key a file reads with llama.cpp's rule (every 4th
+    /// layer without RoPE).
+    func testSmolLM3ThroughGGUF() throws {
+        let name = "smollm3_norope", path = out("smollm3.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: .f32, output: path))
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.metadata["general.architecture"]?.string, "smollm3")
+        XCTAssertEqual(gguf.metadata["smollm3.no_rope_layers"]?.array?.compactMap(\.int), [1, 0])
+        let back = try ModelFiles.open(path)
+        XCTAssertEqual(back.config.modelType, "smollm3")
+        XCTAssertEqual(back.config.layersWithoutRope, [1])
+        let expected = dequantize(try SafeTensors.read(path: parity(name) + "/expected.safetensors")["logits"]!)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), expected), 1e-4)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
+
+        // The same file as llama.cpp's converter writes it: no key, so no layer of two is a 4th.
+        let plain = out("smollm3-llamacpp.gguf")
+        let tensors = gguf.tensorNames.map { GGUFWriter.Tensor(name: $0, shape: gguf.tensors[$0]!.shape, dtype: gguf.tensors[$0]!.dtype) }
+        try GGUFWriter.write(path: plain, metadata: gguf.metadataKeys.filter { $0 != "smollm3.no_rope_layers" && $0 != "general.alignment" }
+                                .map { (key: $0, value: gguf.metadata[$0]!) }, tensors: tensors) { index, sink in
+            let t = gguf.tensors[gguf.tensorNames[index]]!
+            try sink(UnsafeRawBufferPointer(start: t.bytes, count: t.byteCount))
+        }
+        XCTAssertEqual(try ModelFiles.open(plain).config.layersWithoutRope, [])
+        XCTAssertGreaterThan(S.maxRelativeError(try logits(plain, fixture: name), expected), 1e-3, "layer 1's RoPE changes the logits")
+    }
+
     func testGGUFWriterRoundTripsEveryMetadataType() throws {
         let path = out("types.gguf")
         let metadata: [(key: String, value: GGUFValue)] = [

@@ -27,6 +27,9 @@ public struct ModelFamily: Sendable {
     /// llama.cpp's per-layer tensor names that differ from Llama's (`GGUFFile.layerModuleNames`),
     /// as (GGUF, HF) pairs: they are looked up first.
     package let ggufLayerNames: [(gguf: String, hf: String)]
+    /// llama.cpp's converter permutes the rows of q and k for its RoPE layout (its LlamaModel and
+    /// the families built on it): Finch undoes it on load and does it on export.
+    package let ggufPermutesQueryKey: Bool
 
     init(modelType: String, hfArchitecture: String, ggufArchitecture: String?,
          traits: @escaping @Sendable (inout ModelConfig) -> Void = { _ in },
@@ -34,10 +37,11 @@ public struct ModelFamily: Sendable {
          writeHF: @escaping @Sendable (ModelConfig, inout [String: Any]) -> Void = { _, _ in },
          readGGUF: @escaping @Sendable (inout ModelConfig, GGUFFile) throws -> Void = { _, _ in },
          writeGGUF: @escaping @Sendable (ModelConfig) -> [(key: String, value: GGUFValue)] = { _ in [] },
-         ggufLayerNames: [(gguf: String, hf: String)] = []) {
+         ggufLayerNames: [(gguf: String, hf: String)] = [], ggufPermutesQueryKey: Bool = false) {
         self.modelType = modelType; self.hfArchitecture = hfArchitecture; self.ggufArchitecture = ggufArchitecture
         self.traits = traits; self.readHF = readHF; self.writeHF = writeHF
         self.readGGUF = readGGUF; self.writeGGUF = writeGGUF; self.ggufLayerNames = ggufLayerNames
+        self.ggufPermutesQueryKey = ggufPermutesQueryKey
     }
 
     /// Every family Finch reads, in the order errors list them.
