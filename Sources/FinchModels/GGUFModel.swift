@@ -6,6 +6,43 @@ import FinchIO
 // the tensors under their Hugging Face names. It lives with the models (the IO layer below
 // only parses the container).
 extension GGUFFile {
+    // MARK: - Metadata values
+
+    /// The non-negative integer at `key`, nil where the key is absent; another value is a
+    /// `LoadError` naming the key.
+    func optionalInt(_ key: String) throws -> Int? {
+        guard let value = metadata[key] else { return nil }
+        guard let v = value.int, v >= 0 else {
+            throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a non-negative integer")
+        }
+        return v
+    }
+
+    /// The non-negative integer at `key`, which must be there.
+    func requiredInt(_ key: String) throws -> Int {
+        guard let v = try optionalInt(key) else {
+            throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer")
+        }
+        return v
+    }
+
+    /// The number at `key`, nil where the key is absent.
+    func optionalFloat(_ key: String) throws -> Float? {
+        guard let value = metadata[key] else { return nil }
+        guard let v = value.float else {
+            throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number")
+        }
+        return v
+    }
+
+    /// The number at `key`, which must be there.
+    func requiredFloat(_ key: String) throws -> Float {
+        guard let v = try optionalFloat(key) else {
+            throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "a number")
+        }
+        return v
+    }
+
     // MARK: - Model configuration
 
     /// The decoder's shape, from the `<arch>.*` metadata (as llama.cpp's llama-model.cpp reads it).
@@ -19,35 +56,8 @@ extension GGUFFile {
         guard let family = ModelFamily.reading(ggufArchitecture: arch) else {
             throw LoadError.unsupported(path: path, what: "architecture (general.architecture)", found: arch, supported: ModelFamily.ggufArchitectures)
         }
-        func optionalInt(_ key: String) throws -> Int? {
-            guard let value = metadata[key] else { return nil }
-            guard let v = value.int, v >= 0 else {
-                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a non-negative integer")
-            }
-            return v
-        }
-        func int(_ key: String) throws -> Int {
-            guard let v = try optionalInt(key) else {
-                throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "an integer")
-            }
-            return v
-        }
-        func optionalFloat(_ key: String) throws -> Float? {
-            guard let value = metadata[key] else { return nil }
-            guard let v = value.float else {
-                throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number")
-            }
-            return v
-        }
-        func float(_ key: String) throws -> Float {
-            guard let v = try optionalFloat(key) else {
-                throw LoadError.malformed(path: path, field: key, found: "nothing", expected: "a number")
-            }
-            return v
-        }
-
-        let hidden = try int("\(arch).embedding_length")
-        let heads = try int("\(arch).attention.head_count")
+        let hidden = try requiredInt("\(arch).embedding_length")
+        let heads = try requiredInt("\(arch).attention.head_count")
         let kvHeads = try optionalInt("\(arch).attention.head_count_kv") ?? heads
         guard hidden > 0, heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
             throw LoadError.malformed(path: path, field: "\(arch).attention.head_count / head_count_kv", found: "\(heads) / \(kvHeads)",
@@ -75,12 +85,12 @@ extension GGUFFile {
             }
             switch type {
             case "none": scaling = .none
-            case "linear": scaling = .linear(factor: try float("\(arch).rope.scaling.factor"))
+            case "linear": scaling = .linear(factor: try requiredFloat("\(arch).rope.scaling.factor"))
             case "llama3":
-                scaling = .llama3(factor: try float("\(arch).rope.scaling.factor"),
-                                  lowFreqFactor: try float("\(arch).rope.scaling.low_freq_factor"),
-                                  highFreqFactor: try float("\(arch).rope.scaling.high_freq_factor"),
-                                  originalMaxPositions: try int("\(arch).rope.scaling.original_context_length"))
+                scaling = .llama3(factor: try requiredFloat("\(arch).rope.scaling.factor"),
+                                  lowFreqFactor: try requiredFloat("\(arch).rope.scaling.low_freq_factor"),
+                                  highFreqFactor: try requiredFloat("\(arch).rope.scaling.high_freq_factor"),
+                                  originalMaxPositions: try requiredInt("\(arch).rope.scaling.original_context_length"))
             default:
                 throw LoadError.unsupported(path: path, what: "\(arch).rope.scaling.type", found: type, supported: ["none", "linear", "llama3"])
             }
@@ -94,13 +104,13 @@ extension GGUFFile {
         let eos = try optionalInt("tokenizer.ggml.eos_token_id")
         var config = ModelConfig(modelType: family.modelType,
                            hiddenSize: hidden,
-                           intermediateSize: try int("\(arch).feed_forward_length"),
-                           layerCount: try int("\(arch).block_count"),
+                           intermediateSize: try requiredInt("\(arch).feed_forward_length"),
+                           layerCount: try requiredInt("\(arch).block_count"),
                            headCount: heads,
                            kvHeadCount: kvHeads,
                            headDim: headDim,
                            vocabSize: vocab,
-                           rmsNormEps: try float("\(arch).attention.layer_norm_rms_epsilon"),
+                           rmsNormEps: try requiredFloat("\(arch).attention.layer_norm_rms_epsilon"),
                            ropeTheta: try optionalFloat("\(arch).rope.freq_base") ?? 10000,
                            ropeScaling: scaling,
                            tieWordEmbeddings: tensors["output.weight"] == nil,

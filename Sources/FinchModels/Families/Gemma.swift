@@ -139,7 +139,7 @@ enum Gemma {
     /// What both read from GGUF: the window, which layers slide, the attention scale.
     static func readGGUF(_ config: inout ModelConfig, _ gguf: GGUFFile, arch: String, pattern: Int) throws {
         let layers = config.layerCount
-        config.slidingWindow = try gguf.gemmaInt("\(arch).attention.sliding_window") ?? 4096
+        config.slidingWindow = try gguf.optionalInt("\(arch).attention.sliding_window") ?? 4096
         let patternKey = "\(arch).attention.sliding_window_pattern"
         switch gguf.metadata[patternKey] {
         case nil:
@@ -183,16 +183,9 @@ enum Gemma {
 }
 
 extension GGUFFile {
-    func gemmaInt(_ key: String) throws -> Int? {
-        guard let value = metadata[key] else { return nil }
-        guard let v = value.int, v >= 0 else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a non-negative integer") }
-        return v
-    }
-
     /// A positive number, nil where it is 0 ("none"), `absent` where the key is missing.
     func gemmaFloat(_ key: String, absent: Float?) throws -> Float? {
-        guard let value = metadata[key] else { return absent }
-        guard let v = value.float else { throw LoadError.malformed(path: path, field: key, found: "\(value)", expected: "a number") }
+        guard let v = try optionalFloat(key) else { return absent }
         return v == 0 ? nil : v
     }
 }
