@@ -124,7 +124,7 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case let .unknownDType(text):
-            return "unknown dtype '\(text)'; valid: \(ExportDType.allCases.map(\.rawValue).joined(separator: ", ")) (q8_0 for gguf only)"
+            return "unknown dtype '\(text)'; valid: \(ExportDType.allCases.map(\.rawValue).joined(separator: ", ")) (hf takes f32, f16 and bf16; gguf takes every one)"
         case let .dtypeNotSupported(dtype, format):
             return "dtype \(dtype.rawValue) cannot be written as \(format.rawValue); valid for \(format.rawValue): \(ExportDType.supported(by: format).map(\.rawValue).joined(separator: ", "))"
         case let .outputExists(path):
