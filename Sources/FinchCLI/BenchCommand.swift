@@ -116,6 +116,8 @@ struct BenchCommand: ParsableCommand {
         var precision: PrecisionChoice = .auto
         @Flag(help: "With --method: print the time of each kind of matrix product over the timed steps.")
         var profile = false
+        @Flag(name: .customLong("separate-rows"), help: "ORPO: run each pair's chosen and rejected rows apart, instead of one row that holds their shared prompt once (as finch train does).")
+        var separateRows = false
 
         func run() throws {
             try runReportingErrors {
@@ -147,7 +149,7 @@ struct BenchCommand: ParsableCommand {
                     if profile { GEMM.profile = GEMM.Profile() }
                     let t = try Benchmarks.trainingStep(model: transformer, method: kind, batch: batch, seq: seq,
                                                         promptLength: promptLength, optimizer: optimizer, microBatch: microBatch,
-                                                        repetitions: repetitions)
+                                                        sharePrompt: !separateRows, repetitions: repetitions)
                     if let p = GEMM.profile {
                         print("matrix products over \(repetitions + 1) steps (the first one cold):")
                         for line in p.report().prefix(25) { print("  " + line) }

@@ -16,6 +16,17 @@ package struct TokenBatch: Sendable {
     /// Packed rows: the position where each token's own sequence starts [batch * seq]; attention
     /// stays within a sequence and positions restart at each start. Nil for one sequence per row.
     public var segmentStarts: [Int32]?
+    /// Branches that share a prompt: keys before this position stay visible to the token though
+    /// they come before its segment start (the shared prompt before its branch) [batch * seq].
+    /// Needs `segmentStarts`; nil for none.
+    public var prefixEnds: [Int32]?
+
+    /// Calls `body` with what each token's attention sees (`segmentStarts`, `prefixEnds`).
+    package func withKeyVisibility<R>(_ body: (KeyVisibility) -> R) -> R {
+        segmentStarts.withOptionalPointer { starts in
+            prefixEnds.withOptionalPointer { ends in body(KeyVisibility(segmentStarts: starts, prefixEnds: ends)) }
+        }
+    }
 
     /// batch * seq, padding included.
     public var tokenCount: Int { batch * seq }

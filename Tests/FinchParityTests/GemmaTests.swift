@@ -93,8 +93,10 @@ final class GemmaTests: TemporaryDirectoryTestCase {
     // MARK: - Kernels
 
     /// Naive attention in Double: scores = scale q.k, capped, then masked by causality, padding,
-    /// window (i - j < window) and sequence starts; softmax; weighted values.
-    func naiveAttention(q: [Float], k: [Float], v: [Float], mask: [Float]?, starts: [Int32]?, shape s: AttentionShape) -> [Float] {
+    /// window (i - j < window), sequence starts and shared prefixes (keys before the prefix end
+    /// stay visible); softmax; weighted values.
+    func naiveAttention(q: [Float], k: [Float], v: [Float], mask: [Float]?, starts: [Int32]?, prefixEnds: [Int32]? = nil,
+                        shape s: AttentionShape) -> [Float] {
         let T = s.seq, D = s.headDim
         var out = [Float](repeating: 0, count: s.batch * T * s.qStride)
         for b in 0..<s.batch { for h in 0..<s.heads { for i in 0..<T {
@@ -103,7 +105,7 @@ final class GemmaTests: TemporaryDirectoryTestCase {
             for j in 0...i {
                 if let mask, mask[b * T + j] == 0 { continue }
                 if s.window > 0 && i - j >= s.window { continue }
-                if let starts, j < Int(starts[b * T + i]) { continue }
+                if let starts, j < Int(starts[b * T + i]), j >= Int(prefixEnds?[b * T + i] ?? 0) { continue }
                 var dot = 0.0
                 for d in 0..<D { dot += Double(q[(b * T + i) * s.qStride + h * D + d]) * Double(k[(b * T + j) * s.kvStride + kvh * D + d]) }
                 var score = dot * Double(s.scale)
@@ -134,32 +136,40 @@ final class GemmaTests: TemporaryDirectoryTestCase {
             let q = S.randomArray(n * shape.qStride, seed: 1), k = S.randomArray(n * shape.kvStride, seed: 2)
             let v = S.randomArray(n * shape.kvStride, seed: 3)
             var mask = [Float](repeating: 1, count: n); for t in 10..<13 { mask[13 + t] = 0 }
-            let starts: [Int32] = (0..<n).map { t in t < 13 ? 0 : (t % 13 < 6 ? 0 : 6) }
-            func run(_ q: [Float], _ k: [Float], _ v: [Float], packed: Bool) -> ([Float], [Float]) {
-                var out = [Float](repeating: 0, count: n * shape.qStride), lse = [Float](repeating: 0, count: shape.batch * shape.heads * shape.seq)
-                starts.withUnsafeBufferPointer { st in
-                    attentionForward(out: &out, lse: &lse, q: q, k: k, v: v, keyMask: mask, segmentStarts: packed ? st.baseAddress : nil, shape: shape)
+            // Row 1 packs two sequences (6 + 7 tokens). For the shared layout each row is a prompt
+            // (0..<4) and two branches after it (4..<8, 8..<13); the second sees the prompt and itself.
+            let packedStarts: [Int32] = (0..<n).map { t in t < 13 ? 0 : (t % 13 < 6 ? 0 : 6) }
+            let branchStarts: [Int32] = (0..<n).map { t in t % 13 < 8 ? 0 : 8 }
+            let prefixEnds: [Int32] = (0..<n).map { t in t % 13 < 8 ? 0 : 4 }
+            for layout in ["plain", "packed"] + (window == 0 ? ["shared prompt"] : []) {
+                let starts: [Int32]? = layout == "plain" ? nil : layout == "packed" ? packedStarts : branchStarts
+                let ends: [Int32]? = layout == "shared prompt" ? prefixEnds : nil
+                func run(_ q: [Float], _ k: [Float], _ v: [Float]) -> ([Float], [Float]) {
+                    var out = [Float](repeating: 0, count: n * shape.qStride), lse = [Float](repeating: 0, count: shape.batch * shape.heads * shape.seq)
+                    starts.withOptionalPointer { st in ends.withOptionalPointer { pe in
+                        attentionForward(out: &out, lse: &lse, q: q, k: k, v: v, keyMask: mask,
+                                         visibility: KeyVisibility(segmentStarts: st, prefixEnds: pe), shape: shape)
+                    } }
+                    return (out, lse)
                 }
-                return (out, lse)
-            }
-            let label = "softcap \(softcap) window \(window)"
-            for packed in [false, true] {
-                let (out, lse) = run(q, k, v, packed: packed)
-                XCTAssertLessThan(S.maxRelativeError(out, naiveAttention(q: q, k: k, v: v, mask: mask, starts: packed ? starts : nil, shape: shape)), 1e-4, label)
+                let label = "softcap \(softcap) window \(window) \(layout)"
+                let (out, lse) = run(q, k, v)
+                XCTAssertLessThan(S.maxRelativeError(out, naiveAttention(q: q, k: k, v: v, mask: mask, starts: starts, prefixEnds: ends, shape: shape)),
+                                  1e-4, label)
                 // Backward against central differences of L = sum(out * w).
                 let w = S.randomArray(out.count, seed: 4)
                 var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
-                starts.withUnsafeBufferPointer { st in
+                starts.withOptionalPointer { st in ends.withOptionalPointer { pe in
                     attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: w, q: q, k: k, v: v, out: out, lse: lse, keyMask: mask,
-                                      segmentStarts: packed ? st.baseAddress : nil, shape: shape)
-                }
-                let loss = { (q: [Float], k: [Float], v: [Float]) in S.dot(run(q, k, v, packed: packed).0, w) }
+                                      visibility: KeyVisibility(segmentStarts: st, prefixEnds: pe), shape: shape)
+                } }
+                let loss = { (q: [Float], k: [Float], v: [Float]) in S.dot(run(q, k, v).0, w) }
                 let nq = S.numericalGradient(q, eps: 1e-2) { loss($0, k, v) }
                 let nk = S.numericalGradient(k, eps: 1e-2) { loss(q, $0, v) }
                 let nv = S.numericalGradient(v, eps: 1e-2) { loss(q, k, $0) }
-                XCTAssertLessThan(S.relativeL2(dq, nq), 1e-2, "dq \(label) packed \(packed)")
-                XCTAssertLessThan(S.relativeL2(dk, nk), 1e-2, "dk \(label) packed \(packed)")
-                XCTAssertLessThan(S.relativeL2(dv, nv), 1e-2, "dv \(label) packed \(packed)")
+                XCTAssertLessThan(S.relativeL2(dq, nq), 1e-2, "dq \(label)")
+                XCTAssertLessThan(S.relativeL2(dk, nk), 1e-2, "dk \(label)")
+                XCTAssertLessThan(S.relativeL2(dv, nv), 1e-2, "dv \(label)")
             }
             // KV cache: a prefill of 7 then one token at a time, against the naive result.
             let expected = naiveAttention(q: q, k: k, v: v, mask: mask, starts: nil, shape: shape)
@@ -175,7 +185,7 @@ final class GemmaTests: TemporaryDirectoryTestCase {
                 }
                 start += width
             }
-            XCTAssertLessThan(S.maxRelativeError(got, expected), 1e-4, "cached \(label)")
+            XCTAssertLessThan(S.maxRelativeError(got, expected), 1e-4, "cached softcap \(softcap) window \(window)")
         }
     }
 

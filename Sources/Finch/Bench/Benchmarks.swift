@@ -117,8 +117,11 @@ public enum Benchmarks {
     /// 0.1), so one step runs 2 * batch rows. With `optimizer`, a step is zero grads, forward,
     /// backward, gradient clipping at norm 1 and an AdamW update, as TRL's trainers do; without
     /// it, only the objective's forward and backward. With `repetitions` 0 the one (cold) step is timed.
+    /// `sharePrompt` false runs ORPO's chosen and rejected rows apart rather than as one row per
+    /// pair holding the prompt once; tokens/s and FLOPs count the two rows either way.
     public static func trainingStep(model: Transformer, method: Method, batch: Int, seq: Int, promptLength: Int,
-                                    optimizer: Bool, microBatch: Int? = nil, repetitions: Int = 3) throws -> StepTiming {
+                                    optimizer: Bool, microBatch: Int? = nil, sharePrompt: Bool = true,
+                                    repetitions: Int = 3) throws -> StepTiming {
         let micro = microBatch ?? batch
         precondition(micro > 0 && batch % micro == 0, "the micro-batch must divide the batch")
         var rng = FinchRandom(seed: 2)
@@ -134,7 +137,9 @@ public enum Benchmarks {
             }
         case .orpo:
             precondition(promptLength < seq, "the prompt must leave room for a completion")
-            objective = try PreferenceObjective(loss: .orpo(beta: 0.1))
+            let preference = try PreferenceObjective(loss: .orpo(beta: 0.1))
+            preference.sharesPrompt = sharePrompt
+            objective = preference
             let masked = [Int32](repeating: -100, count: promptLength)
             examples = (0..<batch).map { i in
                 let prompt = randomIds(promptLength)

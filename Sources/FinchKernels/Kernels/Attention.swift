@@ -106,14 +106,14 @@ struct AttentionProducts {
     }
 }
 
-/// Softmax of one score row over its first `visible` keys, skipping keys whose mask is 0;
-/// the rest of the row (up to `length`) becomes 0. Returns the log-sum-exp, or -infinity
-/// (and an all-zero row) when no key is visible.
+/// Softmax of one score row over its first `visible` columns, skipping keys whose mask is 0
+/// and the columns `hidden`; the rest of the row (up to `length`) becomes 0. Column c holds key
+/// `keys.key(c)` (the block's skipped keys are not in the row). Returns the log-sum-exp, or
+/// -infinity (and an all-zero row) when no key is visible.
 @inline(__always)
 private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, length: Int, mask: UnsafePointer<Float>?,
-                              first: Int = 0) -> Float {
-    if let mask { for j in 0..<visible where mask[j] == 0 { s[j] = -.infinity } }
-    for j in 0..<min(first, visible) { s[j] = -.infinity }
+                              hidden: Range<Int> = 0..<0, keys: BlockKeys = .contiguous) -> Float {
+    hideColumns(s, visible: visible, mask: mask, hidden: hidden, keys: keys)
     let (m, _) = maxAndIndex(s, count: visible)
     if visible < length { (s + visible).update(repeating: 0, count: length - visible) }
     guard m > -.infinity else { s.update(repeating: 0, count: visible); return -.infinity }
@@ -121,6 +121,86 @@ private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, le
     let inverse = 1 / sum
     for j in 0..<visible { s[j] *= inverse }
     return m + logf(sum)
+}
+
+/// Sets to -infinity the columns among the first `visible` whose key is padding (mask 0) or
+/// in `hidden`.
+@inline(__always)
+private func hideColumns(_ s: UnsafeMutablePointer<Float>, visible: Int, mask: UnsafePointer<Float>?,
+                         hidden: Range<Int>, keys: BlockKeys) {
+    if let mask {
+        for j in 0..<min(keys.gapStart, visible) where mask[j] == 0 { s[j] = -.infinity }
+        if visible > keys.gapStart {
+            for j in keys.gapStart..<visible where mask[j + keys.gapLength] == 0 { s[j] = -.infinity }
+        }
+    }
+    for j in hidden.clamped(to: 0..<visible) { s[j] = -.infinity }
+}
+
+/// The keys of one query block's score rows: keys 0..<gapStart, then keys from gapStart +
+/// gapLength on. The gap is a run of keys that no query of the block sees (the keys before a
+/// packed sequence's start, outside a sliding window, or of the other branch of a shared
+/// prompt), so its products are skipped rather than computed and masked.
+struct BlockKeys {
+    var gapStart = Int.max, gapLength = 0
+    static var contiguous: BlockKeys { BlockKeys() }
+
+    /// The gap of the query block `queries` (key positions `S + i`): the keys hidden from every
+    /// query, [largest prefix end, smallest first key), when that run is not empty.
+    init(queries: Range<Int>, S: Int, shape: AttentionShape, b: Int, visibility: KeyVisibility) {
+        guard visibility.segmentStarts != nil || shape.window > 0 else { return }
+        var start = 0, end = Int.max
+        for i in queries {
+            let (prefixEnd, first) = visibility.hidden(query: S + i, at: b * shape.seq + i, shape: shape)
+            start = max(start, prefixEnd)
+            end = min(end, first)
+        }
+        if end > start { gapStart = start; gapLength = end - start }
+    }
+    private init() {}
+
+    /// The runs of keys in `0..<keys` outside the gap, as (first column, first key, count).
+    func runs(keys: Int) -> [(column: Int, key: Int, count: Int)] {
+        guard gapLength > 0 else { return [(0, 0, keys)] }
+        let head = min(gapStart, keys), tail = keys - min(keys, gapStart + gapLength)
+        return [(0, 0, head), (head, gapStart + gapLength, tail)].filter { $0.count > 0 }
+    }
+
+    /// Query `i` (a key position of the block) as columns of its row: how many it sees up to
+    /// itself, and which of those stay hidden. The gap lies inside every query's hidden keys and
+    /// before the query, so the keys after it move left by its length and what is left hidden is one run.
+    func columns(query i: Int, hidden: (prefixEnd: Int, first: Int)) -> (visible: Int, hidden: Range<Int>) {
+        (i + 1 - gapLength, hidden.prefixEnd < hidden.first ? hidden.prefixEnd..<(hidden.first - gapLength) : 0..<0)
+    }
+}
+
+/// Which earlier keys each query sees beyond plain causal attention, per token [batch, seq]:
+/// with `segmentStarts` (packed sequences, or a branch of a shared prompt) query i sees keys
+/// [0, prefixEnds[i]) and [segmentStarts[i], i] only. Nil pointers: every earlier key. A
+/// sliding window narrows packed sequences too; shared prompts take no window.
+package struct KeyVisibility {
+    /// The first key of each token's own sequence or branch.
+    package var segmentStarts: UnsafePointer<Int32>?
+    /// Keys before this one stay visible though before the segment start (the prompt a branch
+    /// shares); nil: none.
+    package var prefixEnds: UnsafePointer<Int32>?
+
+    /// Every earlier key.
+    package static var causal: KeyVisibility { KeyVisibility(segmentStarts: nil) }
+
+    /// Packed sequences and shared prompts (`prefixEnds` needs `segmentStarts`).
+    package init(segmentStarts: UnsafePointer<Int32>?, prefixEnds: UnsafePointer<Int32>? = nil) {
+        precondition(prefixEnds == nil || segmentStarts != nil, "prefixEnds needs segmentStarts")
+        self.segmentStarts = segmentStarts; self.prefixEnds = prefixEnds
+    }
+
+    /// The keys hidden from query `i` (its key position; `token` its index in the batch):
+    /// [prefixEnd, first), empty when prefixEnd >= first.
+    @inline(__always)
+    func hidden(query i: Int, at token: Int, shape: AttentionShape) -> (prefixEnd: Int, first: Int) {
+        let first = shape.firstKey(query: i, sequenceStart: segmentStarts.map { Int($0[token]) } ?? 0)
+        return (min(prefixEnds.map { Int($0[token]) } ?? 0, first), first)
+    }
 }
 
 /// Query rows per block of causal attention: a block of queries ending at position e needs
@@ -131,48 +211,59 @@ private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, le
 nonisolated(unsafe) var attentionQueryBlock = 64
 
 /// Causal attention with grouped KV heads and a key padding mask [batch, seq] (1 keep, 0 pad).
-/// With `segmentStarts` [batch, seq] (packed sequences), a query sees only keys from the start
-/// of its own sequence on.
+/// `visibility` narrows what each query sees: packed sequences (a query sees only keys from the
+/// start of its own sequence on) and branches that share a prompt (a branch's query sees the
+/// prompt and its own branch, not the branches between).
 /// Writes out and the log-sum-exp of each score row, lse [batch, heads, seq], which is all
 /// backward needs to rebuild the probabilities. A query with no visible key outputs zeros.
 ///
 /// The q heads that share a KV head are stacked into one matrix per query block, so each
-/// block is two GEMMs of group * block rows against the visible keys.
+/// block is two GEMMs of group * block rows against the visible keys; a run of keys that no
+/// query of the block sees is left out of its products (`BlockKeys`).
 ///
 /// For a KV cache (a prompt's prefill, in chunks): `queryStart` is the position of the first
 /// query (each query at queryStart + i sees keys 0...queryStart + i), and `kvRows` the positions
 /// per batch row in k, v and keyMask (the cache's capacity). Defaults: 0 and `shape.seq`.
 package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>,
                              q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                             keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape,
+                             keyMask: UnsafePointer<Float>?, visibility: KeyVisibility = .causal, shape: AttentionShape,
                              queryStart: Int = 0, kvRows: Int? = nil) {
     let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
     let R = kvRows ?? T, S = queryStart, K = S + T   // K: keys of the last query
-    precondition(S == 0 || segmentStarts == nil, "attentionForward: packed sequences start at position 0")
+    precondition(S == 0 || visibility.segmentStarts == nil, "attentionForward: packed sequences start at position 0")
+    precondition(visibility.prefixEnds == nil || shape.window == 0, "attentionForward: a shared prompt with a sliding window")
     forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D)) { b, kvh, blocks, _, scratch, products in
         let kb = k + b * R * shape.kvStride + kvh * D
         let vb = v + b * R * shape.kvStride + kvh * D
         let mask = keyMask.map { $0 + b * R }
         let scores = scratch, stackedQ = scratch + G * B * K, stackedOut = stackedQ + G * B * D
         for block in blocks {
-            let i0 = block * B, rows = min(B, T - i0), keys = S + i0 + rows
+            let i0 = block * B, rows = min(B, T - i0)
+            let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: S, shape: shape, b: b, visibility: visibility)
+            let runs = blockKeys.runs(keys: S + i0 + rows)
+            let columns = runs.reduce(0) { $0 + $1.count }
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
-            // scores = scale * Q K^T   [G * rows, keys]
-            products.sgemm(.none, .transpose, m: G * rows, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
-                       b: kb, ldb: shape.kvStride, c: scores, ldc: keys)
+            // scores = scale * Q K^T   [G * rows, columns]
+            for run in runs {
+                products.sgemm(.none, .transpose, m: G * rows, n: run.count, k: D, alpha: shape.scale, a: stackedQ, lda: D,
+                               b: kb + run.key * shape.kvStride, ldb: shape.kvStride, c: scores + run.column, ldc: columns)
+            }
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
                 for r in 0..<rows {
-                    let i = i0 + r, row = scores + (g * rows + r) * keys
-                    if shape.softcap > 0 { softcapInPlace(row, count: S + i + 1, cap: shape.softcap) }
-                    lseRow[i] = softmaxCausalRow(row, visible: S + i + 1, length: keys, mask: mask,
-                                                 first: shape.firstKey(query: S + i, sequenceStart: segmentStarts.map { Int($0[b * T + i]) } ?? 0))
+                    let i = i0 + r, row = scores + (g * rows + r) * columns
+                    let cols = blockKeys.columns(query: S + i, hidden: visibility.hidden(query: S + i, at: b * T + i, shape: shape))
+                    if shape.softcap > 0 { softcapInPlace(row, count: cols.visible, cap: shape.softcap) }
+                    lseRow[i] = softmaxCausalRow(row, visible: cols.visible, length: columns, mask: mask,
+                                                 hidden: cols.hidden, keys: blockKeys)
                 }
             }
             // out = P V   [G * rows, D]
-            products.sgemm(.none, .none, m: G * rows, n: D, k: keys, a: scores, lda: keys, b: vb, ldb: shape.kvStride,
-                       c: stackedOut, ldc: D)
+            for (index, run) in runs.enumerated() {
+                products.sgemm(.none, .none, m: G * rows, n: D, k: run.count, a: scores + run.column, lda: columns,
+                               b: vb + run.key * shape.kvStride, ldb: shape.kvStride, beta: index == 0 ? 0 : 1, c: stackedOut, ldc: D)
+            }
             heads.scatter(stackedOut, into: out)
         }
     }
@@ -203,7 +294,7 @@ private struct QueryBlock {
 package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
                               dout: UnsafePointer<Float>, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                               v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
-                              keyMask: UnsafePointer<Float>?, segmentStarts: UnsafePointer<Int32>? = nil, shape: AttentionShape) {
+                              keyMask: UnsafePointer<Float>?, visibility: KeyVisibility = .causal, shape: AttentionShape) {
     let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
     // Parts after the first of a (row, KV head) sum their dK and dV into buffers of their own,
     // [T, D] each, added to dk and dv in part order afterwards (the same sums on every run).
@@ -233,16 +324,21 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
         }
         let mask = keyMask.map { $0 + b * T }
         for block in blocks {
-            let i0 = block * B, rows = min(B, T - i0), keys = i0 + rows, m = G * rows
+            let i0 = block * B, rows = min(B, T - i0), m = G * rows
+            let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: 0, shape: shape, b: b, visibility: visibility)
+            let runs = blockKeys.runs(keys: i0 + rows)
+            let keys = runs.reduce(0) { $0 + $1.count }   // the block's columns
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
             heads.gather(out, into: stackedO)
             heads.gather(dout, into: stackedDO)
-            products.sgemm(.none, .transpose, m: m, n: keys, k: D, alpha: shape.scale, a: stackedQ, lda: D,
-                       b: kb, ldb: shape.kvStride, c: p, ldc: keys)
-            // dP = dO V^T   [m, keys]
-            products.sgemm(.none, .transpose, m: m, n: keys, k: D, a: stackedDO, lda: D,
-                       b: vb, ldb: shape.kvStride, c: ds, ldc: keys)
+            // S = scale Q K^T and dP = dO V^T   [m, keys]
+            for run in runs {
+                products.sgemm(.none, .transpose, m: m, n: run.count, k: D, alpha: shape.scale, a: stackedQ, lda: D,
+                               b: kb + run.key * shape.kvStride, ldb: shape.kvStride, c: p + run.column, ldc: keys)
+                products.sgemm(.none, .transpose, m: m, n: run.count, k: D, a: stackedDO, lda: D,
+                               b: vb + run.key * shape.kvStride, ldb: shape.kvStride, c: ds + run.column, ldc: keys)
+            }
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
                 for r in 0..<rows {
@@ -255,35 +351,37 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
                         pr.update(repeating: 0, count: keys); dsr.update(repeating: 0, count: keys)
                         continue
                     }
+                    let cols = blockKeys.columns(query: i, hidden: visibility.hidden(query: i, at: b * T + i, shape: shape))
+                    let visible = cols.visible
                     // S = c tanh(S0 / c) with a softcap: dS0 = dS (1 - tanh^2)
                     if shape.softcap > 0 {
                         let c = shape.softcap
-                        for j in 0...i {
+                        for j in 0..<visible {
                             let t = tanhf(pr[j] / c)
                             pr[j] = c * t
                             capSlope[j] = 1 - t * t
                         }
                     }
                     // P = exp(S - lse) on visible keys, 0 elsewhere; dS = P * (dP - delta)
-                    if let mask { for j in 0...i where mask[j] == 0 { pr[j] = -.infinity } }
-                    let first = shape.firstKey(query: i, sequenceStart: segmentStarts.map { Int($0[b * T + i]) } ?? 0)
-                    for j in 0..<min(first, i + 1) { pr[j] = -.infinity }
-                    scaledExpInPlace(pr, count: i + 1, shift: l, scale: 1)
-                    for j in 0...i { dsr[j] = pr[j] * (dsr[j] - delta) }
-                    if shape.softcap > 0 { for j in 0...i { dsr[j] *= capSlope[j] } }
-                    if i + 1 < keys {
-                        (pr + i + 1).update(repeating: 0, count: keys - i - 1)
-                        (dsr + i + 1).update(repeating: 0, count: keys - i - 1)
+                    hideColumns(pr, visible: visible, mask: mask, hidden: cols.hidden, keys: blockKeys)
+                    scaledExpInPlace(pr, count: visible, shift: l, scale: 1)
+                    for j in 0..<visible { dsr[j] = pr[j] * (dsr[j] - delta) }
+                    if shape.softcap > 0 { for j in 0..<visible { dsr[j] *= capSlope[j] } }
+                    if visible < keys {
+                        (pr + visible).update(repeating: 0, count: keys - visible)
+                        (dsr + visible).update(repeating: 0, count: keys - visible)
                     }
                 }
             }
             // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q   (over the visible keys)
-            products.sgemm(.transpose, .none, m: keys, n: D, k: m, a: p, lda: keys, b: stackedDO, ldb: D,
-                       beta: 1, c: dvb, ldc: ldkv)
-            products.sgemm(.none, .none, m: m, n: D, k: keys, alpha: shape.scale, a: ds, lda: keys, b: kb, ldb: shape.kvStride,
-                       c: stackedDQ, ldc: D)
-            products.sgemm(.transpose, .none, m: keys, n: D, k: m, alpha: shape.scale, a: ds, lda: keys, b: stackedQ, ldb: D,
-                       beta: 1, c: dkb, ldc: ldkv)
+            for (index, run) in runs.enumerated() {
+                products.sgemm(.transpose, .none, m: run.count, n: D, k: m, a: p + run.column, lda: keys, b: stackedDO, ldb: D,
+                               beta: 1, c: dvb + run.key * ldkv, ldc: ldkv)
+                products.sgemm(.none, .none, m: m, n: D, k: run.count, alpha: shape.scale, a: ds + run.column, lda: keys,
+                               b: kb + run.key * shape.kvStride, ldb: shape.kvStride, beta: index == 0 ? 0 : 1, c: stackedDQ, ldc: D)
+                products.sgemm(.transpose, .none, m: run.count, n: D, k: m, alpha: shape.scale, a: ds + run.column, lda: keys,
+                               b: stackedQ, ldb: D, beta: 1, c: dkb + run.key * ldkv, ldc: ldkv)
+            }
             heads.scatter(stackedDQ, into: dq)
         }
     }
@@ -354,7 +452,7 @@ private func attentionDecodeForward(out: UnsafeMutablePointer<Float>, q: UnsafeP
                 finch_key_scores(qi, kb, Int64(shape.kvStride), Int64(visible), Int64(D), shape.scale, row)
                 if shape.softcap > 0 { softcapInPlace(row, count: visible, cap: shape.softcap) }
                 _ = softmaxCausalRow(row, visible: visible, length: total, mask: mask,
-                                     first: shape.firstKey(query: start + i, sequenceStart: 0))
+                                     hidden: 0..<shape.firstKey(query: start + i, sequenceStart: 0))
                 finch_weighted_values(row, vb, Int64(shape.kvStride), Int64(visible), Int64(D), ob + i * shape.qStride)
             }
         }

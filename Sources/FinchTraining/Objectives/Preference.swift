@@ -65,6 +65,9 @@ public final class PreferenceObjective: Objective {
     let reference: ReferenceModel?
     /// Reference log-probs (chosen, rejected) per example id, computed once.
     private var referenceCache: [Int: (Double, Double)] = [:]
+    /// Run each pair as one row that holds the prompt once (`SharedPrompt`); false runs the
+    /// chosen and rejected rows apart (tests compare the two).
+    package var sharesPrompt = true
 
     /// `reference` is required for DPO (an `ObjectiveError` without it) and unused by the others.
     public init(loss: PreferenceLoss, padId: Int32 = 0, reference: ReferenceModel? = nil) throws {
@@ -104,9 +107,21 @@ public final class PreferenceObjective: Objective {
         let nll: [Int32]          // targets of the NLL term (all -1 without one)
         let forward: [Int32]      // union: what the head must score
         let pairs: Int
+        /// The pairs as rows holding their prompt once, when they share one and the model allows.
+        let shared: SharedPrompt?
+
+        /// Per-position statistics of `targets` (of the two-row layout) from a forward over
+        /// `run`'s tokens (the shared layout where there is one), in the two-row layout.
+        func statistics(_ targets: [Int32], _ run: (TokenBatch, [Int32]) -> TokenStatistics) -> TokenStatistics {
+            guard let shared else { return run(batch.tokens, targets) }
+            return shared.unshare(run(shared.tokens, shared.targets(targets)))
+        }
+
+        /// Gradients per position of the two-row layout, in the layout the forward ran.
+        func modelGradients(_ gradients: [Float]) -> [Float] { shared?.share(gradients) ?? gradients }
     }
 
-    func pass(_ examples: [Example]) -> Pass {
+    func pass(_ examples: [Example], model: Transformer) -> Pass {
         let rows = examples.map { $0["chosen_input_ids"] } + examples.map { $0["rejected_input_ids"] }
         let labels = examples.map { $0["chosen_labels"] } + examples.map { $0["rejected_labels"] }
         let batch = SequenceBatch(rows: rows, labels: labels, padId: padId)
@@ -123,27 +138,30 @@ public final class PreferenceObjective: Objective {
             for i in 0..<examples.count * seq { nll[i] = completion[i] }
         }
         let forward = zip(completion, nll).map { max($0, $1) }
-        return Pass(batch: batch, completion: completion, nll: nll, forward: forward, pairs: examples.count)
+        // A sliding window counts keys by their place in the row, which the shared layout changes.
+        let shares = sharesPrompt && model.config.slidingLayers.isEmpty
+        let shared = shares ? SharedPrompt(batch.tokens, pairs: examples.count, targets: forward) : nil
+        return Pass(batch: batch, completion: completion, nll: nll, forward: forward, pairs: examples.count, shared: shared)
     }
 
     /// One forward over chosen then rejected rows, the per-pair terms, and their backward.
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try validate(examples)
-        let p = pass(examples)
+        let p = pass(examples, model: model)
         let references = loss.needsReference ? try referenceLogProbs(examples, model: model) : nil
-        let stats = model.forwardForTraining(p.batch.tokens, targets: p.forward)
+        let stats = p.statistics(p.forward) { model.forwardForTraining($0, targets: $1) }
         let (metrics, gradients) = terms(p, stats: stats, references: references, window: window,
                                         vocabSize: model.config.vocabSize)
-        model.backward(logProbGradients: gradients)
+        model.backward(logProbGradients: p.modelGradients(gradients))
         return metrics
     }
 
     /// The same terms and metrics as `accumulate`, without gradients.
     public func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try validate(examples)
-        let p = pass(examples)
+        let p = pass(examples, model: model)
         let references = loss.needsReference ? try referenceLogProbs(examples, model: model) : nil
-        return terms(p, stats: model.tokenStatistics(p.batch.tokens, targets: p.forward), references: references,
+        return terms(p, stats: p.statistics(p.forward) { model.tokenStatistics($0, targets: $1) }, references: references,
                      window: window, vocabSize: model.config.vocabSize).0
     }
 
@@ -276,15 +294,15 @@ public final class PreferenceObjective: Objective {
     func referenceLogProbs(_ examples: [Example], model: Transformer) throws -> [(Double, Double)] {
         let missing = examples.filter { referenceCache[$0.id] == nil }
         if !missing.isEmpty {
-            let p = pass(missing)
+            let p = pass(missing, model: model)
             let stats: TokenStatistics
             switch reference! {
             case .adaptersOff:
                 model.adaptersEnabled = false
                 defer { model.adaptersEnabled = true }
-                    stats = model.tokenStatistics(p.batch.tokens, targets: p.completion)
+                stats = p.statistics(p.completion) { model.tokenStatistics($0, targets: $1) }
             case let .model(referenceModel):
-                stats = referenceModel.tokenStatistics(p.batch.tokens, targets: p.completion)
+                stats = p.statistics(p.completion) { referenceModel.tokenStatistics($0, targets: $1) }
             }
             let sums = p.batch.rowSums(stats.logProbs, where: p.completion)
             let counts = p.batch.rowCounts(p.completion)
