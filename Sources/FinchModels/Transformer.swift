@@ -443,8 +443,10 @@ public final class Transformer {
             }
         } else {
             batch.mask.withOptionalPointer { mask in
-                batch.segmentStarts.withOptionalPointer { starts in
-                    attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, segmentStarts: starts, shape: shape)
+                GEMM.timed("attention forward (whole kernel)", flops: 0) {
+                    batch.withKeyVisibility { visibility in
+                        attentionForward(out: a.att, lse: a.lse, q: a.q, k: a.k, v: a.v, keyMask: mask, visibility: visibility, shape: shape)
+                    }
                 }
             }
         }
@@ -549,9 +551,11 @@ public final class Transformer {
                     dO = dBranch
                 }
                 layer.o.backward(dO, x: a.att, n: n, dx: acts.datt, accumulate: false, saved: a.saved[.o], scratch: scratch)
-                batch.segmentStarts.withOptionalPointer { starts in
-                    attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
-                                      out: a.att, lse: a.lse, keyMask: mask, segmentStarts: starts, shape: shape)
+                GEMM.timed("attention backward (whole kernel)", flops: 0) {
+                    batch.withKeyVisibility { visibility in
+                        attentionBackward(dq: acts.dq, dk: acts.dk, dv: acts.dv, dout: acts.datt, q: a.q, k: a.k, v: a.v,
+                                          out: a.att, lse: a.lse, keyMask: mask, visibility: visibility, shape: shape)
+                    }
                 }
                 if !c.layersWithoutRope.contains(l) {
                     ropeApply(acts.dq, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)

@@ -51,13 +51,26 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
     // A softcap's backward keeps 1 - tanh^2 of a whole chunk of logits: fewer rows per chunk
     // (32 rows of Gemma 2's 256000-token vocabulary: 33 MB rather than 262 MB at 256).
     let chunk = min(softcap > 0 && backward != nil ? min(chunkRows, 32) : chunkRows, scored.count)
+    // The logits (and a softcap's slopes: d capped / d logit = 1 - tanh^2, in backward) come
+    // from the scratch pool: at 50 MB a fresh allocation is page-faulted in on every call.
+    let slopes = softcap > 0 && backward != nil ? chunk * vocab : 0
+    return ScratchPool.shared.withBuffer(capacity: chunk * vocab + slopes) { logits in
+        let capSlope = logits + chunk * vocab
+        return crossEntropyChunks(hidden: hidden, targets: targets, scored: scored, chunk: chunk, head: head, outputs: outputs,
+                                  backward: backward, softcap: softcap, logits: logits, capSlope: capSlope)
+    }
+}
+
+/// `crossEntropy` over the scored rows, `chunk` at a time, with the logits (and slopes) in the
+/// caller's scratch.
+private func crossEntropyChunks(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, scored: [Int], chunk: Int,
+                                head: WeightMatrix, outputs: CrossEntropyOutputs, backward: CrossEntropyBackward?, softcap: Float,
+                                logits: UnsafeMutablePointer<Float>, capSlope: UnsafeMutablePointer<Float>) -> (loss: Double, count: Int) {
+    let dim = head.columns, vocab = head.rows
     let h = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)       // [chunk, dim]
-    let logits = UnsafeMutablePointer<Float>.allocate(capacity: chunk * vocab) // [chunk, vocab]
     let dh = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)      // [chunk, dim]
     let rowLogProb = UnsafeMutablePointer<Float>.allocate(capacity: chunk)
-    // d capped / d logit = 1 - tanh^2 [chunk, vocab], with a softcap in backward.
-    let capSlope = UnsafeMutablePointer<Float>.allocate(capacity: softcap > 0 && backward != nil ? chunk * vocab : 0)
-    defer { h.deallocate(); logits.deallocate(); dh.deallocate(); rowLogProb.deallocate(); capSlope.deallocate() }
+    defer { h.deallocate(); dh.deallocate(); rowLogProb.deallocate() }
     var totalLoss = 0.0
 
     var start = 0

@@ -98,8 +98,10 @@ package enum GEMM {
     }
     nonisolated(unsafe) package static var profile: Profile?
 
+    /// Runs `body`, adding its time under `key` when profiling (products, and whole kernels
+    /// such as attention, whose products run inside tasks).
     @inline(__always)
-    static func timed(_ key: @autoclosure () -> String, flops: Double, _ body: () -> Void) {
+    package static func timed(_ key: @autoclosure () -> String, flops: Double, _ body: () -> Void) {
         guard let profile else { body(); return }
         let start = MonotonicClock.now()
         body()
