@@ -380,7 +380,7 @@ public final class Transformer {
         let batch: TokenBatch
         let n: Int
         let config: ModelConfig
-        private let fullShape: AttentionShape
+        private var fullShape: AttentionShape
         private let cos: [Float], sin: [Float]
         /// The sliding layers' own tables (Gemma 3's local RoPE base), where they have them.
         private let slidingTables: (cos: [Float], sin: [Float])?
@@ -392,6 +392,7 @@ public final class Transformer {
             n = batch.tokenCount
             fullShape = AttentionShape(batch: batch.batch, seq: batch.seq, heads: c.headCount, kvHeads: c.kvHeadCount, headDim: c.headDim,
                                        scale: c.attentionScale, softcap: c.attentionLogitSoftcap ?? 0)
+            fullShape.bf16Products = model.precision == .bf16
             (cos, sin) = batch.positions.withUnsafeBufferPointer { model.rotary.tables(positions: $0.baseAddress!, count: batch.tokenCount) }
             slidingTables = model.slidingRotary.map { rotary in
                 batch.positions.withUnsafeBufferPointer { rotary.tables(positions: $0.baseAddress!, count: batch.tokenCount) }

@@ -94,6 +94,62 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Under bf16 mixed precision attention's products take bf16-rounded inputs: the forward
+    /// equals a naive one over bf16-rounded q, k and v (the probabilities are rounded too, so
+    /// within bf16's resolution) and differs from the f32 kernel; the backward stays near the
+    /// f32 one; native oneDNN bf16 products and the portable widening give the same figures.
+    func testBF16AttentionProductsRoundTheirInputs() {
+        let saved = attentionQueryBlock
+        defer { attentionQueryBlock = saved; GEMM.portableBF16 = false }
+        attentionQueryBlock = 4
+        var shape = AttentionShape(batch: 2, seq: 11, heads: 4, kvHeads: 2, headDim: 16)
+        let n = 2 * 11
+        let q = S.randomArray(n * shape.qStride, seed: 21), k = S.randomArray(n * shape.kvStride, seed: 22)
+        let v = S.randomArray(n * shape.kvStride, seed: 23), w = S.randomArray(n * shape.qStride, seed: 24)
+        let mask: [Float] = (0..<n).map { $0 >= 19 ? 0 : 1 }
+        func run(bf16: Bool, portable: Bool = false) -> (out: [Float], dq: [Float], dk: [Float], dv: [Float]) {
+            GEMM.portableBF16 = portable
+            shape.bf16Products = bf16
+            var out = [Float](repeating: 0, count: q.count), lse = [Float](repeating: 0, count: 2 * 4 * 11)
+            attentionForward(out: &out, lse: &lse, q: q, k: k, v: v, keyMask: mask, shape: shape)
+            var dq = [Float](repeating: 0, count: q.count), dk = [Float](repeating: 0, count: k.count), dv = dk
+            attentionBackward(dq: &dq, dk: &dk, dv: &dv, dout: w, q: q, k: k, v: v, out: out, lse: lse, keyMask: mask, shape: shape)
+            return (out, dq, dk, dv)
+        }
+        func rounded(_ x: [Float]) -> [Float] {
+            var r = x
+            x.withUnsafeBufferPointer { src in r.withUnsafeMutableBufferPointer { BFloat16.round(src.baseAddress!, to: $0.baseAddress!, count: x.count) } }
+            return r
+        }
+        let (rq, rk, rv) = (rounded(q), rounded(k), rounded(v))
+        var naive = [Float](repeating: 0, count: q.count)
+        for b in 0..<2 { for h in 0..<4 { for i in 0..<11 {
+            let kvh = h / shape.group
+            var scores: [(Int, Double)] = []
+            for j in 0...i where mask[b * 11 + j] != 0 {
+                var dot = 0.0
+                for d in 0..<16 { dot += Double(rq[(b * 11 + i) * shape.qStride + h * 16 + d]) * Double(rk[(b * 11 + j) * shape.kvStride + kvh * 16 + d]) }
+                scores.append((j, dot * Double(shape.scale)))
+            }
+            let m = scores.map(\.1).max()!, z = scores.reduce(0.0) { $0 + exp($1.1 - m) }
+            for d in 0..<16 {
+                naive[(b * 11 + i) * shape.qStride + h * 16 + d] = Float(scores.reduce(0.0) {
+                    $0 + exp($1.1 - m) / z * Double(rv[(b * 11 + $1.0) * shape.kvStride + kvh * 16 + d])
+                })
+            }
+        } } }
+        let f32 = run(bf16: false), native = run(bf16: true), portable = run(bf16: true, portable: true)
+        XCTAssertLessThan(S.relativeL2(native.out, naive), 4e-3, "bf16 forward vs naive on rounded inputs")
+        XCTAssertGreaterThan(S.relativeL2(native.out, f32.out), 1e-4, "the products did not round their inputs")
+        for (name, a, b) in [("dq", native.dq, f32.dq), ("dk", native.dk, f32.dk), ("dv", native.dv, f32.dv)] {
+            XCTAssertLessThan(S.relativeL2(a, b), 2e-2, "bf16 \(name) vs f32")
+        }
+        for (name, a, b) in [("out", native.out, portable.out), ("dq", native.dq, portable.dq), ("dk", native.dk, portable.dk),
+                             ("dv", native.dv, portable.dv)] {
+            XCTAssertLessThan(S.relativeL2(a, b), 1e-5, "native vs portable bf16 \(name)")
+        }
+    }
+
     /// Every query block goes to exactly one part, and the parts' work (block j: j + 1) is even.
     func testAttentionBlockSetsBalanceTheCausalWork() {
         for (blocks, parts) in [(8, 2), (1, 2), (3, 2), (32, 2), (9, 3), (5, 1)] {

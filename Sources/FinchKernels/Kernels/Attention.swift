@@ -18,6 +18,10 @@ package struct AttentionShape: Sendable {
     /// Sliding window: query i sees key j only when i - j < window (positions, not counting
     /// padding apart from its place); 0: every earlier key.
     package var window: Int
+    /// The products take bf16-rounded inputs (q, k, v, the probabilities and, in backward, dO
+    /// and dS) with f32 accumulation, as PyTorch's attention runs under bf16 autocast; softmax,
+    /// its log-sum-exp and every sum outside the products stay f32.
+    package var bf16Products = false
 
     package init(batch: Int, seq: Int, heads: Int, kvHeads: Int, headDim: Int, scale: Float? = nil, softcap: Float = 0, window: Int = 0) {
         self.batch = batch; self.seq = seq; self.heads = heads; self.kvHeads = kvHeads; self.headDim = headDim
@@ -89,10 +93,73 @@ private func forEachKVGroup(_ shape: AttentionShape, parts: Int, queryStart: Int
     }
 }
 
+/// One input of an attention product: f32, or bf16, rows `ld` apart.
+enum AttentionOperand {
+    case f32(UnsafePointer<Float>, ld: Int)
+    case bf16(UnsafePointer<UInt16>, ld: Int)
+
+    /// The operand from row `rows` on.
+    func advanced(rows: Int) -> AttentionOperand {
+        switch self {
+        case let .f32(p, ld): .f32(p + rows * ld, ld: ld)
+        case let .bf16(p, ld): .bf16(p + rows * ld, ld: ld)
+        }
+    }
+
+    /// The operand from column `columns` on.
+    func advanced(columns: Int) -> AttentionOperand {
+        switch self {
+        case let .f32(p, ld): .f32(p + columns, ld: ld)
+        case let .bf16(p, ld): .bf16(p + columns, ld: ld)
+        }
+    }
+}
+
+/// Per task, the bf16 copies an attention kernel multiplies with (`AttentionShape.bf16Products`):
+/// one (row, KV head)'s keys and values, and a query block's stacked rows and probabilities.
+struct AttentionBF16Scratch {
+    let keys, values, queries, outputGradients, probabilities, scoreGradients: UnsafeMutablePointer<UInt16>
+
+    /// For `keyRows` keys and blocks of `blockRows` stacked rows over at most `columns` keys.
+    init(keyRows: Int, blockRows: Int, columns: Int, headDim D: Int) {
+        keys = .allocate(capacity: keyRows * D); values = .allocate(capacity: keyRows * D)
+        queries = .allocate(capacity: blockRows * D); outputGradients = .allocate(capacity: blockRows * D)
+        probabilities = .allocate(capacity: blockRows * columns); scoreGradients = .allocate(capacity: blockRows * columns)
+    }
+
+    func deallocate() {
+        for p in [keys, values, queries, outputGradients, probabilities, scoreGradients] { p.deallocate() }
+    }
+
+    /// Rounds `rows` x `columns` f32 values (rows `ld` apart) into `dst` (rows `columns` apart).
+    static func round(_ src: UnsafePointer<Float>, ld: Int, rows: Int, columns: Int, into dst: UnsafeMutablePointer<UInt16>) {
+        finch_f32_to_bf16_rows(src, ld, dst, rows, columns)
+    }
+}
+
 /// Attention's matrix products: on the calling thread alone inside a parallel task (oneDNN
 /// with the thread's own primitives, or single-threaded OpenBLAS), else on every core.
 struct AttentionProducts {
     let inTask: Bool
+
+    /// C = alpha op(A) op(B) + beta C, both inputs f32 or both bf16.
+    @inline(__always)
+    func gemm(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
+              a: AttentionOperand, b: AttentionOperand, beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        switch (a, b) {
+        case let (.f32(pa, lda), .f32(pb, ldb)):
+            sgemm(transA, transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: lda, b: pb, ldb: ldb, beta: beta, c: c, ldc: ldc)
+        case let (.bf16(pa, lda), .bf16(pb, ldb)):
+            if inTask {
+                GEMM.taskBF16GEMM(transA, transB, m: m, n: n, k: k, alpha: alpha, a: pa, lda: lda, b: pb, ldb: ldb, beta: beta, c: c, ldc: ldc)
+            } else {
+                GEMM.multiply(transA, transB, m: m, n: n, k: k, alpha: alpha, a: .bf16(pa), lda: lda, b: .bf16(pb), ldb: ldb,
+                              beta: beta, c: c, ldc: ldc, precision: .bf16)
+            }
+        default:
+            preconditionFailure("attention products take two f32 or two bf16 inputs")
+        }
+    }
 
     @inline(__always)
     func sgemm(_ transA: BLAS.Transpose, _ transB: BLAS.Transpose, m: Int, n: Int, k: Int, alpha: Float = 1,
@@ -237,17 +304,30 @@ package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutab
         let vb = v + b * R * shape.kvStride + kvh * D
         let mask = keyMask.map { $0 + b * R }
         let scores = scratch, stackedQ = scratch + G * B * K, stackedOut = stackedQ + G * B * D
+        let half = shape.bf16Products ? AttentionBF16Scratch(keyRows: K, blockRows: G * B, columns: K, headDim: D) : nil
+        defer { half?.deallocate() }
+        if let half {
+            AttentionBF16Scratch.round(kb, ld: shape.kvStride, rows: K, columns: D, into: half.keys)
+            AttentionBF16Scratch.round(vb, ld: shape.kvStride, rows: K, columns: D, into: half.values)
+        }
+        let keys: AttentionOperand = half.map { .bf16($0.keys, ld: D) } ?? .f32(kb, ld: shape.kvStride)
+        let values: AttentionOperand = half.map { .bf16($0.values, ld: D) } ?? .f32(vb, ld: shape.kvStride)
         for block in blocks {
-            let i0 = block * B, rows = min(B, T - i0)
+            let i0 = block * B, rows = min(B, T - i0), m = G * rows
             let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: S, shape: shape, b: b, visibility: visibility)
             let runs = blockKeys.runs(keys: S + i0 + rows)
             let columns = runs.reduce(0) { $0 + $1.count }
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
+            var queries = AttentionOperand.f32(stackedQ, ld: D)
+            if let half {
+                AttentionBF16Scratch.round(stackedQ, ld: D, rows: m, columns: D, into: half.queries)
+                queries = .bf16(half.queries, ld: D)
+            }
             // scores = scale * Q K^T   [G * rows, columns]
             for run in runs {
-                products.sgemm(.none, .transpose, m: G * rows, n: run.count, k: D, alpha: shape.scale, a: stackedQ, lda: D,
-                               b: kb + run.key * shape.kvStride, ldb: shape.kvStride, c: scores + run.column, ldc: columns)
+                products.gemm(.none, .transpose, m: m, n: run.count, k: D, alpha: shape.scale, a: queries,
+                              b: keys.advanced(rows: run.key), c: scores + run.column, ldc: columns)
             }
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
@@ -259,10 +339,15 @@ package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutab
                                                  hidden: cols.hidden, keys: blockKeys)
                 }
             }
+            var probabilities = AttentionOperand.f32(scores, ld: columns)
+            if let half {
+                AttentionBF16Scratch.round(scores, ld: columns, rows: m, columns: columns, into: half.probabilities)
+                probabilities = .bf16(half.probabilities, ld: columns)
+            }
             // out = P V   [G * rows, D]
             for (index, run) in runs.enumerated() {
-                products.sgemm(.none, .none, m: G * rows, n: D, k: run.count, a: scores + run.column, lda: columns,
-                               b: vb + run.key * shape.kvStride, ldb: shape.kvStride, beta: index == 0 ? 0 : 1, c: stackedOut, ldc: D)
+                products.gemm(.none, .none, m: m, n: D, k: run.count, a: probabilities.advanced(columns: run.column),
+                              b: values.advanced(rows: run.key), beta: index == 0 ? 0 : 1, c: stackedOut, ldc: D)
             }
             heads.scatter(stackedOut, into: out)
         }
@@ -323,32 +408,46 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
             (dvb + t * ldkv).update(repeating: 0, count: D)
         }
         let mask = keyMask.map { $0 + b * T }
+        let half = shape.bf16Products ? AttentionBF16Scratch(keyRows: T, blockRows: G * B, columns: T, headDim: D) : nil
+        defer { half?.deallocate() }
+        if let half {
+            AttentionBF16Scratch.round(kb, ld: shape.kvStride, rows: T, columns: D, into: half.keys)
+            AttentionBF16Scratch.round(vb, ld: shape.kvStride, rows: T, columns: D, into: half.values)
+        }
+        let keys: AttentionOperand = half.map { .bf16($0.keys, ld: D) } ?? .f32(kb, ld: shape.kvStride)
+        let values: AttentionOperand = half.map { .bf16($0.values, ld: D) } ?? .f32(vb, ld: shape.kvStride)
         for block in blocks {
             let i0 = block * B, rows = min(B, T - i0), m = G * rows
             let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: 0, shape: shape, b: b, visibility: visibility)
             let runs = blockKeys.runs(keys: i0 + rows)
-            let keys = runs.reduce(0) { $0 + $1.count }   // the block's columns
+            let columns = runs.reduce(0) { $0 + $1.count }
             let heads = QueryBlock(shape: shape, b: b, kvh: kvh, start: i0, rows: rows)
             heads.gather(q, into: stackedQ)
             heads.gather(out, into: stackedO)
             heads.gather(dout, into: stackedDO)
+            var queries = AttentionOperand.f32(stackedQ, ld: D), outputGradients = AttentionOperand.f32(stackedDO, ld: D)
+            if let half {
+                AttentionBF16Scratch.round(stackedQ, ld: D, rows: m, columns: D, into: half.queries)
+                AttentionBF16Scratch.round(stackedDO, ld: D, rows: m, columns: D, into: half.outputGradients)
+                queries = .bf16(half.queries, ld: D); outputGradients = .bf16(half.outputGradients, ld: D)
+            }
             // S = scale Q K^T and dP = dO V^T   [m, keys]
             for run in runs {
-                products.sgemm(.none, .transpose, m: m, n: run.count, k: D, alpha: shape.scale, a: stackedQ, lda: D,
-                               b: kb + run.key * shape.kvStride, ldb: shape.kvStride, c: p + run.column, ldc: keys)
-                products.sgemm(.none, .transpose, m: m, n: run.count, k: D, a: stackedDO, lda: D,
-                               b: vb + run.key * shape.kvStride, ldb: shape.kvStride, c: ds + run.column, ldc: keys)
+                products.gemm(.none, .transpose, m: m, n: run.count, k: D, alpha: shape.scale, a: queries,
+                              b: keys.advanced(rows: run.key), c: p + run.column, ldc: columns)
+                products.gemm(.none, .transpose, m: m, n: run.count, k: D, a: outputGradients,
+                              b: values.advanced(rows: run.key), c: ds + run.column, ldc: columns)
             }
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
                 for r in 0..<rows {
                     let i = i0 + r, row = g * rows + r
-                    let pr = p + row * keys, dsr = ds + row * keys
+                    let pr = p + row * columns, dsr = ds + row * columns
                     let l = lseRow[i]
                     var delta: Float = 0
                     for d in 0..<D { delta += stackedDO[row * D + d] * stackedO[row * D + d] }
                     if l == -Float.infinity {
-                        pr.update(repeating: 0, count: keys); dsr.update(repeating: 0, count: keys)
+                        pr.update(repeating: 0, count: columns); dsr.update(repeating: 0, count: columns)
                         continue
                     }
                     let cols = blockKeys.columns(query: i, hidden: visibility.hidden(query: i, at: b * T + i, shape: shape))
@@ -367,20 +466,26 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
                     scaledExpInPlace(pr, count: visible, shift: l, scale: 1)
                     for j in 0..<visible { dsr[j] = pr[j] * (dsr[j] - delta) }
                     if shape.softcap > 0 { for j in 0..<visible { dsr[j] *= capSlope[j] } }
-                    if visible < keys {
-                        (pr + visible).update(repeating: 0, count: keys - visible)
-                        (dsr + visible).update(repeating: 0, count: keys - visible)
+                    if visible < columns {
+                        (pr + visible).update(repeating: 0, count: columns - visible)
+                        (dsr + visible).update(repeating: 0, count: columns - visible)
                     }
                 }
             }
+            var probabilities = AttentionOperand.f32(p, ld: columns), scoreGradients = AttentionOperand.f32(ds, ld: columns)
+            if let half {
+                AttentionBF16Scratch.round(p, ld: columns, rows: m, columns: columns, into: half.probabilities)
+                AttentionBF16Scratch.round(ds, ld: columns, rows: m, columns: columns, into: half.scoreGradients)
+                probabilities = .bf16(half.probabilities, ld: columns); scoreGradients = .bf16(half.scoreGradients, ld: columns)
+            }
             // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q   (over the visible keys)
             for (index, run) in runs.enumerated() {
-                products.sgemm(.transpose, .none, m: run.count, n: D, k: m, a: p + run.column, lda: keys, b: stackedDO, ldb: D,
-                               beta: 1, c: dvb + run.key * ldkv, ldc: ldkv)
-                products.sgemm(.none, .none, m: m, n: D, k: run.count, alpha: shape.scale, a: ds + run.column, lda: keys,
-                               b: kb + run.key * shape.kvStride, ldb: shape.kvStride, beta: index == 0 ? 0 : 1, c: stackedDQ, ldc: D)
-                products.sgemm(.transpose, .none, m: run.count, n: D, k: m, alpha: shape.scale, a: ds + run.column, lda: keys,
-                               b: stackedQ, ldb: D, beta: 1, c: dkb + run.key * ldkv, ldc: ldkv)
+                products.gemm(.transpose, .none, m: run.count, n: D, k: m, a: probabilities.advanced(columns: run.column),
+                              b: outputGradients, beta: 1, c: dvb + run.key * ldkv, ldc: ldkv)
+                products.gemm(.none, .none, m: m, n: D, k: run.count, alpha: shape.scale, a: scoreGradients.advanced(columns: run.column),
+                              b: keys.advanced(rows: run.key), beta: index == 0 ? 0 : 1, c: stackedDQ, ldc: D)
+                products.gemm(.transpose, .none, m: run.count, n: D, k: m, alpha: shape.scale, a: scoreGradients.advanced(columns: run.column),
+                              b: queries, beta: 1, c: dkb + run.key * ldkv, ldc: ldkv)
             }
             heads.scatter(stackedDQ, into: dq)
         }

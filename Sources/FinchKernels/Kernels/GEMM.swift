@@ -130,7 +130,27 @@ package enum GEMM {
                                  b: UnsafePointer<Float>, ldb: Int,
                                  beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
         let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta, lda: lda, ldb: ldb, ldc: ldc)
-        if taskProductsOnOpenBLAS || !backend.multiplyOnCallingThread(p, a: a, b: b, c: c) { BLAS.sgemm(p, a: a, b: b, c: c) }
+        if taskProductsOnOpenBLAS || !backend.multiplyOnCallingThread(p, a: a, b: b, elements: .f32, c: c) { BLAS.sgemm(p, a: a, b: b, c: c) }
+    }
+
+    /// bf16 x bf16 -> f32 product on the calling thread alone (attention's per-task products
+    /// under bf16 mixed precision): natively where the backend computes bf16, else both inputs
+    /// widened to f32 (the same values) and `taskSGEMM`, which gives the same numerics.
+    package static func taskBF16GEMM(_ transA: Transpose, _ transB: Transpose, m: Int, n: Int, k: Int,
+                                    alpha: Float = 1, a: UnsafePointer<UInt16>, lda: Int,
+                                    b: UnsafePointer<UInt16>, ldb: Int,
+                                    beta: Float = 0, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        let p = GEMMProblem(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta, lda: lda, ldb: ldb, ldc: ldc)
+        if !taskProductsOnOpenBLAS && !portableBF16 && backend.multiplyOnCallingThread(p, a: a, b: b, elements: .bf16, c: c) { return }
+        // Stored shapes: A is [m, k] or, transposed, [k, m]; B is [k, n] or [n, k].
+        let (aRows, aColumns) = transA == .none ? (m, k) : (k, m)
+        let (bRows, bColumns) = transB == .none ? (k, n) : (n, k)
+        let wideA = UnsafeMutablePointer<Float>.allocate(capacity: aRows * lda)
+        let wideB = UnsafeMutablePointer<Float>.allocate(capacity: bRows * ldb)
+        defer { wideA.deallocate(); wideB.deallocate() }
+        for r in 0..<aRows { BFloat16.convert(a + r * lda, to: wideA + r * lda, count: aColumns) }
+        for r in 0..<bRows { BFloat16.convert(b + r * ldb, to: wideB + r * ldb, count: bColumns) }
+        taskSGEMM(transA, transB, m: m, n: n, k: k, alpha: alpha, a: wideA, lda: lda, b: wideB, ldb: ldb, beta: beta, c: c, ldc: ldc)
     }
 
     /// `FINCH_TASK_GEMM=openblas`: attention's per-task products on OpenBLAS, for comparison.

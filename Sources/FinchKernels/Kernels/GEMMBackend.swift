@@ -31,9 +31,10 @@ package protocol GEMMBackend: Sendable {
     /// Returns false when this backend cannot compute it (the caller then widens and uses OpenBLAS).
     func multiply(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
                   c: UnsafeMutablePointer<Float>) -> Bool
-    /// An f32 product on the calling thread alone, inside Finch's own parallel tasks (attention's
-    /// per-head blocks), so that several run at once. Returns false when not supported.
-    func multiplyOnCallingThread(_ p: GEMMProblem, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    /// A product on the calling thread alone, inside Finch's own parallel tasks (attention's
+    /// per-head blocks), so that several run at once; inputs of type `elements`. Returns false
+    /// when not supported.
+    func multiplyOnCallingThread(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
                                  c: UnsafeMutablePointer<Float>) -> Bool
     /// Rounds `rows` x `columns` f32 values (row stride `ld`) to bf16 into `dst` (stride `columns`).
     func convertToBF16(_ src: UnsafePointer<Float>, ld: Int, into dst: UnsafeMutablePointer<UInt16>, rows: Int, columns: Int)
@@ -42,7 +43,7 @@ package protocol GEMMBackend: Sendable {
 extension GEMMBackend {
     package var name: String { Self.name }
 
-    package func multiplyOnCallingThread(_ p: GEMMProblem, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    package func multiplyOnCallingThread(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
                                          c: UnsafeMutablePointer<Float>) -> Bool { false }
 
     package func convertToBF16(_ src: UnsafePointer<Float>, ld: Int, into dst: UnsafeMutablePointer<UInt16>, rows: Int, columns: Int) {

@@ -39,11 +39,12 @@ package struct OneDNNGEMM: GEMMBackend {
                                    p.beta, c, Int64(p.ldc)) == 0
     }
 
-    package func multiplyOnCallingThread(_ p: GEMMProblem, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+    package func multiplyOnCallingThread(_ p: GEMMProblem, a: UnsafeRawPointer, b: UnsafeRawPointer, elements: GEMMElements,
                                          c: UnsafeMutablePointer<Float>) -> Bool {
-        p.m > 0 && p.n > 0 && p.k > 0
+        p.m > 0 && p.n > 0 && p.k > 0 && (elements == .f32 || nativeBF16)
             && finch_onednn_task_matmul(p.transA == .transpose ? 1 : 0, p.transB == .transpose ? 1 : 0, Int64(p.m), Int64(p.n), Int64(p.k),
-                                        p.alpha, a, Int64(p.lda), b, Int64(p.ldb), Int32(FINCH_F32), p.beta, c, Int64(p.ldc)) == 0
+                                        p.alpha, a, Int64(p.lda), b, Int64(p.ldb), Int32(elements == .bf16 ? FINCH_BF16 : FINCH_F32),
+                                        p.beta, c, Int64(p.ldc)) == 0
     }
 
     /// On oneDNN's OpenMP threads: converting on Dispatch threads fought the spinning OpenMP
