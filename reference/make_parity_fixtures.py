@@ -23,13 +23,15 @@ import peft
 import safetensors
 from safetensors.torch import save_file, load_file
 from transformers import (LlamaConfig, Qwen2Config, Qwen3Config, SmolLM3Config, Gemma2Config,
-                          Gemma3TextConfig, AutoModelForCausalLM)
+                          Gemma3TextConfig, Phi3Config, AutoModelForCausalLM)
 from peft import LoraConfig, get_peft_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "parity")
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Phi-3 joins q, k, v and gate, up: PEFT adapts the joined modules
+PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 SEQ = 9
 PAD_TOKEN = 0          # id placed at right-padded positions
 N_PROMPT = 2           # first positions of each row masked out of the labels
@@ -94,6 +96,18 @@ def model_specs():
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
                 "full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1000000.0}},
             tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN), {}),
+        # Phi-3 family (Phi-4-mini style): joined qkv_proj and gate_up_proj, partial rotary factor
+        # 0.5 (8 of 16 dimensions rotate), LongRoPE with original context 8 < SEQ 9, so the
+        # training pass takes the long factors (the greedy decode crosses from short to long and
+        # is left out: transformers' own cached generate and full forwards disagree there)
+        ("phi3_longrope", Phi3Config(
+            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            original_max_position_embeddings=8, rms_norm_eps=1e-5, hidden_act="silu",
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
+            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
+            {"targets": PHI3_LORA_TARGETS, "greedy": False}),
     ]
 
 
@@ -202,6 +216,22 @@ def check_sliding(model, ids, mask):
     assert d > 1e-2, "the sliding window does not change the logits"
 
 
+def check_longrope(model, ids, mask):
+    """The 9-token pass must take LongRoPE's long factors (positions past the original 8), and
+    the partial rotary factor must leave dimensions unrotated."""
+    rot = model.model.rotary_emb
+    cfg = model.config
+    with torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+    long_inv = getattr(rot, "long_inv_freq", None)
+    assert long_inv is not None and torch.equal(rot.inv_freq, long_inv), "the pass did not use the long factors"
+    dim = int(cfg.hidden_size // cfg.num_attention_heads * cfg.rope_parameters["partial_rotary_factor"])
+    assert rot.inv_freq.numel() == dim // 2 and dim < cfg.hidden_size // cfg.num_attention_heads
+    print(f"  longrope: long inv_freq {[round(x, 6) for x in rot.inv_freq.tolist()]}, attention factor "
+          f"{rot.attention_scaling:.6f}, rotary dims {dim} of {cfg.hidden_size // cfg.num_attention_heads}")
+    assert rot.attention_scaling > 1.0
+
+
 def greedy(model, prompt):
     """N_GREEDY_NEW greedy tokens after `prompt` [1, P] and the logits each was picked from:
     argmax of a full forward at each step (no cache, no eos handling); checked against
@@ -289,7 +319,10 @@ def build(name, cfg, lora_extra, out_root, seed):
     print(f"  loss {outb.loss.item():.6f}  logits std {outb.logits.std().item():.3f}  params {len(names)}")
 
     # --- LoRA
-    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=LORA_TARGETS,
+    lora_extra = dict(lora_extra)
+    targets = lora_extra.pop("targets", LORA_TARGETS)
+    with_greedy = lora_extra.pop("greedy", True)
+    lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
                       init_lora_weights=False, **lora_extra)
     pmodel = get_peft_model(copy.deepcopy(model), lcfg)
     pmodel.eval()
@@ -333,12 +366,15 @@ def build(name, cfg, lora_extra, out_root, seed):
     print(f"  lora loss {outl.loss.item():.6f}  lora tensors {n_lora}")
 
     # --- greedy decode with the base model (uses no random draws)
-    prompt = ids[:1, :N_GREEDY_PROMPT]
-    tokens, step_logits = greedy(model, prompt)
-    tensors["greedy_prompt"] = prompt[0].float().contiguous()
-    tensors["greedy_tokens"] = tokens.float().contiguous()
-    tensors["greedy_logits"] = step_logits.float().contiguous()
-    print(f"  greedy {prompt[0].tolist()} -> {tokens.tolist()}")
+    if with_greedy:
+        prompt = ids[:1, :N_GREEDY_PROMPT]
+        tokens, step_logits = greedy(model, prompt)
+        tensors["greedy_prompt"] = prompt[0].float().contiguous()
+        tensors["greedy_tokens"] = tokens.float().contiguous()
+        tensors["greedy_logits"] = step_logits.float().contiguous()
+        print(f"  greedy {prompt[0].tolist()} -> {tokens.tolist()}")
+    if cfg.model_type == "phi3":
+        check_longrope(model, ids, mask)
 
     # no metadata: safetensors writes its metadata map in random order, which would make
     # the file bytes differ between runs (versions are recorded in README.md instead)
@@ -398,6 +434,7 @@ Models:
 | smollm3_norope | smollm3 (layer 1 without RoPE) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 2e6, no_rope_layers [1, 0] |
 | gemma2_softcap | gemma2 (sliding window 4: layer 0 sliding, 1 full; attn softcap 0.75, final softcap 2.0; query_pre_attn_scalar 24) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 1e4 |
 | gemma3_sliding | gemma3_text (q/k norm; sliding window 4: layer 0 sliding, 1 full; query_pre_attn_scalar 24; no softcaps) | 128 | 64 | 96 | 4/2 | 16 | yes | sliding layer theta 1e4; full layer theta 1e6, linear factor 2 |
+| phi3_longrope | phi3 (qkv_proj and gate_up_proj joined; LoRA on qkv_proj, o_proj, gate_up_proj, down_proj; no greedy keys) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e4, partial rotary 0.5 (8 of 16 dims), longrope: original 8 < 9 positions, so the long factors, attention factor sqrt(1 + ln 8 / ln 8) |
 
 `llama_scaled`'s original_max_position_embeddings=64 makes the 8 rope frequencies hit all
 three llama3 regimes (1 unchanged, 1 smoothed, 6 divided by 8); the script asserts this.

@@ -6,6 +6,11 @@ import FinchIO
 public struct LoRAConfig: Equatable, Sendable {
     /// The seven linear projections of a Llama-family block: the default targets and the allowed names.
     public static let allProjections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    /// Modules that join projections in some families (Phi-3), with the projections they hold.
+    public static let joinedModules: [(name: String, parts: [String])] = [("qkv_proj", ["q_proj", "k_proj", "v_proj"]),
+                                                                          ("gate_up_proj", ["gate_proj", "up_proj"])]
+    /// Every name a target may have: the seven projections and the joined modules.
+    public static var targetNames: [String] { allProjections + joinedModules.map(\.name) }
 
     /// Rank r of each A [r, in] / B [out, r] pair (PEFT's `r`).
     public var rank: Int
@@ -27,9 +32,13 @@ public struct LoRAConfig: Equatable, Sendable {
     /// The factor on the LoRA term: alpha / rank, or alpha / sqrt(rank) with rsLoRA.
     public var scale: Float { useRSLoRA ? alpha / Float(rank).squareRoot() : alpha / Float(rank) }
 
-    /// Whether a module path gets an adapter: its name equals a target or ends with "." + target.
+    /// Whether a module path gets an adapter: its name equals a target or ends with "." + target;
+    /// a joined module (`qkv_proj`) also when every projection it holds is a target (so the
+    /// default, all seven, covers Phi-3's joined modules).
     public func targets(module name: String) -> Bool {
-        targets.contains { name == $0 || name.hasSuffix("." + $0) }
+        if targets.contains(where: { name == $0 || name.hasSuffix("." + $0) }) { return true }
+        guard let joined = Self.joinedModules.first(where: { name == $0.name || name.hasSuffix("." + $0.name) }) else { return false }
+        return joined.parts.allSatisfy { targets.contains($0) }
     }
 
     /// PEFT's parameter names for a module path such as `model.layers.0.self_attn.q_proj`.

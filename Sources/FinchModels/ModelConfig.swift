@@ -45,6 +45,13 @@ public struct ModelConfig: Equatable, Sendable {
     public var eosTokenIds: [Int]
     /// Layers whose attention takes no rotary embedding (SmolLM3's `no_rope_layers` zeros).
     public var layersWithoutRope: Set<Int> = []
+    /// The dimensions of each q and k head that RoPE rotates, from the start (HF
+    /// `partial_rotary_factor` times head_dim, truncated as transformers does; Phi-4-mini: 3/4).
+    public var rotaryDim: Int
+    /// The stored model joins q, k, v into `self_attn.qkv_proj` and gate, up into
+    /// `mlp.gate_up_proj` (Phi-3): Finch computes with views of their rows, and a LoRA pair
+    /// covers the joined module, as PEFT's does.
+    public var fusedProjections = false
 
     // What Gemma does differently. Families set these (Families/); the defaults are Llama's,
     // and the decoder skips each step whose setting is off.
@@ -96,6 +103,7 @@ public struct ModelConfig: Equatable, Sendable {
         self.headCount = headCount
         self.kvHeadCount = kvHeadCount
         self.headDim = headDim ?? hiddenSize / headCount
+        self.rotaryDim = self.headDim
         self.vocabSize = vocabSize
         self.rmsNormEps = rmsNormEps
         self.ropeTheta = ropeTheta
@@ -157,7 +165,7 @@ public struct ModelConfig: Equatable, Sendable {
         var theta = try fields.float("rope_theta", 10000)
         if let t = ropeParameters?["rope_theta"] as? NSNumber { theta = t.floatValue }
         let scalingJSON = (json["rope_scaling"] as? [String: Any]) ?? ropeParameters
-        let scaling = try Self.parseRopeScaling(scalingJSON, path: path)
+        let scaling = try Self.parseRopeScaling(scalingJSON, config: fields, path: path)
 
         let eos: [Int]
         if let list = json["eos_token_id"] as? [NSNumber] { eos = list.map(\.intValue) }
@@ -183,6 +191,11 @@ public struct ModelConfig: Equatable, Sendable {
                   qkNorm: false,
                   bosTokenId: try fields.optionalInt("bos_token_id"),
                   eosTokenIds: eos)
+        let partial = try (ropeParameters?["partial_rotary_factor"] as? NSNumber)?.floatValue ?? fields.float("partial_rotary_factor", 1)
+        guard partial > 0 && partial <= 1 else {
+            throw LoadError.malformed(path: path, field: "partial_rotary_factor", found: "\(partial)", expected: "a number in (0, 1]")
+        }
+        rotaryDim = Int(Float(headDim) * partial)
         family.traits(&self)
         try family.readHF(&self, fields)
         if fields.bool("mlp_bias", false) {
@@ -209,6 +222,16 @@ public struct ModelConfig: Equatable, Sendable {
         }
         if headCount % kvHeadCount != 0 { throw fail("num_key_value_heads", kvHeadCount, "a divisor of the \(headCount) attention heads") }
         if headDim % 2 != 0 { throw fail("head_dim", headDim, "an even number (rotary embeddings pair dimensions)") }
+        if rotaryDim % 2 != 0 || !(2...headDim).contains(rotaryDim) {
+            throw fail("partial_rotary_factor", Double(rotaryDim) / Double(headDim), "a share of head_dim \(headDim) that rotates an even number of dimensions")
+        }
+        if case let .longrope(short, long, original, factor) = ropeScaling {
+            for (key, list) in [("short_factor", short), ("long_factor", long)] where list.count != rotaryDim / 2 || !list.allSatisfy({ $0.isFinite && $0 > 0 }) {
+                throw fail("rope_scaling.\(key)", "\(list.count) values", "\(rotaryDim / 2) positive numbers (one per rotated frequency)")
+            }
+            if original < 1 { throw fail("original_max_position_embeddings", original, "a positive integer") }
+            if !(factor.isFinite && factor > 0) { throw fail("rope_scaling.attention_factor", factor, "a positive finite number") }
+        }
         if !(rmsNormEps.isFinite && rmsNormEps > 0 && rmsNormEps < 1) { throw fail("rms_norm_eps", rmsNormEps, "a number in (0, 1)") }
         if !(ropeTheta.isFinite && ropeTheta > 0) { throw fail("rope_theta", ropeTheta, "a positive finite number") }
         if let bos = bosTokenId, !(0..<vocabSize).contains(bos) { throw fail("bos_token_id", bos, "a token id below vocab_size \(vocabSize)") }
@@ -226,7 +249,10 @@ public struct ModelConfig: Equatable, Sendable {
         if !(embeddingMultiplier.isFinite && embeddingMultiplier > 0) { throw fail("hidden_size", hiddenSize, "an embedding scale that is finite") }
     }
 
-    static func parseRopeScaling(_ json: [String: Any]?, path: String) throws -> RopeScaling {
+    /// The scaling of `json` (`rope_scaling`, or transformers 5's `rope_parameters`); `config`
+    /// gives the top-level keys LongRoPE also reads (`original_max_position_embeddings`,
+    /// `max_position_embeddings`).
+    static func parseRopeScaling(_ json: [String: Any]?, config: ConfigFields, path: String) throws -> RopeScaling {
         guard let json else { return .none }
         let kind = (json["rope_type"] as? String) ?? (json["type"] as? String) ?? "default"
         func number(_ key: String) throws -> Float {
@@ -235,7 +261,28 @@ public struct ModelConfig: Equatable, Sendable {
             }
             return n.floatValue
         }
+        func numbers(_ key: String) throws -> [Float] {
+            guard let list = json[key] as? [NSNumber] else {
+                throw LoadError.malformed(path: path, field: "rope_scaling.\(key)", found: "\(json[key] ?? "nothing")", expected: "a list of numbers")
+            }
+            return list.map(\.floatValue)
+        }
         switch kind {
+        case "longrope", "su":
+            // transformers: the top-level original_max_position_embeddings wins (Phi-3 writes it
+            // there); the attention factor defaults to sqrt(1 + ln(factor) / ln(original)) with
+            // factor = max_position_embeddings / original unless given.
+            let maxPositions = try config.optionalInt("max_position_embeddings") ?? 2048
+            let original = try config.optionalInt("original_max_position_embeddings")
+                ?? (json["original_max_position_embeddings"] as? NSNumber)?.intValue ?? maxPositions
+            guard original > 0 else {
+                throw LoadError.malformed(path: path, field: "original_max_position_embeddings", found: "\(original)", expected: "a positive integer")
+            }
+            let factor = (json["factor"] as? NSNumber)?.doubleValue ?? Double(maxPositions) / Double(original)
+            let attention = (json["attention_factor"] as? NSNumber)?.floatValue
+                ?? (factor <= 1 ? 1 : Float((1 + log(factor) / log(Double(original))).squareRoot()))
+            return .longrope(shortFactors: try numbers("short_factor"), longFactors: try numbers("long_factor"),
+                             originalMaxPositions: original, attentionFactor: attention)
         case "default": return .none
         case "linear": return .linear(factor: try number("factor"))
         case "llama3":
@@ -243,7 +290,7 @@ public struct ModelConfig: Equatable, Sendable {
                            highFreqFactor: try number("high_freq_factor"),
                            originalMaxPositions: Int(try number("original_max_position_embeddings")))
         default:
-            throw LoadError.unsupported(path: path, what: "rope_scaling type", found: kind, supported: ["default", "linear", "llama3"])
+            throw LoadError.unsupported(path: path, what: "rope_scaling type", found: kind, supported: ["default", "linear", "llama3", "longrope"])
         }
     }
 }
@@ -268,7 +315,11 @@ extension ModelConfig {
         case let .llama3(factor, low, high, original):
             json["rope_scaling"] = ["rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
                                     "original_max_position_embeddings": original]
+        case let .longrope(short, long, original, factor):
+            json["rope_scaling"] = ["rope_type": "longrope", "short_factor": short, "long_factor": long, "attention_factor": factor]
+            json["original_max_position_embeddings"] = original
         }
+        if rotaryDim != headDim { json["partial_rotary_factor"] = Double(rotaryDim) / Double(headDim) }
         return json
     }
 }

@@ -29,7 +29,7 @@ public enum PEFTAdapter {
         if let list = json["target_modules"] as? [String] { targets = list }
         else if let one = json["target_modules"] as? String {
             // A regex in PEFT; Finch takes the projection names it mentions.
-            targets = LoRAConfig.allProjections.filter { one.contains($0) }
+            targets = LoRAConfig.targetNames.filter { one.contains($0) }
         } else {
             throw LoadError.malformed(path: path, field: "target_modules", found: "\(json["target_modules"] ?? "nothing")",
                                       expected: "a list of module names")
@@ -78,11 +78,17 @@ public enum PEFTAdapter {
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let tensors = parameters.entries.map { (name: $0.name, shape: $0.shape, values: parameters.array($0.name)!) }
+        // The modules adapted, by their last name as PEFT matches them (Phi-3: qkv_proj, not q_proj).
+        let modules = Set(parameters.entries.compactMap { entry -> String? in
+            guard entry.name.hasSuffix(".lora_A.weight") else { return nil }
+            return entry.name.dropLast(".lora_A.weight".count).split(separator: ".").last.map(String.init)
+        }).sorted()
         try SafeTensors.write(path: (directory as NSString).appendingPathComponent(weightsFile), tensors: tensors,
                               metadata: ["format": "pt"])
         let config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
-            "lora_dropout": lora.dropout, "target_modules": lora.targets, "use_rslora": lora.useRSLoRA,
+            "lora_dropout": lora.dropout, "target_modules": Set(modules) == Set(lora.targets) ? lora.targets : modules,
+            "use_rslora": lora.useRSLoRA,
             "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "init_lora_weights": true,
             "base_model_name_or_path": baseModel ?? NSNull(), "modules_to_save": NSNull(),
             "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),

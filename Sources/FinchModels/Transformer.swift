@@ -119,15 +119,15 @@ public final class Transformer {
         self.fineTuning = fineTuning
         self.precision = precision
         random = FinchRandom(seed: seed)
-        rotary = RotaryEmbedding(headDim: config.headDim, theta: config.ropeTheta, scaling: config.ropeScaling)
-        slidingRotary = config.slidingRopeTheta.map { RotaryEmbedding(headDim: config.headDim, theta: $0, scaling: .none) }
+        rotary = RotaryEmbedding(headDim: config.rotaryDim, theta: config.ropeTheta, scaling: config.ropeScaling)
+        slidingRotary = config.slidingRopeTheta.map { RotaryEmbedding(headDim: config.rotaryDim, theta: $0, scaling: .none) }
 
         let layout = Self.tensorLayout(config)
-        let stored = try Self.storedTensors(files, layout)
+        let stored = try Self.storedTensors(files, layout, config: config)
         let parameters: ParameterSet?
         switch fineTuning {
         case .none: parameters = nil
-        case let .lora(lora): parameters = ParameterSet(Self.loraLayout(config, lora, stored))
+        case let .lora(lora): parameters = ParameterSet(Self.loraLayout(config, lora))
         case .full: parameters = ParameterSet(layout)
         }
         self.parameters = parameters
@@ -180,22 +180,93 @@ public final class Transformer {
         return layout
     }
 
-    /// The files' tensors of `layout`, each checked to be there with its shape.
-    static func storedTensors(_ files: ModelFiles, _ layout: [(name: String, shape: [Int])]) throws -> [String: TensorData] {
-        try Dictionary(uniqueKeysWithValues: layout.map { name, shape in
+    /// The files' tensors of `layout`, each checked to be there with its shape. In a family that
+    /// joins projections (`ModelConfig.fusedProjections`), q, k, v and gate, up are views of the
+    /// rows of the joined tensors.
+    static func storedTensors(_ files: ModelFiles, _ layout: [(name: String, shape: [Int])], config: ModelConfig) throws -> [String: TensorData] {
+        let joined = config.fusedProjections ? Self.joinedRows(config) : [:]
+        return try Dictionary(uniqueKeysWithValues: layout.map { name, shape in
+            if let (module, first) = joined[Self.projectionSuffix(name) ?? ""], let layer = Self.layerPrefix(name) {
+                let source = layer + module + ".weight"
+                guard let t = files.tensors[source] else { throw LoadError.missingTensor(path: files.source, name: source) }
+                let rows = module.hasSuffix("qkv_proj") ? config.qDim + 2 * config.kvDim : 2 * config.intermediateSize
+                guard t.shape == [rows, shape[1]] else {
+                    throw LoadError.shapeMismatch(path: files.source, name: source, found: t.shape, expected: [rows, shape[1]])
+                }
+                return (name, t.rowSlice(first, shape[0], name: name))
+            }
             guard let t = files.tensors[name] else { throw LoadError.missingTensor(path: files.source, name: name) }
             guard t.shape == shape else { throw LoadError.shapeMismatch(path: files.source, name: name, found: t.shape, expected: shape) }
             return (name, t)
         })
     }
 
-    /// The LoRA pairs of the targeted projections, PEFT's names and shapes.
-    static func loraLayout(_ config: ModelConfig, _ lora: LoRAConfig, _ stored: [String: TensorData]) -> [(name: String, shape: [Int])] {
+    /// For families that join projections: each joined projection's module and its first row there.
+    static func joinedRows(_ config: ModelConfig) -> [String: (module: String, firstRow: Int)] {
+        ["self_attn.q_proj": ("self_attn.qkv_proj", 0), "self_attn.k_proj": ("self_attn.qkv_proj", config.qDim),
+         "self_attn.v_proj": ("self_attn.qkv_proj", config.qDim + config.kvDim),
+         "mlp.gate_proj": ("mlp.gate_up_proj", 0), "mlp.up_proj": ("mlp.gate_up_proj", config.intermediateSize)]
+    }
+
+    /// "self_attn.q_proj" of "model.layers.3.self_attn.q_proj.weight"; nil for a name of no projection's weight.
+    private static func projectionSuffix(_ name: String) -> String? {
+        projectionNames.first { name.hasSuffix("." + $0 + ".weight") }
+    }
+
+    /// "model.layers.3." of a layer's tensor name.
+    private static func layerPrefix(_ name: String) -> String? {
+        guard let suffix = projectionSuffix(name) else { return nil }
+        return String(name.dropLast(suffix.count + ".weight".count))
+    }
+
+    /// The modules LoRA pairs sit on in layer `l` (PEFT's module paths): each projection, or,
+    /// in a family that joins them, the joined modules; with the projections (indices into
+    /// `projectionNames`) whose rows each covers and where their rows start, and its shape [out, in].
+    static func loraModules(_ config: ModelConfig, layer l: Int) -> [(module: String, shape: [Int], parts: [(projection: Int, firstRow: Int)])] {
+        let p = "model.layers.\(l).", C = config.hiddenSize, I = config.intermediateSize
+        let shapes = [[config.qDim, C], [config.kvDim, C], [config.kvDim, C], [C, config.qDim], [I, C], [I, C], [C, I]]
+        guard config.fusedProjections else {
+            return projectionNames.indices.map { (p + projectionNames[$0], shapes[$0], [($0, 0)]) }
+        }
+        return [(p + "self_attn.qkv_proj", [config.qDim + 2 * config.kvDim, C], [(0, 0), (1, config.qDim), (2, config.qDim + config.kvDim)]),
+                (p + "self_attn.o_proj", shapes[3], [(3, 0)]),
+                (p + "mlp.gate_up_proj", [2 * I, C], [(4, 0), (5, I)]),
+                (p + "mlp.down_proj", shapes[6], [(6, 0)])]
+    }
+
+    /// The parameters of full fine-tuning (or their gradients) under the names and shapes of
+    /// the model's own files: a family that joins projections (Phi-3) gets `qkv_proj` and
+    /// `gate_up_proj` back.
+    package func weightsForSaving(gradients: Bool = false) -> [(name: String, shape: [Int], values: [Float])] {
+        guard let p = parameters else { return [] }
+        let joined = config.fusedProjections ? Self.joinedRows(config) : [:]
+        var out: [(name: String, shape: [Int], values: [Float])] = []
+        for entry in p.entries {
+            let values = p.array(entry.name, gradient: gradients)!
+            guard let suffix = Self.projectionSuffix(entry.name), let (module, first) = joined[suffix],
+                  let layer = Self.layerPrefix(entry.name) else {
+                out.append((entry.name, entry.shape, values))
+                continue
+            }
+            let name = layer + module + ".weight"
+            if first == 0 {
+                out.append((name, entry.shape, values))
+            } else {
+                // The next part of the joined tensor written just before.
+                precondition(out.last?.name == name, "the parts of \(name) are not in order")
+                out[out.count - 1].shape[0] += entry.shape[0]
+                out[out.count - 1].values += values
+            }
+        }
+        return out
+    }
+
+    /// The LoRA pairs of the targeted modules, PEFT's names and shapes.
+    static func loraLayout(_ config: ModelConfig, _ lora: LoRAConfig) -> [(name: String, shape: [Int])] {
         (0..<config.layerCount).flatMap { l in
-            Self.projectionNames.filter { lora.targets(module: $0) }.flatMap { name -> [(name: String, shape: [Int])] in
-                let module = "model.layers.\(l).\(name)", w = stored[module + ".weight"]!
+            loraModules(config, layer: l).filter { lora.targets(module: $0.module) }.flatMap { module, shape, _ -> [(name: String, shape: [Int])] in
                 let names = LoRAConfig.parameterNames(module: module)
-                return [(names.a, [lora.rank, w.columns]), (names.b, [w.rows, lora.rank])]
+                return [(names.a, [lora.rank, shape[1]]), (names.b, [shape[0], lora.rank])]
             }
         }
     }
@@ -274,16 +345,22 @@ public final class Transformer {
             let linear = Linear(name: p + name, weight: w, bias: bias?.0)
             linear.weightGrad = wGrad
             linear.biasGrad = bias?.1
-            if case let .lora(lora) = fineTuning, lora.targets(module: name), let parameters = weights.parameters {
-                let names = LoRAConfig.parameterNames(module: p + name)
-                let a = parameters.value(names.a)!
-                let bound = 1 / Float(w.columns).squareRoot()
-                for i in 0..<lora.rank * w.columns { a[i] = (random.nextFloat() * 2 - 1) * bound }
-                linear.lora = LoRAModule(rank: lora.rank, scale: lora.scale, dropout: lora.dropout,
-                                         a: a, b: parameters.value(names.b)!,
-                                         da: parameters.grad(names.a)!, db: parameters.grad(names.b)!)
-            }
             projections.append(linear)
+        }
+        // Each LoRA module's pair; a joined module's (Phi-3's qkv_proj) A is shared by the
+        // projections it holds, each taking its own rows of B (the same sums PEFT computes).
+        if case let .lora(lora) = fineTuning, let parameters = weights.parameters {
+            for (module, shape, parts) in Self.loraModules(config, layer: l) where lora.targets(module: module) {
+                let names = LoRAConfig.parameterNames(module: module)
+                let a = parameters.value(names.a)!, b = parameters.value(names.b)!
+                let da = parameters.grad(names.a)!, db = parameters.grad(names.b)!
+                let bound = 1 / Float(shape[1]).squareRoot()
+                for i in 0..<lora.rank * shape[1] { a[i] = (random.nextFloat() * 2 - 1) * bound }
+                for (projection, firstRow) in parts {
+                    projections[projection].lora = LoRAModule(rank: lora.rank, scale: lora.scale, dropout: lora.dropout, a: a,
+                                                              b: b + firstRow * lora.rank, da: da, db: db + firstRow * lora.rank)
+                }
+            }
         }
         let names = Self.normNames(config)
         let inputNorm = weights.vector(p + "input_layernorm.weight")
@@ -430,8 +507,8 @@ public final class Transformer {
         }
         if !c.layersWithoutRope.contains(l) {
             let rope = pass.rope(l)
-            ropeApply(a.q, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim)
-            ropeApply(a.k, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim)
+            ropeApply(a.q, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim, rotaryDim: c.rotaryDim)
+            ropeApply(a.k, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, rotaryDim: c.rotaryDim)
         }
         acts.keep(.qkv, layer: l, config: c)
         if let cache {
@@ -559,8 +636,10 @@ public final class Transformer {
                     }
                 }
                 if !c.layersWithoutRope.contains(l) {
-                    ropeApply(acts.dq, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim, inverse: true)
-                    ropeApply(acts.dk, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim, inverse: true)
+                    ropeApply(acts.dq, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.headCount, headDim: c.headDim,
+                              rotaryDim: c.rotaryDim, inverse: true)
+                    ropeApply(acts.dk, cos: rope.cos, sin: rope.sin, tokens: n, heads: c.kvHeadCount, headDim: c.headDim,
+                              rotaryDim: c.rotaryDim, inverse: true)
                 }
                 var dq = acts.dq!, dk = acts.dk!
                 if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {

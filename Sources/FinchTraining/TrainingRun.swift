@@ -238,9 +238,7 @@ public final class TrainingRun {
             try PEFTAdapter.save(model, to: output, baseModel: config.model)
             return
         }
-        let p = trainer.parameters
-        try SafeTensors.write(path: path("model.safetensors"), tensors: p.entries.map { ($0.name, $0.shape, p.array($0.name)!) },
-                              metadata: ["format": "pt"])
+        try SafeTensors.write(path: path("model.safetensors"), tensors: model.weightsForSaving(), metadata: ["format": "pt"])
         let configData = try JSONSerialization.data(withJSONObject: model.config.huggingFaceJSON(), options: [.prettyPrinted, .sortedKeys])
         try configData.write(to: URL(fileURLWithPath: path("config.json")), options: .atomic)
         var isDirectory: ObjCBool = false

@@ -14,7 +14,8 @@ import FinchTestSupport
 /// reference/make_parity_fixtures.py): logits, loss, and every gradient, LoRA and full.
 final class ParityTests: XCTestCase {
     typealias S = TestSupport
-    static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope", "gemma2_softcap", "gemma3_sliding"]
+    static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope", "gemma2_softcap", "gemma3_sliding",
+                          "phi3_longrope"]
 
     struct Fixture {
         let directory: String
@@ -73,11 +74,12 @@ final class ParityTests: XCTestCase {
             let count = f.targets.filter { $0 >= 0 }.count
             let r = model.crossEntropyStep(f.batch, targets: f.targets, weight: 1 / Float(count))
             XCTAssertEqual(Float(r.sum / Double(r.count)), f.tensor("loss")[0], accuracy: 1e-5 * f.tensor("loss")[0], name)
-            let parameters = model.parameters!
-            XCTAssertEqual(parameters.entries.count, f.expected.keys.filter { $0.hasPrefix("grad.full.") }.count, name)
-            for entry in parameters.entries {
-                let expected = f.tensor("grad.full." + entry.name)
-                XCTAssertLessThan(S.relativeL2(parameters.array(entry.name, gradient: true)!, expected), 1e-3, "\(name) \(entry.name)")
+            // Under the files' names: Phi-3's q, k, v gradients joined as qkv_proj's, as saving joins them.
+            let gradients = model.weightsForSaving(gradients: true)
+            XCTAssertEqual(gradients.count, f.expected.keys.filter { $0.hasPrefix("grad.full.") }.count, name)
+            for (tensor, shape, values) in gradients {
+                XCTAssertEqual(shape, f.expected["grad.full." + tensor]?.shape, "\(name) \(tensor)")
+                XCTAssertLessThan(S.relativeL2(values, f.tensor("grad.full." + tensor)), 1e-3, "\(name) \(tensor)")
             }
         }
     }
@@ -121,6 +123,34 @@ final class ParityTests: XCTestCase {
         let again = try Transformer(files: ModelFiles.open(f.directory), fineTuning: .lora(PEFTAdapter.config(directory: out)))
         try PEFTAdapter.load(directory: out, into: again)
         XCTAssertEqual(model.logits(f.batch), again.logits(f.batch))
+    }
+
+    /// Phi-3 keeps its joined modules on the way out: an adapter names qkv_proj and gate_up_proj
+    /// (as PEFT's does, so peft loads it), a full fine-tune saves the files' own tensors, and
+    /// both read back to the same logits.
+    func testPhi3SavesItsJoinedModules() throws {
+        let f = try Fixture("phi3_longrope")
+        let adapter = f.directory + "/adapter"
+        let model = try Transformer(files: ModelFiles.open(f.directory), fineTuning: .lora(PEFTAdapter.config(directory: adapter)))
+        try PEFTAdapter.load(directory: adapter, into: model)
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("finch-phi3-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        try PEFTAdapter.save(model, to: out)
+        XCTAssertEqual(try PEFTAdapter.config(directory: out).targets.sorted(), ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"])
+        let again = try Transformer(files: ModelFiles.open(f.directory), adapter: out)
+        XCTAssertEqual(model.logits(f.batch), again.logits(f.batch))
+
+        let files = try ModelFiles.open(f.directory)
+        let full = try Transformer(files: files, fineTuning: .full)
+        let saved = full.weightsForSaving()
+        XCTAssertEqual(Set(saved.map(\.name)), Set(files.tensors.keys))
+        for (name, shape, values) in saved {
+            XCTAssertEqual(shape, files.tensors[name]!.shape, name)
+            XCTAssertEqual(values, dequantize(files.tensors[name]!), name)
+        }
+        // The default targets (all seven projections) cover the joined modules; q_proj alone does not.
+        XCTAssertTrue(LoRAConfig().targets(module: "model.layers.0.self_attn.qkv_proj"))
+        XCTAssertFalse(LoRAConfig(targets: ["q_proj"]).targets(module: "model.layers.0.self_attn.qkv_proj"))
     }
 
     func testAdapterForAnotherModelIsRejectedWithTheTensorName() throws {

@@ -7,6 +7,11 @@ public enum RopeScaling: Equatable, Sendable {
     case linear(factor: Float)
     /// Llama 3.x: long wavelengths divided by `factor`, short ones kept, a smooth ramp between.
     case llama3(factor: Float, lowFreqFactor: Float, highFreqFactor: Float, originalMaxPositions: Int)
+    /// LongRoPE (Phi-3.5, Phi-4-mini): frequency i divided by `shortFactors[i]`, or by
+    /// `longFactors[i]` in a pass whose positions reach past `originalMaxPositions` (as
+    /// transformers picks them from the largest position of each forward); cos and sin
+    /// multiplied by `attentionFactor`.
+    case longrope(shortFactors: [Float], longFactors: [Float], originalMaxPositions: Int, attentionFactor: Float)
 }
 
 extension RopeScaling {
@@ -61,15 +66,28 @@ extension RopeScaling {
 /// Rotary position embedding in the "rotate half" layout of HF Llama: within each head,
 /// element i pairs with element i + headDim/2.
 package struct RotaryEmbedding: Sendable {
+    /// The rotated dimensions of each head (all of it, or the first part with a partial rotary factor).
     let headDim: Int
     /// Inverse frequencies [headDim / 2], after any rope scaling.
     let inverseFrequencies: [Float]
+    /// LongRoPE's frequencies for passes past `longFrom` positions; nil for other scalings.
+    let longInverseFrequencies: [Float]?
+    let longFrom: Int
+    /// cos and sin are multiplied by this (LongRoPE's attention factor; 1 otherwise).
+    let attentionFactor: Float
 
+    /// `headDim`: the rotated dimensions of a head (`ModelConfig.rotaryDim`).
     package init(headDim: Int, theta: Float, scaling: RopeScaling) {
         self.headDim = headDim
         var freqs = RopeScaling.baseFrequencies(headDim: headDim, theta: theta)
+        var long: [Float]?, longFrom = Int.max, attentionFactor: Float = 1
         switch scaling {
         case .none: break
+        case let .longrope(short, longFactors, originalMax, factor):
+            long = zip(freqs, longFactors).map { $0 / $1 }
+            freqs = zip(freqs, short).map { $0 / $1 }
+            longFrom = originalMax
+            attentionFactor = factor
         case let .linear(factor):
             freqs = freqs.map { $0 / factor }
         case let .llama3(factor, lowFreqFactor, highFreqFactor, originalMax):
@@ -85,29 +103,38 @@ package struct RotaryEmbedding: Sendable {
             }
         }
         inverseFrequencies = freqs
+        longInverseFrequencies = long
+        self.longFrom = longFrom
+        self.attentionFactor = attentionFactor
     }
 
-    /// cos and sin tables [positions.count, headDim / 2].
+    /// cos and sin tables [positions.count, headDim / 2]. LongRoPE takes its long frequencies
+    /// when the largest position is at or past its original context.
     package func tables(positions: UnsafePointer<Int32>, count: Int) -> (cos: [Float], sin: [Float]) {
         let half = headDim / 2
         var c = [Float](repeating: 0, count: count * half), s = c
+        let largest = (0..<count).reduce(Int32.min) { max($0, positions[$1]) }
+        let freqs = longInverseFrequencies.map { Int(largest) + 1 > longFrom ? $0 : inverseFrequencies } ?? inverseFrequencies
         for t in 0..<count {
             let p = Float(positions[t])
             for i in 0..<half {
-                let angle = p * inverseFrequencies[i]
-                c[t * half + i] = Foundation.cos(angle)
-                s[t * half + i] = Foundation.sin(angle)
+                let angle = p * freqs[i]
+                c[t * half + i] = Foundation.cos(angle) * attentionFactor
+                s[t * half + i] = Foundation.sin(angle) * attentionFactor
             }
         }
         return (c, s)
     }
 }
 
-/// Rotates x [tokens, heads, headDim] in place by each token's angle. With `inverse`,
-/// rotates by the negative angle, which is the backward pass (the rotation is orthogonal).
+/// Rotates x [tokens, heads, headDim] in place by each token's angle: the first `rotaryDim`
+/// dimensions of each head (all by default; Phi's partial rotary factor leaves the rest as
+/// they are). With `inverse`, rotates by the negative angle, which is the backward pass (the
+/// rotation is orthogonal, or, with LongRoPE's attention factor in the tables, that factor
+/// times an orthogonal one, whose transpose this also is).
 package func ropeApply(_ x: UnsafeMutablePointer<Float>, cos: UnsafePointer<Float>, sin: UnsafePointer<Float>,
-                      tokens: Int, heads: Int, headDim: Int, inverse: Bool = false) {
-    let half = headDim / 2
+                      tokens: Int, heads: Int, headDim: Int, rotaryDim: Int? = nil, inverse: Bool = false) {
+    let half = (rotaryDim ?? headDim) / 2
     let sign: Float = inverse ? -1 : 1
     parallelFor(tokens, grain: 8) { range in
         for t in range {

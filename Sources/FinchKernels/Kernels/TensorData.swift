@@ -110,3 +110,14 @@ package func bfloat16Bits(_ value: Float) -> UInt16 {
     let rounded = bits &+ 0x7FFF &+ ((bits >> 16) & 1)
     return UInt16(truncatingIfNeeded: rounded >> 16)
 }
+
+extension TensorData {
+    /// Rows first..<first + count of a matrix, as a view of the same bytes (a joined projection's
+    /// part: Phi-3's q of `qkv_proj`). Whole rows, so quantized blocks stay whole.
+    public func rowSlice(_ first: Int, _ count: Int, name: String) -> TensorData {
+        precondition(shape.count == 2 && first >= 0 && count >= 0 && first + count <= shape[0], "rows outside the matrix")
+        let rowBytes = dtype.rowBytes(columns: shape[1])
+        return TensorData(name: name, dtype: dtype, shape: [count, shape[1]], bytes: bytes + first * rowBytes,
+                          byteCount: count * rowBytes, owner: owner)
+    }
+}

@@ -53,9 +53,9 @@ extension ModelFamily {
             let nested = fields.json["rope_parameters"] as? [String: Any]
             let full = nested?["full_attention"] as? [String: Any], local = nested?["sliding_attention"] as? [String: Any]
             config.ropeTheta = (full?["rope_theta"] as? NSNumber)?.floatValue ?? (fields.json["rope_theta"] as? NSNumber)?.floatValue ?? 1e6
-            if let full { config.ropeScaling = try ModelConfig.parseRopeScaling(full, path: fields.path) }
+            if let full { config.ropeScaling = try ModelConfig.parseRopeScaling(full, config: fields, path: fields.path) }
             config.slidingRopeTheta = try (local?["rope_theta"] as? NSNumber)?.floatValue ?? fields.float("rope_local_base_freq", 10000)
-            if let local, try ModelConfig.parseRopeScaling(local, path: fields.path) != .none {
+            if let local, try ModelConfig.parseRopeScaling(local, config: fields, path: fields.path) != .none {
                 throw LoadError.unsupported(path: fields.path, what: "rope_parameters.sliding_attention.rope_type",
                                             found: "\(local["rope_type"] ?? "?")", supported: ["default"])
             }
