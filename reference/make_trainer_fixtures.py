@@ -234,6 +234,15 @@ def common_args(out_dir, batch=4, accum=1):
         disable_tqdm=True)
 
 
+# KTO: unpaired completions with a desirability label (own content), both labels in the batch
+KTO_ROWS = [
+    {"prompt": "Q: Name a primary colour.\nA:", "completion": " Red.", "label": True},
+    {"prompt": "Q: How many legs does a spider have?\nA:", "completion": " Six, I think.", "label": False},
+    {"prompt": "Q: What do bees make?\nA:", "completion": " Honey, stored in wax cells.", "label": True},
+    {"prompt": "Q: Is ice colder than steam?\nA:", "completion": " No.", "label": False},
+]
+
+
 CASES = {
     # name: (kind, dataset rows, trainer-specific config, notes)
     "sft_completion": ("sft", SFT_PROMPT_COMPLETION, dict(max_length=1024),
@@ -257,6 +266,10 @@ CASES = {
     "cpo_sigmoid": ("cpo", PREFERENCE, dict(beta=0.1, loss_type="sigmoid", cpo_alpha=1.0), "CPO default"),
     "simpo": ("cpo", PREFERENCE, dict(beta=2.0, loss_type="simpo", simpo_gamma=0.5, cpo_alpha=0.0),
               "pure SimPO: CPOTrainer loss_type='simpo' with cpo_alpha=0"),
+    "kto": ("kto", KTO_ROWS, dict(beta=0.1, desirable_weight=1.0, undesirable_weight=1.5),
+            "KTO with the KL estimate (completions rotated by one within the batch), separate reference model"),
+    "kto_apo": ("kto", KTO_ROWS, dict(beta=0.2, loss_type="apo_zero_unpaired"),
+                "KTOTrainer loss_type='apo_zero_unpaired': no KL term"),
 }
 
 
@@ -283,6 +296,14 @@ def make_trainer(kind, rows, cfg, model_dir, ref_dir, tokenizer, out_dir, batch=
         from trl.experimental.cpo import CPOConfig, CPOTrainer
         conf = CPOConfig(**args, **cfg)
         return CPOTrainer(model=model, args=conf, train_dataset=ds, processing_class=tok), conf
+    if kind == "kto":
+        # The two random models trade places: with model/ as the policy its log-probs of the
+        # mismatched pairs are below ref_model/'s and the clamped KL estimate would be 0; this way
+        # round it is positive and takes part in the loss.
+        from trl import KTOConfig, KTOTrainer
+        conf = KTOConfig(**args, **cfg)
+        policy, ref = load_model(ref_dir), model
+        return KTOTrainer(model=policy, ref_model=ref, args=conf, train_dataset=ds, processing_class=tok), conf
     raise ValueError(kind)
 
 
@@ -341,6 +362,9 @@ class Capture:
             ex["ref_chosen_logps"], ex["ref_rejected_logps"] = rc, rr
             cm = inputs["completion_mask"]
             ex["completion_tokens"] = cm.sum(1).float()
+        elif self.kind == "kto":
+            ex["kl_logps"] = t._compute_kl_logps(model, inputs) if t.calculate_KL else torch.zeros(1)
+            ex["ref_kl_logps"] = t._compute_kl_logps(t.ref_model, inputs) if t.calculate_KL else torch.zeros(1)
         elif self.kind == "sft":
             labels = inputs["labels"]
             ex["label_tokens"] = (labels[:, 1:] != -100).sum(1).float()
@@ -444,7 +468,7 @@ def main():
     for name in opts.cases.split(","):
         kind, rows, cfg, notes = CASES[name]
         trainer, cap, before, after, conf = run_one_step(
-            kind, rows, cfg, model_dir, ref_dir if kind == "dpo" else None, tokenizer)
+            kind, rows, cfg, model_dir, ref_dir if kind in ("dpo", "kto") else None, tokenizer)
         assert len(cap.calls) == 1 and len(cap.model_inputs) >= 1, (name, len(cap.calls))
         log = dict(trainer.state.log_history[0])
         tensors = {}
@@ -473,7 +497,8 @@ def main():
                                            "precompute_ref_log_probs", "cpo_alpha", "simpo_gamma",
                                            "padding_value", "max_completion_length", "packing",
                                            "dataset_text_field", "pad_to_multiple_of", "loss_weights",
-                                           "ld_alpha", "use_weighting", "f_divergence_type")
+                                           "ld_alpha", "use_weighting", "f_divergence_type",
+                                           "desirable_weight", "undesirable_weight")
                                if k in full_conf and k not in cfg]
         record = {
             "case": name,
@@ -483,7 +508,8 @@ def main():
             "config": {k: full_conf[k] for k in keys if k in full_conf},
             "config_full": full_conf,
             "rows": rows,
-            "reference_model": "ref_model" if kind == "dpo" else None,
+            "policy_model": "ref_model" if kind == "kto" else "model",
+            "reference_model": "model" if kind == "kto" else "ref_model" if kind == "dpo" else None,
             "loss": log.get("loss"),
             "compute_loss_value": cap.calls[0]["loss"],
             "num_items_in_batch": jsonable(cap.calls[0]["num_items_in_batch"]),

@@ -40,17 +40,33 @@ public struct Normalisers: Sendable, Equatable {
     public var rejectedTokens: Double = 0
     /// Padded positions per half of a preference batch (ORPO's and CPO's mean-logit metrics).
     public var positions: Double = 0
+    /// Unpaired examples (KTO's loss is their mean), and how many are desirable and undesirable.
+    public var examples: Double = 0
+    /// KTO's desirable examples.
+    public var desirable: Double = 0
+    /// KTO's undesirable examples.
+    public var undesirable: Double = 0
+    /// KTO's KL estimate over the window: the sum of policy minus reference log-probs of the
+    /// mismatched prompt-completion pairs, and how many pairs.
+    public var klSum: Double = 0
+    /// The mismatched pairs of `klSum`.
+    public var klCount: Double = 0
 
     /// Counts given directly; objectives build them with `normalisers(of:)`.
-    public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0, positions: Double = 0) {
+    public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0, positions: Double = 0,
+                examples: Double = 0, desirable: Double = 0, undesirable: Double = 0, klSum: Double = 0, klCount: Double = 0) {
         self.tokens = tokens; self.pairs = pairs; self.chosenTokens = chosenTokens; self.rejectedTokens = rejectedTokens
         self.positions = positions
+        self.examples = examples; self.desirable = desirable; self.undesirable = undesirable
+        self.klSum = klSum; self.klCount = klCount
     }
 
     /// Field-by-field sum, to total the counts of a window's micro-batches.
     public static func + (a: Normalisers, b: Normalisers) -> Normalisers {
         Normalisers(tokens: a.tokens + b.tokens, pairs: a.pairs + b.pairs, chosenTokens: a.chosenTokens + b.chosenTokens,
-                    rejectedTokens: a.rejectedTokens + b.rejectedTokens, positions: a.positions + b.positions)
+                    rejectedTokens: a.rejectedTokens + b.rejectedTokens, positions: a.positions + b.positions,
+                    examples: a.examples + b.examples, desirable: a.desirable + b.desirable, undesirable: a.undesirable + b.undesirable,
+                    klSum: a.klSum + b.klSum, klCount: a.klCount + b.klCount)
     }
 }
 

@@ -27,6 +27,16 @@ public protocol Objective: AnyObject {
     func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double]
     /// Whether TRL's trainer for this objective logs `num_tokens` (the running count of real tokens).
     var logsTokenCount: Bool { get }
+    /// Counts that need the model and the whole window before the first backward (KTO's KL
+    /// estimate, from mismatched pairs across the window): the part of this rank's examples
+    /// `mine`, with `window` every example of the window in the trainer's order. Summed over
+    /// ranks with `normalisers(of:)`. None for most objectives.
+    func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer) throws -> Normalisers
+}
+
+extension Objective {
+    /// No window-level counts.
+    public func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer) throws -> Normalisers { Normalisers() }
 }
 
 /// Why an objective or trainer refused its input: an example without a needed field, an unknown

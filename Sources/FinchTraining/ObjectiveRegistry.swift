@@ -30,13 +30,18 @@ public struct TrainingMethod: Sendable {
 
 /// The training methods Finch knows; `--method` and its help read this list.
 public enum ObjectiveRegistry {
-    /// Every method, in the order help lists them: sft, orpo, dpo, simpo, cpo.
+    /// Every method, in the order help lists them: sft, orpo, dpo, simpo, cpo, kto.
     public static let methods: [TrainingMethod] = [
         TrainingMethod("sft") { _, context in SFTObjective(padId: context.padId) },
         preference("orpo") { .orpo(beta: $0.beta) },
         preference("dpo") { .dpo(kind: PreferenceLoss.DPOKind(rawValue: $0.lossType) ?? .sigmoid, beta: $0.beta, labelSmoothing: $0.labelSmoothing) },
         preference("simpo") { .simpo(beta: $0.beta, gamma: $0.simpoGamma, alpha: $0.cpoAlpha, labelSmoothing: $0.labelSmoothing) },
         preference("cpo") { .cpo(beta: $0.beta, alpha: $0.cpoAlpha, labelSmoothing: $0.labelSmoothing) },
+        TrainingMethod("kto") { config, context in
+            KTOObjective(loss: KTOObjective.Loss(rawValue: config.lossType) ?? .kto, beta: config.beta,
+                         desirableWeight: config.desirableWeight, undesirableWeight: config.undesirableWeight, padId: context.padId,
+                         reference: config.full ? .model(try context.frozenModel()) : .adaptersOff)
+        },
     ]
 
     /// The method named `name`, or an error listing the supported ones.

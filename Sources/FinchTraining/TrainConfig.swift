@@ -25,8 +25,13 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var maxLength = 1024
     /// TRL's `beta` of ORPO, DPO, CPO and SimPO (ignored by SFT).
     public var beta = 0.1
-    /// DPO's `loss_type`: sigmoid, ipo, hinge or robust (`PreferenceLoss.DPOKind`).
+    /// `loss_type`: DPO's sigmoid (the default), ipo, hinge or robust (`PreferenceLoss.DPOKind`);
+    /// KTO's kto (what the default means for KTO) or apo_zero_unpaired.
     public var lossType = "sigmoid"
+    /// KTO's weight on the loss of desirable examples (TRL's `desirable_weight`).
+    public var desirableWeight = 1.0
+    /// KTO's weight on the loss of undesirable examples (TRL's `undesirable_weight`).
+    public var undesirableWeight = 1.0
     /// TRL's `label_smoothing` for DPO (robust only), CPO and SimPO; 0 turns it off.
     public var labelSmoothing = 0.0
     /// SimPO's target reward margin gamma (TRL's `simpo_gamma`).
@@ -130,6 +135,14 @@ public struct TrainConfig: Sendable, Codable, Equatable {
             throw Error.invalid(key: key, source: source(key), found: values[key] ?? "\(value)", expected: "a finite number >= 0 (within float range)")
         }
         if t.epochs < 1 && t.maxSteps < 1 { throw Error.invalid(key: "epochs", source: source("epochs"), found: "\(t.epochs)", expected: "at least 1, or max_steps") }
+        let lossTypes = method == "kto" ? ["sigmoid"] + KTOObjective.Loss.allCases.map(\.rawValue) : PreferenceLoss.DPOKind.allCases.map(\.rawValue)
+        if !lossTypes.contains(lossType) {
+            throw Error.invalid(key: "loss_type", source: source("loss_type"), found: lossType,
+                                expected: "one of \(lossTypes.filter { $0 != "sigmoid" || method != "kto" }.joined(separator: ", ")) for \(method)")
+        }
+        for (key, value) in [("desirable_weight", desirableWeight), ("undesirable_weight", undesirableWeight)] where !value.isFinite || value <= 0 {
+            throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "a positive number")
+        }
         if method == "dpo" && labelSmoothing != 0 && lossType != "robust" {
             throw Error.invalid(key: "label_smoothing", source: source("label_smoothing"), found: "\(labelSmoothing) with loss_type \(lossType)",
                                 expected: "loss_type robust (TRL 1.x ignores label smoothing for sigmoid, ipo and hinge)")

@@ -213,7 +213,8 @@ public final class Trainer {
             model.random = FinchRandom(seed: settings.seed ^ (UInt64(state.step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(group.rank) &* 0xD1B5_4A32_D192_ED03))
         }
         // Exact accumulation: every normaliser over the whole window (all ranks) before the first backward.
-        let normalisers = try group.sum(micro.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) },
+        let windowTerms = try objective.windowNormalisers(window.map { train[$0] }, mine: micro.flatMap { $0 }, model: model)
+        let normalisers = try group.sum(micro.reduce(windowTerms) { $0 + objective.normalisers(of: $1) },
                                         "all-reduce of the normalisers (step \(state.step + 1))")
         parameters.zeroGrads()
         var metrics: [String: Double] = [:]
@@ -270,7 +271,7 @@ public final class Trainer {
     public func evaluate() throws -> [String: Double] {
         guard !eval.isEmpty else { return [:] }
         let batches = stride(from: 0, to: eval.count, by: settings.batchSize).map { Array(eval[$0..<min($0 + settings.batchSize, eval.count)]) }
-        let normalisers = batches.reduce(Normalisers()) { $0 + objective.normalisers(of: $1) }
+        let normalisers = try batches.reduce(objective.windowNormalisers(eval, mine: eval, model: model)) { $0 + objective.normalisers(of: $1) }
         var metrics: [String: Double] = [:]
         for (i, batch) in batches.enumerated() where i % group.size == group.rank {
             for (key, value) in try objective.evaluate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
@@ -302,8 +303,9 @@ extension ProcessGroup {
     /// The normalisers summed over all ranks.
     func sum(_ n: Normalisers, _ operation: @autoclosure () -> String) throws -> Normalisers {
         guard size > 1 else { return n }
-        var values = [n.tokens, n.pairs, n.chosenTokens, n.rejectedTokens, n.positions]
+        var values = [n.tokens, n.pairs, n.chosenTokens, n.rejectedTokens, n.positions, n.examples, n.desirable, n.undesirable, n.klSum, n.klCount]
         try sum(&values, operation())
-        return Normalisers(tokens: values[0], pairs: values[1], chosenTokens: values[2], rejectedTokens: values[3], positions: values[4])
+        return Normalisers(tokens: values[0], pairs: values[1], chosenTokens: values[2], rejectedTokens: values[3], positions: values[4],
+                           examples: values[5], desirable: values[6], undesirable: values[7], klSum: values[8], klCount: values[9])
     }
 }

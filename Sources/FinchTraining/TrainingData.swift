@@ -59,6 +59,16 @@ public enum TrainingData {
         throw Error.undetectable(location: row.location, fields: Array(f.keys))
     }
 
+    /// KTO's `label`: true (desirable, 1) or false (0); 1 and 0 are taken too.
+    static func desirability(_ row: DataFile.Row) throws -> Int32 {
+        guard let value = row.fields["label"] else {
+            throw Error.field(location: row.location, name: "label", found: "nothing", expected: "true (desirable) or false (undesirable)")
+        }
+        if let n = value as? NSNumber, n.doubleValue == 0 || n.doubleValue == 1 { return n.doubleValue == 1 ? 1 : 0 }
+        if let text = value as? String, ["true", "false"].contains(text.lowercased()) { return text.lowercased() == "true" ? 1 : 0 }
+        throw Error.field(location: row.location, name: "label", found: jsonKind(value), expected: "true (desirable) or false (undesirable)")
+    }
+
     static func text(_ row: DataFile.Row, _ name: String) throws -> String {
         guard let value = row.fields[name] else { throw Error.field(location: row.location, name: name, found: "nothing", expected: "a string") }
         guard let s = value as? String else { throw Error.field(location: row.location, name: name, found: jsonKind(value), expected: "a string") }
@@ -94,7 +104,7 @@ public enum TrainingData {
                                 maxLength: Int, chatPrompts: Bool = false) throws -> ([Example], Report) {
         var examples: [Example] = []
         var report = Report()
-        let preference = method != "sft"
+        let preference = !["sft", "kto"].contains(method)
         for row in rows {
             let format = try forced ?? detect(row)
             report.rows += 1
@@ -102,6 +112,14 @@ public enum TrainingData {
             if preference {
                 guard format == .preference else { throw Error.wrongFormat(method: method, format: format, expected: "chosen and rejected fields") }
                 fields = try preferenceFields(row, tokenizer: tokenizer, chatPrompts: chatPrompts, method: method)
+            } else if method == "kto" {
+                // TRL's unpaired format: prompt, completion and a boolean label, tokenized as a
+                // prompt-completion row (EOS after plain text) with the loss on the completion.
+                guard format == .promptCompletion else {
+                    throw Error.wrongFormat(method: method, format: format, expected: "prompt, completion and label fields")
+                }
+                fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+                fields["label"] = [try desirability(row)]
             } else {
                 guard format != .preference else { throw Error.wrongFormat(method: method, format: format, expected: "text, prompt+completion or messages") }
                 fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)

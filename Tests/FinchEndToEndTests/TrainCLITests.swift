@@ -143,6 +143,47 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(word.err.contains("--max-steps: max_steps: found 'many', expected a whole number"), word.err)
     }
 
+    /// `finch train --method kto` on unpaired rows: the adapter, TRL's KTO metrics, and one-line
+    /// errors for a row without a usable label and a loss type of another method.
+    func testKTOTrainsOnUnpairedRowsAndNamesBadLabels() throws {
+        let model = try model()
+        let data = temporary.appendingPathComponent("unpaired.jsonl").path
+        let animals = ["cat", "dog", "owl", "fox", "bee", "elk"]
+        // One window holds every row (2 x 2), so each step sees both labels.
+        let rows = (0..<4).map { i -> String in
+            let a = animals[i % animals.count]
+            return i % 2 == 0 ? #"{"prompt": "What does a \#(a) say?", "completion": " A \#(a) makes its own sound.", "label": true}"#
+                              : #"{"prompt": "What does a \#(a) say?", "completion": " Not sure, it depends.", "label": false}"#
+        }
+        try (rows.joined(separator: "\n") + "\n").write(toFile: data, atomically: true, encoding: .utf8)
+        let output = temporary.appendingPathComponent("kto").path
+        let result = try run(["train", "--method", "kto", "--model", model, "--data", data, "--output", output, "--max-steps", "2",
+                              "--batch-size", "2", "--grad-accum", "2", "--lora-r", "4", "--lr", "1e-3", "--undesirable-weight", "1.2"])
+        XCTAssertEqual(result.status, 0, result.err)
+        XCTAssertEqual(try PEFTAdapter.config(directory: output).rank, 4)
+        // (A window without undesirable rows would log no rejected figures, as TRL.)
+        let logged = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        XCTAssertEqual(logged.count, 2)
+        for key in ["loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                    "logits/chosen", "logits/rejected", "entropy", "num_tokens"] {
+            XCTAssertTrue(logged.contains { $0[key] != nil }, "metrics.jsonl lacks \(key)")
+        }
+        XCTAssertTrue(logged.allSatisfy { ($0["kl"] as? Double ?? -1) >= 0 }, "the KL estimate is clamped at 0")
+
+        let bad = temporary.appendingPathComponent("bad-label.jsonl").path
+        try (rows[0] + "\n" + #"{"prompt": "p", "completion": "c", "label": "maybe"}"# + "\n").write(toFile: bad, atomically: true, encoding: .utf8)
+        let badLabel = try run(["train", "--method", "kto", "--model", model, "--data", bad, "--output", temporary.appendingPathComponent("b").path])
+        XCTAssertEqual(badLabel.status, 1)
+        XCTAssertTrue(badLabel.err.contains("bad-label.jsonl:2") && badLabel.err.contains("label") && badLabel.err.contains("true (desirable)"),
+                      badLabel.err)
+        let wrongLoss = try run(["train", "--method", "kto", "--model", model, "--data", data, "--output", temporary.appendingPathComponent("c").path,
+                                 "--loss-type", "ipo"])
+        XCTAssertEqual(wrongLoss.status, 1)
+        XCTAssertTrue(wrongLoss.err.contains("loss_type") && wrongLoss.err.contains("apo_zero_unpaired"), wrongLoss.err)
+    }
+
     func losses(_ run: String) throws -> [Double] {
         try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
             (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double

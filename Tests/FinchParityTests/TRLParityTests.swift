@@ -45,6 +45,15 @@ final class TRLParityTests: XCTestCase {
             let ids = c.rows("batch.input_ids", mask: "batch.attention_mask"), labels = c.rows("batch.labels", like: "batch.attention_mask")
             return zip(ids, labels).enumerated().map { Example(id: $0, fields: ["input_ids": $1.0, "labels": $1.1]) }
         }
+        if let labels = c.tensors["batch.label"] {   // KTO: prompt + completion rows, loss on the completion
+            let ids = c.rows("batch.input_ids", mask: "batch.attention_mask")
+            let completion = c.rows("batch.completion_mask", mask: "batch.attention_mask")
+            let desirable = dequantize(labels)
+            return (0..<ids.count).map { i in
+                Example(id: i, fields: ["input_ids": ids[i], "labels": zip(ids[i], completion[i]).map { $1 != 0 ? $0 : -100 },
+                                        "label": [desirable[i] != 0 ? 1 : 0]])
+            }
+        }
         if c.tensors["batch.chosen_input_ids"] != nil {   // ORPO, CPO
             let ci = c.rows("batch.chosen_input_ids", mask: "batch.chosen_attention_mask")
             let cl = c.rows("batch.chosen_labels", like: "batch.chosen_attention_mask")
@@ -69,6 +78,11 @@ final class TRLParityTests: XCTestCase {
         let smoothing = (config["label_smoothing"] as? NSNumber)?.doubleValue ?? 0
         switch trainer {
         case "SFTTrainer": return SFTObjective()
+        case "KTOTrainer":
+            let reference = try Transformer(files: ModelFiles.open(root.appendingPathComponent(c.json["reference_model"] as! String).path))
+            return KTOObjective(loss: KTOObjective.Loss(rawValue: config["loss_type"] as? String ?? "kto")!, beta: beta,
+                                desirableWeight: (config["desirable_weight"] as? NSNumber)?.doubleValue ?? 1,
+                                undesirableWeight: (config["undesirable_weight"] as? NSNumber)?.doubleValue ?? 1, reference: .model(reference))
         case "ORPOTrainer": return try PreferenceObjective(loss: .orpo(beta: beta))
         case "CPOTrainer":
             let alpha = (config["cpo_alpha"] as? NSNumber)?.doubleValue ?? 1
@@ -87,7 +101,8 @@ final class TRLParityTests: XCTestCase {
 
     func check(_ name: String) throws {
         let c = try Self.load(name)
-        let model = try Transformer(files: ModelFiles.open(root.appendingPathComponent("model").path), fineTuning: .full)
+        let policy = c.json["policy_model"] as? String ?? "model"
+        let model = try Transformer(files: ModelFiles.open(root.appendingPathComponent(policy).path), fineTuning: .full)
         let p = model.parameters!
         let before = Array(UnsafeBufferPointer(start: p.values, count: p.count))
         var settings = TrainerSettings()
@@ -114,4 +129,6 @@ final class TRLParityTests: XCTestCase {
     func testORPO() throws { for name in ["orpo", "orpo_chat"] { try check(name) } }
     func testDPO() throws { for name in ["dpo_sigmoid", "dpo_ipo", "dpo_hinge", "dpo_robust", "dpo_sigmoid_chat"] { try check(name) } }
     func testCPOAndSimPO() throws { for name in ["cpo_sigmoid", "simpo"] { try check(name) } }
+    /// KTO with its KL estimate (positive here, so it moves the loss) and APO-zero without one.
+    func testKTO() throws { for name in ["kto", "kto_apo"] { try check(name) } }
 }

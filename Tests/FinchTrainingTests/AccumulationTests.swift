@@ -37,6 +37,18 @@ final class AccumulationTests: XCTestCase {
         }
     }
 
+    /// Unpaired prompt + completion rows with desirability labels (KTO), of different lengths.
+    static func ktoExamples() -> [Example] {
+        var rng = FinchRandom(seed: 13)
+        func tokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(3 + rng.next() % 120) } }
+        return (0..<4).map { i in
+            let prompt = [1] + tokens([3, 6, 2, 4][i]), completion = tokens([2, 5, 8, 3][i]) + [2]
+            return Example(id: i, fields: ["input_ids": prompt + completion,
+                                           "labels": [Int32](repeating: -100, count: prompt.count) + completion,
+                                           "label": [[1, 0, 0, 1][i]]])
+        }
+    }
+
     /// The parameter update of one SGD step (lr 1, no clipping) with the given split.
     func update(tuning: FineTuning, examples: [Example], batch: Int, accum: Int,
                 objective makeObjective: (Transformer) throws -> Objective) throws -> (update: [Float], loss: Double, metrics: [String: Double]) {
@@ -101,6 +113,21 @@ final class AccumulationTests: XCTestCase {
         }
         try assertExact("cpo", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
             try PreferenceObjective(loss: .cpo(beta: 0.1, alpha: 1, labelSmoothing: 0))
+        }
+    }
+
+    /// KTO's KL estimate is counted over the whole window before the first backward, so its
+    /// loss, metrics (the estimate itself, rewards, logits) and update do not depend on the split.
+    func testKTO() throws {
+        try assertExact("kto lora", tuning: try lora(), examples: Self.ktoExamples()) { _ in
+            KTOObjective(beta: 0.5, desirableWeight: 1, undesirableWeight: 1.3, reference: .adaptersOff)
+        }
+        let reference = try Transformer(files: ModelFiles.open(directory))
+        try assertExact("kto full", tuning: .full, examples: Self.ktoExamples()) { _ in
+            KTOObjective(beta: 0.5, reference: .model(reference))
+        }
+        try assertExact("kto apo", tuning: try lora(), examples: Self.ktoExamples()) { _ in
+            KTOObjective(loss: .apoZeroUnpaired, beta: 0.5, reference: .adaptersOff)
         }
     }
 

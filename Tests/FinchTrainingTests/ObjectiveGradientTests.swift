@@ -16,7 +16,8 @@ final class ObjectiveGradientTests: XCTestCase {
         let model = try Transformer(files: ModelFiles.open(directory), fineTuning: .lora(try PEFTAdapter.config(directory: directory + "/adapter")))
         try PEFTAdapter.load(directory: directory + "/adapter", into: model)
         let p = model.parameters!
-        let window = objective.normalisers(of: examples)
+        // KTO's KL estimate is part of the window and has no gradient (as in TRL): held fixed here.
+        let window = try objective.normalisers(of: examples) + objective.windowNormalisers(examples, mine: examples, model: model)
         p.zeroGrads()
         _ = try objective.accumulate(examples, model: model, window: window)
         let analytic = Array(UnsafeBufferPointer(start: p.grads, count: p.count))
@@ -42,5 +43,6 @@ final class ObjectiveGradientTests: XCTestCase {
         }
         try check("simpo", examples: pairs, objective: try PreferenceObjective(loss: .simpo(beta: 2, gamma: 0.5, alpha: 0.3, labelSmoothing: 0)))
         try check("cpo", examples: pairs, objective: try PreferenceObjective(loss: .cpo(beta: 0.5, alpha: 1, labelSmoothing: 0.1)))
+        try check("kto", examples: AccumulationTests.ktoExamples(), objective: KTOObjective(beta: 0.5, undesirableWeight: 1.3, reference: .adaptersOff))
     }
 }

@@ -14,7 +14,8 @@ final class TrainOptionsTests: XCTestCase {
                                          "nan_policy": "skip-step", "precision": "fp32", "generate_during_eval": "2", "batch_size": "3",
                                          "grad_accum": "5", "epochs": "2", "max_steps": "9", "lr": "0.001", "optimizer": "sgd",
                                          "weight_decay": "0.01", "lr_scheduler": "cosine", "warmup_steps": "4", "max_grad_norm": "0.5",
-                                         "seed": "7", "logging_steps": "3", "eval_steps": "6", "save_steps": "8", "collective_timeout": "60"]
+                                         "seed": "7", "logging_steps": "3", "eval_steps": "6", "save_steps": "8", "collective_timeout": "60",
+                                         "desirable_weight": "1.33", "undesirable_weight": "0.8"]
         let defaults = try TrainConfig(values: base)
         for option in TrainConfig.options where !option.required {
             let value = option.kind == .flag ? "\(!(option.defaultValue == "true"))" : try XCTUnwrap(samples[option.key], "no sample value for \(option.key)")
@@ -28,7 +29,7 @@ final class TrainOptionsTests: XCTestCase {
         let option = try XCTUnwrap(TrainConfig.options.first { $0.key == "lr" })
         XCTAssertEqual(option.defaultValue, "\(Double(TrainerSettings().learningRate))")
         XCTAssertTrue(TrainConfig.optionsHelp.contains("--max-length <int> (default: 1024)"), TrainConfig.optionsHelp)
-        XCTAssertTrue(TrainConfig.optionsHelp.contains("--loss-type sigmoid|ipo|hinge|robust (default: sigmoid)"))
+        XCTAssertTrue(TrainConfig.optionsHelp.contains("--loss-type sigmoid|ipo|hinge|robust|kto|apo_zero_unpaired (default: sigmoid)"))
     }
 
     func testReadmeTableIsCurrent() throws {
