@@ -260,11 +260,16 @@ enum GGUFExport {
     static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
         let files = merged.files, config = files.config
         let arch = try architecture(config, format: .gguf)
-        // Llama 3 rope scaling goes into llama.cpp's tensor of per-frequency factors, first, as
-        // convert_hf_to_gguf writes it (llama.cpp has no metadata key for it).
-        var ropeFactors: [Float]?
-        if case .llama3 = config.ropeScaling {
-            ropeFactors = config.ropeScaling.frequencyFactors(headDim: config.headDim, theta: config.ropeTheta)
+        // Rope scaling that llama.cpp takes as tensors, first, as convert_hf_to_gguf writes them:
+        // Llama 3's per-frequency factors (it has no metadata key for them), LongRoPE's long and
+        // short factors.
+        var ropeTensors: [(name: String, values: [Float])] = []
+        switch config.ropeScaling {
+        case .llama3:
+            ropeTensors = [("rope_freqs.weight", config.ropeScaling.frequencyFactors(headDim: config.rotaryDim, theta: config.ropeTheta))]
+        case let .longrope(short, long, _, _):
+            ropeTensors = [("rope_factors_long.weight", long), ("rope_factors_short.weight", short)]
+        default: break
         }
 
         // Tensor order: the source GGUF's when there is one.
@@ -276,7 +281,7 @@ enum GGUFExport {
             hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
-        let extra = ropeFactors.map { [GGUFWriter.Tensor(name: "rope_freqs.weight", shape: [$0.count], dtype: .f32)] } ?? []
+        let extra = ropeTensors.map { GGUFWriter.Tensor(name: $0.name, shape: [$0.values.count], dtype: .f32) }
         let types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
                                     groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings)
         let tensors = extra + hfNames.map { name -> GGUFWriter.Tensor in
@@ -305,7 +310,7 @@ enum GGUFExport {
         defer { scratch.deallocate() }
         try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
             let tensor = tensors[index]
-            var values = index < extra.count ? ropeFactors! : merged.values(hfNames[index - extra.count])
+            var values = index < extra.count ? ropeTensors[index].values : merged.values(hfNames[index - extra.count])
             // llama.cpp stores a norm as the multiplier it applies (Gemma's 1 + w).
             if config.normWeightOffset != 0 && index >= extra.count && hfNames[index - extra.count].hasSuffix("norm.weight") {
                 values = values.map { $0 + config.normWeightOffset }
@@ -369,7 +374,7 @@ enum GGUFExport {
             ("\(arch).attention.head_count_kv", .uint32(UInt32(config.kvHeadCount))),
             ("\(arch).rope.freq_base", .float32(config.ropeTheta)),
             ("\(arch).attention.layer_norm_rms_epsilon", .float32(config.rmsNormEps)),
-            ("\(arch).rope.dimension_count", .uint32(UInt32(config.headDim))),
+            ("\(arch).rope.dimension_count", .uint32(UInt32(config.rotaryDim))),
             ("\(arch).vocab_size", .uint32(UInt32(config.vocabSize))),
         ]
         // convert_hf_to_gguf writes them whenever config.json names head_dim, which Qwen3's always

@@ -64,10 +64,8 @@ extension GGUFFile {
                                       expected: "positive, head_count a multiple of head_count_kv")
         }
         let headDim = try optionalInt("\(arch).attention.key_length") ?? hidden / heads
-        if let rotary = try optionalInt("\(arch).rope.dimension_count"), rotary != headDim {
-            throw LoadError.unsupported(path: path, what: "\(arch).rope.dimension_count (partial rotary)", found: "\(rotary)",
-                                        supported: ["\(headDim) (the head dimension)"])
-        }
+        // Partial rotary (Phi-4-mini): the dimensions of each head that rotate, from its start.
+        let rotary = try optionalInt("\(arch).rope.dimension_count") ?? headDim
 
         let vocab: Int
         if let v = try optionalInt("\(arch).vocab_size") { vocab = v }
@@ -120,6 +118,7 @@ extension GGUFFile {
                            qkNorm: tensors["blk.0.attn_q_norm.weight"] != nil,
                            bosTokenId: bos,
                            eosTokenIds: eos.map { [$0] } ?? [])
+        config.rotaryDim = rotary
         family.traits(&config)
         try family.readGGUF(&config, self)
         try config.validate(path: path, names: [

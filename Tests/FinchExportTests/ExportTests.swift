@@ -256,6 +256,32 @@ final class ExportTests: TemporaryDirectoryTestCase {
         XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
     }
 
+    /// Phi-3 as llama.cpp's `phi3`: the joined `attn_qkv` and `ffn_up`, the rotated dimensions,
+    /// LongRoPE's factor tensors and keys; read back as the same model, with its adapter merged too.
+    func testPhi3ThroughGGUF() throws {
+        let name = "phi3_longrope", path = out("phi3.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), format: .gguf, dtype: .f32, output: path))
+        let gguf = try GGUFFile(path: path)
+        XCTAssertEqual(gguf.metadata["general.architecture"]?.string, "phi3")
+        XCTAssertEqual(gguf.metadata["phi3.rope.dimension_count"]?.int, 8)
+        XCTAssertEqual(gguf.metadata["phi3.rope.scaling.original_context_length"]?.int, 8)
+        XCTAssertEqual(gguf.tensors["blk.0.attn_qkv.weight"]?.shape, [128, 64])
+        XCTAssertEqual(gguf.tensors["blk.0.ffn_up.weight"]?.shape, [192, 64])
+        XCTAssertEqual(dequantize(try XCTUnwrap(gguf.tensors["rope_factors_long.weight"])), [1.1, 2, 3.5, 7])
+        let back = try ModelFiles.open(path)
+        XCTAssertEqual(back.config.modelType, "phi3")
+        XCTAssertEqual(back.config.rotaryDim, 8)
+        XCTAssertEqual(back.config.ropeScaling, try ModelFiles.open(parity(name)).config.ropeScaling)
+        let expected = dequantize(try SafeTensors.read(path: parity(name) + "/expected.safetensors")["logits"]!)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), expected), 1e-4)
+        XCTAssertLessThan(S.maxRelativeError(try logits(path, fixture: name), try logits(parity(name), fixture: name)), 1e-5)
+
+        let merged = out("phi3-merged.gguf")
+        try Exporter.export(ExportOptions(model: parity(name), adapter: parity(name) + "/adapter", format: .gguf, dtype: .f32, output: merged))
+        let lora = dequantize(try SafeTensors.read(path: parity(name) + "/expected.safetensors")["lora_logits"]!)
+        XCTAssertLessThan(S.maxRelativeError(try logits(merged, fixture: name), lora), 1e-4)
+    }
+
     /// SmolLM3 as llama.cpp's `smollm3` (Llama's tensors, q/k rows permuted) plus Finch's
     /// `smollm3.no_rope_layers`; without that key a file reads with llama.cpp's rule (every 4th
     /// layer without RoPE).
