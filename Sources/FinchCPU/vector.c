@@ -489,6 +489,184 @@ float finch_dot_q4_1(const uint8_t *row, const float *x, int64_t blocks, const f
 // Rows [0, rows) of one matrix times n vectors, in one call: y[t * stride + r] (+)= row r . x_t.
 // Each row is used for every vector while it is in cache; the kernel is chosen once, and its
 // dot products inline here (a call per row cost about a tenth of a 576-wide q4_1 row).
+// MARK: - K-quant rows (256 values per block) times f32 x
+//
+// block_q4_K: f16 d, f16 dmin, 12 bytes of six-bit scales and mins for 8 sub-blocks of 32, 128
+// bytes of nibbles (each 32 bytes: low nibbles sub-block 2g, high nibbles 2g + 1); value =
+// d * sc * q - dmin * m, so a sub-block's products are d * sc * sum q x - dmin * m * sum x, with
+// the sums of x per 32 values given (`blockSums`, as for q4_1).
+// block_q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales (one per 16 values),
+// f16 d; value = d * sc * (q6 - 32).
+
+static inline void q4k_scale_min(int j, const uint8_t *q, int *sc, int *m) {
+    if (j < 4) { *sc = q[j] & 63; *m = q[j + 4] & 63; }
+    else { *sc = (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4); *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4); }
+}
+
+static float dot_q4_K_c(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 144, *scales = block + 4;
+        float d = half_c(block), dmin = half_c(block + 2);
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *qs = block + 16 + g * 32;
+            const float *xb = x + b * 256 + g * 64;
+            int sc1, m1, sc2, m2;
+            q4k_scale_min(2 * g, scales, &sc1, &m1);
+            q4k_scale_min(2 * g + 1, scales, &sc2, &m2);
+            float s1 = 0, s2 = 0;
+            for (int l = 0; l < 32; l++) { s1 += (float)(qs[l] & 0x0f) * xb[l]; s2 += (float)(qs[l] >> 4) * xb[32 + l]; }
+            total += d * (float)sc1 * s1 + d * (float)sc2 * s2
+                   - dmin * ((float)m1 * blockSums[b * 8 + 2 * g] + (float)m2 * blockSums[b * 8 + 2 * g + 1]);
+        }
+    }
+    return total;
+}
+
+static float dot_q6_K_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 210;
+        float d = half_c(block + 208);
+        for (int part = 0; part < 2; part++) {
+            const uint8_t *ql = block + part * 64, *qh = block + 128 + part * 32;
+            const int8_t *sc = (const int8_t *)(block + 192 + part * 8);
+            const float *xb = x + b * 256 + part * 128;
+            for (int side = 0; side < 2; side++) {
+                float s[4] = {0, 0, 0, 0};
+                for (int i = 0; i < 16; i++) {
+                    int l = side * 16 + i;
+                    s[0] += (float)(((ql[l] & 0x0f) | ((qh[l] & 3) << 4)) - 32) * xb[l];
+                    s[1] += (float)(((ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4)) - 32) * xb[l + 32];
+                    s[2] += (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32) * xb[l + 64];
+                    s[3] += (float)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32) * xb[l + 96];
+                }
+                for (int k = 0; k < 4; k++) total += d * (float)sc[side + 2 * k] * s[k];
+            }
+        }
+    }
+    return total;
+}
+
+// block_q5_0 (22 bytes): f16 d, 32 bits of fifth bits (bit j: value j), 16 bytes of nibbles
+// (low: values 0..<16, high: 16..<32); value = d * (q5 - 16). llama.cpp's Q4_K_M and Q5_K_M
+// files hold it for the matrices whose rows are not a multiple of 256 (all of SmolLM2's).
+static float dot_q5_0_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 22, *qs = block + 6;
+        uint32_t qh;
+        memcpy(&qh, block + 2, 4);
+        float s = 0;
+        for (int j = 0; j < 16; j++) {
+            s += (float)((int)((qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) - 16) * x[b * 32 + j];
+            s += (float)((int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16) * x[b * 32 + j + 16];
+        }
+        total += half_c(block) * s;
+    }
+    return total;
+}
+
+#if defined(__x86_64__)
+AVX2 static float dot_q5_0_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 22, *qs = block + 6;
+        const float *xb = x + b * 32;
+        uint32_t qh;
+        memcpy(&qh, block + 2, 4);
+        __m256i h = _mm256_set1_epi32((int)qh);
+        __m256 s = _mm256_setzero_ps();
+        for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
+            int64_t v;
+            memcpy(&v, qs + half * 8, 8);
+            __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+            __m256i shift = _mm256_add_epi32(lanes, _mm256_set1_epi32(half * 8));
+            __m256i bitLow = _mm256_and_si256(_mm256_srlv_epi32(h, shift), one);
+            __m256i bitHigh = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_add_epi32(shift, sixteen)), one);
+            __m256i low = _mm256_sub_epi32(_mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi32(bitLow, 4)), sixteen);
+            __m256i high = _mm256_sub_epi32(_mm256_or_si256(_mm256_srli_epi32(bytes, 4), _mm256_slli_epi32(bitHigh, 4)), sixteen);
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), load8(xb + half * 8), s);
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), load8(xb + 16 + half * 8), s);
+        }
+        if (b & 1) acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc1);
+        else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+#endif
+
+#if defined(__x86_64__)
+AVX2 static float dot_q4_K_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    __m256 acc = _mm256_setzero_ps();
+    float minimums = 0, d, dmin;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 144, *scales = block + 4;
+        halves_avx2(block, &d, &dmin);
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *qs = block + 16 + g * 32;
+            const float *xb = x + b * 256 + g * 64;
+            int sc1, m1, sc2, m2;
+            q4k_scale_min(2 * g, scales, &sc1, &m1);
+            q4k_scale_min(2 * g + 1, scales, &sc2, &m2);
+            __m256 s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), low, high;
+            for (int l = 0; l < 32; l += 8) {
+                nibbles16(qs + l, 0, &low, &high);
+                s1 = _mm256_fmadd_ps(low, load8(xb + l), s1);
+                s2 = _mm256_fmadd_ps(high, load8(xb + 32 + l), s2);
+            }
+            acc = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * (float)sc1), acc);
+            acc = _mm256_fmadd_ps(s2, _mm256_set1_ps(d * (float)sc2), acc);
+            minimums += dmin * ((float)m1 * blockSums[b * 8 + 2 * g] + (float)m2 * blockSums[b * 8 + 2 * g + 1]);
+        }
+    }
+    return hsum8(acc) - minimums;
+}
+
+// 8 bytes widened to 8 int32 lanes.
+AVX2 static inline __m256i bytes8u(const uint8_t *p) {
+    int64_t v;
+    memcpy(&v, p, 8);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+}
+
+AVX2 static float dot_q6_K_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i low4 = _mm256_set1_epi32(0x0f), two = _mm256_set1_epi32(3), offset = _mm256_set1_epi32(32);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 210;
+        float d = half_avx2(block + 208);
+        for (int part = 0; part < 2; part++) {
+            const uint8_t *ql = block + part * 64, *qh = block + 128 + part * 32;
+            const int8_t *sc = (const int8_t *)(block + 192 + part * 8);
+            const float *xb = x + b * 256 + part * 128;
+            for (int side = 0; side < 2; side++) {
+                __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+                for (int half = 0; half < 2; half++) {
+                    int l = side * 16 + half * 8;
+                    __m256i a = bytes8u(ql + l), c = bytes8u(ql + l + 32), h = bytes8u(qh + l);
+                    __m256i q0 = _mm256_or_si256(_mm256_and_si256(a, low4), _mm256_slli_epi32(_mm256_and_si256(h, two), 4));
+                    __m256i q1 = _mm256_or_si256(_mm256_and_si256(c, low4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, 2), two), 4));
+                    __m256i q2 = _mm256_or_si256(_mm256_srli_epi32(a, 4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h, 4), two), 4));
+                    __m256i q3 = _mm256_or_si256(_mm256_srli_epi32(c, 4), _mm256_slli_epi32(_mm256_srli_epi32(h, 6), 4));
+                    s0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q0, offset)), load8(xb + l), s0);
+                    s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q1, offset)), load8(xb + l + 32), s1);
+                    s2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q2, offset)), load8(xb + l + 64), s2);
+                    s3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q3, offset)), load8(xb + l + 96), s3);
+                }
+                acc = _mm256_fmadd_ps(s0, _mm256_set1_ps(d * (float)sc[side]), acc);
+                acc = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * (float)sc[side + 2]), acc);
+                acc = _mm256_fmadd_ps(s2, _mm256_set1_ps(d * (float)sc[side + 4]), acc);
+                acc = _mm256_fmadd_ps(s3, _mm256_set1_ps(d * (float)sc[side + 6]), acc);
+            }
+        }
+    }
+    return hsum8(acc);
+}
+#endif
+
 #define MATVEC_LOOP(DOT) \
     for (int64_t r = 0; r < rows; r++) { \
         const uint8_t *row = w + r * rowBytes; \
@@ -507,6 +685,9 @@ AVX2 static void matvec_avx2(int type, const uint8_t *w, int64_t rowBytes, int64
     case FINCH_MATVEC_F32: MATVEC_LOOP(dot_f32_avx2((const float *)row, x + t * columns, columns)) break;
     case FINCH_MATVEC_Q8_0: MATVEC_LOOP(dot_q8_0_avx2(row, x + t * columns, blocks)) break;
     case FINCH_MATVEC_Q4_0: MATVEC_LOOP(dot_q4_0_avx2(row, x + t * columns, blocks)) break;
+    case FINCH_MATVEC_Q4_K: MATVEC_LOOP(dot_q4_K_avx2(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
+    case FINCH_MATVEC_Q6_K: MATVEC_LOOP(dot_q6_K_avx2(row, x + t * columns, columns / 256)) break;
+    case FINCH_MATVEC_Q5_0: MATVEC_LOOP(dot_q5_0_avx2(row, x + t * columns, blocks)) break;
     default: MATVEC_LOOP(dot_q4_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }
@@ -522,6 +703,9 @@ void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, co
     case FINCH_MATVEC_F32: MATVEC_LOOP(dot_f32_c((const float *)row, x + t * columns, columns)) break;
     case FINCH_MATVEC_Q8_0: MATVEC_LOOP(dot_q8_0_c(row, x + t * columns, blocks)) break;
     case FINCH_MATVEC_Q4_0: MATVEC_LOOP(dot_q4_0_c(row, x + t * columns, blocks)) break;
+    case FINCH_MATVEC_Q4_K: MATVEC_LOOP(dot_q4_K_c(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
+    case FINCH_MATVEC_Q6_K: MATVEC_LOOP(dot_q6_K_c(row, x + t * columns, columns / 256)) break;
+    case FINCH_MATVEC_Q5_0: MATVEC_LOOP(dot_q5_0_c(row, x + t * columns, blocks)) break;
     default: MATVEC_LOOP(dot_q4_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }

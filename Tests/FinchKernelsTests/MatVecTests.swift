@@ -1,6 +1,7 @@
 import XCTest
 import FinchTestSupport
 @testable import FinchKernels
+import FinchCPU
 
 /// The decode path's matrix-vector products on stored (quantized) weights against the
 /// dequantized f32 matrix, and WeightMatrix choosing them for a few vectors.
@@ -61,6 +62,42 @@ final class MatVecTests: XCTestCase {
     /// With 8-bit activations: equal (to float rounding) to the dequantized matrix times x rounded
     /// as the kernel documents (blocks of 32, d = max|x| / 127, q = x / d rounded to nearest even),
     /// and within 2% (relative L2) of the exact product; f32 matrices keep the exact path.
+    /// Q4_K, Q6_K and Q5_0 rows (the types of llama.cpp's Q4_K_M files), written by Finch's quantizers,
+    /// read in their blocks against the dequantized matrix, on the native and portable kernels.
+    func testKQuantRowsMatchTheDequantizedMatrix() {
+        let rows = 21, columns = 512
+        var rng = SplitMix(seed: 5)
+        let values = (0..<rows * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 700 }
+        for dtype in [DType.q4_K, .q6_K, .q5_0] {
+            var bytes = [UInt8](repeating: 0, count: rows * dtype.rowBytes(columns: columns))
+            values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { b in
+                for r in 0..<rows {
+                    _ = encodeRow(v.baseAddress! + r * columns, as: dtype, into: b.baseAddress! + r * dtype.rowBytes(columns: columns), count: columns)
+                }
+            } }
+            let dense = dequantized(bytes, dtype, count: rows * columns)
+            XCTAssertLessThan(TestSupport.relativeL2(dense, values), 0.1, "\(dtype.rawValue) rows are a real quantization")
+            for n in 1...matVecMaxVectors {
+                let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
+                var expected = [Float](repeating: 0, count: n * rows)
+                for t in 0..<n { for r in 0..<rows {
+                    var sum = 0.0
+                    for c in 0..<columns { sum += Double(dense[r * columns + c]) * Double(x[t * columns + c]) }
+                    expected[t * rows + r] = Float(sum)
+                } }
+                for level in [CPU.vectorLevel, 0] {
+                    _ = finch_vector_set_level(Int32(level), CPU.features.rawValue)
+                    var got = [Float](repeating: .nan, count: n * rows)
+                    bytes.withUnsafeBytes { raw in
+                        matVec(dtype, raw.baseAddress!, rows: rows, columns: columns, x, n: n, into: &got, accumulate: false)
+                    }
+                    _ = finch_vector_set_level(Int32(CPU.vectorLevel), CPU.features.rawValue)
+                    XCTAssertLessThan(TestSupport.relativeL2(got, expected), 1e-5, "\(dtype.rawValue) n=\(n) level \(level)")
+                }
+            }
+        }
+    }
+
     func testInt8ActivationsMatchRoundedVectorsAndStayNearExact() throws {
         defer { int8DotUsesVNNI = int8DotHasVNNI }
         int8DotUsesVNNI = false

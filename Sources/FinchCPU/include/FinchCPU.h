@@ -65,7 +65,7 @@ float finch_int8_dot_q4_1(const uint8_t *row, const int8_t *qx, const float *dx,
 
 /// The level the loops below use: 0 portable C, 1 AVX2 + FMA + F16C. `maxLevel` caps it (the
 /// FINCH_ISA override); returns the level chosen. Both levels do the same fused multiply-adds
-/// in the same order.
+/// in the same order, except the K-quant rows of `finch_matvec` (the same sums in another order).
 int finch_vector_set_level(int maxLevel, uint32_t features);
 /// A fast exp (about 1 ulp on [-87.3, 88.7]; 0 below about -87.7, infinity above 88.7, NaN stays NaN).
 float finch_exp(float x);
@@ -89,10 +89,12 @@ float finch_dot_f32(const float *w, const float *x, int64_t n);
 float finch_dot_q8_0(const uint8_t *row, const float *x, int64_t blocks);
 float finch_dot_q4_0(const uint8_t *row, const float *x, int64_t blocks);
 float finch_dot_q4_1(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums);
-enum { FINCH_MATVEC_F32 = 0, FINCH_MATVEC_Q8_0 = 1, FINCH_MATVEC_Q4_0 = 2, FINCH_MATVEC_Q4_1 = 3 };
+enum { FINCH_MATVEC_F32 = 0, FINCH_MATVEC_Q8_0 = 1, FINCH_MATVEC_Q4_0 = 2, FINCH_MATVEC_Q4_1 = 3, FINCH_MATVEC_Q4_K = 4,
+       FINCH_MATVEC_Q6_K = 5, FINCH_MATVEC_Q5_0 = 6 };
 /// Rows [0, rows) of a matrix (FINCH_MATVEC_*, rows `rowBytes` apart) times n vectors of
-/// `columns` (a multiple of 32): y[t * stride + r] = (or += when `accumulate`) row r . x_t.
-/// q4_1 also takes each vector's block sums of x, [t * columns / 32 + b].
+/// `columns` (a multiple of 32; of 256 for the K types): y[t * stride + r] = (or += when
+/// `accumulate`) row r . x_t. q4_1 and q4_K also take each vector's sums of x per 32 values,
+/// [t * columns / 32 + b].
 void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, const float *x, int64_t columns, int64_t n,
                   const float *blockSums, float *y, int64_t stride, int accumulate);
 enum { FINCH_INT8_Q8_0 = 0, FINCH_INT8_Q4_0 = 1, FINCH_INT8_Q4_1 = 2 };

@@ -16,7 +16,7 @@ let matVecMaxVectors = 4
 
 func matVecSupports(_ dtype: DType) -> Bool {
     switch dtype {
-    case .f32, .q8_0, .q4_0, .q4_1: return true
+    case .f32, .q8_0, .q4_0, .q4_1, .q5_0, .q4_K, .q6_K: return true
     default: return false
     }
 }
@@ -50,11 +50,11 @@ func matVec(_ dtype: DType, _ w: UnsafeRawPointer, rows: Int, columns: Int,
 /// With `int8`, quantized matrices are multiplied by x rounded to 8 bits per block of 32
 /// (MatVecInt8.swift: llama.cpp's arithmetic, results ~1e-2 relative from exact); f32 ones as usual.
 func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, n: Int, accumulate: Bool, int8: Bool = false) {
-    precondition(n >= 1 && n <= matVecMaxVectors && targets.allSatisfy { matVecSupports($0.dtype) } && columns % 32 == 0,
-                 "matVec: \(n) vectors of \(columns) against \(targets.map(\.dtype.rawValue))")
+    precondition(n >= 1 && n <= matVecMaxVectors && targets.allSatisfy { matVecSupports($0.dtype) && columns % $0.dtype.blockSize == 0 }
+                 && columns % 32 == 0, "matVec: \(n) vectors of \(columns) against \(targets.map(\.dtype.rawValue))")
     let blocks = columns / 32
-    // Per-block sums of each x, for q4_1's block minimum.
-    var blockSums = [Float](repeating: 0, count: targets.contains { $0.dtype == .q4_1 } ? n * blocks : 0)
+    // Per-block sums of each x, for q4_1's block minimum and q4_K's sub-block minimums.
+    var blockSums = [Float](repeating: 0, count: targets.contains { $0.dtype == .q4_1 || $0.dtype == .q4_K } ? n * blocks : 0)
     if !blockSums.isEmpty {
         for t in 0..<n {
             for b in 0..<blocks {
@@ -93,6 +93,9 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                 case .f32: Int32(FINCH_MATVEC_F32)
                 case .q8_0: Int32(FINCH_MATVEC_Q8_0)
                 case .q4_0: Int32(FINCH_MATVEC_Q4_0)
+                case .q4_K: Int32(FINCH_MATVEC_Q4_K)
+                case .q6_K: Int32(FINCH_MATVEC_Q6_K)
+                case .q5_0: Int32(FINCH_MATVEC_Q5_0)
                 default: Int32(FINCH_MATVEC_Q4_1)
                 }
                 finch_matvec(type, target.weights.assumingMemoryBound(to: UInt8.self) + rows.lowerBound * rowBytes, Int64(rowBytes),

@@ -118,7 +118,7 @@ final package class WeightMatrix: @unchecked Sendable {
     /// The form that `matVec` reads for products with a few vectors, if any.
     private var matVecForm: WeightMatrix? {
         if let compact { return compact }
-        return matVecSupports(dtype) && columns % 32 == 0 ? self : nil
+        return matVecSupports(dtype) && columns % 32 == 0 && columns % dtype.blockSize == 0 ? self : nil
     }
 
     /// y[n, rows] = x[n, columns] W^T (+ y when `accumulate`); row t of y starts at y + t * ldy
