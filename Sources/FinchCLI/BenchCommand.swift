@@ -124,7 +124,7 @@ struct BenchCommand: ParsableCommand {
                 GEMM.reportBackend()
                 let (chosen, reason) = precision.resolved()
                 let files: ModelFiles
-                if let model { files = try ModelFiles.open(model) } else {
+                if let model { files = try ModelFiles.open(try HubCache.resolve(model)) } else {
                     guard let dtype = DType(rawValue: base.uppercased()), [.f32, .q4_0, .q4_1].contains(dtype) else {
                         throw ValidationError("unknown --base \(base); use f32, q4_0 or q4_1")
                     }
@@ -187,7 +187,7 @@ struct BenchCommand: ParsableCommand {
 
         func run() throws {
             try runReportingErrors {
-                let transformer = try Transformer(files: ModelFiles.open(model), adapter: adapter)
+                let transformer = try Transformer(files: ModelFiles.open(try HubCache.resolve(model)), adapter: adapter)
                 transformer.int8Activations = int8Activations
                 let t = Benchmarks.decode(model: transformer, promptTokens: promptTokens, newTokens: newTokens,
                                           repetitions: repetitions)

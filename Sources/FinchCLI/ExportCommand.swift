@@ -12,7 +12,8 @@ struct ExportCommand: ParsableCommand {
         its metadata, tokenizer and chat template. Without --adapter the model is only converted.
         """)
 
-    @Option(help: "An HF model folder or a .gguf file.") var model: String
+    @Option(help: "An HF model folder, a .gguf file, or a repo id in the Hugging Face cache.") var model: String
+    @Option(help: "The branch, tag or commit of a --model given as a repo id (default: main).") var revision: String?
     @Option(help: "A PEFT LoRA adapter folder to merge (optional).") var adapter: String?
     @Option(help: "hf, gguf, or gguf-lora (the --adapter alone, as llama.cpp's LoRA adapter GGUF).") var format: String
     @Option(help: "f32, f16 or bf16; for gguf also any --quant type.") var dtype: String = "f32"
@@ -32,7 +33,7 @@ struct ExportCommand: ParsableCommand {
                 throw ValidationError("unknown --format '\(format)'; valid: \(ExportFormat.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             if quant != nil && dtype != "f32" { throw ValidationError("give --dtype or --quant, not both") }
-            var options = ExportOptions(model: model, adapter: adapter, format: format, dtype: try ExportDType(parsing: quant ?? dtype),
+            var options = ExportOptions(model: try HubCache.resolve(model, revision: revision), adapter: adapter, format: format, dtype: try ExportDType(parsing: quant ?? dtype),
                                         output: output, overwrite: overwrite)
             options.allowNonFinite = allowNonFinite
             let start = Date()

@@ -4,7 +4,8 @@ import Foundation
 
 /// Options shared by `finch generate` and `finch chat`.
 struct ModelOptions: ParsableArguments {
-    @Option(help: "An HF model folder or a .gguf file.") var model: String
+    @Option(help: "An HF model folder, a .gguf file, or a repo id in the Hugging Face cache.") var model: String
+    @Option(help: "The branch, tag or commit of a --model given as a repo id (default: main).") var revision: String?
     @Option(help: "A PEFT LoRA adapter folder, applied without merging.") var adapter: String?
     @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
     var allowNonFinite = false
@@ -34,8 +35,9 @@ struct ModelOptions: ParsableArguments {
     }
 
     func load() throws -> (ChatSession) {
-        let files = try ModelFiles.open(model, allowNonFinite: allowNonFinite)
-        let tokenizer = try Tokenizer.load(from: model)
+        let path = try HubCache.resolve(model, revision: revision)
+        let files = try ModelFiles.open(path, allowNonFinite: allowNonFinite)
+        let tokenizer = try Tokenizer.load(from: path)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let model = try Transformer(files: files, adapter: adapter)
         model.int8Activations = int8Activations

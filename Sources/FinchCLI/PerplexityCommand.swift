@@ -7,7 +7,8 @@ struct PerplexityCommand: ParsableCommand {
         commandName: "perplexity",
         abstract: "Mean negative log-likelihood and perplexity of a model (plus adapter) on data.")
 
-    @Option(help: "An HF model folder or a .gguf file.") var model: String
+    @Option(help: "An HF model folder, a .gguf file, or a repo id in the Hugging Face cache.") var model: String
+    @Option(help: "The branch, tag or commit of a --model given as a repo id (default: main).") var revision: String?
     @Option(help: "A PEFT LoRA adapter folder to apply.") var adapter: String?
     @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
     var allowNonFinite = false
@@ -21,6 +22,7 @@ struct PerplexityCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             guard maxLength >= 2 else { throw ValidationError("--max-length must be at least 2") }
+            let model = try HubCache.resolve(self.model, revision: revision)
             let files = try ModelFiles.open(model, allowNonFinite: allowNonFinite)
             let sequences: [[Int]]
             if let tokenIDs {

@@ -127,6 +127,7 @@ extension GGUFFile {
             "num_key_value_heads": "\(arch).attention.head_count_kv", "head_dim": "\(arch).attention.key_length",
             "vocab_size": "tokenizer.ggml.tokens", "rms_norm_eps": "\(arch).attention.layer_norm_rms_epsilon",
             "rope_theta": "\(arch).rope.freq_base", "max_position_embeddings": "\(arch).context_length",
+            "partial_rotary_factor": "\(arch).rope.dimension_count",
             "bos_token_id": "tokenizer.ggml.bos_token_id", "eos_token_id": "tokenizer.ggml.eos_token_id"])
         return config
     }

@@ -223,7 +223,7 @@ public struct ModelConfig: Equatable, Sendable {
         if headCount % kvHeadCount != 0 { throw fail("num_key_value_heads", kvHeadCount, "a divisor of the \(headCount) attention heads") }
         if headDim % 2 != 0 { throw fail("head_dim", headDim, "an even number (rotary embeddings pair dimensions)") }
         if rotaryDim % 2 != 0 || !(2...headDim).contains(rotaryDim) {
-            throw fail("partial_rotary_factor", Double(rotaryDim) / Double(headDim), "a share of head_dim \(headDim) that rotates an even number of dimensions")
+            throw fail("partial_rotary_factor", "\(rotaryDim) rotated dimensions", "an even number from 2 to head_dim \(headDim)")
         }
         if case let .longrope(short, long, original, factor) = ropeScaling {
             for (key, list) in [("short_factor", short), ("long_factor", long)] where list.count != rotaryDim / 2 || !list.allSatisfy({ $0.isFinite && $0 > 0 }) {

@@ -115,7 +115,8 @@ extension TrainConfig {
     /// Every option of `finch train`, in the order help lists them.
     public static let options: [TrainOption] = [
         .choice("method", \.method, among: methods, "The objective."),
-        .text("model", \.model, "An HF model folder or a .gguf file.", required: true),
+        .text("model", \.model, "An HF model folder, a .gguf file, or a repo id in the Hugging Face cache.", required: true),
+        .optionalText("revision", \.revision, "The branch, tag or commit of a --model given as a repo id (default: main)."),
         .text("data", \.data, "Training data: .jsonl, .json or .csv.", required: true),
         .optionalText("eval_data", \.evalData, "Held-out data, evaluated every --eval-steps."),
         .text("output", \.output, "The run folder (adapter, metrics.jsonl, run.json, checkpoints).", required: true),

@@ -52,6 +52,8 @@ public final class TrainingRun {
     var files: ModelFiles!
     var evalExamples: [Example] = []
     var metricsHandle: FileHandle?
+    /// `config.model` as a path: itself, or a repo id's snapshot in the Hugging Face cache.
+    var modelPath = ""
     /// The precision of the base model's products, and why it was chosen.
     public private(set) var precision: (precision: Precision, reason: String) = (.fp32, "")
 
@@ -69,8 +71,9 @@ public final class TrainingRun {
     public func run(onEvent reportEvent: (Event) -> Void) throws {
         func onEvent(_ event: Event) { if group.isRoot { reportEvent(event) } }
         if group.isRoot { try prepareOutput() }
-        files = try ModelFiles.open(config.model, allowNonFinite: config.allowNonFinite)
-        tokenizer = try Tokenizer.load(from: config.model)
+        modelPath = try HubCache.resolve(config.model, revision: config.revision)
+        files = try ModelFiles.open(modelPath, allowNonFinite: config.allowNonFinite)
+        tokenizer = try Tokenizer.load(from: modelPath)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
         var (train, trainReport) = try TrainingData.examples(rows: try DataFile.read(config.data), method: config.method, format: format,
@@ -242,9 +245,9 @@ public final class TrainingRun {
         let configData = try JSONSerialization.data(withJSONObject: model.config.huggingFaceJSON(), options: [.prettyPrinted, .sortedKeys])
         try configData.write(to: URL(fileURLWithPath: path("config.json")), options: .atomic)
         var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: config.model, isDirectory: &isDirectory), isDirectory.boolValue {
+        if FileManager.default.fileExists(atPath: modelPath, isDirectory: &isDirectory), isDirectory.boolValue {
             for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"] {
-                let source = (config.model as NSString).appendingPathComponent(name)
+                let source = (modelPath as NSString).appendingPathComponent(name)
                 if FileManager.default.fileExists(atPath: source) {
                     try? FileManager.default.removeItem(atPath: path(name))
                     try FileManager.default.copyItem(atPath: source, toPath: path(name))
@@ -266,7 +269,7 @@ public final class TrainingRun {
                                "saved_activations": config.gradientCheckpointing ? "recomputed per layer"
                                    : precision.precision == .bf16 ? "bf16 (q, k, v, attention output, gate/up), rest fp32" : "fp32"]
         var checksums: [String: String] = [:]
-        for source in [config.model, config.data] + (config.evalData.map { [$0] } ?? []) {
+        for source in [modelPath, config.data] + (config.evalData.map { [$0] } ?? []) {
             checksums[source] = try Checksum.sha256Hex(ofPath: source)
         }
         record["sha256"] = checksums

@@ -184,6 +184,26 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(wrongLoss.err.contains("loss_type") && wrongLoss.err.contains("apo_zero_unpaired"), wrongLoss.err)
     }
 
+    /// `--model owner/name` trains from the Hugging Face cache (HF_HUB_CACHE), offline.
+    func testTrainsAModelNamedByRepoIDFromTheCache() throws {
+        let cache = temporary.appendingPathComponent("hub")
+        let snapshot = cache.appendingPathComponent("models--finch-test--chat/snapshots/" + String(repeating: "c", count: 40))
+        try FileManager.default.createDirectory(at: snapshot.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: try model(), toPath: snapshot.path)
+        try FileManager.default.createDirectory(at: cache.appendingPathComponent("models--finch-test--chat/refs"), withIntermediateDirectories: true)
+        try String(repeating: "c", count: 40).write(to: cache.appendingPathComponent("models--finch-test--chat/refs/main"), atomically: true, encoding: .utf8)
+        let output = temporary.appendingPathComponent("by-id").path
+        let result = try run(["train", "--method", "orpo", "--model", "finch-test/chat", "--data", try preferenceData(), "--output", output,
+                              "--max-steps", "1", "--lora-r", "4"], environment: ["HF_HUB_CACHE": cache.path])
+        XCTAssertEqual(result.status, 0, result.err)
+        let adapter = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + "/adapter_config.json"))) as! [String: Any]
+        XCTAssertEqual(adapter["base_model_name_or_path"] as? String, "finch-test/chat", "the adapter names the repo id, as PEFT's do")
+        let missing = try run(["train", "--model", "finch-test/none", "--data", try preferenceData(), "--output", temporary.appendingPathComponent("m").path],
+                              environment: ["HF_HUB_CACHE": cache.path])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.err.contains("not in the Hugging Face cache"), missing.err)
+    }
+
     func losses(_ run: String) throws -> [Double] {
         try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
             (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double
