@@ -131,6 +131,16 @@ struct AttentionBF16Scratch {
         for p in [keys, values, queries, outputGradients, probabilities, scoreGradients] { p.deallocate() }
     }
 
+    /// One (row, KV head)'s first `rows` keys and values as the products read them: rounded into
+    /// `half` when there is one (bf16 products), else the f32 originals (rows `kvStride` apart).
+    static func operands(_ half: AttentionBF16Scratch?, keys: UnsafePointer<Float>, values: UnsafePointer<Float>, rows: Int,
+                         shape: AttentionShape) -> (keys: AttentionOperand, values: AttentionOperand) {
+        guard let half else { return (.f32(keys, ld: shape.kvStride), .f32(values, ld: shape.kvStride)) }
+        round(keys, ld: shape.kvStride, rows: rows, columns: shape.headDim, into: half.keys)
+        round(values, ld: shape.kvStride, rows: rows, columns: shape.headDim, into: half.values)
+        return (.bf16(half.keys, ld: shape.headDim), .bf16(half.values, ld: shape.headDim))
+    }
+
     /// Rounds `rows` x `columns` f32 values (rows `ld` apart) into `dst` (rows `columns` apart).
     static func round(_ src: UnsafePointer<Float>, ld: Int, rows: Int, columns: Int, into dst: UnsafeMutablePointer<UInt16>) {
         finch_f32_to_bf16_rows(src, ld, dst, rows, columns)
@@ -306,12 +316,7 @@ package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutab
         let scores = scratch, stackedQ = scratch + G * B * K, stackedOut = stackedQ + G * B * D
         let half = shape.bf16Products ? AttentionBF16Scratch(keyRows: K, blockRows: G * B, columns: K, headDim: D) : nil
         defer { half?.deallocate() }
-        if let half {
-            AttentionBF16Scratch.round(kb, ld: shape.kvStride, rows: K, columns: D, into: half.keys)
-            AttentionBF16Scratch.round(vb, ld: shape.kvStride, rows: K, columns: D, into: half.values)
-        }
-        let keys: AttentionOperand = half.map { .bf16($0.keys, ld: D) } ?? .f32(kb, ld: shape.kvStride)
-        let values: AttentionOperand = half.map { .bf16($0.values, ld: D) } ?? .f32(vb, ld: shape.kvStride)
+        let (keys, values) = AttentionBF16Scratch.operands(half, keys: kb, values: vb, rows: K, shape: shape)
         for block in blocks {
             let i0 = block * B, rows = min(B, T - i0), m = G * rows
             let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: S, shape: shape, b: b, visibility: visibility)
@@ -410,12 +415,7 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
         let mask = keyMask.map { $0 + b * T }
         let half = shape.bf16Products ? AttentionBF16Scratch(keyRows: T, blockRows: G * B, columns: T, headDim: D) : nil
         defer { half?.deallocate() }
-        if let half {
-            AttentionBF16Scratch.round(kb, ld: shape.kvStride, rows: T, columns: D, into: half.keys)
-            AttentionBF16Scratch.round(vb, ld: shape.kvStride, rows: T, columns: D, into: half.values)
-        }
-        let keys: AttentionOperand = half.map { .bf16($0.keys, ld: D) } ?? .f32(kb, ld: shape.kvStride)
-        let values: AttentionOperand = half.map { .bf16($0.values, ld: D) } ?? .f32(vb, ld: shape.kvStride)
+        let (keys, values) = AttentionBF16Scratch.operands(half, keys: kb, values: vb, rows: T, shape: shape)
         for block in blocks {
             let i0 = block * B, rows = min(B, T - i0), m = G * rows
             let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: 0, shape: shape, b: b, visibility: visibility)
