@@ -15,6 +15,11 @@ public enum DataFile {
         public let location: String
         /// Field name to value: String, NSNumber, [Any] or [String: Any] as JSONSerialization gives them.
         public let fields: [String: Any]
+
+        /// A row from `location` with `fields`.
+        public init(location: String, fields: [String: Any]) {
+            self.location = location; self.fields = fields
+        }
     }
 
     /// A data file that cannot be read, is malformed (with file and line), or has no rows.

@@ -28,6 +28,8 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     /// `loss_type`: DPO's sigmoid (the default), ipo, hinge or robust (`PreferenceLoss.DPOKind`);
     /// KTO's kto (what the default means for KTO) or apo_zero_unpaired.
     public var lossType = "sigmoid"
+    /// Fields read under other names, "name=source" (`--field prompt=question`), for every trainer.
+    public var fieldMapping: [String] = []
     /// The revision (branch, tag or commit) of a `model` given as a Hugging Face repo id; nil: main.
     public var revision: String?
     /// KTO's weight on the loss of desirable examples (TRL's `desirable_weight`).

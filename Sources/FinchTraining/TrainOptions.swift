@@ -124,6 +124,10 @@ extension TrainConfig {
             guard dataFormats.contains(v) else { throw TrainOption.invalid("format", source, v, "one of \(dataFormats.joined(separator: ", "))") }
             c.format = v
         },
+        TrainOption(key: "field", kind: .text, help: "Read a field under another name, comma-separated name=source pairs (prompt=question,completion=answer).",
+                    defaultValue: nil) { c, v, _ in
+            c.fieldMapping = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        },
         .integer("max_length", \.maxLength, "Tokens per row; longer rows are truncated."),
         .number("beta", \.beta, "ORPO / DPO / CPO / SimPO beta."),
         .choice("loss_type", \.lossType, among: PreferenceLoss.DPOKind.allCases.map(\.rawValue) + KTOObjective.Loss.allCases.map(\.rawValue),
@@ -181,7 +185,7 @@ extension TrainConfig {
     ]
 
     /// The data formats `format` names.
-    public static let dataFormats = ["text", "prompt_completion", "messages", "preference"]
+    public static let dataFormats = TrainingData.Format.allCases.map(\.rawValue)
 
     /// Every key, in snake_case.
     public static var keys: [String] { options.map(\.key) }

@@ -13,6 +13,11 @@ public enum TrainingData {
     /// The dataset formats Finch reads, under TRL's names; raw values are the `--format` values.
     public enum Format: String, Sendable, CaseIterable {
         case text, promptCompletion = "prompt_completion", messages, preference
+        /// `instruction`, `input` (optional) and `output` (Stanford Alpaca): a user turn and the
+        /// answer through the chat template, or without one the Alpaca prompt as text.
+        case alpaca
+        /// `conversations` of `from` / `value` turns (human, gpt, system): read as messages.
+        case sharegpt
     }
 
     /// What tokenizing a dataset did, printed before training.
@@ -55,8 +60,44 @@ public enum TrainingData {
         if f["chosen"] != nil && f["rejected"] != nil { return .preference }
         if f["messages"] != nil || f["conversations"] != nil { return .messages }
         if f["prompt"] != nil && f["completion"] != nil { return .promptCompletion }
+        if f["instruction"] != nil && f["output"] != nil { return .alpaca }
         if f["text"] != nil { return .text }
         throw Error.undetectable(location: row.location, fields: Array(f.keys))
+    }
+
+    /// The Stanford Alpaca prompt, with or without an input, for models without a chat template.
+    static func alpacaPrompt(instruction: String, input: String) -> String {
+        if input.isEmpty {
+            return "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+                + "### Instruction:\n\(instruction)\n\n### Response:\n"
+        }
+        return "Below is an instruction that describes a task, paired with an input that provides further context. "
+            + "Write a response that appropriately completes the request.\n\n"
+            + "### Instruction:\n\(instruction)\n\n### Input:\n\(input)\n\n### Response:\n"
+    }
+
+    /// Rows with fields renamed by `mapping` ("name=source" pairs, `--field`): each row gets the
+    /// value of its `source` field under `name` as well. A row without a mapped source is an
+    /// error naming its line and the field.
+    public static func mapFields(_ rows: [DataFile.Row], _ mapping: [String]) throws -> [DataFile.Row] {
+        guard !mapping.isEmpty else { return rows }
+        let pairs = try mapping.map { pair -> (String, String) in
+            let parts = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            guard parts.count == 2, !parts[0].isEmpty, !parts[1].isEmpty else {
+                throw Error.field(location: "--field", name: pair, found: "'\(pair)'", expected: "name=source, such as prompt=question")
+            }
+            return (parts[0], parts[1])
+        }
+        return try rows.map { row in
+            var fields = row.fields
+            for (name, source) in pairs {
+                guard let value = row.fields[source] else {
+                    throw Error.field(location: row.location, name: source, found: "nothing", expected: "a field to read as \(name) (--field \(name)=\(source))")
+                }
+                fields[name] = value
+            }
+            return DataFile.Row(location: row.location, fields: fields)
+        }
     }
 
     /// KTO's `label`: true (desirable, 1) or false (0); 1 and 0 are taken too.
@@ -204,9 +245,20 @@ public enum TrainingData {
             if !conversational, input.last != eos.first { input += eos }
             let boundary = commonPrefixLength(promptIDs, input)
             return ["input_ids": input, "labels": [Int32](repeating: -100, count: boundary) + input[boundary...]]
-        case .messages:
+        case .messages, .sharegpt:
             return try conversationFields(try messages(row, row.fields["messages"] != nil ? "messages" : "conversations"),
                                           tokenizer: tokenizer, location: row.location)
+        case .alpaca:
+            let instruction = try text(row, "instruction"), output = try text(row, "output")
+            let input = row.fields["input"] == nil || row.fields["input"] is NSNull ? "" : try text(row, "input")
+            if tokenizer.chatTemplate != nil {
+                let user = input.isEmpty ? instruction : instruction + "\n\n" + input
+                return try conversationFields([ChatMessage(role: "user", content: user), ChatMessage(role: "assistant", content: output)],
+                                              tokenizer: tokenizer, location: row.location)
+            }
+            let prompt = alpacaPrompt(instruction: instruction, input: input)
+            return try sftFields(DataFile.Row(location: row.location, fields: ["prompt": prompt, "completion": output]),
+                                 format: .promptCompletion, tokenizer: tokenizer, chatPrompts: false)
         case .preference:
             throw Error.wrongFormat(method: "sft", format: format, expected: "text, prompt+completion or messages")
         }

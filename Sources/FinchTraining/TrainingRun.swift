@@ -76,7 +76,8 @@ public final class TrainingRun {
         tokenizer = try Tokenizer.load(from: modelPath)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
-        var (train, trainReport) = try TrainingData.examples(rows: try DataFile.read(config.data), method: config.method, format: format,
+        var (train, trainReport) = try TrainingData.examples(rows: try TrainingData.mapFields(DataFile.read(config.data), config.fieldMapping),
+                                                             method: config.method, format: format,
                                                              tokenizer: tokenizer, maxLength: config.maxLength, chatPrompts: config.chatTemplate)
         if config.packing {
             guard config.method == "sft" else {
@@ -86,7 +87,8 @@ public final class TrainingRun {
         }
         var evalReport: TrainingData.Report?
         if let evalData = config.evalData {
-            let (examples, report) = try TrainingData.examples(rows: try DataFile.read(evalData), method: config.method, format: format,
+            let (examples, report) = try TrainingData.examples(rows: try TrainingData.mapFields(DataFile.read(evalData), config.fieldMapping),
+                                                               method: config.method, format: format,
                                                                tokenizer: tokenizer, maxLength: config.maxLength, chatPrompts: config.chatTemplate)
             evalExamples = examples
             evalReport = report

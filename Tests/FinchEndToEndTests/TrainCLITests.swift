@@ -204,6 +204,20 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(missing.err.contains("not in the Hugging Face cache"), missing.err)
     }
 
+    /// `--field` reads rows whose fields have other names (question / answer) as prompt / completion.
+    func testFieldMappingOnTheCommandLine() throws {
+        let data = temporary.appendingPathComponent("qa.jsonl").path
+        try (0..<4).map { #"{"question": "What is \#($0) + 1?", "answer": " \#($0 + 1)."}"# }.joined(separator: "\n")
+            .appending("\n").write(toFile: data, atomically: true, encoding: .utf8)
+        let output = temporary.appendingPathComponent("qa").path
+        let ok = try run(["train", "--method", "sft", "--model", try model(), "--data", data, "--output", output, "--max-steps", "1",
+                          "--lora-r", "4", "--field", "prompt=question,completion=answer"])
+        XCTAssertEqual(ok.status, 0, ok.err)
+        let unmapped = try run(["train", "--method", "sft", "--model", try model(), "--data", data, "--output", temporary.appendingPathComponent("u").path])
+        XCTAssertEqual(unmapped.status, 1)
+        XCTAssertTrue(unmapped.err.contains("qa.jsonl:1") && unmapped.err.contains("cannot tell the dataset format"), unmapped.err)
+    }
+
     func losses(_ run: String) throws -> [Double] {
         try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
             (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double

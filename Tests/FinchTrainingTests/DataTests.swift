@@ -30,6 +30,51 @@ final class DataTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// Alpaca rows (instruction, optional input, output): through the chat template as a user
+    /// turn and the answer (loss on the answer only), or without a template as the Alpaca prompt
+    /// then the output; ShareGPT rows as messages; `--field` reads other names as these.
+    func testAlpacaShareGPTAndFieldMapping() throws {
+        let chat = try tokenizer()
+        let rows = try DataFile.read(try write("alpaca.jsonl", """
+            {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
+            {"instruction": "Say hi.", "output": "Hi!"}
+            """ + "\n"))
+        let (examples, _) = try TrainingData.examples(rows: rows, method: "sft", format: nil, tokenizer: chat, maxLength: 256)
+        let (expected, _) = try TrainingData.examples(rows: try DataFile.read(try write("msgs.jsonl", """
+            {"messages": [{"role": "user", "content": "Add the numbers.\\n\\n2 and 3"}, {"role": "assistant", "content": "5"}]}
+            {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]}
+            """ + "\n")), method: "sft", format: nil, tokenizer: chat, maxLength: 256)
+        XCTAssertEqual(examples.map { $0["input_ids"] }, expected.map { $0["input_ids"] })
+        XCTAssertEqual(examples.map { $0["labels"] }, expected.map { $0["labels"] })
+
+        // No chat template: the Alpaca prompt as text, the output learned.
+        let bare = temporary.appendingPathComponent("bare")
+        try FileManager.default.createDirectory(at: bare, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer/tokenizer.json"),
+                                         to: bare.appendingPathComponent("tokenizer.json"))
+        let plain = try Tokenizer.load(from: bare.path)
+        XCTAssertNil(plain.chatTemplate)
+        let (text, _) = try TrainingData.examples(rows: rows, method: "sft", format: nil, tokenizer: plain, maxLength: 256)
+        let prompt = TrainingData.alpacaPrompt(instruction: "Add the numbers.", input: "2 and 3")
+        XCTAssertTrue(prompt.hasSuffix("### Input:\n2 and 3\n\n### Response:\n"))
+        let learned = zip(text[0]["input_ids"], text[0]["labels"]).filter { $1 >= 0 }.map { $0.0 }
+        XCTAssertEqual(plain.decode(learned.map(Int.init)), "5" + (plain.eosToken ?? ""))
+
+        let shared = try DataFile.read(try write("sharegpt.jsonl", """
+            {"conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "Hi!"}]}
+            """ + "\n"))
+        let (sharegpt, _) = try TrainingData.examples(rows: shared, method: "sft", format: .sharegpt, tokenizer: chat, maxLength: 256)
+        XCTAssertEqual(sharegpt[0]["input_ids"], expected[1]["input_ids"])
+
+        let renamed = try DataFile.read(try write("qa.jsonl", "{\"question\": \"Say hi.\", \"answer\": \"Hi!\"}\n{\"question\": \"x\"}\n"))
+        let mapped = try TrainingData.mapFields(Array(renamed.prefix(1)), ["prompt=question", "completion=answer"])
+        XCTAssertEqual(try TrainingData.detect(mapped[0]), .promptCompletion)
+        XCTAssertThrowsError(try TrainingData.mapFields(renamed, ["prompt=question", "completion=answer"])) {
+            XCTAssertTrue("\($0)".hasPrefix("qa.jsonl:2: field 'answer': found nothing"), "\($0)")
+        }
+        XCTAssertThrowsError(try TrainingData.mapFields(renamed, ["prompt"])) { XCTAssertTrue("\($0)".contains("name=source"), "\($0)") }
+    }
+
     /// Files written on Windows (CRLF line ends) read as the same rows; a byte that is not UTF-8
     /// is named with its line.
     func testCRLFLinesAndInvalidUTF8Line() throws {

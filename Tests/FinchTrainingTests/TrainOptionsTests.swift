@@ -15,7 +15,8 @@ final class TrainOptionsTests: XCTestCase {
                                          "grad_accum": "5", "epochs": "2", "max_steps": "9", "lr": "0.001", "optimizer": "sgd",
                                          "weight_decay": "0.01", "lr_scheduler": "cosine", "warmup_steps": "4", "max_grad_norm": "0.5",
                                          "seed": "7", "logging_steps": "3", "eval_steps": "6", "save_steps": "8", "collective_timeout": "60",
-                                         "desirable_weight": "1.33", "undesirable_weight": "0.8", "revision": "v2"]
+                                         "desirable_weight": "1.33", "undesirable_weight": "0.8", "revision": "v2",
+                                         "field": "prompt=question,completion=answer"]
         let defaults = try TrainConfig(values: base)
         for option in TrainConfig.options where !option.required {
             let value = option.kind == .flag ? "\(!(option.defaultValue == "true"))" : try XCTUnwrap(samples[option.key], "no sample value for \(option.key)")
