@@ -163,7 +163,9 @@ final class ProgressReporter {
             firstStep = resumedAt ?? 0
             start = MonotonicClock.now()
             print("data: \(train.rows) rows, \(train.tokens) tokens, \(train.truncated) truncated, \(train.dropped) dropped"
-                  + (eval.map { "; eval: \($0.rows) rows, \($0.truncated) truncated, \($0.dropped) dropped" } ?? ""))
+                  + (train.skipped > 0 ? ", \(train.skipped) skipped as unreadable" : "")
+                  + (eval.map { "; eval: \($0.rows) rows, \($0.truncated) truncated, \($0.dropped) dropped" + ($0.skipped > 0 ? ", \($0.skipped) skipped" : "") } ?? ""))
+            for reason in train.skippedReasons + (eval?.skippedReasons ?? []) { print("  skipped: \(reason)") }
             if let resumedAt { print("resuming at step \(resumedAt)") }
         case let .precision(precision, reason, gemm):
             print("precision: \(precision.rawValue) (\(reason)); GEMM: \(gemm)")

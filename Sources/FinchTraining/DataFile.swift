@@ -40,6 +40,13 @@ public enum DataFile {
     /// Reads every row of `path`, the format chosen by its extension (.jsonl/.ndjson, .json, .csv).
     /// Throws for an unknown extension, bytes that are not UTF-8, a malformed row, or no rows.
     public static func read(_ path: String) throws -> [Row] {
+        var skipped: [Error]?
+        return try read(path, skipped: &skipped)
+    }
+
+    /// `read`, where with `skipped` non-nil a malformed row (invalid JSON, not an object, a CSV
+    /// record with the wrong number of fields) is added to it instead of stopping the read.
+    public static func read(_ path: String, skipped: inout [Error]?) throws -> [Row] {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw Error.unreadable(path: path, reason: FileManager.default.fileExists(atPath: path) ? "permission denied" : "no such file")
         }
@@ -53,9 +60,9 @@ public enum DataFile {
         let name = (path as NSString).lastPathComponent
         let rows: [Row]
         switch (path as NSString).pathExtension.lowercased() {
-        case "jsonl", "ndjson": rows = try jsonLines(text, name: name)
-        case "json": rows = try jsonArray(data, name: name)
-        case "csv": rows = try csv(text, name: name)
+        case "jsonl", "ndjson": rows = try jsonLines(text, name: name, skipped: &skipped)
+        case "json": rows = try jsonArray(data, name: name, skipped: &skipped)
+        case "csv": rows = try csv(text, name: name, skipped: &skipped)
         default:
             throw Error.malformed(location: path, found: "extension '.\((path as NSString).pathExtension)'", expected: ".jsonl, .json or .csv")
         }
@@ -63,7 +70,13 @@ public enum DataFile {
         return rows
     }
 
-    static func jsonLines(_ text: String, name: String) throws -> [Row] {
+    /// `error`, thrown, or added to `skipped` when rows may be skipped.
+    static func reject(_ error: Error, _ skipped: inout [Error]?) throws {
+        guard skipped != nil else { throw error }
+        skipped!.append(error)
+    }
+
+    static func jsonLines(_ text: String, name: String, skipped: inout [Error]?) throws -> [Row] {
         var rows: [Row] = []
         // "\r\n" is one Character in Swift, so a split on "\n" alone would not see CRLF line ends.
         for (i, line) in text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).enumerated() {
@@ -71,31 +84,36 @@ public enum DataFile {
             if trimmed.isEmpty { continue }
             let location = "\(name):\(i + 1)"
             guard let object = try? JSONSerialization.jsonObject(with: Data(trimmed.utf8)) else {
-                throw Error.malformed(location: location, found: "invalid JSON '\(trimmed.prefix(40))'", expected: "one JSON object per line")
+                try reject(Error.malformed(location: location, found: "invalid JSON '\(trimmed.prefix(40))'", expected: "one JSON object per line"), &skipped)
+                continue
             }
             guard let fields = object as? [String: Any] else {
-                throw Error.malformed(location: location, found: "a JSON \(object is [Any] ? "array" : "value")", expected: "a JSON object")
+                try reject(Error.malformed(location: location, found: "a JSON \(object is [Any] ? "array" : "value")", expected: "a JSON object"), &skipped)
+                continue
             }
             rows.append(Row(location: location, fields: fields))
         }
         return rows
     }
 
-    static func jsonArray(_ data: Data, name: String) throws -> [Row] {
+    static func jsonArray(_ data: Data, name: String, skipped: inout [Error]?) throws -> [Row] {
         guard let object = try? JSONSerialization.jsonObject(with: data) else {
             throw Error.malformed(location: name, found: "invalid JSON", expected: "a JSON array of objects")
         }
         guard let array = object as? [Any] else { throw Error.malformed(location: name, found: "a JSON object", expected: "a JSON array of objects") }
-        return try array.enumerated().map { i, element in
+        var rows: [Row] = []
+        for (i, element) in array.enumerated() {
             guard let fields = element as? [String: Any] else {
-                throw Error.malformed(location: "\(name)[\(i)]", found: jsonKind(element), expected: "a JSON object")
+                try reject(Error.malformed(location: "\(name)[\(i)]", found: jsonKind(element), expected: "a JSON object"), &skipped)
+                continue
             }
-            return Row(location: "\(name)[\(i)]", fields: fields)
+            rows.append(Row(location: "\(name)[\(i)]", fields: fields))
         }
+        return rows
     }
 
     /// RFC 4180 CSV: quoted fields may hold commas, newlines and "" for a quote.
-    static func csv(_ text: String, name: String) throws -> [Row] {
+    static func csv(_ text: String, name: String, skipped: inout [Error]?) throws -> [Row] {
         var records: [(line: Int, fields: [String])] = []
         var field = "", fields: [String] = [], inQuotes = false, line = 1, recordLine = 1
         var iterator = Array(text.unicodeScalars).makeIterator()
@@ -129,13 +147,16 @@ public enum DataFile {
         if inQuotes { throw Error.malformed(location: "\(name):\(recordLine)", found: "an unterminated quoted field", expected: "a closing \"") }
         if !field.isEmpty || !fields.isEmpty { endRecord() }
         guard let header = records.first else { return [] }
-        return try records.dropFirst().map { record in
+        var rows: [Row] = []
+        for record in records.dropFirst() {
             guard record.fields.count == header.fields.count else {
-                throw Error.malformed(location: "\(name):\(record.line)", found: "\(record.fields.count) fields",
-                                      expected: "\(header.fields.count) (\(header.fields.joined(separator: ", ")))")
+                try reject(Error.malformed(location: "\(name):\(record.line)", found: "\(record.fields.count) fields",
+                                           expected: "\(header.fields.count) (\(header.fields.joined(separator: ", ")))"), &skipped)
+                continue
             }
-            return Row(location: "\(name):\(record.line)", fields: Dictionary(zip(header.fields, record.fields.map { $0 as Any }), uniquingKeysWith: { a, _ in a }))
+            rows.append(Row(location: "\(name):\(record.line)", fields: Dictionary(zip(header.fields, record.fields.map { $0 as Any }), uniquingKeysWith: { a, _ in a })))
         }
+        return rows
     }
 }
 

@@ -28,6 +28,10 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     /// `loss_type`: DPO's sigmoid (the default), ipo, hinge or robust (`PreferenceLoss.DPOKind`);
     /// KTO's kto (what the default means for KTO) or apo_zero_unpaired.
     public var lossType = "sigmoid"
+    /// A row the data format cannot read is left out and counted instead of stopping the run.
+    public var skipBadRows = false
+    /// The share of the training rows held out for evaluation (0: none; not with `evalData`).
+    public var validationSplit = 0.0
     /// Fields read under other names, "name=source" (`--field prompt=question`), for every trainer.
     public var fieldMapping: [String] = []
     /// The revision (branch, tag or commit) of a `model` given as a Hugging Face repo id; nil: main.
@@ -146,6 +150,13 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         }
         for (key, value) in [("desirable_weight", desirableWeight), ("undesirable_weight", undesirableWeight)] where !value.isFinite || value <= 0 {
             throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "a positive number")
+        }
+        if !(0..<1).contains(validationSplit) || !validationSplit.isFinite {
+            throw Error.invalid(key: "validation_split", source: source("validation_split"), found: "\(validationSplit)", expected: "a share in [0, 1)")
+        }
+        if validationSplit > 0 && evalData != nil {
+            throw Error.invalid(key: "validation_split", source: source("validation_split"), found: "\(validationSplit) with eval_data",
+                                expected: "one of them: a held-out share of the data, or a file")
         }
         if method == "dpo" && labelSmoothing != 0 && lossType != "robust" {
             throw Error.invalid(key: "label_smoothing", source: source("label_smoothing"), found: "\(labelSmoothing) with loss_type \(lossType)",

@@ -128,6 +128,8 @@ extension TrainConfig {
                     defaultValue: nil) { c, v, _ in
             c.fieldMapping = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         },
+        .flag("skip_bad_rows", \.skipBadRows, "Leave out (and count) rows the data format cannot read, instead of stopping."),
+        .number("validation_split", \.validationSplit, "Hold out this share of the training rows for evaluation (instead of --eval-data)."),
         .integer("max_length", \.maxLength, "Tokens per row; longer rows are truncated."),
         .number("beta", \.beta, "ORPO / DPO / CPO / SimPO beta."),
         .choice("loss_type", \.lossType, among: PreferenceLoss.DPOKind.allCases.map(\.rawValue) + KTOObjective.Loss.allCases.map(\.rawValue),

@@ -157,7 +157,11 @@ public final class Trainer {
         self.objective = objective
         self.settings = settings
         self.train = train
-        self.eval = eval
+        // Objectives cache per-example figures by id (DPO's and KTO's reference log-probs): an
+        // evaluation set numbered from 0 like the training set would read the training rows'.
+        let trainIDs = Set(train.map(\.id))
+        self.eval = eval.contains { trainIDs.contains($0.id) }
+            ? eval.enumerated().map { Example(id: (trainIDs.max() ?? -1) + 1 + $0.offset, fields: $0.element.fields) } : eval
         self.parameters = parameters
         self.group = group
         optimizer = Optimizer(kind: settings.optimizer, parameters: parameters, weightDecay: settings.weightDecay)

@@ -30,6 +30,16 @@ public enum TrainingData {
         public var dropped = 0
         /// Tokens of the kept examples' input_ids fields (chosen and rejected both count), after truncation.
         public var tokens = 0
+        /// Rows left out as unreadable with `--skip-bad-rows`, and the first few reasons.
+        public var skipped = 0
+        /// The first reasons rows were skipped (file:line: what).
+        public var skippedReasons: [String] = []
+
+        /// Counts one skipped row and keeps its reason while there are few.
+        mutating func skip(_ reason: String) {
+            skipped += 1
+            if skippedReasons.count < 5 { skippedReasons.append(reason) }
+        }
     }
 
     /// A row that cannot become an example: unknown format, bad field, wrong format for the method,
@@ -79,7 +89,9 @@ public enum TrainingData {
     /// Rows with fields renamed by `mapping` ("name=source" pairs, `--field`): each row gets the
     /// value of its `source` field under `name` as well. A row without a mapped source is an
     /// error naming its line and the field.
-    public static func mapFields(_ rows: [DataFile.Row], _ mapping: [String]) throws -> [DataFile.Row] {
+    /// With `skipBadRows` a row without a source is left as it is (its format then fails to be
+    /// detected and it is skipped with that reason).
+    public static func mapFields(_ rows: [DataFile.Row], _ mapping: [String], skipBadRows: Bool = false) throws -> [DataFile.Row] {
         guard !mapping.isEmpty else { return rows }
         let pairs = try mapping.map { pair -> (String, String) in
             let parts = pair.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
@@ -92,6 +104,7 @@ public enum TrainingData {
             var fields = row.fields
             for (name, source) in pairs {
                 guard let value = row.fields[source] else {
+                    if skipBadRows { return row }
                     throw Error.field(location: row.location, name: source, found: "nothing", expected: "a field to read as \(name) (--field \(name)=\(source))")
                 }
                 fields[name] = value
@@ -141,46 +154,60 @@ public enum TrainingData {
     /// Tokenizes every row for `method` and returns the examples and what truncation did.
     /// With `chatPrompts`, plain-text prompts are rendered as a user turn with the chat template
     /// (TRL leaves them as they are; an instruct model answers better in its own format).
+    /// With `skipBadRows`, a row the format cannot read is counted in the report and left out.
     public static func examples(rows: [DataFile.Row], method: String, format forced: Format?, tokenizer: Tokenizer,
-                                maxLength: Int, chatPrompts: Bool = false) throws -> ([Example], Report) {
+                                maxLength: Int, chatPrompts: Bool = false, skipBadRows: Bool = false) throws -> ([Example], Report) {
         var examples: [Example] = []
         var report = Report()
-        let preference = !["sft", "kto"].contains(method)
         for row in rows {
-            let format = try forced ?? detect(row)
             report.rows += 1
-            var fields: [String: [Int32]]
-            if preference {
-                guard format == .preference else { throw Error.wrongFormat(method: method, format: format, expected: "chosen and rejected fields") }
-                fields = try preferenceFields(row, tokenizer: tokenizer, chatPrompts: chatPrompts, method: method)
-            } else if method == "kto" {
-                // TRL's unpaired format: prompt, completion and a boolean label, tokenized as a
-                // prompt-completion row (EOS after plain text) with the loss on the completion.
-                guard format == .promptCompletion else {
-                    throw Error.wrongFormat(method: method, format: format, expected: "prompt, completion and label fields")
+            do {
+                if let example = try example(row, id: examples.count, method: method, format: forced, tokenizer: tokenizer, maxLength: maxLength,
+                                             chatPrompts: chatPrompts, report: &report) {
+                    examples.append(example)
                 }
-                fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
-                fields["label"] = [try desirability(row)]
-            } else {
-                guard format != .preference else { throw Error.wrongFormat(method: method, format: format, expected: "text, prompt+completion or messages") }
-                fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+            } catch let error as Error where skipBadRows {
+                report.skip("\(error)")
             }
-            // Truncation: sequences are cut at maxLength; a row with nothing left to learn is dropped.
-            var truncated = false
-            for key in fields.keys where fields[key]!.count > maxLength {
-                fields[key] = Array(fields[key]!.prefix(maxLength))
-                truncated = true
-            }
-            let labelKeys = preference ? ["chosen_labels", "rejected_labels"] : ["labels"]
-            if labelKeys.contains(where: { key in !(fields[key] ?? []).dropFirst().contains { $0 >= 0 } }) {
-                report.dropped += 1
-                continue
-            }
-            if truncated { report.truncated += 1 }
-            report.tokens += fields.filter { $0.key.hasSuffix("input_ids") }.reduce(0) { $0 + $1.value.count }
-            examples.append(Example(id: examples.count, fields: fields))
         }
         return (examples, report)
+    }
+
+    /// One row's example, or nil when truncation left nothing to learn (counted in `report`).
+    static func example(_ row: DataFile.Row, id: Int, method: String, format forced: Format?, tokenizer: Tokenizer, maxLength: Int,
+                        chatPrompts: Bool, report: inout Report) throws -> Example? {
+        let preference = !["sft", "kto"].contains(method)
+        let format = try forced ?? detect(row)
+        var fields: [String: [Int32]]
+        if preference {
+            guard format == .preference else { throw Error.wrongFormat(method: method, format: format, expected: "chosen and rejected fields") }
+            fields = try preferenceFields(row, tokenizer: tokenizer, chatPrompts: chatPrompts, method: method)
+        } else if method == "kto" {
+            // TRL's unpaired format: prompt, completion and a boolean label, tokenized as a
+            // prompt-completion row (EOS after plain text) with the loss on the completion.
+            guard format == .promptCompletion else {
+                throw Error.wrongFormat(method: method, format: format, expected: "prompt, completion and label fields")
+            }
+            fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+            fields["label"] = [try desirability(row)]
+        } else {
+            guard format != .preference else { throw Error.wrongFormat(method: method, format: format, expected: "text, prompt+completion or messages") }
+            fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+        }
+        // Truncation: sequences are cut at maxLength; a row with nothing left to learn is dropped.
+        var truncated = false
+        for key in fields.keys where fields[key]!.count > maxLength {
+            fields[key] = Array(fields[key]!.prefix(maxLength))
+            truncated = true
+        }
+        let labelKeys = preference ? ["chosen_labels", "rejected_labels"] : ["labels"]
+        if labelKeys.contains(where: { key in !(fields[key] ?? []).dropFirst().contains { $0 >= 0 } }) {
+            report.dropped += 1
+            return nil
+        }
+        if truncated { report.truncated += 1 }
+        report.tokens += fields.filter { $0.key.hasSuffix("input_ids") }.reduce(0) { $0 + $1.value.count }
+        return Example(id: id, fields: fields)
     }
 
     /// SFT packing: examples laid end to end into rows of at most `maxLength` tokens (first fit,

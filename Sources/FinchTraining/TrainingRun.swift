@@ -76,9 +76,20 @@ public final class TrainingRun {
         tokenizer = try Tokenizer.load(from: modelPath)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
-        var (train, trainReport) = try TrainingData.examples(rows: try TrainingData.mapFields(DataFile.read(config.data), config.fieldMapping),
-                                                             method: config.method, format: format,
-                                                             tokenizer: tokenizer, maxLength: config.maxLength, chatPrompts: config.chatTemplate)
+        var (train, trainReport) = try examples(config.data, format: format)
+        if config.validationSplit > 0 {
+            // A seeded share of the examples, the same on every rank and on resume.
+            var order = Array(train.indices)
+            var random = FinchRandom(seed: config.trainer.seed ^ 0x5EED_0F_5B11)
+            order.shuffle(using: &random)
+            let held = Set(order.prefix(max(1, Int((Double(train.count) * config.validationSplit).rounded()))))
+            guard held.count < train.count else {
+                throw TrainConfig.Error.invalid(key: "validation_split", source: "--validation-split", found: "\(config.validationSplit) of \(train.count) examples",
+                                                expected: "a share that leaves examples to train on")
+            }
+            evalExamples = train.indices.filter { held.contains($0) }.map { train[$0] }
+            train = train.indices.filter { !held.contains($0) }.map { train[$0] }
+        }
         if config.packing {
             guard config.method == "sft" else {
                 throw TrainConfig.Error.invalid(key: "packing", source: "--packing", found: "true with method \(config.method)", expected: "method sft")
@@ -87,11 +98,7 @@ public final class TrainingRun {
         }
         var evalReport: TrainingData.Report?
         if let evalData = config.evalData {
-            let (examples, report) = try TrainingData.examples(rows: try TrainingData.mapFields(DataFile.read(evalData), config.fieldMapping),
-                                                               method: config.method, format: format,
-                                                               tokenizer: tokenizer, maxLength: config.maxLength, chatPrompts: config.chatTemplate)
-            evalExamples = examples
-            evalReport = report
+            (evalExamples, evalReport) = try examples(evalData, format: format)
         }
 
         let tuning: FineTuning
@@ -171,6 +178,28 @@ public final class TrainingRun {
         try appendMetrics(line)
         onEvent(.evaluation(step: step, metrics: metrics))
         if config.generateDuringEval > 0 { try writeGenerations(step: step) }
+    }
+
+    /// The examples of a data file: fields mapped, rows tokenized; unreadable rows skipped and
+    /// counted with `--skip-bad-rows`.
+    func examples(_ path: String, format: TrainingData.Format?) throws -> ([Example], TrainingData.Report) {
+        var skipped: [DataFile.Error]? = config.skipBadRows ? [] : nil
+        let rows = try TrainingData.mapFields(DataFile.read(path, skipped: &skipped), config.fieldMapping, skipBadRows: config.skipBadRows)
+        var (examples, report) = try TrainingData.examples(rows: rows, method: config.method, format: format, tokenizer: tokenizer,
+                                                           maxLength: config.maxLength, chatPrompts: config.chatTemplate,
+                                                           skipBadRows: config.skipBadRows)
+        if let skipped, !skipped.isEmpty {
+            // Every reason, in line order (the file's own errors and the rows' merged), the first few kept.
+            func line(_ reason: String) -> Int { Int(reason.split(separator: ":").dropFirst().first ?? "") ?? Int.max }
+            let reasons = (skipped.map { "\($0)" } + report.skippedReasons).sorted { line($0) < line($1) }
+            report.rows += skipped.count
+            report.skipped += skipped.count
+            report.skippedReasons = Array(reasons.prefix(5))
+        }
+        guard !examples.isEmpty || !config.skipBadRows else {
+            throw DataFile.Error.empty(path: path + " (every row was skipped; the first: \(report.skippedReasons.first ?? "none"))")
+        }
+        return (examples, report)
     }
 
     /// Sampled completions of the first eval prompts, one JSON line each, into generations.jsonl.

@@ -218,6 +218,43 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(unmapped.err.contains("qa.jsonl:1") && unmapped.err.contains("cannot tell the dataset format"), unmapped.err)
     }
 
+    /// Malformed rows of several kinds: each stops a run naming its file and line (and field),
+    /// and with --skip-bad-rows the run counts them, names the first ones, and trains on the rest;
+    /// --validation-split holds out a share of the rows for evaluation.
+    func testBadRowsAreNamedOrSkippedAndAValidationSplit() throws {
+        let good = (0..<6).map { #"{"prompt": "Say \#($0).", "completion": " \#($0)."}"# }
+        let bad = [
+            "not json at all",
+            "[1, 2, 3]",
+            #"{"prompt": "no completion"}"#,
+            #"{"prompt": 3, "completion": "x"}"#,
+            #"{"messages": [{"role": "user"}]}"#,
+            #"{"prompt": ["a"], "completion": "mixed"}"#,
+            #"{"text": 7}"#,
+        ]
+        let lines = good.prefix(3) + bad + good.suffix(3)
+        let data = temporary.appendingPathComponent("mixed.jsonl").path
+        try (lines.joined(separator: "\n") + "\n").write(toFile: data, atomically: true, encoding: .utf8)
+        for (i, row) in bad.enumerated() {
+            let one = temporary.appendingPathComponent("bad\(i).jsonl").path
+            try (good[0] + "\n" + row + "\n").write(toFile: one, atomically: true, encoding: .utf8)
+            let r = try run(["train", "--method", "sft", "--model", try model(), "--data", one, "--output", temporary.appendingPathComponent("o\(i)").path])
+            XCTAssertEqual(r.status, 1, row)
+            XCTAssertTrue(r.err.contains("bad\(i).jsonl:2"), "\(row): \(r.err)")
+        }
+        let output = temporary.appendingPathComponent("skip").path
+        let r = try run(["train", "--method", "sft", "--model", try model(), "--data", data, "--output", output, "--max-steps", "2",
+                         "--lora-r", "4", "--skip-bad-rows", "--validation-split", "0.34"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("\(bad.count) skipped as unreadable"), r.out)
+        XCTAssertTrue(r.out.contains("skipped: mixed.jsonl:4"), r.out)
+        let metrics = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertTrue(metrics.contains("eval_loss"), "the held-out rows are evaluated")
+        let both = try run(["train", "--model", try model(), "--data", data, "--output", temporary.appendingPathComponent("b").path,
+                            "--validation-split", "0.2", "--eval-data", data])
+        XCTAssertTrue(both.err.contains("validation_split") && both.err.contains("eval_data"), both.err)
+    }
+
     func losses(_ run: String) throws -> [Double] {
         try String(contentsOfFile: run + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").compactMap {
             (try JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])?["loss"] as? Double

@@ -131,6 +131,37 @@ final class AccumulationTests: XCTestCase {
         }
     }
 
+    /// DPO caches reference log-probs by example id; an evaluation set numbered from 0 like the
+    /// training set must still be scored with its own (the trainer renumbers it).
+    func testEvaluationDoesNotReuseTheTrainingRowsReferenceFigures() throws {
+        var rng = FinchRandom(seed: 77)
+        func tokens(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(3 + rng.next() % 120) } }
+        let eval = (0..<2).map { i -> Example in
+            let prompt = [1] + tokens(5), chosen = tokens(4) + [2], rejected = tokens(6) + [2]
+            let masked = [Int32](repeating: -100, count: prompt.count)
+            return Example(id: i, fields: ["chosen_input_ids": prompt + chosen, "chosen_labels": masked + chosen,
+                                           "rejected_input_ids": prompt + rejected, "rejected_labels": masked + rejected])
+        }
+        func model() throws -> Transformer {
+            let m = try Transformer(files: ModelFiles.open(directory), fineTuning: try lora())
+            try PEFTAdapter.load(directory: directory + "/adapter", into: m)
+            return m
+        }
+        let policy = try model()
+        let objective = try PreferenceObjective(loss: .dpo(kind: .sigmoid, beta: 0.1, labelSmoothing: 0), reference: .adaptersOff)
+        var settings = TrainerSettings()
+        settings.batchSize = 2
+        let trainer = try Trainer(model: policy, objective: objective, train: Self.preferenceExamples(), eval: eval, settings: settings)
+        _ = try objective.evaluate(Self.preferenceExamples(), model: policy, window: objective.normalisers(of: Self.preferenceExamples()))
+        let got = try trainer.evaluate()
+        let alone = try PreferenceObjective(loss: .dpo(kind: .sigmoid, beta: 0.1, labelSmoothing: 0), reference: .adaptersOff)
+        let expected = try alone.evaluate(eval, model: try model(), window: alone.normalisers(of: eval))
+        XCTAssertNotEqual(expected["rewards/chosen"], 0)
+        for key in ["loss", "rewards/chosen", "rewards/rejected"] {
+            XCTAssertEqual(got[key] ?? .nan, expected[key]!, accuracy: 1e-6 * max(abs(expected[key]!), 1), key)
+        }
+    }
+
     func testAnObjectiveNamesTheFieldsItLacks() throws {
         let model = try Transformer(files: ModelFiles.open(directory), fineTuning: try lora())
         let objective = try PreferenceObjective(loss: .orpo(beta: 0.1))

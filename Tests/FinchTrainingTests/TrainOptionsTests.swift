@@ -16,7 +16,7 @@ final class TrainOptionsTests: XCTestCase {
                                          "weight_decay": "0.01", "lr_scheduler": "cosine", "warmup_steps": "4", "max_grad_norm": "0.5",
                                          "seed": "7", "logging_steps": "3", "eval_steps": "6", "save_steps": "8", "collective_timeout": "60",
                                          "desirable_weight": "1.33", "undesirable_weight": "0.8", "revision": "v2",
-                                         "field": "prompt=question,completion=answer"]
+                                         "field": "prompt=question,completion=answer", "validation_split": "0.1"]
         let defaults = try TrainConfig(values: base)
         for option in TrainConfig.options where !option.required {
             let value = option.kind == .flag ? "\(!(option.defaultValue == "true"))" : try XCTUnwrap(samples[option.key], "no sample value for \(option.key)")
