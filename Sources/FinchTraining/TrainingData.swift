@@ -47,7 +47,7 @@ public enum TrainingData {
     public enum Error: Swift.Error, CustomStringConvertible {
         case undetectable(location: String, fields: [String])
         case field(location: String, name: String, found: String, expected: String)
-        case wrongFormat(method: String, format: Format, expected: String)
+        case wrongFormat(location: String, method: String, format: Format, expected: String)
         case noTemplate(location: String)
 
         public var description: String {
@@ -56,8 +56,8 @@ public enum TrainingData {
                 return "\(location): cannot tell the dataset format from the fields \(fields.sorted()); expected text, prompt+completion, messages, or chosen+rejected (with or without prompt)"
             case let .field(location, name, found, expected):
                 return "\(location): field '\(name)': found \(found), expected \(expected)"
-            case let .wrongFormat(method, format, expected):
-                return "method \(method) cannot train on \(format.rawValue) rows; it needs \(expected)"
+            case let .wrongFormat(location, method, format, expected):
+                return "\(location): method \(method) cannot train on \(format.rawValue) rows; it needs \(expected)"
             case let .noTemplate(location):
                 return "\(location): the row holds messages but the tokenizer has no chat template"
             }
@@ -180,18 +180,18 @@ public enum TrainingData {
         let format = try forced ?? detect(row)
         var fields: [String: [Int32]]
         if preference {
-            guard format == .preference else { throw Error.wrongFormat(method: method, format: format, expected: "chosen and rejected fields") }
+            guard format == .preference else { throw Error.wrongFormat(location: row.location, method: method, format: format, expected: "chosen and rejected fields") }
             fields = try preferenceFields(row, tokenizer: tokenizer, chatPrompts: chatPrompts, method: method)
         } else if method == "kto" {
             // TRL's unpaired format: prompt, completion and a boolean label, tokenized as a
             // prompt-completion row (EOS after plain text) with the loss on the completion.
             guard format == .promptCompletion else {
-                throw Error.wrongFormat(method: method, format: format, expected: "prompt, completion and label fields")
+                throw Error.wrongFormat(location: row.location, method: method, format: format, expected: "prompt, completion and label fields")
             }
             fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
             fields["label"] = [try desirability(row)]
         } else {
-            guard format != .preference else { throw Error.wrongFormat(method: method, format: format, expected: "text, prompt+completion or messages") }
+            guard format != .preference else { throw Error.wrongFormat(location: row.location, method: method, format: format, expected: "text, prompt+completion or messages") }
             fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
         }
         // Truncation: sequences are cut at maxLength; a row with nothing left to learn is dropped.
@@ -287,7 +287,7 @@ public enum TrainingData {
             return try sftFields(DataFile.Row(location: row.location, fields: ["prompt": prompt, "completion": output]),
                                  format: .promptCompletion, tokenizer: tokenizer, chatPrompts: false)
         case .preference:
-            throw Error.wrongFormat(method: "sft", format: format, expected: "text, prompt+completion or messages")
+            throw Error.wrongFormat(location: row.location, method: "sft", format: format, expected: "text, prompt+completion or messages")
         }
     }
 

@@ -226,11 +226,26 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         let bad = [
             "not json at all",
             "[1, 2, 3]",
+            "42",
+            "null",
+            #""a string line""#,
             #"{"prompt": "no completion"}"#,
             #"{"prompt": 3, "completion": "x"}"#,
-            #"{"messages": [{"role": "user"}]}"#,
+            #"{"prompt": "a", "completion": null}"#,
+            #"{"prompt": {"a": 1}, "completion": "x"}"#,
             #"{"prompt": ["a"], "completion": "mixed"}"#,
+            #"{"messages": [{"role": "user"}]}"#,
+            #"{"messages": "hi"}"#,
+            #"{"messages": [{"role": 1, "content": "x"}]}"#,
+            #"{"conversations": [{"from": "human"}]}"#,
+            #"{"instruction": "x", "output": 3}"#,
+            #"{"instruction": 5, "output": "x"}"#,
             #"{"text": 7}"#,
+            #"{"text": null}"#,
+            #"{"text": ["a"]}"#,
+            #"{}"#,
+            #"{"unknown": 1}"#,
+            #"{"chosen": "a", "rejected": "b"}"#,
         ]
         let lines = good.prefix(3) + bad + good.suffix(3)
         let data = temporary.appendingPathComponent("mixed.jsonl").path
