@@ -46,6 +46,10 @@ public enum HubCache {
         }
         let snapshots = (repo as NSString).appendingPathComponent("snapshots")
         let wanted = revision ?? "main"
+        // A branch may hold "/" (refs/pr/1), but never a step out of the repo's folder.
+        if wanted.split(separator: "/").contains(where: { $0 == ".." || $0 == "." }) || wanted.hasPrefix("/") {
+            throw LoadError.malformed(path: model, field: "revision", found: "'\(wanted)'", expected: "a branch, tag or commit name")
+        }
         let refs = (repo as NSString).appendingPathComponent("refs")
         var commit: String?
         if let text = try? String(contentsOfFile: (refs as NSString).appendingPathComponent(wanted), encoding: .utf8) {

@@ -60,6 +60,9 @@ final class HubCacheTests: TemporaryDirectoryTestCase {
             XCTAssertTrue("\(error)".contains("v9") && "\(error)".contains("main") && "\(error)".contains("v2"), "\(error)")
         }
         XCTAssertThrowsError(try HubCache.resolve(local, revision: "v2", environment: environment))
+        XCTAssertThrowsError(try HubCache.resolve("finch-test/tiny", revision: "../../etc", environment: environment)) { error in
+            XCTAssertTrue("\(error)".contains("revision"), "\(error)")
+        }
     }
 
     /// Without refs/main (a cache filled by hand or by another tool), the newest snapshot.
