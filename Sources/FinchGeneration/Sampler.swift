@@ -57,35 +57,77 @@ struct Sampler {
             }
         }
         if s.temperature <= 0 { return argmax(logits) }
-        for i in logits.indices { logits[i] /= s.temperature }
-        // Candidates in descending order of logit, cut by top-k, then probabilities.
-        var order = Array(logits.indices)
-        if s.topK > 0 && s.topK < order.count {
-            order = Array(order.sorted { logits[$0] > logits[$1] }.prefix(s.topK))
-        } else {
-            order.sort { logits[$0] > logits[$1] }
+        // Unnormalised probabilities exp((logit - max) / T) of every token: one pass, no sort.
+        let n = logits.count, inverse = 1 / s.temperature
+        var top = 0
+        for i in 1..<n where logits[i] > logits[top] { top = i }
+        let m = logits[top]
+        var probs = [Float](repeating: 0, count: n)
+        for i in 0..<n { probs[i] = expf((logits[i] - m) * inverse) }
+        return draw(from: Self.kept(probs, settings: s), probs: probs)
+    }
+
+    /// The tokens sampling may draw, given unnormalised probabilities: every token, or the top
+    /// k (renormalised among themselves), then the descending prefix that min-p and top-p keep.
+    static func kept(_ probs: [Float], settings s: SamplingSettings) -> [Int] {
+        let n = probs.count
+        var candidates: [Int]? = nil
+        if s.topK > 0 && s.topK < n { candidates = largest(s.topK, of: probs) }
+        if s.minP <= 0 && s.topP >= 1 { return candidates ?? Array(0..<n) }
+        // min-p and top-p cut a prefix in descending order: sort only the tokens that can be in it,
+        // those above a threshold whose mass already reaches top_p (lowered until it does).
+        let pool = candidates ?? Array(0..<n)
+        let mass = pool.reduce(Float(0)) { $0 + probs[$1] }
+        var order: [Int] = []
+        for threshold: Float in [1e-4, 1e-7, 0] {
+            order = threshold == 0 ? pool : pool.filter { probs[$0] >= threshold }
+            if threshold == 0 || order.reduce(Float(0), { $0 + probs[$1] }) >= s.topP * mass { break }
         }
-        let m = logits[order[0]]
-        var probs = order.map { expf(logits[$0] - m) }
-        let total = probs.reduce(0, +)
-        for i in probs.indices { probs[i] /= total }
-        var keep = probs.count
+        order.sort { probs[$0] > probs[$1] || probs[$0] == probs[$1] && $0 < $1 }
+        var keep = order.count
         if s.minP > 0 {
-            let threshold = s.minP * probs[0]
-            keep = min(keep, max(1, probs.prefix(keep).firstIndex { $0 < threshold } ?? keep))
+            let limit = s.minP * probs[order[0]]
+            keep = min(keep, max(1, order.firstIndex { probs[$0] < limit } ?? keep))
         }
         if s.topP < 1 {
             // The smallest prefix whose mass reaches top_p (at least one token).
-            var mass: Float = 0
-            for i in 0..<keep { mass += probs[i]; if mass >= s.topP { keep = i + 1; break } }
+            var cumulative: Float = 0
+            for i in 0..<keep { cumulative += probs[order[i]]; if cumulative >= s.topP * mass { keep = i + 1; break } }
         }
-        let kept = probs.prefix(keep)
-        var u = random.nextFloat() * kept.reduce(0, +)
-        for (i, p) in kept.enumerated() {
-            u -= p
-            if u <= 0 { return order[i] }
+        return Array(order.prefix(keep))
+    }
+
+    /// A token of `tokens` drawn with probability proportional to `probs`.
+    mutating func draw(from tokens: [Int], probs: [Float]) -> Int {
+        var total: Float = 0
+        for t in tokens { total += probs[t] }
+        var u = random.nextFloat() * total
+        for t in tokens {
+            u -= probs[t]
+            if u <= 0 { return t }
         }
-        return order[keep - 1]
+        return tokens.last!
+    }
+
+    /// The indices of the `k` largest values, largest first (ties: lower index first).
+    static func largest(_ k: Int, of values: [Float]) -> [Int] {
+        // The k-th largest value by selection on a copy, then the indices at or above it.
+        var copy = values
+        var low = 0, high = copy.count - 1, target = k - 1
+        while low < high {
+            let pivot = copy[(low + high) / 2]
+            var i = low, j = high
+            while i <= j {
+                while copy[i] > pivot { i += 1 }
+                while copy[j] < pivot { j -= 1 }
+                if i <= j { copy.swapAt(i, j); i += 1; j -= 1 }
+            }
+            if target <= j { high = j } else if target >= i { low = i } else { break }
+        }
+        let kth = copy[target]
+        var chosen = values.indices.filter { values[$0] > kth }
+        for i in values.indices where values[i] == kth && chosen.count < k { chosen.append(i) }
+        return chosen.sorted { values[$0] > values[$1] || values[$0] == values[$1] && $0 < $1 }
     }
 
     func argmax(_ values: [Float]) -> Int {

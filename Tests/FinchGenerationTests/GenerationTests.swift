@@ -70,6 +70,30 @@ final class GenerationTests: XCTestCase {
         }
     }
 
+    /// top-k, min-p and top-p keep exactly the tokens a full descending sort keeps (the sampler
+    /// sorts only those above a threshold, and selects the top k without sorting).
+    func testKeptTokensEqualAFullSortsPrefix() {
+        var rng = FinchRandom(seed: 17)
+        for trial in 0..<60 {
+            let n = [5, 300, 4000][trial % 3]
+            let spread = Float([1, 4, 12][trial % 3])
+            let probs = (0..<n).map { _ in expf((rng.nextFloat() * 2 - 1) * spread) }
+            let settings = SamplingSettings(temperature: 1, topK: [0, 3, 50, n + 1][trial % 4], topP: [1, 0.9, 0.5, 0.99][(trial / 4) % 4],
+                                            minP: [0, 0.05][(trial / 16) % 2])
+            // The naive rule: sort all, cut top-k, renormalise, cut min-p and top-p.
+            var order = Array(0..<n).sorted { probs[$0] > probs[$1] || probs[$0] == probs[$1] && $0 < $1 }
+            if settings.topK > 0 && settings.topK < n { order = Array(order.prefix(settings.topK)) }
+            let mass = order.reduce(Float(0)) { $0 + probs[$1] }
+            var keep = order.count
+            if settings.minP > 0 { keep = min(keep, max(1, order.firstIndex { probs[$0] < settings.minP * probs[order[0]] } ?? keep)) }
+            if settings.topP < 1 {
+                var c: Float = 0
+                for i in 0..<keep { c += probs[order[i]]; if c >= settings.topP * mass { keep = i + 1; break } }
+            }
+            XCTAssertEqual(Set(Sampler.kept(probs, settings: settings)), Set(order.prefix(keep)), "trial \(trial) \(settings)")
+        }
+    }
+
     func testEOSStopsAndMaxNewTokensZeroGivesNothing() throws {
         let model = try Transformer(files: ModelFiles.open(directories[0]))
         let generator = Generator(model: model)
