@@ -8,7 +8,7 @@ struct TrainCommand: ParsableCommand {
     // flags, YAML keys, this help and README's table all come from there.
     static let configuration = CommandConfiguration(
         commandName: "train",
-        abstract: "Fine-tune a model with SFT, ORPO, DPO, SimPO or CPO (LoRA or full).",
+        abstract: "Fine-tune a model with SFT, ORPO, DPO, SimPO, CPO, KTO or GRPO (LoRA or full).",
         usage: "finch train [--config <file>] --model <path> --data <path> --output <path> [<option> ...]",
         discussion: """
             Every option can also be given in a YAML file (--config), keys in snake_case (max_length: 512); flags win.
@@ -32,17 +32,21 @@ struct TrainCommand: ParsableCommand {
             guard let option = byFlag[parts[0]] else {
                 throw TrainConfig.Error.unknown(key: argument, source: "the command line", known: TrainConfig.options.map(\.flag))
             }
+            var value: String
             if parts.count == 2 {
-                values[option.key] = parts[1]
+                value = parts[1]
             } else if option.kind == .flag {
-                values[option.key] = "true"
+                value = "true"
             } else {
                 guard i < arguments.count else {
                     throw TrainConfig.Error.invalid(key: option.key, source: option.flag, found: "nothing", expected: "a value (\(option.valueSyntax))")
                 }
-                values[option.key] = arguments[i]
+                value = arguments[i]
                 i += 1
             }
+            // A repeated option keeps every value, one per line.
+            if option.kind == .repeated, let earlier = values[option.key] { value = earlier + "\n" + value }
+            values[option.key] = value
         }
         return values
     }
@@ -119,7 +123,9 @@ struct TrainCommand: ParsableCommand {
             }
             let name = key.string.replacingOccurrences(of: "-", with: "_")
             switch valueNode {
-            case let .sequence(list): values[name] = try list.map { try scalar($0, name) }.joined(separator: ",")
+            case let .sequence(list):
+                let repeated = TrainConfig.options.first { $0.key == name }?.kind == .repeated
+                values[name] = try list.map { try scalar($0, name) }.joined(separator: repeated ? "\n" : ",")
             default: values[name] = try scalar(valueNode, name)
             }
         }
@@ -179,7 +185,14 @@ final class ProgressReporter {
             }
             let loss = log.metrics["loss"] ?? .nan
             let speed = log.metrics["tokens_per_second"] ?? 0
-            var text = String(format: "step %d/%d  loss %.4f  %.0f tok/s  ETA %@", log.step, total, loss, speed, Self.duration(eta))
+            var text = String(format: "step %d/%d  loss %.4f", log.step, total, loss)
+            // GRPO: the mean reward of the step's completions, and the time spent sampling them.
+            if let reward = log.metrics["reward"] { text += String(format: "  reward %.3f", reward) }
+            text += String(format: "  %.0f tok/s  ETA %@", speed, Self.duration(eta))
+            if let generation = log.metrics["time/generation"] {
+                text += String(format: "  (generation %.1f s, rewards %.1f s, train %.1f s)", generation, log.metrics["time/rewards"] ?? 0,
+                               max(log.seconds - generation - (log.metrics["time/rewards"] ?? 0), 0))
+            }
             // Data parallel: the step's time in collectives (the all-reduce, and waiting for the slower rank).
             if log.collectiveSeconds > 0 { text += String(format: "  (%.2f of %.2f s in collectives)", log.collectiveSeconds, log.seconds) }
             if isTerminal {

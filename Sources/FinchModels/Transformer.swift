@@ -685,7 +685,7 @@ public final class Transformer {
         let acts = activations(for: batch, training: false)
         let hidden = forward(batch, acts: acts)
         let r = targets.withUnsafeBufferPointer {
-            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: batch.tokenCount, head: head, softcap: logitSoftcap)
+            crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: batch.tokenCount, head: head, softcap: logitSoftcap, logitScale: 1 / logitTemperature)
         }
         return (r.loss, r.count)
     }
@@ -726,7 +726,7 @@ public final class Transformer {
         stats.withOutputs { outputs in
             targets.withUnsafeBufferPointer { t in
                 _ = crossEntropy(hidden: hidden, targets: t.baseAddress!, rows: batch.tokenCount, head: head, outputs: outputs,
-                                 backward: backward, softcap: logitSoftcap)
+                                 backward: backward, softcap: logitSoftcap, logitScale: 1 / logitTemperature)
             }
         }
         stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
@@ -735,6 +735,10 @@ public final class Transformer {
 
     /// The final logit soft-cap for the cross-entropy kernel, 0 for none.
     package var logitSoftcap: Float { config.finalLogitSoftcap ?? 0 }
+
+    /// The head's log-probabilities, entropies and their gradients come from logits / T: GRPO
+    /// scores completions at the temperature it sampled them with, as TRL does. 1 elsewhere.
+    package var logitTemperature: Float = 1
 
     /// The head's column sums [C]: sum_j logit_j = h . sum_j W_j, so the sum of a position's
     /// logits costs one dot product. Cached while the head is frozen.
@@ -806,7 +810,7 @@ public final class Transformer {
         let maskedTargets = zip(targets, weights).map { $1 == 0 ? Int32(-1) : $0 }   // no head work where nothing flows
         maskedTargets.withUnsafeBufferPointer { t in weights.withUnsafeBufferPointer { w in
             _ = crossEntropy(hidden: acts.finalNormed, targets: t.baseAddress!, rows: n, head: head,
-                             backward: CrossEntropyBackward(rowWeights: w.baseAddress!, dHidden: dFinal, dHead: headGrad), softcap: logitSoftcap)
+                             backward: CrossEntropyBackward(rowWeights: w.baseAddress!, dHidden: dFinal, dHead: headGrad), softcap: logitSoftcap, logitScale: 1 / logitTemperature)
         } }
         backward(batch, acts: acts, dFinal: dFinal)
     }
@@ -827,7 +831,7 @@ public final class Transformer {
         let r = stats.withOutputs { outputs in
             targets.withUnsafeBufferPointer {
                 crossEntropy(hidden: hidden, targets: $0.baseAddress!, rows: n, head: head, outputs: statistics == nil ? CrossEntropyOutputs() : outputs,
-                             backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad), softcap: logitSoftcap)
+                             backward: CrossEntropyBackward(uniformWeight: weight, dHidden: dFinal, dHead: headGrad), softcap: logitSoftcap, logitScale: 1 / logitTemperature)
             }
         }
         statistics?.pointee = stats

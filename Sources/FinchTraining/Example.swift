@@ -14,11 +14,15 @@ public struct Example: Sendable, Equatable {
     public var id: Int
     /// Token-id sequences by TRL's field name; packed SFT rows also carry `segment_lengths`.
     public var fields: [String: [Int32]]
+    /// The row's own fields as JSON text, for objectives that read more than tokens (GRPO hands
+    /// the prompt and the other columns to its reward functions); empty for the others.
+    public var columns: [String: String]
 
     /// An example at position `id` of its dataset.
-    public init(id: Int, fields: [String: [Int32]]) {
+    public init(id: Int, fields: [String: [Int32]], columns: [String: String] = [:]) {
         self.id = id
         self.fields = fields
+        self.columns = columns
     }
 
     /// The sequence named `field`, or empty when the example lacks it.
@@ -51,14 +55,19 @@ public struct Normalisers: Sendable, Equatable {
     public var klSum: Double = 0
     /// The mismatched pairs of `klSum`.
     public var klCount: Double = 0
+    /// Other counts and sums by name (GRPO's completions, tokens and reward sums), added key by
+    /// key; every rank must give the same keys.
+    public var named: [String: Double] = [:]
 
     /// Counts given directly; objectives build them with `normalisers(of:)`.
     public init(tokens: Double = 0, pairs: Double = 0, chosenTokens: Double = 0, rejectedTokens: Double = 0, positions: Double = 0,
-                examples: Double = 0, desirable: Double = 0, undesirable: Double = 0, klSum: Double = 0, klCount: Double = 0) {
+                examples: Double = 0, desirable: Double = 0, undesirable: Double = 0, klSum: Double = 0, klCount: Double = 0,
+                named: [String: Double] = [:]) {
         self.tokens = tokens; self.pairs = pairs; self.chosenTokens = chosenTokens; self.rejectedTokens = rejectedTokens
         self.positions = positions
         self.examples = examples; self.desirable = desirable; self.undesirable = undesirable
         self.klSum = klSum; self.klCount = klCount
+        self.named = named
     }
 
     /// Field-by-field sum, to total the counts of a window's micro-batches.
@@ -66,8 +75,12 @@ public struct Normalisers: Sendable, Equatable {
         Normalisers(tokens: a.tokens + b.tokens, pairs: a.pairs + b.pairs, chosenTokens: a.chosenTokens + b.chosenTokens,
                     rejectedTokens: a.rejectedTokens + b.rejectedTokens, positions: a.positions + b.positions,
                     examples: a.examples + b.examples, desirable: a.desirable + b.desirable, undesirable: a.undesirable + b.undesirable,
-                    klSum: a.klSum + b.klSum, klCount: a.klCount + b.klCount)
+                    klSum: a.klSum + b.klSum, klCount: a.klCount + b.klCount,
+                    named: a.named.merging(b.named, uniquingKeysWith: +))
     }
+
+    /// The count or sum named `key`, 0 when absent.
+    public subscript(key: String) -> Double { named[key] ?? 0 }
 }
 
 /// A micro-batch of sequences turned into model input: right-padded rows and next-token targets.

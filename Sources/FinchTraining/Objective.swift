@@ -28,15 +28,40 @@ public protocol Objective: AnyObject {
     /// Whether TRL's trainer for this objective logs `num_tokens` (the running count of real tokens).
     var logsTokenCount: Bool { get }
     /// Counts that need the model and the whole window before the first backward (KTO's KL
-    /// estimate, from mismatched pairs across the window): the part of this rank's examples
-    /// `mine`, with `window` every example of the window in the trainer's order. Summed over
-    /// ranks with `normalisers(of:)`. None for most objectives.
-    func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer) throws -> Normalisers
+    /// estimate, from mismatched pairs across the window; GRPO generates and scores its
+    /// completions here): the part of this rank's examples `mine`, with `window` every example
+    /// of the window in the trainer's order. Summed over ranks with `normalisers(of:)`. None for
+    /// most objectives.
+    func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer, pass: WindowPass) throws -> Normalisers
+    /// Optimizer steps taken on each window before the next (GRPO's `num_iterations`); 1 for most.
+    var iterationsPerWindow: Int { get }
+    /// Metrics of the whole window, after its last micro-batch (GRPO's rewards and completion
+    /// lengths); summed over ranks like the micro-batches' shares.
+    func finishWindow(_ pass: WindowPass) -> [String: Double]
+    /// Tokens a step on `window` processed, for TRL's `num_tokens` and the speed shown.
+    func tokenCount(of window: [Example]) -> Int
+}
+
+/// Which pass over a window the trainer is making.
+public enum WindowPass: Sendable, Equatable {
+    /// Optimizer step `step` of the run (0-based), the `iteration`-th on this window (0-based;
+    /// see `Objective.iterationsPerWindow`).
+    case training(step: Int, iteration: Int)
+    /// The evaluation after `step` optimizer steps.
+    case evaluation(step: Int)
 }
 
 extension Objective {
     /// No window-level counts.
-    public func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer) throws -> Normalisers { Normalisers() }
+    public func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer, pass: WindowPass) throws -> Normalisers { Normalisers() }
+    /// One step per window.
+    public var iterationsPerWindow: Int { 1 }
+    /// No window-level metrics.
+    public func finishWindow(_ pass: WindowPass) -> [String: Double] { [:] }
+    /// The tokens of the examples' sequences.
+    public func tokenCount(of window: [Example]) -> Int {
+        window.reduce(0) { total, e in total + ["input_ids", "chosen_input_ids", "rejected_input_ids"].reduce(0) { $0 + e[$1].count } }
+    }
 }
 
 /// Why an objective or trainer refused its input: an example without a needed field, an unknown

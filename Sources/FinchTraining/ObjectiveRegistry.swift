@@ -1,4 +1,5 @@
 import FinchModels
+import FinchTokenizers
 
 /// What an objective's factory may use besides the run's settings.
 public struct ObjectiveContext {
@@ -6,6 +7,18 @@ public struct ObjectiveContext {
     public let padId: Int32
     /// A frozen copy of the base model, made on demand (DPO's reference in full fine-tuning).
     public let frozenModel: () throws -> Transformer
+    /// The tokenizer (GRPO decodes its completions for the reward functions).
+    public var tokenizer: Tokenizer?
+    /// The tokens that end a generated sequence (GRPO).
+    public var eosTokenIds: Set<Int>
+    /// Processes of a data parallel job.
+    public var ranks: Int
+
+    /// The context of a run's objective.
+    public init(padId: Int32, frozenModel: @escaping () throws -> Transformer, tokenizer: Tokenizer? = nil, eosTokenIds: Set<Int> = [],
+                ranks: Int = 1) {
+        self.padId = padId; self.frozenModel = frozenModel; self.tokenizer = tokenizer; self.eosTokenIds = eosTokenIds; self.ranks = ranks
+    }
 }
 
 /// One training method: its name (TRL's) and how its objective is made from a run's settings.
@@ -30,7 +43,7 @@ public struct TrainingMethod: Sendable {
 
 /// The training methods Finch knows; `--method` and its help read this list.
 public enum ObjectiveRegistry {
-    /// Every method, in the order help lists them: sft, orpo, dpo, simpo, cpo, kto.
+    /// Every method, in the order help lists them: sft, orpo, dpo, simpo, cpo, kto, grpo.
     public static let methods: [TrainingMethod] = [
         TrainingMethod("sft") { _, context in SFTObjective(padId: context.padId) },
         preference("orpo") { .orpo(beta: $0.beta) },
@@ -41,6 +54,14 @@ public enum ObjectiveRegistry {
             KTOObjective(loss: KTOObjective.Loss(rawValue: config.lossType) ?? .kto, beta: config.beta,
                          desirableWeight: config.desirableWeight, undesirableWeight: config.undesirableWeight, padId: context.padId,
                          reference: config.full ? .model(try context.frozenModel()) : .adaptersOff)
+        },
+        TrainingMethod("grpo") { config, context in
+            var rewards: [RewardFunction] = try config.rewardFunctions.map { try BuiltInRewards.named($0, maxCompletionLength: config.maxCompletionLength) }
+            rewards += config.rewardCommands.map { CommandReward(command: $0, timeout: config.rewardTimeout) }
+            return try GRPOObjective(settings: config.grpoSettings, rewardFunctions: rewards, tokenizer: context.tokenizer,
+                                     eosTokenIds: context.eosTokenIds, padId: context.padId,
+                                     reference: config.full && config.beta != 0 ? .model(try context.frozenModel()) : .adaptersOff,
+                                     ranks: context.ranks)
         },
     ]
 

@@ -23,7 +23,8 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var format: String?
     /// Tokens per sequence: longer ones are cut; a row left with no label to learn is dropped.
     public var maxLength = 1024
-    /// TRL's `beta` of ORPO, DPO, CPO and SimPO (ignored by SFT).
+    /// TRL's `beta` of ORPO, DPO, CPO, SimPO and KTO, and of GRPO's KL term (ignored by SFT);
+    /// GRPO's default is TRL's 0 unless it is given.
     public var beta = 0.1
     /// `loss_type`: DPO's sigmoid (the default), ipo, hinge or robust (`PreferenceLoss.DPOKind`);
     /// KTO's kto (what the default means for KTO) or apo_zero_unpaired.
@@ -40,6 +41,36 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var desirableWeight = 1.0
     /// KTO's weight on the loss of undesirable examples (TRL's `undesirable_weight`).
     public var undesirableWeight = 1.0
+    /// GRPO: completions sampled per prompt (TRL's `num_generations`).
+    public var numGenerations = 8
+    /// GRPO: most tokens per completion (TRL's `max_completion_length`).
+    public var maxCompletionLength = 512
+    /// GRPO: the sampling temperature, at which log-probabilities are taken too.
+    public var temperature = 1.0
+    /// GRPO: nucleus sampling (1 keeps every token).
+    public var topP = 1.0
+    /// GRPO: top-k sampling (0 keeps every token).
+    public var topK = 0
+    /// GRPO: the ratio is clipped below at 1 - epsilon.
+    public var epsilon = 0.2
+    /// GRPO: the ratio is clipped above at 1 + epsilon_high (nil: epsilon).
+    public var epsilonHigh: Double?
+    /// GRPO: optimizer steps on each batch of completions (TRL's `num_iterations`).
+    public var numIterations = 1
+    /// GRPO: what advantages are divided by (TRL's `scale_rewards`: group, batch or none).
+    public var scaleRewards = GRPOObjective.RewardScaling.group.rawValue
+    /// GRPO: completions cut at the max length take no part in the loss.
+    public var maskTruncatedCompletions = false
+    /// GRPO: the KL term is multiplied by the importance ratio (TRL's `use_bias_correction_kl`).
+    public var useBiasCorrectionKL = true
+    /// GRPO: built-in reward functions, `name[:argument]` (`BuiltInRewards`).
+    public var rewardFunctions: [String] = []
+    /// GRPO: shell commands that score completions (`CommandReward`).
+    public var rewardCommands: [String] = []
+    /// GRPO: one weight per reward, the functions first, then the commands (empty: all 1).
+    public var rewardWeights: [Double] = []
+    /// GRPO: seconds a reward command may take per batch.
+    public var rewardTimeout = 60.0
     /// TRL's `label_smoothing` for DPO (robust only), CPO and SimPO; 0 turns it off.
     public var labelSmoothing = 0.0
     /// SimPO's target reward margin gamma (TRL's `simpo_gamma`).
@@ -143,10 +174,16 @@ public struct TrainConfig: Sendable, Codable, Equatable {
             throw Error.invalid(key: key, source: source(key), found: values[key] ?? "\(value)", expected: "a finite number >= 0 (within float range)")
         }
         if t.epochs < 1 && t.maxSteps < 1 { throw Error.invalid(key: "epochs", source: source("epochs"), found: "\(t.epochs)", expected: "at least 1, or max_steps") }
-        let lossTypes = method == "kto" ? ["sigmoid"] + KTOObjective.Loss.allCases.map(\.rawValue) : PreferenceLoss.DPOKind.allCases.map(\.rawValue)
+        let ownLossTypes = method == "kto" ? KTOObjective.Loss.allCases.map(\.rawValue)
+            : method == "grpo" ? GRPOObjective.Loss.allCases.map(\.rawValue) : nil
+        let lossTypes = ownLossTypes.map { ["sigmoid"] + $0 } ?? PreferenceLoss.DPOKind.allCases.map(\.rawValue)
         if !lossTypes.contains(lossType) {
             throw Error.invalid(key: "loss_type", source: source("loss_type"), found: lossType,
-                                expected: "one of \(lossTypes.filter { $0 != "sigmoid" || method != "kto" }.joined(separator: ", ")) for \(method)")
+                                expected: "one of \((ownLossTypes ?? lossTypes).joined(separator: ", ")) for \(method)")
+        }
+        if method == "grpo" {
+            if values["beta"] == nil { beta = 0 }
+            try validateGRPO(source: source)
         }
         for (key, value) in [("desirable_weight", desirableWeight), ("undesirable_weight", undesirableWeight)] where !value.isFinite || value <= 0 {
             throw Error.invalid(key: key, source: source(key), found: "\(value)", expected: "a positive number")
@@ -163,6 +200,48 @@ public struct TrainConfig: Sendable, Codable, Equatable {
                                 expected: "loss_type robust (TRL 1.x ignores label smoothing for sigmoid, ipo and hinge)")
         }
         if !(0..<1).contains(loraDropout) { throw Error.invalid(key: "lora_dropout", source: source("lora_dropout"), found: "\(loraDropout)", expected: "a number in [0, 1)") }
+    }
+
+    /// GRPO's settings, checked for what a run can do.
+    func validateGRPO(source: (String) -> String) throws {
+        func check(_ ok: Bool, _ key: String, _ found: String, _ expected: String) throws {
+            if !ok { throw Error.invalid(key: key, source: source(key), found: found, expected: expected) }
+        }
+        try check(numGenerations >= 2 && numGenerations <= 1 << 12, "num_generations", "\(numGenerations)",
+                  "2 to 4096 (advantages compare the completions of one prompt: one completion has no group to normalise over)")
+        try check((1...(1 << 20)).contains(maxCompletionLength), "max_completion_length", "\(maxCompletionLength)", "a positive number of tokens")
+        try check(temperature > 0 && temperature.isFinite, "temperature", "\(temperature)", "a positive number (GRPO samples)")
+        try check(topP > 0 && topP <= 1, "top_p", "\(topP)", "a number in (0, 1]")
+        try check(topK >= 0, "top_k", "\(topK)", "0 (off) or a positive number")
+        try check(epsilon >= 0 && epsilon.isFinite, "epsilon", "\(epsilon)", "a number >= 0")
+        try check((epsilonHigh ?? 0) >= 0 && (epsilonHigh ?? 0).isFinite, "epsilon_high", "\(epsilonHigh ?? 0)", "a number >= 0")
+        try check((1...1024).contains(numIterations), "num_iterations", "\(numIterations)", "1 to 1024")
+        try check(rewardTimeout > 0 && rewardTimeout.isFinite, "reward_timeout", "\(rewardTimeout)", "a positive number of seconds")
+        try check(!rewardFunctions.isEmpty || !rewardCommands.isEmpty, "reward_function", "none",
+                  "at least one --reward-function (\(BuiltInRewards.names.joined(separator: ", "))) or --reward-command")
+        for spec in rewardFunctions {
+            do { _ = try BuiltInRewards.named(spec, maxCompletionLength: maxCompletionLength) } catch {
+                throw Error.invalid(key: "reward_function", source: source("reward_function"), found: spec, expected: "\(error)")
+            }
+        }
+        let count = rewardFunctions.count + rewardCommands.count
+        try check(rewardWeights.isEmpty || rewardWeights.count == count, "reward_weights", "\(rewardWeights.count) weights",
+                  "one per reward (\(count): the --reward-function ones first, then the --reward-command ones)")
+    }
+
+    /// The GRPO settings of the grpo options.
+    public var grpoSettings: GRPOSettings {
+        var s = GRPOSettings()
+        s.numGenerations = numGenerations; s.maxCompletionLength = maxCompletionLength
+        s.temperature = Float(temperature); s.topP = Float(topP); s.topK = topK
+        s.beta = beta; s.epsilon = epsilon; s.epsilonHigh = epsilonHigh; s.numIterations = numIterations
+        s.loss = GRPOObjective.Loss(rawValue: lossType) ?? .dapo
+        s.scaleRewards = GRPOObjective.RewardScaling(rawValue: scaleRewards) ?? .group
+        s.maskTruncatedCompletions = maskTruncatedCompletions
+        s.biasCorrectedKL = useBiasCorrectionKL
+        s.rewardWeights = rewardWeights.isEmpty ? nil : rewardWeights
+        s.seed = trainer.seed
+        return s
     }
 
     /// The LoRA hyper-parameters of the lora_* options.

@@ -15,6 +15,8 @@ public struct TrainOption: Sendable {
         case choice([String])
         /// Comma-separated names among these.
         case list([String])
+        /// Text that may be given several times (each flag, or each item of a YAML list, adds one).
+        case repeated
     }
 
     /// snake_case name, as in YAML (`max_length`).
@@ -46,6 +48,7 @@ public struct TrainOption: Sendable {
         case .number: return "<number>"
         case let .choice(values): return values.joined(separator: "|")
         case .list: return "<names>"
+        case .repeated: return "<text>..."
         }
     }
 
@@ -81,6 +84,13 @@ public struct TrainOption: Sendable {
         TrainOption(key: key, kind: .number, help: help, defaultValue: "\(Double(TrainConfig()[keyPath: path]))") { c, v, source in
             guard let d = Double(v), d.isFinite else { throw invalid(key, source, v, "a number") }
             c[keyPath: path] = T(d)
+        }
+    }
+
+    /// The values of a repeated option, one per line of `value`.
+    static func repeated(_ key: String, _ path: WritableKeyPath<TrainConfig, [String]> & Sendable, _ help: String) -> TrainOption {
+        TrainOption(key: key, kind: .repeated, help: help, defaultValue: nil) { c, v, _ in
+            c[keyPath: path] = v.split(separator: "\n").map(String.init).filter { !$0.isEmpty }
         }
     }
 
@@ -131,9 +141,40 @@ extension TrainConfig {
         .flag("skip_bad_rows", \.skipBadRows, "Leave out (and count) rows the data format cannot read, instead of stopping."),
         .number("validation_split", \.validationSplit, "Hold out this share of the training rows for evaluation (instead of --eval-data)."),
         .integer("max_length", \.maxLength, "Tokens per row; longer rows are truncated."),
-        .number("beta", \.beta, "ORPO / DPO / CPO / SimPO beta."),
-        .choice("loss_type", \.lossType, among: PreferenceLoss.DPOKind.allCases.map(\.rawValue) + KTOObjective.Loss.allCases.map(\.rawValue),
-                "DPO's loss (sigmoid, ipo, hinge, robust) or KTO's (kto, apo_zero_unpaired; the default means kto)."),
+        .number("beta", \.beta, "ORPO / DPO / CPO / SimPO / KTO beta; GRPO's KL weight (GRPO's default: 0)."),
+        .choice("loss_type", \.lossType, among: PreferenceLoss.DPOKind.allCases.map(\.rawValue) + KTOObjective.Loss.allCases.map(\.rawValue)
+                    + GRPOObjective.Loss.allCases.map(\.rawValue),
+                "DPO's loss (sigmoid, ipo, hinge, robust), KTO's (kto, apo_zero_unpaired; the default means kto) or GRPO's (grpo, bnpo, dr_grpo, dapo; the default means dapo)."),
+        .integer("num_generations", \.numGenerations, "GRPO: completions sampled per prompt (at least 2)."),
+        .integer("max_completion_length", \.maxCompletionLength, "GRPO: most tokens per completion."),
+        .number("temperature", \.temperature, "GRPO: sampling temperature (log-probabilities are taken at it too)."),
+        .number("top_p", \.topP, "GRPO: nucleus sampling (1: off)."),
+        .integer("top_k", \.topK, "GRPO: top-k sampling (0: off)."),
+        .number("epsilon", \.epsilon, "GRPO: the ratio is clipped below at 1 - epsilon."),
+        TrainOption(key: "epsilon_high", kind: .number, help: "GRPO: the ratio is clipped above at 1 + epsilon_high (default: epsilon).",
+                    defaultValue: nil) { c, v, source in
+            guard let d = Double(v), d.isFinite else { throw TrainOption.invalid("epsilon_high", source, v, "a number") }
+            c.epsilonHigh = d
+        },
+        .integer("num_iterations", \.numIterations, "GRPO: optimizer steps on each batch of completions (ratios against the sampling policy)."),
+        .choice("scale_rewards", \.scaleRewards, among: GRPOObjective.RewardScaling.allCases.map(\.rawValue),
+                "GRPO: divide advantages by the std of the prompt's group, of the batch, or not at all."),
+        .flag("mask_truncated_completions", \.maskTruncatedCompletions, "GRPO: completions cut at the max length take no part in the loss."),
+        .flag("use_bias_correction_kl", \.useBiasCorrectionKL,
+              "GRPO: multiply the KL term by the importance ratio (TRL's default; =false for the plain k3 estimate)."),
+        .repeated("reward_function", \.rewardFunctions,
+                  "GRPO: a built-in reward, repeatable: exact_match[:column], format[:regex], length_penalty[:tokens]."),
+        .repeated("reward_command", \.rewardCommands,
+                  "GRPO: a shell command that reads one JSON object per completion and prints one number per line; repeatable."),
+        TrainOption(key: "reward_weights", kind: .text, help: "GRPO: comma-separated weights, the reward functions first, then the commands (default: 1 each).",
+                    defaultValue: nil) { c, v, source in
+            c.rewardWeights = try v.split(separator: ",").map { item in
+                let text = item.trimmingCharacters(in: .whitespaces)
+                guard let d = Double(text), d.isFinite else { throw TrainOption.invalid("reward_weights", source, text, "a number") }
+                return d
+            }
+        },
+        .number("reward_timeout", \.rewardTimeout, "GRPO: seconds a reward command may take per batch."),
         .number("desirable_weight", \.desirableWeight, "KTO's weight on desirable examples."),
         .number("undesirable_weight", \.undesirableWeight, "KTO's weight on undesirable examples."),
         .number("label_smoothing", \.labelSmoothing, "DPO (robust), SimPO and CPO label smoothing."),
@@ -206,7 +247,7 @@ extension TrainConfig {
     public static var optionsMarkdown: String {
         (["| flag | value | default | meaning |", "|---|---|---|---|"] + options.map { option in
             let value = option.valueSyntax.isEmpty ? "" : "`" + option.valueSyntax.replacingOccurrences(of: "|", with: "\\|") + "`"
-            let defaultValue = option.required ? "required" : option.kind == .flag ? "off" : option.defaultValue.map { "`\($0)`" } ?? ""
+            let defaultValue = option.required ? "required" : option.kind == .flag ? (option.defaultValue == "true" ? "on" : "off") : option.defaultValue.map { "`\($0)`" } ?? ""
             return "| `\(option.flag)` | \(value) | \(defaultValue) | \(option.help) |"
         }).joined(separator: "\n")
     }

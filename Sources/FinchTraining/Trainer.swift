@@ -167,7 +167,7 @@ public final class Trainer {
         optimizer = Optimizer(kind: settings.optimizer, parameters: parameters, weightDecay: settings.weightDecay)
         let window = group.size * settings.batchSize * settings.gradAccum
         let windowsPerEpoch = (train.count + window - 1) / window
-        let total = settings.maxSteps > 0 ? settings.maxSteps : settings.epochs * windowsPerEpoch
+        let total = settings.maxSteps > 0 ? settings.maxSteps : settings.epochs * windowsPerEpoch * max(objective.iterationsPerWindow, 1)
         schedule = LRSchedule(kind: settings.scheduler, peak: settings.learningRate, warmupSteps: settings.warmupSteps, totalSteps: total)
     }
 
@@ -175,7 +175,7 @@ public final class Trainer {
     public var windowSize: Int { group.size * settings.batchSize * settings.gradAccum }
     /// Optimizer steps per epoch; the last window may be partial.
     public var windowsPerEpoch: Int { (train.count + windowSize - 1) / windowSize }
-    /// Steps the run takes: `maxSteps`, or epochs x windowsPerEpoch.
+    /// Steps the run takes: `maxSteps`, or epochs x windowsPerEpoch (x the objective's iterations per window).
     public var totalSteps: Int { schedule.totalSteps }
     /// True once `totalSteps` steps are done.
     public var isFinished: Bool { state.step >= totalSteps }
@@ -216,8 +216,12 @@ public final class Trainer {
             // Dropout masks: a stream per rank and step, so any rank count resumes exactly.
             model.random = FinchRandom(seed: settings.seed ^ (UInt64(state.step + 1) &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(group.rank) &* 0xD1B5_4A32_D192_ED03))
         }
+        // Each window takes `iterationsPerWindow` steps in a row (GRPO's num_iterations), so the
+        // step count alone says which: a run resumes at the same place.
+        let iterations = max(objective.iterationsPerWindow, 1)
+        let pass = WindowPass.training(step: state.step, iteration: state.step % iterations)
         // Exact accumulation: every normaliser over the whole window (all ranks) before the first backward.
-        let windowTerms = try objective.windowNormalisers(window.map { train[$0] }, mine: micro.flatMap { $0 }, model: model)
+        let windowTerms = try objective.windowNormalisers(window.map { train[$0] }, mine: micro.flatMap { $0 }, model: model, pass: pass)
         let normalisers = try group.sum(micro.reduce(windowTerms) { $0 + objective.normalisers(of: $1) },
                                         "all-reduce of the normalisers (step \(state.step + 1))")
         parameters.zeroGrads()
@@ -225,6 +229,7 @@ public final class Trainer {
         for batch in micro {
             for (key, value) in try objective.accumulate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
         }
+        for (key, value) in objective.finishWindow(pass) { metrics[key, default: 0] += value }
         try group.sum(parameters.grads, count: parameters.count, "all-reduce of the gradients (step \(state.step + 1))")
         metrics = try group.sumAtRoot(metrics, "gathering the metrics (step \(state.step + 1))")
         let gradNorm = clipGradientNorm(parameters, maxNorm: settings.maxGradNorm)
@@ -254,19 +259,18 @@ public final class Trainer {
         }
 
         state.step += 1
-        state.windowInEpoch += 1
+        if state.step % iterations == 0 { state.windowInEpoch += 1 }
         if state.windowInEpoch == windowsPerEpoch { state.epoch += 1; state.windowInEpoch = 0 }
         state.random = model.random.state
-        let tokens = window.reduce(0) { total, i in
-            total + ["input_ids", "chosen_input_ids", "rejected_input_ids"].reduce(0) { $0 + train[i][$1].count }
-        }
+        let tokens = objective.tokenCount(of: window.map { train[$0] })
         state.numTokens += tokens
         if objective.logsTokenCount { metrics["num_tokens"] = Double(state.numTokens) }
         metrics["learning_rate"] = Double(lr)
         if gradNorm.isFinite { metrics["grad_norm"] = Double(gradNorm) }
         let seconds = MonotonicClock.now() - start
         metrics["tokens_per_second"] = Double(tokens) / seconds
-        return StepLog(step: state.step, epoch: Double(state.epoch) + Double(state.windowInEpoch) / Double(windowsPerEpoch),
+        let windowShare = Double(state.windowInEpoch) + Double(state.step % iterations) / Double(iterations)
+        return StepLog(step: state.step, epoch: Double(state.epoch) + windowShare / Double(windowsPerEpoch),
                        metrics: metrics, seconds: seconds, collectiveSeconds: group.collectiveSeconds - communicated)
     }
 
@@ -275,11 +279,13 @@ public final class Trainer {
     public func evaluate() throws -> [String: Double] {
         guard !eval.isEmpty else { return [:] }
         let batches = stride(from: 0, to: eval.count, by: settings.batchSize).map { Array(eval[$0..<min($0 + settings.batchSize, eval.count)]) }
-        let normalisers = try batches.reduce(objective.windowNormalisers(eval, mine: eval, model: model)) { $0 + objective.normalisers(of: $1) }
+        let pass = WindowPass.evaluation(step: state.step)
+        let normalisers = try batches.reduce(objective.windowNormalisers(eval, mine: eval, model: model, pass: pass)) { $0 + objective.normalisers(of: $1) }
         var metrics: [String: Double] = [:]
         for (i, batch) in batches.enumerated() where i % group.size == group.rank {
             for (key, value) in try objective.evaluate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
         }
+        if group.isRoot { for (key, value) in objective.finishWindow(pass) { metrics[key, default: 0] += value } }
         return try group.sumAtRoot(metrics, "gathering the evaluation metrics (step \(state.step))")
     }
 
@@ -307,9 +313,12 @@ extension ProcessGroup {
     /// The normalisers summed over all ranks.
     func sum(_ n: Normalisers, _ operation: @autoclosure () -> String) throws -> Normalisers {
         guard size > 1 else { return n }
+        let names = n.named.keys.sorted()
         var values = [n.tokens, n.pairs, n.chosenTokens, n.rejectedTokens, n.positions, n.examples, n.desirable, n.undesirable, n.klSum, n.klCount]
+            + names.map { n.named[$0]! }
         try sum(&values, operation())
         return Normalisers(tokens: values[0], pairs: values[1], chosenTokens: values[2], rejectedTokens: values[3], positions: values[4],
-                           examples: values[5], desirable: values[6], undesirable: values[7], klSum: values[8], klCount: values[9])
+                           examples: values[5], desirable: values[6], undesirable: values[7], klSum: values[8], klCount: values[9],
+                           named: Dictionary(uniqueKeysWithValues: zip(names, values[10...])))
     }
 }

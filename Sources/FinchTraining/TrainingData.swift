@@ -176,6 +176,7 @@ public enum TrainingData {
     /// One row's example, or nil when truncation left nothing to learn (counted in `report`).
     static func example(_ row: DataFile.Row, id: Int, method: String, format forced: Format?, tokenizer: Tokenizer, maxLength: Int,
                         chatPrompts: Bool, report: inout Report) throws -> Example? {
+        if method == "grpo" { return try promptOnly(row, tokenizer: tokenizer, maxLength: maxLength, chatPrompts: chatPrompts, id: id, report: &report) }
         let preference = !["sft", "kto"].contains(method)
         let format = try forced ?? detect(row)
         var fields: [String: [Int32]]
@@ -208,6 +209,41 @@ public enum TrainingData {
         if truncated { report.truncated += 1 }
         report.tokens += fields.filter { $0.key.hasSuffix("input_ids") }.reduce(0) { $0 + $1.value.count }
         return Example(id: id, fields: fields)
+    }
+
+    /// TRL's prompt-only rows (GRPO): `prompt` as text or messages becomes `prompt_ids` as
+    /// TRL tokenizes it (text with the tokenizer's own special tokens; messages rendered with the
+    /// chat template and a generation prompt), and every field of the row is kept as JSON text
+    /// for the reward functions. A prompt longer than `maxLength` keeps its last tokens.
+    static func promptOnly(_ row: DataFile.Row, tokenizer: Tokenizer, maxLength: Int, chatPrompts: Bool, id: Int,
+                           report: inout Report) throws -> Example {
+        guard row.fields["prompt"] != nil else {
+            throw Error.field(location: row.location, name: "prompt", found: "nothing (fields: \(row.fields.keys.sorted().joined(separator: ", ")))",
+                              expected: "a prompt: text or a list of {role, content} messages (GRPO reads prompt-only rows)")
+        }
+        var ids: [Int32]
+        switch try turns(row, "prompt") {
+        case let .messages(messages):
+            ids = try Self.ids(tokenizer, try render(tokenizer, messages, generationPrompt: true, location: row.location))
+        case let .text(text) where chatPrompts:
+            ids = try Self.ids(tokenizer, try render(tokenizer, [ChatMessage(role: "user", content: text)], generationPrompt: true,
+                                                     location: row.location))
+        case let .text(text):
+            ids = try Self.ids(tokenizer, text, special: true)
+        }
+        guard !ids.isEmpty else { throw Error.field(location: row.location, name: "prompt", found: "an empty prompt", expected: "at least one token") }
+        if ids.count > maxLength {
+            ids = Array(ids.suffix(maxLength))
+            report.truncated += 1
+        }
+        var columns: [String: String] = [:]
+        for (name, value) in row.fields {
+            let data = try JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys, .withoutEscapingSlashes])
+            columns[name] = String(decoding: data, as: UTF8.self)
+        }
+        if chatPrompts, case .text = try turns(row, "prompt") { columns["prompt"] = "[{\"content\":\(columns["prompt"]!),\"role\":\"user\"}]" }
+        report.tokens += ids.count
+        return Example(id: id, fields: ["prompt_ids": ids], columns: columns)
     }
 
     /// SFT packing: examples laid end to end into rows of at most `maxLength` tokens (first fit,

@@ -112,7 +112,9 @@ public final class TrainingRun {
         let padId = Int32(tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0)
         let chosenPrecision = precision.precision, modelFiles: ModelFiles = files
         let objective = try ObjectiveRegistry.method(named: config.method).objective(
-            for: config, context: ObjectiveContext(padId: padId, frozenModel: { try Transformer(files: modelFiles, precision: chosenPrecision) }))
+            for: config, context: ObjectiveContext(padId: padId, frozenModel: { try Transformer(files: modelFiles, precision: chosenPrecision) },
+                                                   tokenizer: tokenizer, eosTokenIds: Set([tokenizer.eosTokenId].compactMap { $0 } + files.config.eosTokenIds),
+                                                   ranks: group.size))
         trainer = try Trainer(model: model, objective: objective, train: train, eval: evalExamples, settings: config.trainer, group: group)
         trainer.nanPolicy = config.nanPolicy
 

@@ -184,6 +184,64 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(wrongLoss.err.contains("loss_type") && wrongLoss.err.contains("apo_zero_unpaired"), wrongLoss.err)
     }
 
+    /// GRPO from the command line: prompt-only rows, a built-in reward and a reward command
+    /// (repeated flags), TRL's metrics in metrics.jsonl; a reward command that fails, a dataset
+    /// without prompts and a group of one are clear errors, and a failure leaves the last
+    /// checkpoint as it was.
+    func testGRPOTrainsFromRewardsAndNamesWhatFails() throws {
+        let model = try model()
+        let data = temporary.appendingPathComponent("prompts.jsonl").path
+        let rows = (0..<4).map { i in #"{"prompt": [{"role": "user", "content": "Count to \#(i + 2)."}], "answer": "\#(i + 2)"}"# }
+        try (rows.joined(separator: "\n") + "\n").write(toFile: data, atomically: true, encoding: .utf8)
+        let output = temporary.appendingPathComponent("grpo").path
+        // The command scores each completion by its length in characters (jq-free: awk on the JSON line).
+        let command = "awk '{ print length($0) % 7 }'"
+        let common = ["train", "--method", "grpo", "--model", model, "--data", data, "--num-generations", "3", "--max-completion-length", "6",
+                      "--batch-size", "2", "--lora-r", "4", "--lr", "1e-3", "--seed", "3"]
+        let result = try run(common + ["--output", output, "--max-steps", "2", "--reward-function", "exact_match", "--reward-command", command,
+                                       "--reward-function", "length_penalty:2", "--reward-weights", "1,0.5,0.1", "--beta", "0.04",
+                                       "--save-steps", "1"])
+        XCTAssertEqual(result.status, 0, result.err)
+        XCTAssertTrue(result.out.contains("reward "), result.out)
+        XCTAssertTrue(result.out.contains("generation "), result.out)
+        let logged = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
+            try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        XCTAssertEqual(logged.count, 2)
+        for key in ["loss", "reward", "reward_std", "frac_reward_zero_std", "rewards/exact_match/mean", "rewards/awk/mean",
+                    "rewards/length_penalty/std", "completions/mean_length", "completions/clipped_ratio", "completions/max_length",
+                    "kl", "entropy", "clip_ratio/region_mean", "num_tokens", "time/generation"] {
+            XCTAssertNotNil(logged[0][key], "metrics.jsonl lacks \(key): \(logged[0].keys.sorted())")
+        }
+        XCTAssertLessThanOrEqual(logged[0]["completions/max_length"] as? Double ?? 99, 6)
+        XCTAssertEqual(try PEFTAdapter.config(directory: output).rank, 4)
+
+        // A reward command that fails on its second call: the run stops naming it and its stderr,
+        // and the step-1 checkpoint is still whole.
+        let counter = temporary.appendingPathComponent("calls").path
+        let failing = "n=$(cat \(counter) 2>/dev/null || echo 0); echo $((n+1)) > \(counter); "
+            + "if [ $n -ge 1 ]; then echo 'reward server unreachable' >&2; exit 4; fi; awk '{ print 1 }'"
+        let stopped = temporary.appendingPathComponent("stopped").path
+        let failure = try run(common + ["--output", stopped, "--max-steps", "3", "--reward-command", failing, "--save-steps", "1"])
+        XCTAssertEqual(failure.status, 1)
+        XCTAssertTrue(failure.err.contains("exited with status 4") && failure.err.contains("reward server unreachable"), failure.err)
+        let checkpoints = try FileManager.default.contentsOfDirectory(atPath: stopped)
+        XCTAssertEqual(checkpoints.filter { $0.hasPrefix("checkpoint-") }.sorted(), ["checkpoint-1"], "\(checkpoints)")
+        let resumed = try run(common + ["--output", stopped, "--max-steps", "2", "--reward-command", "awk '{ print 1 }'", "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.err)
+        XCTAssertTrue(resumed.out.contains("resuming at step 1"), resumed.out)
+
+        let noPrompt = temporary.appendingPathComponent("no-prompt.jsonl").path
+        try #"{"question": "What is 2 + 2?", "answer": "4"}"#.write(toFile: noPrompt, atomically: true, encoding: .utf8)
+        let missing = try run(["train", "--method", "grpo", "--model", model, "--data", noPrompt, "--output", temporary.appendingPathComponent("m").path,
+                               "--reward-function", "exact_match"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.err.contains("no-prompt.jsonl:1") && missing.err.contains("field 'prompt'") && missing.err.contains("question"), missing.err)
+        let single = try run(common + ["--output", temporary.appendingPathComponent("s").path, "--num-generations", "1", "--reward-function", "format"])
+        XCTAssertEqual(single.status, 1)
+        XCTAssertTrue(single.err.contains("num_generations") && single.err.contains("no group to normalise over"), single.err)
+    }
+
     /// `--model owner/name` trains from the Hugging Face cache (HF_HUB_CACHE), offline.
     func testTrainsAModelNamedByRepoIDFromTheCache() throws {
         let cache = temporary.appendingPathComponent("hub")

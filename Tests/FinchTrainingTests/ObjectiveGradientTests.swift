@@ -17,7 +17,7 @@ final class ObjectiveGradientTests: XCTestCase {
         try PEFTAdapter.load(directory: directory + "/adapter", into: model)
         let p = model.parameters!
         // KTO's KL estimate is part of the window and has no gradient (as in TRL): held fixed here.
-        let window = try objective.normalisers(of: examples) + objective.windowNormalisers(examples, mine: examples, model: model)
+        let window = try objective.normalisers(of: examples) + objective.windowNormalisers(examples, mine: examples, model: model, pass: .training(step: 0, iteration: 0))
         p.zeroGrads()
         _ = try objective.accumulate(examples, model: model, window: window)
         let analytic = Array(UnsafeBufferPointer(start: p.grads, count: p.count))

@@ -16,7 +16,11 @@ final class TrainOptionsTests: XCTestCase {
                                          "weight_decay": "0.01", "lr_scheduler": "cosine", "warmup_steps": "4", "max_grad_norm": "0.5",
                                          "seed": "7", "logging_steps": "3", "eval_steps": "6", "save_steps": "8", "collective_timeout": "60",
                                          "desirable_weight": "1.33", "undesirable_weight": "0.8", "revision": "v2",
-                                         "field": "prompt=question,completion=answer", "validation_split": "0.1"]
+                                         "field": "prompt=question,completion=answer", "validation_split": "0.1",
+                                         "num_generations": "4", "max_completion_length": "64", "temperature": "0.7", "top_p": "0.9",
+                                         "top_k": "20", "epsilon": "0.1", "epsilon_high": "0.28", "num_iterations": "2",
+                                         "scale_rewards": "batch", "reward_function": "exact_match\nformat", "reward_command": "python3 r.py",
+                                         "reward_weights": "1,0.5", "reward_timeout": "5"]
         let defaults = try TrainConfig(values: base)
         for option in TrainConfig.options where !option.required {
             let value = option.kind == .flag ? "\(!(option.defaultValue == "true"))" : try XCTUnwrap(samples[option.key], "no sample value for \(option.key)")
@@ -30,7 +34,7 @@ final class TrainOptionsTests: XCTestCase {
         let option = try XCTUnwrap(TrainConfig.options.first { $0.key == "lr" })
         XCTAssertEqual(option.defaultValue, "\(Double(TrainerSettings().learningRate))")
         XCTAssertTrue(TrainConfig.optionsHelp.contains("--max-length <int> (default: 1024)"), TrainConfig.optionsHelp)
-        XCTAssertTrue(TrainConfig.optionsHelp.contains("--loss-type sigmoid|ipo|hinge|robust|kto|apo_zero_unpaired (default: sigmoid)"))
+        XCTAssertTrue(TrainConfig.optionsHelp.contains("--loss-type sigmoid|ipo|hinge|robust|kto|apo_zero_unpaired|grpo|bnpo|dr_grpo|dapo (default: sigmoid)"))
     }
 
     func testReadmeTableIsCurrent() throws {

@@ -37,11 +37,13 @@ package struct CrossEntropyBackward {
 /// never held for more than `chunkRows` rows at once (256 rows of SmolLM2's 49152-token vocabulary:
 /// 50 MB, and a 2048-row head pass 10-15% faster than with 128). Rows whose target is negative are skipped
 /// entirely (no head work). Returns the sum of -log p(target) over scored rows and their count.
-/// With a `softcap` c > 0 the logits are c * tanh(logit / c) (Gemma's `final_logit_softcapping`).
+/// With a `softcap` c > 0 the logits are c * tanh(logit / c) (Gemma's `final_logit_softcapping`);
+/// then, with a `logitScale` s != 1, s times that (GRPO's log-probs at a sampling temperature T: s = 1 / T).
 @discardableResult
 package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, rows: Int,
                          head: WeightMatrix, outputs: CrossEntropyOutputs = CrossEntropyOutputs(),
-                         backward: CrossEntropyBackward? = nil, softcap: Float = 0, chunkRows: Int = 256) -> (loss: Double, count: Int) {
+                         backward: CrossEntropyBackward? = nil, softcap: Float = 0, logitScale: Float = 1,
+                         chunkRows: Int = 256) -> (loss: Double, count: Int) {
     let dim = head.columns, vocab = head.rows
     let scored = (0..<rows).filter { targets[$0] >= 0 }
     for r in 0..<rows where targets[r] < 0 {
@@ -57,7 +59,7 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
     return ScratchPool.shared.withBuffer(capacity: chunk * vocab + slopes) { logits in
         let capSlope = logits + chunk * vocab
         return crossEntropyChunks(hidden: hidden, targets: targets, scored: scored, chunk: chunk, head: head, outputs: outputs,
-                                  backward: backward, softcap: softcap, logits: logits, capSlope: capSlope)
+                                  backward: backward, softcap: softcap, logitScale: logitScale, logits: logits, capSlope: capSlope)
     }
 }
 
@@ -65,7 +67,7 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
 /// caller's scratch.
 private func crossEntropyChunks(hidden: UnsafePointer<Float>, targets: UnsafePointer<Int32>, scored: [Int], chunk: Int,
                                 head: WeightMatrix, outputs: CrossEntropyOutputs, backward: CrossEntropyBackward?, softcap: Float,
-                                logits: UnsafeMutablePointer<Float>, capSlope: UnsafeMutablePointer<Float>) -> (loss: Double, count: Int) {
+                                logitScale: Float, logits: UnsafeMutablePointer<Float>, capSlope: UnsafeMutablePointer<Float>) -> (loss: Double, count: Int) {
     let dim = head.columns, vocab = head.rows
     let h = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)       // [chunk, dim]
     let dh = UnsafeMutablePointer<Float>.allocate(capacity: chunk * dim)      // [chunk, dim]
@@ -95,6 +97,7 @@ private func crossEntropyChunks(hidden: UnsafePointer<Float>, targets: UnsafePoi
                         softcapInPlace(l, count: vocab, cap: softcap)
                     }
                 }
+                if logitScale != 1 { scaleInPlace(l, count: vocab, by: logitScale) }
                 let (m, argmax) = maxAndIndex(l, count: vocab)
                 let targetLogit = l[target]
                 // The row (scratch) becomes exp(l - m) in the pass that sums it; a backward then scales it to w * softmax.
@@ -105,7 +108,8 @@ private func crossEntropyChunks(hidden: UnsafePointer<Float>, targets: UnsafePoi
                 outputs.entropies?[row] = logSumExp - weighted / sum
                 outputs.correct?[row] = argmax == target ? 1 : 0
                 if let backward {
-                    let w = backward.rowWeights?[row] ?? backward.uniformWeight
+                    // d loss / d (scaled logit) = w (softmax - onehot); times the scale for the logit itself.
+                    let w = (backward.rowWeights?[row] ?? backward.uniformWeight) * logitScale
                     scaleInPlace(l, count: vocab, by: w / sum)
                     l[target] -= w
                     if softcap > 0 { let slope = capSlope + i * vocab; for j in 0..<vocab { l[j] *= slope[j] } }

@@ -66,7 +66,7 @@ public final class KTOObjective: Objective {
 
     /// The KL estimate's sum and count over this rank's examples, each prompt with the completion
     /// of the example before it in the window (by id, cyclically).
-    public func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer) throws -> Normalisers {
+    public func windowNormalisers(_ window: [Example], mine: [Example], model: Transformer, pass: WindowPass) throws -> Normalisers {
         guard loss == .kto, window.count > 0, !mine.isEmpty else { return Normalisers() }
         try validate(window)
         let order = window.sorted { $0.id < $1.id }
