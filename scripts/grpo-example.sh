@@ -13,8 +13,8 @@ RUN=${FINCH_RUN:-runs/grpo-example}
 
 .build/release/finch train --method grpo --model "$GGUF" --data data/arithmetic.jsonl --output "$RUN" --overwrite \
     --reward-function exact_match --reward-function 'format:Answer: *-?[0-9]+' \
-    --num-generations 8 --max-completion-length 64 --batch-size 1 --max-steps "${FINCH_STEPS:-40}" \
-    --lr 5e-5 --lora-r 16 --lora-alpha 32 --seed 42 --precision "${FINCH_PRECISION:-auto}"
+    --num-generations 8 --max-completion-length 64 --batch-size 2 --max-steps "${FINCH_STEPS:-30}" \
+    --lr 1e-4 --lora-r 16 --lora-alpha 32 --seed 42 --precision "${FINCH_PRECISION:-auto}"
 
 echo "== mean reward per 5 steps (exact match + format), from $RUN/metrics.jsonl"
 python3 -c 'import json, sys

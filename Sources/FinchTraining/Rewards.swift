@@ -105,6 +105,7 @@ public struct ExactMatchReward: RewardFunction {
     /// Compares with `column`.
     public init(column: String = "answer") { self.column = column }
 
+    /// One reward per input, in order.
     public func rewards(for inputs: [RewardInput]) throws -> [Double?] {
         inputs.map { input in
             guard let json = input.columns[column], let expected = Self.expectedAnswer(json) else { return nil }
@@ -188,6 +189,7 @@ public struct FormatReward: RewardFunction {
         }
     }
 
+    /// One reward per input, in order.
     public func rewards(for inputs: [RewardInput]) throws -> [Double?] {
         inputs.map { (try? regex.firstMatch(in: $0.completion)) != nil ? 1 : 0 }
     }
@@ -204,6 +206,7 @@ public struct LengthPenaltyReward: RewardFunction {
     /// The penalty over the last `cache` tokens before `maxLength`.
     public init(maxLength: Int, cache: Int) { self.maxLength = maxLength; self.cache = max(cache, 1) }
 
+    /// One reward per input, in order.
     public func rewards(for inputs: [RewardInput]) throws -> [Double?] {
         inputs.map { input in
             let length = input.completionIds.count, free = maxLength - cache
@@ -248,6 +251,7 @@ public struct CommandReward: RewardFunction {
         return "{" + fields.keys.sorted().map { "\(quoted($0)):\(fields[$0]!)" }.joined(separator: ",") + "}\n"
     }
 
+    /// One reward per input, in order.
     public func rewards(for inputs: [RewardInput]) throws -> [Double?] {
         let result = try Subprocess.run(["/bin/sh", "-c", command], input: Data(inputs.map(Self.line).joined().utf8), timeout: timeout)
         let stderr = Self.tail(result.stderr)

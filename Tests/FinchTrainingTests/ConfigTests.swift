@@ -50,8 +50,8 @@ final class ConfigTests: XCTestCase {
                                          "optimizer": "sgd", "lr_scheduler": "cosine"])
         let objective = try ObjectiveRegistry.method(named: c.method).objective(for: c, context: ObjectiveContext(padId: 0, frozenModel: { throw CancellationError() }))
         XCTAssertEqual((objective as? PreferenceObjective)?.loss, .orpo(beta: 0.2))
-        XCTAssertThrowsError(try ObjectiveRegistry.method(named: "grpo")) {
-            XCTAssertEqual("\($0)".contains("sft, orpo, dpo, simpo, cpo, kto"), true, "\($0)")
+        XCTAssertThrowsError(try ObjectiveRegistry.method(named: "rloo")) {
+            XCTAssertEqual("\($0)".contains("sft, orpo, dpo, simpo, cpo, kto, grpo"), true, "\($0)")
         }
         XCTAssertEqual(c.trainer.learningRate, 1e-4)
         XCTAssertEqual(c.loraTargets, ["q_proj", "v_proj"])

@@ -363,10 +363,12 @@ public final class GRPOObjective: Objective {
 
     // MARK: Loss
 
+    /// Forward and backward of a micro-batch's completions, as its share of the window.
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try terms(examples, model: model, window: window, from: training, backward: true)
     }
 
+    /// The loss and metrics of the evaluation completions, without gradients.
     public func evaluate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
         try terms(examples, model: model, window: window, from: evaluation, backward: false)
     }
