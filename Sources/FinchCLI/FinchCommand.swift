@@ -7,7 +7,8 @@ struct FinchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "finch",
         abstract: "Fine-tune language models fast on an ordinary machine.",
-        subcommands: [TrainCommand.self, GenerateCommand.self, ChatCommand.self, PerplexityCommand.self, TokenizeCommand.self, ExportCommand.self, BenchCommand.self])
+        subcommands: [TrainCommand.self, GenerateCommand.self, ChatCommand.self, PerplexityCommand.self, TokenizeCommand.self, ExportCommand.self,
+                      PlotCommand.self, BenchCommand.self])
 }
 
 /// Prints a library error as one line and exits non-zero, instead of a trace. Usage errors

@@ -149,6 +149,7 @@ struct TrainCommand: ParsableCommand {
             if group.isRoot && group.size > 1 { print("data parallel: \(group.size) ranks, \(Parallel.coreCount) threads each on this machine") }
             GEMM.reportBackend()
             let progress = ProgressReporter()
+            progress.every = max(trainConfig.trainer.loggingSteps, 1)
             try TrainingRun(config: trainConfig, group: group).run { progress.report($0) }
             group.finish()
         }
@@ -161,6 +162,8 @@ final class ProgressReporter {
     var total = 0
     var start = MonotonicClock.now()
     var firstStep = 0
+    /// Not on a terminal: a line every this many steps (`--logging-steps`), and the last.
+    var every = 1
 
     func report(_ event: TrainingRun.Event) {
         switch event {
@@ -183,6 +186,7 @@ final class ProgressReporter {
                 print("step \(log.step)/\(total): the loss or gradient is not finite: skipped without updating (--nan-policy skip-step; \(Int(skipped)) skipped so far)")
                 return
             }
+            if !isTerminal && log.step % every != 0 && log.step != total { return }
             let loss = log.metrics["loss"] ?? .nan
             let speed = log.metrics["tokens_per_second"] ?? 0
             var text = String(format: "step %d/%d  loss %.4f", log.step, total, loss)

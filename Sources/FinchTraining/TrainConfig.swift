@@ -114,6 +114,9 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var resume = false
     /// Empty a non-empty `output` before starting; without it (or `resume`) such a folder is an error.
     public var overwrite = false
+    /// Where metrics go: `jsonl` (metrics.jsonl, and metrics.svg at the end), `tensorboard`
+    /// (event files in `output/tensorboard`), both, or `none`.
+    public var reportTo = ["jsonl"]
     /// Data parallel runs: seconds a collective may wait for the other ranks before the job stops.
     public var collectiveTimeout = 300.0
     /// Batch size, optimizer, schedule and logging: the options read by `Trainer`.

@@ -206,6 +206,15 @@ extension TrainConfig {
                 "Precision of the base model's products: auto (bf16 where the CPU computes it natively, as TRL's bf16=True; else fp32), fp32 or bf16."),
         .flag("chat_template", \.chatTemplate, "Render plain-text prompts as a user turn with the chat template."),
         .integer("generate_during_eval", \.generateDuringEval, "Sampled completions of N eval prompts per evaluation."),
+        TrainOption(key: "report_to", kind: .list(["jsonl", "tensorboard", "none"]),
+                    help: "Where metrics go, comma-separated: jsonl (metrics.jsonl and metrics.svg), tensorboard (event files in OUTPUT/tensorboard), none.",
+                    defaultValue: "jsonl") { c, v, source in
+            let list = v.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "[" || $0 == "]" }).map(String.init)
+            if let bad = list.first(where: { !["jsonl", "tensorboard", "none"].contains($0) }) {
+                throw TrainOption.invalid("report_to", source, bad, "jsonl, tensorboard or none")
+            }
+            c.reportTo = list.contains("none") ? [] : list
+        },
         .flag("resume", \.resume, "Continue from the newest checkpoint in --output."),
         .flag("overwrite", \.overwrite, "Replace an existing run in --output."),
         .integer("batch_size", \.trainer.batchSize, "Examples per micro-batch (pairs for preference methods)."),

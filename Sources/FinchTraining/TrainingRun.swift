@@ -52,6 +52,8 @@ public final class TrainingRun {
     var files: ModelFiles!
     var evalExamples: [Example] = []
     var metricsHandle: FileHandle?
+    /// The TensorBoard event file (`--report-to tensorboard`), on rank 0.
+    var tensorboard: TensorBoardWriter?
     /// `config.model` as a path: itself, or a repo id's snapshot in the Hugging Face cache.
     var modelPath = ""
     /// The precision of the base model's products, and why it was chosen.
@@ -129,7 +131,8 @@ public final class TrainingRun {
         try trainer.synchroniseWithRoot()
         if config.resume { resumedAt = trainer.state.step }
         if group.isRoot {
-            try openMetrics(keepingStepsUpTo: resumedAt ?? 0)
+            if config.reportTo.contains("jsonl") { try openMetrics(keepingStepsUpTo: resumedAt ?? 0) }
+            if config.reportTo.contains("tensorboard") { tensorboard = try TensorBoardWriter(directory: path("tensorboard")) }
             try writeRunRecord(status: "running")
         }
         onEvent(.precision(precision.precision, reason: precision.reason, gemm: GEMM.description))
@@ -144,6 +147,10 @@ public final class TrainingRun {
                 var line: [String: Any] = ["step": log.step, "epoch": log.epoch]
                 for (key, value) in log.metrics { line[key] = value }
                 try appendMetrics(line)
+                // Under HF Trainer's names: train/loss, train/learning_rate, ...
+                var scalars = Dictionary(uniqueKeysWithValues: log.metrics.map { ("train/" + $0.key, $0.value) })
+                scalars["train/epoch"] = log.epoch
+                try tensorboard?.add(scalars: scalars, step: log.step)
             }
             onEvent(.step(log))
             if settings.evalSteps > 0 && !evalExamples.isEmpty && (log.step % settings.evalSteps == 0 || trainer.isFinished) {
@@ -158,6 +165,7 @@ public final class TrainingRun {
         if group.isRoot {
             try saveResult()
             try writeRunRecord(status: "finished")
+            if config.reportTo.contains("jsonl") { try MetricsPlot.write(runDirectory: output) }
         }
         onEvent(.finished(output: output))
     }
@@ -178,6 +186,7 @@ public final class TrainingRun {
         var line: [String: Any] = ["step": step]
         for (key, value) in metrics { line["eval_" + key] = value }
         try appendMetrics(line)
+        try tensorboard?.add(scalars: Dictionary(uniqueKeysWithValues: metrics.map { ("eval/" + $0.key, $0.value) }), step: step)
         onEvent(.evaluation(step: step, metrics: metrics))
         if config.generateDuringEval > 0 { try writeGenerations(step: step) }
     }
@@ -217,6 +226,8 @@ public final class TrainingRun {
                                          "prompt": tokenizer.decode(prompt, skipSpecialTokens: false),
                                          "completion": tokenizer.decode(result.tokens, skipSpecialTokens: true)]
             try appendLine(record, to: path("generations.jsonl"))
+            try tensorboard?.add(text: "**prompt:** \(record["prompt"]!)\n\n**completion:** \(record["completion"]!)",
+                                 tag: "eval/generation_\(example.id)", step: step)
         }
     }
 
@@ -255,7 +266,9 @@ public final class TrainingRun {
         try kept.write(toFile: metrics, atomically: true, encoding: .utf8)
     }
 
-    func appendMetrics(_ object: [String: Any]) throws { try appendLine(object, to: path("metrics.jsonl")) }
+    func appendMetrics(_ object: [String: Any]) throws {
+        if config.reportTo.contains("jsonl") { try appendLine(object, to: path("metrics.jsonl")) }
+    }
 
     func appendLine(_ object: [String: Any], to file: String) throws {
         if !FileManager.default.fileExists(atPath: file) { _ = FileManager.default.createFile(atPath: file, contents: nil) }

@@ -200,8 +200,34 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
                       "--batch-size", "2", "--lora-r", "4", "--lr", "1e-3", "--seed", "3"]
         let result = try run(common + ["--output", output, "--max-steps", "2", "--reward-function", "exact_match", "--reward-command", command,
                                        "--reward-function", "length_penalty:2", "--reward-weights", "1,0.5,0.1", "--beta", "0.04",
-                                       "--save-steps", "1"])
+                                       "--save-steps", "1", "--report-to", "jsonl,tensorboard"])
         XCTAssertEqual(result.status, 0, result.err)
+        // TensorBoard events and the SVG of the curves (reward panel included) beside metrics.jsonl.
+        let events = try FileManager.default.contentsOfDirectory(atPath: output + "/tensorboard")
+        XCTAssertEqual(events.filter { $0.hasPrefix("events.out.tfevents.") }.count, 1, "\(events)")
+        let svg = try String(contentsOfFile: output + "/metrics.svg", encoding: .utf8)
+        XCTAssertTrue(svg.contains(">reward</text>") && svg.contains("<polyline"), svg)
+        let plotted = temporary.appendingPathComponent("curves.svg").path
+        let plot = try run(["plot", output, "--output", plotted])
+        XCTAssertEqual(plot.status, 0, plot.err)
+        XCTAssertEqual(try String(contentsOfFile: plotted, encoding: .utf8), svg)
+        // The same run from YAML: reward_function as a list.
+        let yaml = try write("grpo.yaml", """
+            method: grpo
+            model: \(model)
+            data: \(data)
+            output: \(temporary.appendingPathComponent("yaml").path)
+            num_generations: 2
+            max_completion_length: 4
+            max_steps: 1
+            reward_function:
+              - exact_match
+              - "format:[0-9]+"
+            """)
+        let fromYAML = try run(["train", "--config", yaml])
+        XCTAssertEqual(fromYAML.status, 0, fromYAML.err)
+        let yamlLog = try String(contentsOfFile: temporary.appendingPathComponent("yaml/metrics.jsonl").path, encoding: .utf8)
+        XCTAssertTrue(yamlLog.contains("rewards\\/format\\/mean") && yamlLog.contains("rewards\\/exact_match\\/mean"), yamlLog)
         XCTAssertTrue(result.out.contains("reward "), result.out)
         XCTAssertTrue(result.out.contains("generation "), result.out)
         let logged = try String(contentsOfFile: output + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").map {
