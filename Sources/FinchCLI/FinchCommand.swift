@@ -7,7 +7,7 @@ struct FinchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "finch",
         abstract: "Fine-tune language models fast on an ordinary machine.",
-        subcommands: [TrainCommand.self, GenerateCommand.self, ChatCommand.self, PerplexityCommand.self, TokenizeCommand.self, ExportCommand.self,
+        subcommands: [TrainCommand.self, GenerateCommand.self, ChatCommand.self, PerplexityCommand.self, TokenizeCommand.self, TemplateCommand.self, ExportCommand.self,
                       PlotCommand.self, BenchCommand.self])
 }
 

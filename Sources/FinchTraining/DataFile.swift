@@ -15,10 +15,13 @@ public enum DataFile {
         public let location: String
         /// Field name to value: String, NSNumber, [Any] or [String: Any] as JSONSerialization gives them.
         public let fields: [String: Any]
+        /// The row's JSON text (JSONL rows): read again in its own key order where order shows in
+        /// the output (tool schemas and tool-call arguments through a chat template's `tojson`).
+        public let text: String?
 
-        /// A row from `location` with `fields`.
-        public init(location: String, fields: [String: Any]) {
-            self.location = location; self.fields = fields
+        /// A row from `location` with `fields`, and its JSON `text` when it has one.
+        public init(location: String, fields: [String: Any], text: String? = nil) {
+            self.location = location; self.fields = fields; self.text = text
         }
     }
 
@@ -91,7 +94,7 @@ public enum DataFile {
                 try reject(Error.malformed(location: location, found: "a JSON \(object is [Any] ? "array" : "value")", expected: "a JSON object"), &skipped)
                 continue
             }
-            rows.append(Row(location: location, fields: fields))
+            rows.append(Row(location: location, fields: fields, text: trimmed))
         }
         return rows
     }

@@ -35,6 +35,9 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var validationSplit = 0.0
     /// Fields read under other names, "name=source" (`--field prompt=question`), for every trainer.
     public var fieldMapping: [String] = []
+    /// A JSON file of tool schemas rendered (the chat template's `tools`) with every conversation
+    /// whose row has no `tools` field.
+    public var tools: String?
     /// The revision (branch, tag or commit) of a `model` given as a Hugging Face repo id; nil: main.
     public var revision: String?
     /// KTO's weight on the loss of desirable examples (TRL's `desirable_weight`).

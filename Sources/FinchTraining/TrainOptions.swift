@@ -138,6 +138,7 @@ extension TrainConfig {
                     defaultValue: nil) { c, v, _ in
             c.fieldMapping = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         },
+        .optionalText("tools", \.tools, "A JSON file of tool schemas for the chat template of conversations whose rows have no tools field."),
         .flag("skip_bad_rows", \.skipBadRows, "Leave out (and count) rows the data format cannot read, instead of stopping."),
         .number("validation_split", \.validationSplit, "Hold out this share of the training rows for evaluation (instead of --eval-data)."),
         .integer("max_length", \.maxLength, "Tokens per row; longer rows are truncated."),

@@ -155,15 +155,18 @@ public enum TrainingData {
     /// With `chatPrompts`, plain-text prompts are rendered as a user turn with the chat template
     /// (TRL leaves them as they are; an instruct model answers better in its own format).
     /// With `skipBadRows`, a row the format cannot read is counted in the report and left out.
+    /// `tools` (tool schemas, from `--tools`) render through the chat template of every
+    /// conversation whose row has no `tools` field of its own.
     public static func examples(rows: [DataFile.Row], method: String, format forced: Format?, tokenizer: Tokenizer,
-                                maxLength: Int, chatPrompts: Bool = false, skipBadRows: Bool = false) throws -> ([Example], Report) {
+                                maxLength: Int, chatPrompts: Bool = false, skipBadRows: Bool = false,
+                                tools: JinjaValue? = nil) throws -> ([Example], Report) {
         var examples: [Example] = []
         var report = Report()
         for row in rows {
             report.rows += 1
             do {
                 if let example = try example(row, id: examples.count, method: method, format: forced, tokenizer: tokenizer, maxLength: maxLength,
-                                             chatPrompts: chatPrompts, report: &report) {
+                                             chatPrompts: chatPrompts, tools: tools, report: &report) {
                     examples.append(example)
                 }
             } catch let error as Error where skipBadRows {
@@ -175,7 +178,7 @@ public enum TrainingData {
 
     /// One row's example, or nil when truncation left nothing to learn (counted in `report`).
     static func example(_ row: DataFile.Row, id: Int, method: String, format forced: Format?, tokenizer: Tokenizer, maxLength: Int,
-                        chatPrompts: Bool, report: inout Report) throws -> Example? {
+                        chatPrompts: Bool, tools: JinjaValue? = nil, report: inout Report) throws -> Example? {
         if method == "grpo" { return try promptOnly(row, tokenizer: tokenizer, maxLength: maxLength, chatPrompts: chatPrompts, id: id, report: &report) }
         let preference = !["sft", "kto"].contains(method)
         let format = try forced ?? detect(row)
@@ -193,7 +196,11 @@ public enum TrainingData {
             fields["label"] = [try desirability(row)]
         } else {
             guard format != .preference else { throw Error.wrongFormat(location: row.location, method: method, format: format, expected: "text, prompt+completion or messages") }
-            fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+            if format == .messages, row.fields["messages"] != nil, tools != nil || row.fields["tools"] != nil || usesTools(row.fields["messages"]) {
+                fields = try toolConversationFields(row, tools: tools, tokenizer: tokenizer)
+            } else {
+                fields = try sftFields(row, format: format, tokenizer: tokenizer, chatPrompts: chatPrompts)
+            }
         }
         // Truncation: sequences are cut at maxLength; a row with nothing left to learn is dropped.
         var truncated = false
@@ -325,6 +332,94 @@ public enum TrainingData {
         case .preference:
             throw Error.wrongFormat(location: row.location, method: "sft", format: format, expected: "text, prompt+completion or messages")
         }
+    }
+
+    /// Whether a `messages` list holds tool calls or tool results (assistant turns with
+    /// `tool_calls` and maybe no content, `tool` / `ipython` turns).
+    static func usesTools(_ messages: Any?) -> Bool {
+        guard let list = messages as? [Any] else { return false }
+        return list.contains { item in
+            guard let m = item as? [String: Any] else { return false }
+            return m["tool_calls"] != nil || m["content"] == nil || m["content"] is NSNull || ["tool", "ipython"].contains(m["role"] as? String ?? "")
+        }
+    }
+
+    /// The row's field `name` as a template value: from the row's JSON text in its own key order
+    /// (JSONL), else from the decoded fields (object keys sorted).
+    static func templateValue(_ row: DataFile.Row, _ name: String) -> JinjaValue? {
+        if let text = row.text, case .object(let object)? = try? JinjaValue(jsonText: text) { return object[name] }
+        return row.fields[name].map { JinjaValue(json: $0) }
+    }
+
+    /// A conversation with tool calls, as agent data holds it (transformers' format: assistant
+    /// turns with `tool_calls` of `{"type": "function", "function": {"name", "arguments"}}` and
+    /// content that may be null, `tool` turns with the results), rendered with the row's `tools`
+    /// or `tools`: loss on every assistant turn, tool calls included, and on nothing else.
+    static func toolConversationFields(_ row: DataFile.Row, tools: JinjaValue?, tokenizer: Tokenizer) throws -> [String: [Int32]] {
+        guard let source = tokenizer.chatTemplate else { throw Error.noTemplate(location: row.location) }
+        let template = try ChatTemplate(source, name: "chat template")
+        guard case .array(let messages)? = templateValue(row, "messages") else {
+            throw Error.field(location: row.location, name: "messages", found: row.fields["messages"].map(jsonKind) ?? "nothing",
+                              expected: "a list of messages")
+        }
+        for (i, message) in messages.enumerated() {
+            guard case .object(let m) = message, case .string? = m["role"] else {
+                throw Error.field(location: row.location, name: "messages[\(i)]", found: "\(message)", expected: "an object with a string role")
+            }
+            switch m["content"] {
+            case .string?, .array?: break
+            case .none?, nil:
+                guard m["tool_calls"] != nil else {
+                    throw Error.field(location: row.location, name: "messages[\(i)].content", found: "nothing",
+                                      expected: "text, or tool_calls in its place")
+                }
+            default:
+                throw Error.field(location: row.location, name: "messages[\(i)].content", found: "\(m["content"]!)", expected: "text or null")
+            }
+            switch m["tool_calls"] {
+            case nil, .none?, .array?: break
+            case let calls?:
+                throw Error.field(location: row.location, name: "messages[\(i)].tool_calls", found: "\(calls)", expected: "a list of tool calls")
+            }
+        }
+        let schemas = templateValue(row, "tools") ?? tools ?? JinjaValue.none
+        func context(_ prefix: ArraySlice<JinjaValue>, generationPrompt: Bool) -> [String: JinjaValue] {
+            var c: [String: JinjaValue] = ["messages": .array(Array(prefix)), "add_generation_prompt": .bool(generationPrompt), "tools": schemas]
+            if let bos = tokenizer.bosToken { c["bos_token"] = .string(bos) }
+            if let eos = tokenizer.eosToken { c["eos_token"] = .string(eos) }
+            return c
+        }
+        func role(_ i: Int) -> String { if case .object(let m) = messages[i], case .string(let r)? = m["role"] { return r }; return "" }
+        // The assistant text: the generation blocks of a template that marks them, else what
+        // rendering each assistant turn adds to the turns before it with the generation prompt
+        // (only prefixes that end at an assistant turn are rendered: Llama 3.1 refuses tools
+        // before the first user turn).
+        let whole = try template.renderWithGenerationSpans(context: context(messages[...], generationPrompt: false))
+        let text = whole.text
+        var spans = whole.spans
+        if !template.marksGeneration {
+            spans = []
+            for i in messages.indices where role(i) == "assistant" {
+                let before = try template.render(context: context(messages[..<i], generationPrompt: true))
+                let after = try template.render(context: context(messages[...i], generationPrompt: false))
+                guard text.hasPrefix(after), after.hasPrefix(before) else {
+                    throw Error.field(location: row.location, name: "messages[\(i)]", found: "a template whose output for fewer turns is not a prefix",
+                                      expected: "a chat template that renders conversations incrementally")
+                }
+                spans.append(before.utf8.count..<after.utf8.count)
+            }
+        }
+        let bytes = Array(text.utf8)
+        var input: [Int32] = [], labels: [Int32] = []
+        var cursor = 0
+        for span in spans + [bytes.count..<bytes.count] {
+            let before = try ids(tokenizer, String(decoding: bytes[cursor..<span.lowerBound], as: UTF8.self))
+            input += before; labels += [Int32](repeating: -100, count: before.count)
+            let inside = try ids(tokenizer, String(decoding: bytes[span], as: UTF8.self))
+            input += inside; labels += inside
+            cursor = span.upperBound
+        }
+        return ["input_ids": input, "labels": labels]
     }
 
     /// A conversation with loss on every assistant turn and nothing else. A template with

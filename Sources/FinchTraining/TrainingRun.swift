@@ -196,9 +196,16 @@ public final class TrainingRun {
     func examples(_ path: String, format: TrainingData.Format?) throws -> ([Example], TrainingData.Report) {
         var skipped: [DataFile.Error]? = config.skipBadRows ? [] : nil
         let rows = try TrainingData.mapFields(DataFile.read(path, skipped: &skipped), config.fieldMapping, skipBadRows: config.skipBadRows)
+        var tools: JinjaValue?
+        if let path = config.tools {
+            guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.fileNotFound(path: path) }
+            do { tools = try JinjaValue(jsonText: try UTF8Validation.string(from: data, source: path)) } catch let error as JinjaJSONError {
+                throw LoadError.malformed(path: path, field: "JSON", found: "\(error)", expected: "a JSON list of tool schemas")
+            }
+        }
         var (examples, report) = try TrainingData.examples(rows: rows, method: config.method, format: format, tokenizer: tokenizer,
                                                            maxLength: config.maxLength, chatPrompts: config.chatTemplate,
-                                                           skipBadRows: config.skipBadRows)
+                                                           skipBadRows: config.skipBadRows, tools: tools)
         if let skipped, !skipped.isEmpty {
             // Every reason, in line order (the file's own errors and the rows' merged), the first few kept.
             func line(_ reason: String) -> Int { Int(reason.split(separator: ":").dropFirst().first ?? "") ?? Int.max }

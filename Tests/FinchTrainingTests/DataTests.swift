@@ -14,6 +14,38 @@ final class DataTests: TemporaryDirectoryTestCase {
         try Tokenizer.load(from: TestSupport.fixtures.appendingPathComponent("trainers/tokenizer").path)
     }
 
+    /// Agent rows (an assistant turn of tool calls with null content, a tool result, the answer)
+    /// through the real Qwen2.5 and Llama 3.1 templates with `tools`: the ids transformers'
+    /// apply_chat_template gives, and the loss on every assistant turn's tokens, tool calls
+    /// included, and on nothing else (reference/make_tool_training_fixtures.py).
+    func testToolCallConversationsMatchTransformersTokenByToken() throws {
+        let root = TestSupport.fixtures.appendingPathComponent("chat_templates")
+        let fixture = try JSONSerialization.jsonObject(with: Data(contentsOf: root.appendingPathComponent("tool_training.json"))) as! [String: Any]
+        let rows = try DataFile.read(root.appendingPathComponent("tool_training.jsonl").path)
+        let base = TestSupport.fixtures.appendingPathComponent("trainers/tokenizer")
+        for c in fixture["cases"] as! [[String: Any]] {
+            let name = c["template"] as! String
+            // The fixture tokenizer with this template in place of its own.
+            let folder = temporary.appendingPathComponent("\(name)-\(c["row"]!)")
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            try FileManager.default.copyItem(at: base.appendingPathComponent("tokenizer.json"), to: folder.appendingPathComponent("tokenizer.json"))
+            var config = try JSONSerialization.jsonObject(with: Data(contentsOf: base.appendingPathComponent("tokenizer_config.json"))) as! [String: Any]
+            config["chat_template"] = try String(contentsOf: root.appendingPathComponent("templates/\(name)"), encoding: .utf8)
+            try JSONSerialization.data(withJSONObject: config).write(to: folder.appendingPathComponent("tokenizer_config.json"))
+            let tokenizer = try Tokenizer.load(from: folder.path)
+            let row = rows[c["row"] as! Int]
+            let (examples, _) = try TrainingData.examples(rows: [row], method: "sft", format: nil, tokenizer: tokenizer, maxLength: 4096)
+            let e = try XCTUnwrap(examples.first, name)
+            XCTAssertEqual(e["input_ids"].map(Int.init), c["input_ids"] as? [Int], "\(name) row \(c["row"]!): ids")
+            XCTAssertEqual(e["labels"].map(Int.init), c["labels"] as? [Int], "\(name) row \(c["row"]!): loss mask")
+        }
+        // The same rows without their tools field take --tools instead; a tool-call turn without tool_calls is named.
+        let plain = DataFile.Row(location: "agent.jsonl:1", fields: ["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": NSNull()]]])
+        XCTAssertThrowsError(try TrainingData.examples(rows: [plain], method: "sft", format: nil, tokenizer: try tokenizer(), maxLength: 64)) {
+            XCTAssertTrue("\($0)".hasPrefix("agent.jsonl:1: field 'messages[1].content': found nothing, expected text, or tool_calls"), "\($0)")
+        }
+    }
+
     func testErrorsNameFileAndLine() throws {
         XCTAssertThrowsError(try DataFile.read(try write("a.jsonl", "{\"text\": \"ok\"}\nnot json\n"))) {
             XCTAssertTrue("\($0)".hasPrefix("a.jsonl:2: found invalid JSON"), "\($0)")

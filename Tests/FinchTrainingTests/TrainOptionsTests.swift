@@ -20,7 +20,7 @@ final class TrainOptionsTests: XCTestCase {
                                          "num_generations": "4", "max_completion_length": "64", "temperature": "0.7", "top_p": "0.9",
                                          "top_k": "20", "epsilon": "0.1", "epsilon_high": "0.28", "num_iterations": "2",
                                          "scale_rewards": "batch", "reward_function": "exact_match\nformat", "reward_command": "python3 r.py",
-                                         "reward_weights": "1,0.5", "reward_timeout": "5", "report_to": "jsonl,tensorboard"]
+                                         "reward_weights": "1,0.5", "reward_timeout": "5", "report_to": "jsonl,tensorboard", "tools": "tools.json"]
         let defaults = try TrainConfig(values: base)
         for option in TrainConfig.options where !option.required {
             let value = option.kind == .flag ? "\(!(option.defaultValue == "true"))" : try XCTUnwrap(samples[option.key], "no sample value for \(option.key)")

@@ -146,7 +146,8 @@ public final class ChatTemplate: @unchecked Sendable {
         return try renderWithGenerationSpans(context: context)
     }
 
-    func renderWithGenerationSpans(context: [String: JinjaValue]) throws -> (text: String, spans: [Range<Int>]) {
+    /// `renderWithGenerationSpans` with any variables, prepared as `render(context:)` prepares them.
+    public func renderWithGenerationSpans(context: [String: JinjaValue]) throws -> (text: String, spans: [Range<Int>]) {
         var context = context
         for name in ["tools", "documents"] where context[name] == nil { context[name] = JinjaValue.none }
         if context["add_generation_prompt"] == nil { context["add_generation_prompt"] = .bool(false) }
