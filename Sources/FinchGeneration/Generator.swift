@@ -53,7 +53,9 @@ public final class Generator {
     /// false to stop that row. Row r samples with seed `sampling.seed + r`, so a batch of one
     /// reproduces `generate(prompt:)`. Rows that stop early wait (their later tokens are discarded).
     /// Each result's decodeSeconds runs until its own row stopped.
-    public func generate(prompts: [[Int]], sampling: SamplingSettings, stop: StopRules,
+    /// `seeds` gives each row its own sampling seed instead (GRPO seeds each prompt's completions
+    /// by the example, so they do not depend on how a window is split).
+    public func generate(prompts: [[Int]], sampling: SamplingSettings, stop: StopRules, seeds: [UInt64]? = nil,
                          onToken: (_ row: Int, _ token: Int) -> Bool = { _, _ in true }) -> [GenerationResult] {
         precondition(!prompts.isEmpty && prompts.allSatisfy { !$0.isEmpty }, "generation needs at least one prompt token per row")
         let rows = prompts.count
@@ -62,7 +64,7 @@ public final class Generator {
         let cache = KVCache(config: model.config, batch: rows, capacity: longest + stop.maxNewTokens)
         var samplers = (0..<rows).map { r in
             var settings = sampling
-            settings.seed = sampling.seed &+ UInt64(r)
+            settings.seed = seeds?[r] ?? sampling.seed &+ UInt64(r)
             return Sampler(settings)
         }
         var seen = prompts.map { prompt in prompt.reduce(into: [Int: Int]()) { $0[$1, default: 0] += 1 } }

@@ -96,6 +96,33 @@ final class DistributedTests: TemporaryDirectoryTestCase {
         try checkOneStepMatches(method: "orpo", perRank: ["--batch-size", "1", "--grad-accum", "2"])
     }
 
+    /// GRPO: each rank samples and scores its prompts' completions (seeded by the example, so
+    /// the same completions as one process), the window's counts are summed before the first
+    /// backward, and the update is the whole batch's.
+    func testTwoRanksGiveTheWholeBatchUpdateGRPO() throws {
+        let data = try write("prompts.jsonl", (0..<4).map { #"{"prompt": "Count to \#($0 + 2), slowly (\#($0))."}"# }.joined(separator: "\n") + "\n")
+        let common = ["--optimizer", "sgd", "--lr", "0.5", "--precision", "fp32", "--num-generations", "3", "--max-completion-length", "5",
+                      "--reward-command", "awk '{ print length($0) % 7 }'", "--beta", "0.04", "--loss-type", "bnpo"]
+        let single = temporary.appendingPathComponent("single").path
+        let one = try FinchProcess.run(try arguments(method: "grpo", data: data, output: single, steps: 1) + common + ["--batch-size", "4"])
+        XCTAssertEqual(one.status, 0, one.err)
+        let ranks = temporary.appendingPathComponent("ranks").path
+        let two = try mpirun(ranks: 2, try arguments(method: "grpo", data: data, output: ranks, steps: 1) + common + ["--batch-size", "1", "--grad-accum", "2"])
+        XCTAssertEqual(two.status, 0, two.out + two.err)
+        let a = try floats(single + "/adapter_model.safetensors"), b = try floats(ranks + "/adapter_model.safetensors")
+        let names = a.keys.sorted().filter { $0.contains("lora_B") }
+        let update = names.flatMap { a[$0]! }, distributed = names.flatMap { b[$0]! }
+        XCTAssertGreaterThan(update.map(abs).max()!, 0, "the step changed nothing")
+        let rel = TestSupport.relativeL2(distributed, update)
+        print("DistributedTests grpo 2 ranks vs 1 process: update rel. L2 \(rel)")
+        XCTAssertLessThan(rel, 1e-5)
+        let m1 = try lastMetrics(single), m2 = try lastMetrics(ranks)
+        for key in ["loss", "grad_norm", "reward", "reward_std", "completions/mean_length", "kl", "entropy", "num_tokens"] {
+            XCTAssertEqual(m2[key] ?? .nan, m1[key] ?? .nan, accuracy: 1e-5 * max(abs(m1[key] ?? 1), 1e-3), key)
+        }
+        XCTAssertNil(m2["completions/min_length"], "extremes over ranks are left out")
+    }
+
     /// Rank 1 dies after step 3 (checkpoint at step 2): mpirun stops rank 0, which says why;
     /// checkpoint-2 is intact and one process resumes it (same global batch: 1 x 2 x 2).
     func testKilledRankStopsTheJobAndOneProcessResumes() throws {

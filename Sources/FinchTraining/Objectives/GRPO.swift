@@ -259,14 +259,20 @@ public final class GRPOObjective: Objective {
     func generate(_ examples: [Example], model: Transformer, seed: UInt64) throws -> [[[Int32]]] {
         let G = settings.numGenerations
         let prompts = examples.flatMap { e in [[Int]](repeating: e["prompt_ids"].map(Int.init), count: G) }
+        // Completion g of an example samples from its own stream (step, example, g), so what a
+        // prompt gets does not depend on the batch, the split into ranks, or a resume.
+        let seeds = examples.flatMap { e in
+            (0..<G).map { g in settings.seed ^ (seed &* 0x9E37_79B9_7F4A_7C15) ^ (UInt64(e.id) &* 0xD1B5_4A32_D192_ED03) &+ UInt64(g) }
+        }
         let generator = Generator(model: model)
-        var sampling = SamplingSettings(temperature: settings.temperature, topK: settings.topK, topP: settings.topP)
+        let sampling = SamplingSettings(temperature: settings.temperature, topK: settings.topK, topP: settings.topP)
         var out: [[Int32]] = []
-        for start in stride(from: 0, to: prompts.count, by: max(settings.generationRows, 1)) {
-            let rows = Array(prompts[start..<min(start + max(settings.generationRows, 1), prompts.count)])
-            sampling.seed = settings.seed ^ (seed &* 0x9E37_79B9_7F4A_7C15) &+ UInt64(start)
-            let results = generator.generate(prompts: rows, sampling: sampling,
-                                             stop: StopRules(maxNewTokens: settings.maxCompletionLength, eosTokenIds: eosTokenIds))
+        let rows = max(settings.generationRows, 1)
+        for start in stride(from: 0, to: prompts.count, by: rows) {
+            let range = start..<min(start + rows, prompts.count)
+            let results = generator.generate(prompts: Array(prompts[range]), sampling: sampling,
+                                             stop: StopRules(maxNewTokens: settings.maxCompletionLength, eosTokenIds: eosTokenIds),
+                                             seeds: Array(seeds[range]))
             out += results.map { $0.tokens.map(Int32.init) }
         }
         return stride(from: 0, to: out.count, by: G).map { Array(out[$0..<$0 + G]) }
