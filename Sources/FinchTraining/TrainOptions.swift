@@ -127,7 +127,7 @@ extension TrainConfig {
         .choice("method", \.method, among: methods, "The objective."),
         .text("model", \.model, "An HF model folder, a .gguf file, or a repo id in the Hugging Face cache.", required: true),
         .optionalText("revision", \.revision, "The branch, tag or commit of a --model given as a repo id (default: main)."),
-        .text("data", \.data, "Training data: .jsonl, .json or .csv.", required: true),
+        .text("data", \.data, "Training data: .jsonl, .json or .csv; several files mixed with weights: a.jsonl:2,b.jsonl:0.5.", required: true),
         .optionalText("eval_data", \.evalData, "Held-out data, evaluated every --eval-steps."),
         .text("output", \.output, "The run folder (adapter, metrics.jsonl, run.json, checkpoints).", required: true),
         TrainOption(key: "format", kind: .choice(dataFormats), help: "The data's format (default: detected from its fields).", defaultValue: nil) { c, v, source in

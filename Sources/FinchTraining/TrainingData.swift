@@ -253,6 +253,40 @@ public enum TrainingData {
         return Example(id: id, fields: ["prompt_ids": ids], columns: columns)
     }
 
+    /// The files of a `--data` value and their weights: comma-separated paths, each with an
+    /// optional `:weight` (a positive number; 1 when left out).
+    public static func dataFiles(_ spec: String) throws -> [(path: String, weight: Double)] {
+        let parts = spec.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !parts.isEmpty else { throw Error.field(location: "--data", name: "data", found: "'\(spec)'", expected: "a data file, or files separated by commas") }
+        return try parts.map { part in
+            guard let colon = part.lastIndex(of: ":"), let weight = Double(part[part.index(after: colon)...]) else { return (part, 1) }
+            guard weight > 0, weight.isFinite, weight <= 1000 else {
+                throw Error.field(location: "--data", name: String(part[..<colon]), found: "weight \(part[part.index(after: colon)...])",
+                                  expected: "a positive weight up to 1000 (2 repeats each row twice, 0.5 keeps a seeded half)")
+            }
+            return (String(part[..<colon]), weight)
+        }
+    }
+
+    /// Several files' examples in one epoch: each file's `weight` times, the whole part by
+    /// repetition and the fraction a seeded choice of its rows (weight 2.5: every row twice and
+    /// a seeded half once more), numbered anew in order. The same on every rank and on resume.
+    public static func mix(_ parts: [(examples: [Example], weight: Double)], seed: UInt64) -> [Example] {
+        var out: [Example] = []
+        for (index, part) in parts.enumerated() {
+            let whole = Int(part.weight.rounded(.down))
+            for _ in 0..<whole { out += part.examples }
+            let extra = Int((Double(part.examples.count) * (part.weight - Double(whole))).rounded())
+            if extra > 0 {
+                var random = FinchRandom(seed: seed ^ 0x00D1_5EED ^ UInt64(index) &* 0x9E37_79B9)
+                var order = Array(part.examples.indices)
+                order.shuffle(using: &random)
+                out += order.prefix(extra).sorted().map { part.examples[$0] }
+            }
+        }
+        return out.enumerated().map { Example(id: $0.offset, fields: $0.element.fields, columns: $0.element.columns) }
+    }
+
     /// SFT packing: examples laid end to end into rows of at most `maxLength` tokens (first fit,
     /// in order), each row remembering its sequences' lengths so that attention, positions and
     /// targets stay within each sequence (`TokenBatch.packed`). Fewer, fuller rows: no padding.

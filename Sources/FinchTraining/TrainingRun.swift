@@ -191,9 +191,26 @@ public final class TrainingRun {
         if config.generateDuringEval > 0 { try writeGenerations(step: step) }
     }
 
+    /// The examples of `--data`: one file, or several mixed by weight (`a.jsonl:2,b.jsonl`,
+    /// `TrainingData.mix`), numbered in order.
+    func examples(_ spec: String, format: TrainingData.Format?) throws -> ([Example], TrainingData.Report) {
+        let parts = try TrainingData.dataFiles(spec)
+        if parts.count == 1 && parts[0].weight == 1 { return try examples(file: parts[0].path, format: format) }
+        var loaded: [(examples: [Example], weight: Double)] = [], report = TrainingData.Report()
+        for part in parts {
+            let (e, r) = try examples(file: part.path, format: format)
+            loaded.append((e, part.weight))
+            report.rows += r.rows; report.truncated += r.truncated; report.dropped += r.dropped
+            report.skipped += r.skipped; report.skippedReasons += r.skippedReasons
+        }
+        let mixed = TrainingData.mix(loaded, seed: config.trainer.seed)
+        report.tokens = mixed.reduce(0) { $0 + $1.fields.filter { $0.key.hasSuffix("input_ids") }.reduce(0) { $0 + $1.value.count } }
+        return (mixed, report)
+    }
+
     /// The examples of a data file: fields mapped, rows tokenized; unreadable rows skipped and
     /// counted with `--skip-bad-rows`.
-    func examples(_ path: String, format: TrainingData.Format?) throws -> ([Example], TrainingData.Report) {
+    func examples(file path: String, format: TrainingData.Format?) throws -> ([Example], TrainingData.Report) {
         var skipped: [DataFile.Error]? = config.skipBadRows ? [] : nil
         let rows = try TrainingData.mapFields(DataFile.read(path, skipped: &skipped), config.fieldMapping, skipBadRows: config.skipBadRows)
         var tools: JinjaValue?
@@ -322,7 +339,7 @@ public final class TrainingRun {
                                "saved_activations": config.gradientCheckpointing ? "recomputed per layer"
                                    : precision.precision == .bf16 ? "bf16 (q, k, v, attention output, gate/up), rest fp32" : "fp32"]
         var checksums: [String: String] = [:]
-        for source in [modelPath, config.data] + (config.evalData.map { [$0] } ?? []) {
+        for source in [modelPath] + (try TrainingData.dataFiles(config.data).map(\.path)) + (config.evalData.map { [$0] } ?? []) {
             checksums[source] = try Checksum.sha256Hex(ofPath: source)
         }
         record["sha256"] = checksums

@@ -10,8 +10,9 @@ import FinchTestSupport
 /// patches TRL's generation step to hand out recorded completions; Finch's `sampleCompletions`
 /// hands out the same): for every loss type, with and without the KL term, over one and two
 /// iterations, with batch and no reward scaling, masked truncated completions, a sampling
-/// temperature and chat prompts. Each step's loss and every metric TRL logged within 1e-5
-/// relative, each LoRA parameter's update (SGD, so the gradient) within 1e-4 relative L2.
+/// temperature and chat prompts. Each completion's advantage, each step's loss and every metric
+/// TRL logged within 1e-5 relative, each LoRA parameter's update (SGD, so the gradient) within
+/// 1e-4 relative L2.
 final class GRPOParityTests: XCTestCase {
     static let root = TestSupport.fixtures.appendingPathComponent("trainers")
 
@@ -97,6 +98,18 @@ final class GRPOParityTests: XCTestCase {
             let k = step["step"] as! Int
             let before = Array(UnsafeBufferPointer(start: p.values, count: p.count))
             let log = try trainer.step()
+            if k == 1 {
+                // Each completion's advantage, as TRL computed it (by prompt and completion ids).
+                for (i, prompt) in prompts.enumerated() {
+                    let rollouts = try XCTUnwrap(objective.training.byExample[examples[i].id])
+                    for (c, r) in zip(prompt["completions"] as! [[String: Any]], rollouts) {
+                        XCTAssertEqual(r.completion.map(Int.init), c["ids"] as? [Int])
+                        let expected = (c["advantage"] as! NSNumber).doubleValue
+                        XCTAssertEqual(objective.advantage(r, window: objective.lastWindow), expected, accuracy: max(1e-5 * abs(expected), 1e-6),
+                                       "\(name) prompt \(i) advantage", file: file, line: line)
+                    }
+                }
+            }
             let expected = (step["log_history"] as! [String: Any]).compactMapValues { ($0 as? NSNumber)?.doubleValue }
             for (key, value) in expected where key != "step" {
                 guard let got = key == "epoch" ? log.epoch : log.metrics[key] else {

@@ -46,6 +46,25 @@ final class DataTests: TemporaryDirectoryTestCase {
         }
     }
 
+    /// `--data a.jsonl:2,b.jsonl:0.5`: every row of a twice, a seeded half of b, numbered anew.
+    func testSeveralFilesMixedWithWeights() throws {
+        let files = try TrainingData.dataFiles("a.jsonl:2, runs/b.jsonl:0.5,c.csv")
+        XCTAssertEqual(files.map(\.path), ["a.jsonl", "runs/b.jsonl", "c.csv"])
+        XCTAssertEqual(files.map(\.weight), [2, 0.5, 1])
+        XCTAssertThrowsError(try TrainingData.dataFiles("a.jsonl:0")) { XCTAssertTrue("\($0)".contains("a positive weight"), "\($0)") }
+        let a = (0..<3).map { Example(id: $0, fields: ["input_ids": [Int32($0)]]) }
+        let b = (0..<10).map { Example(id: $0, fields: ["input_ids": [Int32(100 + $0)]]) }
+        let mixed = TrainingData.mix([(a, 2), (b, 0.5)], seed: 7)
+        XCTAssertEqual(mixed.count, 3 * 2 + 5)
+        XCTAssertEqual(mixed.map(\.id), Array(0..<11))
+        let tokens = mixed.map { $0["input_ids"][0] }
+        XCTAssertEqual(Array(tokens.prefix(6)), [0, 1, 2, 0, 1, 2])
+        XCTAssertEqual(Set(tokens.suffix(5)).count, 5, "five different rows of b")
+        XCTAssertTrue(tokens.suffix(5).allSatisfy { $0 >= 100 })
+        XCTAssertEqual(TrainingData.mix([(a, 2), (b, 0.5)], seed: 7).map { $0["input_ids"] }, mixed.map { $0["input_ids"] }, "seeded")
+        XCTAssertNotEqual(TrainingData.mix([(a, 2), (b, 0.5)], seed: 8).map { $0["input_ids"] }, mixed.map { $0["input_ids"] })
+    }
+
     func testErrorsNameFileAndLine() throws {
         XCTAssertThrowsError(try DataFile.read(try write("a.jsonl", "{\"text\": \"ok\"}\nnot json\n"))) {
             XCTAssertTrue("\($0)".hasPrefix("a.jsonl:2: found invalid JSON"), "\($0)")
