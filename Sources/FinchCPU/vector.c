@@ -523,6 +523,32 @@ static float dot_q4_K_c(const uint8_t *row, const float *x, int64_t blocks, cons
     return total;
 }
 
+// block_q5_K (176 bytes): as q4_K (f16 d, f16 dmin, 12 bytes of scales and mins) then 32 bytes
+// of fifth bits (bit 2g of byte l: value l of sub-block 2g, bit 2g + 1: of sub-block 2g + 1) and
+// 128 bytes of nibbles; value = d * sc * (q4 + 16 * bit) - dmin * m.
+static float dot_q5_K_c(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 176, *scales = block + 4, *qh = block + 16;
+        float d = half_c(block), dmin = half_c(block + 2);
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *qs = block + 48 + g * 32;
+            const float *xb = x + b * 256 + g * 64;
+            int sc1, m1, sc2, m2;
+            q4k_scale_min(2 * g, scales, &sc1, &m1);
+            q4k_scale_min(2 * g + 1, scales, &sc2, &m2);
+            float s1 = 0, s2 = 0;
+            for (int l = 0; l < 32; l++) {
+                s1 += (float)((qs[l] & 0x0f) | (((qh[l] >> (2 * g)) & 1) << 4)) * xb[l];
+                s2 += (float)((qs[l] >> 4) | (((qh[l] >> (2 * g + 1)) & 1) << 4)) * xb[32 + l];
+            }
+            total += d * (float)sc1 * s1 + d * (float)sc2 * s2
+                   - dmin * ((float)m1 * blockSums[b * 8 + 2 * g] + (float)m2 * blockSums[b * 8 + 2 * g + 1]);
+        }
+    }
+    return total;
+}
+
 static float dot_q6_K_c(const uint8_t *row, const float *x, int64_t blocks) {
     float total = 0;
     for (int64_t b = 0; b < blocks; b++) {
@@ -567,7 +593,58 @@ static float dot_q5_0_c(const uint8_t *row, const float *x, int64_t blocks) {
     return total;
 }
 
+// block_q5_1 (24 bytes): f16 d, f16 m, 32 fifth bits, 16 bytes of nibbles; value = d * q5 + m, so
+// a block's products are d * sum q x + m * sum x (the block sums given, as for q4_1). llama.cpp's
+// Q5_K_M files hold it where rows are not a multiple of 256.
+static float dot_q5_1_c(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 24, *qs = block + 8;
+        uint32_t qh;
+        memcpy(&qh, block + 4, 4);
+        float s = 0;
+        for (int j = 0; j < 16; j++) {
+            s += (float)((qs[j] & 0x0f) | (((qh >> j) & 1) << 4)) * x[b * 32 + j];
+            s += (float)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) * x[b * 32 + j + 16];
+        }
+        total += half_c(block) * s + half_c(block + 2) * blockSums[b];
+    }
+    return total;
+}
+
 #if defined(__x86_64__)
+AVX2 static float dot_q5_1_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float minimums = 0, d, m;
+    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 24, *qs = block + 8;
+        const float *xb = x + b * 32;
+        uint32_t qh;
+        memcpy(&qh, block + 4, 4);
+        halves_avx2(block, &d, &m);
+        __m256i h = _mm256_set1_epi32((int)qh);
+        __m256 s = _mm256_setzero_ps();
+        for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
+            int64_t v;
+            memcpy(&v, qs + half * 8, 8);
+            __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+            __m256i shift = _mm256_add_epi32(lanes, _mm256_set1_epi32(half * 8));
+            __m256i bitLow = _mm256_and_si256(_mm256_srlv_epi32(h, shift), one);
+            __m256i bitHigh = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_add_epi32(shift, sixteen)), one);
+            __m256i low = _mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi32(bitLow, 4));
+            __m256i high = _mm256_or_si256(_mm256_srli_epi32(bytes, 4), _mm256_slli_epi32(bitHigh, 4));
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), load8(xb + half * 8), s);
+            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), load8(xb + 16 + half * 8), s);
+        }
+        if (b & 1) acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc1);
+        else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc0);
+        minimums += m * blockSums[b];
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1)) + minimums;
+}
+
 AVX2 static float dot_q5_0_avx2(const uint8_t *row, const float *x, int64_t blocks) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
@@ -632,6 +709,38 @@ AVX2 static inline __m256i bytes8u(const uint8_t *p) {
     return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
 }
 
+AVX2 static float dot_q5_K_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
+    __m256 acc = _mm256_setzero_ps();
+    float minimums = 0, d, dmin;
+    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 176, *scales = block + 4, *qh = block + 16;
+        halves_avx2(block, &d, &dmin);
+        for (int g = 0; g < 4; g++) {
+            const uint8_t *qs = block + 48 + g * 32;
+            const float *xb = x + b * 256 + g * 64;
+            int sc1, m1, sc2, m2;
+            q4k_scale_min(2 * g, scales, &sc1, &m1);
+            q4k_scale_min(2 * g + 1, scales, &sc2, &m2);
+            const __m128i shiftLow = _mm_cvtsi32_si128(2 * g), shiftHigh = _mm_cvtsi32_si128(2 * g + 1);
+            __m256 s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps();
+            for (int l = 0; l < 32; l += 8) {
+                __m256i bytes = bytes8u(qs + l), bits = bytes8u(qh + l);
+                __m256i low = _mm256_or_si256(_mm256_and_si256(bytes, low4),
+                                              _mm256_slli_epi32(_mm256_and_si256(_mm256_srl_epi32(bits, shiftLow), one), 4));
+                __m256i high = _mm256_or_si256(_mm256_srli_epi32(bytes, 4),
+                                               _mm256_slli_epi32(_mm256_and_si256(_mm256_srl_epi32(bits, shiftHigh), one), 4));
+                s1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), load8(xb + l), s1);
+                s2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), load8(xb + 32 + l), s2);
+            }
+            acc = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * (float)sc1), acc);
+            acc = _mm256_fmadd_ps(s2, _mm256_set1_ps(d * (float)sc2), acc);
+            minimums += dmin * ((float)m1 * blockSums[b * 8 + 2 * g] + (float)m2 * blockSums[b * 8 + 2 * g + 1]);
+        }
+    }
+    return hsum8(acc) - minimums;
+}
+
 AVX2 static float dot_q6_K_avx2(const uint8_t *row, const float *x, int64_t blocks) {
     __m256 acc = _mm256_setzero_ps();
     const __m256i low4 = _mm256_set1_epi32(0x0f), two = _mm256_set1_epi32(3), offset = _mm256_set1_epi32(32);
@@ -688,6 +797,8 @@ AVX2 static void matvec_avx2(int type, const uint8_t *w, int64_t rowBytes, int64
     case FINCH_MATVEC_Q4_K: MATVEC_LOOP(dot_q4_K_avx2(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
     case FINCH_MATVEC_Q6_K: MATVEC_LOOP(dot_q6_K_avx2(row, x + t * columns, columns / 256)) break;
     case FINCH_MATVEC_Q5_0: MATVEC_LOOP(dot_q5_0_avx2(row, x + t * columns, blocks)) break;
+    case FINCH_MATVEC_Q5_K: MATVEC_LOOP(dot_q5_K_avx2(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
+    case FINCH_MATVEC_Q5_1: MATVEC_LOOP(dot_q5_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     default: MATVEC_LOOP(dot_q4_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }
@@ -706,6 +817,8 @@ void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, co
     case FINCH_MATVEC_Q4_K: MATVEC_LOOP(dot_q4_K_c(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
     case FINCH_MATVEC_Q6_K: MATVEC_LOOP(dot_q6_K_c(row, x + t * columns, columns / 256)) break;
     case FINCH_MATVEC_Q5_0: MATVEC_LOOP(dot_q5_0_c(row, x + t * columns, blocks)) break;
+    case FINCH_MATVEC_Q5_K: MATVEC_LOOP(dot_q5_K_c(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
+    case FINCH_MATVEC_Q5_1: MATVEC_LOOP(dot_q5_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     default: MATVEC_LOOP(dot_q4_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }

@@ -62,13 +62,13 @@ final class MatVecTests: XCTestCase {
     /// With 8-bit activations: equal (to float rounding) to the dequantized matrix times x rounded
     /// as the kernel documents (blocks of 32, d = max|x| / 127, q = x / d rounded to nearest even),
     /// and within 2% (relative L2) of the exact product; f32 matrices keep the exact path.
-    /// Q4_K, Q6_K and Q5_0 rows (the types of llama.cpp's Q4_K_M files), written by Finch's quantizers,
+    /// Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 rows (the types of llama.cpp's Q4_K_M and Q5_K_M files), written by Finch's quantizers,
     /// read in their blocks against the dequantized matrix, on the native and portable kernels.
     func testKQuantRowsMatchTheDequantizedMatrix() {
         let rows = 21, columns = 512
         var rng = SplitMix(seed: 5)
         let values = (0..<rows * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 700 }
-        for dtype in [DType.q4_K, .q6_K, .q5_0] {
+        for dtype in [DType.q4_K, .q5_K, .q6_K, .q5_0, .q5_1] {
             var bytes = [UInt8](repeating: 0, count: rows * dtype.rowBytes(columns: columns))
             values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { b in
                 for r in 0..<rows {

@@ -16,7 +16,7 @@ let matVecMaxVectors = 4
 
 func matVecSupports(_ dtype: DType) -> Bool {
     switch dtype {
-    case .f32, .q8_0, .q4_0, .q4_1, .q5_0, .q4_K, .q6_K: return true
+    case .f32, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q4_K, .q5_K, .q6_K: return true
     default: return false
     }
 }
@@ -53,8 +53,8 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
     precondition(n >= 1 && n <= matVecMaxVectors && targets.allSatisfy { matVecSupports($0.dtype) && columns % $0.dtype.blockSize == 0 }
                  && columns % 32 == 0, "matVec: \(n) vectors of \(columns) against \(targets.map(\.dtype.rawValue))")
     let blocks = columns / 32
-    // Per-block sums of each x, for q4_1's block minimum and q4_K's sub-block minimums.
-    var blockSums = [Float](repeating: 0, count: targets.contains { $0.dtype == .q4_1 || $0.dtype == .q4_K } ? n * blocks : 0)
+    // Per-block sums of each x, for the block minimums of q4_1 / q5_1 and the sub-block minimums of q4_K / q5_K.
+    var blockSums = [Float](repeating: 0, count: targets.contains { [.q4_1, .q5_1, .q4_K, .q5_K].contains($0.dtype) } ? n * blocks : 0)
     if !blockSums.isEmpty {
         for t in 0..<n {
             for b in 0..<blocks {
@@ -96,6 +96,8 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                 case .q4_K: Int32(FINCH_MATVEC_Q4_K)
                 case .q6_K: Int32(FINCH_MATVEC_Q6_K)
                 case .q5_0: Int32(FINCH_MATVEC_Q5_0)
+                case .q5_K: Int32(FINCH_MATVEC_Q5_K)
+                case .q5_1: Int32(FINCH_MATVEC_Q5_1)
                 default: Int32(FINCH_MATVEC_Q4_1)
                 }
                 finch_matvec(type, target.weights.assumingMemoryBound(to: UInt8.self) + rows.lowerBound * rowBytes, Int64(rowBytes),
