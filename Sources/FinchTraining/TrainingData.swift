@@ -443,6 +443,12 @@ public enum TrainingData {
                 spans.append(before.utf8.count..<after.utf8.count)
             }
         }
+        return try labelledSpans(text, spans, tokenizer: tokenizer)
+    }
+
+    /// `text` tokenized piece by piece, with labels on the UTF-8 byte ranges `spans` (the
+    /// assistant text) and -100 elsewhere.
+    static func labelledSpans(_ text: String, _ spans: [Range<Int>], tokenizer: Tokenizer) throws -> [String: [Int32]] {
         let bytes = Array(text.utf8)
         var input: [Int32] = [], labels: [Int32] = []
         var cursor = 0
@@ -466,17 +472,7 @@ public enum TrainingData {
         if template.marksGeneration {
             let (text, spans) = try template.renderWithGenerationSpans(messages: messages, bosToken: tokenizer.bosToken,
                                                                        eosToken: tokenizer.eosToken)
-            let bytes = Array(text.utf8)
-            var input: [Int32] = [], labels: [Int32] = []
-            var cursor = 0
-            for span in spans + [bytes.count..<bytes.count] {
-                let before = try ids(tokenizer, String(decoding: bytes[cursor..<span.lowerBound], as: UTF8.self))
-                input += before; labels += [Int32](repeating: -100, count: before.count)
-                let inside = try ids(tokenizer, String(decoding: bytes[span], as: UTF8.self))
-                input += inside; labels += inside
-                cursor = span.upperBound
-            }
-            return ["input_ids": input, "labels": labels]
+            return try labelledSpans(text, spans, tokenizer: tokenizer)
         }
         var input: [Int32] = [], labels: [Int32] = []
         var rendered = ""
