@@ -13,6 +13,8 @@ exist for any text):
              the rendering of the turns before it with add_generation_prompt=True (its text,
              tool calls and end-of-turn tokens); everything else (system, user, tool results, the
              generation prompt itself) is context
+  prompt_ids the turns before the first assistant turn with the generation prompt (a GRPO prompt
+             with tools)
 The rows are written as JSONL too (Fixtures/chat_templates/tool_training.jsonl), so Finch reads
 them the way a user's file is read.
 
@@ -81,7 +83,12 @@ def main():
             enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
             assert enc["input_ids"] == ids
             labels = [t if all(assistant[a:b]) and b > a else -100 for t, (a, b) in zip(ids, enc["offset_mapping"])]
-            cases.append({"template": template_name, "row": index, "text": text, "input_ids": ids, "labels": labels})
+            # GRPO's prompt: the conversation up to its first assistant turn, with the generation prompt.
+            first = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+            prompt_ids = tok.apply_chat_template(messages[:first], tools=tools, chat_template=template, tokenize=True,
+                                                 add_generation_prompt=True, return_dict=True)["input_ids"]
+            cases.append({"template": template_name, "row": index, "text": text, "input_ids": ids, "labels": labels,
+                          "prompt_turns": first, "prompt_ids": prompt_ids})
     out = os.path.join(FIXTURES, "chat_templates", "tool_training.json")
     with open(out, "w") as f:
         json.dump({"generator": "reference/make_tool_training_fixtures.py", "tokenizer": "trainers/tokenizer", "cases": cases}, f, indent=1)

@@ -179,7 +179,9 @@ public enum TrainingData {
     /// One row's example, or nil when truncation left nothing to learn (counted in `report`).
     static func example(_ row: DataFile.Row, id: Int, method: String, format forced: Format?, tokenizer: Tokenizer, maxLength: Int,
                         chatPrompts: Bool, tools: JinjaValue? = nil, report: inout Report) throws -> Example? {
-        if method == "grpo" { return try promptOnly(row, tokenizer: tokenizer, maxLength: maxLength, chatPrompts: chatPrompts, id: id, report: &report) }
+        if method == "grpo" {
+            return try promptOnly(row, tokenizer: tokenizer, maxLength: maxLength, chatPrompts: chatPrompts, tools: tools, id: id, report: &report)
+        }
         let preference = !["sft", "kto"].contains(method)
         let format = try forced ?? detect(row)
         var fields: [String: [Int32]]
@@ -222,14 +224,23 @@ public enum TrainingData {
     /// TRL tokenizes it (text with the tokenizer's own special tokens; messages rendered with the
     /// chat template and a generation prompt), and every field of the row is kept as JSON text
     /// for the reward functions. A prompt longer than `maxLength` keeps its last tokens.
-    static func promptOnly(_ row: DataFile.Row, tokenizer: Tokenizer, maxLength: Int, chatPrompts: Bool, id: Int,
+    static func promptOnly(_ row: DataFile.Row, tokenizer: Tokenizer, maxLength: Int, chatPrompts: Bool, tools: JinjaValue? = nil, id: Int,
                            report: inout Report) throws -> Example {
         guard row.fields["prompt"] != nil else {
             throw Error.field(location: row.location, name: "prompt", found: "nothing (fields: \(row.fields.keys.sorted().joined(separator: ", ")))",
                               expected: "a prompt: text or a list of {role, content} messages (GRPO reads prompt-only rows)")
         }
         var ids: [Int32]
+        // Tool schemas (the row's `tools`, else --tools) render with a conversational prompt, as
+        // TRL renders its tools into the prompt; the messages in the file's key order.
+        let schemas = templateValue(row, "tools") ?? tools
         switch try turns(row, "prompt") {
+        case .messages where schemas != nil:
+            guard let source = tokenizer.chatTemplate else { throw Error.noTemplate(location: row.location) }
+            var context: [String: JinjaValue] = ["messages": templateValue(row, "prompt")!, "add_generation_prompt": .bool(true), "tools": schemas!]
+            if let bos = tokenizer.bosToken { context["bos_token"] = .string(bos) }
+            if let eos = tokenizer.eosToken { context["eos_token"] = .string(eos) }
+            ids = try Self.ids(tokenizer, try ChatTemplate(source, name: "chat template").render(context: context))
         case let .messages(messages):
             ids = try Self.ids(tokenizer, try render(tokenizer, messages, generationPrompt: true, location: row.location))
         case let .text(text) where chatPrompts:

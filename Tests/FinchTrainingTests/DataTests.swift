@@ -38,6 +38,17 @@ final class DataTests: TemporaryDirectoryTestCase {
             let e = try XCTUnwrap(examples.first, name)
             XCTAssertEqual(e["input_ids"].map(Int.init), c["input_ids"] as? [Int], "\(name) row \(c["row"]!): ids")
             XCTAssertEqual(e["labels"].map(Int.init), c["labels"] as? [Int], "\(name) row \(c["row"]!): loss mask")
+            // As a GRPO prompt: the turns before the first assistant turn, tools included, with the generation prompt.
+            // (A row of its own JSON text, in the file's key order, as a JSONL line gives it.)
+            guard case .object(let original) = try JinjaValue(jsonText: row.text!), case .array(let messages)? = original["messages"] else {
+                return XCTFail("fixture row")
+            }
+            let text = try pythonJSONDumps(.object(JinjaObject([("prompt", .array(Array(messages.prefix(c["prompt_turns"] as! Int)))),
+                                                                 ("tools", original["tools"]!)])), JinjaJSONDumpOptions())
+            let fields = try JSONSerialization.jsonObject(with: Data(text.utf8)) as! [String: Any]
+            let prompt = DataFile.Row(location: row.location, fields: fields, text: text)
+            let (grpo, _) = try TrainingData.examples(rows: [prompt], method: "grpo", format: nil, tokenizer: tokenizer, maxLength: 4096)
+            XCTAssertEqual(grpo.first?["prompt_ids"].map(Int.init), c["prompt_ids"] as? [Int], "\(name) row \(c["row"]!): GRPO prompt with tools")
         }
         // The same rows without their tools field take --tools instead; a tool-call turn without tool_calls is named.
         let plain = DataFile.Row(location: "agent.jsonl:1", fields: ["messages": [["role": "user", "content": "Hi"], ["role": "assistant", "content": NSNull()]]])
