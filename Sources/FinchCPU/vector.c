@@ -612,7 +612,50 @@ static float dot_q5_1_c(const uint8_t *row, const float *x, int64_t blocks, cons
     return total;
 }
 
+// block_iq4_nl (18 bytes): f16 d, 16 bytes of nibbles indexing ggml's sixteen non-uniform levels
+// (low nibbles: values 0..<16, high: 16..<32); value = d * level[q].
+static const float iq4_levels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+static float dot_iq4_nl_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 18, *qs = block + 2;
+        float s = 0;
+        for (int j = 0; j < 16; j++) s += iq4_levels[qs[j] & 0x0f] * x[b * 32 + j] + iq4_levels[qs[j] >> 4] * x[b * 32 + j + 16];
+        total += half_c(block) * s;
+    }
+    return total;
+}
+
 #if defined(__x86_64__)
+// The levels of 8 nibble indices: two in-register tables of 8, chosen by the index's bit 3.
+AVX2 static inline __m256 iq4_levels8(__m256i index, __m256 lowTable, __m256 highTable) {
+    __m256 low = _mm256_permutevar8x32_ps(lowTable, index), high = _mm256_permutevar8x32_ps(highTable, index);
+    __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(index, _mm256_set1_epi32(7)));
+    return _mm256_blendv_ps(low, high, upper);
+}
+
+AVX2 static float dot_iq4_nl_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    const __m256 lowTable = _mm256_loadu_ps(iq4_levels), highTable = _mm256_loadu_ps(iq4_levels + 8);
+    const __m256i low4 = _mm256_set1_epi32(0x0f);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 18, *qs = block + 2;
+        const float *xb = x + b * 32;
+        __m256 s = _mm256_setzero_ps();
+        for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
+            int64_t v;
+            memcpy(&v, qs + half * 8, 8);
+            __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+            s = _mm256_fmadd_ps(iq4_levels8(_mm256_and_si256(bytes, low4), lowTable, highTable), load8(xb + half * 8), s);
+            s = _mm256_fmadd_ps(iq4_levels8(_mm256_srli_epi32(bytes, 4), lowTable, highTable), load8(xb + 16 + half * 8), s);
+        }
+        if (b & 1) acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc1);
+        else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
 AVX2 static float dot_q5_1_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float minimums = 0, d, m;
@@ -799,6 +842,7 @@ AVX2 static void matvec_avx2(int type, const uint8_t *w, int64_t rowBytes, int64
     case FINCH_MATVEC_Q5_0: MATVEC_LOOP(dot_q5_0_avx2(row, x + t * columns, blocks)) break;
     case FINCH_MATVEC_Q5_K: MATVEC_LOOP(dot_q5_K_avx2(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
     case FINCH_MATVEC_Q5_1: MATVEC_LOOP(dot_q5_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
+    case FINCH_MATVEC_IQ4_NL: MATVEC_LOOP(dot_iq4_nl_avx2(row, x + t * columns, blocks)) break;
     default: MATVEC_LOOP(dot_q4_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }
@@ -819,6 +863,7 @@ void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, co
     case FINCH_MATVEC_Q5_0: MATVEC_LOOP(dot_q5_0_c(row, x + t * columns, blocks)) break;
     case FINCH_MATVEC_Q5_K: MATVEC_LOOP(dot_q5_K_c(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
     case FINCH_MATVEC_Q5_1: MATVEC_LOOP(dot_q5_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
+    case FINCH_MATVEC_IQ4_NL: MATVEC_LOOP(dot_iq4_nl_c(row, x + t * columns, blocks)) break;
     default: MATVEC_LOOP(dot_q4_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }

@@ -62,21 +62,30 @@ final class MatVecTests: XCTestCase {
     /// With 8-bit activations: equal (to float rounding) to the dequantized matrix times x rounded
     /// as the kernel documents (blocks of 32, d = max|x| / 127, q = x / d rounded to nearest even),
     /// and within 2% (relative L2) of the exact product; f32 matrices keep the exact path.
-    /// Q4_K, Q5_K, Q6_K, Q5_0 and Q5_1 rows (the types of llama.cpp's Q4_K_M and Q5_K_M files), written by Finch's quantizers,
+    /// Q4_K, Q5_K, Q6_K, Q5_0, Q5_1 and IQ4_NL rows (the types of llama.cpp's Q4_K_M, Q5_K_M and IQ4 files), written by Finch's quantizers,
     /// read in their blocks against the dequantized matrix, on the native and portable kernels.
     func testKQuantRowsMatchTheDequantizedMatrix() {
         let rows = 21, columns = 512
         var rng = SplitMix(seed: 5)
         let values = (0..<rows * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 700 }
-        for dtype in [DType.q4_K, .q5_K, .q6_K, .q5_0, .q5_1] {
+        for dtype in [DType.q4_K, .q5_K, .q6_K, .q5_0, .q5_1, .iq4_NL] {
             var bytes = [UInt8](repeating: 0, count: rows * dtype.rowBytes(columns: columns))
-            values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { b in
-                for r in 0..<rows {
-                    _ = encodeRow(v.baseAddress! + r * columns, as: dtype, into: b.baseAddress! + r * dtype.rowBytes(columns: columns), count: columns)
+            if dtype == .iq4_NL {
+                // Finch does not write IQ4_NL: random nibbles under a random f16 scale per block of 32.
+                for block in 0..<bytes.count / 18 {
+                    let d = Float16(Float(Int(rng.next() % 1000) + 1) / 40000).bitPattern
+                    bytes[block * 18] = UInt8(d & 0xff); bytes[block * 18 + 1] = UInt8(d >> 8)
+                    for j in 2..<18 { bytes[block * 18 + j] = UInt8(rng.next() % 256) }
                 }
-            } }
+            } else {
+                values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { b in
+                    for r in 0..<rows {
+                        _ = encodeRow(v.baseAddress! + r * columns, as: dtype, into: b.baseAddress! + r * dtype.rowBytes(columns: columns), count: columns)
+                    }
+                } }
+            }
             let dense = dequantized(bytes, dtype, count: rows * columns)
-            XCTAssertLessThan(TestSupport.relativeL2(dense, values), 0.1, "\(dtype.rawValue) rows are a real quantization")
+            if dtype != .iq4_NL { XCTAssertLessThan(TestSupport.relativeL2(dense, values), 0.1, "\(dtype.rawValue) rows are a real quantization") }
             for n in 1...matVecMaxVectors {
                 let x = (0..<n * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 500 }
                 var expected = [Float](repeating: 0, count: n * rows)
