@@ -549,6 +549,62 @@ static float dot_q5_K_c(const uint8_t *row, const float *x, int64_t blocks, cons
     return total;
 }
 
+// block_q2_K (84 bytes): 16 bytes of (4-bit scale | 4-bit min << 4) per 16 values, 64 bytes of
+// 2-bit values, f16 d, f16 dmin; value = d * sc * q - dmin * m. block_q3_K (110 bytes): 32 bytes
+// of inverted third bits (a clear bit subtracts 4), 64 bytes of low 2 bits, 12 bytes of sixteen
+// 6-bit scales (offset 32), f16 d; value = d * (sc - 32) * q3. Both lay their 256 values out alike:
+// half h of 128 (its 32 bytes of 2-bit values), shift 0, 2, 4, 6 (32 values each), 16 + 16 bytes.
+static inline int q3k_scale(int j, const uint8_t *packed) {
+    int low = j < 8 ? packed[j] & 0x0f : packed[j - 8] >> 4;
+    return (low | (((packed[8 + (j & 3)] >> (2 * (j >> 2))) & 3) << 4)) - 32;
+}
+
+static float dot_q2_K_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 84;
+        float d = half_c(block + 80), dmin = half_c(block + 82);
+        const float *xb = x + b * 256;
+        int index = 0;
+        for (int part = 0; part < 2; part++) {
+            const uint8_t *q = block + 16 + part * 32;
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int h = 0; h < 2; h++, index++, xb += 16) {
+                    int sc = block[index];
+                    float s = 0, sx = 0;
+                    for (int l = 0; l < 16; l++) { s += (float)((q[h * 16 + l] >> shift) & 3) * xb[l]; sx += xb[l]; }
+                    total += d * (float)(sc & 0x0f) * s - dmin * (float)(sc >> 4) * sx;
+                }
+            }
+        }
+    }
+    return total;
+}
+
+static float dot_q3_K_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 110, *hmask = block, *scales = block + 96;
+        float d = half_c(block + 108);
+        const float *xb = x + b * 256;
+        int index = 0, bit = 1;
+        for (int part = 0; part < 2; part++) {
+            const uint8_t *q = block + 32 + part * 32;
+            for (int shift = 0; shift < 8; shift += 2, bit <<= 1) {
+                for (int h = 0; h < 2; h++, index++, xb += 16) {
+                    float s = 0;
+                    for (int l = 0; l < 16; l++) {
+                        int v = ((q[h * 16 + l] >> shift) & 3) - ((hmask[h * 16 + l] & bit) ? 0 : 4);
+                        s += (float)v * xb[l];
+                    }
+                    total += d * (float)q3k_scale(index, scales) * s;
+                }
+            }
+        }
+    }
+    return total;
+}
+
 static float dot_q6_K_c(const uint8_t *row, const float *x, int64_t blocks) {
     float total = 0;
     for (int64_t b = 0; b < blocks; b++) {
@@ -752,6 +808,65 @@ AVX2 static inline __m256i bytes8u(const uint8_t *p) {
     return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
 }
 
+// 16 values of 2 bits (bytes p[0..<16] shifted by `shift`) times x[0..<16], and (q3) minus 4
+// where the bit `bit` of hm[0..<16] is clear.
+AVX2 static inline __m256 low2_times_x(const uint8_t *p, const uint8_t *hm, int bit, int shift, const float *x, __m256 s) {
+    const __m128i count = _mm_cvtsi32_si128(shift);
+    const __m256i three = _mm256_set1_epi32(3);
+    for (int l = 0; l < 16; l += 8) {
+        __m256i v = _mm256_and_si256(_mm256_srl_epi32(bytes8u(p + l), count), three);
+        if (hm) {
+            __m256i clear = _mm256_cmpeq_epi32(_mm256_and_si256(bytes8u(hm + l), _mm256_set1_epi32(bit)), _mm256_setzero_si256());
+            v = _mm256_add_epi32(v, _mm256_and_si256(clear, _mm256_set1_epi32(-4)));
+        }
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), load8(x + l), s);
+    }
+    return s;
+}
+
+AVX2 static float dot_q2_K_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc = _mm256_setzero_ps(), mins = _mm256_setzero_ps();
+    float d, dmin;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 84;
+        halves_avx2(block + 80, &d, &dmin);
+        const float *xb = x + b * 256;
+        int index = 0;
+        for (int part = 0; part < 2; part++) {
+            const uint8_t *q = block + 16 + part * 32;
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int h = 0; h < 2; h++, index++, xb += 16) {
+                    int sc = block[index];
+                    __m256 s = low2_times_x(q + h * 16, NULL, 0, shift, xb, _mm256_setzero_ps());
+                    acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * (float)(sc & 0x0f)), acc);
+                    mins = _mm256_fmadd_ps(_mm256_add_ps(load8(xb), load8(xb + 8)), _mm256_set1_ps(dmin * (float)(sc >> 4)), mins);
+                }
+            }
+        }
+    }
+    return hsum8(_mm256_sub_ps(acc, mins));
+}
+
+AVX2 static float dot_q3_K_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 110, *hmask = block, *scales = block + 96;
+        float d = half_avx2(block + 108);
+        const float *xb = x + b * 256;
+        int index = 0, bit = 1;
+        for (int part = 0; part < 2; part++) {
+            const uint8_t *q = block + 32 + part * 32;
+            for (int shift = 0; shift < 8; shift += 2, bit <<= 1) {
+                for (int h = 0; h < 2; h++, index++, xb += 16) {
+                    __m256 s = low2_times_x(q + h * 16, hmask + h * 16, bit, shift, xb, _mm256_setzero_ps());
+                    acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * (float)q3k_scale(index, scales)), acc);
+                }
+            }
+        }
+    }
+    return hsum8(acc);
+}
+
 AVX2 static float dot_q5_K_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
     __m256 acc = _mm256_setzero_ps();
     float minimums = 0, d, dmin;
@@ -843,6 +958,8 @@ AVX2 static void matvec_avx2(int type, const uint8_t *w, int64_t rowBytes, int64
     case FINCH_MATVEC_Q5_K: MATVEC_LOOP(dot_q5_K_avx2(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
     case FINCH_MATVEC_Q5_1: MATVEC_LOOP(dot_q5_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     case FINCH_MATVEC_IQ4_NL: MATVEC_LOOP(dot_iq4_nl_avx2(row, x + t * columns, blocks)) break;
+    case FINCH_MATVEC_Q2_K: MATVEC_LOOP(dot_q2_K_avx2(row, x + t * columns, columns / 256)) break;
+    case FINCH_MATVEC_Q3_K: MATVEC_LOOP(dot_q3_K_avx2(row, x + t * columns, columns / 256)) break;
     default: MATVEC_LOOP(dot_q4_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }
@@ -864,6 +981,8 @@ void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, co
     case FINCH_MATVEC_Q5_K: MATVEC_LOOP(dot_q5_K_c(row, x + t * columns, columns / 256, blockSums + t * blocks)) break;
     case FINCH_MATVEC_Q5_1: MATVEC_LOOP(dot_q5_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     case FINCH_MATVEC_IQ4_NL: MATVEC_LOOP(dot_iq4_nl_c(row, x + t * columns, blocks)) break;
+    case FINCH_MATVEC_Q2_K: MATVEC_LOOP(dot_q2_K_c(row, x + t * columns, columns / 256)) break;
+    case FINCH_MATVEC_Q3_K: MATVEC_LOOP(dot_q3_K_c(row, x + t * columns, columns / 256)) break;
     default: MATVEC_LOOP(dot_q4_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }
