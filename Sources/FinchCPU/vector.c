@@ -683,6 +683,29 @@ static float dot_iq4_nl_c(const uint8_t *row, const float *x, int64_t blocks) {
     return total;
 }
 
+// block_iq4_xs (136 bytes per 256): f16 d, 16 bits of high scale pairs, 4 bytes of low scale
+// nibbles, then per 32 values 16 bytes of nibbles as IQ4_NL's; value = d * (ls - 32) * level[q].
+static inline int iq4xs_scale(const uint8_t *block, int sub) {
+    int high = (block[2] | block[3] << 8) >> (2 * sub) & 3;
+    return (((block[4 + sub / 2] >> (4 * (sub % 2))) & 0x0f) | (high << 4)) - 32;
+}
+
+static float dot_iq4_xs_c(const uint8_t *row, const float *x, int64_t blocks) {
+    float total = 0;
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 136;
+        float d = half_c(block);
+        for (int sub = 0; sub < 8; sub++) {
+            const uint8_t *qs = block + 8 + sub * 16;
+            const float *xb = x + b * 256 + sub * 32;
+            float s = 0;
+            for (int j = 0; j < 16; j++) s += iq4_levels[qs[j] & 0x0f] * xb[j] + iq4_levels[qs[j] >> 4] * xb[j + 16];
+            total += d * (float)iq4xs_scale(block, sub) * s;
+        }
+    }
+    return total;
+}
+
 #if defined(__x86_64__)
 // The levels of 8 nibble indices: two in-register tables of 8, chosen by the index's bit 3.
 AVX2 static inline __m256 iq4_levels8(__m256i index, __m256 lowTable, __m256 highTable) {
@@ -710,6 +733,30 @@ AVX2 static float dot_iq4_nl_avx2(const uint8_t *row, const float *x, int64_t bl
         else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc0);
     }
     return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+AVX2 static float dot_iq4_xs_avx2(const uint8_t *row, const float *x, int64_t blocks) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 lowTable = _mm256_loadu_ps(iq4_levels), highTable = _mm256_loadu_ps(iq4_levels + 8);
+    const __m256i low4 = _mm256_set1_epi32(0x0f);
+    for (int64_t b = 0; b < blocks; b++) {
+        const uint8_t *block = row + b * 136;
+        float d = half_avx2(block);
+        for (int sub = 0; sub < 8; sub++) {
+            const uint8_t *qs = block + 8 + sub * 16;
+            const float *xb = x + b * 256 + sub * 32;
+            __m256 s = _mm256_setzero_ps();
+            for (int half = 0; half < 2; half++) {
+                int64_t v;
+                memcpy(&v, qs + half * 8, 8);
+                __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+                s = _mm256_fmadd_ps(iq4_levels8(_mm256_and_si256(bytes, low4), lowTable, highTable), load8(xb + half * 8), s);
+                s = _mm256_fmadd_ps(iq4_levels8(_mm256_srli_epi32(bytes, 4), lowTable, highTable), load8(xb + 16 + half * 8), s);
+            }
+            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * (float)iq4xs_scale(block, sub)), acc);
+        }
+    }
+    return hsum8(acc);
 }
 
 AVX2 static float dot_q5_1_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
@@ -960,6 +1007,7 @@ AVX2 static void matvec_avx2(int type, const uint8_t *w, int64_t rowBytes, int64
     case FINCH_MATVEC_IQ4_NL: MATVEC_LOOP(dot_iq4_nl_avx2(row, x + t * columns, blocks)) break;
     case FINCH_MATVEC_Q2_K: MATVEC_LOOP(dot_q2_K_avx2(row, x + t * columns, columns / 256)) break;
     case FINCH_MATVEC_Q3_K: MATVEC_LOOP(dot_q3_K_avx2(row, x + t * columns, columns / 256)) break;
+    case FINCH_MATVEC_IQ4_XS: MATVEC_LOOP(dot_iq4_xs_avx2(row, x + t * columns, columns / 256)) break;
     default: MATVEC_LOOP(dot_q4_1_avx2(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }
@@ -983,6 +1031,7 @@ void finch_matvec(int type, const uint8_t *w, int64_t rowBytes, int64_t rows, co
     case FINCH_MATVEC_IQ4_NL: MATVEC_LOOP(dot_iq4_nl_c(row, x + t * columns, blocks)) break;
     case FINCH_MATVEC_Q2_K: MATVEC_LOOP(dot_q2_K_c(row, x + t * columns, columns / 256)) break;
     case FINCH_MATVEC_Q3_K: MATVEC_LOOP(dot_q3_K_c(row, x + t * columns, columns / 256)) break;
+    case FINCH_MATVEC_IQ4_XS: MATVEC_LOOP(dot_iq4_xs_c(row, x + t * columns, columns / 256)) break;
     default: MATVEC_LOOP(dot_q4_1_c(row, x + t * columns, blocks, blockSums + t * blocks)) break;
     }
 }

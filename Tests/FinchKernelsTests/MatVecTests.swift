@@ -62,20 +62,21 @@ final class MatVecTests: XCTestCase {
     /// With 8-bit activations: equal (to float rounding) to the dequantized matrix times x rounded
     /// as the kernel documents (blocks of 32, d = max|x| / 127, q = x / d rounded to nearest even),
     /// and within 2% (relative L2) of the exact product; f32 matrices keep the exact path.
-    /// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1 and IQ4_NL rows (the types of llama.cpp's K-quant and IQ4 files), written by Finch's quantizers,
+    /// Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1, IQ4_NL and IQ4_XS rows (the types of llama.cpp's K-quant and IQ4 files), written by Finch's quantizers (random blocks for the IQ4 types),
     /// read in their blocks against the dequantized matrix, on the native and portable kernels.
     func testKQuantRowsMatchTheDequantizedMatrix() {
         let rows = 21, columns = 512
         var rng = SplitMix(seed: 5)
         let values = (0..<rows * columns).map { _ in Float(Int(rng.next() % 2001) - 1000) / 700 }
-        for dtype in [DType.q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q5_0, .q5_1, .iq4_NL] {
+        for dtype in [DType.q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q5_0, .q5_1, .iq4_NL, .iq4_XS] {
             var bytes = [UInt8](repeating: 0, count: rows * dtype.rowBytes(columns: columns))
-            if dtype == .iq4_NL {
-                // Finch does not write IQ4_NL: random nibbles under a random f16 scale per block of 32.
-                for block in 0..<bytes.count / 18 {
+            if dtype == .iq4_NL || dtype == .iq4_XS {
+                // Finch does not write the IQ4 types: random bytes under a random f16 scale per block.
+                let size = dtype.blockBytes
+                for block in 0..<bytes.count / size {
                     let d = Float16(Float(Int(rng.next() % 1000) + 1) / 40000).bitPattern
-                    bytes[block * 18] = UInt8(d & 0xff); bytes[block * 18 + 1] = UInt8(d >> 8)
-                    for j in 2..<18 { bytes[block * 18 + j] = UInt8(rng.next() % 256) }
+                    bytes[block * size] = UInt8(d & 0xff); bytes[block * size + 1] = UInt8(d >> 8)
+                    for j in 2..<size { bytes[block * size + j] = UInt8(rng.next() % 256) }
                 }
             } else {
                 values.withUnsafeBufferPointer { v in bytes.withUnsafeMutableBytes { b in
@@ -85,7 +86,7 @@ final class MatVecTests: XCTestCase {
                 } }
             }
             let dense = dequantized(bytes, dtype, count: rows * columns)
-            if dtype != .iq4_NL {   // 2- and 3-bit rows of uniform values are coarser
+            if dtype != .iq4_NL && dtype != .iq4_XS {   // 2- and 3-bit rows of uniform values are coarser
                 let limit = dtype == .q2_K ? 0.3 : dtype == .q3_K ? 0.15 : 0.1
                 XCTAssertLessThan(TestSupport.relativeL2(dense, values), limit, "\(dtype.rawValue) rows are a real quantization")
             }

@@ -92,7 +92,8 @@ float finch_dot_q4_1(const uint8_t *row, const float *x, int64_t blocks, const f
 enum { FINCH_MATVEC_F32 = 0, FINCH_MATVEC_Q8_0 = 1, FINCH_MATVEC_Q4_0 = 2, FINCH_MATVEC_Q4_1 = 3, FINCH_MATVEC_Q4_K = 4,
        FINCH_MATVEC_Q6_K = 5, FINCH_MATVEC_Q5_0 = 6,
        FINCH_MATVEC_Q5_K = 7, FINCH_MATVEC_Q5_1 = 8,
-       FINCH_MATVEC_IQ4_NL = 9, FINCH_MATVEC_Q2_K = 10, FINCH_MATVEC_Q3_K = 11 };
+       FINCH_MATVEC_IQ4_NL = 9, FINCH_MATVEC_Q2_K = 10, FINCH_MATVEC_Q3_K = 11,
+       FINCH_MATVEC_IQ4_XS = 12 };
 /// Rows [0, rows) of a matrix (FINCH_MATVEC_*, rows `rowBytes` apart) times n vectors of
 /// `columns` (a multiple of 32; of 256 for the K types): y[t * stride + r] = (or += when
 /// `accumulate`) row r . x_t. q4_1 and q4_K also take each vector's sums of x per 32 values,

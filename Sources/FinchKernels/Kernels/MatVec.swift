@@ -16,7 +16,7 @@ let matVecMaxVectors = 4
 
 func matVecSupports(_ dtype: DType) -> Bool {
     switch dtype {
-    case .f32, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL: return true
+    case .f32, .q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS: return true
     default: return false
     }
 }
@@ -101,6 +101,7 @@ func matVec(_ targets: [MatVecTarget], columns: Int, _ x: UnsafePointer<Float>, 
                 case .iq4_NL: Int32(FINCH_MATVEC_IQ4_NL)
                 case .q2_K: Int32(FINCH_MATVEC_Q2_K)
                 case .q3_K: Int32(FINCH_MATVEC_Q3_K)
+                case .iq4_XS: Int32(FINCH_MATVEC_IQ4_XS)
                 default: Int32(FINCH_MATVEC_Q4_1)
                 }
                 finch_matvec(type, target.weights.assumingMemoryBound(to: UInt8.self) + rows.lowerBound * rowBytes, Int64(rowBytes),
