@@ -707,6 +707,13 @@ static float dot_iq4_xs_c(const uint8_t *row, const float *x, int64_t blocks) {
 }
 
 #if defined(__x86_64__)
+// 8 bytes widened to 8 int32 lanes.
+AVX2 static inline __m256i bytes8u(const uint8_t *p) {
+    int64_t v;
+    memcpy(&v, p, 8);
+    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
+}
+
 // The levels of 8 nibble indices: two in-register tables of 8, chosen by the index's bit 3.
 AVX2 static inline __m256 iq4_levels8(__m256i index, __m256 lowTable, __m256 highTable) {
     __m256 low = _mm256_permutevar8x32_ps(lowTable, index), high = _mm256_permutevar8x32_ps(highTable, index);
@@ -714,21 +721,24 @@ AVX2 static inline __m256 iq4_levels8(__m256i index, __m256 lowTable, __m256 hig
     return _mm256_blendv_ps(low, high, upper);
 }
 
+// 32 IQ4 values (16 bytes of nibbles: low ones values 0..<16, high ones 16..<32) times x, as 8 partial sums.
+AVX2 static inline __m256 iq4_sum32(const uint8_t *qs, const float *x, __m256 lowTable, __m256 highTable) {
+    const __m256i low4 = _mm256_set1_epi32(0x0f);
+    __m256 s = _mm256_setzero_ps();
+    for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
+        __m256i bytes = bytes8u(qs + half * 8);
+        s = _mm256_fmadd_ps(iq4_levels8(_mm256_and_si256(bytes, low4), lowTable, highTable), load8(x + half * 8), s);
+        s = _mm256_fmadd_ps(iq4_levels8(_mm256_srli_epi32(bytes, 4), lowTable, highTable), load8(x + 16 + half * 8), s);
+    }
+    return s;
+}
+
 AVX2 static float dot_iq4_nl_avx2(const uint8_t *row, const float *x, int64_t blocks) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     const __m256 lowTable = _mm256_loadu_ps(iq4_levels), highTable = _mm256_loadu_ps(iq4_levels + 8);
-    const __m256i low4 = _mm256_set1_epi32(0x0f);
     for (int64_t b = 0; b < blocks; b++) {
-        const uint8_t *block = row + b * 18, *qs = block + 2;
-        const float *xb = x + b * 32;
-        __m256 s = _mm256_setzero_ps();
-        for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
-            int64_t v;
-            memcpy(&v, qs + half * 8, 8);
-            __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
-            s = _mm256_fmadd_ps(iq4_levels8(_mm256_and_si256(bytes, low4), lowTable, highTable), load8(xb + half * 8), s);
-            s = _mm256_fmadd_ps(iq4_levels8(_mm256_srli_epi32(bytes, 4), lowTable, highTable), load8(xb + 16 + half * 8), s);
-        }
+        const uint8_t *block = row + b * 18;
+        __m256 s = iq4_sum32(block + 2, x + b * 32, lowTable, highTable);
         if (b & 1) acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc1);
         else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc0);
     }
@@ -738,52 +748,47 @@ AVX2 static float dot_iq4_nl_avx2(const uint8_t *row, const float *x, int64_t bl
 AVX2 static float dot_iq4_xs_avx2(const uint8_t *row, const float *x, int64_t blocks) {
     __m256 acc = _mm256_setzero_ps();
     const __m256 lowTable = _mm256_loadu_ps(iq4_levels), highTable = _mm256_loadu_ps(iq4_levels + 8);
-    const __m256i low4 = _mm256_set1_epi32(0x0f);
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *block = row + b * 136;
         float d = half_avx2(block);
         for (int sub = 0; sub < 8; sub++) {
-            const uint8_t *qs = block + 8 + sub * 16;
-            const float *xb = x + b * 256 + sub * 32;
-            __m256 s = _mm256_setzero_ps();
-            for (int half = 0; half < 2; half++) {
-                int64_t v;
-                memcpy(&v, qs + half * 8, 8);
-                __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
-                s = _mm256_fmadd_ps(iq4_levels8(_mm256_and_si256(bytes, low4), lowTable, highTable), load8(xb + half * 8), s);
-                s = _mm256_fmadd_ps(iq4_levels8(_mm256_srli_epi32(bytes, 4), lowTable, highTable), load8(xb + 16 + half * 8), s);
-            }
+            __m256 s = iq4_sum32(block + 8 + sub * 16, x + b * 256 + sub * 32, lowTable, highTable);
             acc = _mm256_fmadd_ps(s, _mm256_set1_ps(d * (float)iq4xs_scale(block, sub)), acc);
         }
     }
     return hsum8(acc);
 }
 
+// 32 five-bit values (16 bytes of nibbles: low ones values 0..<16, high ones 16..<32; bit j of
+// qh the fifth bit of value j), minus `offset`, times x, as 8 partial sums.
+AVX2 static inline __m256 q5_sum32(const uint8_t *qs, uint32_t qh, const float *x, int32_t offset) {
+    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), o = _mm256_set1_epi32(offset);
+    __m256i h = _mm256_set1_epi32((int)qh);
+    __m256 s = _mm256_setzero_ps();
+    for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
+        __m256i bytes = bytes8u(qs + half * 8);
+        __m256i shift = _mm256_add_epi32(lanes, _mm256_set1_epi32(half * 8));
+        __m256i bitLow = _mm256_and_si256(_mm256_srlv_epi32(h, shift), one);
+        __m256i bitHigh = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_add_epi32(shift, sixteen)), one);
+        __m256i low = _mm256_sub_epi32(_mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi32(bitLow, 4)), o);
+        __m256i high = _mm256_sub_epi32(_mm256_or_si256(_mm256_srli_epi32(bytes, 4), _mm256_slli_epi32(bitHigh, 4)), o);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), load8(x + half * 8), s);
+        s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), load8(x + 16 + half * 8), s);
+    }
+    return s;
+}
+
 AVX2 static float dot_q5_1_avx2(const uint8_t *row, const float *x, int64_t blocks, const float *blockSums) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     float minimums = 0, d, m;
-    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *block = row + b * 24, *qs = block + 8;
         const float *xb = x + b * 32;
         uint32_t qh;
         memcpy(&qh, block + 4, 4);
         halves_avx2(block, &d, &m);
-        __m256i h = _mm256_set1_epi32((int)qh);
-        __m256 s = _mm256_setzero_ps();
-        for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
-            int64_t v;
-            memcpy(&v, qs + half * 8, 8);
-            __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
-            __m256i shift = _mm256_add_epi32(lanes, _mm256_set1_epi32(half * 8));
-            __m256i bitLow = _mm256_and_si256(_mm256_srlv_epi32(h, shift), one);
-            __m256i bitHigh = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_add_epi32(shift, sixteen)), one);
-            __m256i low = _mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi32(bitLow, 4));
-            __m256i high = _mm256_or_si256(_mm256_srli_epi32(bytes, 4), _mm256_slli_epi32(bitHigh, 4));
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), load8(xb + half * 8), s);
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), load8(xb + 16 + half * 8), s);
-        }
+        __m256 s = q5_sum32(qs, qh, xb, 0);
         if (b & 1) acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc1);
         else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc0);
         minimums += m * blockSums[b];
@@ -793,27 +798,12 @@ AVX2 static float dot_q5_1_avx2(const uint8_t *row, const float *x, int64_t bloc
 
 AVX2 static float dot_q5_0_avx2(const uint8_t *row, const float *x, int64_t blocks) {
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi32(0x0f), one = _mm256_set1_epi32(1), sixteen = _mm256_set1_epi32(16);
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (int64_t b = 0; b < blocks; b++) {
         const uint8_t *block = row + b * 22, *qs = block + 6;
         const float *xb = x + b * 32;
         uint32_t qh;
         memcpy(&qh, block + 2, 4);
-        __m256i h = _mm256_set1_epi32((int)qh);
-        __m256 s = _mm256_setzero_ps();
-        for (int half = 0; half < 2; half++) {   // bytes 0..<8, then 8..<16
-            int64_t v;
-            memcpy(&v, qs + half * 8, 8);
-            __m256i bytes = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
-            __m256i shift = _mm256_add_epi32(lanes, _mm256_set1_epi32(half * 8));
-            __m256i bitLow = _mm256_and_si256(_mm256_srlv_epi32(h, shift), one);
-            __m256i bitHigh = _mm256_and_si256(_mm256_srlv_epi32(h, _mm256_add_epi32(shift, sixteen)), one);
-            __m256i low = _mm256_sub_epi32(_mm256_or_si256(_mm256_and_si256(bytes, low4), _mm256_slli_epi32(bitLow, 4)), sixteen);
-            __m256i high = _mm256_sub_epi32(_mm256_or_si256(_mm256_srli_epi32(bytes, 4), _mm256_slli_epi32(bitHigh, 4)), sixteen);
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(low), load8(xb + half * 8), s);
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(high), load8(xb + 16 + half * 8), s);
-        }
+        __m256 s = q5_sum32(qs, qh, xb, 16);
         if (b & 1) acc1 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc1);
         else acc0 = _mm256_fmadd_ps(s, _mm256_set1_ps(half_avx2(block)), acc0);
     }
@@ -848,12 +838,6 @@ AVX2 static float dot_q4_K_avx2(const uint8_t *row, const float *x, int64_t bloc
     return hsum8(acc) - minimums;
 }
 
-// 8 bytes widened to 8 int32 lanes.
-AVX2 static inline __m256i bytes8u(const uint8_t *p) {
-    int64_t v;
-    memcpy(&v, p, 8);
-    return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v));
-}
 
 // 16 values of 2 bits (bytes p[0..<16] shifted by `shift`) times x[0..<16], and (q3) minus 4
 // where the bit `bit` of hm[0..<16] is clear.

@@ -52,6 +52,8 @@ public final class TrainingRun {
     var files: ModelFiles!
     var evalExamples: [Example] = []
     var metricsHandle: FileHandle?
+    /// The tool schemas of `--tools`, read once.
+    var toolSchemas: JinjaValue?
     /// The TensorBoard event file (`--report-to tensorboard`), on rank 0.
     var tensorboard: TensorBoardWriter?
     /// `config.model` as a path: itself, or a repo id's snapshot in the Hugging Face cache.
@@ -77,6 +79,12 @@ public final class TrainingRun {
         files = try ModelFiles.open(modelPath, allowNonFinite: config.allowNonFinite)
         tokenizer = try Tokenizer.load(from: modelPath)
         try tokenizer.checkIDs(below: files.config.vocabSize, model: files.source)
+        if let path = config.tools {
+            guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.fileNotFound(path: path) }
+            do { toolSchemas = try JinjaValue(jsonText: try UTF8Validation.string(from: data, source: path)) } catch let error as JinjaJSONError {
+                throw LoadError.malformed(path: path, field: "JSON", found: "\(error)", expected: "a JSON list of tool schemas")
+            }
+        }
         let format = config.format.flatMap(TrainingData.Format.init(rawValue:))
         var (train, trainReport) = try examples(config.data, format: format)
         if config.validationSplit > 0 {
@@ -213,16 +221,9 @@ public final class TrainingRun {
     func examples(file path: String, format: TrainingData.Format?) throws -> ([Example], TrainingData.Report) {
         var skipped: [DataFile.Error]? = config.skipBadRows ? [] : nil
         let rows = try TrainingData.mapFields(DataFile.read(path, skipped: &skipped), config.fieldMapping, skipBadRows: config.skipBadRows)
-        var tools: JinjaValue?
-        if let path = config.tools {
-            guard let data = FileManager.default.contents(atPath: path) else { throw LoadError.fileNotFound(path: path) }
-            do { tools = try JinjaValue(jsonText: try UTF8Validation.string(from: data, source: path)) } catch let error as JinjaJSONError {
-                throw LoadError.malformed(path: path, field: "JSON", found: "\(error)", expected: "a JSON list of tool schemas")
-            }
-        }
         var (examples, report) = try TrainingData.examples(rows: rows, method: config.method, format: format, tokenizer: tokenizer,
                                                            maxLength: config.maxLength, chatPrompts: config.chatTemplate,
-                                                           skipBadRows: config.skipBadRows, tools: tools)
+                                                           skipBadRows: config.skipBadRows, tools: toolSchemas)
         if let skipped, !skipped.isEmpty {
             // Every reason, in line order (the file's own errors and the rows' merged), the first few kept.
             func line(_ reason: String) -> Int { Int(reason.split(separator: ":").dropFirst().first ?? "") ?? Int.max }
