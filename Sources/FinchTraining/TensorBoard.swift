@@ -90,9 +90,11 @@ public final class TensorBoardWriter {
         var out: [[UInt8]] = [], i = 0
         func u32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(data[at + $1]) << (8 * $1) } }
         while i < data.count {
-            guard i + 12 <= data.count else { return nil }
-            let length = Int((0..<8).reduce(UInt64(0)) { $0 | UInt64(data[i + $1]) << (8 * $1) })
-            guard CRC32C.masked(Array(data[i..<i + 8])) == u32(i + 8), length >= 0, i + 12 + length + 4 <= data.count else { return nil }
+            guard i + 16 <= data.count else { return nil }   // the smallest record: an empty one
+            let stored = (0..<8).reduce(UInt64(0)) { $0 | UInt64(data[i + $1]) << (8 * $1) }
+            // A length past the end (up to 2^64 - 1 in a damaged file) is refused before it is an Int.
+            guard CRC32C.masked(Array(data[i..<i + 8])) == u32(i + 8), stored <= UInt64(data.count - i - 16) else { return nil }
+            let length = Int(stored)
             let record = Array(data[i + 12..<i + 12 + length])
             guard CRC32C.masked(record) == u32(i + 12 + length) else { return nil }
             out.append(record)

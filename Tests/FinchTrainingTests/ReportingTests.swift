@@ -64,6 +64,11 @@ final class ReportingTests: TemporaryDirectoryTestCase {
         var damaged = bytes
         damaged[bytes.count / 2] ^= 0x10
         XCTAssertNil(TensorBoardWriter.records(damaged))
+        // Cut short, or a length field of 2^64 - 1 (with its CRC made to match): refused, no trap.
+        XCTAssertNil(TensorBoardWriter.records(Array(bytes.dropLast(3))))
+        var huge = [UInt8](repeating: 0xff, count: 8)
+        huge += TensorBoardWriter.littleEndian(CRC32C.masked(huge)) + [0, 0, 0, 0]
+        XCTAssertNil(TensorBoardWriter.records(huge))
     }
 
     func testPlotHasThePanelsOfTheRun() throws {
