@@ -23,7 +23,8 @@ import peft
 import safetensors
 from safetensors.torch import save_file, load_file
 from transformers import (LlamaConfig, Qwen2Config, Qwen3Config, SmolLM3Config, Gemma2Config,
-                          Gemma3TextConfig, Phi3Config, AutoModelForCausalLM)
+                          Gemma3TextConfig, Phi3Config, Qwen3MoeConfig, MixtralConfig, OlmoeConfig,
+                          AutoModelForCausalLM)
 from peft import LoraConfig, get_peft_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +33,10 @@ DEFAULT_OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "parit
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Phi-3 joins q, k, v and gate, up: PEFT adapts the joined modules
 PHI3_LORA_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+# Mixture of experts (transformers 5 holds each layer's experts as 3D parameters): PEFT adapts
+# them through `target_parameters`, one rank-r pair per expert stacked in one lora_A / lora_B
+MOE_LORA_PARAMETERS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+MOE_AUX_COEF = 0.1     # router_aux_loss_coef: large enough that its gradient shows (default 0.001)
 SEQ = 9
 PAD_TOKEN = 0          # id placed at right-padded positions
 N_PROMPT = 2           # first positions of each row masked out of the labels
@@ -46,6 +51,7 @@ STD_LINEAR = 0.08
 STD_BIAS = 0.1
 STD_NORM = 0.1         # norms are 1 + STD_NORM * randn (Gemma: stored STD_NORM * randn, used as 1 + w)
 STD_LORA = 0.1
+STD_ROUTER = 0.3       # router weights: probabilities far from uniform, top-k choices clear
 
 
 def model_specs():
@@ -108,6 +114,29 @@ def model_specs():
                              "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
             {"targets": PHI3_LORA_TARGETS, "greedy": False}),
+        # Qwen3-MoE: 4 experts, top 2 renormalised (norm_topk_prob), q/k norms; layer 1 is a
+        # dense MLP (mlp_only_layers), layers 0 and 2 route; the load-balancing loss is in the loss
+        ("qwen3_moe", Qwen3MoeConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=4, num_experts_per_tok=2,
+            norm_topk_prob=True, mlp_only_layers=[1], decoder_sparse_step=1, output_router_logits=True,
+            router_aux_loss_coef=MOE_AUX_COEF, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=512,
+            tie_word_embeddings=False, use_sliding_window=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
+            {"moe": True}),
+        # Mixtral: 4 experts (w1, w3, w2 in block_sparse_moe on disk), top 2 always renormalised
+        ("mixtral_moe", MixtralConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+            router_aux_loss_coef=MOE_AUX_COEF, rope_theta=1000000.0, rms_norm_eps=1e-5, max_position_embeddings=512,
+            sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
+            {"moe": True}),
+        # OLMoE: 4 experts, top 2 not renormalised, q and k normed over all heads at once
+        ("olmoe_moe", OlmoeConfig(
+            vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+            output_router_logits=True, router_aux_loss_coef=MOE_AUX_COEF, rope_theta=10000.0, rms_norm_eps=1e-5,
+            max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
+            pad_token_id=PAD_TOKEN), {"moe": True}),
     ]
 
 
@@ -127,7 +156,9 @@ def randomize(model, gen):
                 p.copy_(STD_BIAS * torch.randn(p.shape, generator=gen))
             elif "embed_tokens" in name:
                 p.copy_(STD_EMBED * torch.randn(p.shape, generator=gen))
-            elif p.dim() == 2:
+            elif name.endswith("mlp.gate.weight"):     # a mixture of experts' router
+                p.copy_(STD_ROUTER * torch.randn(p.shape, generator=gen))
+            elif p.dim() == 2 or name.endswith(("experts.gate_up_proj", "experts.down_proj")):
                 p.copy_(STD_LINEAR * torch.randn(p.shape, generator=gen))
             else:
                 raise RuntimeError(f"unexpected parameter {name} {tuple(p.shape)}")
@@ -142,6 +173,25 @@ def make_batch(vocab, gen):
     labels[:, :N_PROMPT] = -100
     labels[mask == 0] = -100
     return ids, mask, labels
+
+
+def routing_margins(model, ids, mask):
+    """The smallest gap between the k-th and (k+1)-th router probability over every real token
+    and routed layer: a gap near 0 would make the chosen experts depend on rounding."""
+    logits = model(input_ids=ids, attention_mask=mask, output_router_logits=True).router_logits
+    k = model.config.num_experts_per_tok
+    real = mask.reshape(-1).bool()
+    gaps = []
+    for layer in logits:
+        top = torch.softmax(layer.float(), dim=-1)[real].topk(k + 1, dim=-1).values
+        gaps.append((top[:, k - 1] - top[:, k]).min().item())
+    print(f"  routing: {len(logits)} routed layers, smallest top-k gap {min(gaps):.5f}")
+    assert min(gaps) > 1e-4, "a routing choice is a near tie"
+    counts = torch.zeros(model.config.num_experts if hasattr(model.config, "num_experts") else model.config.num_local_experts)
+    for layer in logits:
+        counts += torch.bincount(layer[real].topk(k, dim=-1).indices.reshape(-1), minlength=counts.numel()).float()
+    print(f"  tokens per expert over the routed layers: {counts.tolist()}")
+    assert (counts > 0).all(), "an expert gets no token"
 
 
 def manual_loss(logits, labels):
@@ -247,6 +297,7 @@ def greedy(model, prompt):
     gcfg = transformers.GenerationConfig(do_sample=False, max_new_tokens=N_GREEDY_NEW,
                                          min_new_tokens=0, eos_token_id=None, pad_token_id=PAD_TOKEN,
                                          return_dict_in_generate=True, output_logits=True)
+    model.generation_config.eos_token_id = None   # else generate stops at eos, which the argmax loop does not
     with torch.no_grad():
         out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                              generation_config=gcfg)
@@ -291,6 +342,9 @@ def build(name, cfg, lora_extra, out_root, seed):
         softcap_activity(model, ids, mask)
     if "sliding_attention" in (getattr(cfg, "layer_types", None) or []):
         check_sliding(model, ids, mask)
+    is_moe = lora_extra.get("moe", False)
+    if is_moe:
+        routing_margins(model, ids, mask)
     tensors = {
         "input_ids": ids.float(),
         "attention_mask": mask.float(),
@@ -304,6 +358,11 @@ def build(name, cfg, lora_extra, out_root, seed):
         p.requires_grad_(True)
     outb = full(input_ids=ids, attention_mask=mask, labels=labels)
     ml = manual_loss(outb.logits, labels)
+    if is_moe:
+        assert outb.aux_loss is not None and outb.aux_loss.item() > 0
+        tensors["aux_loss"] = outb.aux_loss.detach().reshape(1).float()
+        tensors["ce_loss"] = ml.detach().reshape(1).float()
+        ml = ml + cfg.router_aux_loss_coef * outb.aux_loss
     assert torch.allclose(outb.loss, ml, rtol=1e-6, atol=1e-6), (outb.loss, ml)
     outb.loss.backward()
     tensors["logits"] = outb.logits.detach().float().contiguous()
@@ -322,6 +381,8 @@ def build(name, cfg, lora_extra, out_root, seed):
     lora_extra = dict(lora_extra)
     targets = lora_extra.pop("targets", LORA_TARGETS)
     with_greedy = lora_extra.pop("greedy", True)
+    if lora_extra.pop("moe", False):
+        lora_extra["target_parameters"] = MOE_LORA_PARAMETERS
     lcfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets,
                       init_lora_weights=False, **lora_extra)
     pmodel = get_peft_model(copy.deepcopy(model), lcfg)
@@ -340,13 +401,19 @@ def build(name, cfg, lora_extra, out_root, seed):
     acfg_path = os.path.join(adir, "adapter_config.json")
     acfg = json.load(open(acfg_path))
     acfg["target_modules"] = sorted(acfg["target_modules"])
+    if acfg.get("target_parameters"):
+        acfg["target_parameters"] = sorted(acfg["target_parameters"])
     with open(acfg_path, "w") as f:
         json.dump(acfg, f, indent=2, sort_keys=True)
         f.write("\n")
     saved = load_file(os.path.join(adir, "adapter_model.safetensors"))
 
     outl = pmodel(input_ids=ids, attention_mask=mask, labels=labels)
-    assert torch.allclose(outl.loss, manual_loss(outl.logits, labels), rtol=1e-6, atol=1e-6)
+    lora_manual = manual_loss(outl.logits, labels)
+    if is_moe:
+        tensors["lora_aux_loss"] = outl.aux_loss.detach().reshape(1).float()
+        lora_manual = lora_manual + cfg.router_aux_loss_coef * outl.aux_loss
+    assert torch.allclose(outl.loss, lora_manual, rtol=1e-6, atol=1e-6)
     outl.loss.backward()
     tensors["lora_logits"] = outl.logits.detach().float().contiguous()
     tensors["lora_loss"] = outl.loss.detach().reshape(1).float()
@@ -435,6 +502,23 @@ Models:
 | gemma2_softcap | gemma2 (sliding window 4: layer 0 sliding, 1 full; attn softcap 0.75, final softcap 2.0; query_pre_attn_scalar 24) | 128 | 64 | 96 | 4/2 | 16 | yes | theta 1e4 |
 | gemma3_sliding | gemma3_text (q/k norm; sliding window 4: layer 0 sliding, 1 full; query_pre_attn_scalar 24; no softcaps) | 128 | 64 | 96 | 4/2 | 16 | yes | sliding layer theta 1e4; full layer theta 1e6, linear factor 2 |
 | phi3_longrope | phi3 (qkv_proj and gate_up_proj joined; LoRA on qkv_proj, o_proj, gate_up_proj, down_proj; no greedy keys) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e4, partial rotary 0.5 (8 of 16 dims), longrope: original 8 < 9 positions, so the long factors, attention factor sqrt(1 + ln 8 / ln 8) |
+
+| qwen3_moe | qwen3_moe (4 experts of width 32, top 2 renormalised; layer 1 dense (mlp_only_layers), layers 0 and 2 routed) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e6 |
+| mixtral_moe | mixtral (4 experts of width 32, top 2; w1/w3/w2 under block_sparse_moe on disk) | 128 | 64 | 32 | 4/2 | 16 | no | theta 1e6 |
+| olmoe_moe | olmoe (4 experts of width 32, top 2 not renormalised; q and k normed over all heads) | 128 | 64 | 32 | 4/2 | 16 | no | theta 1e4 |
+
+Mixtures of experts: `output_router_logits` and `router_aux_loss_coef` 0.1, so `loss` is the mean
+cross-entropy (`ce_loss`) plus 0.1 x the load-balancing loss (`aux_loss`, transformers'
+`load_balancing_loss_func` with the attention mask); `lora_loss` likewise (`lora_aux_loss`).
+The router weights are N(0, 0.3) so that choices are clear: the script asserts the k-th and
+(k+1)-th router probabilities of every real token differ by more than 1e-4 and that every expert
+gets a token. `model.safetensors` holds each expert's projections apart (transformers 5 writes
+the checkpoint layout back); `grad.full.*` holds transformers' in-memory names: per layer
+`mlp.experts.gate_up_proj` [E, 2I, C] (gate rows, then up), `mlp.experts.down_proj` [E, C, I] and
+`mlp.gate.weight` [E, C]. The adapters put LoRA on q/k/v/o and, through PEFT's
+`target_parameters`, on `mlp.experts.gate_up_proj` (PEFT's own rank_pattern: rank 8, alpha 16)
+and `mlp.experts.down_proj` (rank 4): A [r*E, in] (expert e's rows e*r..), B [out, r*E] (expert
+e's column j at j*E + e); with both, gate_up's pair is `mlp.experts.base_layer.lora_*`.
 
 `llama_scaled`'s original_max_position_embeddings=64 makes the 8 rope frequencies hit all
 three llama3 regimes (1 unchanged, 1 smoothed, 6 divided by 8); the script asserts this.

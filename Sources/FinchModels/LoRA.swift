@@ -9,8 +9,12 @@ public struct LoRAConfig: Equatable, Sendable {
     /// Modules that join projections in some families (Phi-3), with the projections they hold.
     public static let joinedModules: [(name: String, parts: [String])] = [("qkv_proj", ["q_proj", "k_proj", "v_proj"]),
                                                                           ("gate_up_proj", ["gate_proj", "up_proj"])]
-    /// Every name a target may have: the seven projections and the joined modules.
-    public static var targetNames: [String] { allProjections + joinedModules.map(\.name) }
+    /// The experts of a mixture-of-experts layer, adapted as PEFT's `target_parameters`
+    /// (`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`): one pair per expert, gate and up
+    /// sharing A. Only where named: never by default.
+    public static let expertTargets = ["experts.gate_up_proj", "experts.down_proj"]
+    /// Every name a target may have: the seven projections, the joined modules and the experts.
+    public static var targetNames: [String] { allProjections + joinedModules.map(\.name) + expertTargets }
 
     /// Rank r of each A [r, in] / B [out, r] pair (PEFT's `r`).
     public var rank: Int
@@ -22,6 +26,20 @@ public struct LoRAConfig: Equatable, Sendable {
     public var targets: [String]
     /// rsLoRA: scale by alpha / sqrt(rank) instead of alpha / rank.
     public var useRSLoRA: Bool
+    /// Ranks and alphas of expert targets that differ from `rank` and `alpha` (PEFT's
+    /// `rank_pattern` / `alpha_pattern`, which PEFT itself sets for `gate_up_proj`: twice the rank
+    /// and alpha, as gate and up together).
+    public var expertRanks: [String: Int] = [:]
+    /// Alphas of expert targets that differ from `alpha` (PEFT's `alpha_pattern`); see `expertRanks`.
+    public var expertAlphas: [String: Float] = [:]
+
+    /// The rank of an expert target (`expertTargets`).
+    public func rank(expertTarget target: String) -> Int { expertRanks[target] ?? rank }
+    /// The scale of an expert target's term.
+    public func scale(expertTarget target: String) -> Float {
+        let r = Float(rank(expertTarget: target)), a = expertAlphas[target] ?? alpha
+        return useRSLoRA ? a / r.squareRoot() : a / r
+    }
 
     /// Finch's defaults (r 16, alpha 32, every projection) differ from PEFT's (r 8, alpha 8).
     public init(rank: Int = 16, alpha: Float = 32, dropout: Float = 0, targets: [String] = LoRAConfig.allProjections,
@@ -36,6 +54,7 @@ public struct LoRAConfig: Equatable, Sendable {
     /// a joined module (`qkv_proj`) also when every projection it holds is a target (so the
     /// default, all seven, covers Phi-3's joined modules).
     public func targets(module name: String) -> Bool {
+        if name.contains(".experts.") || name.hasSuffix(".experts") { return false }   // see `expertTargets`
         if targets.contains(where: { name == $0 || name.hasSuffix("." + $0) }) { return true }
         guard let joined = Self.joinedModules.first(where: { name == $0.name || name.hasSuffix("." + $0.name) }) else { return false }
         return joined.parts.allSatisfy { targets.contains($0) }

@@ -39,6 +39,11 @@ public struct ModelConfig: Equatable, Sendable {
     public var outputBias: Bool
     /// RMSNorm over each head of q and k before RoPE (Qwen3).
     public var qkNorm: Bool
+    /// With `qkNorm`: one RMSNorm over all of q's heads at once and one over k's (OLMoE: weights
+    /// [heads * headDim]), rather than one per head.
+    public var qkNormSpansHeads = false
+    /// The routed MLPs of a mixture-of-experts model (Qwen3-MoE, Mixtral, OLMoE); nil for a dense model.
+    public var experts: MixtureOfExperts?
     /// HF `bos_token_id`, nil when the config has none (a GGUF export prefers the tokenizer's `bos_token`).
     public var bosTokenId: Int?
     /// HF `eos_token_id`, one or several; generation stops at any of them. Empty when absent.
@@ -84,6 +89,13 @@ public struct ModelConfig: Equatable, Sendable {
     /// The multiplier of q . k.
     public var attentionScale: Float {
         queryPreAttentionScalar.map { Float(pow($0, -0.5)) } ?? 1 / Float(headDim).squareRoot()
+    }
+
+    /// Rows and width of the q (or k) norm over `tokens` tokens: a row per head, or one per token
+    /// where the norm spans the heads (`qkNormSpansHeads`).
+    func qkNormShape(query: Bool, tokens: Int) -> (rows: Int, dim: Int) {
+        let heads = query ? headCount : kvHeadCount
+        return qkNormSpansHeads ? (tokens, heads * headDim) : (tokens * heads, headDim)
     }
 
     /// The window of layer `l`'s attention, nil where it sees every earlier key.
@@ -247,6 +259,7 @@ public struct ModelConfig: Equatable, Sendable {
         }
         if let q = queryPreAttentionScalar, !(q.isFinite && q > 0) { throw fail("query_pre_attn_scalar", q, "a positive finite number") }
         if !(embeddingMultiplier.isFinite && embeddingMultiplier > 0) { throw fail("hidden_size", hiddenSize, "an embedding scale that is finite") }
+        if let moe = experts { try moe.validate(layerCount: layerCount, fail: fail) }
     }
 
     /// The scaling of `json` (`rope_scaling`, or transformers 5's `rope_parameters`); `config`

@@ -25,7 +25,7 @@ public enum PEFTAdapter {
         }
         let alpha = (json["lora_alpha"] as? NSNumber)?.floatValue ?? Float(rank)
         let dropout = (json["lora_dropout"] as? NSNumber)?.floatValue ?? 0
-        let targets: [String]
+        var targets: [String]
         if let list = json["target_modules"] as? [String] { targets = list }
         else if let one = json["target_modules"] as? String {
             // A regex in PEFT; Finch takes the projection names it mentions.
@@ -34,16 +34,42 @@ public enum PEFTAdapter {
             throw LoadError.malformed(path: path, field: "target_modules", found: "\(json["target_modules"] ?? "nothing")",
                                       expected: "a list of module names")
         }
+        // A mixture of experts' 3D expert parameters (`LoRAConfig.expertTargets`).
+        if let parameters = json["target_parameters"], !(parameters is NSNull) {
+            // PEFT lists each as matched: `mlp.experts.down_proj`, and also `down_proj`.
+            let known = LoRAConfig.expertTargets.map { "mlp." + $0 }
+            guard let list = parameters as? [String] else {
+                throw LoadError.malformed(path: path, field: "target_parameters", found: "\(parameters)", expected: "a list of parameter names")
+            }
+            for entry in list {
+                guard let target = LoRAConfig.expertTargets.first(where: { "mlp." + $0 == entry || $0 == entry || $0 == "experts." + entry }) else {
+                    throw LoadError.unsupported(path: path, what: "target_parameters entry", found: entry, supported: known)
+                }
+                if !targets.contains(target) { targets.append(target) }
+            }
+        }
+        // Patterns: only PEFT's own for the experts (`.*\.gate_up_proj`), and only where no module target shares the name.
+        var expertRanks: [String: Int] = [:], expertAlphas: [String: Float] = [:]
         for key in ["rank_pattern", "alpha_pattern"] {
-            if let pattern = json[key] as? [String: Any], !pattern.isEmpty {
-                throw LoadError.unsupported(path: path, what: key, found: "\(pattern)", supported: ["{}"])
+            guard let pattern = json[key] as? [String: Any], !pattern.isEmpty else { continue }
+            for (regex, value) in pattern {
+                let name = regex.hasPrefix(".*\\.") ? String(regex.dropFirst(4)) : regex
+                guard let target = LoRAConfig.expertTargets.first(where: { $0 == "experts." + name }), targets.contains(target),
+                      !targets.contains(name), let number = value as? NSNumber, number.doubleValue > 0 else {
+                    throw LoadError.unsupported(path: path, what: key, found: "\(pattern)",
+                                                supported: ["{}", "{\".*\\\\.gate_up_proj\": N} with experts' gate_up_proj targeted"])
+                }
+                if key == "rank_pattern" { expertRanks[target] = number.intValue } else { expertAlphas[target] = number.floatValue }
             }
         }
         if let bias = json["bias"] as? String, bias != "none" {
             throw LoadError.unsupported(path: path, what: "bias", found: bias, supported: ["none"])
         }
-        return LoRAConfig(rank: rank, alpha: alpha, dropout: dropout, targets: targets,
-                          useRSLoRA: (json["use_rslora"] as? NSNumber)?.boolValue ?? false)
+        var config = LoRAConfig(rank: rank, alpha: alpha, dropout: dropout, targets: targets,
+                                useRSLoRA: (json["use_rslora"] as? NSNumber)?.boolValue ?? false)
+        config.expertRanks = expertRanks
+        config.expertAlphas = expertAlphas
+        return config
     }
 
     /// Copies an adapter's weights into a model built with `.lora(config(directory:))`.
@@ -78,20 +104,25 @@ public enum PEFTAdapter {
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let tensors = parameters.entries.map { (name: $0.name, shape: $0.shape, values: parameters.array($0.name)!) }
-        // The modules adapted, by their last name as PEFT matches them (Phi-3: qkv_proj, not q_proj).
+        // The modules adapted, by their last name as PEFT matches them (Phi-3: qkv_proj, not q_proj);
+        // the experts' 3D parameters as PEFT's `target_parameters`.
         let modules = Set(parameters.entries.compactMap { entry -> String? in
-            guard entry.name.hasSuffix(".lora_A.weight") else { return nil }
+            guard entry.name.hasSuffix(".lora_A.weight"), !entry.name.contains(".experts.") else { return nil }
             return entry.name.dropLast(".lora_A.weight".count).split(separator: ".").last.map(String.init)
         }).sorted()
+        let moduleTargets = lora.targets.filter { !LoRAConfig.expertTargets.contains($0) }
+        let expertTargets = lora.targets.filter { LoRAConfig.expertTargets.contains($0) }
         try SafeTensors.write(path: (directory as NSString).appendingPathComponent(weightsFile), tensors: tensors,
                               metadata: ["format": "pt"])
         let config: [String: Any] = [
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
-            "lora_dropout": lora.dropout, "target_modules": Set(modules) == Set(lora.targets) ? lora.targets : modules,
+            "lora_dropout": lora.dropout, "target_modules": Set(modules) == Set(moduleTargets) ? moduleTargets : modules,
+            "target_parameters": expertTargets.isEmpty ? NSNull() : expertTargets.map { "mlp." + $0 } as Any,
             "use_rslora": lora.useRSLoRA,
             "bias": "none", "fan_in_fan_out": false, "inference_mode": true, "init_lora_weights": true,
             "base_model_name_or_path": baseModel ?? NSNull(), "modules_to_save": NSNull(),
-            "rank_pattern": [String: Any](), "alpha_pattern": [String: Any](),
+            "rank_pattern": Dictionary(uniqueKeysWithValues: lora.expertRanks.map { (".*\\." + $0.key.dropFirst("experts.".count), $0.value) }),
+            "alpha_pattern": Dictionary(uniqueKeysWithValues: lora.expertAlphas.map { (".*\\." + $0.key.dropFirst("experts.".count), $0.value) }),
         ]
         let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
         let url = URL(fileURLWithPath: (directory as NSString).appendingPathComponent(configFile))

@@ -33,8 +33,12 @@ final class DecoderLayer {
     let mlpOutputNorm: UnsafeMutablePointer<Float>?        // (C) Gemma's post_feedforward_layernorm
     var inputNormGrad, mlpNormGrad, qNormGrad, kNormGrad: UnsafeMutablePointer<Float>?
     var attentionOutputNormGrad, mlpOutputNormGrad: UnsafeMutablePointer<Float>?
-    /// One per `Projection`, in its order.
+    /// One per `Projection`, in its order; q, k, v, o alone in a layer whose MLP routes (`experts`).
     let projections: [Linear]
+    /// The routed MLP of a mixture-of-experts layer (then there is no gate, up, down).
+    var experts: ExpertLayer?
+    /// Every linear map of the layer, experts and router included.
+    var allLinears: [Linear] { projections + (experts?.linears ?? []) }
     var q: Linear { projections[.q] }
     var k: Linear { projections[.k] }
     var v: Linear { projections[.v] }
@@ -85,7 +89,7 @@ public final class Transformer {
 
     /// With false, LoRA pairs are bypassed and the model is its frozen base (the reference of DPO).
     public var adaptersEnabled: Bool = true {
-        didSet { for layer in layers { for p in layer.projections { p.loraEnabled = adaptersEnabled } } }
+        didSet { for layer in layers { for p in layer.allLinears { p.loraEnabled = adaptersEnabled } } }
     }
 
     /// 1 GiB: the default `denseLimitBytes`, above which quantized weights stay quantized.
@@ -149,7 +153,8 @@ public final class Transformer {
         layers = (0..<config.layerCount).map { l in Self.decoderLayer(l, config: config, weights: weights, random: &random) }
         self.random = random
         owned = weights.owned + [files as AnyObject]
-        Self.releasePagesOfCopiedFiles(files, inUse: [embedding, head] + layers.flatMap { $0.projections.map(\.weight) })
+        routerAuxLossCoef = config.experts.map { $0.outputRouterLogits ? $0.routerAuxLossCoef : 0 } ?? 0
+        Self.releasePagesOfCopiedFiles(files, inUse: [embedding, head] + layers.flatMap { $0.allLinears.map(\.weight) })
     }
 
     /// Every tensor the model reads, with its shape (HF names).
@@ -161,16 +166,24 @@ public final class Transformer {
             layout.append((p + "input_layernorm.weight", [C]))
             let shapes = [[config.qDim, C], [config.kvDim, C], [config.kvDim, C], [C, config.qDim],
                           [config.intermediateSize, C], [config.intermediateSize, C], [C, config.intermediateSize]]
-            for (name, shape) in zip(Self.projectionNames, shapes) {
+            let routed = config.experts.map { $0.routes(layer: l) } ?? false
+            for (name, shape) in zip(Self.projectionNames, shapes) where !routed || !name.hasPrefix("mlp.") {
                 layout.append((p + name + ".weight", shape))
                 if config.attentionBias && (name.hasSuffix("q_proj") || name.hasSuffix("k_proj") || name.hasSuffix("v_proj"))
                     || config.outputBias && name.hasSuffix("o_proj") {
                     layout.append((p + name + ".bias", [shape[0]]))
                 }
             }
+            if let moe = config.experts, routed {
+                let I = moe.intermediateSize
+                layout.append((p + moe.routerModule + ".weight", [moe.expertCount, C]))
+                for e in 0..<moe.expertCount {
+                    for (module, shape) in zip(moe.expertModules(e), [[I, C], [I, C], [C, I]]) { layout.append((p + module + ".weight", shape)) }
+                }
+            }
             if config.qkNorm {
-                layout.append((p + "self_attn.q_norm.weight", [config.headDim]))
-                layout.append((p + "self_attn.k_norm.weight", [config.headDim]))
+                layout.append((p + "self_attn.q_norm.weight", [config.qkNormSpansHeads ? config.qDim : config.headDim]))
+                layout.append((p + "self_attn.k_norm.weight", [config.qkNormSpansHeads ? config.kvDim : config.headDim]))
             }
             let norms = Self.normNames(config)
             for name in [norms.attentionOutput, norms.mlpInput, norms.mlpOutput].compactMap({ $0 }) { layout.append((p + name + ".weight", [C])) }
@@ -226,7 +239,8 @@ public final class Transformer {
         let p = "model.layers.\(l).", C = config.hiddenSize, I = config.intermediateSize
         let shapes = [[config.qDim, C], [config.kvDim, C], [config.kvDim, C], [C, config.qDim], [I, C], [I, C], [C, I]]
         guard config.fusedProjections else {
-            return projectionNames.indices.map { (p + projectionNames[$0], shapes[$0], [($0, 0)]) }
+            let routed = config.experts.map { $0.routes(layer: l) } ?? false
+            return projectionNames.indices.prefix(routed ? 4 : 7).map { (p + projectionNames[$0], shapes[$0], [($0, 0)]) }
         }
         return [(p + "self_attn.qkv_proj", [config.qDim + 2 * config.kvDim, C], [(0, 0), (1, config.qDim), (2, config.qDim + config.kvDim)]),
                 (p + "self_attn.o_proj", shapes[3], [(3, 0)]),
@@ -267,7 +281,27 @@ public final class Transformer {
             loraModules(config, layer: l).filter { lora.targets(module: $0.module) }.flatMap { module, shape, _ -> [(name: String, shape: [Int])] in
                 let names = LoRAConfig.parameterNames(module: module)
                 return [(names.a, [lora.rank, shape[1]]), (names.b, [shape[0], lora.rank])]
+            } + expertLoRALayout(config, lora, layer: l).flatMap { pair in
+                let r = lora.rank(expertTarget: pair.target)
+                return [(pair.names.a, [r * pair.experts, pair.shape[1]]), (pair.names.b, [pair.shape[0], r * pair.experts])]
             }
+        }
+    }
+
+    /// The experts' LoRA pairs of layer `l` (`LoRAConfig.expertTargets`), in PEFT's names for
+    /// `target_parameters`: with both targeted, PEFT nests its wrappers and gate_up_proj's pair is
+    /// the inner one (`mlp.experts.base_layer.lora_A`), down_proj's the outer (`mlp.experts.lora_A`).
+    /// Shapes [out, in] of one expert's projection.
+    static func expertLoRALayout(_ config: ModelConfig, _ lora: LoRAConfig, layer l: Int)
+        -> [(target: String, names: (a: String, b: String), shape: [Int], experts: Int)] {
+        guard let moe = config.experts, moe.routes(layer: l) else { return [] }
+        let targeted = LoRAConfig.expertTargets.filter { lora.targets.contains($0) }
+        let module = "model.layers.\(l).\(MixtureOfExperts.expertsModule)"
+        let I = moe.intermediateSize, C = config.hiddenSize
+        return targeted.map { target in
+            let nested = targeted.count == 2 && target == "experts.gate_up_proj"
+            let names = LoRAConfig.parameterNames(module: nested ? module + ".base_layer" : module)
+            return (target, names, target == "experts.gate_up_proj" ? [2 * I, C] : [C, I], moe.expertCount)
         }
     }
 
@@ -298,9 +332,9 @@ public final class Transformer {
             return (p, nil)
         }
 
-        /// A weight matrix, and its gradient in full fine-tuning.
-        func matrix(_ name: String) -> (WeightMatrix, UnsafeMutablePointer<Float>?) {
-            let t = stored[name]!
+        /// A weight matrix, and its gradient in full fine-tuning; `precision` overrides the model's.
+        func matrix(_ name: String, precision wanted: Precision? = nil) -> (WeightMatrix, UnsafeMutablePointer<Float>?) {
+            let t = stored[name]!, precision = wanted ?? self.precision
             if fineTuning == .full, let p = parameters?.value(name) {
                 let m = WeightMatrix(t)
                 m.dequantizeRows(0, m.rows, into: p)
@@ -310,7 +344,7 @@ public final class Transformer {
             }
             let m = WeightMatrix(t)
             m.precision = precision
-            if keepQuantized { return (m, nil) }
+            if keepQuantized && wanted == nil { return (m, nil) }
             return (precision == .bf16 ? m.bf16Copy() : m.denseCopy(), nil)
         }
     }
@@ -319,28 +353,12 @@ public final class Transformer {
     /// GEMM), and LoRA pairs initialised as PEFT does (A uniform in ±1/sqrt(in), B zero).
     static func decoderLayer(_ l: Int, config: ModelConfig, weights: WeightLoader, random: inout FinchRandom) -> DecoderLayer {
         let p = "model.layers.\(l).", stored = weights.stored, fineTuning = weights.fineTuning
-        var matrices = Self.projectionNames.map { weights.matrix(p + $0 + ".weight") }
-        // gate and up read the same input: with their rows one after another in memory,
-        // forward and backward each run one GEMM for both (15% faster than two at SmolLM2's
-        // shapes). Done where the stored weights are not used in place anyway (quantized,
-        // f16 / bf16): their f32 copies go into one allocation, or, in full fine-tuning, the
-        // parameters lie in layout order already. f32 read in place from a file is left
-        // apart (a copy would hold it twice); the choice depends on the stored tensors alone,
-        // so a full fine-tuning policy and its reference model compute alike.
-        let (gate, up) = (Projection.gate.rawValue, Projection.up.rawValue)
-        let copiedAtLoad = Self.joinsInPlaceWeights || [gate, up].allSatisfy { i in
-            let t = stored[p + Self.projectionNames[i] + ".weight"]!
-            return t.dtype != .f32 || Int(bitPattern: t.bytes) % 4 != 0
-        }
-        if copiedAtLoad && fineTuning == .full {
-            let (g, u) = (matrices[gate].0, matrices[up].0)
-            g.joinedWithNext = g.floats.map { $0 + g.rows * g.columns } == u.floats && g.columns == u.columns
-        } else if (copiedAtLoad || weights.precision == .bf16) && !weights.keepQuantized {
-            let joint = WeightMatrix.jointDenseCopies([matrices[gate].0, matrices[up].0], precision: weights.precision)
-            matrices[gate].0 = joint[0]; matrices[up].0 = joint[1]
-        }
+        let routed = config.experts.map { $0.routes(layer: l) } ?? false
+        let present = Self.projectionNames.prefix(routed ? 4 : 7)
+        var matrices = present.map { weights.matrix(p + $0 + ".weight") }
+        if !routed { Self.joinGateAndUp(&matrices, prefix: p, names: Self.projectionNames, weights: weights) }
         var projections: [Linear] = []
-        for (name, (w, wGrad)) in zip(Self.projectionNames, matrices) {
+        for (name, (w, wGrad)) in zip(present, matrices) {
             let bias = stored[p + name + ".bias"] != nil ? weights.vector(p + name + ".bias") : nil
             let linear = Linear(name: p + name, weight: w, bias: bias?.0)
             linear.weightGrad = wGrad
@@ -377,7 +395,76 @@ public final class Transformer {
         layer.kNormGrad = kNorm?.1
         layer.attentionOutputNormGrad = attentionOutputNorm?.1
         layer.mlpOutputNormGrad = mlpOutputNorm?.1
+        if let moe = config.experts, routed { layer.experts = expertLayer(l, moe, config: config, weights: weights, random: &random) }
         return layer
+    }
+
+    /// gate and up read the same input: with their rows one after another in memory, forward and
+    /// backward each run one GEMM for both (15% faster than two at SmolLM2's shapes). Done where
+    /// the stored weights are not used in place anyway (quantized, f16 / bf16): their f32 copies
+    /// go into one allocation, or, in full fine-tuning, the parameters lie in layout order already.
+    /// f32 read in place from a file is left apart (a copy would hold it twice); the choice depends
+    /// on the stored tensors alone, so a full fine-tuning policy and its reference model compute
+    /// alike. `names` are the layer's projections in `Projection` order (gate at 4, up at 5).
+    static func joinGateAndUp(_ matrices: inout [(WeightMatrix, UnsafeMutablePointer<Float>?)], prefix p: String, names: [String],
+                              weights: WeightLoader) {
+        let (gate, up) = (Projection.gate.rawValue, Projection.up.rawValue)
+        let copiedAtLoad = Self.joinsInPlaceWeights || [gate, up].allSatisfy { i in
+            let t = weights.stored[p + names[i] + ".weight"]!
+            return t.dtype != .f32 || Int(bitPattern: t.bytes) % 4 != 0
+        }
+        if copiedAtLoad && weights.fineTuning == .full {
+            let (g, u) = (matrices[gate].0, matrices[up].0)
+            g.joinedWithNext = g.floats.map { $0 + g.rows * g.columns } == u.floats && g.columns == u.columns
+        } else if (copiedAtLoad || weights.precision == .bf16) && !weights.keepQuantized {
+            let joint = WeightMatrix.jointDenseCopies([matrices[gate].0, matrices[up].0], precision: weights.precision)
+            matrices[gate].0 = joint[0]; matrices[up].0 = joint[1]
+        }
+    }
+
+    /// Layer `l`'s router and experts: the router f32 (its choices must not hang on bf16
+    /// rounding), each expert's gate and up joined as a dense layer's are, and the experts' LoRA
+    /// pairs in PEFT's layout, initialised as PEFT does (A uniform in ±1/sqrt(in), B zero).
+    static func expertLayer(_ l: Int, _ moe: MixtureOfExperts, config: ModelConfig, weights: WeightLoader,
+                            random: inout FinchRandom) -> ExpertLayer {
+        let p = "model.layers.\(l)."
+        let (routerWeight, routerGrad) = weights.matrix(p + moe.routerModule + ".weight", precision: .fp32)
+        let router = Linear(name: p + moe.routerModule, weight: routerWeight, bias: nil)
+        router.weightGrad = routerGrad
+        var pairs: [String: ExpertLoRA] = [:]
+        if case let .lora(lora) = weights.fineTuning, let parameters = weights.parameters {
+            for pair in expertLoRALayout(config, lora, layer: l) {
+                let a = parameters.value(pair.names.a)!, b = parameters.value(pair.names.b)!
+                let bound = 1 / Float(pair.shape[1]).squareRoot()
+                let rank = lora.rank(expertTarget: pair.target)
+                for i in 0..<rank * pair.experts * pair.shape[1] { a[i] = (random.nextFloat() * 2 - 1) * bound }
+                pairs[pair.target] = ExpertLoRA(rank: rank, scale: lora.scale(expertTarget: pair.target), experts: pair.experts,
+                                                inFeatures: pair.shape[1],
+                                                outFeatures: pair.shape[0], a: a, b: b, da: parameters.grad(pair.names.a)!,
+                                                db: parameters.grad(pair.names.b)!)
+            }
+        }
+        let gateUpLoRA = pairs["experts.gate_up_proj"], downLoRA = pairs["experts.down_proj"]
+        let experts: [[Linear]] = (0..<moe.expertCount).map { e in
+            let modules = moe.expertModules(e)
+            var matrices = modules.map { weights.matrix(p + $0 + ".weight") }
+            // joinGateAndUp reads gate and up at Projection's indices 4 and 5.
+            var padded = [(WeightMatrix, UnsafeMutablePointer<Float>?)](repeating: matrices[0], count: 4) + matrices
+            joinGateAndUp(&padded, prefix: p, names: [String](repeating: "", count: 4) + modules, weights: weights)
+            matrices = Array(padded[4...])
+            let linears = zip(modules, matrices).map { module, matrix in
+                let linear = Linear(name: p + module, weight: matrix.0, bias: nil)
+                linear.weightGrad = matrix.1
+                return linear
+            }
+            let I = moe.intermediateSize
+            linears[0].lora = gateUpLoRA?.module(expert: e)
+            linears[1].lora = gateUpLoRA?.module(expert: e, firstRow: I)
+            linears[2].lora = downLoRA?.module(expert: e)
+            return linears
+        }
+        return ExpertLayer(settings: moe, activation: config.hiddenActivation, router: router, experts: experts,
+                           gateUpLoRA: gateUpLoRA, downLoRA: downLoRA)
     }
 
     /// Files whose every tensor was copied (bf16 or dense copies, vectors) need none of their
@@ -401,7 +488,7 @@ public final class Transformer {
     /// training) are not affected.
     public var int8Activations = false {
         didSet {
-            for matrix in layers.flatMap({ $0.projections.map(\.weight) }) + [head] { matrix.int8Activations = int8Activations }
+            for matrix in layers.flatMap({ $0.allLinears.map(\.weight) }) + [head] { matrix.int8Activations = int8Activations }
         }
     }
 
@@ -425,7 +512,8 @@ public final class Transformer {
             return a
         }
         cachedActivations[training] = nil  // free the old buffers before allocating new ones
-        let a = Activations(config: config, layers: training ? layers.map(\.projections) : [layers[0].projections],
+        let widest = layers.max { $0.projections.count < $1.projections.count }!
+        let a = Activations(config: config, layers: training ? layers.map(\.projections) : [widest.projections],
                             batch: batch.batch, seq: batch.seq, training: training, checkpointing: gradientCheckpointing,
                             bf16Saved: precision == .bf16 && keepsActivationsInBF16)
         cachedActivations[training] = a
@@ -438,6 +526,7 @@ public final class Transformer {
     @discardableResult
     package func forward(_ batch: TokenBatch, acts: Activations, cache: KVCache? = nil) -> UnsafeMutablePointer<Float> {
         let pass = Pass(self, batch)
+        if acts.training { routerTally = config.experts.map { RouterTally(experts: $0.expertCount) } }
         batch.ids.withUnsafeBufferPointer { embeddingForward(acts.stream[0], ids: $0.baseAddress!, count: pass.n, table: embedding) }
         if config.embeddingMultiplier != 1 { scaleInPlace(acts.stream[0], count: pass.n * config.hiddenSize, by: config.embeddingMultiplier) }
         for l in layers.indices {
@@ -502,8 +591,9 @@ public final class Transformer {
         Linear.forward([layer.q, layer.k, layer.v], a.xn1, n: n, into: [a.qPre ?? a.q, a.kPre ?? a.k, a.v],
                        saved: Projection.attentionInputs.map { a.saved[$0] }, random: &random, training: training)
         if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
-            rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: n * c.headCount, dim: c.headDim, eps: c.rmsNormEps, weightOffset: offset)
-            rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: n * c.kvHeadCount, dim: c.headDim, eps: c.rmsNormEps, weightOffset: offset)
+            let q = c.qkNormShape(query: true, tokens: n), k = c.qkNormShape(query: false, tokens: n)
+            rmsnormForward(a.q, a.qRstd, qPre, qNorm, rows: q.rows, dim: q.dim, eps: c.rmsNormEps, weightOffset: offset)
+            rmsnormForward(a.k, a.kRstd, kPre, kNorm, rows: k.rows, dim: k.dim, eps: c.rmsNormEps, weightOffset: offset)
         }
         if !c.layersWithoutRope.contains(l) {
             let rope = pass.rope(l)
@@ -539,6 +629,20 @@ public final class Transformer {
             layer.o.forward(a.att, n: n, into: a.xMid, accumulate: true, saved: a.saved[.o], random: &random, training: training)
         }
         rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.mlpNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
+        if let experts = layer.experts {
+            // xOut = xMid + moe(xn2)
+            if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
+            batch.mask.withOptionalPointer { mask in
+                // Backward's recomputation (checkpointing) keeps what backward needs but counts nothing again.
+                if recomputing {
+                    var none: RouterTally?
+                    experts.forward(a.xn2, n: n, into: xOut, mask: mask, keep: training, tally: &none, random: &random, training: training)
+                } else {
+                    experts.forward(a.xn2, n: n, into: xOut, mask: mask, keep: training, tally: &routerTally, random: &random, training: training)
+                }
+            }
+            return
+        }
         Linear.forward([layer.gate, layer.up], a.xn2, n: n, into: [a.gate, a.up], ldy: 2 * c.intermediateSize,
                        saved: Projection.mlpInputs.map { a.saved[$0] }, random: &random, training: training)
         acts.keep(.gateUp, layer: l, config: c)
@@ -589,6 +693,9 @@ public final class Transformer {
         dStream.update(repeating: 0, count: n * C)
         rmsnormBackward(dStream, finalNormGrad, dFinal, acts.stream[layers.count], finalNorm, acts.finalRstd, rows: n, dim: C,
                         weightOffset: offset)
+        let auxGradient = routerAuxGradient()
+        recomputing = true
+        defer { recomputing = false }
         batch.mask.withOptionalPointer { mask in
             for l in stride(from: layers.count - 1, through: 0, by: -1) {
                 if acts.checkpointing {
@@ -602,8 +709,10 @@ public final class Transformer {
                     acts.restore(layer: l, config: c)
                     rmsnormForward(a.xn1, a.rstd1, xIn, layer.inputNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
                     rmsnormForward(a.xn2, a.rstd2, a.xMid, layer.mlpNorm, rows: n, dim: C, eps: c.rmsNormEps, weightOffset: offset)
-                    gatedActivationForward(c.hiddenActivation, a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize,
-                                           stride: 2 * c.intermediateSize)
+                    if layer.experts == nil {
+                        gatedActivationForward(c.hiddenActivation, a.h, gate: a.gate, up: a.up, rows: n, width: c.intermediateSize,
+                                               stride: 2 * c.intermediateSize)
+                    }
                 }
                 // xOut = xMid + down(h): dMid = dOut, dh = dOut Wd
                 // (Gemma: xOut = xMid + norm(down(h)): the norm's backward first)
@@ -614,11 +723,15 @@ public final class Transformer {
                     rmsnormBackward(dBranch, layer.mlpOutputNormGrad, dStream, branch, norm, a.mlpOutputRstd!, rows: n, dim: C, weightOffset: offset)
                     dDown = dBranch
                 }
-                layer.down.backward(dDown, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[.down], scratch: scratch)
-                gatedActivationBackward(c.hiddenActivation, dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up,
-                                        rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
-                Linear.backward([layer.gate, layer.up], [acts.dgate, acts.dup], lddy: 2 * c.intermediateSize, x: a.xn2, n: n,
-                                dx: dNormed, accumulate: false, saved: Projection.mlpInputs.map { a.saved[$0] }, scratch: scratch)
+                if let experts = layer.experts {
+                    experts.backward(dDown, x: a.xn2, dx: dNormed, mask: mask, auxGradient: auxGradient)
+                } else {
+                    layer.down.backward(dDown, x: a.h, n: n, dx: acts.dh, accumulate: false, saved: a.saved[.down], scratch: scratch)
+                    gatedActivationBackward(c.hiddenActivation, dgate: acts.dgate, dup: acts.dup, dh: acts.dh, gate: a.gate, up: a.up,
+                                            rows: n, width: c.intermediateSize, stride: 2 * c.intermediateSize)
+                    Linear.backward([layer.gate, layer.up], [acts.dgate, acts.dup], lddy: 2 * c.intermediateSize, x: a.xn2, n: n,
+                                    dx: dNormed, accumulate: false, saved: Projection.mlpInputs.map { a.saved[$0] }, scratch: scratch)
+                }
                 rmsnormBackward(dMid, layer.mlpNormGrad, dNormed, a.xMid, layer.mlpNorm, a.rstd2, rows: n, dim: C, weightOffset: offset)
                 // xMid = xIn + o(att)   (Gemma: xMid = xIn + norm(o(att)))
                 var dO = dMid
@@ -645,9 +758,10 @@ public final class Transformer {
                 if let qNorm = layer.qNorm, let kNorm = layer.kNorm, let qPre = a.qPre, let kPre = a.kPre {
                     acts.dqPre.update(repeating: 0, count: n * c.qDim)
                     acts.dkPre.update(repeating: 0, count: n * c.kvDim)
-                    rmsnormBackward(acts.dqPre, layer.qNormGrad, dq, qPre, qNorm, a.qRstd!, rows: n * c.headCount, dim: c.headDim,
+                    let qShape = c.qkNormShape(query: true, tokens: n), kShape = c.qkNormShape(query: false, tokens: n)
+                    rmsnormBackward(acts.dqPre, layer.qNormGrad, dq, qPre, qNorm, a.qRstd!, rows: qShape.rows, dim: qShape.dim,
                                     weightOffset: offset)
-                    rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: n * c.kvHeadCount, dim: c.headDim,
+                    rmsnormBackward(acts.dkPre, layer.kNormGrad, dk, kPre, kNorm, a.kRstd!, rows: kShape.rows, dim: kShape.dim,
                                     weightOffset: offset)
                     dq = acts.dqPre; dk = acts.dkPre
                 }
@@ -731,6 +845,52 @@ public final class Transformer {
         }
         stats.logitSums = logitSums(hidden: hidden, count: batch.tokenCount)
         return stats
+    }
+
+    // MARK: - Mixture of experts: the load-balancing loss
+
+    /// The weight of the load-balancing loss in training (`MixtureOfExperts`): the config's
+    /// `router_aux_loss_coef` where its `output_router_logits` is true (as transformers adds it),
+    /// else 0; a trainer may set it. 0 for a dense model.
+    public var routerAuxLossCoef: Float = 0
+
+    /// The router's choices in the last training forward (nil for a dense model).
+    private var routerTally: RouterTally?
+    /// Set by a trainer accumulating micro-batches: the whole window's choices, which the
+    /// load-balancing loss's gradient is taken over (exact accumulation). Nil: each backward
+    /// takes its own forward's.
+    package var routerWindow: RouterTally?
+    /// Backward is recomputing a layer (gradient checkpointing): its choices are not counted again.
+    private var recomputing = false
+    /// The load-balancing loss's share of the backwards since the last `takeRouterAuxShare()`:
+    /// summed over a window's micro-batches, the window's loss (before its coefficient).
+    private var routerAuxShare = 0.0
+
+    /// Whether training adds a load-balancing loss.
+    package var trainsRouterBalance: Bool { config.experts != nil && routerAuxLossCoef > 0 }
+
+    /// The router's choices in a training forward of `batch` (no head, no backward): what a
+    /// trainer sums over a window before its first backward. Advances the dropout stream as
+    /// the forward does.
+    package func routerTally(of batch: TokenBatch) -> RouterTally? {
+        forward(batch, acts: activations(for: batch, training: true))
+        return routerTally
+    }
+
+    /// The load-balancing loss of the backwards since the last call, and resets it.
+    package func takeRouterAuxShare() -> Double {
+        defer { routerAuxShare = 0 }
+        return routerAuxShare
+    }
+
+    /// d loss / d (router probability of e) at each real token of each routed layer, from the
+    /// load-balancing loss over the window's (or this forward's) choices: coef * E * count_e / rows^2;
+    /// adds this forward's share of the loss. Empty without one.
+    private func routerAuxGradient() -> [Float] {
+        guard trainsRouterBalance, let forward = routerTally, let tally = routerWindow ?? routerTally, tally.rows > 0 else { return [] }
+        let experts = Double(tally.counts.count), rows2 = tally.rows * tally.rows
+        routerAuxShare += experts * zip(tally.counts, forward.probabilities).reduce(0) { $0 + $1.0 * $1.1 } / rows2
+        return tally.counts.map { Float(Double(routerAuxLossCoef) * experts * $0 / rows2) }
     }
 
     /// The final logit soft-cap for the cross-entropy kernel, 0 for none.

@@ -42,6 +42,14 @@ public protocol Objective: AnyObject {
     func tokenCount(of window: [Example]) -> Int
 }
 
+/// An objective that can say, before it runs, which token batches `accumulate` runs training
+/// forwards over for some examples, in its order: a mixture of experts' load-balancing loss is
+/// taken over a whole window, so a trainer accumulating micro-batches counts the router's
+/// choices on these first. (GRPO cannot: it samples first.)
+package protocol NamesItsTrainingBatches {
+    func trainingBatches(_ examples: [Example], model: Transformer) -> [TokenBatch]
+}
+
 /// Which pass over a window the trainer is making.
 public enum WindowPass: Sendable, Equatable {
     /// Optimizer step `step` of the run (0-based), the `iteration`-th on this window (0-based;
@@ -58,6 +66,7 @@ extension Objective {
     public var iterationsPerWindow: Int { 1 }
     /// No window-level metrics.
     public func finishWindow(_ pass: WindowPass) -> [String: Double] { [:] }
+
     /// The tokens of the examples' sequences.
     public func tokenCount(of window: [Example]) -> Int {
         window.reduce(0) { total, e in total + ["input_ids", "chosen_input_ids", "rejected_input_ids"].reduce(0) { $0 + e[$1].count } }

@@ -99,6 +99,10 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var packing = false
     /// Recompute each layer in backward instead of keeping its activations (HF's gradient_checkpointing).
     public var gradientCheckpointing = false
+    /// Mixture of experts: the weight of the load-balancing loss in the training loss (nil: the
+    /// model's `router_aux_loss_coef` where its config sets `output_router_logits`, else 0, as
+    /// transformers does; 0 turns it off).
+    public var routerAuxLossCoef: Double?
     /// Keep a quantized base (GGUF Q4/Q8) quantized in memory, dequantized tile by tile inside
     /// each product, instead of the f32 copy made for bases under 1 GB (Unsloth's load_in_4bit).
     public var keepQuantized = false
@@ -221,6 +225,7 @@ public struct TrainConfig: Sendable, Codable, Equatable {
         try check(topK >= 0, "top_k", "\(topK)", "0 (off) or a positive number")
         try check(epsilon >= 0 && epsilon.isFinite, "epsilon", "\(epsilon)", "a number >= 0")
         try check((epsilonHigh ?? 0) >= 0 && (epsilonHigh ?? 0).isFinite, "epsilon_high", "\(epsilonHigh ?? 0)", "a number >= 0")
+        try check((routerAuxLossCoef ?? 0) >= 0 && (routerAuxLossCoef ?? 0).isFinite, "router_aux_loss_coef", "\(routerAuxLossCoef ?? 0)", "a number >= 0")
         try check((1...1024).contains(numIterations), "num_iterations", "\(numIterations)", "1 to 1024")
         try check(rewardTimeout > 0 && rewardTimeout.isFinite, "reward_timeout", "\(rewardTimeout)", "a positive number of seconds")
         try check(!rewardFunctions.isEmpty || !rewardCommands.isEmpty, "reward_function", "none",

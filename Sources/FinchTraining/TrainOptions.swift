@@ -196,6 +196,12 @@ extension TrainConfig {
         .flag("full", \.full, "Train every weight instead of LoRA adapters."),
         .optionalText("adapter", \.adapter, "Start from an existing PEFT adapter."),
         .flag("packing", \.packing, "SFT: pack sequences end to end into rows of --max-length (attention stays within each)."),
+        TrainOption(key: "router_aux_loss_coef", kind: .number,
+                    help: "Mixture of experts: weight of the load-balancing loss (default: the model's where its config sets output_router_logits, else 0).",
+                    defaultValue: nil) { c, v, source in
+            guard let d = Double(v), d.isFinite, d >= 0 else { throw TrainOption.invalid("router_aux_loss_coef", source, v, "a number >= 0") }
+            c.routerAuxLossCoef = d
+        },
         .flag("gradient_checkpointing", \.gradientCheckpointing,
               "Keep only each layer's input and recompute the layer in backward: far less memory, one more forward per step."),
         .flag("keep_quantized", \.keepQuantized,

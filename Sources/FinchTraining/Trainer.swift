@@ -225,9 +225,17 @@ public final class Trainer {
         let normalisers = try group.sum(micro.reduce(windowTerms) { $0 + objective.normalisers(of: $1) },
                                         "all-reduce of the normalisers (step \(state.step + 1))")
         parameters.zeroGrads()
+        try countRouterChoices(micro)
+        defer { model.routerWindow = nil }
         var metrics: [String: Double] = [:]
         for batch in micro {
             for (key, value) in try objective.accumulate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
+            if model.trainsRouterBalance {
+                // The load-balancing loss (transformers' `aux_loss`) is part of the loss, times its coefficient.
+                let aux = model.takeRouterAuxShare()
+                metrics["aux_loss", default: 0] += aux
+                metrics["loss", default: 0] += Double(model.routerAuxLossCoef) * aux
+            }
         }
         for (key, value) in objective.finishWindow(pass) { metrics[key, default: 0] += value }
         try group.sum(parameters.grads, count: parameters.count, "all-reduce of the gradients (step \(state.step + 1))")
@@ -272,6 +280,33 @@ public final class Trainer {
         let windowShare = Double(state.windowInEpoch) + Double(state.step % iterations) / Double(iterations)
         return StepLog(step: state.step, epoch: Double(state.epoch) + windowShare / Double(windowsPerEpoch),
                        metrics: metrics, seconds: seconds, collectiveSeconds: group.collectiveSeconds - communicated)
+    }
+
+    /// A mixture of experts' load-balancing loss is a product of two means over the window (the
+    /// share of choices and the mean probability of each expert), so its gradient needs the whole
+    /// window's choices before the first backward: with several micro-batches or ranks, a forward
+    /// of each micro-batch counts them first (the dropout stream is rewound after, so the
+    /// training forwards draw what they would have), summed over ranks. One micro-batch on one
+    /// process needs none: its own forward is the window.
+    private func countRouterChoices(_ micro: [[Example]]) throws {
+        guard model.trainsRouterBalance, micro.count > 1 || group.size > 1 else { return }
+        let experts = model.config.experts!.expertCount
+        var window = RouterTally(experts: experts)
+        let random = model.random
+        for examples in micro {
+            guard let batches = (objective as? NamesItsTrainingBatches)?.trainingBatches(examples, model: model) else {
+                throw ObjectiveError.invalidSetting(objective: objective.name, name: "router_aux_loss_coef with accumulation",
+                                                    found: "\(model.routerAuxLossCoef) over \(micro.count) micro-batches x \(group.size) ranks",
+                                                    expected: "0 (--router-aux-loss-coef 0), or one micro-batch on one process: this objective cannot count the router's choices before it runs")
+            }
+            for batch in batches {
+                if let tally = model.routerTally(of: batch) { window = RouterTally(flattened: zip(window.flattened, tally.flattened).map { $0 + $1 }) }
+            }
+        }
+        model.random = random
+        var values = window.flattened
+        try group.sum(&values, "all-reduce of the router's choices (step \(state.step + 1))")
+        model.routerWindow = RouterTally(flattened: values)
     }
 
     /// Loss and metrics over the whole evaluation set (exact means, as one big batch). Ranks

@@ -118,6 +118,7 @@ public final class TrainingRun {
                                     denseLimitBytes: config.keepQuantized ? 0 : Transformer.defaultDenseLimitBytes,
                                     precision: precision.precision)
         model.gradientCheckpointing = config.gradientCheckpointing
+        if let coef = config.routerAuxLossCoef, model.config.experts != nil { model.routerAuxLossCoef = Float(coef) }
         if let adapter = config.adapter, !config.full { try PEFTAdapter.load(directory: adapter, into: model) }
         let padId = Int32(tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0)
         let chosenPrecision = precision.precision, modelFiles: ModelFiles = files

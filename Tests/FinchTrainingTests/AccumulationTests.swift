@@ -11,7 +11,7 @@ import FinchTestSupport
 /// DESIGN.md's exact accumulation: one SGD step from batch 4 x accumulation 1, 2 x 2 and 1 x 4
 /// gives the same update, for every objective, because each window counts its normalisers first.
 final class AccumulationTests: XCTestCase {
-    let directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path
+    var directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path
 
     /// Rows of different lengths, so that micro-batch means differ from the window mean.
     static func sftExamples() -> [Example] {
@@ -93,6 +93,24 @@ final class AccumulationTests: XCTestCase {
     func testORPO() throws {
         try assertExact("orpo lora", tuning: try lora(), examples: Self.preferenceExamples()) { _ in try PreferenceObjective(loss: .orpo(beta: 0.1)) }
         try assertExact("orpo full", tuning: .full, examples: Self.preferenceExamples()) { _ in try PreferenceObjective(loss: .orpo(beta: 0.1)) }
+    }
+
+    /// A mixture of experts (Qwen3-MoE's and OLMoE's fixtures: the load-balancing loss in the loss at
+    /// coefficient 0.1, LoRA on the experts too): the loss's auxiliary term is a product of two
+    /// window means, so the split runs count the window's router choices first; the update, the
+    /// loss and `aux_loss` equal the one batch's.
+    func testMixtureOfExpertsWithItsLoadBalancingLoss() throws {
+        for fixture in ["qwen3_moe", "olmoe_moe"] {
+            directory = TestSupport.fixtures.appendingPathComponent("parity/\(fixture)").path
+            try assertExact("sft lora \(fixture)", tuning: try lora(), examples: Self.sftExamples()) { _ in SFTObjective() }
+            try assertExact("sft full \(fixture)", tuning: .full, examples: Self.sftExamples()) { _ in SFTObjective() }
+            try assertExact("orpo lora \(fixture)", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
+                try PreferenceObjective(loss: .orpo(beta: 0.1))
+            }
+            let full = try update(tuning: try lora(), examples: Self.sftExamples(), batch: 4, accum: 1) { _ in SFTObjective() }
+            let aux = try XCTUnwrap(full.metrics["aux_loss"], fixture)
+            XCTAssertGreaterThan(aux, 1, "\(fixture): E * sum f_e P_e is at least 1 (1 when perfectly balanced)")
+        }
     }
 
     func testDPO() throws {

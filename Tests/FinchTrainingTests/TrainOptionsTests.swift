@@ -18,7 +18,7 @@ final class TrainOptionsTests: XCTestCase {
                                          "desirable_weight": "1.33", "undesirable_weight": "0.8", "revision": "v2",
                                          "field": "prompt=question,completion=answer", "validation_split": "0.1",
                                          "num_generations": "4", "max_completion_length": "64", "temperature": "0.7", "top_p": "0.9",
-                                         "top_k": "20", "epsilon": "0.1", "epsilon_high": "0.28", "num_iterations": "2",
+                                         "top_k": "20", "epsilon": "0.1", "epsilon_high": "0.28", "router_aux_loss_coef": "0.01", "num_iterations": "2",
                                          "scale_rewards": "batch", "reward_function": "exact_match\nformat", "reward_command": "python3 r.py",
                                          "reward_weights": "1,0.5", "reward_timeout": "5", "report_to": "jsonl,tensorboard", "tools": "tools.json"]
         let defaults = try TrainConfig(values: base)

@@ -45,7 +45,7 @@ public struct ModelFamily: Sendable {
     }
 
     /// Every family Finch reads, in the order errors list them.
-    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .smollm3, .gemma2, .gemma3, .phi3]
+    public static let all: [ModelFamily] = [.llama, .mistral, .qwen2, .qwen3, .smollm3, .gemma2, .gemma3, .phi3, .qwen3MoE, .mixtral, .olmoe]
 
     /// The family of `modelType`, or nil.
     public static func named(_ modelType: String) -> ModelFamily? { all.first { $0.modelType == modelType } }

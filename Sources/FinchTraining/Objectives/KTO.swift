@@ -18,7 +18,7 @@ import FinchModels
 /// without accumulation. z0 is counted over the whole window before the first backward
 /// (`windowNormalisers`), so micro-batches give the full batch's update exactly; TRL estimates
 /// z0 and averages the loss per micro-batch instead.
-public final class KTOObjective: Objective {
+public final class KTOObjective: Objective, NamesItsTrainingBatches {
     /// TRL's `loss_type`.
     public enum Loss: String, Sendable, CaseIterable {
         /// The KTO paper's loss, with the KL estimate.
@@ -115,6 +115,11 @@ public final class KTOObjective: Objective {
             for (e, s) in zip(missing, sums) { referenceCache[e.id] = s }
         }
         return examples.map { referenceCache[$0.id]! }
+    }
+
+    /// The forward `accumulate` runs.
+    package func trainingBatches(_ examples: [Example], model: Transformer) -> [TokenBatch] {
+        [SequenceBatch(rows: examples.map { $0["input_ids"] }, labels: examples.map { $0["labels"] }, padId: padId).tokens]
     }
 
     /// Forward and backward of one micro-batch, as its share of the window.

@@ -54,7 +54,7 @@ public enum ReferenceModel {
 
 /// ORPO, DPO, CPO and SimPO: one forward over chosen rows then rejected rows, per-pair terms,
 /// and per-token gradients handed back to the model.
-public final class PreferenceObjective: Objective {
+public final class PreferenceObjective: Objective, NamesItsTrainingBatches {
     /// The loss and its hyper-parameters.
     public let loss: PreferenceLoss
     /// "orpo", "dpo", "cpo" or "simpo", from `loss`.
@@ -139,9 +139,16 @@ public final class PreferenceObjective: Objective {
         }
         let forward = zip(completion, nll).map { max($0, $1) }
         // A sliding window counts keys by their place in the row, which the shared layout changes.
-        let shares = sharesPrompt && model.config.slidingLayers.isEmpty
+        // So does a load-balancing loss, which counts each row's prompt tokens as transformers does.
+        let shares = sharesPrompt && model.config.slidingLayers.isEmpty && !model.trainsRouterBalance
         let shared = shares ? SharedPrompt(batch.tokens, pairs: examples.count, targets: forward) : nil
         return Pass(batch: batch, completion: completion, nll: nll, forward: forward, pairs: examples.count, shared: shared)
+    }
+
+    /// The forward `accumulate` runs: chosen then rejected rows (or their shared-prompt layout).
+    package func trainingBatches(_ examples: [Example], model: Transformer) -> [TokenBatch] {
+        let p = pass(examples, model: model)
+        return [p.shared?.tokens ?? p.batch.tokens]
     }
 
     /// One forward over chosen then rejected rows, the per-pair terms, and their backward.

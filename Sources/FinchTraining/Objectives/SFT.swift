@@ -7,7 +7,7 @@ import FinchDistributed
 
 /// Supervised fine-tuning: token cross-entropy over label tokens, normalised by the label
 /// tokens of the whole window (so micro-batches of different lengths weigh by their tokens).
-public final class SFTObjective: Objective {
+public final class SFTObjective: Objective, NamesItsTrainingBatches {
     /// TRL's name for the method.
     public let name = "sft"
     /// Ids and unshifted labels (-100 where no loss is taken).
@@ -47,6 +47,9 @@ public final class SFTObjective: Objective {
             total + Self.sequences(of: e).reduce(0) { $0 + $1.labels.dropFirst().filter { $0 >= 0 }.count }
         }))
     }
+
+    /// The one batch `accumulate` runs.
+    package func trainingBatches(_ examples: [Example], model: Transformer) -> [TokenBatch] { [batch(examples).tokens] }
 
     /// Cross-entropy forward and backward; returns shares of `loss`, `mean_token_accuracy` and `entropy`.
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {

@@ -1,0 +1,136 @@
+import XCTest
+import FinchTestSupport
+@testable import Finch
+@testable import FinchKernels
+@testable import FinchIO
+@testable import FinchModels
+@testable import FinchGeneration
+@testable import FinchTraining
+
+/// Qwen3-MoE, Mixtral and OLMoE against transformers + peft (fixtures `qwen3_moe`, `mixtral_moe`,
+/// `olmoe_moe` of reference/make_parity_fixtures.py: 4 experts, top 2, Qwen3-MoE with a dense
+/// layer, OLMoE without renormalising, every fixture with the load-balancing loss in its loss at
+/// coefficient 0.1): logits, the loss with its auxiliary term, every full and LoRA gradient
+/// (router and experts included, LoRA on the experts in PEFT's `target_parameters` layout), and
+/// 32 greedy steps with the KV cache.
+final class MixtureOfExpertsTests: XCTestCase {
+    typealias S = TestSupport
+    typealias Fixture = ParityTests.Fixture
+    static let models = ["qwen3_moe", "mixtral_moe", "olmoe_moe"]
+
+    func testConfigsReadAsTransformersReadsThem() throws {
+        let q = try ModelFiles.open(Fixture("qwen3_moe").directory).config
+        XCTAssertEqual(q.experts, MixtureOfExperts(expertCount: 4, topK: 2, intermediateSize: 32, normalizesTopK: true, routerAuxLossCoef: 0.1,
+                                                   outputRouterLogits: true, denseLayers: [1], naming: .qwen))
+        XCTAssertTrue(q.qkNorm)
+        XCTAssertFalse(q.qkNormSpansHeads)
+        let m = try ModelFiles.open(Fixture("mixtral_moe").directory).config
+        XCTAssertEqual(m.experts?.naming, .mixtral)
+        XCTAssertEqual(m.experts?.normalizesTopK, true)
+        XCTAssertEqual(m.experts?.intermediateSize, 32)
+        let o = try ModelFiles.open(Fixture("olmoe_moe").directory).config
+        XCTAssertEqual(o.experts?.normalizesTopK, false)
+        XCTAssertTrue(o.qkNormSpansHeads)
+        for c in [q, m, o] { XCTAssertEqual(try ModelConfig(json: c.huggingFaceJSON(), path: "written"), c, c.modelType) }
+        // Errors name the key.
+        var json = q.huggingFaceJSON(); json["num_experts_per_tok"] = 5
+        XCTAssertThrowsError(try ModelConfig(json: json, path: "c.json")) { XCTAssertTrue("\($0)".contains("num_experts_per_tok"), "\($0)") }
+        json = o.huggingFaceJSON(); json["clip_qkv"] = 8.0
+        XCTAssertThrowsError(try ModelConfig(json: json, path: "c.json")) { XCTAssertTrue("\($0)".contains("clip_qkv"), "\($0)") }
+    }
+
+    func testBaseLogitsAndLossMatchTransformers() throws {
+        for name in Self.models {
+            let f = try Fixture(name)
+            let model = try Transformer(files: ModelFiles.open(f.directory))
+            XCTAssertLessThan(S.maxRelativeError(model.logits(f.batch), f.tensor("logits")), 1e-4, name)
+            let nll = model.negativeLogLikelihood(f.batch, targets: f.targets)
+            XCTAssertEqual(Float(nll.sum / Double(nll.count)), f.tensor("ce_loss")[0], accuracy: 1e-5 * f.tensor("ce_loss")[0], name)
+        }
+    }
+
+    /// transformers' parameter (a 3D stack of the experts for gate_up_proj and down_proj, `mlp.gate`
+    /// for the router) and the slice of it each of Finch's per-expert tensors is.
+    func expected(_ f: Fixture, _ tensor: String, config: ModelConfig) -> [Float]? {
+        let parts = tensor.split(separator: ".").map(String.init)
+        guard let moe = config.experts, parts.count > 5, let l = Int(parts[2]) else { return f.tensor("grad.full." + tensor) }
+        let p = "grad.full.model.layers.\(l).mlp."
+        if tensor.hasSuffix(moe.routerModule + ".weight") { return f.tensor(p + "gate.weight") }
+        guard tensor.contains(".experts."), let e = Int(parts[5]) else { return f.tensor("grad.full." + tensor) }
+        let I = moe.intermediateSize, C = config.hiddenSize
+        let which = moe.expertModules(e).firstIndex { tensor.hasSuffix($0 + ".weight") }!
+        if which == 2 { return Array(f.tensor(p + "experts.down_proj")[(e * C * I)..<((e + 1) * C * I)]) }
+        let stack = f.tensor(p + "experts.gate_up_proj"), start = e * 2 * I * C + which * I * C
+        return Array(stack[start..<start + I * C])
+    }
+
+    func testFullFineTuningGradientsAndLoadBalancingLossMatchTransformers() throws {
+        for name in Self.models {
+            let f = try Fixture(name)
+            let model = try Transformer(files: ModelFiles.open(f.directory), fineTuning: .full)
+            XCTAssertEqual(model.routerAuxLossCoef, 0.1, name)
+            let count = f.targets.filter { $0 >= 0 }.count
+            let r = model.crossEntropyStep(f.batch, targets: f.targets, weight: 1 / Float(count))
+            XCTAssertEqual(Float(r.sum / Double(r.count)), f.tensor("ce_loss")[0], accuracy: 1e-5 * f.tensor("ce_loss")[0], name)
+            let aux = model.takeRouterAuxShare()
+            XCTAssertEqual(Float(aux), f.tensor("aux_loss")[0], accuracy: 1e-5 * f.tensor("aux_loss")[0], name)
+            XCTAssertEqual(Float(r.sum / Double(r.count) + 0.1 * aux), f.tensor("loss")[0], accuracy: 1e-5 * f.tensor("loss")[0], name)
+            let gradients = model.weightsForSaving(gradients: true)
+            let expectedCount = f.expected.keys.filter { $0.hasPrefix("grad.full.") }.count
+            let moe = model.config.experts!
+            let routed = (0..<model.config.layerCount).filter { moe.routes(layer: $0) }.count
+            // Finch holds each expert's gate, up and down apart; transformers two stacks per layer.
+            XCTAssertEqual(gradients.count, expectedCount + routed * (3 * moe.expertCount - 2), name)
+            for (tensor, _, values) in gradients {
+                let want = try XCTUnwrap(expected(f, tensor, config: model.config), "\(name) \(tensor)")
+                XCTAssertLessThan(S.relativeL2(values, want), 1e-3, "\(name) \(tensor)")
+            }
+        }
+    }
+
+    func testLoRALogitsAndGradientsMatchPEFTWithExpertParameters() throws {
+        for name in Self.models {
+            let f = try Fixture(name)
+            let adapter = f.directory + "/adapter"
+            let config = try PEFTAdapter.config(directory: adapter)
+            XCTAssertTrue(config.targets.contains("experts.gate_up_proj") && config.targets.contains("experts.down_proj"), name)
+            let model = try Transformer(files: ModelFiles.open(f.directory), fineTuning: .lora(config))
+            try PEFTAdapter.load(directory: adapter, into: model)
+            XCTAssertLessThan(S.maxRelativeError(model.logits(f.batch), f.tensor("lora_logits")), 1e-4, name)
+            let count = f.targets.filter { $0 >= 0 }.count
+            let r = model.crossEntropyStep(f.batch, targets: f.targets, weight: 1 / Float(count))
+            let loss = Float(r.sum / Double(r.count) + 0.1 * model.takeRouterAuxShare())
+            XCTAssertEqual(loss, f.tensor("lora_loss")[0], accuracy: 1e-5 * f.tensor("lora_loss")[0], name)
+            let parameters = model.parameters!
+            XCTAssertEqual(parameters.entries.count, f.expected.keys.filter { $0.hasPrefix("grad.lora.") }.count, name)
+            for entry in parameters.entries {
+                XCTAssertLessThan(S.relativeL2(parameters.array(entry.name, gradient: true)!, f.tensor("grad.lora." + entry.name)), 1e-3,
+                                  "\(name) \(entry.name)")
+            }
+        }
+    }
+
+    func testGreedyDecodingMatchesTransformers() throws {
+        for name in Self.models {
+            let f = try Fixture(name)
+            let model = try Transformer(files: ModelFiles.open(f.directory))
+            let prompt = f.tensor("greedy_prompt").map { Int($0) }, tokens = f.tensor("greedy_tokens").map { Int($0) }
+            let expected = f.tensor("greedy_logits"), V = model.config.vocabSize
+            let generator = Generator(model: model)
+            generator.prefillChunk = 3
+            XCTAssertEqual(generator.generate(prompt: prompt, sampling: SamplingSettings(), stop: StopRules(maxNewTokens: 32, eosTokenIds: [])).tokens,
+                           tokens, name)
+            let cache = KVCache(config: model.config, batch: 1, capacity: 40)
+            var logits = model.decode(TokenBatch(batch: 1, seq: 4, ids: prompt.map { Int32($0) }, positions: [0, 1, 2, 3]), cache: cache)
+            var worst: Float = 0
+            for step in 0..<32 {
+                worst = max(worst, S.maxRelativeError(logits, Array(expected[step * V..<(step + 1) * V])))
+                logits = model.decode(TokenBatch(batch: 1, seq: 1, ids: [Int32(tokens[step])], positions: [Int32(4 + step)]), cache: cache)
+            }
+            XCTAssertLessThan(worst, 1e-4, name)
+            let batched = generator.generate(prompts: [[5, 9, 2, 7, 11, 3, 8], prompt], sampling: SamplingSettings(),
+                                             stop: StopRules(maxNewTokens: 32, eosTokenIds: []))
+            XCTAssertEqual(batched[1].tokens, tokens, "\(name), left-padded beside a longer prompt")
+        }
+    }
+}
