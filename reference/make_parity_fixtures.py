@@ -133,8 +133,8 @@ def model_specs():
         # OLMoE: 4 experts, top 2 not renormalised, q and k normed over all heads at once
         ("olmoe_moe", OlmoeConfig(
             vocab_size=128, hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
-            output_router_logits=True, router_aux_loss_coef=MOE_AUX_COEF, rope_theta=10000.0, rms_norm_eps=1e-5,
+            num_key_value_heads=4, num_experts=4, num_experts_per_tok=2, norm_topk_prob=False,
+            output_router_logits=True, router_aux_loss_coef=MOE_AUX_COEF, rope_theta=50000.0, rms_norm_eps=1e-5,
             max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2,
             pad_token_id=PAD_TOKEN), {"moe": True}),
     ]
@@ -505,7 +505,7 @@ Models:
 
 | qwen3_moe | qwen3_moe (4 experts of width 32, top 2 renormalised; layer 1 dense (mlp_only_layers), layers 0 and 2 routed) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e6 |
 | mixtral_moe | mixtral (4 experts of width 32, top 2; w1/w3/w2 under block_sparse_moe on disk) | 128 | 64 | 32 | 4/2 | 16 | no | theta 1e6 |
-| olmoe_moe | olmoe (4 experts of width 32, top 2 not renormalised; q and k normed over all heads) | 128 | 64 | 32 | 4/2 | 16 | no | theta 1e4 |
+| olmoe_moe | olmoe (4 experts of width 32, top 2 not renormalised; q and k normed over all heads) | 128 | 64 | 32 | 4/4 | 16 | no | theta 5e4 |
 
 Mixtures of experts: `output_router_logits` and `router_aux_loss_coef` 0.1, so `loss` is the mean
 cross-entropy (`ce_loss`) plus 0.1 x the load-balancing loss (`aux_loss`, transformers'

@@ -274,19 +274,47 @@ enum GGUFExport {
 
         // Tensor order: the source GGUF's when there is one.
         let family = config.family
-        var hfNames = merged.names.filter { GGUFFile.ggufName($0, family: family) != nil }
+        try checkExperts(config, arch: arch)
+        var hfNames = merged.names.filter { GGUFFile.ggufName($0, family: family) != nil || expertStack(of: $0) != nil }
         if config.tieWordEmbeddings { hfNames.removeAll { $0 == "lm_head.weight" } }
         if let gguf = files.gguf {
-            let order = Dictionary(gguf.tensorNames.enumerated().map { (GGUFFile.hfName($0.element, family: family) ?? $0.element, $0.offset) }, uniquingKeysWith: { a, _ in a })
-            hfNames.sort { (order[$0] ?? Int.max, $0) < (order[$1] ?? Int.max, $1) }
+            // A stack keeps its own name as its key; an expert's matrix takes its stack's place.
+            var order: [String: Int] = [:]
+            for (i, name) in gguf.tensorNames.enumerated() {
+                let isStack = MixtureOfExperts.ggufStacks.contains { name.contains(".\($0.gguf).") }
+                let key = isStack ? name : GGUFFile.hfName(name, family: family) ?? name
+                if order[key] == nil { order[key] = i }
+            }
+            func place(_ hf: String) -> Int {
+                if let (l, gguf, _) = expertStack(of: hf) { return order["blk.\(l).\(gguf).weight"] ?? Int.max }
+                return order[hf] ?? Int.max
+            }
+            hfNames.sort { (place($0), $0) < (place($1), $1) }
         }
         // Else as convert_hf_to_gguf meets them in a one-file checkpoint: HF names sorted (already).
+        // A layer's experts go out as llama.cpp's stacks [E, rows, columns], in place of the first expert.
+        var sources: [(gguf: String, shape: [Int], hf: [String])] = []
+        var stacked: [String: Int] = [:]
+        for name in hfNames {
+            guard let (l, gguf, e) = expertStack(of: name) else {
+                sources.append((GGUFFile.ggufName(name, family: family)!, merged.shape(name), [name]))
+                continue
+            }
+            let key = "blk.\(l).\(gguf).weight"
+            if stacked[key] == nil {
+                stacked[key] = sources.count
+                sources.append((key, [config.experts!.expertCount] + merged.shape(name), []))
+            }
+            var hf = sources[stacked[key]!].hf
+            while hf.count <= e { hf.append("") }
+            hf[e] = name
+            sources[stacked[key]!].hf = hf
+        }
         let extra = ropeTensors.map { GGUFWriter.Tensor(name: $0.name, shape: [$0.values.count], dtype: .f32) }
         let types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
                                     groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings)
-        let tensors = extra + hfNames.map { name -> GGUFWriter.Tensor in
-            let ggufName = GGUFFile.ggufName(name, family: family)!, shape = merged.shape(name)
-            return GGUFWriter.Tensor(name: ggufName, shape: shape, dtype: types.type(of: ggufName, shape: shape))
+        let tensors = extra + sources.map { source -> GGUFWriter.Tensor in
+            GGUFWriter.Tensor(name: source.gguf, shape: source.shape, dtype: types.type(of: source.gguf, shape: source.shape))
         }
 
         var metadata: [(key: String, value: GGUFValue)]
@@ -310,9 +338,9 @@ enum GGUFExport {
         defer { scratch.deallocate() }
         try GGUFWriter.write(path: options.output, metadata: metadata, tensors: tensors) { index, sink in
             let tensor = tensors[index]
-            var values = index < extra.count ? ropeTensors[index].values : merged.values(hfNames[index - extra.count])
+            var values = index < extra.count ? ropeTensors[index].values : sources[index - extra.count].hf.flatMap { merged.values($0) }
             // llama.cpp stores a norm as the multiplier it applies (Gemma's 1 + w).
-            if config.normWeightOffset != 0 && index >= extra.count && hfNames[index - extra.count].hasSuffix("norm.weight") {
+            if config.normWeightOffset != 0 && index >= extra.count && sources[index - extra.count].hf[0].hasSuffix("norm.weight") {
                 values = values.map { $0 + config.normWeightOffset }
             }
             if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
@@ -322,6 +350,35 @@ enum GGUFExport {
         return ExportSummary(output: options.output, files: [(options.output as NSString).lastPathComponent], tensorCount: tensors.count,
                              bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.pairs.count,
                              tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }))
+    }
+
+    /// Layer, llama.cpp stack name and expert of an expert's HF tensor
+    /// (`model.layers.3.mlp.experts.5.gate_proj.weight`: 3, `ffn_gate_exps`, 5); nil for another.
+    static func expertStack(of name: String) -> (layer: Int, gguf: String, expert: Int)? {
+        let parts = name.split(separator: ".")
+        guard parts.count == 8, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), parts[3] == "mlp", parts[4] == "experts",
+              let e = Int(parts[5]), parts[7] == "weight",
+              let stack = MixtureOfExperts.ggufStacks.first(where: { $0.projection == parts[6] }) else { return nil }
+        return (l, stack.gguf, e)
+    }
+
+    /// What llama.cpp computes for the architecture: every layer routed, the chosen
+    /// probabilities renormalised in `qwen3moe` and not in `olmoe`.
+    static func checkExperts(_ config: ModelConfig, arch: String) throws {
+        guard let moe = config.experts else { return }
+        if !moe.denseLayers.isEmpty {
+            throw ExportError.unsupported(format: .gguf, what: "dense layers in a mixture of experts (mlp_only_layers)",
+                                          found: moe.denseLayers.sorted().map(String.init).joined(separator: ", "), supported: ["none (llama.cpp routes every layer)"])
+        }
+        if arch == "olmoe" && config.kvHeadCount != config.headCount {
+            throw ExportError.unsupported(format: .gguf, what: "num_key_value_heads for olmoe", found: "\(config.kvHeadCount)",
+                                          supported: ["\(config.headCount), the attention heads (llama.cpp's olmoe has k norms as wide as q's)"])
+        }
+        let renormalises = arch == "qwen3moe"
+        if moe.normalizesTopK != renormalises {
+            throw ExportError.unsupported(format: .gguf, what: "norm_topk_prob for \(arch)", found: "\(moe.normalizesTopK)",
+                                          supported: ["\(renormalises) (what llama.cpp computes for \(arch))"])
+        }
     }
 
     /// Encodes `values` as `type` into `destination`, rows in parallel where the type quantizes in

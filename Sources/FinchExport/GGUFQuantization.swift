@@ -30,7 +30,8 @@ struct GGUFTensorTypes {
     /// The type of GGUF tensor `name` of row-major `shape`.
     func type(of name: String, shape: [Int]) -> DType {
         let base = fileType.dtype
-        guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight") else { return .f32 }
+        // Norms, 1-D tensors and a mixture of experts' router stay f32, as llama.cpp writes and quantizes them.
+        guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight"), !name.contains("ffn_gate_inp") else { return .f32 }
         guard base.isQuantized else { return base }
         let columns = shape.last!
         var type = base

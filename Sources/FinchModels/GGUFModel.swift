@@ -168,6 +168,14 @@ extension GGUFFile {
         result.reserveCapacity(tensors.count)
         for name in tensorNames {
             guard var tensor = tensors[name] else { continue }
+            if let experts = try expertSlices(tensor, name: name, config: config) {
+                for slice in experts {
+                    guard result.updateValue(slice, forKey: slice.name) == nil else {
+                        throw LoadError.malformed(path: path, field: "tensor '\(name)'", found: "a second tensor named '\(slice.name)' in HF terms", expected: "unique names")
+                    }
+                }
+                continue
+            }
             let hfName = Self.hfName(name, family: config.family) ?? name
             if config.normWeightOffset != 0 && hfName.hasSuffix("norm.weight") {
                 tensor = Self.shifted(tensor, by: -config.normWeightOffset)
@@ -185,6 +193,22 @@ extension GGUFFile {
             }
         }
         return result
+    }
+
+    /// A stack of a layer's experts (`blk.<l>.ffn_gate_exps.weight` [E, rows, columns]) as each
+    /// expert's own matrix under its HF name (views of its rows, still quantized); nil for another tensor.
+    func expertSlices(_ tensor: TensorData, name: String, config: ModelConfig) throws -> [TensorData]? {
+        let parts = name.split(separator: ".")
+        guard parts.count == 4, parts[0] == "blk", let l = Int(parts[1]), parts[3] == "weight",
+              let stack = MixtureOfExperts.ggufStacks.first(where: { $0.gguf == parts[2] }) else { return nil }
+        guard let moe = config.experts, moe.routes(layer: l), tensor.shape.count == 3, tensor.shape[0] == moe.expertCount else {
+            throw LoadError.shapeMismatch(path: path, name: name, found: tensor.shape,
+                                          expected: [config.experts?.expertCount ?? 0] + Array(tensor.shape.suffix(2)))
+        }
+        var matrix = tensor
+        matrix.shape = [tensor.shape[0] * tensor.shape[1], tensor.shape[2]]
+        let rows = tensor.shape[1]
+        return (0..<moe.expertCount).map { e in matrix.rowSlice(e * rows, rows, name: "model.layers.\(l).mlp.experts.\(e).\(stack.projection).weight") }
     }
 
     /// Whole-model tensors and the per-layer modules: llama.cpp's name and Hugging Face's.

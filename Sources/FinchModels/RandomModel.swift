@@ -49,33 +49,12 @@ extension ModelFiles {
         }
         let c = config
         let unit = 1 - c.normWeightOffset   // every norm multiplies by 1 (Gemma stores w of 1 + w)
-        let norms = Transformer.normNames(c)
-        add("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize])
-        for l in 0..<c.layerCount {
-            let p = "model.layers.\(l)."
-            add(p + "input_layernorm.weight", [c.hiddenSize], fill: unit)
-            for name in [norms.attentionOutput, norms.mlpInput, norms.mlpOutput].compactMap({ $0 }) {
-                add(p + name + ".weight", [c.hiddenSize], fill: unit)
-            }
-            add(p + "self_attn.q_proj.weight", [c.qDim, c.hiddenSize])
-            add(p + "self_attn.k_proj.weight", [c.kvDim, c.hiddenSize])
-            add(p + "self_attn.v_proj.weight", [c.kvDim, c.hiddenSize])
-            add(p + "self_attn.o_proj.weight", [c.hiddenSize, c.qDim])
-            add(p + "mlp.gate_proj.weight", [c.intermediateSize, c.hiddenSize])
-            add(p + "mlp.up_proj.weight", [c.intermediateSize, c.hiddenSize])
-            add(p + "mlp.down_proj.weight", [c.hiddenSize, c.intermediateSize])
-            if c.attentionBias {
-                add(p + "self_attn.q_proj.bias", [c.qDim], fill: 0)
-                add(p + "self_attn.k_proj.bias", [c.kvDim], fill: 0)
-                add(p + "self_attn.v_proj.bias", [c.kvDim], fill: 0)
-            }
-            if c.qkNorm {
-                add(p + "self_attn.q_norm.weight", [c.headDim], fill: unit)
-                add(p + "self_attn.k_norm.weight", [c.headDim], fill: unit)
-            }
+        // Every tensor of the layout (experts and routers too), matrices drawn in layout order.
+        for (name, shape) in Transformer.tensorLayout(c) {
+            if name.hasSuffix("norm.weight") { add(name, shape, fill: unit) }
+            else if name.hasSuffix(".bias") { add(name, shape, fill: 0) }
+            else { add(name, shape) }
         }
-        add("model.norm.weight", [c.hiddenSize], fill: unit)
-        if !c.tieWordEmbeddings { add("lm_head.weight", [c.vocabSize, c.hiddenSize]) }
         return ModelFiles(config: config, tensors: tensors, source: "random \(config.modelType) model" + (quantization == .f32 ? "" : " (\(quantization.rawValue))"))
     }
 }

@@ -6,6 +6,7 @@ import FinchTestSupport
 @testable import FinchModels
 @testable import FinchGeneration
 @testable import FinchTraining
+@testable import FinchExport
 
 /// Qwen3-MoE, Mixtral and OLMoE against transformers + peft (fixtures `qwen3_moe`, `mixtral_moe`,
 /// `olmoe_moe` of reference/make_parity_fixtures.py: 4 experts, top 2, Qwen3-MoE with a dense
@@ -13,7 +14,7 @@ import FinchTestSupport
 /// coefficient 0.1): logits, the loss with its auxiliary term, every full and LoRA gradient
 /// (router and experts included, LoRA on the experts in PEFT's `target_parameters` layout), and
 /// 32 greedy steps with the KV cache.
-final class MixtureOfExpertsTests: XCTestCase {
+final class MixtureOfExpertsTests: TemporaryDirectoryTestCase {
     typealias S = TestSupport
     typealias Fixture = ParityTests.Fixture
     static let models = ["qwen3_moe", "mixtral_moe", "olmoe_moe"]
@@ -131,6 +132,39 @@ final class MixtureOfExpertsTests: XCTestCase {
             let batched = generator.generate(prompts: [[5, 9, 2, 7, 11, 3, 8], prompt], sampling: SamplingSettings(),
                                              stop: StopRules(maxNewTokens: 32, eosTokenIds: []))
             XCTAssertEqual(batched[1].tokens, tokens, "\(name), left-padded beside a longer prompt")
+        }
+    }
+
+    /// OLMoE as llama.cpp's `olmoe` GGUF: each layer's experts stacked as `ffn_{gate,up,down}_exps`
+    /// [E, rows, columns], the router `ffn_gate_inp` in f32; read back (stacks split into each
+    /// expert's rows), the NLL is the HF folder's; q8_0 stacks quantize by rows as any matrix.
+    /// reference/check_moe_gguf.py checks such files against llama.cpp and transformers.
+    func testGGUFStacksTheExpertsAndReadsBackToTheSameNLL() throws {
+        let f = try Fixture("olmoe_moe")
+        let hf = try Transformer(files: ModelFiles.open(f.directory)).negativeLogLikelihood(f.batch, targets: f.targets)
+        for dtype in [ExportDType.f32, .q8_0] {
+            let path = temporary.appendingPathComponent("olmoe-\(dtype).gguf").path
+            let summary = try Exporter.export(ExportOptions(model: f.directory, format: .gguf, dtype: dtype, output: path))
+            let gguf = try GGUFFile(path: path)
+            XCTAssertEqual(gguf.metadata["general.architecture"]?.string, "olmoe")
+            XCTAssertEqual(gguf.metadata["olmoe.expert_count"]?.int, 4)
+            XCTAssertEqual(gguf.metadata["olmoe.expert_used_count"]?.int, 2)
+            XCTAssertEqual(gguf.tensors["blk.1.ffn_gate_exps.weight"]?.shape, [4, 32, 64])
+            XCTAssertEqual(gguf.tensors["blk.1.ffn_down_exps.weight"]?.shape, [4, 64, 32])
+            XCTAssertEqual(gguf.tensors["blk.1.ffn_gate_inp.weight"]?.dtype, .f32)
+            XCTAssertEqual(gguf.tensors["blk.1.ffn_up_exps.weight"]?.dtype, dtype == .f32 ? .f32 : .q8_0)
+            XCTAssertEqual(summary.tensorCount, gguf.tensors.count)
+            let files = try ModelFiles.open(path)
+            XCTAssertEqual(files.config.experts, MixtureOfExperts(expertCount: 4, topK: 2, intermediateSize: 32, normalizesTopK: false,
+                                                                  routerAuxLossCoef: 0.01, outputRouterLogits: false, denseLayers: [], naming: .qwen))
+            let back = try Transformer(files: files).negativeLogLikelihood(f.batch, targets: f.targets)
+            let (a, b) = (hf.sum / Double(hf.count), back.sum / Double(back.count))
+            XCTAssertEqual(b, a, accuracy: (dtype == .f32 ? 1e-5 : 1e-2) * a, "\(dtype)")
+        }
+        // llama.cpp's qwen3moe routes every layer and renormalises: Qwen3-MoE's fixture has a dense layer.
+        XCTAssertThrowsError(try Exporter.export(ExportOptions(model: Fixture("qwen3_moe").directory, format: .gguf,
+                                                               output: temporary.appendingPathComponent("q.gguf").path))) {
+            XCTAssertTrue("\($0)".contains("mlp_only_layers"), "\($0)")
         }
     }
 }

@@ -84,12 +84,43 @@ extension ConfigFields {
     }
 }
 
+extension MixtureOfExperts {
+    /// The experts of a GGUF of llama.cpp's `arch` (`qwen3moe`, `olmoe`): `expert_count`,
+    /// `expert_used_count`, `expert_feed_forward_length` (else `feed_forward_length`); a layer
+    /// without `ffn_gate_inp` is dense. llama.cpp renormalises the chosen probabilities in
+    /// `qwen3moe` and not in `olmoe` (`expert_weights_norm` where written).
+    static func readGGUF(_ config: inout ModelConfig, _ file: GGUFFile, arch: String, normalizes: Bool, defaultCoef: Float) throws {
+        let experts = try file.requiredInt("\(arch).expert_count")
+        config.experts = MixtureOfExperts(
+            expertCount: experts, topK: try file.requiredInt("\(arch).expert_used_count"),
+            intermediateSize: try file.optionalInt("\(arch).expert_feed_forward_length") ?? config.intermediateSize,
+            normalizesTopK: file.metadata["\(arch).expert_weights_norm"]?.bool ?? normalizes, routerAuxLossCoef: defaultCoef,
+            outputRouterLogits: false,
+            denseLayers: Set((0..<config.layerCount).filter { file.tensors["blk.\($0).ffn_gate_inp.weight"] == nil }), naming: .qwen)
+        try config.experts!.validate(layerCount: config.layerCount) { key, found, expected in
+            LoadError.malformed(path: file.path, field: "\(arch).\(key == "num_experts" ? "expert_count" : key == "num_experts_per_tok" ? "expert_used_count" : key)",
+                                found: "\(found)", expected: expected)
+        }
+    }
+
+    /// The `<arch>.expert_*` keys of a GGUF written for llama.cpp.
+    func ggufKeys(arch: String) -> [(key: String, value: GGUFValue)] {
+        [("\(arch).expert_count", .uint32(UInt32(expertCount))), ("\(arch).expert_used_count", .uint32(UInt32(topK))),
+         ("\(arch).expert_feed_forward_length", .uint32(UInt32(intermediateSize)))]
+    }
+
+    /// llama.cpp's names of a layer's router and stacked experts, with the HF projection each stacks.
+    static let ggufLayerNames: [(gguf: String, hf: String)] = [(gguf: "ffn_gate_inp", hf: "mlp.gate")]
+    /// The stacked expert tensors `blk.<l>.<name>.weight` [E, rows, columns] and the projection of each expert they hold.
+    package static let ggufStacks: [(gguf: String, projection: String)] = [("ffn_gate_exps", "gate_proj"), ("ffn_up_exps", "up_proj"),
+                                                                   ("ffn_down_exps", "down_proj")]
+}
+
 extension ModelFamily {
     /// Qwen3-MoE: Qwen3's attention (q/k norms per head), routed MLPs of `moe_intermediate_size`,
     /// `norm_topk_prob`; `mlp_only_layers` and `decoder_sparse_step` make some layers dense.
-    static let qwen3MoE = ModelFamily(modelType: "qwen3_moe", hfArchitecture: "Qwen3MoeForCausalLM", ggufArchitecture: nil,
-                                      readHF: { config, fields in
-        config.qkNorm = true
+    static let qwen3MoE = ModelFamily(modelType: "qwen3_moe", hfArchitecture: "Qwen3MoeForCausalLM", ggufArchitecture: "qwen3moe",
+                                      traits: { config in config.qkNorm = true }, readHF: { config, fields in
         // transformers 5 writes `num_local_experts` for Qwen3-MoE too.
         let experts = try fields.optionalInt("num_experts") ?? fields.optionalInt("num_local_experts") ?? 128
         guard experts > 0 else { return }
@@ -110,7 +141,10 @@ extension ModelFamily {
         json["norm_topk_prob"] = moe.normalizesTopK
         json["mlp_only_layers"] = moe.denseLayers.sorted()
         json["decoder_sparse_step"] = 1
-    })
+    }, readGGUF: { config, file in
+        try MixtureOfExperts.readGGUF(&config, file, arch: "qwen3moe", normalizes: true, defaultCoef: 0.001)
+    }, writeGGUF: { config in config.experts?.ggufKeys(arch: "qwen3moe") ?? [] },
+       ggufLayerNames: MixtureOfExperts.ggufLayerNames)
 
     /// Mixtral: Mistral's attention, every layer routed (`num_local_experts`, experts
     /// `intermediate_size` wide), the top-k probabilities always renormalised.
@@ -131,10 +165,8 @@ extension ModelFamily {
 
     /// OLMoE: q and k each normed over all heads at once, every layer routed, `norm_topk_prob`
     /// (off in the released models). `clip_qkv` is not supported.
-    static let olmoe = ModelFamily(modelType: "olmoe", hfArchitecture: "OlmoeForCausalLM", ggufArchitecture: nil,
-                                   readHF: { config, fields in
-        config.qkNorm = true
-        config.qkNormSpansHeads = true
+    static let olmoe = ModelFamily(modelType: "olmoe", hfArchitecture: "OlmoeForCausalLM", ggufArchitecture: "olmoe",
+                                   traits: { config in config.qkNorm = true; config.qkNormSpansHeads = true }, readHF: { config, fields in
         if let clip = fields.json["clip_qkv"], !(clip is NSNull) {
             throw LoadError.unsupported(path: fields.path, what: "clip_qkv", found: "\(clip)", supported: ["null"])
         }
@@ -146,5 +178,8 @@ extension ModelFamily {
         moe.writeHF(&json, expertsKey: "num_experts")
         json["norm_topk_prob"] = moe.normalizesTopK
         json["clip_qkv"] = NSNull()
-    })
+    }, readGGUF: { config, file in
+        try MixtureOfExperts.readGGUF(&config, file, arch: "olmoe", normalizes: false, defaultCoef: 0.01)
+    }, writeGGUF: { config in config.experts?.ggufKeys(arch: "olmoe") ?? [] },
+       ggufLayerNames: MixtureOfExperts.ggufLayerNames)
 }
