@@ -182,7 +182,7 @@ enum HFFolderWriter {
             }
         }
         return ExportSummary(output: options.output, files: written, tensorCount: names.count, bytes: totalBytes,
-                             mergedModules: merged.pairs.count)
+                             mergedModules: merged.mergedModuleCount)
     }
 }
 
@@ -216,6 +216,10 @@ enum GGUFExport {
     static func writeAdapter(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
         let config = merged.files.config, lora = merged.lora!
         let arch = try architecture(config, format: .ggufLoRA)
+        if !merged.expertPairs.isEmpty {
+            throw ExportError.unsupported(format: .ggufLoRA, what: "LoRA on a mixture of experts' experts (target_parameters)", found: "present",
+                                          supported: ["adapters on attention and dense projections (export --format gguf with the adapter merges experts too)"])
+        }
         let permute = permutedRows(config, arch: arch)
         let type = options.dtype.dtype
         var entries: [(tensor: GGUFWriter.Tensor, values: () -> [Float])] = []
@@ -348,7 +352,7 @@ enum GGUFExport {
             try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
         }
         return ExportSummary(output: options.output, files: [(options.output as NSString).lastPathComponent], tensorCount: tensors.count,
-                             bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.pairs.count,
+                             bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.mergedModuleCount,
                              tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }))
     }
 

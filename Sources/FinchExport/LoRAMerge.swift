@@ -15,6 +15,9 @@ struct MergedWeights {
     public let lora: LoRAConfig?
     /// HF module path (`model.layers.0.self_attn.q_proj`) to its A [r, in] and B [out, r].
     let pairs: [String: (a: TensorData, b: TensorData)]
+    /// A mixture of experts' pairs, per layer and expert target (`LoRAConfig.expertTargets`), in
+    /// PEFT's layout for 3D parameters: A [r * E, in], B [out, r * E] (expert e's column j at j * E + e).
+    let expertPairs: [Int: [String: (a: TensorData, b: TensorData)]]
 
     /// Reads and checks the adapter: every pair complete, every adapted module present in the
     /// model, every shape fitting its weight (an adapter made for another model fails here).
@@ -23,6 +26,7 @@ struct MergedWeights {
         guard let adapter else {
             lora = nil
             pairs = [:]
+            expertPairs = [:]
             return
         }
         let config = try PEFTAdapter.config(directory: adapter)
@@ -43,11 +47,34 @@ struct MergedWeights {
             halves[module] = entry
         }
         var pairs: [String: (a: TensorData, b: TensorData)] = [:]
+        var expertPairs: [Int: [String: (a: TensorData, b: TensorData)]] = [:]
+        let experts = Dictionary(grouping: halves.keys.filter { Self.expertLayer(of: $0) != nil }) { Self.expertLayer(of: $0)! }
         for module in halves.keys.sorted() {
             let (a, b) = halves[module]!
             let names = LoRAConfig.parameterNames(module: module)
             guard let a else { throw ExportError.adapterIncomplete(adapter: adapter, tensor: names.b, missing: names.a) }
             guard let b else { throw ExportError.adapterIncomplete(adapter: adapter, tensor: names.a, missing: names.b) }
+            if let l = Self.expertLayer(of: module) {
+                // Which projection: gate_up's A reads the hidden state, down's the expert's width
+                // (where both are adapted, PEFT nests gate_up's pair as `base_layer`).
+                guard let moe = files.config.experts, moe.routes(layer: l) else {
+                    throw ExportError.adapterModuleMissing(adapter: adapter, tensor: a.name, module: module)
+                }
+                let C = files.config.hiddenSize, I = moe.intermediateSize, E = moe.expertCount
+                let both = experts[l]!.count == 2
+                let target = both ? (module.hasSuffix(".base_layer") ? "experts.gate_up_proj" : "experts.down_proj")
+                                  : (a.shape.last == C && b.shape.first == 2 * I ? "experts.gate_up_proj" : "experts.down_proj")
+                let r = config.rank(expertTarget: target)
+                let (inputs, out) = target == "experts.gate_up_proj" ? (C, 2 * I) : (I, C)
+                guard a.shape == [r * E, inputs] else {
+                    throw ExportError.adapterMismatch(adapter: adapter, tensor: a.name, found: a.shape, expected: [r * E, inputs])
+                }
+                guard b.shape == [out, r * E] else {
+                    throw ExportError.adapterMismatch(adapter: adapter, tensor: b.name, found: b.shape, expected: [out, r * E])
+                }
+                expertPairs[l, default: [:]][target] = (a, b)
+                continue
+            }
             guard let weight = files.tensors[module + ".weight"], weight.shape.count == 2 else {
                 throw ExportError.adapterModuleMissing(adapter: adapter, tensor: a.name, module: module)
             }
@@ -62,6 +89,29 @@ struct MergedWeights {
         }
         lora = config
         self.pairs = pairs
+        self.expertPairs = expertPairs
+    }
+
+    /// The layer of a mixture of experts' adapted module (`model.layers.3.mlp.experts`, or its
+    /// `.base_layer`), nil for another module.
+    static func expertLayer(of module: String) -> Int? {
+        let parts = module.split(separator: ".")
+        guard parts.count >= 5, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), parts[3] == "mlp", parts[4] == "experts",
+              parts.count == 5 || (parts.count == 6 && parts[5] == "base_layer") else { return nil }
+        return l
+    }
+
+    /// Modules with a LoRA update, the experts' included (for the export's summary).
+    public var mergedModuleCount: Int { pairs.count + expertPairs.values.reduce(0) { $0 + $1.count } }
+
+    /// Layer, projection (0 gate, 1 up, 2 down) and expert of an expert's HF weight name; nil for another.
+    static func expert(of name: String) -> (layer: Int, projection: Int, expert: Int)? {
+        let parts = name.split(separator: ".")
+        guard parts.count == 8, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]),
+              parts[3] == "mlp" || parts[3] == "block_sparse_moe", parts[4] == "experts", let e = Int(parts[5]), parts[7] == "weight",
+              let projection = ["gate_proj", "up_proj", "down_proj"].firstIndex(of: String(parts[6]))
+                ?? ["w1", "w3", "w2"].firstIndex(of: String(parts[6])) else { return nil }
+        return (l, projection, e)
     }
 
     /// HF names of the tensors, sorted.
@@ -74,6 +124,22 @@ struct MergedWeights {
     public func values(_ name: String) -> [Float] {
         let tensor = files.tensors[name]!
         var w = dequantize(tensor)                                        // [out, in]
+        if let lora, let (l, projection, e) = Self.expert(of: name), let pair = expertPairs[l]?[projection == 2 ? "experts.down_proj" : "experts.gate_up_proj"] {
+            // Expert e's pair out of the stacks; gate takes the first rows of gate_up's update, up the rest.
+            let target = projection == 2 ? "experts.down_proj" : "experts.gate_up_proj"
+            let r = lora.rank(expertTarget: target), scale = lora.scale(expertTarget: target), E = files.config.experts!.expertCount
+            let a = dequantize(pair.a), b = dequantize(pair.b)
+            let out = tensor.shape[0], inputs = tensor.shape[1], firstRow = projection == 1 ? out : 0
+            for o in 0..<out {
+                for j in 0..<r {
+                    let bj = scale * b[(firstRow + o) * r * E + j * E + e]
+                    if bj == 0 { continue }
+                    let aRow = (e * r + j) * inputs
+                    for i in 0..<inputs { w[o * inputs + i] += bj * a[aRow + i] }
+                }
+            }
+            return w
+        }
         guard let lora, name.hasSuffix(".weight"), let pair = pairs[String(name.dropLast(".weight".count))] else { return w }
         let a = dequantize(pair.a), b = dequantize(pair.b)                // [r, in], [out, r]
         let out = tensor.shape[0], inputs = tensor.shape[1], r = lora.rank

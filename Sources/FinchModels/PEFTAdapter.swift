@@ -111,7 +111,8 @@ public enum PEFTAdapter {
             return entry.name.dropLast(".lora_A.weight".count).split(separator: ".").last.map(String.init)
         }).sorted()
         let moduleTargets = lora.targets.filter { !LoRAConfig.expertTargets.contains($0) }
-        let expertTargets = lora.targets.filter { LoRAConfig.expertTargets.contains($0) }
+        // In the order Finch nests them (gate_up's pair inner, as `base_layer`), which PEFT follows on loading.
+        let expertTargets = LoRAConfig.expertTargets.filter { lora.targets.contains($0) }
         try SafeTensors.write(path: (directory as NSString).appendingPathComponent(weightsFile), tensors: tensors,
                               metadata: ["format": "pt"])
         let config: [String: Any] = [

@@ -167,4 +167,56 @@ final class MixtureOfExpertsTests: TemporaryDirectoryTestCase {
             XCTAssertTrue("\($0)".contains("mlp_only_layers"), "\($0)")
         }
     }
+
+    /// An adapter with LoRA on the experts merges into each expert's matrices (gate and up from
+    /// gate_up's pair): the merged HF folder gives PEFT's logits, and so does a merged GGUF; a
+    /// GGUF adapter of expert pairs is refused (llama.cpp's LoRA format has no such tensors).
+    func testAdaptersOnTheExpertsMergeIntoEachExpert() throws {
+        for name in Self.models {
+            let f = try Fixture(name)
+            let folder = temporary.appendingPathComponent("\(name)-merged").path
+            let summary = try Exporter.export(ExportOptions(model: f.directory, adapter: f.directory + "/adapter", format: .hf, output: folder))
+            let config = try ModelFiles.open(f.directory).config, moe = try XCTUnwrap(config.experts)
+            let routed = (0..<config.layerCount).filter { moe.routes(layer: $0) }.count
+            XCTAssertEqual(summary.mergedModules, 4 * config.layerCount + 2 * routed, name)   // q, k, v, o; the two expert stacks
+            let merged = try Transformer(files: ModelFiles.open(folder))
+            XCTAssertLessThan(S.maxRelativeError(merged.logits(f.batch), f.tensor("lora_logits")), 1e-4, name)
+        }
+        let f = try Fixture("olmoe_moe")
+        let path = temporary.appendingPathComponent("olmoe-merged.gguf").path
+        try Exporter.export(ExportOptions(model: f.directory, adapter: f.directory + "/adapter", format: .gguf, output: path))
+        XCTAssertLessThan(S.maxRelativeError(try Transformer(files: ModelFiles.open(path)).logits(f.batch), f.tensor("lora_logits")), 1e-4)
+        XCTAssertThrowsError(try Exporter.export(ExportOptions(model: f.directory, adapter: f.directory + "/adapter", format: .ggufLoRA,
+                                                               output: temporary.appendingPathComponent("a.gguf").path))) {
+            XCTAssertTrue("\($0)".contains("target_parameters"), "\($0)")
+        }
+    }
+
+    /// Saved again, an adapter on the experts keeps PEFT's names, layout and patterns
+    /// (`target_parameters`, gate_up_proj's rank_pattern), and reads back to the same logits.
+    /// (`FINCH_MOE_ADAPTER_OUT=DIR` keeps a copy of Qwen3-MoE's, for checking with peft.)
+    func testAdapterOnTheExpertsRoundTripsInPEFTFormat() throws {
+        for name in Self.models {
+            let f = try Fixture(name)
+            let config = try PEFTAdapter.config(directory: f.directory + "/adapter")
+            let peft = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: f.directory + "/adapter/adapter_config.json"))) as! [String: Any]
+            let patterns = peft["rank_pattern"] as? [String: Int] ?? [:]
+            XCTAssertEqual(config.expertRanks, patterns.isEmpty ? [:] : ["experts.gate_up_proj": 8], name)   // PEFT doubles it for some models
+            let model = try Transformer(files: ModelFiles.open(f.directory), fineTuning: .lora(config))
+            try PEFTAdapter.load(directory: f.directory + "/adapter", into: model)
+            let out = ProcessInfo.processInfo.environment["FINCH_MOE_ADAPTER_OUT"].flatMap { name == "qwen3_moe" ? $0 : nil }
+                ?? temporary.appendingPathComponent(name).path
+            try PEFTAdapter.save(model, to: out)
+            let saved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/adapter_config.json"))) as! [String: Any]
+            XCTAssertEqual(saved["target_parameters"] as? [String], ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], name)
+            XCTAssertEqual(saved["rank_pattern"] as? [String: Int], patterns, name)
+            let original = try SafeTensors.read(path: f.directory + "/adapter/adapter_model.safetensors")
+            let written = try SafeTensors.read(path: out + "/adapter_model.safetensors")
+            XCTAssertEqual(Set(written.keys), Set(original.keys), name)
+            for (key, t) in original { XCTAssertEqual(dequantize(written[key]!), dequantize(t), "\(name) \(key)") }
+            let again = try Transformer(files: ModelFiles.open(f.directory), fineTuning: .lora(PEFTAdapter.config(directory: out)))
+            try PEFTAdapter.load(directory: out, into: again)
+            XCTAssertEqual(again.logits(f.batch), model.logits(f.batch), name)
+        }
+    }
 }
