@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Checks Finch's mixture-of-experts GGUF exports against llama.cpp and transformers.
 
-Two tiny models: the `olmoe_moe` parity fixture (llama.cpp architecture `olmoe`; transformers
-has no GGUF reader for it) and a Qwen3-MoE built here with every layer routed (llama.cpp's
+Three tiny models: the `olmoe_moe` and `mixtral_moe` parity fixtures (llama.cpp architectures
+`olmoe` and `llama` with experts; transformers has no GGUF reader for either) and a Qwen3-MoE built here with every layer routed (llama.cpp's
 `qwen3moe` routes every layer; 4 experts of width 32, top 2 renormalised, q/k norms). For each:
 `finch export --format gguf`, then
   (a) llama-cpp-python evaluates the rows (the file marked as having no vocabulary, as
@@ -84,7 +84,8 @@ def main():
     with tempfile.TemporaryDirectory() as work:
         qwen = os.path.join(work, "qwen3_moe_routed")
         qwen_ids, qwen_mask = routed_qwen3_moe(qwen)
-        cases = [("olmoe_moe", os.path.join(FIXTURES, "olmoe_moe"), None, None), ("qwen3_moe_routed", qwen, qwen_ids, qwen_mask)]
+        cases = [("olmoe_moe", os.path.join(FIXTURES, "olmoe_moe"), None, None), ("mixtral_moe", os.path.join(FIXTURES, "mixtral_moe"), None, None),
+                 ("qwen3_moe_routed", qwen, qwen_ids, qwen_mask)]
         for name, folder, ids, mask in cases:
             if ids is None:
                 expected = load_file(os.path.join(folder, "expected.safetensors"))

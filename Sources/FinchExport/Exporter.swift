@@ -279,18 +279,18 @@ enum GGUFExport {
         // Tensor order: the source GGUF's when there is one.
         let family = config.family
         try checkExperts(config, arch: arch)
-        var hfNames = merged.names.filter { GGUFFile.ggufName($0, family: family) != nil || expertStack(of: $0) != nil }
+        var hfNames = merged.names.filter { GGUFFile.ggufName($0, family: family) != nil || expertStack(of: $0, config) != nil }
         if config.tieWordEmbeddings { hfNames.removeAll { $0 == "lm_head.weight" } }
         if let gguf = files.gguf {
             // A stack keeps its own name as its key; an expert's matrix takes its stack's place.
             var order: [String: Int] = [:]
             for (i, name) in gguf.tensorNames.enumerated() {
-                let isStack = MixtureOfExperts.ggufStacks.contains { name.contains(".\($0.gguf).") }
+                let isStack = MixtureOfExperts.ggufStacks.contains { name.contains(".\($0).") }
                 let key = isStack ? name : GGUFFile.hfName(name, family: family) ?? name
                 if order[key] == nil { order[key] = i }
             }
             func place(_ hf: String) -> Int {
-                if let (l, gguf, _) = expertStack(of: hf) { return order["blk.\(l).\(gguf).weight"] ?? Int.max }
+                if let (l, gguf, _) = expertStack(of: hf, config) { return order["blk.\(l).\(gguf).weight"] ?? Int.max }
                 return order[hf] ?? Int.max
             }
             hfNames.sort { (place($0), $0) < (place($1), $1) }
@@ -300,7 +300,7 @@ enum GGUFExport {
         var sources: [(gguf: String, shape: [Int], hf: [String])] = []
         var stacked: [String: Int] = [:]
         for name in hfNames {
-            guard let (l, gguf, e) = expertStack(of: name) else {
+            guard let (l, gguf, e) = expertStack(of: name, config) else {
                 sources.append((GGUFFile.ggufName(name, family: family)!, merged.shape(name), [name]))
                 continue
             }
@@ -358,12 +358,12 @@ enum GGUFExport {
 
     /// Layer, llama.cpp stack name and expert of an expert's HF tensor
     /// (`model.layers.3.mlp.experts.5.gate_proj.weight`: 3, `ffn_gate_exps`, 5); nil for another.
-    static func expertStack(of name: String) -> (layer: Int, gguf: String, expert: Int)? {
+    static func expertStack(of name: String, _ config: ModelConfig) -> (layer: Int, gguf: String, expert: Int)? {
         let parts = name.split(separator: ".")
-        guard parts.count == 8, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]), parts[3] == "mlp", parts[4] == "experts",
-              let e = Int(parts[5]), parts[7] == "weight",
-              let stack = MixtureOfExperts.ggufStacks.first(where: { $0.projection == parts[6] }) else { return nil }
-        return (l, stack.gguf, e)
+        guard let moe = config.experts, parts.count == 8, parts[0] == "model", parts[1] == "layers", let l = Int(parts[2]),
+              let e = Int(parts[5]), e < moe.expertCount,
+              let projection = moe.expertModules(e).firstIndex(where: { "model.layers.\(l).\($0).weight" == name }) else { return nil }
+        return (l, MixtureOfExperts.ggufStacks[projection], e)
     }
 
     /// What llama.cpp computes for the architecture: every layer routed, the chosen
@@ -378,7 +378,7 @@ enum GGUFExport {
             throw ExportError.unsupported(format: .gguf, what: "num_key_value_heads for olmoe", found: "\(config.kvHeadCount)",
                                           supported: ["\(config.headCount), the attention heads (llama.cpp's olmoe has k norms as wide as q's)"])
         }
-        let renormalises = arch == "qwen3moe"
+        let renormalises = arch != "olmoe"
         if moe.normalizesTopK != renormalises {
             throw ExportError.unsupported(format: .gguf, what: "norm_topk_prob for \(arch)", found: "\(moe.normalizesTopK)",
                                           supported: ["\(renormalises) (what llama.cpp computes for \(arch))"])

@@ -53,9 +53,11 @@ extension GGUFFile {
         guard let arch = archValue.string else {
             throw LoadError.malformed(path: path, field: "general.architecture", found: archValue.typeName, expected: "a string")
         }
-        guard let family = ModelFamily.reading(ggufArchitecture: arch) else {
+        guard var family = ModelFamily.reading(ggufArchitecture: arch) else {
             throw LoadError.unsupported(path: path, what: "architecture (general.architecture)", found: arch, supported: ModelFamily.ggufArchitectures)
         }
+        // llama.cpp writes Mixtral as `llama` with experts.
+        if arch == "llama", try optionalInt("llama.expert_count").map({ $0 > 0 }) == true { family = .mixtral }
         let hidden = try requiredInt("\(arch).embedding_length")
         let heads = try requiredInt("\(arch).attention.head_count")
         let kvHeads = try optionalInt("\(arch).attention.head_count_kv") ?? heads
@@ -200,7 +202,7 @@ extension GGUFFile {
     func expertSlices(_ tensor: TensorData, name: String, config: ModelConfig) throws -> [TensorData]? {
         let parts = name.split(separator: ".")
         guard parts.count == 4, parts[0] == "blk", let l = Int(parts[1]), parts[3] == "weight",
-              let stack = MixtureOfExperts.ggufStacks.first(where: { $0.gguf == parts[2] }) else { return nil }
+              let projection = MixtureOfExperts.ggufStacks.firstIndex(of: String(parts[2])) else { return nil }
         guard let moe = config.experts, moe.routes(layer: l), tensor.shape.count == 3, tensor.shape[0] == moe.expertCount else {
             throw LoadError.shapeMismatch(path: path, name: name, found: tensor.shape,
                                           expected: [config.experts?.expertCount ?? 0] + Array(tensor.shape.suffix(2)))
@@ -208,7 +210,7 @@ extension GGUFFile {
         var matrix = tensor
         matrix.shape = [tensor.shape[0] * tensor.shape[1], tensor.shape[2]]
         let rows = tensor.shape[1]
-        return (0..<moe.expertCount).map { e in matrix.rowSlice(e * rows, rows, name: "model.layers.\(l).mlp.experts.\(e).\(stack.projection).weight") }
+        return (0..<moe.expertCount).map { e in matrix.rowSlice(e * rows, rows, name: "model.layers.\(l).\(moe.expertModules(e)[projection]).weight") }
     }
 
     /// Whole-model tensors and the per-layer modules: llama.cpp's name and Hugging Face's.

@@ -140,26 +140,32 @@ final class MixtureOfExpertsTests: TemporaryDirectoryTestCase {
     /// expert's rows), the NLL is the HF folder's; q8_0 stacks quantize by rows as any matrix.
     /// reference/check_moe_gguf.py checks such files against llama.cpp and transformers.
     func testGGUFStacksTheExpertsAndReadsBackToTheSameNLL() throws {
-        let f = try Fixture("olmoe_moe")
-        let hf = try Transformer(files: ModelFiles.open(f.directory)).negativeLogLikelihood(f.batch, targets: f.targets)
-        for dtype in [ExportDType.f32, .q8_0] {
-            let path = temporary.appendingPathComponent("olmoe-\(dtype).gguf").path
-            let summary = try Exporter.export(ExportOptions(model: f.directory, format: .gguf, dtype: dtype, output: path))
-            let gguf = try GGUFFile(path: path)
-            XCTAssertEqual(gguf.metadata["general.architecture"]?.string, "olmoe")
-            XCTAssertEqual(gguf.metadata["olmoe.expert_count"]?.int, 4)
-            XCTAssertEqual(gguf.metadata["olmoe.expert_used_count"]?.int, 2)
-            XCTAssertEqual(gguf.tensors["blk.1.ffn_gate_exps.weight"]?.shape, [4, 32, 64])
-            XCTAssertEqual(gguf.tensors["blk.1.ffn_down_exps.weight"]?.shape, [4, 64, 32])
-            XCTAssertEqual(gguf.tensors["blk.1.ffn_gate_inp.weight"]?.dtype, .f32)
-            XCTAssertEqual(gguf.tensors["blk.1.ffn_up_exps.weight"]?.dtype, dtype == .f32 ? .f32 : .q8_0)
-            XCTAssertEqual(summary.tensorCount, gguf.tensors.count)
-            let files = try ModelFiles.open(path)
-            XCTAssertEqual(files.config.experts, MixtureOfExperts(expertCount: 4, topK: 2, intermediateSize: 32, normalizesTopK: false,
-                                                                  routerAuxLossCoef: 0.01, outputRouterLogits: false, denseLayers: [], naming: .qwen))
-            let back = try Transformer(files: files).negativeLogLikelihood(f.batch, targets: f.targets)
-            let (a, b) = (hf.sum / Double(hf.count), back.sum / Double(back.count))
-            XCTAssertEqual(b, a, accuracy: (dtype == .f32 ? 1e-5 : 1e-2) * a, "\(dtype)")
+        for (name, arch) in [("olmoe_moe", "olmoe"), ("mixtral_moe", "llama")] {
+            let f = try Fixture(name)
+            let source = try ModelFiles.open(f.directory).config
+            let hf = try Transformer(files: ModelFiles.open(f.directory)).negativeLogLikelihood(f.batch, targets: f.targets)
+            for dtype in [ExportDType.f32, .q8_0] {
+                let path = temporary.appendingPathComponent("\(name)-\(dtype).gguf").path
+                let summary = try Exporter.export(ExportOptions(model: f.directory, format: .gguf, dtype: dtype, output: path))
+                let gguf = try GGUFFile(path: path)
+                XCTAssertEqual(gguf.metadata["general.architecture"]?.string, arch, name)
+                XCTAssertEqual(gguf.metadata["\(arch).expert_count"]?.int, 4, name)
+                XCTAssertEqual(gguf.metadata["\(arch).expert_used_count"]?.int, 2, name)
+                XCTAssertEqual(gguf.tensors["blk.1.ffn_gate_exps.weight"]?.shape, [4, 32, 64], name)
+                XCTAssertEqual(gguf.tensors["blk.1.ffn_down_exps.weight"]?.shape, [4, 64, 32], name)
+                XCTAssertEqual(gguf.tensors["blk.1.ffn_gate_inp.weight"]?.dtype, .f32, name)
+                XCTAssertEqual(gguf.tensors["blk.1.ffn_up_exps.weight"]?.dtype, dtype == .f32 ? .f32 : .q8_0, name)
+                XCTAssertEqual(summary.tensorCount, gguf.tensors.count, name)
+                let files = try ModelFiles.open(path)
+                XCTAssertEqual(files.config.modelType, source.modelType, name)
+                var expected = source.experts!
+                expected.outputRouterLogits = false
+                expected.routerAuxLossCoef = files.config.experts?.routerAuxLossCoef ?? -1
+                XCTAssertEqual(files.config.experts, expected, name)
+                let back = try Transformer(files: files).negativeLogLikelihood(f.batch, targets: f.targets)
+                let (a, b) = (hf.sum / Double(hf.count), back.sum / Double(back.count))
+                XCTAssertEqual(b, a, accuracy: (dtype == .f32 ? 1e-5 : 1e-2) * a, "\(name) \(dtype)")
+            }
         }
         // llama.cpp's qwen3moe routes every layer and renormalises: Qwen3-MoE's fixture has a dense layer.
         XCTAssertThrowsError(try Exporter.export(ExportOptions(model: Fixture("qwen3_moe").directory, format: .gguf,

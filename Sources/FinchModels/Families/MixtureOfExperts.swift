@@ -42,10 +42,10 @@ public struct MixtureOfExperts: Equatable, Sendable {
     public func routes(layer l: Int) -> Bool { !denseLayers.contains(l) }
 
     /// The router's module path within a layer (`model.layers.<l>.` + this).
-    var routerModule: String { naming == .qwen ? "mlp.gate" : "block_sparse_moe.gate" }
+    package var routerModule: String { naming == .qwen ? "mlp.gate" : "block_sparse_moe.gate" }
 
     /// Expert `e`'s gate, up and down module paths within a layer.
-    func expertModules(_ e: Int) -> [String] {
+    package func expertModules(_ e: Int) -> [String] {
         switch naming {
         case .qwen: return ["gate_proj", "up_proj", "down_proj"].map { "mlp.experts.\(e).\($0)" }
         case .mixtral: return ["w1", "w3", "w2"].map { "block_sparse_moe.experts.\(e).\($0)" }
@@ -89,14 +89,15 @@ extension MixtureOfExperts {
     /// `expert_used_count`, `expert_feed_forward_length` (else `feed_forward_length`); a layer
     /// without `ffn_gate_inp` is dense. llama.cpp renormalises the chosen probabilities in
     /// `qwen3moe` and not in `olmoe` (`expert_weights_norm` where written).
-    static func readGGUF(_ config: inout ModelConfig, _ file: GGUFFile, arch: String, normalizes: Bool, defaultCoef: Float) throws {
+    static func readGGUF(_ config: inout ModelConfig, _ file: GGUFFile, arch: String, normalizes: Bool, defaultCoef: Float,
+                         naming: Naming = .qwen) throws {
         let experts = try file.requiredInt("\(arch).expert_count")
         config.experts = MixtureOfExperts(
             expertCount: experts, topK: try file.requiredInt("\(arch).expert_used_count"),
             intermediateSize: try file.optionalInt("\(arch).expert_feed_forward_length") ?? config.intermediateSize,
             normalizesTopK: file.metadata["\(arch).expert_weights_norm"]?.bool ?? normalizes, routerAuxLossCoef: defaultCoef,
             outputRouterLogits: false,
-            denseLayers: Set((0..<config.layerCount).filter { file.tensors["blk.\($0).ffn_gate_inp.weight"] == nil }), naming: .qwen)
+            denseLayers: Set((0..<config.layerCount).filter { file.tensors["blk.\($0).ffn_gate_inp.weight"] == nil }), naming: naming)
         try config.experts!.validate(layerCount: config.layerCount) { key, found, expected in
             LoadError.malformed(path: file.path, field: "\(arch).\(key == "num_experts" ? "expert_count" : key == "num_experts_per_tok" ? "expert_used_count" : key)",
                                 found: "\(found)", expected: expected)
@@ -109,11 +110,11 @@ extension MixtureOfExperts {
          ("\(arch).expert_feed_forward_length", .uint32(UInt32(intermediateSize)))]
     }
 
-    /// llama.cpp's names of a layer's router and stacked experts, with the HF projection each stacks.
+    /// llama.cpp's name of a layer's router, and the HF one.
     static let ggufLayerNames: [(gguf: String, hf: String)] = [(gguf: "ffn_gate_inp", hf: "mlp.gate")]
-    /// The stacked expert tensors `blk.<l>.<name>.weight` [E, rows, columns] and the projection of each expert they hold.
-    package static let ggufStacks: [(gguf: String, projection: String)] = [("ffn_gate_exps", "gate_proj"), ("ffn_up_exps", "up_proj"),
-                                                                   ("ffn_down_exps", "down_proj")]
+    /// The stacked expert tensors `blk.<l>.<name>.weight` [E, rows, columns], in the order of
+    /// `expertModules` (gate, up, down).
+    package static let ggufStacks = ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"]
 }
 
 extension ModelFamily {
@@ -148,7 +149,9 @@ extension ModelFamily {
 
     /// Mixtral: Mistral's attention, every layer routed (`num_local_experts`, experts
     /// `intermediate_size` wide), the top-k probabilities always renormalised.
-    static let mixtral = ModelFamily(modelType: "mixtral", hfArchitecture: "MixtralForCausalLM", ggufArchitecture: nil,
+    /// llama.cpp writes Mixtral as `llama` with its experts stacked (`llama.expert_count` set):
+    /// such a file reads as Mixtral.
+    static let mixtral = ModelFamily(modelType: "mixtral", hfArchitecture: "MixtralForCausalLM", ggufArchitecture: "llama",
                                      readHF: { config, fields in
         if fields.json["sliding_window"].map({ !($0 is NSNull) }) == true {
             throw LoadError.unsupported(path: fields.path, what: "sliding_window", found: "\(fields.json["sliding_window"]!)", supported: ["null"])
@@ -161,7 +164,10 @@ extension ModelFamily {
     }, writeHF: { config, json in
         config.experts?.writeHF(&json, expertsKey: "num_local_experts")
         json["sliding_window"] = NSNull()
-    })
+    }, readGGUF: { config, file in
+        try MixtureOfExperts.readGGUF(&config, file, arch: "llama", normalizes: true, defaultCoef: 0.001, naming: .mixtral)
+    }, writeGGUF: { config in config.experts?.ggufKeys(arch: "llama") ?? [] },
+       ggufLayerNames: [(gguf: "ffn_gate_inp", hf: "block_sparse_moe.gate")], ggufPermutesQueryKey: true)
 
     /// OLMoE: q and k each normed over all heads at once, every layer routed, `norm_topk_prob`
     /// (off in the released models). `clip_qkv` is not supported.
