@@ -184,7 +184,7 @@ extension TrainConfig {
         .integer("lora_r", \.loraR, "LoRA rank."),
         .number("lora_alpha", \.loraAlpha, "LoRA alpha (scale alpha / r)."),
         .number("lora_dropout", \.loraDropout, "LoRA dropout, in [0, 1)."),
-        TrainOption(key: "lora_targets", kind: .list(LoRAConfig.targetNames), help: "The projections that get adapters, comma-separated (Phi-3's joined modules: qkv_proj, gate_up_proj).",
+        TrainOption(key: "lora_targets", kind: .list(LoRAConfig.targetNames), help: "The projections that get adapters, comma-separated (Phi-3's joined modules: qkv_proj, gate_up_proj; a mixture of experts' experts: experts.gate_up_proj, experts.down_proj).",
                     defaultValue: LoRAConfig.allProjections.joined(separator: ",")) { c, v, source in
             let list = v.split(whereSeparator: { $0 == "," || $0 == " " || $0 == "[" || $0 == "]" }).map(String.init)
             if let bad = list.first(where: { !LoRAConfig.targetNames.contains($0) }) {
