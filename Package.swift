@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "FinchKernels", dependencies: ["FinchCPU"]),
         .target(name: "FinchIO", dependencies: ["FinchKernels", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "FinchTokenizers", dependencies: ["FinchKernels", "FinchIO"]),   // usable alone
-        .target(name: "FinchModels", dependencies: ["FinchKernels", "FinchIO"]),
+        .target(name: "FinchModels", dependencies: ["FinchKernels", "FinchIO", .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "FinchGeneration", dependencies: ["FinchModels", "FinchTokenizers"]),
         .target(name: "FinchDistributed", dependencies: ["FinchKernels"]),
         .target(name: "FinchTraining", dependencies: ["FinchModels", "FinchTokenizers", "FinchGeneration", "FinchDistributed"]),
@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "FinchKernelsTests", dependencies: ["FinchKernels", "FinchCPU", "FinchTestSupport"]),
         .testTarget(name: "FinchIOTests", dependencies: ["FinchIO", "FinchTestSupport"]),
         .testTarget(name: "FinchTokenizersTests", dependencies: ["FinchTokenizers", "FinchTestSupport"]),
-        .testTarget(name: "FinchModelsTests", dependencies: ["FinchModels", "FinchTestSupport"]),
+        .testTarget(name: "FinchModelsTests", dependencies: ["FinchModels", "FinchTestSupport", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(name: "FinchGenerationTests", dependencies: ["FinchGeneration", "FinchTestSupport"]),
         .testTarget(name: "FinchTrainingTests", dependencies: ["FinchTraining", "FinchTestSupport"]),
         .testTarget(name: "FinchExportTests", dependencies: ["FinchExport", "FinchTestSupport"]),

@@ -7,6 +7,14 @@ set -euo pipefail
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
+# libcurl: Foundation's URLSession (downloads from the Hugging Face hub, Sources/FinchModels/HubDownload.swift)
+# links it; the Swift toolchain's own dependencies include it, installed here in case.
+if ! ldconfig -p | grep -q 'libcurl\.so\.4'; then
+    echo "setup: installing libcurl (libcurl4)"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq libcurl4 >/dev/null
+fi
+
 if ! ldconfig -p | grep -q 'libopenblas\.so\.0'; then
     echo "setup: installing OpenBLAS (libopenblas0-pthread)"
     $SUDO apt-get update -qq

@@ -8,8 +8,9 @@ import FinchIO
 ///     <cache>/models--<org>--<name>/refs/<revision>      the commit a branch or tag points at
 ///     <cache>/models--<org>--<name>/snapshots/<commit>/  the files (links into blobs/)
 ///
-/// The cache is `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`. Finch does
-/// not download: a model missing from the cache is an error that says where it looked.
+/// The cache is `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`. A repo or
+/// revision missing from the cache is downloaded into it (`HubDownloader`) unless `HF_HUB_OFFLINE`
+/// is set; a failed download is an error that says where Finch looked and why the hub did not answer.
 public enum HubCache {
     /// The cache folder for `environment`.
     public static func directory(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
@@ -38,6 +39,26 @@ public enum HubCache {
             if let revision { throw LoadError.unsupported(path: model, what: "--revision for a local path", found: revision, supported: ["a repo id"]) }
             return model
         }
+        do {
+            return try cached(model, revision: revision, environment: environment)
+        } catch let missing as LoadError {
+            let offline = ["1", "true", "yes", "on"].contains((environment["HF_HUB_OFFLINE"] ?? "").lowercased())
+            guard !offline else { throw missing }
+            let downloader = HubDownloader(environment: environment)
+            do {
+                try downloader.snapshot(repo: model, revision: revision ?? "main")
+            } catch let failure as HubError {
+                throw LoadError.unsupported(path: model, what: "model location",
+                                            found: "a repo id not in the Hugging Face cache \(downloader.cache), and the download failed: \(failure)",
+                                            supported: ["a folder or .gguf file", "a repo id in the cache (HF_HUB_CACHE, HF_HOME)", "a reachable hub (HF_ENDPOINT, HF_TOKEN)"])
+            }
+            return try cached(model, revision: revision, environment: environment)
+        }
+    }
+
+    /// `resolve` without downloading: the cached snapshot, or a `LoadError`.
+    static func cached(_ model: String, revision: String?, environment: [String: String]) throws -> String {
+        let files = FileManager.default
         let cache = directory(environment: environment)
         let repo = (cache as NSString).appendingPathComponent("models--" + model.replacingOccurrences(of: "/", with: "--"))
         guard files.fileExists(atPath: repo) else {

@@ -34,7 +34,7 @@ final class HubCacheTests: TemporaryDirectoryTestCase {
     func testRepoIDsResolveToTheirSnapshots() throws {
         let cache = temporary.appendingPathComponent("hub")
         let repo = try makeCache(root: cache)
-        let environment = ["HF_HUB_CACHE": cache.path]
+        let environment = ["HF_HUB_CACHE": cache.path, "HF_HUB_OFFLINE": "1"]   // downloading: HubDownloadTests
         XCTAssertEqual(HubCache.directory(environment: ["HF_HOME": "/x/hf"]), "/x/hf/hub")
         XCTAssertEqual(HubCache.directory(environment: ["HOME": "/home/u"]), "/home/u/.cache/huggingface/hub")
         XCTAssertEqual(HubCache.directory(environment: environment), cache.path, "HF_HUB_CACHE wins")
