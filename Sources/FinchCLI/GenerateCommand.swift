@@ -20,6 +20,8 @@ struct ModelOptions: ParsableArguments {
     @Option var seed: UInt64 = 0
     @Option(name: .customLong("stop"), help: "Stop when the output contains this text (repeatable).") var stops: [String] = []
     @Option(help: "A system message (with --chat).") var system: String?
+    @Option(help: "A JSON file: the list of tool (function) schemas the chat template offers the model (with --chat), as apply_chat_template's tools.")
+    var tools: String?
     @Flag(name: .customLong("int8-activations"), help: "Multiply quantized weights by activations rounded to 8 bits (llama.cpp's arithmetic): faster decoding, logits ~1e-2 from exact, so answers can change.")
     var int8Activations = false
 
@@ -32,6 +34,16 @@ struct ModelOptions: ParsableArguments {
         guard maxNewTokens >= 0 else { throw ValidationError("--max-new-tokens must be 0 or more") }
         guard temperature >= 0 else { throw ValidationError("--temperature must be 0 (greedy) or more") }
         guard topP > 0 && topP <= 1 else { throw ValidationError("--top-p must be in (0, 1]") }
+    }
+
+    /// The tools of `--tools`, read once, as the template's `tools` variable.
+    func toolSchemas() throws -> JinjaValue? {
+        guard let tools else { return nil }
+        let value = try TemplateCommand.json(tools)
+        guard case .array = value else {
+            throw LoadError.malformed(path: tools, field: "top level", found: "not a list", expected: "a list of tool schemas")
+        }
+        return value
     }
 
     func load() throws -> (ChatSession) {
@@ -65,12 +77,14 @@ struct GenerateCommand: ParsableCommand {
             guard (prompt == nil) != (prompts == nil) else { throw ValidationError("give exactly one of --prompt or --prompts") }
             let session = try options.load()
             let inputs = try prompt.map { [$0] } ?? Self.readPrompts(prompts!)
+            if options.tools != nil && !chat { throw ValidationError("--tools goes with --chat (the chat template renders them)") }
+            let tools = try options.toolSchemas()
             var start = 0
             while start < inputs.count {
                 let texts = Array(inputs[start..<min(start + batchSize, inputs.count)])
                 start += texts.count
                 let ids = try texts.map { text in
-                    try chat ? session.chatPrompt(history: [], user: text, system: options.system) : session.plainPrompt(text)
+                    try chat ? session.chatPrompt(history: [], user: text, system: options.system, tools: tools) : session.plainPrompt(text)
                 }
                 // One prompt at a time streams its text as it comes; a batch prints each answer at its end.
                 let streaming = !json && texts.count == 1
@@ -117,12 +131,13 @@ struct ChatCommand: ParsableCommand {
     func run() throws {
         try runReportingErrors {
             let session = try options.load()
+            let tools = try options.toolSchemas()
             var history: [ChatMessage] = []
             print("Type a message; an empty line or end of input quits.")
             while true {
                 print("> ", terminator: ""); flushOutput()
                 guard let line = readLine(), !line.trimmingCharacters(in: .whitespaces).isEmpty else { break }
-                let ids = try session.chatPrompt(history: history, user: line, system: options.system)
+                let ids = try session.chatPrompt(history: history, user: line, system: options.system, tools: tools)
                 var stream = StreamingDecoder(tokenizer: session.tokenizer, skipSpecialTokens: true)
                 let result = try session.generate(promptIDs: ids, options: options) { print(stream.append($0), terminator: ""); flushOutput() }
                 print(stream.finish())

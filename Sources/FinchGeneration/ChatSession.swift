@@ -63,14 +63,16 @@ public final class ChatSession {
     }
 
     /// The ids of `history` plus a new user turn, rendered with the chat template and the generation
-    /// prompt. `system` is inserted first unless the history already starts with a system message.
-    public func chatPrompt(history: [ChatMessage], user: String, system: String?) throws -> [Int] {
+    /// prompt. `system` is inserted first unless the history already starts with a system message;
+    /// `tools` (a list of function schemas) is the template's `tools`, as apply_chat_template's.
+    public func chatPrompt(history: [ChatMessage], user: String, system: String?, tools: JinjaValue? = nil) throws -> [Int] {
         guard let source = tokenizer.chatTemplate else { throw Error.noChatTemplate(files.source) }
         var messages = history
         if let system, history.first?.role != "system" { messages.insert(ChatMessage(role: "system", content: system), at: 0) }
         messages.append(ChatMessage(role: "user", content: user))
         let text = try ChatTemplate(source).render(messages: messages, addGenerationPrompt: true,
-                                                   bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken)
+                                                   bosToken: tokenizer.bosToken, eosToken: tokenizer.eosToken,
+                                                   extra: tools.map { ["tools": $0] } ?? [:])
         let ids = try tokenizer.encode(text, addSpecialTokens: false)
         // A template can render nothing at all (one that ignores the messages, say).
         guard !ids.isEmpty else { throw Error.emptyTemplateOutput(files.source) }

@@ -58,4 +58,37 @@ final class GenerateCLITests: TemporaryDirectoryTestCase {
         XCTAssertEqual(batched.map { $0["text"] as? String }, single.map { $0["text"] as? String })
         XCTAssertEqual(batched.map { $0["completion_tokens"] as? Int }, single.map { $0["completion_tokens"] as? Int })
     }
+
+    /// `--tools` goes into the chat template as apply_chat_template's `tools`: the prompt `finch
+    /// generate --chat` decodes after is exactly what `finch template --tools --add-generation-prompt
+    /// --ids` prints, and holds the schema (a short template of Qwen's shape: the tiny model's
+    /// context is 256 tokens); bad tool files are clear errors.
+    func testToolsReachTheChatTemplate() throws {
+        let model = try tinyChatModel()
+        let configPath = model + "/tokenizer_config.json"
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath))) as! [String: Any]
+        config["chat_template"] = "{% if tools %}<tools>{% for t in tools %}{{ t.function.name }}({{ t.function.parameters.required | join(', ') }}){% endfor %}</tools>{% endif %}"
+            + "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: configPath))
+        let tools = try write("tools.json", #"[{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]"#)
+        let messages = try write("messages.json", #"[{"role": "user", "content": "Weather in Paris?"}]"#)
+        let ids = try finch(["template", "--model", model, "--messages", messages, "--tools", tools, "--add-generation-prompt", "--ids"])
+        XCTAssertEqual(ids.status, 0, ids.err)
+        let expected = ids.out.filter { $0 == "," }.count + 1
+        let text = try finch(["template", "--model", model, "--messages", messages, "--tools", tools, "--add-generation-prompt"])
+        XCTAssertTrue(text.out.hasPrefix("<tools>get_weather(city)</tools><|user|>"), text.out)
+        let with = try finch(["generate", "--model", model, "--chat", "--tools", tools, "--prompt", "Weather in Paris?", "--max-new-tokens", "2", "--json"])
+        XCTAssertEqual(with.status, 0, with.err)
+        let object = try JSONSerialization.jsonObject(with: Data(with.out.utf8)) as! [String: Any]
+        XCTAssertEqual(object["prompt_tokens"] as? Int, expected)
+        let without = try finch(["generate", "--model", model, "--chat", "--prompt", "Weather in Paris?", "--max-new-tokens", "2", "--json"])
+        let plain = try JSONSerialization.jsonObject(with: Data(without.out.utf8)) as! [String: Any]
+        XCTAssertLessThan(plain["prompt_tokens"] as! Int, expected - 5, "the schema is in the prompt only with --tools")
+        let bad = try write("bad.json", #"{"name": "get_weather"}"#)
+        let refused = try finch(["generate", "--model", model, "--chat", "--tools", bad, "--prompt", "hi"])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.err.contains("bad.json") && refused.err.contains("a list of tool schemas"), refused.err)
+        let noChat = try finch(["generate", "--model", model, "--tools", tools, "--prompt", "hi"])
+        XCTAssertTrue(noChat.err.contains("--tools goes with --chat"), noChat.err)
+    }
 }
