@@ -140,6 +140,16 @@ final class ChatTemplateTests: XCTestCase {
         XCTAssertThrowsError(try JinjaValue(jsonText: "{\"a\": }"))
     }
 
+    /// `from_json` is json.loads (newer transformers register it; DeepSeek V3.2's template parses a
+    /// tool call's arguments with it): the expected text is Python jinja2's with that filter.
+    func testFromJSONFilter() throws {
+        let template = try ChatTemplate("{% set call = args | from_json %}{{ call.city }}|{{ call.days | length }}|{% for k in call %}{{ k }},{% endfor %}|{{ call.nested.x }}")
+        XCTAssertEqual(try template.render(context: ["args": .string(#"{"city": "Paris", "days": [1, 2, 3], "nested": {"x": 1.5}}"#)]),
+                       "Paris|3|city,days,nested,|1.5")
+        XCTAssertThrowsError(try ChatTemplate("{{ 3 | from_json }}").render(context: [:])) { XCTAssertTrue("\($0)".contains("from_json"), "\($0)") }
+        XCTAssertThrowsError(try ChatTemplate("{{ '{' | from_json }}").render(context: [:])) { XCTAssertTrue("\($0)".contains("from_json"), "\($0)") }
+    }
+
     func testPythonFloatRepr() {
         let cases: [(Double, String)] = [
             (1, "1.0"), (0.1, "0.1"), (1e16, "1e+16"), (1e15, "1000000000000000.0"), (1e-4, "0.0001"), (1e-5, "1e-05"),

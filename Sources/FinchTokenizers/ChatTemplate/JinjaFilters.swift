@@ -216,6 +216,12 @@ enum JinjaFilters {
                 return total
             },
             "title": { _, v, _ in .string(jinjaTitle(v.pyStr)) },
+            // json.loads, as newer transformers add it for templates (DeepSeek V3.2's) that parse a
+            // tool call's arguments string; objects keep their keys' order.
+            "from_json": { _, v, _ in
+                guard case .string(let text) = v else { throw JinjaRuntimeError("from_json expects a string, got \(v.typeName)") }
+                do { return try JinjaValue(jsonText: text) } catch { throw JinjaRuntimeError("from_json: \(error)") }
+            },
             "tojson": { _, v, a in
                 let p = try bindArguments(a, ["ensure_ascii", "indent", "separators", "sort_keys"], function: "tojson")
                 var options = JinjaJSONDumpOptions()
