@@ -114,6 +114,16 @@ def model_specs():
                              "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
             tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
             {"targets": PHI3_LORA_TARGETS, "greedy": False}),
+        # Phi-3 again, within LongRoPE's original context (64 > the 36 positions of the greedy decode):
+        # the short factors throughout, so transformers' cached generate and its full forwards agree
+        ("phi3_short", Phi3Config(
+            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            original_max_position_embeddings=64, rms_norm_eps=1e-5, hidden_act="silu",
+            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                             "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
+            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
+            {"targets": PHI3_LORA_TARGETS}),
         # Qwen3-MoE: 4 experts, top 2 renormalised (norm_topk_prob), q/k norms; layer 1 is a
         # dense MLP (mlp_only_layers), layers 0 and 2 route; the load-balancing loss is in the loss
         ("qwen3_moe", Qwen3MoeConfig(
@@ -440,7 +450,7 @@ def build(name, cfg, lora_extra, out_root, seed):
         tensors["greedy_tokens"] = tokens.float().contiguous()
         tensors["greedy_logits"] = step_logits.float().contiguous()
         print(f"  greedy {prompt[0].tolist()} -> {tokens.tolist()}")
-    if cfg.model_type == "phi3":
+    if cfg.model_type == "phi3" and cfg.original_max_position_embeddings < ids.shape[1]:
         check_longrope(model, ids, mask)
 
     # no metadata: safetensors writes its metadata map in random order, which would make
@@ -503,6 +513,7 @@ Models:
 | gemma3_sliding | gemma3_text (q/k norm; sliding window 4: layer 0 sliding, 1 full; query_pre_attn_scalar 24; no softcaps) | 128 | 64 | 96 | 4/2 | 16 | yes | sliding layer theta 1e4; full layer theta 1e6, linear factor 2 |
 | phi3_longrope | phi3 (qkv_proj and gate_up_proj joined; LoRA on qkv_proj, o_proj, gate_up_proj, down_proj; no greedy keys) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e4, partial rotary 0.5 (8 of 16 dims), longrope: original 8 < 9 positions, so the long factors, attention factor sqrt(1 + ln 8 / ln 8) |
 
+| phi3_short | phi3 as phi3_longrope, original context 64: the short factors throughout (greedy keys) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e4, partial rotary 0.5, longrope with max 256 / original 64 |
 | qwen3_moe | qwen3_moe (4 experts of width 32, top 2 renormalised; layer 1 dense (mlp_only_layers), layers 0 and 2 routed) | 128 | 64 | 96 | 4/2 | 16 | no | theta 1e6 |
 | mixtral_moe | mixtral (4 experts of width 32, top 2; w1/w3/w2 under block_sparse_moe on disk) | 128 | 64 | 32 | 4/2 | 16 | no | theta 1e6 |
 | olmoe_moe | olmoe (4 experts of width 32, top 2 not renormalised; q and k normed over all heads) | 128 | 64 | 32 | 4/4 | 16 | no | theta 5e4 |

@@ -15,7 +15,7 @@ import FinchTestSupport
 final class ParityTests: XCTestCase {
     typealias S = TestSupport
     static let models = ["llama_tied", "qwen2_bias", "llama_scaled", "qwen3_qknorm", "smollm3_norope", "gemma2_softcap", "gemma3_sliding",
-                          "phi3_longrope"]
+                          "phi3_longrope", "phi3_short"]
 
     struct Fixture {
         let directory: String
@@ -45,6 +45,25 @@ final class ParityTests: XCTestCase {
             let nll = model.negativeLogLikelihood(f.batch, targets: f.targets)
             XCTAssertEqual(Float(nll.sum / Double(nll.count)), f.tensor("loss")[0], accuracy: 1e-5 * f.tensor("loss")[0], name)
         }
+    }
+
+    /// Every fixture with greedy keys (written since they were added): Finch's generator (KV cache,
+    /// chunked prefill) picks transformers' 32 greedy tokens; Phi-3 within LongRoPE's original
+    /// context (`phi3_short`). The Gemma and mixture-of-experts fixtures' own tests check each step's logits too.
+    func testGreedyGenerationMatchesTransformers() throws {
+        var checked: [String] = []
+        for name in Self.models {
+            let f = try Fixture(name)
+            guard f.expected["greedy_tokens"] != nil else { continue }
+            let model = try Transformer(files: ModelFiles.open(f.directory))
+            let prompt = f.tensor("greedy_prompt").map { Int($0) }, tokens = f.tensor("greedy_tokens").map { Int($0) }
+            let generator = Generator(model: model)
+            generator.prefillChunk = 3
+            XCTAssertEqual(generator.generate(prompt: prompt, sampling: SamplingSettings(), stop: StopRules(maxNewTokens: 32, eosTokenIds: [])).tokens,
+                           tokens, name)
+            checked.append(name)
+        }
+        XCTAssertTrue(checked.contains("phi3_short"), "\(checked)")
     }
 
     func testLoRALogitsAndGradientsMatchPEFT() throws {
