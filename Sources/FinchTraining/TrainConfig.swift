@@ -99,9 +99,9 @@ public struct TrainConfig: Sendable, Codable, Equatable {
     public var packing = false
     /// Recompute each layer in backward instead of keeping its activations (HF's gradient_checkpointing).
     public var gradientCheckpointing = false
-    /// Mixture of experts: the weight of the load-balancing loss in the training loss (nil: the
-    /// model's `router_aux_loss_coef` where its config sets `output_router_logits`, else 0, as
-    /// transformers does; 0 turns it off).
+    /// Mixture of experts: the weight of the load-balancing loss in the training loss (nil, as TRL
+    /// 1.16: the config's `router_aux_loss_coef` for SFT, DPO, KTO and GRPO; for ORPO, CPO and SimPO
+    /// only where the config sets `output_router_logits`; 0 turns it off).
     public var routerAuxLossCoef: Double?
     /// Keep a quantized base (GGUF Q4/Q8) quantized in memory, dequantized tile by tile inside
     /// each product, instead of the f32 copy made for bases under 1 GB (Unsloth's load_in_4bit).

@@ -197,7 +197,7 @@ extension TrainConfig {
         .optionalText("adapter", \.adapter, "Start from an existing PEFT adapter."),
         .flag("packing", \.packing, "SFT: pack sequences end to end into rows of --max-length (attention stays within each)."),
         TrainOption(key: "router_aux_loss_coef", kind: .number,
-                    help: "Mixture of experts: weight of the load-balancing loss (default: the model's where its config sets output_router_logits, else 0).",
+                    help: "Mixture of experts: weight of the load-balancing loss (default, as TRL: the config's router_aux_loss_coef; for orpo, cpo and simpo only where the config sets output_router_logits; 0 turns it off).",
                     defaultValue: nil) { c, v, source in
             guard let d = Double(v), d.isFinite, d >= 0 else { throw TrainOption.invalid("router_aux_loss_coef", source, v, "a number >= 0") }
             c.routerAuxLossCoef = d

@@ -118,7 +118,13 @@ public final class TrainingRun {
                                     denseLimitBytes: config.keepQuantized ? 0 : Transformer.defaultDenseLimitBytes,
                                     precision: precision.precision)
         model.gradientCheckpointing = config.gradientCheckpointing
-        if let coef = config.routerAuxLossCoef, model.config.experts != nil { model.routerAuxLossCoef = Float(coef) }
+        if let moe = model.config.experts {
+            // TRL 1.16: SFT, DPO, KTO and GRPO add the load-balancing loss at the config's coefficient
+            // unless told 0; its ORPO and CPO (SimPO) trainers only where the config sets output_router_logits.
+            let followsConfigFlag = ["orpo", "cpo", "simpo"].contains(config.method)
+            model.routerAuxLossCoef = config.routerAuxLossCoef.map { Float($0) }
+                ?? (followsConfigFlag && !moe.outputRouterLogits ? 0 : moe.routerAuxLossCoef)
+        }
         if let adapter = config.adapter, !config.full { try PEFTAdapter.load(directory: adapter, into: model) }
         let padId = Int32(tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0)
         let chosenPrecision = precision.precision, modelFiles: ModelFiles = files

@@ -9,7 +9,7 @@ import FinchTestSupport
 /// GRPO's exact accumulation, its reward functions (built in and external commands, with their
 /// failures) and its settings. Parity with TRL's GRPOTrainer is in FinchParityTests.
 final class GRPOTests: XCTestCase {
-    let directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path
+    var directory = TestSupport.fixtures.appendingPathComponent("parity/llama_tied").path
 
     /// Four prompts of different lengths.
     static func examples() -> [Example] {
@@ -101,6 +101,24 @@ final class GRPOTests: XCTestCase {
                         XCTAssertEqual(split.metrics[key] ?? .nan, value, accuracy: 1e-5 * max(abs(value), 1e-3), "\(label) \(batch)x\(accum) \(key)")
                     }
                 }
+            }
+        }
+    }
+
+    /// A mixture of experts (Qwen3-MoE's fixture, its load-balancing loss at 0.1, LoRA on the
+    /// experts): the trainer counts the router's choices on the window's sampled completions
+    /// before the first backward, so 2 x 2 and 1 x 4 give 4 x 1's update, loss and aux_loss.
+    func testAccumulationIsExactWithALoadBalancingLoss() throws {
+        directory = TestSupport.fixtures.appendingPathComponent("parity/qwen3_moe").path
+        var s = GRPOSettings()
+        s.numGenerations = 3; s.maxCompletionLength = 8; s.beta = 0.04; s.rewardWeights = [1, 0.5]
+        let full = try run(s, batch: 4, accum: 1, steps: 1)
+        XCTAssertGreaterThan(try XCTUnwrap(full.metrics["aux_loss"]), 1)
+        for (batch, accum) in [(2, 2), (1, 4)] {
+            let split = try run(s, batch: batch, accum: accum, steps: 1)
+            XCTAssertLessThan(TestSupport.relativeL2(split.update, full.update), 1e-5, "\(batch)x\(accum)")
+            for key in ["loss", "aux_loss", "kl"] {
+                XCTAssertEqual(split.metrics[key] ?? .nan, full.metrics[key]!, accuracy: 1e-5 * max(abs(full.metrics[key]!), 1e-3), "\(batch)x\(accum) \(key)")
             }
         }
     }

@@ -64,7 +64,7 @@ public struct GRPOSettings: Sendable, Equatable {
 /// split into micro-batches gives the full batch's update (TRL's bnpo, grpo and dr_grpo average
 /// per micro-batch). `--batch-size` counts prompts: a micro-batch holds batchSize x numGenerations
 /// completions (TRL's per_device_train_batch_size counts completions).
-public final class GRPOObjective: Objective {
+public final class GRPOObjective: Objective, NamesItsTrainingBatches {
     /// TRL's `loss_type`.
     public enum Loss: String, Sendable, CaseIterable {
         /// Each completion's token mean, averaged over completions (the paper's).
@@ -368,6 +368,13 @@ public final class GRPOObjective: Objective {
     }
 
     // MARK: Loss
+
+    /// The forward `accumulate` runs: the window's completions of these prompts, sampled already
+    /// by `windowNormalisers` (the trainer counts a mixture of experts' router choices after it).
+    package func trainingBatches(_ examples: [Example], model: Transformer) -> [TokenBatch] {
+        let rollouts = examples.flatMap { training.byExample[$0.id] ?? [] }
+        return rollouts.isEmpty ? [] : [sequenceBatch(rollouts).tokens]
+    }
 
     /// Forward and backward of a micro-batch's completions, as its share of the window.
     public func accumulate(_ examples: [Example], model: Transformer, window: Normalisers) throws -> [String: Double] {
