@@ -90,7 +90,7 @@ struct BenchCommand: ParsableCommand {
     struct Step: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Time one LoRA (or full) forward + backward step.")
         @Option(help: "A model folder or .gguf; default: random weights of SmolLM2-135M's shape.") var model: String?
-        @Option(name: .customLong("shape"), help: "Random model shape when no --model: smollm2-135m or llama3.2-1b.")
+        @Option(name: .customLong("shape"), help: "Random model shape when no --model: smollm2-135m, llama3.2-1b or moe-smollm2 (8 experts, top 2, SmolLM2's FLOPs per token).")
         var shape = "smollm2-135m"
         @Option var batch = 4
         @Option var seq = 512
@@ -131,7 +131,8 @@ struct BenchCommand: ParsableCommand {
                     switch shape {
                     case "smollm2-135m": files = .random(config: .smolLM2_135M, quantization: dtype)
                     case "llama3.2-1b": files = .random(config: .llama32_1B, quantization: dtype)
-                    default: throw ValidationError("unknown --shape \(shape); use smollm2-135m or llama3.2-1b")
+                    case "moe-smollm2": files = .random(config: .moeSmolLM2Shape, quantization: dtype)
+                    default: throw ValidationError("unknown --shape \(shape); use smollm2-135m, llama3.2-1b or moe-smollm2")
                     }
                 }
                 let tuning: FineTuning = full ? .full : .lora(LoRAConfig(rank: loraRank, alpha: loraAlpha))

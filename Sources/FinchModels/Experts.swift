@@ -78,14 +78,19 @@ final class ExpertLoRA {
     }
 }
 
-/// Floats on the heap, freed with the object: per-expert buffers whose count varies per pass.
-final class FloatBuffer {
-    let pointer: UnsafeMutablePointer<Float>
-    let count: Int
-    init(_ count: Int) {
-        self.count = count
-        pointer = .allocate(capacity: max(count, 1))
-        pointer.initialize(repeating: 0, count: max(count, 1))
+/// Floats kept from one pass to the next, grown when a pass needs more (uninitialised): fresh
+/// large allocations per pass would be page-faulted in and zeroed by the kernel every time.
+final class GrowableBuffer {
+    private(set) var pointer: UnsafeMutablePointer<Float>
+    private(set) var capacity: Int
+    init() { pointer = .allocate(capacity: 1); capacity = 1 }
+    func reserve(_ count: Int) -> UnsafeMutablePointer<Float> {
+        if count > capacity {
+            pointer.deallocate()
+            pointer = .allocate(capacity: count)
+            capacity = count
+        }
+        return pointer
     }
     deinit { pointer.deallocate() }
 }
@@ -102,7 +107,7 @@ final class ExpertLayer {
     let experts: [[Linear]]
     let gateUpLoRA: ExpertLoRA?, downLoRA: ExpertLoRA?
 
-    /// What the last training forward routed and computed, for backward.
+    /// What the last training forward routed, for backward; the computed values are in the stores.
     struct Saved {
         var n = 0
         var probabilities: [Float] = []          // [n, E] softmax of the router logits
@@ -110,11 +115,13 @@ final class ExpertLayer {
         var weights: [Float] = []                // [n, k] their weights in the output
         var tokens: [[Int]] = []                 // per expert: the tokens routed to it
         var slots: [[Int]] = []                  // per expert: the choice (0..<k) of each
-        var gateUp: [FloatBuffer?] = []          // per expert [n_e, 2I]
-        var outputs: [FloatBuffer?] = []         // per expert [n_e, C], before weighting
-        var lora: [[FloatBuffer?]] = []          // per expert, gate / up / down: LoRA's x A^T [n_e, r]
+        var offsets: [Int] = []                  // per expert: its first row in the stores
     }
     private(set) var saved = Saved()
+    /// A training forward's per-expert values, rows of all experts one after another (n * k rows):
+    /// gate/up [rows, 2I], outputs before weighting [rows, C], LoRA's x A^T of gate, up, down [rows, r].
+    private let gateUpStore = GrowableBuffer(), outputStore = GrowableBuffer()
+    private let loraStores = [GrowableBuffer(), GrowableBuffer(), GrowableBuffer()]
 
     init(settings: MixtureOfExperts, activation: MLPActivation, router: Linear, experts: [[Linear]],
          gateUpLoRA: ExpertLoRA?, downLoRA: ExpertLoRA?) {
@@ -123,70 +130,89 @@ final class ExpertLayer {
     }
 
     var linears: [Linear] { [router] + experts.flatMap { $0 } }
+    private var intermediate: Int { experts[0][0].outFeatures }
+    private var ranks: [Int] { experts[0].map { $0.lora?.rank ?? 0 } }
 
     /// out[n, C] += the layer's output for x[n, C] (the MLP's normed input). `mask` [n] marks real
     /// tokens (1) for the tally; with `keep`, what backward needs is kept, and the choices are
     /// added to `tally` where there is one.
     func forward(_ x: UnsafePointer<Float>, n: Int, into out: UnsafeMutablePointer<Float>, mask: UnsafePointer<Float>?,
                  keep: Bool, tally: inout RouterTally?, random: inout FinchRandom, training: Bool) {
-        let E = settings.expertCount, k = settings.topK, C = router.inFeatures
-        let I = experts[0][0].outFeatures
-        let logits = FloatBuffer(n * E)
-        router.forward(x, n: n, into: logits.pointer, saved: LinearSaved(), random: &random, training: false)
+        let E = settings.expertCount, k = settings.topK, C = router.inFeatures, I = intermediate
         var probabilities = [Float](repeating: 0, count: n * E), chosen = [Int](repeating: 0, count: n * k)
         var weights = [Float](repeating: 0, count: n * k)
         var tokens = [[Int]](repeating: [], count: E), slots = tokens
-        for t in 0..<n {
-            let p = t * E, z = logits.pointer + p
-            var m = z[0]
-            for e in 1..<max(E, 1) { m = max(m, z[e]) }
-            var sum: Float = 0
-            for e in 0..<E { probabilities[p + e] = expf(z[e] - m); sum += probabilities[p + e] }
-            for e in 0..<E { probabilities[p + e] /= sum }
-            // The k largest, by decreasing probability (the lower index first on a tie).
-            var picked: [Int] = []
-            for _ in 0..<k {
-                var best = -1
-                for e in 0..<E where !picked.contains(e) && (best < 0 || probabilities[p + e] > probabilities[p + best]) { best = e }
-                picked.append(best)
-            }
-            let total = picked.reduce(Float(0)) { $0 + probabilities[p + $1] }
-            for (slot, e) in picked.enumerated() {
-                chosen[t * k + slot] = e
-                weights[t * k + slot] = settings.normalizesTopK ? probabilities[p + e] / total : probabilities[p + e]
-                tokens[e].append(t); slots[e].append(slot)
-            }
-            if keep, tally != nil {
-                let real = Double(mask?[t] ?? 1)
-                if real != 0 {
-                    for e in picked { tally!.counts[e] += real }
-                    for e in 0..<E { tally!.probabilities[e] += real * Double(probabilities[p + e]) }
-                    tally!.rows += real
+        ScratchPool.shared.withBuffer(capacity: n * E) { logits in
+            router.forward(x, n: n, into: logits, saved: LinearSaved(), random: &random, training: false)
+            for t in 0..<n {
+                let p = t * E, z = logits + p
+                var m = z[0]
+                for e in 1..<max(E, 1) { m = max(m, z[e]) }
+                var sum: Float = 0
+                for e in 0..<E { probabilities[p + e] = expf(z[e] - m); sum += probabilities[p + e] }
+                for e in 0..<E { probabilities[p + e] /= sum }
+                // The k largest, by decreasing probability (the lower index first on a tie).
+                var picked: [Int] = []
+                for _ in 0..<k {
+                    var best = -1
+                    for e in 0..<E where !picked.contains(e) && (best < 0 || probabilities[p + e] > probabilities[p + best]) { best = e }
+                    picked.append(best)
+                }
+                let total = picked.reduce(Float(0)) { $0 + probabilities[p + $1] }
+                for (slot, e) in picked.enumerated() {
+                    chosen[t * k + slot] = e
+                    weights[t * k + slot] = settings.normalizesTopK ? probabilities[p + e] / total : probabilities[p + e]
+                    tokens[e].append(t); slots[e].append(slot)
+                }
+                if keep, tally != nil {
+                    let real = Double(mask?[t] ?? 1)
+                    if real != 0 {
+                        for e in picked { tally!.counts[e] += real }
+                        for e in 0..<E { tally!.probabilities[e] += real * Double(probabilities[p + e]) }
+                        tally!.rows += real
+                    }
                 }
             }
         }
         gateUpLoRA?.gather(); downLoRA?.gather()
-        var kept = Saved(n: n, probabilities: probabilities, chosen: chosen, weights: weights, tokens: tokens, slots: slots)
-        for e in 0..<E {
-            let rows = tokens[e].count
-            guard rows > 0 else { kept.gateUp.append(nil); kept.outputs.append(nil); kept.lora.append([]); continue }
-            let (gate, up, down) = (experts[e][0], experts[e][1], experts[e][2])
-            let xe = gatherRows(x, tokens[e], width: C)
-            let gateUp = FloatBuffer(rows * 2 * I), output = FloatBuffer(rows * C), h = FloatBuffer(rows * I)
-            let lora = [gate, up, down].map { $0.lora.map { FloatBuffer(rows * $0.rank) } }
-            let savedLinears = lora.map { LinearSaved(xa: $0?.pointer) }
-            Linear.forward([gate, up], xe.pointer, n: rows, into: [gateUp.pointer, gateUp.pointer + I], ldy: 2 * I,
-                           saved: [savedLinears[0], savedLinears[1]], random: &random, training: training)
-            gatedActivationForward(activation, h.pointer, gate: gateUp.pointer, up: gateUp.pointer + I, rows: rows, width: I, stride: 2 * I)
-            down.forward(h.pointer, n: rows, into: output.pointer, saved: savedLinears[2], random: &random, training: training)
-            for (i, t) in tokens[e].enumerated() {
-                let w = weights[t * k + slots[e][i]]
-                let dst = out + t * C, src = output.pointer + i * C
-                for c in 0..<C { dst[c] += w * src[c] }
+        var offsets: [Int] = [], rows = 0
+        for e in 0..<E { offsets.append(rows); rows += tokens[e].count }
+        let ranks = self.ranks, maxRows = tokens.map(\.count).max() ?? 0
+        let perRow = 2 * I + C + ranks.reduce(0, +)
+        // Kept values go to the stores in training, to scratch otherwise (an inference pass between a
+        // training forward and its backward, a reference model's, must leave them alone).
+        func withValues(_ body: (UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>, [UnsafeMutablePointer<Float>]) -> Void) {
+            if keep {
+                body(gateUpStore.reserve(rows * 2 * I), outputStore.reserve(rows * C), (0..<3).map { loraStores[$0].reserve(rows * max(ranks[$0], 1)) })
+            } else {
+                ScratchPool.shared.withBuffer(capacity: rows * perRow + 3) { p in
+                    body(p, p + rows * 2 * I, [p + rows * (2 * I + C), p + rows * (2 * I + C + ranks[0]) + 1,
+                                               p + rows * (2 * I + C + ranks[0] + ranks[1]) + 2])
+                }
             }
-            kept.gateUp.append(gateUp); kept.outputs.append(output); kept.lora.append(lora)
         }
-        if keep { saved = kept }
+        withValues { gateUpAll, outputAll, loraAll in
+            ScratchPool.shared.withBuffer(capacity: maxRows * (C + I)) { temporary in
+                let xe = temporary, h = temporary + maxRows * C
+                for e in 0..<E where !tokens[e].isEmpty {
+                    let count = tokens[e].count, first = offsets[e]
+                    let (gate, up, down) = (experts[e][0], experts[e][1], experts[e][2])
+                    let gateUp = gateUpAll + first * 2 * I, output = outputAll + first * C
+                    let savedLinears = (0..<3).map { ranks[$0] > 0 ? LinearSaved(xa: loraAll[$0] + first * ranks[$0]) : LinearSaved() }
+                    for (i, t) in tokens[e].enumerated() { (xe + i * C).update(from: x + t * C, count: C) }
+                    Linear.forward([gate, up], xe, n: count, into: [gateUp, gateUp + I], ldy: 2 * I,
+                                   saved: [savedLinears[0], savedLinears[1]], random: &random, training: training)
+                    gatedActivationForward(activation, h, gate: gateUp, up: gateUp + I, rows: count, width: I, stride: 2 * I)
+                    down.forward(h, n: count, into: output, saved: savedLinears[2], random: &random, training: training)
+                    for (i, t) in tokens[e].enumerated() {
+                        let w = weights[t * k + slots[e][i]]
+                        let dst = out + t * C, src = output + i * C
+                        for c in 0..<C { dst[c] += w * src[c] }
+                    }
+                }
+            }
+        }
+        if keep { saved = Saved(n: n, probabilities: probabilities, chosen: chosen, weights: weights, tokens: tokens, slots: slots, offsets: offsets) }
     }
 
     /// Backward of the last kept forward: given dOut [n, C], writes dx [n, C] (the gradient of the
@@ -194,62 +220,59 @@ final class ExpertLayer {
     /// (router probability of e) at each real token, from the load-balancing loss (empty: none).
     func backward(_ dOut: UnsafePointer<Float>, x: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, mask: UnsafePointer<Float>?,
                   auxGradient: [Float]) {
-        let s = saved, n = s.n, E = settings.expertCount, k = settings.topK, C = router.inFeatures
-        let I = experts[0][0].outFeatures
+        let s = saved, n = s.n, E = settings.expertCount, k = settings.topK, C = router.inFeatures, I = intermediate
+        let ranks = self.ranks, maxRows = s.tokens.map(\.count).max() ?? 0, maxRank = max(ranks.max() ?? 0, 1)
         dx.update(repeating: 0, count: n * C)
         var dWeights = [Float](repeating: 0, count: n * k)
-        for e in 0..<E {
-            guard let gateUp = s.gateUp[e], let output = s.outputs[e] else { continue }
-            let rows = s.tokens[e].count, (gate, up, down) = (experts[e][0], experts[e][1], experts[e][2])
-            let dy = FloatBuffer(rows * C)
-            for (i, t) in s.tokens[e].enumerated() {
-                let slot = t * k + s.slots[e][i], w = s.weights[slot]
-                var dot: Float = 0
-                for c in 0..<C { dy.pointer[i * C + c] = w * dOut[t * C + c]; dot += dOut[t * C + c] * output.pointer[i * C + c] }
-                dWeights[slot] = dot
+        ScratchPool.shared.withBuffer(capacity: maxRows * (3 * C + 4 * I + maxRank)) { temporary in
+            let dy = temporary, xe = dy + maxRows * C, dxe = xe + maxRows * C
+            let h = dxe + maxRows * C, dh = h + maxRows * I, dGateUp = dh + maxRows * I, scratch = dGateUp + maxRows * 2 * I
+            for e in 0..<E where !s.tokens[e].isEmpty {
+                let count = s.tokens[e].count, first = s.offsets[e], (gate, up, down) = (experts[e][0], experts[e][1], experts[e][2])
+                let gateUp = gateUpStore.pointer + first * 2 * I, output = outputStore.pointer + first * C
+                for (i, t) in s.tokens[e].enumerated() {
+                    let slot = t * k + s.slots[e][i], w = s.weights[slot]
+                    let d = dOut + t * C, o = output + i * C, row = dy + i * C
+                    var dot: Float = 0
+                    for c in 0..<C { row[c] = w * d[c]; dot += d[c] * o[c] }
+                    dWeights[slot] = dot
+                    (xe + i * C).update(from: x + t * C, count: C)
+                }
+                let savedLinears = (0..<3).map { ranks[$0] > 0 ? LinearSaved(xa: loraStores[$0].pointer + first * ranks[$0]) : LinearSaved() }
+                gatedActivationForward(activation, h, gate: gateUp, up: gateUp + I, rows: count, width: I, stride: 2 * I)
+                down.backward(dy, x: h, n: count, dx: dh, accumulate: false, saved: savedLinears[2], scratch: scratch)
+                gatedActivationBackward(activation, dgate: dGateUp, dup: dGateUp + I, dh: dh, gate: gateUp, up: gateUp + I,
+                                        rows: count, width: I, stride: 2 * I)
+                Linear.backward([gate, up], [dGateUp, dGateUp + I], lddy: 2 * I, x: xe, n: count, dx: dxe, accumulate: false,
+                                saved: [savedLinears[0], savedLinears[1]], scratch: scratch)
+                for (i, t) in s.tokens[e].enumerated() {
+                    let dst = dx + t * C, src = dxe + i * C
+                    for c in 0..<C { dst[c] += src[c] }
+                }
             }
-            let xe = gatherRows(x, s.tokens[e], width: C)
-            let h = FloatBuffer(rows * I), dh = FloatBuffer(rows * I), dGateUp = FloatBuffer(rows * 2 * I), dxe = FloatBuffer(rows * C)
-            let savedLinears = s.lora[e].map { LinearSaved(xa: $0?.pointer) }
-            // The experts' ranks may pass the attention's, which sized the model's scratch.
-            let scratchBuffer = FloatBuffer(rows * max(gateUpLoRA?.rank ?? 1, downLoRA?.rank ?? 1))
-            let scratch = scratchBuffer.pointer
-            gatedActivationForward(activation, h.pointer, gate: gateUp.pointer, up: gateUp.pointer + I, rows: rows, width: I, stride: 2 * I)
-            down.backward(dy.pointer, x: h.pointer, n: rows, dx: dh.pointer, accumulate: false, saved: savedLinears[2], scratch: scratch)
-            gatedActivationBackward(activation, dgate: dGateUp.pointer, dup: dGateUp.pointer + I, dh: dh.pointer, gate: gateUp.pointer,
-                                    up: gateUp.pointer + I, rows: rows, width: I, stride: 2 * I)
-            Linear.backward([gate, up], [dGateUp.pointer, dGateUp.pointer + I], lddy: 2 * I, x: xe.pointer, n: rows,
-                            dx: dxe.pointer, accumulate: false, saved: [savedLinears[0], savedLinears[1]], scratch: scratch)
-            for (i, t) in s.tokens[e].enumerated() { for c in 0..<C { dx[t * C + c] += dxe.pointer[i * C + c] } }
         }
         gateUpLoRA?.scatterGradients(); downLoRA?.scatterGradients()
         // Through the weights to the probabilities (w_j = p_j / S with S the chosen ones' sum when
         // renormalised), plus the load-balancing loss's term, then the softmax to the router's logits.
-        let dLogits = FloatBuffer(n * E)
-        var dp = [Float](repeating: 0, count: E)
-        for t in 0..<n {
-            for e in 0..<E { dp[e] = 0 }
-            let p = t * E
-            if settings.normalizesTopK {
-                let total = (0..<k).reduce(Float(0)) { $0 + s.probabilities[p + s.chosen[t * k + $1]] }
-                let mixed = (0..<k).reduce(Float(0)) { $0 + dWeights[t * k + $1] * s.weights[t * k + $1] }
-                for j in 0..<k { dp[s.chosen[t * k + j]] += (dWeights[t * k + j] - mixed) / total }
-            } else {
-                for j in 0..<k { dp[s.chosen[t * k + j]] += dWeights[t * k + j] }
+        ScratchPool.shared.withBuffer(capacity: n * E + maxRank) { dLogits in
+            var dp = [Float](repeating: 0, count: E)
+            for t in 0..<n {
+                for e in 0..<E { dp[e] = 0 }
+                let p = t * E
+                if settings.normalizesTopK {
+                    let total = (0..<k).reduce(Float(0)) { $0 + s.probabilities[p + s.chosen[t * k + $1]] }
+                    let mixed = (0..<k).reduce(Float(0)) { $0 + dWeights[t * k + $1] * s.weights[t * k + $1] }
+                    for j in 0..<k { dp[s.chosen[t * k + j]] += (dWeights[t * k + j] - mixed) / total }
+                } else {
+                    for j in 0..<k { dp[s.chosen[t * k + j]] += dWeights[t * k + j] }
+                }
+                let real = mask?[t] ?? 1
+                if !auxGradient.isEmpty && real != 0 { for e in 0..<E { dp[e] += real * auxGradient[e] } }
+                let inner = (0..<E).reduce(Float(0)) { $0 + dp[$1] * s.probabilities[p + $1] }
+                for e in 0..<E { dLogits[p + e] = s.probabilities[p + e] * (dp[e] - inner) }
             }
-            let real = mask?[t] ?? 1
-            if !auxGradient.isEmpty && real != 0 { for e in 0..<E { dp[e] += real * auxGradient[e] } }
-            let inner = (0..<E).reduce(Float(0)) { $0 + dp[$1] * s.probabilities[p + $1] }
-            for e in 0..<E { dLogits.pointer[p + e] = s.probabilities[p + e] * (dp[e] - inner) }
+            // The router has no LoRA pair: its scratch is never read.
+            router.backward(dLogits, x: x, n: n, dx: dx, accumulate: true, saved: LinearSaved(), scratch: dLogits + n * E)
         }
-        let unused = FloatBuffer(1)   // the router has no LoRA pair to need scratch
-        router.backward(dLogits.pointer, x: x, n: n, dx: dx, accumulate: true, saved: LinearSaved(), scratch: unused.pointer)
-    }
-
-    /// Rows `rows` of x [*, width], one after another.
-    private func gatherRows(_ x: UnsafePointer<Float>, _ rows: [Int], width: Int) -> FloatBuffer {
-        let out = FloatBuffer(rows.count * width)
-        for (i, t) in rows.enumerated() { (out.pointer + i * width).update(from: x + t * width, count: width) }
-        return out
     }
 }

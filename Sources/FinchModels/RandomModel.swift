@@ -16,6 +16,20 @@ extension ModelConfig {
         tieWordEmbeddings: true, maxPositionEmbeddings: 131072)
 }
 
+extension ModelConfig {
+    /// A mixture of experts of SmolLM2-135M's attention and its FLOPs per token: Qwen3-MoE's
+    /// layout (q/k norms), 8 experts of width 768 in every layer, 2 chosen per token (the MLP work
+    /// of SmolLM2's 1536-wide dense MLP), about 370M parameters.
+    public static let moeSmolLM2Shape: ModelConfig = {
+        var c = ModelConfig(modelType: "qwen3_moe", hiddenSize: 576, intermediateSize: 1536, layerCount: 30, headCount: 9, kvHeadCount: 3,
+                            headDim: 64, vocabSize: 49152, rmsNormEps: 1e-5, ropeTheta: 100000, tieWordEmbeddings: true,
+                            maxPositionEmbeddings: 8192, qkNorm: true)
+        c.experts = MixtureOfExperts(expertCount: 8, topK: 2, intermediateSize: 768, normalizesTopK: true, routerAuxLossCoef: 0.001,
+                                     outputRouterLogits: true, denseLayers: [], naming: .qwen)
+        return c
+    }()
+}
+
 extension ModelFiles {
     /// A model of `config`'s shape with random f32 weights (normal, std 0.02; norms 1), for benchmarks and tests.
     /// With `quantization` q4_0 or q4_1, every matrix (projections, embedding, head) is stored in
