@@ -203,7 +203,11 @@ extension GGUFFile {
         let parts = name.split(separator: ".")
         guard parts.count == 4, parts[0] == "blk", let l = Int(parts[1]), parts[3] == "weight",
               let projection = MixtureOfExperts.ggufStacks.firstIndex(of: String(parts[2])) else { return nil }
-        guard let moe = config.experts, moe.routes(layer: l), tensor.shape.count == 3, tensor.shape[0] == moe.expertCount else {
+        if config.experts.map({ !$0.routes(layer: l) }) ?? true {
+            throw LoadError.malformed(path: path, field: "tensor '\(name)'", found: "experts stacked in layer \(l), which has no router",
+                                      expected: "blk.\(l).ffn_gate_inp.weight beside them (or no expert tensors in a dense layer)")
+        }
+        guard let moe = config.experts, tensor.shape.count == 3, tensor.shape[0] == moe.expertCount else {
             throw LoadError.shapeMismatch(path: path, name: name, found: tensor.shape,
                                           expected: [config.experts?.expertCount ?? 0] + Array(tensor.shape.suffix(2)))
         }

@@ -225,4 +225,37 @@ final class MixtureOfExpertsTests: TemporaryDirectoryTestCase {
             XCTAssertEqual(again.logits(f.batch), model.logits(f.batch), name)
         }
     }
+
+    /// Broken mixture-of-experts GGUFs are refused naming the tensor or key: a stack whose expert
+    /// count disagrees with the metadata, more experts used than there are, a stack flattened to
+    /// 2-D, a layer's router missing beside its experts, a stack missing.
+    func testBrokenExpertGGUFsAreRefusedByName() throws {
+        let f = try Fixture("olmoe_moe")
+        let good = temporary.appendingPathComponent("o.gguf").path
+        try Exporter.export(ExportOptions(model: f.directory, format: .gguf, output: good))
+        let source = try GGUFFile(path: good)
+        func variant(_ name: String, metadata change: [String: GGUFValue] = [:], tensors: (GGUFWriter.Tensor) -> GGUFWriter.Tensor? = { $0 }) throws -> String {
+            let path = temporary.appendingPathComponent(name + ".gguf").path
+            let metadata = source.metadataKeys.map { (key: $0, value: change[$0] ?? source.metadata[$0]!) }
+            let kept = source.tensorNames.compactMap { n -> (GGUFWriter.Tensor, TensorData)? in
+                let t = source.tensors[n]!
+                return tensors(GGUFWriter.Tensor(name: n, shape: t.shape, dtype: t.dtype)).map { ($0, t) }
+            }
+            try GGUFWriter.write(path: path, metadata: metadata, tensors: kept.map(\.0)) { i, sink in
+                try sink(UnsafeRawBufferPointer(start: kept[i].1.bytes, count: kept[i].1.byteCount))
+            }
+            return path
+        }
+        let cases: [(String, String)] = [
+            (try variant("count", metadata: ["olmoe.expert_count": .uint32(3)]), "ffn_down_exps.weight' has shape [4, 64, 32], expected [3, 64, 32]"),
+            (try variant("used", metadata: ["olmoe.expert_used_count": .uint32(9)]), "olmoe.expert_used_count: found 9"),
+            (try variant("flat") { $0.name.contains("ffn_up_exps") ? GGUFWriter.Tensor(name: $0.name, shape: [128, 64], dtype: $0.dtype) : $0 },
+             "ffn_up_exps.weight' has shape [128, 64]"),
+            (try variant("router") { $0.name == "blk.1.ffn_gate_inp.weight" ? nil : $0 }, "which has no router"),
+            (try variant("stack") { $0.name == "blk.0.ffn_down_exps.weight" ? nil : $0 }, "model.layers.0.mlp.experts.0.down_proj.weight' is missing"),
+        ]
+        for (path, message) in cases {
+            XCTAssertThrowsError(try Transformer(files: ModelFiles.open(path))) { XCTAssertTrue("\($0)".contains(message), "\(path): \($0)") }
+        }
+    }
 }
