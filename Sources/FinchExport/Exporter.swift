@@ -316,7 +316,8 @@ enum GGUFExport {
         }
         let extra = ropeTensors.map { GGUFWriter.Tensor(name: $0.name, shape: [$0.values.count], dtype: .f32) }
         let types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
-                                    groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings)
+                                    groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings,
+                                    expertCount: config.experts?.expertCount ?? 1)
         let tensors = extra + sources.map { source -> GGUFWriter.Tensor in
             GGUFWriter.Tensor(name: source.gguf, shape: source.shape, dtype: types.type(of: source.gguf, shape: source.shape))
         }

@@ -10,9 +10,14 @@ struct GGUFTensorTypes {
     /// Query heads per KV head (llama.cpp's n_gqa).
     let groupSize: Int
     let tiedEmbeddings: Bool
+    /// Experts per routed layer (llama.cpp's n_expert; 1 for a dense model). llama.cpp treats
+    /// 8-expert models apart (Mixtral's count): attn_k and attn_v at Q8_0, attn_output at Q5_K
+    /// in the low-bit mixtures.
+    let expertCount: Int
 
-    init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool) {
+    init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool, expertCount: Int = 1) {
         self.fileType = fileType; self.layerCount = layerCount; self.groupSize = groupSize; self.tiedEmbeddings = tiedEmbeddings
+        self.expertCount = expertCount
     }
 
     /// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
@@ -58,13 +63,19 @@ struct GGUFTensorTypes {
             default: break
             }
         } else if name.contains("attn_output.weight") {
-            switch fileType {
-            case .q2_k: type = .q3_K
-            case .q3_k_m: type = .q4_K
-            case .q3_k_l: type = .q5_K
-            default: break
+            if expertCount == 8 {
+                if [.q2_k, .q3_k_s, .q3_k_m, .q4_k_s, .q4_k_m].contains(fileType) { type = .q5_K }
+            } else {
+                switch fileType {
+                case .q2_k: type = .q3_K
+                case .q3_k_m: type = .q4_K
+                case .q3_k_l: type = .q5_K
+                default: break
+                }
             }
         }
+        // llama.cpp's bump for 8-expert models: attn_v (after its mixture's rule) and attn_k at Q8_0.
+        if expertCount == 8 && (name.contains("attn_v.weight") || name.contains("attn_k.weight")) { type = .q8_0 }
         return Self.fallback(type, columns: columns)
     }
 

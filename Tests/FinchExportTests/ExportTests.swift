@@ -127,6 +127,32 @@ final class ExportTests: TemporaryDirectoryTestCase {
                        + "attn_output.weight F16 x30; ffn_gate.weight F16 x30; ffn_up.weight F16 x30; ffn_down.weight F16 x30; attn_norm.weight F32 x30")
     }
 
+    /// An 8-expert model (llama.cpp's Mixtral rule): attn_k and attn_v at Q8_0, attn_output at Q5_K
+    /// in the low-bit mixtures, the stacked experts as the dense projections, the router F32. The
+    /// same choices, and the same bytes, as llama.cpp's quantizer on a 4-layer Qwen3-MoE with 8
+    /// experts of rows 256 (q2_k, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_m, q6_k, q4_0 compared by hand
+    /// with reference/llamacpp_quantize.py on Finch's f32 export).
+    func testTensorTypesOfAnEightExpertModelFollowLlamaCpp() {
+        func types(_ fileType: ExportDType) -> String {
+            let chooser = GGUFTensorTypes(fileType: fileType, layerCount: 4, groupSize: 2, tiedEmbeddings: false, expertCount: 8)
+            var tensors: [(name: String, type: DType)] = []
+            for l in 0..<4 {
+                for (name, shape) in [("attn_q", [256, 256]), ("attn_k", [128, 256]), ("attn_v", [128, 256]), ("attn_output", [256, 256]),
+                                      ("ffn_gate_inp", [8, 256]), ("ffn_gate_exps", [8, 256, 256]), ("ffn_down_exps", [8, 256, 256])] {
+                    let full = "blk.\(l).\(name).weight"
+                    tensors.append((full, chooser.type(of: full, shape: shape)))
+                }
+            }
+            return GGUFTensorTypes.summary(tensors)
+        }
+        XCTAssertEqual(types(.q4_k_m), "attn_q.weight Q4_K x4; attn_k.weight Q8_0 x4; attn_v.weight Q8_0 x4; attn_output.weight Q5_K x4; "
+                       + "ffn_gate_inp.weight F32 x4; ffn_gate_exps.weight Q4_K x4; ffn_down_exps.weight Q4_K x2, Q6_K x2")
+        XCTAssertEqual(types(.q6_k), "attn_q.weight Q6_K x4; attn_k.weight Q8_0 x4; attn_v.weight Q8_0 x4; attn_output.weight Q6_K x4; "
+                       + "ffn_gate_inp.weight F32 x4; ffn_gate_exps.weight Q6_K x4; ffn_down_exps.weight Q6_K x4")
+        let dense = GGUFTensorTypes(fileType: .q4_k_m, layerCount: 4, groupSize: 2, tiedEmbeddings: false, expertCount: 4)
+        XCTAssertEqual(dense.type(of: "blk.1.attn_k.weight", shape: [128, 256]), .q4_K, "the bump is for 8 experts only")
+    }
+
     /// A quantized export reads back (every type dequantizes) and stays near the f32 model's logits.
     func testQuantizedExportsReadBackNearTheF32Model() throws {
         let name = "llama_tied", reference = try logits(parity(name), fixture: name)
