@@ -62,6 +62,58 @@ final class TrainCLITests: TemporaryDirectoryTestCase {
         XCTAssertTrue(again.err.contains("--overwrite"), again.err)
     }
 
+    /// A mixture of experts through the command line: a random Qwen3-MoE (4 experts, top 2) with the
+    /// tiny tokenizer, SFT with accumulation and LoRA on the experts (`aux_loss` logged, TRL's
+    /// default coefficient from config.json), the adapter in PEFT's `target_parameters` form,
+    /// a merged export that generates, and ORPO leaving the auxiliary loss out unless the config
+    /// sets output_router_logits (TRL's ORPO), or a flag asks for it.
+    func testMixtureOfExpertsTrainsExportsAndGenerates() throws {
+        let folder = temporary.appendingPathComponent("moe")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        var json = ["model_type": "qwen3_moe", "hidden_size": 32, "intermediate_size": 64, "moe_intermediate_size": 32, "num_hidden_layers": 2,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 512, "num_experts": 4,
+                    "num_experts_per_tok": 2, "norm_topk_prob": true, "router_aux_loss_coef": 0.01, "tie_word_embeddings": true,
+                    "max_position_embeddings": 256, "bos_token_id": 1, "eos_token_id": 2] as [String: Any]
+        let config = try ModelConfig(json: json, path: "config.json")
+        let files = ModelFiles.random(config: config, seed: 5)
+        try SafeTensors.write(path: folder.appendingPathComponent("model.safetensors").path,
+                              tensors: Transformer.tensorLayout(config).map { ($0.name, $0.shape, dequantize(files.tensors[$0.name]!)) })
+        json["architectures"] = ["Qwen3MoeForCausalLM"]
+        try JSONSerialization.data(withJSONObject: json).write(to: folder.appendingPathComponent("config.json"))
+        let tokenizer = TestSupport.fixtures.appendingPathComponent("trainers/tokenizer")
+        for name in ["tokenizer.json", "tokenizer_config.json"] {
+            try FileManager.default.copyItem(at: tokenizer.appendingPathComponent(name), to: folder.appendingPathComponent(name))
+        }
+        let data = try preferenceData()
+        let sftData = try write("sft.jsonl", (0..<8).map { #"{"prompt": "What does animal \#($0) say?", "completion": "It makes its own sound."}"# }
+                                    .joined(separator: "\n") + "\n")
+        let sft = temporary.appendingPathComponent("sft").path
+        let trained = try run(["train", "--method", "sft", "--model", folder.path, "--data", sftData, "--output", sft, "--max-steps", "2",
+                               "--batch-size", "1", "--grad-accum", "2", "--lora-r", "4",
+                               "--lora-targets", "q_proj,k_proj,v_proj,o_proj,experts.gate_up_proj,experts.down_proj"])
+        XCTAssertEqual(trained.status, 0, trained.err)
+        let metrics = try String(contentsOfFile: sft + "/metrics.jsonl", encoding: .utf8).split(separator: "\n")
+        let last = try JSONSerialization.jsonObject(with: Data(metrics.last!.utf8)) as! [String: Any]
+        XCTAssertGreaterThanOrEqual(last["aux_loss"] as? Double ?? 0, 1, "\(last)")
+        let adapter = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: sft + "/adapter_config.json"))) as! [String: Any]
+        XCTAssertEqual(adapter["target_parameters"] as? [String], ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"])
+        let merged = temporary.appendingPathComponent("merged").path
+        let exported = try run(["export", "--model", folder.path, "--adapter", sft, "--format", "hf", "--output", merged])
+        XCTAssertEqual(exported.status, 0, exported.err)
+        XCTAssertTrue(exported.out.contains("12 LoRA modules merged"), exported.out)
+        let generated = try run(["generate", "--model", merged, "--prompt", "What does a cat say?", "--max-new-tokens", "4", "--json"])
+        XCTAssertEqual(generated.status, 0, generated.err)
+        XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(generated.out.utf8)) as? [String: Any])?["completion_tokens"] as? Int, 4)
+        for (flags, expectAux) in [([String](), false), (["--router-aux-loss-coef", "0.02"], true)] {
+            let out = temporary.appendingPathComponent("orpo\(flags.count)").path
+            let orpo = try run(["train", "--method", "orpo", "--model", folder.path, "--data", data, "--output", out, "--max-steps", "1",
+                                "--batch-size", "2", "--lora-r", "4"] + flags)
+            XCTAssertEqual(orpo.status, 0, orpo.err)
+            let line = try String(contentsOfFile: out + "/metrics.jsonl", encoding: .utf8).split(separator: "\n").last!
+            XCTAssertEqual((try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any])["aux_loss"] != nil, expectAux, "\(flags)")
+        }
+    }
+
     /// Options from YAML (flags win), evaluation with sampled generations, and --full writing an HF folder.
     func testYAMLConfigEvaluationGenerationsAndFullWeights() throws {
         let model = try model(), data = try preferenceData()
