@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, Qwen3MoeConfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_phi3_gguf import with_placeholder_vocab  # noqa: E402
+from check_phi3_gguf import llama_cpp_logit_gap, with_placeholder_vocab  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "parity")
@@ -61,18 +61,9 @@ def routed_qwen3_moe(folder):
 
 
 def llama_cpp_gap(path, work, ids, mask, logits):
-    from llama_cpp import Llama
     full = os.path.join(work, os.path.basename(path).replace(".gguf", "-vocab.gguf"))
     with_placeholder_vocab(path, full, logits.shape[-1])
-    llm = Llama(model_path=full, n_ctx=64, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0)
-    worst = 0.0
-    for row in range(ids.shape[0]):
-        n = int(mask[row].sum())
-        llm.reset()
-        llm.eval(ids[row, :n].tolist())
-        got = np.array(llm.eval_logits)[:n]
-        worst = max(worst, float(np.abs(got - logits[row, :n]).max() / np.abs(logits[row, :n]).max()))
-    return worst
+    return llama_cpp_logit_gap(full, ids, mask, logits)
 
 
 def main():

@@ -50,27 +50,35 @@ def with_placeholder_vocab(source, target, vocab):
     writer.close()
 
 
+def llama_cpp_logit_gap(path, ids, mask, logits, verbose=False):
+    """llama-cpp-python's logits for each row's real tokens (f32 KV cache) against `logits`: the
+    largest difference relative to the row's largest logit, over the rows."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0)  # f32 KV cache
+    worst = 0.0
+    for row in range(ids.shape[0]):
+        n = int(mask[row].sum())
+        llm.reset()
+        llm.eval(ids[row, :n].tolist())
+        got = np.array(llm.eval_logits)[:n]
+        gap = float(np.abs(got - logits[row, :n]).max() / np.abs(logits[row, :n]).max())
+        if verbose:
+            print(f"row {row}: {n} tokens, max |llama.cpp - transformers| / max |logit| = {gap:.2e}")
+        worst = max(worst, gap)
+    return worst
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--finch", default=os.path.join(REPO, ".build", "release", "finch"))
     args = ap.parse_args()
-    from llama_cpp import Llama
     expected = load_file(os.path.join(FIXTURE, "expected.safetensors"))
     ids, mask, logits = expected["input_ids"].astype(int), expected["attention_mask"], expected["logits"]
     with tempfile.TemporaryDirectory() as work:
         plain, full = os.path.join(work, "phi3.gguf"), os.path.join(work, "phi3-vocab.gguf")
         subprocess.run([args.finch, "export", "--model", FIXTURE, "--format", "gguf", "--output", plain], check=True)
         with_placeholder_vocab(plain, full, logits.shape[-1])
-        llm = Llama(model_path=full, n_ctx=64, logits_all=True, verbose=False, n_threads=2, type_k=0, type_v=0)  # f32 KV cache
-        worst = 0.0
-        for row in range(ids.shape[0]):
-            n = int(mask[row].sum())
-            llm.reset()
-            llm.eval(ids[row, :n].tolist())
-            got = np.array(llm.eval_logits)[:n]
-            gap = float(np.abs(got - logits[row, :n]).max() / np.abs(logits[row, :n]).max())
-            print(f"row {row}: {n} tokens, max |llama.cpp - transformers| / max |logit| = {gap:.2e}")
-            worst = max(worst, gap)
+        worst = llama_cpp_logit_gap(full, ids, mask, logits, verbose=True)
         print("phi3 GGUF in llama.cpp vs transformers:", "PASS" if worst < 1e-5 else "FAIL", f"({worst:.2e})")
 
 

@@ -54,6 +54,17 @@ STD_LORA = 0.1
 STD_ROUTER = 0.3       # router weights: probabilities far from uniform, top-k choices clear
 
 
+def phi3_config(max_positions, original):
+    """The tiny Phi-3 (Phi-4-mini style): joined projections, partial rotary factor 0.5, LongRoPE."""
+    return Phi3Config(
+        vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+        original_max_position_embeddings=original, rms_norm_eps=1e-5, hidden_act="silu",
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
+                         "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
+        tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN)
+
+
 def model_specs():
     common = dict(hidden_size=64, num_hidden_layers=2, max_position_embeddings=512,
                   hidden_act="silu", bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN)
@@ -106,23 +117,11 @@ def model_specs():
         # 0.5 (8 of 16 dimensions rotate), LongRoPE with original context 8 < SEQ 9, so the
         # training pass takes the long factors (the greedy decode crosses from short to long and
         # is left out: transformers' own cached generate and full forwards disagree there)
-        ("phi3_longrope", Phi3Config(
-            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-            original_max_position_embeddings=8, rms_norm_eps=1e-5, hidden_act="silu",
-            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
-                             "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
+        ("phi3_longrope", phi3_config(max_positions=64, original=8),
             {"targets": PHI3_LORA_TARGETS, "greedy": False}),
         # Phi-3 again, within LongRoPE's original context (64 > the 36 positions of the greedy decode):
         # the short factors throughout, so transformers' cached generate and its full forwards agree
-        ("phi3_short", Phi3Config(
-            vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            original_max_position_embeddings=64, rms_norm_eps=1e-5, hidden_act="silu",
-            rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5,
-                             "short_factor": [1.0, 1.3, 1.9, 2.6], "long_factor": [1.1, 2.0, 3.5, 7.0]},
-            tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN),
+        ("phi3_short", phi3_config(max_positions=256, original=64),
             {"targets": PHI3_LORA_TARGETS}),
         # Qwen3-MoE: 4 experts, top 2 renormalised (norm_topk_prob), q/k norms; layer 1 is a
         # dense MLP (mlp_only_layers), layers 0 and 2 route; the load-balancing loss is in the loss

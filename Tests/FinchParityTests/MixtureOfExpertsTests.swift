@@ -112,27 +112,7 @@ final class MixtureOfExpertsTests: TemporaryDirectoryTestCase {
     }
 
     func testGreedyDecodingMatchesTransformers() throws {
-        for name in Self.models {
-            let f = try Fixture(name)
-            let model = try Transformer(files: ModelFiles.open(f.directory))
-            let prompt = f.tensor("greedy_prompt").map { Int($0) }, tokens = f.tensor("greedy_tokens").map { Int($0) }
-            let expected = f.tensor("greedy_logits"), V = model.config.vocabSize
-            let generator = Generator(model: model)
-            generator.prefillChunk = 3
-            XCTAssertEqual(generator.generate(prompt: prompt, sampling: SamplingSettings(), stop: StopRules(maxNewTokens: 32, eosTokenIds: [])).tokens,
-                           tokens, name)
-            let cache = KVCache(config: model.config, batch: 1, capacity: 40)
-            var logits = model.decode(TokenBatch(batch: 1, seq: 4, ids: prompt.map { Int32($0) }, positions: [0, 1, 2, 3]), cache: cache)
-            var worst: Float = 0
-            for step in 0..<32 {
-                worst = max(worst, S.maxRelativeError(logits, Array(expected[step * V..<(step + 1) * V])))
-                logits = model.decode(TokenBatch(batch: 1, seq: 1, ids: [Int32(tokens[step])], positions: [Int32(4 + step)]), cache: cache)
-            }
-            XCTAssertLessThan(worst, 1e-4, name)
-            let batched = generator.generate(prompts: [[5, 9, 2, 7, 11, 3, 8], prompt], sampling: SamplingSettings(),
-                                             stop: StopRules(maxNewTokens: 32, eosTokenIds: []))
-            XCTAssertEqual(batched[1].tokens, tokens, "\(name), left-padded beside a longer prompt")
-        }
+        for name in Self.models { try ParityTests.assertGreedyMatchesTransformers(name) }
     }
 
     /// OLMoE as llama.cpp's `olmoe` GGUF: each layer's experts stacked as `ffn_{gate,up,down}_exps`

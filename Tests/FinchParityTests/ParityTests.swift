@@ -47,22 +47,39 @@ final class ParityTests: XCTestCase {
         }
     }
 
-    /// Every fixture with greedy keys (written since they were added): Finch's generator (KV cache,
-    /// chunked prefill) picks transformers' 32 greedy tokens; Phi-3 within LongRoPE's original
-    /// context (`phi3_short`). The Gemma and mixture-of-experts fixtures' own tests check each step's logits too.
-    func testGreedyGenerationMatchesTransformers() throws {
-        var checked: [String] = []
-        for name in Self.models {
-            let f = try Fixture(name)
-            guard f.expected["greedy_tokens"] != nil else { continue }
-            let model = try Transformer(files: ModelFiles.open(f.directory))
-            let prompt = f.tensor("greedy_prompt").map { Int($0) }, tokens = f.tensor("greedy_tokens").map { Int($0) }
-            let generator = Generator(model: model)
-            generator.prefillChunk = 3
-            XCTAssertEqual(generator.generate(prompt: prompt, sampling: SamplingSettings(), stop: StopRules(maxNewTokens: 32, eosTokenIds: [])).tokens,
-                           tokens, name)
-            checked.append(name)
+    /// Finch's generator (KV cache, chunked prefill) picks the fixture's 32 greedy tokens, the
+    /// cached logits of each step equal transformers' within 1e-4, and a row of another length
+    /// decoded beside it (left padding) changes nothing. Returns the worst step's max rel. error.
+    @discardableResult
+    static func assertGreedyMatchesTransformers(_ name: String, file: StaticString = #filePath, line: UInt = #line) throws -> Float {
+        let f = try Fixture(name)
+        let model = try Transformer(files: ModelFiles.open(f.directory))
+        let prompt = f.tensor("greedy_prompt").map { Int($0) }, tokens = f.tensor("greedy_tokens").map { Int($0) }
+        let expected = f.tensor("greedy_logits"), V = model.config.vocabSize
+        let generator = Generator(model: model)
+        generator.prefillChunk = 3
+        let result = generator.generate(prompt: prompt, sampling: SamplingSettings(), stop: StopRules(maxNewTokens: 32, eosTokenIds: []))
+        XCTAssertEqual(result.tokens, tokens, name, file: file, line: line)
+        // The same steps through the cache by hand, to compare each step's logits.
+        let cache = KVCache(config: model.config, batch: 1, capacity: 40)
+        var logits = model.decode(TokenBatch(batch: 1, seq: 4, ids: prompt.map { Int32($0) }, positions: [0, 1, 2, 3]), cache: cache)
+        var worst: Float = 0
+        for step in 0..<32 {
+            worst = max(worst, S.maxRelativeError(logits, Array(expected[step * V..<(step + 1) * V])))
+            logits = model.decode(TokenBatch(batch: 1, seq: 1, ids: [Int32(tokens[step])], positions: [Int32(4 + step)]), cache: cache)
         }
+        XCTAssertLessThan(worst, 1e-4, name, file: file, line: line)
+        let batched = generator.generate(prompts: [[5, 9, 2, 7, 11, 3, 8], prompt], sampling: SamplingSettings(),
+                                         stop: StopRules(maxNewTokens: 32, eosTokenIds: []))
+        XCTAssertEqual(batched[1].tokens, tokens, "\(name), left-padded beside a longer prompt", file: file, line: line)
+        return worst
+    }
+
+    /// Every fixture with greedy keys (written since they were added), Phi-3 within LongRoPE's
+    /// original context among them (`phi3_short`).
+    func testGreedyGenerationMatchesTransformers() throws {
+        let checked = try Self.models.filter { try Fixture($0).expected["greedy_tokens"] != nil }
+        for name in checked { try Self.assertGreedyMatchesTransformers(name) }
         XCTAssertTrue(checked.contains("phi3_short"), "\(checked)")
     }
 
