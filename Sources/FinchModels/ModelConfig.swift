@@ -213,7 +213,8 @@ public struct ModelConfig: Equatable, Sendable {
         if fields.bool("mlp_bias", false) {
             throw LoadError.unsupported(path: path, what: "mlp_bias", found: "true", supported: ["false"])
         }
-        try validate(path: path)
+        // Errors name the file's own key: Mixtral's (and transformers 5's Qwen3-MoE's) expert count is num_local_experts.
+        try validate(path: path, names: json["num_experts"] == nil && json["num_local_experts"] != nil ? ["num_experts": "num_local_experts"] : [:])
     }
 
     /// Sizes within what a model of this family can have and consistent with each other, so that

@@ -36,6 +36,8 @@ final class MixtureOfExpertsTests: TemporaryDirectoryTestCase {
         // Errors name the key.
         var json = q.huggingFaceJSON(); json["num_experts_per_tok"] = 5
         XCTAssertThrowsError(try ModelConfig(json: json, path: "c.json")) { XCTAssertTrue("\($0)".contains("num_experts_per_tok"), "\($0)") }
+        json = m.huggingFaceJSON(); json["num_local_experts"] = 100_000
+        XCTAssertThrowsError(try ModelConfig(json: json, path: "c.json")) { XCTAssertTrue("\($0)".contains("num_local_experts: found 100000"), "\($0)") }
         json = o.huggingFaceJSON(); json["clip_qkv"] = 8.0
         XCTAssertThrowsError(try ModelConfig(json: json, path: "c.json")) { XCTAssertTrue("\($0)".contains("clip_qkv"), "\($0)") }
     }
