@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Token ids of chat templates rendered by transformers, for the families whose tokenizer and
+template llama.cpp ships in its test vocabularies (models/ggml-vocab-*.gguf, fetched by
+scripts/fetch_tokenizer_vocabs.sh): transformers loads each tokenizer from the GGUF
+(`gguf_file=`) and runs `apply_chat_template(..., tokenize=True)` with the file's own template on
+multi-turn conversations, with and without a system message and the generation prompt.
+
+Writes Tests/FinchTestSupport/Fixtures/chat_templates/template_ids.json:
+  {"<vocab>": [{"messages": [...], "add_generation_prompt": bool, "text": str, "ids": [int]}]}
+The Swift test (`TemplateIDTests`) renders the same with Finch's tokenizer and template read from
+the same GGUF and compares text and ids; it skips where the vocabulary files are absent.
+
+Usage: python3 reference/make_template_id_fixtures.py [--vocabs ~/.cache/finch/llama-vocabs]
+"""
+import argparse
+import json
+import os
+import warnings
+
+warnings.filterwarnings("ignore")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from transformers import AutoTokenizer
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "chat_templates", "template_ids.json")
+# Phi-3's template (the vocabulary's own, Phi-3-mini's first one, drops system messages) and Qwen2's
+# ChatML (transformers reads no command-r GGUF);
+# Llama 3's vocabulary carries no template.
+VOCABS = ["phi-3", "qwen2"]
+
+CONVERSATIONS = [
+    ([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"},
+      {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"}], True),
+    ([{"role": "user", "content": "Name three colours.\nOne per line."},
+      {"role": "assistant", "content": "Red\nGreen\nBlue"}], False),
+    ([{"role": "user", "content": "  spaces  and ünïcode ✓ "}], True),
+    ([{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Bonjour?"},
+      {"role": "assistant", "content": "Bonjour !"}, {"role": "user", "content": "Merci."},
+      {"role": "assistant", "content": "De rien."}], False),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vocabs", default=os.path.expanduser("~/.cache/finch/llama-vocabs"))
+    args = ap.parse_args()
+    out = {}
+    for name in VOCABS:
+        tok = AutoTokenizer.from_pretrained(args.vocabs, gguf_file=f"ggml-vocab-{name}.gguf")
+        cases = []
+        for messages, generation in CONVERSATIONS:
+            text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+            ids = list(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation, return_dict=True)["input_ids"])
+            cases.append({"messages": messages, "add_generation_prompt": generation, "text": text, "ids": ids})
+        out[name] = cases
+        print(f"{name}: {len(cases)} conversations, {sum(len(c['ids']) for c in cases)} ids")
+    with open(OUT, "w") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
