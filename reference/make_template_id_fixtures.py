@@ -25,9 +25,10 @@ from transformers import AutoTokenizer
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(REPO, "Tests", "FinchTestSupport", "Fixtures", "chat_templates", "template_ids.json")
 # Phi-3's template (the vocabulary's own, Phi-3-mini's first one, drops system messages) and Qwen2's
-# ChatML (transformers reads no command-r GGUF);
+# ChatML (transformers reads no command-r GGUF), and Gemma 4's (its tokenizer through transformers'
+# GGUF tokenizer converter: `gguf_file=` refuses that file's model config);
 # Llama 3's vocabulary carries no template.
-VOCABS = ["phi-3", "qwen2"]
+VOCABS = ["phi-3", "qwen2", "gemma-4"]
 
 CONVERSATIONS = [
     ([{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hi there"},
@@ -41,13 +42,32 @@ CONVERSATIONS = [
 ]
 
 
+def load_tokenizer(vocabs, name):
+    path = os.path.join(vocabs, f"ggml-vocab-{name}.gguf")
+    if name != "gemma-4":
+        return AutoTokenizer.from_pretrained(vocabs, gguf_file=os.path.basename(path))
+    from gguf import GGUFReader
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    parsed = load_gguf_checkpoint(path, return_tensors=False)
+    fast, _ = convert_gguf_tokenizer(parsed["config"]["model_type"], parsed["tokenizer"])
+    reader = GGUFReader(path)
+    field = lambda key: reader.fields[key].parts[-1]
+    tokens = reader.fields["tokenizer.ggml.tokens"]
+    token = lambda i: bytes(tokens.parts[tokens.data[int(i)]]).decode()
+    return PreTrainedTokenizerFast(tokenizer_object=fast, chat_template=bytes(field("tokenizer.chat_template")).decode(),
+                                   bos_token=token(field("tokenizer.ggml.bos_token_id")[0]),
+                                   eos_token=token(field("tokenizer.ggml.eos_token_id")[0]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocabs", default=os.path.expanduser("~/.cache/finch/llama-vocabs"))
     args = ap.parse_args()
     out = {}
     for name in VOCABS:
-        tok = AutoTokenizer.from_pretrained(args.vocabs, gguf_file=f"ggml-vocab-{name}.gguf")
+        tok = load_tokenizer(args.vocabs, name)
         cases = []
         for messages, generation in CONVERSATIONS:
             text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)

@@ -5,9 +5,11 @@ import FinchIO
 /// Builds a `Tokenizer` from the vocabulary in a GGUF file's metadata (`tokenizer.ggml.*`),
 /// as llama.cpp's llama-vocab.cpp reads it, expressed as the equivalent HF pipeline:
 /// `gpt2` is byte-level BPE with merges and the pre-tokenizer regexes named by
-/// `tokenizer.ggml.pre`; `llama` is SentencePiece BPE by scores with byte fallback.
+/// `tokenizer.ggml.pre`; `llama` is SentencePiece BPE by scores with byte fallback; `gemma4` the
+/// same pieces merged by the ranks of `tokenizer.ggml.merges` (llama.cpp's Gemma 4 vocabulary test
+/// passes id for id: `LlamaCppVocabTests.testGemma4`).
 package enum GGUFTokenizerLoader {
-    static package let supportedModels = ["gpt2", "llama"]
+    static package let supportedModels = ["gpt2", "llama", "gemma4"]
 
     /// GGUF token types (llama.cpp `llama_token_type`).
     package enum TokenType: Int { case normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6 }
@@ -207,7 +209,30 @@ package enum GGUFTokenizerLoader {
                     byteTokens[Int(b)] = Int32(id)
                 }
             }
-            model = BPEModel(vocab: vocab, priority: .scores(scores, mergeable: mergeable), byteLevel: false, byteFallback: true,
+            // Gemma 4 ("gemma4"): the same pieces (▁ for spaces, <0xXX> byte fallback) merged by the ranks of
+            // tokenizer.ggml.merges rather than by scores.
+            var priority = BPEModel.Priority.scores(scores, mergeable: mergeable)
+            if modelName == "gemma4" {
+                guard let mergesValue = metadata["tokenizer.ggml.merges"], let merges = mergesValue.strings else {
+                    throw malformed("tokenizer.ggml.merges", metadata["tokenizer.ggml.merges"]?.typeName ?? "nothing", "an array of \"left right\" strings")
+                }
+                var stringToID = ExactStringTable(capacity: count)
+                for (id, token) in tokens.enumerated() { stringToID.insert(token, id, replace: false) }
+                var pairs = PairTable(capacity: merges.count)
+                for (rank, merge) in merges.enumerated() {
+                    let bytes = Array(merge.utf8)
+                    guard let space = bytes.indices.dropFirst().first(where: { bytes[$0] == 0x20 }) else {
+                        throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "\"left right\"")
+                    }
+                    let l = Array(bytes[..<space]), r = Array(bytes[(space + 1)...])
+                    guard let a = stringToID.find(l), let b = stringToID.find(r), let m = stringToID.find(l + r) else {
+                        throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "a merge of two tokens into a token")
+                    }
+                    pairs.insert(Int32(a), Int32(b), rank: Int32(rank), merged: Int32(m))
+                }
+                priority = .mergeRanks(pairs)
+            }
+            model = BPEModel(vocab: vocab, priority: priority, byteLevel: false, byteFallback: true,
                              unkID: unk.map(Int32.init), fuseUnknown: false, ignoreMerges: false, byteTokens: byteTokens)
             let addSpacePrefix = try optionalBool("tokenizer.ggml.add_space_prefix") ?? true
             let space: Normalizer = .replaceLiteral(pattern: [0x20], content: Array("\u{2581}".utf8))

@@ -5,7 +5,7 @@ import FinchTestSupport
 @testable import FinchTokenizers
 
 /// Chat templates id for id against transformers' `apply_chat_template(..., tokenize=True)` where
-/// llama.cpp's test vocabularies ship the tokenizer and its template (Phi-3's, Qwen2's; fixture written by
+/// llama.cpp's test vocabularies ship the tokenizer and its template (Phi-3's, Qwen2's, Gemma 4's with its thinking channel; fixture written by
 /// reference/make_template_id_fixtures.py): Finch reads both from the same GGUF, renders each
 /// conversation (system message, multi-turn, with and without the generation prompt) and
 /// tokenizes it. Skipped where the vocabularies are absent (scripts/fetch_tokenizer_vocabs.sh).

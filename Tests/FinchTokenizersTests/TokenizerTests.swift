@@ -53,6 +53,7 @@ final class LlamaCppVocabTests: XCTestCase {
     func testStarcoder() throws { try check("starcoder") }
     func testRefact() throws { try check("refact") }
     func testCommandR() throws { try check("command-r") }
+    func testGemma4() throws { try check("gemma-4") }
 
     /// WordPiece, Unigram and gemma4 vocabularies fail with the model's name.
     func testUnsupportedVocabularyNamesTheModel() throws {
