@@ -144,6 +144,28 @@ package enum GGUFTokenizerLoader {
             added.append(AddedToken(id: Int32(id), content: tokens[id], special: type != TokenType.userDefined.rawValue))
         }
 
+        /// `tokenizer.ggml.merges` ("left right", split as llama.cpp splits them: at the first space
+        /// after the first byte) as ranked token pairs.
+        func mergeTable() throws -> PairTable {
+            guard let mergesValue = metadata["tokenizer.ggml.merges"] else { throw malformed("tokenizer.ggml.merges", "nothing", "an array of \"left right\" strings") }
+            guard let merges = mergesValue.strings else { throw malformed("tokenizer.ggml.merges", mergesValue.typeName, "an array of strings") }
+            var stringToID = ExactStringTable(capacity: count)
+            for (id, token) in tokens.enumerated() { stringToID.insert(token, id, replace: false) }
+            var pairs = PairTable(capacity: merges.count)
+            for (rank, merge) in merges.enumerated() {
+                let bytes = Array(merge.utf8)
+                guard let space = bytes.indices.dropFirst().first(where: { bytes[$0] == 0x20 }) else {
+                    throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "\"left right\"")
+                }
+                let l = Array(bytes[..<space]), r = Array(bytes[(space + 1)...])
+                guard let a = stringToID.find(l), let b = stringToID.find(r), let m = stringToID.find(l + r) else {
+                    throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "a merge of two tokens into a token")
+                }
+                pairs.insert(Int32(a), Int32(b), rank: Int32(rank), merged: Int32(m))
+            }
+            return pairs
+        }
+
         var addBOS = false
         let addEOS = try optionalBool("tokenizer.ggml.add_eos_token") ?? false
         let model: BPEModel
@@ -167,23 +189,7 @@ package enum GGUFTokenizerLoader {
             for (id, token) in tokens.enumerated() {
                 if let bytes = ByteLevelAlphabet.bytes(of: token) { vocab.insert(bytes, value: Int64(id)) }
             }
-            var stringToID = ExactStringTable(capacity: count)
-            for (id, token) in tokens.enumerated() { stringToID.insert(token, id, replace: false) }
-            guard let mergesValue = metadata["tokenizer.ggml.merges"] else { throw malformed("tokenizer.ggml.merges", "nothing", "an array of \"left right\" strings") }
-            guard let merges = mergesValue.strings else { throw malformed("tokenizer.ggml.merges", mergesValue.typeName, "an array of strings") }
-            var pairs = PairTable(capacity: merges.count)
-            for (rank, merge) in merges.enumerated() {
-                // llama.cpp splits at the first space after the first byte.
-                let bytes = Array(merge.utf8)
-                guard let space = bytes.indices.dropFirst().first(where: { bytes[$0] == 0x20 }) else {
-                    throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "\"left right\"")
-                }
-                let l = Array(bytes[..<space]), r = Array(bytes[(space + 1)...])
-                guard let a = stringToID.find(l), let b = stringToID.find(r), let m = stringToID.find(l + r) else {
-                    throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "a merge of two tokens into a token")
-                }
-                pairs.insert(Int32(a), Int32(b), rank: Int32(rank), merged: Int32(m))
-            }
+            let pairs = try mergeTable()
             for b in 0..<256 {
                 var byte = UInt8(b)
                 if let id = vocab.find(&byte, 1) { byteTokens[b] = Int32(id) }
@@ -213,24 +219,7 @@ package enum GGUFTokenizerLoader {
             // tokenizer.ggml.merges rather than by scores.
             var priority = BPEModel.Priority.scores(scores, mergeable: mergeable)
             if modelName == "gemma4" {
-                guard let mergesValue = metadata["tokenizer.ggml.merges"], let merges = mergesValue.strings else {
-                    throw malformed("tokenizer.ggml.merges", metadata["tokenizer.ggml.merges"]?.typeName ?? "nothing", "an array of \"left right\" strings")
-                }
-                var stringToID = ExactStringTable(capacity: count)
-                for (id, token) in tokens.enumerated() { stringToID.insert(token, id, replace: false) }
-                var pairs = PairTable(capacity: merges.count)
-                for (rank, merge) in merges.enumerated() {
-                    let bytes = Array(merge.utf8)
-                    guard let space = bytes.indices.dropFirst().first(where: { bytes[$0] == 0x20 }) else {
-                        throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "\"left right\"")
-                    }
-                    let l = Array(bytes[..<space]), r = Array(bytes[(space + 1)...])
-                    guard let a = stringToID.find(l), let b = stringToID.find(r), let m = stringToID.find(l + r) else {
-                        throw malformed("tokenizer.ggml.merges[\(rank)]", TokenizerError.quoted(merge), "a merge of two tokens into a token")
-                    }
-                    pairs.insert(Int32(a), Int32(b), rank: Int32(rank), merged: Int32(m))
-                }
-                priority = .mergeRanks(pairs)
+                priority = .mergeRanks(try mergeTable())
             }
             model = BPEModel(vocab: vocab, priority: priority, byteLevel: false, byteFallback: true,
                              unkID: unk.map(Int32.init), fuseUnknown: false, ignoreMerges: false, byteTokens: byteTokens)
