@@ -185,9 +185,9 @@ final class ExpertLayer {
             if keep {
                 body(gateUpStore.reserve(rows * 2 * I), outputStore.reserve(rows * C), (0..<3).map { loraStores[$0].reserve(rows * max(ranks[$0], 1)) })
             } else {
-                ScratchPool.shared.withBuffer(capacity: rows * perRow + 3) { p in
-                    body(p, p + rows * 2 * I, [p + rows * (2 * I + C), p + rows * (2 * I + C + ranks[0]) + 1,
-                                               p + rows * (2 * I + C + ranks[0] + ranks[1]) + 2])
+                ScratchPool.shared.withBuffer(capacity: rows * perRow) { p in
+                    let lora = p + rows * (2 * I + C)
+                    body(p, p + rows * 2 * I, [lora, lora + rows * ranks[0], lora + rows * (ranks[0] + ranks[1])])
                 }
             }
         }

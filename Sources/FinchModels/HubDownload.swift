@@ -230,7 +230,7 @@ enum HTTP {
         let task = Transfer(sink: handle, followRedirects: true)
         // A server that ignores the range sends the whole file: start again from 0.
         task.onResponse = { status in if status == 200 && offset > 0 { try? handle.truncate(atOffset: 0) } }
-        do { try task.run(request) } catch { throw error }
+        try task.run(request)
         guard task.status == 200 || task.status == 206 else {
             throw HubError.status(url: url, status: task.status, hint: HubDownloader.hint(task.status, task.headers))
         }
