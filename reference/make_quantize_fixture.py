@@ -7,6 +7,10 @@ reference quantizer writes for them (byte values stored as F32 0..255, flat):
   - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: llama.cpp's own quantizer through llama-cpp-python, when it is
     installed (`--llama-cpp`): a tiny llama GGUF whose matrices hold the inputs is quantized with
     llama_model_quantize (pure, no importance matrix) and its blocks are read back with gguf-py.
+With `--llama-cpp`, also `<TYPE>.importance` (one weight per column, as an importance matrix gives
+them) and `<TYPE>.weighted_bytes`: the blocks ggml's importance-weighted quantizers
+(quantize_row_*_impl) write for the same inputs, from ggml_quantize_chunk in llama-cpp-python's
+libggml-base, the function llama.cpp's quantizer calls per chunk of rows.
 The inputs mix scales (rows of N(0, s) for s from 1e-3 to 10), outliers, exact zeros and a zero
 block, so every branch of the scale searches runs.
 
@@ -73,6 +77,35 @@ def llama_cpp_blocks(x, qtype, ftype):
         return np.array(t.data, dtype=np.uint8).reshape(-1)
 
 
+GGML_TYPE_IDS = {QT.Q4_0: 2, QT.Q4_1: 3, QT.Q5_0: 6, QT.Q5_1: 7, QT.Q2_K: 10, QT.Q3_K: 11, QT.Q4_K: 12, QT.Q5_K: 13, QT.Q6_K: 14}
+
+
+def importance(rng, columns=512):
+    """Positive weights spread over three decades, as mean squared activations are, with a zero
+    column and a whole zero 32-block (columns an imatrix run never saw active)."""
+    w = np.exp(rng.standard_normal(columns) * 1.5).astype(np.float32)
+    w[5] = 0.0
+    w[96:128] = 0.0
+    return w
+
+
+def ggml_weighted_blocks(x, qtype, weights):
+    import ctypes
+    import llama_cpp
+    lib = ctypes.CDLL(os.path.join(os.path.dirname(llama_cpp.__file__), "lib", "libggml-base.so"))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_void_p]
+    rows, columns = x.shape
+    block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
+    out = np.zeros(rows * columns // block * block_bytes, dtype=np.uint8)
+    src = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(weights, dtype=np.float32)
+    n = lib.ggml_quantize_chunk(GGML_TYPE_IDS[qtype], src.ctypes.data, out.ctypes.data, 0, rows, columns, w.ctypes.data)
+    assert n == out.size, (n, out.size)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-cpp", action="store_true", help="also write the K types with llama.cpp's quantizer")
@@ -91,12 +124,25 @@ def main():
             blocks = llama_cpp_blocks(x, qt, ftype)
             out[f"{qt.name}.input"] = x.reshape(-1)
             out[f"{qt.name}.bytes"] = blocks.astype(np.float32)
+        weights = importance(np.random.default_rng(20261205))
+        for qt in GGML_TYPE_IDS:
+            out[f"{qt.name}.importance"] = weights
+            out[f"{qt.name}.weighted_bytes"] = ggml_weighted_blocks(x, qt, weights).astype(np.float32)
+            plain = out[f"{qt.name}.bytes"].astype(np.uint8)
+            changed = np.mean(out[f"{qt.name}.weighted_bytes"].astype(np.uint8) != plain)
+            print(f"  {qt.name}: importance changes {changed:.0%} of the bytes")
     for k in sorted(out):
-        if k.endswith(".bytes"):
-            name = k[:-6]
-            back = gguf.quants.dequantize(out[k].astype(np.uint8).reshape(8, -1), QT[name]).reshape(-1)
-            err = np.sqrt(np.mean((back - out[f"{name}.input"]) ** 2) / np.mean(out[f"{name}.input"] ** 2))
-            print(f"  {name}: {out[k].size} bytes, relative RMS error {err:.4f}")
+        if k.endswith(".bytes") or k.endswith(".weighted_bytes"):
+            name, kind = k.split(".", 1)
+            back = gguf.quants.dequantize(out[k].astype(np.uint8).reshape(8, -1), QT[name]).reshape(8, -1)
+            x_in = out[f"{name}.input"].reshape(8, -1)
+            err = np.sqrt(np.mean((back - x_in) ** 2) / np.mean(x_in ** 2))
+            line = f"  {name} {kind}: {out[k].size} bytes, relative RMS error {err:.4f}"
+            if f"{name}.importance" in out:
+                w = out[f"{name}.importance"]
+                werr = np.sqrt(np.sum(w * (back - x_in) ** 2) / np.sum(w * x_in ** 2))
+                line += f", importance-weighted {werr:.4f}"
+            print(line)
     save_file(out, OUT)
 
 

@@ -41,6 +41,35 @@ final class QuantizeTests: XCTestCase {
         XCTAssertEqual(Set(checked), Set(Self.writable.map(\.rawValue)), "checked \(checked)")
     }
 
+    /// With an importance matrix, every type but Q8_0 (which ignores one, as in ggml) writes the
+    /// blocks of ggml's importance-weighted quantizers (reference/make_quantize_fixture.py
+    /// --llama-cpp: ggml_quantize_chunk of llama-cpp-python 0.3.36), zero-weight columns and a
+    /// zero-weight block included; and those bytes differ from the unweighted ones.
+    func testImportanceWeightedBlocksEqualGgml() throws {
+        let fixture = try SafeTensors.read(path: IOTestSupport.fixture("gguf/quantize_blocks.safetensors"))
+        var checked: [String] = []
+        for type in Self.writable where type != .q8_0 {
+            let name = type.rawValue
+            let input = try XCTUnwrap(fixture["\(name).input"], name), weights = dequantize(try XCTUnwrap(fixture["\(name).importance"], name))
+            let expected = dequantize(try XCTUnwrap(fixture["\(name).weighted_bytes"], name)).map { UInt8($0) }
+            let values = dequantize(input), columns = weights.count, rows = values.count / columns
+            var got = [UInt8](repeating: 0, count: expected.count)
+            values.withUnsafeBufferPointer { src in
+                weights.withUnsafeBufferPointer { w in
+                    got.withUnsafeMutableBytes {
+                        XCTAssertEqual(encodeRows(src.baseAddress!, as: type, into: $0.baseAddress!, rows: rows, columns: columns, importance: w.baseAddress!), $0.count)
+                    }
+                }
+            }
+            if let i = zip(got, expected).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+                XCTFail("\(name): byte \(i) (block \(i / type.blockBytes), offset \(i % type.blockBytes)) is \(got[i]), ggml wrote \(expected[i])")
+            }
+            XCTAssertNotEqual(got, encode(values, as: type), "\(name): the importance changed nothing")
+            checked.append(name)
+        }
+        XCTAssertEqual(checked.count, Self.writable.count - 1)
+    }
+
     /// Every type Finch writes decodes to the input within its precision (relative RMS error per
     /// row of N(0, 1)), and all-zero input to zeros.
     func testRoundTripErrorPerType() {

@@ -25,9 +25,13 @@ func quantizeRowQ8_0(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer
     }
 }
 
-/// ggml's nearest_int: x rounded to the nearest integer, ties to even (|x| < 2^22).
+/// ggml's nearest_int: x rounded to the nearest integer, ties to even, by adding 1.5 * 2^23 and
+/// reading the mantissa. Exact for |x| < 2^22; beyond, the same wrapped value ggml gets (never a trap).
 @inline(__always)
-private func nearestInt(_ x: Float) -> Int { Int(x.rounded(.toNearestOrEven)) }
+private func nearestInt(_ x: Float) -> Int {
+    let bits = Int32(bitPattern: (x + 12582912).bitPattern)
+    return Int((bits & 0x007F_FFFF) &- 0x0040_0000)
+}
 
 @inline(__always)
 private func storeHalf(_ value: Float, _ p: UnsafeMutablePointer<UInt8>) {
@@ -95,6 +99,44 @@ private func quantizeRowWithMin(_ src: UnsafePointer<Float>, _ dst: UnsafeMutabl
     }
 }
 
+/// Q4_0, Q5_0, Q4_1 and Q5_1 of one row of `columns` values under `importance` (that row's
+/// weights per column), ggml's quantize_row_q{4,5}_{0,1}_impl: each 32-block fit under weights
+/// importance * sqrt(mean x^2 of the row + x^2), symmetric levels by make_qx_quants, levels with a
+/// min by the finer make_qkx3_quants search. Blocks laid out as the reference quantizers'.
+private func quantizeWeightedRowBlock32(_ x: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, columns: Int, bits: Int, withMin: Bool,
+                                        importance: UnsafePointer<Float>) {
+    let blockBytes = (bits == 4 ? 18 : 22) + (withMin ? 2 : 0)
+    let out = dst.assumingMemoryBound(to: UInt8.self)
+    var sumX2: Float = 0
+    for j in 0..<columns { sumX2 += x[j] * x[j] }
+    let sigma2 = sumX2 / Float(columns)
+    var weights = [Float](repeating: 0, count: 32), levels = [UInt8](repeating: 0, count: 32)
+    for b in 0..<(columns / 32) {
+        let xb = x + 32 &* b, qw = importance + 32 &* b, block = out + b &* blockBytes
+        for j in 0..<32 { weights[j] = qw[j] * (sigma2 + xb[j] * xb[j]).squareRoot() }
+        weights.withUnsafeBufferPointer { w in
+            levels.withUnsafeMutableBufferPointer { L in
+                if withMin {
+                    let (d, negatedMin) = fitScaleAndMin(32, nmax: (1 << bits) - 1, xb, weights: w.baseAddress!, levels: L.baseAddress!,
+                                                         rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
+                    storeHalf(d, block)
+                    storeHalf(-negatedMin, block + 2)
+                } else {
+                    storeHalf(fitSymmetricScale(32, nmax: 1 << (bits - 1), xb, levels: L.baseAddress!, weights: w.baseAddress!), block)
+                }
+            }
+        }
+        let qs = block + (withMin ? 4 : 2) + (bits == 5 ? 4 : 0)
+        var qh: UInt32 = 0
+        for j in 0..<16 {
+            let q0 = levels[j], q1 = levels[j &+ 16]
+            qs[j] = (q0 & 0x0F) | (q1 & 0x0F) << 4
+            qh |= UInt32((q0 >> 4) & 1) << UInt32(j) | UInt32((q1 >> 4) & 1) << UInt32(j &+ 16)
+        }
+        if bits == 5 { for k in 0..<4 { block[(withMin ? 4 : 2) &+ k] = UInt8(truncatingIfNeeded: qh >> UInt32(8 &* k)) } }
+    }
+}
+
 /// ggml's make_qkx2_quants: levels L in 0...nmax, a scale and a min (returned as a non-negative
 /// `negatedMin`, the value subtracted) so that x ≈ scale * L - negatedMin, minimising the
 /// `weights`-weighted squared (or, with `absoluteError`, absolute) error over nstep + 1
@@ -158,9 +200,11 @@ private func fitScaleAndMin(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, weig
     return (scale, -lo)
 }
 
-/// ggml's make_qx_quants with rmse_type 1 (weights x^2): signed levels -nmax..<nmax, stored
-/// offset by nmax in `levels`; the scale is refined over 19 candidates (nmax ± 0.1 k) / max.
-private func fitSymmetricScale(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, levels: UnsafeMutablePointer<UInt8>) -> Float {
+/// ggml's make_qx_quants with rmse_type 1: signed levels -nmax..<nmax, stored offset by nmax in
+/// `levels`; the least-squares scale under `weights` (x^2 when nil) of the best of 19 candidate
+/// inverse scales (nmax ± 0.1 k) / max.
+private func fitSymmetricScale(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, levels: UnsafeMutablePointer<UInt8>,
+                               weights: UnsafePointer<Float>? = nil) -> Float {
     let max = signedMaxMagnitude(x, n)
     if abs(max) < 1e-15 {
         for i in 0..<n { levels[i] = 0 }
@@ -170,7 +214,7 @@ private func fitSymmetricScale(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, l
     func sums(_ iscale: Float) -> (Float, Float) {
         var sumLX: Float = 0, sumL2: Float = 0
         for i in 0..<n {
-            let l = Float(level(iscale, i)), w = x[i] * x[i]
+            let l = Float(level(iscale, i)), w = weights?[i] ?? x[i] * x[i]
             sumLX += w * x[i] * l
             sumL2 += w * l * l
         }
@@ -196,10 +240,10 @@ private func fitSymmetricScale(_ n: Int, nmax: Int, _ x: UnsafePointer<Float>, l
 /// Fits each of the `scales.count` sub-blocks of `size` values with `fit` (their levels into
 /// `levels`) and returns the scale of largest magnitude (the first of equals), with its sign.
 private func fitSubBlocks(_ x: UnsafePointer<Float>, size: Int, scales: inout [Float], levels: UnsafeMutablePointer<UInt8>,
-                          _ fit: (UnsafePointer<Float>, UnsafeMutablePointer<UInt8>) -> Float) -> Float {
+                          _ fit: (_ sub: Int, UnsafePointer<Float>, UnsafeMutablePointer<UInt8>) -> Float) -> Float {
     var largest: Float = 0, largestMagnitude: Float = 0
     for sub in 0..<scales.count {
-        scales[sub] = fit(x + size &* sub, levels + size &* sub)
+        scales[sub] = fit(sub, x + size &* sub, levels + size &* sub)
         if abs(scales[sub]) > largestMagnitude { largestMagnitude = abs(scales[sub]); largest = scales[sub] }
     }
     return largest
@@ -207,14 +251,18 @@ private func fitSubBlocks(_ x: UnsafePointer<Float>, size: Int, scales: inout [F
 
 /// Q6_K (210 bytes per 256): sixteen 16-value sub-blocks, each with a signed 8-bit scale of the
 /// block's half-precision d; 6-bit levels (low 4 bits in ql, high 2 in qh, as Dequantize reads them).
-private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+/// With `importance` (one row's), the sub-blocks' scales are fit under those weights (ggml's
+/// quantize_row_q6_K_impl) instead of x^2.
+private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, importance: UnsafePointer<Float>? = nil) {
     let out = dst.assumingMemoryBound(to: UInt8.self)
     var levels = [UInt8](repeating: 0, count: 256)
     var scales = [Float](repeating: 0, count: 16)
     for b in 0..<(count / 256) {
         let x = src + b &* 256, block = out + b &* 210
         levels.withUnsafeMutableBufferPointer { L in
-            let maxScale = fitSubBlocks(x, size: 16, scales: &scales, levels: L.baseAddress!) { fitSymmetricScale(16, nmax: 32, $0, levels: $1) }
+            let maxScale = fitSubBlocks(x, size: 16, scales: &scales, levels: L.baseAddress!) { sub, xs, levels in
+                fitSymmetricScale(16, nmax: 32, xs, levels: levels, weights: importance.map { $0 + (256 &* b &+ 16 &* sub) })
+            }
             block.update(repeating: 0, count: 210)
             guard abs(maxScale) >= 1e-15 else { return }
             let iscale = -128 / maxScale
@@ -241,36 +289,69 @@ private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
 
 /// Q4_K (144 bytes per 256) and Q5_K (176): eight 32-value sub-blocks, each with a 6-bit scale
 /// and a 6-bit min of the block's half-precision d and dmin (packed as Dequantize reads them);
-/// levels fit with weights sqrt(mean x^2) + |x|, then re-rounded against the stored scales.
-private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, bits: Int) {
+/// levels then re-rounded against the stored scales. Without `importance`, ggml's reference:
+/// each sub-block fit with weights sqrt(mean x^2) + |x|, d and dmin the largest scale and min / 63.
+/// With `importance` (one row's, ggml's quantize_row_q4_K_impl / q5_K_impl): weights
+/// importance * sqrt(2 mean x^2 + x^2), a finer scale search, and d, dmin themselves fit to the
+/// sub-blocks' scales and mins under the sub-blocks' total weights.
+private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, bits: Int,
+                              importance: UnsafePointer<Float>? = nil) {
     let blockBytes = bits == 4 ? 144 : 176, nmax = (1 << bits) - 1
     let out = dst.assumingMemoryBound(to: UInt8.self)
     var levels = [UInt8](repeating: 0, count: 256)
     var weights = [Float](repeating: 0, count: 32)
-    var scales = [Float](repeating: 0, count: 8), mins = [Float](repeating: 0, count: 8)
+    var scales = [Float](repeating: 0, count: 8), mins = [Float](repeating: 0, count: 8), totals = [Float](repeating: 0, count: 8)
+    var scaleLevels = [UInt8](repeating: 0, count: 8), minLevels = [UInt8](repeating: 0, count: 8)
     for b in 0..<(count / 256) {
         let x = src + b &* 256, block = out + b &* blockBytes
         levels.withUnsafeMutableBufferPointer { L in
-            var maxScale: Float = 0, maxMin: Float = 0
-            for sub in 0..<8 {
-                let xs = x + 32 &* sub
+            let d: Float, dmin: Float
+            if let importance {
                 var sumX2: Float = 0
-                for l in 0..<32 { sumX2 += xs[l] * xs[l] }
-                let average = (sumX2 / 32).squareRoot()
-                for l in 0..<32 { weights[l] = average + abs(xs[l]) }
-                (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
-                    fitScaleAndMin(32, nmax: nmax, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 32 &* sub,
-                                   rmin: bits == 4 ? -1 : -0.5, rdelta: 0.1, nstep: bits == 4 ? 20 : 15, absoluteError: false)
+                for l in 0..<256 { sumX2 += x[l] * x[l] }
+                let sigma2 = 2 * sumX2 / 256
+                for sub in 0..<8 {
+                    let xs = x + 32 &* sub, qw = importance + (256 &* b &+ 32 &* sub)
+                    for l in 0..<32 { weights[l] = qw[l] * (sigma2 + xs[l] * xs[l]).squareRoot() }
+                    var total: Float = 0
+                    for l in 0..<32 { total += weights[l] }
+                    totals[sub] = total
+                    (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+                        fitScaleAndMin(32, nmax: nmax, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 32 &* sub,
+                                       rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
+                    }
                 }
-                maxScale = max(maxScale, scales[sub])
-                maxMin = max(maxMin, mins[sub])
+                d = fitPositiveScale(8, nmax: 63, scales, levels: &scaleLevels, weights: totals)
+                dmin = fitPositiveScale(8, nmax: 63, mins, levels: &minLevels, weights: totals)
+                // ggml clamps the Q5_K levels only.
+                if bits == 5 { for sub in 0..<8 { scaleLevels[sub] = min(63, scaleLevels[sub]); minLevels[sub] = min(63, minLevels[sub]) } }
+            } else {
+                var maxScale: Float = 0, maxMin: Float = 0
+                for sub in 0..<8 {
+                    let xs = x + 32 &* sub
+                    var sumX2: Float = 0
+                    for l in 0..<32 { sumX2 += xs[l] * xs[l] }
+                    let average = (sumX2 / 32).squareRoot()
+                    for l in 0..<32 { weights[l] = average + abs(xs[l]) }
+                    (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+                        fitScaleAndMin(32, nmax: nmax, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 32 &* sub,
+                                       rmin: bits == 4 ? -1 : -0.5, rdelta: 0.1, nstep: bits == 4 ? 20 : 15, absoluteError: false)
+                    }
+                    maxScale = max(maxScale, scales[sub])
+                    maxMin = max(maxMin, mins[sub])
+                }
+                let inverseScale: Float = maxScale > 0 ? 63 / maxScale : 0, inverseMin: Float = maxMin > 0 ? 63 / maxMin : 0
+                for sub in 0..<8 {
+                    scaleLevels[sub] = min(63, UInt8(truncatingIfNeeded: nearestInt(inverseScale * scales[sub])))
+                    minLevels[sub] = min(63, UInt8(truncatingIfNeeded: nearestInt(inverseMin * mins[sub])))
+                }
+                d = maxScale / 63
+                dmin = maxMin / 63
             }
             block.update(repeating: 0, count: blockBytes)
-            let inverseScale: Float = maxScale > 0 ? 63 / maxScale : 0, inverseMin: Float = maxMin > 0 ? 63 / maxMin : 0
             let packed = block + 4
             for sub in 0..<8 {
-                let ls = min(63, UInt8(truncatingIfNeeded: nearestInt(inverseScale * scales[sub])))
-                let lm = min(63, UInt8(truncatingIfNeeded: nearestInt(inverseMin * mins[sub])))
+                let ls = scaleLevels[sub], lm = minLevels[sub]
                 if sub < 4 {
                     packed[sub] = ls
                     packed[sub &+ 4] = lm
@@ -280,14 +361,14 @@ private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableR
                     packed[sub] |= (lm >> 4) << 6
                 }
             }
-            storeHalf(maxScale / 63, block)
-            storeHalf(maxMin / 63, block + 2)
-            let d = loadHalf(block), dmin = loadHalf(block + 2)
+            storeHalf(d, block)
+            storeHalf(dmin, block + 2)
+            let storedD = loadHalf(block), storedMin = loadHalf(block + 2)
             for sub in 0..<8 {
                 let (sc, m) = packedScaleMin(sub, packed)
-                let dl = d * Float(sc)
+                let dl = storedD * Float(sc)
                 guard dl != 0 else { continue }
-                let dm = dmin * Float(m)
+                let dm = storedMin * Float(m)
                 for i in 0..<32 { L[32 &* sub &+ i] = UInt8(max(0, min(nmax, nearestInt((x[32 &* sub &+ i] + dm) / dl)))) }
             }
             let qs = block + (bits == 4 ? 16 : 48), qh = block + 16
@@ -306,6 +387,61 @@ private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableR
     }
 }
 
+/// ggml's make_qp_quants: non-negative levels 0...nmax (kept as ggml's uint8 keeps them) and a
+/// scale for the values `x` (a block's sub-block scales or mins): the best of nine inverse scales
+/// (nmax ± 0.1 k) / max under `weights`, then levels moved one at a time while that improves the
+/// weighted least-squares fit, up to five passes. Returns the least-squares scale.
+private func fitPositiveScale(_ n: Int, nmax: Int, _ x: [Float], levels L: inout [UInt8], weights w: [Float]) -> Float {
+    var largest: Float = 0
+    for i in 0..<n { largest = max(largest, x[i]) }
+    if largest < 1e-15 {
+        for i in 0..<n { L[i] = 0 }
+        return 0
+    }
+    var iscale = Float(nmax) / largest
+    for i in 0..<n { L[i] = UInt8(truncatingIfNeeded: nearestInt(iscale * x[i])) }
+    let scale = 1 / iscale
+    var bestError: Float = 0
+    for i in 0..<n {
+        let diff = x[i] - scale * Float(L[i])
+        bestError += w[i] * diff * diff
+    }
+    for k in -4...4 where k != 0 {
+        let candidate = (0.1 * Float(k) + Float(nmax)) / largest, candidateScale = 1 / candidate
+        var error: Float = 0
+        for i in 0..<n {
+            let diff = x[i] - candidateScale * Float(min(nmax, nearestInt(candidate * x[i])))
+            error += w[i] * diff * diff
+        }
+        if error < bestError { bestError = error; iscale = candidate }
+    }
+    var sumLX: Float = 0, sumL2: Float = 0
+    for i in 0..<n {
+        let l = min(nmax, nearestInt(iscale * x[i]))
+        L[i] = UInt8(truncatingIfNeeded: l)
+        sumLX += w[i] * x[i] * Float(l)
+        sumL2 += w[i] * Float(l) * Float(l)
+    }
+    for _ in 0..<5 {
+        var changed = 0
+        for i in 0..<n {
+            let old = Float(L[i])
+            var slx = sumLX - w[i] * x[i] * old, sl2 = sumL2 - w[i] * old * old
+            guard slx > 0 && sl2 > 0 else { continue }
+            let l = min(nmax, nearestInt(x[i] * sl2 / slx))
+            guard l != Int(L[i]) else { continue }
+            slx += w[i] * x[i] * Float(l)
+            sl2 += w[i] * Float(l) * Float(l)
+            if slx * slx * sumL2 > sumLX * sumLX * sl2 {
+                L[i] = UInt8(truncatingIfNeeded: l); sumLX = slx; sumL2 = sl2
+                changed += 1
+            }
+        }
+        if changed == 0 { break }
+    }
+    return sumL2 > 0 ? sumLX / sumL2 : 0
+}
+
 /// Scale and min of sub-block `j` from the 12 packed bytes of Q4_K / Q5_K.
 @inline(__always)
 private func packedScaleMin(_ j: Int, _ q: UnsafePointer<UInt8>) -> (UInt8, UInt8) {
@@ -314,36 +450,61 @@ private func packedScaleMin(_ j: Int, _ q: UnsafePointer<UInt8>) -> (UInt8, UInt
 }
 
 /// Q2_K (84 bytes per 256): sixteen 16-value sub-blocks, each with a 4-bit scale and 4-bit min
-/// of the block's d and dmin; 2-bit levels fit with weights |x| and absolute error.
-private func quantizeRowQ2_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+/// of the block's d and dmin; 2-bit levels. Without `importance`, ggml's reference: levels fit
+/// with weights |x| and absolute error, d and dmin the largest scale and min / 15. With
+/// `importance` (one row's, ggml's quantize_row_q2_K_impl): weights importance *
+/// sqrt(mean x^2 + x^2), squared error, and d, dmin fit to the scales and mins under the
+/// sub-blocks' total weights.
+private func quantizeRowQ2_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, importance: UnsafePointer<Float>? = nil) {
     let out = dst.assumingMemoryBound(to: UInt8.self)
     var levels = [UInt8](repeating: 0, count: 256)
     var weights = [Float](repeating: 0, count: 16)
-    var scales = [Float](repeating: 0, count: 16), mins = [Float](repeating: 0, count: 16)
+    var scales = [Float](repeating: 0, count: 16), mins = [Float](repeating: 0, count: 16), totals = [Float](repeating: 0, count: 16)
+    var scaleLevels = [UInt8](repeating: 0, count: 16), minLevels = [UInt8](repeating: 0, count: 16)
     for b in 0..<(count / 256) {
         let x = src + b &* 256, block = out + b &* 84
         levels.withUnsafeMutableBufferPointer { L in
-            var maxScale: Float = 0, maxMin: Float = 0
-            for sub in 0..<16 {
-                let xs = x + 16 &* sub
-                for l in 0..<16 { weights[l] = abs(xs[l]) }
-                (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
-                    fitScaleAndMin(16, nmax: 3, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 16 &* sub,
-                                   rmin: -0.5, rdelta: 0.1, nstep: 15, absoluteError: true)
-                }
-                maxScale = max(maxScale, scales[sub])
-                maxMin = max(maxMin, mins[sub])
-            }
             block.update(repeating: 0, count: 84)
-            if maxScale > 0 {
-                let iscale = 15 / maxScale
-                for sub in 0..<16 { block[sub] = UInt8(truncatingIfNeeded: nearestInt(iscale * scales[sub])) }
-                storeHalf(maxScale / 15, block + 80)
-            }
-            if maxMin > 0 {
-                let iscale = 15 / maxMin
-                for sub in 0..<16 { block[sub] |= UInt8(truncatingIfNeeded: nearestInt(iscale * mins[sub]) << 4) }
-                storeHalf(maxMin / 15, block + 82)
+            if let importance {
+                var sumX2: Float = 0
+                for j in 0..<256 { sumX2 += x[j] * x[j] }
+                let sigma2 = sumX2 / 256
+                for sub in 0..<16 {
+                    let xs = x + 16 &* sub, qw = importance + (256 &* b &+ 16 &* sub)
+                    for l in 0..<16 { weights[l] = qw[l] * (sigma2 + xs[l] * xs[l]).squareRoot() }
+                    var total: Float = 0
+                    for l in 0..<16 { total += weights[l] }
+                    totals[sub] = total
+                    (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+                        fitScaleAndMin(16, nmax: 3, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 16 &* sub,
+                                       rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
+                    }
+                }
+                storeHalf(fitPositiveScale(16, nmax: 15, scales, levels: &scaleLevels, weights: totals), block + 80)
+                storeHalf(fitPositiveScale(16, nmax: 15, mins, levels: &minLevels, weights: totals), block + 82)
+                for sub in 0..<16 { block[sub] = scaleLevels[sub] | minLevels[sub] << 4 }
+            } else {
+                var maxScale: Float = 0, maxMin: Float = 0
+                for sub in 0..<16 {
+                    let xs = x + 16 &* sub
+                    for l in 0..<16 { weights[l] = abs(xs[l]) }
+                    (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+                        fitScaleAndMin(16, nmax: 3, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 16 &* sub,
+                                       rmin: -0.5, rdelta: 0.1, nstep: 15, absoluteError: true)
+                    }
+                    maxScale = max(maxScale, scales[sub])
+                    maxMin = max(maxMin, mins[sub])
+                }
+                if maxScale > 0 {
+                    let iscale = 15 / maxScale
+                    for sub in 0..<16 { block[sub] = UInt8(truncatingIfNeeded: nearestInt(iscale * scales[sub])) }
+                    storeHalf(maxScale / 15, block + 80)
+                }
+                if maxMin > 0 {
+                    let iscale = 15 / maxMin
+                    for sub in 0..<16 { block[sub] |= UInt8(truncatingIfNeeded: nearestInt(iscale * mins[sub]) << 4) }
+                    storeHalf(maxMin / 15, block + 82)
+                }
             }
             let d = loadHalf(block + 80), dmin = loadHalf(block + 82)
             for sub in 0..<16 {
@@ -409,25 +570,53 @@ private func fitQ3Scale(_ x: UnsafePointer<Float>, levels: UnsafeMutablePointer<
 
 /// Q3_K (110 bytes per 256): sixteen 16-value sub-blocks with signed 6-bit scales (offset by 32,
 /// packed as Dequantize reads them) of the block's d; 3-bit levels: low 2 bits in qs, the third
-/// in hmask (bit k of byte j for value 32k + j).
-private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int) {
+/// in hmask (bit k of byte j for value 32k + j). Without `importance`, ggml's reference
+/// (make_q3_quants per sub-block, d the largest scale / -32); with it (one row's, ggml's
+/// quantize_row_q3_K_impl), sub-blocks fit under importance * sqrt(2 mean x^2 + x^2) and the
+/// scales themselves fit (make_qx_quants) under the sub-blocks' total weights.
+private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, importance: UnsafePointer<Float>? = nil) {
     let out = dst.assumingMemoryBound(to: UInt8.self)
     var levels = [UInt8](repeating: 0, count: 256)
-    var scales = [Float](repeating: 0, count: 16)
+    var scales = [Float](repeating: 0, count: 16), totals = [Float](repeating: 0, count: 16)
+    var weights = [Float](repeating: 0, count: 16), scaleLevels = [UInt8](repeating: 0, count: 16)
     for b in 0..<(count / 256) {
         let x = src + b &* 256, block = out + b &* 110
         levels.withUnsafeMutableBufferPointer { L in
-            let maxScale = fitSubBlocks(x, size: 16, scales: &scales, levels: L.baseAddress!) { fitQ3Scale($0, levels: $1) }
             block.update(repeating: 0, count: 110)
             let packed = block + 96
-            if maxScale != 0 {
-                let iscale = -32 / maxScale
+            /// Packs sub-block `sub`'s scale level `l` (0...63, the scale + 32).
+            func pack(_ sub: Int, _ l: Int) {
+                if sub < 8 { packed[sub] = UInt8(l & 0x0F) } else { packed[sub &- 8] |= UInt8(l & 0x0F) << 4 }
+                packed[8 &+ sub % 4] |= UInt8(truncatingIfNeeded: l >> 4) << UInt8(2 &* (sub / 4))
+            }
+            if let importance {
+                var sumX2: Float = 0
+                for j in 0..<256 { sumX2 += x[j] * x[j] }
+                let sigma2 = 2 * sumX2 / 256
                 for sub in 0..<16 {
-                    let l = Int(max(-32, min(31, Int8(truncatingIfNeeded: nearestInt(iscale * scales[sub]))))) + 32
-                    if sub < 8 { packed[sub] = UInt8(l & 0x0F) } else { packed[sub &- 8] |= UInt8(l & 0x0F) << 4 }
-                    packed[8 &+ sub % 4] |= UInt8(l >> 4) << UInt8(2 &* (sub / 4))
+                    let xs = x + 16 &* sub, qw = importance + (256 &* b &+ 16 &* sub)
+                    for l in 0..<16 { weights[l] = qw[l] * (sigma2 + xs[l] * xs[l]).squareRoot() }
+                    var total: Float = 0
+                    for l in 0..<16 { total += weights[l] }
+                    totals[sub] = total
+                    scales[sub] = weights.withUnsafeBufferPointer {
+                        fitSymmetricScale(16, nmax: 4, xs, levels: L.baseAddress! + 16 &* sub, weights: $0.baseAddress!)
+                    }
                 }
-                storeHalf(1 / iscale, block + 108)
+                let d = scales.withUnsafeBufferPointer { s in
+                    totals.withUnsafeBufferPointer { t in
+                        scaleLevels.withUnsafeMutableBufferPointer { fitSymmetricScale(16, nmax: 32, s.baseAddress!, levels: $0.baseAddress!, weights: t.baseAddress!) }
+                    }
+                }
+                for sub in 0..<16 { pack(sub, Int(scaleLevels[sub])) }
+                storeHalf(d, block + 108)
+            } else {
+                let maxScale = fitSubBlocks(x, size: 16, scales: &scales, levels: L.baseAddress!) { fitQ3Scale($1, levels: $2) }
+                if maxScale != 0 {
+                    let iscale = -32 / maxScale
+                    for sub in 0..<16 { pack(sub, Int(max(-32, min(31, Int8(truncatingIfNeeded: nearestInt(iscale * scales[sub]))))) + 32) }
+                    storeHalf(1 / iscale, block + 108)
+                }
             }
             let d = loadHalf(block + 108)
             for sub in 0..<16 {
@@ -445,6 +634,33 @@ private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
             packTwoBitLevels(L.baseAddress!, into: block + 32)
         }
     }
+}
+
+/// Encodes `rows` rows of `columns` floats as `dtype` at `dst`, as llama.cpp's quantizer does
+/// with an importance matrix: `importance` holds one weight per column (the mean squared
+/// activation that column of the weight meets), and each block's scales are fit to minimise the
+/// error those weights measure (ggml's quantize_row_*_impl). Q8_0 and the float types ignore it,
+/// as ggml does; so does every type when `importance` is nil. Returns the bytes written.
+@discardableResult
+package func encodeRows(_ src: UnsafePointer<Float>, as dtype: DType, into dst: UnsafeMutableRawPointer, rows: Int, columns: Int,
+                        importance: UnsafePointer<Float>?) -> Int {
+    let rowBytes = columns / dtype.blockSize &* dtype.blockBytes
+    guard let importance, dtype.isQuantized, dtype != .q8_0 else {
+        return encodeRow(src, as: dtype, into: dst, count: rows &* columns)
+    }
+    for row in 0..<rows {
+        let x = src + row &* columns, out = dst + row &* rowBytes
+        switch dtype {
+        case .q4_0, .q5_0: quantizeWeightedRowBlock32(x, out, columns: columns, bits: dtype == .q4_0 ? 4 : 5, withMin: false, importance: importance)
+        case .q4_1, .q5_1: quantizeWeightedRowBlock32(x, out, columns: columns, bits: dtype == .q4_1 ? 4 : 5, withMin: true, importance: importance)
+        case .q2_K: quantizeRowQ2_K(x, out, count: columns, importance: importance)
+        case .q3_K: quantizeRowQ3_K(x, out, count: columns, importance: importance)
+        case .q4_K, .q5_K: quantizeRowQ45_K(x, out, count: columns, bits: dtype == .q4_K ? 4 : 5, importance: importance)
+        case .q6_K: quantizeRowQ6_K(x, out, count: columns, importance: importance)
+        default: preconditionFailure("encodeRows: Finch does not write \(dtype.rawValue)")
+        }
+    }
+    return rows &* rowBytes
 }
 
 /// Encodes `count` floats as `dtype` (F32, F16, BF16 or any GGML block type but the IQ4s) at `dst`;
