@@ -13,8 +13,11 @@ For each file type (q8_0, q6_k, q5_k_m, q4_k_m, q5_0, q4_0 by default), from one
 Prints a markdown table. The held-out ids: `--token-ids FILE` (JSONL of id lists), or
 `--text FILE` tokenized with the f32 model's tokenizer into sequences of `--seq` tokens.
 
+With `--imatrix FILE` both quantizers get the importance matrix (Finch's `--imatrix`, llama.cpp's
+`params.imatrix`, normalised as llama-quantize does); reference/make_imatrix.py writes one.
+
 Usage: python3 reference/check_quantized_exports.py F32.gguf (--text FILE | --token-ids FILE)
-           [--finch .build/release/finch] [--types q4_k_m,...] [--workdir DIR]
+           [--finch .build/release/finch] [--types q4_k_m,...] [--workdir DIR] [--imatrix FILE]
 """
 import argparse
 import json
@@ -89,8 +92,10 @@ def main():
     ap.add_argument("--finch", default=".build/release/finch")
     ap.add_argument("--types", default="q8_0,q6_k,q5_k_m,q4_k_m,q5_0,q4_0")
     ap.add_argument("--workdir")
+    ap.add_argument("--imatrix", help="importance matrix for both quantizers")
     args = ap.parse_args()
     work = args.workdir or tempfile.mkdtemp(prefix="finch-quant-")
+    os.makedirs(work, exist_ok=True)
     seqs = held_out(args)
     print(f"held-out: {len(seqs)} sequences, {sum(len(s) - 1 for s in seqs)} predicted tokens; files in {work}")
     base_hf = transformers_nll(args.f32, seqs)
@@ -100,8 +105,9 @@ def main():
     for qtype in args.types.split(","):
         ours, theirs = os.path.join(work, f"finch-{qtype}.gguf"), os.path.join(work, f"llamacpp-{qtype}.gguf")
         summary = subprocess.run([args.finch, "export", "--model", args.f32, "--format", "gguf", "--quant", qtype,
-                                  "--output", ours, "--overwrite"], check=True, capture_output=True, text=True).stdout
-        llamacpp_quantize.quantize(args.f32, theirs, qtype)
+                                  "--output", ours, "--overwrite"] + (["--imatrix", args.imatrix] if args.imatrix else []),
+                                 check=True, capture_output=True, text=True).stdout
+        llamacpp_quantize.quantize(args.f32, theirs, qtype, args.imatrix)
         a, b = tensor_bytes(ours), tensor_bytes(theirs)
         same = sum(1 for k in a if k in b and a[k] == b[k])
         n = dequantizes(ours)
@@ -114,7 +120,7 @@ def main():
         verdict = "" if limit is None else ("PASS" if abs(change) <= limit else "FAIL")
         rows.append((qtype, os.path.getsize(ours) / 1e6, os.path.getsize(theirs) / 1e6, f"{same}/{len(a)}", n, hf, change,
                      cpp_ours, cpp_theirs, cpp_ours / cpp_theirs - 1, limit, verdict, text))
-        print(summary.strip().splitlines()[-1])
+        print("\n".join(summary.strip().splitlines()[1:]))
         print(json.dumps({"type": qtype, "transformers_nll": hf, "change": change, "llamacpp_nll_finch": cpp_ours,
                           "llamacpp_nll_llamacpp": cpp_theirs, "identical_tensors": same, "generated": text}))
     print()

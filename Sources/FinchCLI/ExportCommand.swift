@@ -22,6 +22,10 @@ struct ExportCommand: ParsableCommand {
                                    + "_M/_S/_L mixtures keep the tensors llama.cpp protects in a higher type; rows that do not split "
                                    + "into 256-value blocks fall back as llama.cpp's do (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0)."))
     var quant: String?
+    @Option(help: ArgumentHelp("gguf with --quant: an importance matrix in llama.cpp's format (GGUF or legacy .dat).",
+                               discussion: "As llama-quantize --imatrix: each weight's blocks are fit so that the columns that carry "
+                                   + "the largest activations lose least (written by llama-imatrix or `finch imatrix`)."))
+    var imatrix: String?
     @Option(help: "The folder (hf) or .gguf file (gguf) to create.") var output: String
     @Flag(help: "Replace an existing output (only once the new one is complete).") var overwrite = false
     @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
@@ -36,6 +40,7 @@ struct ExportCommand: ParsableCommand {
             var options = ExportOptions(model: try HubCache.resolve(model, revision: revision), adapter: adapter, format: format, dtype: try ExportDType(parsing: quant ?? dtype),
                                         output: output, overwrite: overwrite)
             options.allowNonFinite = allowNonFinite
+            options.imatrix = imatrix
             let start = Date()
             let summary = try Exporter.export(options)
             let merged = adapter == nil ? "no adapter"
@@ -44,6 +49,9 @@ struct ExportCommand: ParsableCommand {
                          summary.output, format.rawValue, options.dtype.rawValue, summary.tensorCount,
                          Double(summary.bytes) / 1e6, merged, Date().timeIntervalSince(start)))
             if let types = summary.tensorTypes { print("tensor types: \(types)") }
+            if let (weighted, quantized) = summary.importanceWeighted {
+                print("importance matrix: \(weighted) of \(quantized) quantized tensors weighted (the others have no entry in \(imatrix ?? "it"))")
+            }
         }
     }
 }

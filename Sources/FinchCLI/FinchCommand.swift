@@ -8,7 +8,7 @@ struct FinchCommand: ParsableCommand {
         commandName: "finch",
         abstract: "Fine-tune language models fast on an ordinary machine.",
         subcommands: [TrainCommand.self, GenerateCommand.self, ChatCommand.self, PerplexityCommand.self, TokenizeCommand.self, TemplateCommand.self, ExportCommand.self,
-                      PlotCommand.self, BenchCommand.self])
+                      PlotCommand.self, ImatrixCommand.self, BenchCommand.self])
 }
 
 /// Prints a library error as one line and exits non-zero, instead of a trace. Usage errors

@@ -97,6 +97,10 @@ public struct ExportOptions: Sendable {
     public var allowNonFinite = false
     /// Safetensors shards stay at or below this many bytes (transformers' default is 5 GB; 2 GB here).
     public var maxShardBytes: Int
+    /// An importance matrix in llama.cpp's format (`llama-imatrix` or `finch imatrix` output) for a
+    /// quantized GGUF: each weight's blocks are fit to the columns that matter most, as
+    /// `llama-quantize --imatrix` does. Nil quantizes as llama-quantize does without one.
+    public var imatrix: String? = nil
 
     /// Options as `finch export` builds them; shards default to 2 GB.
     public init(model: String, adapter: String? = nil, format: ExportFormat, dtype: ExportDType = .f32, output: String,

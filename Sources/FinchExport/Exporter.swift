@@ -23,6 +23,43 @@ public struct ExportSummary: Sendable {
     public var mergedModules: Int
     /// GGUF: the type of every tensor, by role ("attn_v.weight Q6_K x12, Q4_K x18; ..."); nil for hf.
     public var tensorTypes: String? = nil
+    /// With `--imatrix`: tensors whose blocks were fit under the importance matrix, of those
+    /// quantized to a type that uses one (all but Q8_0); nil without one.
+    public var importanceWeighted: (weighted: Int, quantized: Int)? = nil
+}
+
+/// Which tensors of a quantized GGUF export an importance matrix weights, looked up by GGUF name
+/// as llama-quantize looks them up: a tensor without an entry is quantized without one (the
+/// token embedding, which llama-imatrix does not see); an entry of the wrong size is an error.
+struct ImportanceWeighting {
+    /// Per GGUF tensor name, one weight per column (for a stack of experts, each expert's in turn).
+    let weights: [String: [Float]]
+    /// Tensors quantized to a type that uses importance.
+    let quantizedCount: Int
+
+    init(_ matrix: ImportanceMatrix, tensors: [GGUFWriter.Tensor]) throws {
+        var weights: [String: [Float]] = [:], quantized = 0
+        for tensor in tensors where tensor.dtype.isQuantized && tensor.dtype != .q8_0 {
+            quantized += 1
+            guard let values = matrix.entries[tensor.name] else { continue }
+            let columns = tensor.shape.last!, experts = tensor.shape.count == 3 ? tensor.shape[0] : 1
+            guard values.count == columns * experts else {
+                // llama-quantize skips the token embedding's entry (an output it is tied to) and refuses any other.
+                if tensor.name == "token_embd.weight" { continue }
+                throw LoadError.malformed(path: matrix.path, field: tensor.name, found: "\(values.count) values",
+                                          expected: "\(columns * experts), the tensor's \(columns) columns" + (experts > 1 ? " times \(experts) experts" : "")
+                                              + " (an importance matrix of this model)")
+            }
+            weights[tensor.name] = values
+        }
+        if weights.isEmpty && quantized > 0 {
+            let sample = matrix.entries.keys.sorted().prefix(3).joined(separator: ", ")
+            throw LoadError.malformed(path: matrix.path, field: "entries", found: "none naming a tensor of this model (\(sample), ...)",
+                                      expected: "GGUF tensor names such as \(tensors.first { $0.dtype.isQuantized }?.name ?? "blk.0.attn_q.weight")")
+        }
+        self.weights = weights
+        quantizedCount = quantized
+    }
 }
 
 /// `finch export`: merges an optional LoRA adapter into a model and writes it as an HF folder
@@ -38,11 +75,16 @@ public enum Exporter {
         if FileManager.default.fileExists(atPath: output) && !options.overwrite { throw ExportError.outputExists(path: output) }
         try checkWritableParent(of: output)
         if options.format == .ggufLoRA && options.adapter == nil { throw ExportError.adapterRequired(format: options.format) }
+        if options.imatrix != nil && (options.format != .gguf || !options.dtype.dtype.isQuantized || options.dtype == .q8_0) {
+            throw ExportError.unsupported(format: options.format, what: "--imatrix with --dtype", found: options.dtype.rawValue,
+                                          supported: ["gguf with a quantized type other than q8_0 (q4_k_m, q5_k_m, q6_k, q4_0, ...)"])
+        }
+        let importance = try options.imatrix.map { try ImportanceMatrix.read(path: $0) }
         let files = try ModelFiles.open(options.model, allowNonFinite: options.allowNonFinite)
         let merged = try MergedWeights(files: files, adapter: options.adapter)
         switch options.format {
         case .hf: return try HFFolderWriter.write(merged, options: options)
-        case .gguf: return try GGUFExport.write(merged, options: options)
+        case .gguf: return try GGUFExport.write(merged, options: options, importance: importance)
         case .ggufLoRA: return try GGUFExport.writeAdapter(merged, options: options)
         }
     }
@@ -102,7 +144,7 @@ public enum Exporter {
 enum HFFolderWriter {
     static let tokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 
-    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
+    static func write(_ merged: MergedWeights, options: ExportOptions, importance: ImportanceMatrix? = nil) throws -> ExportSummary {
         let files = merged.files
         let dtype = options.dtype.dtype
         let torchDType = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][dtype.rawValue]!
@@ -261,7 +303,7 @@ enum GGUFExport {
                              tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }))
     }
 
-    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
+    static func write(_ merged: MergedWeights, options: ExportOptions, importance: ImportanceMatrix? = nil) throws -> ExportSummary {
         let files = merged.files, config = files.config
         let arch = try architecture(config, format: .gguf)
         // Rope scaling that llama.cpp takes as tensors, first, as convert_hf_to_gguf writes them:
@@ -317,7 +359,7 @@ enum GGUFExport {
         let extra = ropeTensors.map { GGUFWriter.Tensor(name: $0.name, shape: [$0.values.count], dtype: .f32) }
         let types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
                                     groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings,
-                                    expertCount: config.experts?.expertCount ?? 1)
+                                    expertCount: config.experts?.expertCount ?? 1, hasImportance: importance != nil)
         let tensors = extra + sources.map { source -> GGUFWriter.Tensor in
             GGUFWriter.Tensor(name: source.gguf, shape: source.shape, dtype: types.type(of: source.gguf, shape: source.shape))
         }
@@ -337,6 +379,14 @@ enum GGUFExport {
         }
         set("general.file_type", .uint32(options.dtype.ggufFileType))
         set("general.quantization_version", .uint32(2))
+        let weighting = try importance.map { try ImportanceWeighting($0, tensors: tensors) }
+        if let importance {
+            // What llama-quantize records of its --imatrix.
+            set("quantize.imatrix.file", .string(options.imatrix ?? importance.path))
+            if let dataset = importance.datasets.first { set("quantize.imatrix.dataset", .string(dataset)) }
+            set("quantize.imatrix.entries_count", .uint32(UInt32(importance.entries.count)))
+            if importance.chunkCount > 0 { set("quantize.imatrix.chunks_count", .uint32(UInt32(importance.chunkCount))) }
+        }
 
         let permute = permutedRows(config, arch: arch)
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: tensors.map(\.byteCount).max() ?? 1, alignment: 64)
@@ -349,12 +399,13 @@ enum GGUFExport {
                 values = values.map { $0 + config.normWeightOffset }
             }
             if let heads = permute[tensor.name] { values = permuteRowsForLlamaCpp(values, shape: tensor.shape, heads: heads) }
-            let bytes = encodeRows(values, as: tensor.dtype, into: scratch)
+            let bytes = encodeRows(values, as: tensor.dtype, into: scratch, shape: tensor.shape, importance: weighting?.weights[tensor.name])
             try sink(UnsafeRawBufferPointer(start: scratch, count: bytes))
         }
         return ExportSummary(output: options.output, files: [(options.output as NSString).lastPathComponent], tensorCount: tensors.count,
                              bytes: tensors.map(\.byteCount).reduce(0, +), mergedModules: merged.mergedModuleCount,
-                             tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }))
+                             tensorTypes: GGUFTensorTypes.summary(tensors.map { ($0.name, $0.dtype) }),
+                             importanceWeighted: weighting.map { (weighted: $0.weights.count, quantized: $0.quantizedCount) })
     }
 
     /// Layer, llama.cpp stack name and expert of an expert's HF tensor
@@ -384,6 +435,28 @@ enum GGUFExport {
             throw ExportError.unsupported(format: .gguf, what: "norm_topk_prob for \(arch)", found: "\(moe.normalizesTopK)",
                                           supported: ["\(renormalises) (what llama.cpp computes for \(arch))"])
         }
+    }
+
+    /// Encodes `values` (a tensor of row-major `shape`) as `type` into `destination`, rows in
+    /// parallel where the type quantizes in blocks (the K types search for scales: seconds per
+    /// large matrix on one core), each row under `importance` when given: one weight per column,
+    /// or for a stack of experts [E, rows, columns] each expert's in turn. Returns the bytes.
+    static func encodeRows(_ values: [Float], as type: DType, into destination: UnsafeMutableRawPointer, shape: [Int],
+                           importance: [Float]?) -> Int {
+        guard let importance else { return encodeRows(values, as: type, into: destination) }
+        let columns = shape.last!, rows = values.count / columns, rowBytes = columns / type.blockSize * type.blockBytes
+        let rowsPerExpert = rows / (importance.count / columns)
+        values.withUnsafeBufferPointer { source in
+            importance.withUnsafeBufferPointer { weights in
+                parallelFor(rows) { range in
+                    for row in range {
+                        FinchKernels.encodeRows(source.baseAddress! + row * columns, as: type, into: destination + row * rowBytes, rows: 1,
+                                                columns: columns, importance: weights.baseAddress! + row / rowsPerExpert * columns)
+                    }
+                }
+            }
+        }
+        return rows * rowBytes
     }
 
     /// Encodes `values` as `type` into `destination`, rows in parallel where the type quantizes in

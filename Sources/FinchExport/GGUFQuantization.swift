@@ -14,10 +14,13 @@ struct GGUFTensorTypes {
     /// 8-expert models apart (Mixtral's count): attn_k and attn_v at Q8_0, attn_output at Q5_K
     /// in the low-bit mixtures.
     let expertCount: Int
+    /// An importance matrix is given (llama.cpp's has_imatrix): Q4_0 and Q5_0 files then keep the
+    /// first eighth of the layers' ffn_down in Q4_1 / Q5_1.
+    let hasImportance: Bool
 
-    init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool, expertCount: Int = 1) {
+    init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool, expertCount: Int = 1, hasImportance: Bool = false) {
         self.fileType = fileType; self.layerCount = layerCount; self.groupSize = groupSize; self.tiedEmbeddings = tiedEmbeddings
-        self.expertCount = expertCount
+        self.expertCount = expertCount; self.hasImportance = hasImportance
     }
 
     /// llama.cpp's use_more_bits: the first and last eighth of the layers and every third between.
@@ -60,6 +63,7 @@ struct GGUFTensorTypes {
             case .q3_k_l: type = .q5_K
             case .q4_k_m, .q5_k_m: if Self.usesMoreBits(layer, of: layerCount) { type = .q6_K }
             case .q4_k_s: if layer < layerCount / 8 { type = .q5_K }
+            case .q4_0, .q5_0: if hasImportance && layer < layerCount / 8 { type = fileType == .q4_0 ? .q4_1 : .q5_1 }
             default: break
             }
         } else if name.contains("attn_output.weight") {

@@ -8,6 +8,9 @@ struct Seeds {
     var model: URL { root.appendingPathComponent("model") }
     var gguf: URL { root.appendingPathComponent("model.gguf") }
     var ggufQ8: URL { root.appendingPathComponent("model-q8_0.gguf") }
+    /// The seed model's importance matrix, as `finch imatrix` writes it (GGUF) and in llama-imatrix's legacy layout.
+    var imatrix: URL { root.appendingPathComponent("imatrix.gguf") }
+    var imatrixLegacy: URL { root.appendingPathComponent("imatrix.dat") }
     func file(_ name: String) -> URL { root.appendingPathComponent(name) }
 
     static let modelFiles = ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"]
@@ -32,7 +35,29 @@ struct Seeds {
                                timeout: 120, memoryGiB: 8)
             guard r.outcome == .accepted else { throw SeedError(message: "finch export of the seed GGUF failed: \(r.stderr)") }
         }
+        let r = Runner.run(finch, ["imatrix", "--model", seeds.model.path, "--data", seeds.file("eval.txt").path, "--chunk-size", "8",
+                                   "--output", seeds.imatrix.path], timeout: 120, memoryGiB: 8)
+        guard r.outcome == .accepted else { throw SeedError(message: "finch imatrix of the seed model failed: \(r.stderr)") }
+        try Data(legacyImatrix()).write(to: seeds.imatrixLegacy)
         return seeds
+    }
+
+    /// llama-imatrix's legacy .dat for the seed model's projections: entry count; per entry the
+    /// name, calls, value count and values; then chunk count and dataset name.
+    static func legacyImatrix() -> [UInt8] {
+        var bytes: [UInt8] = []
+        func int32(_ v: Int) { withUnsafeBytes(of: Int32(v).littleEndian) { bytes += $0 } }
+        let entries = (0..<2).flatMap { l in
+            ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"].map { ("blk.\(l).\($0).weight", 16) } + [("blk.\(l).ffn_down.weight", 32)]
+        }
+        int32(entries.count)
+        for (i, (name, width)) in entries.enumerated() {
+            int32(name.utf8.count); bytes += Array(name.utf8)
+            int32(3); int32(width)
+            for j in 0..<width { withUnsafeBytes(of: Float(1 + (i * 7 + j) % 5).bitPattern.littleEndian) { bytes += $0 } }
+        }
+        int32(3); int32(8); bytes += Array("eval.txt".utf8)
+        return bytes
     }
 
     struct SeedError: Error, CustomStringConvertible { let message: String; var description: String { message } }

@@ -2,7 +2,7 @@ import Foundation
 
 /// What a case mutates, and the `finch` command that reads it.
 enum Target: String, CaseIterable {
-    case safetensors, config, tokenizer, template, gguf, data, yaml
+    case safetensors, config, tokenizer, template, gguf, data, yaml, imatrix
 
     /// One case: the mutated file written into `dir` (a fresh folder holding links to the seeds),
     /// and the command line (and stdin) that makes finch read it.
@@ -140,6 +140,16 @@ enum Target: String, CaseIterable {
             return Case(arguments: ["train", "--model", seeds.model.path, "--method", method, "--data", url.path,
                                     "--output", dir.appendingPathComponent("run").path, "--max-steps", "1", "--batch-size", "2",
                                     "--lora-r", "2", "--max-length", "64"], mutatedFile: name)
+        case .imatrix:
+            // An importance matrix for a quantized export: the GGUF layout's fields, or the legacy layout's bytes.
+            let legacy = rng.chance(0.4)
+            let url = dir.appendingPathComponent(legacy ? "imatrix.dat" : "imatrix.gguf")
+            var bytes = try read(legacy ? seeds.imatrixLegacy : seeds.imatrix)
+            if legacy { ByteMutator.mutate(&bytes, &rng) } else { GGUFFields.mutate(&bytes, &rng) }
+            try write(bytes, to: url)
+            return Case(arguments: ["export", "--model", seeds.gguf.path, "--format", "gguf", "--quant", rng.pick(["q4_0", "q4_k_m", "q6_k"]),
+                                    "--imatrix", url.path, "--output", dir.appendingPathComponent("out.gguf").path],
+                        mutatedFile: url.lastPathComponent)
         case .yaml:
             let url = dir.appendingPathComponent("train.yaml")
             let text = String(decoding: try read(seeds.file("train.yaml")), as: UTF8.self)

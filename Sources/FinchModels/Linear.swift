@@ -20,6 +20,9 @@ final class Linear {
     var lora: LoRAModule?
     /// Off: the layer computes the frozen base alone (DPO's reference model in LoRA training).
     var loraEnabled = true
+    /// Called with each forward's input x [rows, in] before the product (an importance matrix's
+    /// collection); nil otherwise.
+    var inputObserver: ((_ x: UnsafePointer<Float>, _ rows: Int) -> Void)?
     private var activeLoRA: LoRAModule? { loraEnabled ? lora : nil }
 
     var inFeatures: Int { weight.columns }
@@ -34,6 +37,7 @@ final class Linear {
     /// y[n, out] (+)= x[n, in] W^T + bias + scale * dropout(x) A^T B^T.
     func forward(_ x: UnsafePointer<Float>, n: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool = false,
                  saved: LinearSaved, random: inout FinchRandom, training: Bool) {
+        inputObserver?(x, n)
         GEMM.withBF16Copy(of: x, rows: n, ld: inFeatures, precision: weight.precision) { xCopy in
             weight.multiply(x, n: n, into: y, accumulate: accumulate, xCopy: xCopy)
             finishForward(x, xCopy: xCopy, n: n, into: y, ldy: outFeatures, saved: saved, random: &random, training: training)
@@ -47,6 +51,7 @@ final class Linear {
     /// and LoRA term in order, so dropout draws come as from separate calls.
     static func forward(_ linears: [Linear], _ x: UnsafePointer<Float>, n: Int, into outputs: [UnsafeMutablePointer<Float>],
                         ldy: Int? = nil, saved: [LinearSaved], random: inout FinchRandom, training: Bool) {
+        for linear in linears { linear.inputObserver?(x, n) }
         GEMM.withBF16Copy(of: x, rows: n, ld: linears[0].inFeatures, precision: linears[0].weight.precision) { xCopy in
             WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n, ldy: ldy, xCopy: xCopy)
             for i in linears.indices {
