@@ -202,6 +202,10 @@ def template_cases():
                              {"system_user": PLAIN["system_user"], "system_full": PLAIN["system_full"]})
         cases.append(case("tools", extra, [SYS, U_WEATHER, A_CALL, T_RESULT, A_FINAL], False, TOOLS,
                           bos_token="<s>", eos_token="</s>"))
+    # Phi-3.5 has no tool syntax: with text in the calling turn it renders (tool turns skipped).
+    cases.append(case("tools_with_text", "microsoft-Phi-3.5-mini-instruct.jinja",
+                      [SYS, U_WEATHER, A_CALL_WITH_TEXT, T_RESULT, T_RESULT2, A_FINAL], False, TOOLS,
+                      bos_token="<s>", eos_token="</s>"))
     reasoning = {"role": "assistant", "content": "Paris.", "thinking": "The user asks about France."}
     for extra, name, kwargs in EXTRA_KWARGS:
         cases.append(case(name, extra, [SYS, U1, reasoning, U2], True, bos_token="<s>", eos_token="</s>", **kwargs))
@@ -219,6 +223,12 @@ EXTRA_TEMPLATES = [
     "ibm-granite-granite-3.3-2B-Instruct.jinja",
     "ByteDance-Seed-OSS.jinja",
     "openai-gpt-oss-120b.jinja",
+    # issue 22: Phi-3.5 (no tool support: its tool case raises), DeepSeek V3.2 / V4 (`from_json`),
+    # functionary v3.1 (tool schemas as text)
+    "microsoft-Phi-3.5-mini-instruct.jinja",
+    "deepseek-ai-DeepSeek-V3.2.jinja",
+    "deepseek-ai-DeepSeek-V4.jinja",
+    "meetkai-functionary-medium-v3.1.jinja",
 ]
 EXTRA_KWARGS = [
     ("Qwen-Qwen3-0.6B.jinja", "no_thinking", {"enable_thinking": False}),
@@ -234,6 +244,11 @@ MSGS = [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
         {"role": "assistant", "content": "A1", "reasoning": "R", "tool_calls": None}, {"role": "user", "content": "U2"}]
 
 SNIPPETS = [
+    # markupsafe: `safe` / `escape` give Markup; Markup + str escapes the str (functionary v3.1's tools)
+    "{{ 'a<b'|safe + '<c>' }}|{{ '<x>' + 'y&'|safe }}|{{ ('p'|safe + '\"') + ('q'|safe) + \"'\" }}|{{ 'a'|safe ~ '<' }}",
+    "{{ '<'|escape }}|{{ ('<'|escape)|escape }}|{{ '<'|forceescape|forceescape }}|{{ ('x'|safe + '<')|length }}|{{ ('x'|safe + '<')|upper }}",
+    "{% set m = 'a'|safe %}{{ m + '<' }}|{{ ['<'|safe, 'b']|join('&') }}|{{ 'a'|safe == 'a' }}|{{ ('a'|safe) in 'cab' }}|{{ {'k': 1}|tojson|safe + '\"' }}",
+    "{{ 'a'|safe + 1 }}",
     # whitespace control, trim_blocks, lstrip_blocks
     "a\n  {% if true %}\n    b\n  {% endif %}\nc\n",
     "a  {%- if true -%}  b  {%- endif -%}  c",

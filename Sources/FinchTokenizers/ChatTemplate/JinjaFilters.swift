@@ -6,6 +6,9 @@ import FinchIO
 enum JinjaFilters {
     typealias Filter = @Sendable (JinjaInterpreter, JinjaValue, JinjaArguments) throws -> JinjaValue
 
+    /// Filters that see a Markup operand as Markup (the rest see its string).
+    static let keepsMarkup: Set<String> = ["safe", "escape", "e", "forceescape"]
+
     static let table: [String: Filter] = {
         var t: [String: Filter] = [
             "abs": { _, v, _ in
@@ -66,7 +69,10 @@ enum JinjaFilters {
                     return caseSensitive ? kv[byValue ? 1 : 0] : ignoreCase(kv[byValue ? 1 : 0])
                 })
             },
-            "escape": { _, v, _ in .string(htmlEscape(v.pyStr)) },
+            "escape": { _, v, _ in
+                if case .markup = v { return v }  // already safe: not escaped twice
+                return .markup(htmlEscape(v.pyStr))
+            },
             "first": { _, v, _ in
                 switch v {
                 case .undefined: return .undefined
@@ -190,7 +196,7 @@ enum JinjaFilters {
                 default: throw JinjaRuntimeError("method must be common, ceil or floor")
                 }
             },
-            "safe": { _, v, _ in .string(v.pyStr) },
+            "safe": { _, v, _ in .markup(v.pyStr) },
             "select": { interpreter, v, a in try interpreter.selectOrReject(v, a, keep: true, attribute: false) },
             "selectattr": { interpreter, v, a in try interpreter.selectOrReject(v, a, keep: true, attribute: true) },
             "sort": { _, v, a in
@@ -297,7 +303,7 @@ enum JinjaFilters {
         ]
         t["d"] = t["default"]
         t["e"] = t["escape"]
-        t["forceescape"] = t["escape"]
+        t["forceescape"] = { _, v, _ in .markup(htmlEscape(v.pyStr)) }
         t["count"] = t["length"]
         for name in ["filesizeformat", "groupby", "random", "slice", "striptags", "urlencode", "urlize", "wordwrap", "xmlattr"] {
             t[name] = { _, _, _ in throw JinjaRuntimeError("filter '\(name)' is not supported by Finch's chat template engine") }
@@ -309,7 +315,7 @@ enum JinjaFilters {
 extension JinjaInterpreter {
     func applyFilter(_ name: String, _ value: JinjaValue, _ args: JinjaArguments) throws -> JinjaValue {
         guard let filter = JinjaFilters.table[name] else { throw JinjaRuntimeError("No filter named '\(name)'.") }
-        return try filter(self, value, args)
+        return try filter(self, JinjaFilters.keepsMarkup.contains(name) ? value : value.demoted, args)
     }
 
     /// select / reject / selectattr / rejectattr.

@@ -220,7 +220,7 @@ final class JinjaInterpreter {
 
     private func executeFor(_ loop: JinjaForLoop, scope: JinjaScope, into out: inout String, offset: Int) throws {
         var items: [JinjaValue]
-        do { items = try pythonIterate(try evaluate(loop.iterable, scope)) } catch { throw located(error, at: loop.iterable.offset) }
+        do { items = try pythonIterate(try evaluate(loop.iterable, scope).demoted) } catch { throw located(error, at: loop.iterable.offset) }
         if let condition = loop.condition {
             items = try items.filter { item in
                 let probe = JinjaScope(parent: scope)
@@ -308,16 +308,16 @@ final class JinjaInterpreter {
         case .list(let items): return .array(try evaluateAll(items, scope))
         case .tuple(let items): return .tuple(try evaluateAll(items, scope))
         case .dict(let pairs): return try evaluateDict(pairs, scope)
-        case .getAttribute(let base, let name): return try jinjaGetAttribute(try defined(base, scope), name)
+        case .getAttribute(let base, let name): return try jinjaGetAttribute(try defined(base, scope).demoted, name)
         case .getItem(let base, let index): return try evaluateGetItem(base, index, scope)
         case .slice: throw JinjaRuntimeError("a slice can only be used as an index")
         case .call(let callee, let arguments): return try evaluateCall(callee, arguments, scope)
         case .filter(let operand, let name, let arguments): return try evaluateFilter(operand, name, arguments, scope, piped: piped)
         case .test(let operand, let name, let arguments):
-            return .bool(try applyTest(name, try evaluate(operand, scope), try evaluateArguments(arguments, scope)))
+            return .bool(try applyTest(name, try evaluate(operand, scope).demoted, try evaluateArguments(arguments, scope)))
         case .not(let operand): return .bool(!(try evaluate(operand, scope).isTruthy))
-        case .negate(let operand): return try negate(try defined(operand, scope))
-        case .plus(let operand): return try unaryPlus(try defined(operand, scope))
+        case .negate(let operand): return try negate(try defined(operand, scope).demoted)
+        case .plus(let operand): return try unaryPlus(try defined(operand, scope).demoted)
         case .binary(let op, let left, let right): return try pythonBinaryOperation(op, try defined(left, scope), try defined(right, scope))
         case .concat(let items): return try evaluateConcat(items, scope)
         case .and(let left, let right): return try evaluateAnd(left, right, scope)
@@ -334,7 +334,7 @@ final class JinjaInterpreter {
     private func evaluateDict(_ pairs: [(key: JinjaExpr, value: JinjaExpr)], _ scope: JinjaScope) throws -> JinjaValue {
         var object = JinjaObject()
         for pair in pairs {
-            let key = try evaluate(pair.key, scope)
+            let key = try evaluate(pair.key, scope).demoted
             guard let k = JinjaKey(key) else {
                 throw JinjaRuntimeError("dict keys must be strings or integers in chat templates, got \(key.typeName)")
             }
@@ -344,14 +344,14 @@ final class JinjaInterpreter {
     }
 
     private func evaluateGetItem(_ base: JinjaExpr, _ index: JinjaExpr, _ scope: JinjaScope) throws -> JinjaValue {
-        let container = try defined(base, scope)
+        let container = try defined(base, scope).demoted
         if case .slice(let start, let stop, let step) = index.kind {
             return try pythonSlice(container,
                              start: try start.map { try evaluate($0, scope) },
                              stop: try stop.map { try evaluate($0, scope) },
                              step: try step.map { try evaluate($0, scope) })
         }
-        return try jinjaGetItem(container, try evaluate(index, scope))
+        return try jinjaGetItem(container, try evaluate(index, scope).demoted)
     }
 
     private func evaluateFilter(_ operand: JinjaExpr?, _ name: String, _ arguments: JinjaCallArguments, _ scope: JinjaScope,
@@ -396,9 +396,9 @@ final class JinjaInterpreter {
 
     private func evaluateCompare(_ first: JinjaExpr, _ operations: [(JinjaCompareOperator, JinjaExpr)], _ scope: JinjaScope) throws -> JinjaValue {
         var leftExpr = first
-        var left = try evaluate(first, scope)
+        var left = try evaluate(first, scope).demoted
         for (op, rightExpr) in operations {
-            let right = try evaluate(rightExpr, scope)
+            let right = try evaluate(rightExpr, scope).demoted
             if op != .equal && op != .notEqual && op != .contains && op != .notContains {
                 if left.isUndefined { throw JinjaRuntimeError("'\(describe(leftExpr))' is undefined") }
                 if right.isUndefined { throw JinjaRuntimeError("'\(describe(rightExpr))' is undefined") }
@@ -416,14 +416,15 @@ final class JinjaInterpreter {
     }
 
     private func evaluateArguments(_ arguments: JinjaCallArguments, _ scope: JinjaScope) throws -> JinjaArguments {
-        JinjaArguments(try arguments.positional.map { try evaluate($0, scope) },
-                       keywords: try arguments.keywords.map { ($0.name, try evaluate($0.value, scope)) })
+        // Arguments see a Markup as its string (a macro's too: a small departure from jinja2).
+        JinjaArguments(try arguments.positional.map { try evaluate($0, scope).demoted },
+                       keywords: try arguments.keywords.map { ($0.name, try evaluate($0.value, scope).demoted) })
     }
 
     private func evaluateCall(_ callee: JinjaExpr, _ arguments: JinjaCallArguments, _ scope: JinjaScope) throws -> JinjaValue {
         // obj.method(...) calls the method directly, without building a bound-method value.
         if case .getAttribute(let base, let name) = callee.kind {
-            let receiver = try defined(base, scope)
+            let receiver = try defined(base, scope).demoted
             let args = try evaluateArguments(arguments, scope)
             if let result = try jinjaCallMethod(receiver, name, args) { return result }
             let attribute = try jinjaGetAttribute(receiver, name)

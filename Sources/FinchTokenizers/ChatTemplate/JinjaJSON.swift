@@ -34,7 +34,7 @@ private func writeJSON(
     case .double(let d):
         // json.dumps writes NaN and Infinity (allow_nan=True).
         if d.isNaN { out += "NaN" } else if d.isInfinite { out += d < 0 ? "-Infinity" : "Infinity" } else { out += pythonFloatRepr(d) }
-    case .string(let s): out += jsonQuote(s, ensureASCII: options.ensureASCII)
+    case .string(let s), .markup(let s): out += jsonQuote(s, ensureASCII: options.ensureASCII)
     case .array(let items), .tuple(let items):
         if items.isEmpty { out += "[]"; return }
         out += "["

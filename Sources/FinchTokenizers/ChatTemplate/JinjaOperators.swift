@@ -8,6 +8,14 @@ import FinchIO
 // MARK: - Arithmetic
 
 func pythonBinaryOperation(_ op: JinjaBinaryOperator, _ a: JinjaValue, _ b: JinjaValue) throws -> JinjaValue {
+    // markupsafe: Markup + str escapes the str and stays Markup (either order).
+    switch (op, a, b) {
+    case let (.add, .markup(x), .markup(y)): return .markup(x + y)
+    case let (.add, .markup(x), .string(y)): return .markup(x + htmlEscape(y))
+    case let (.add, .string(x), .markup(y)): return .markup(htmlEscape(x) + y)
+    default: break
+    }
+    let a = a.demoted, b = b.demoted
     if let x = pythonNumericValue(a), let y = pythonNumericValue(b) {
         return try arithmetic(op, x, y)
     }

@@ -13,6 +13,10 @@ public indirect enum JinjaValue: Sendable {
     case int(Int)
     case double(Double)
     case string(String)
+    /// markupsafe's `Markup`, a string marked safe (what the `safe` and `escape` filters return):
+    /// `+` with a plain string escapes the plain one (`&`, `<`, `>`, `"`, `'`), as in jinja2 with
+    /// transformers' settings; elsewhere it acts as the string.
+    case markup(String)
     /// A Python list (JSON array).
     case array([JinjaValue])
     /// A Python tuple (from `dict.items()`, `(a, b)` literals); prints with parentheses.
@@ -348,7 +352,12 @@ extension JinjaValue {
     public var isUndefined: Bool { if case .undefined = self { return true } else { return false } }
 
     /// The string, when this is one.
-    public var stringValue: String? { if case .string(let s) = self { return s } else { return nil } }
+    public var stringValue: String? {
+        switch self {
+        case .string(let s), .markup(let s): return s
+        default: return nil
+        }
+    }
 
     /// Python's type name, for error messages.
     var typeName: String {
@@ -359,6 +368,7 @@ extension JinjaValue {
         case .int: return "int"
         case .double: return "float"
         case .string: return "str"
+        case .markup: return "Markup"
         case .array: return "list"
         case .tuple: return "tuple"
         case .object: return "dict"
@@ -375,7 +385,7 @@ extension JinjaValue {
         case .bool(let b): return b
         case .int(let i): return i != 0
         case .double(let d): return d != 0
-        case .string(let s): return !s.isEmpty
+        case .string(let s), .markup(let s): return !s.isEmpty
         case .array(let a), .tuple(let a): return !a.isEmpty
         case .object(let o): return !o.isEmpty
         case .namespace, .function, .iterator: return true
@@ -386,11 +396,18 @@ extension JinjaValue {
 // MARK: - Python's str() and repr()
 
 extension JinjaValue {
+    /// A Markup as the plain string it holds; any other value as it is. Operations other than
+    /// `+`, printing and passing values along see Markup as a string.
+    var demoted: JinjaValue {
+        if case .markup(let s) = self { return .string(s) }
+        return self
+    }
+
     /// Python's `str(value)`: what `{{ value }}` prints.
     var pyStr: String {
         switch self {
         case .undefined: return ""
-        case .string(let s): return s
+        case .string(let s), .markup(let s): return s
         default: return pyRepr
         }
     }
@@ -404,6 +421,7 @@ extension JinjaValue {
         case .int(let i): return String(i)
         case .double(let d): return pythonFloatRepr(d)
         case .string(let s): return pythonStringRepr(s)
+        case .markup(let s): return "Markup(" + pythonStringRepr(s) + ")"
         case .array(let a): return "[" + a.map(\.pyRepr).joined(separator: ", ") + "]"
         case .tuple(let a):
             return a.count == 1 ? "(\(a[0].pyRepr),)" : "(" + a.map(\.pyRepr).joined(separator: ", ") + ")"
