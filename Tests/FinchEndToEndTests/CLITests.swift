@@ -47,6 +47,34 @@ final class CLITests: TemporaryDirectoryTestCase {
         XCTAssertEqual(json["perplexity"] as! Double, exp(expected.nll), accuracy: 1e-6)
     }
 
+    /// `finch imatrix` then `finch export --imatrix`, as a user runs them: the matrix has an entry
+    /// per projection, the export weights every quantized projection and records the file, and
+    /// bad input is one clear line.
+    func testImatrixThenQuantizedExport() throws {
+        let model = try tinyChatModel()
+        let text = try write("calibration.txt", String(repeating: "The cat sat on the mat. What does the fox say? It makes its own sound. ", count: 12))
+        let matrix = temporary.appendingPathComponent("imatrix.gguf").path
+        let made = try finch(["imatrix", "--model", model, "--data", text, "--output", matrix, "--chunk-size", "32"])
+        XCTAssertEqual(made.status, 0, made.err)
+        XCTAssertTrue(made.out.contains("14 entries"), made.out)   // 2 layers x q, k, v, o, gate, up, down
+        let read = try ImportanceMatrix.read(path: matrix)
+        XCTAssertEqual(read.entries["blk.1.ffn_down.weight"]?.count, 64)
+        XCTAssertEqual(read.datasets, ["calibration.txt"])
+        let output = temporary.appendingPathComponent("q4_0.gguf").path
+        let exported = try finch(["export", "--model", model, "--format", "gguf", "--quant", "q4_0", "--imatrix", matrix, "--output", output])
+        XCTAssertEqual(exported.status, 0, exported.err)
+        XCTAssertTrue(exported.out.contains("importance matrix: 14 of 14 quantized tensors weighted"), exported.out)
+        XCTAssertEqual(try GGUFFile(path: output).metadata["quantize.imatrix.file"]?.string, matrix)
+
+        assertOneClearErrorLine(try finch(["imatrix", "--model", model, "--data", temporary.appendingPathComponent("none.txt").path, "--output", matrix,
+                                           "--overwrite"]), mentions: ["none.txt"])
+        let short = try write("short.txt", "Too short.")
+        assertOneClearErrorLine(try finch(["imatrix", "--model", model, "--data", short, "--output", temporary.appendingPathComponent("m2.gguf").path]),
+                                mentions: ["short.txt", "tokens", "chunk of 512"])
+        assertOneClearErrorLine(try finch(["export", "--model", model, "--format", "gguf", "--quant", "q4_0", "--imatrix", text,
+                                           "--output", temporary.appendingPathComponent("x.gguf").path]), mentions: ["calibration.txt"])
+    }
+
     func testTruncatedSafetensors() throws {
         let model = try copyOfFixtureModel(), ids = try writeTokenIDs()
         let weights = model.appendingPathComponent("model.safetensors")
