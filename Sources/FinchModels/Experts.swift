@@ -164,7 +164,7 @@ final class ExpertLayer {
                     weights[t * k + slot] = settings.normalizesTopK ? probabilities[p + e] / total : probabilities[p + e]
                     tokens[e].append(t); slots[e].append(slot)
                 }
-                if keep, tally != nil {
+                if tally != nil {
                     let real = Double(mask?[t] ?? 1)
                     if real != 0 {
                         for e in picked { tally!.counts[e] += real }

@@ -633,12 +633,15 @@ public final class Transformer {
             // xOut = xMid + moe(xn2)
             if xOut != a.xMid { xOut.update(from: a.xMid, count: n * C) }
             batch.mask.withOptionalPointer { mask in
-                // Backward's recomputation (checkpointing) keeps what backward needs but counts nothing again.
-                if recomputing {
+                // Counted: a training forward's choices (not again in backward's recomputation under
+                // checkpointing), and an evaluation's policy forwards; nothing else.
+                if training && !recomputing {
+                    experts.forward(a.xn2, n: n, into: xOut, mask: mask, keep: training, tally: &routerTally, random: &random, training: training)
+                } else if !training && evaluationTally != nil && adaptersEnabled {
+                    experts.forward(a.xn2, n: n, into: xOut, mask: mask, keep: training, tally: &evaluationTally, random: &random, training: training)
+                } else {
                     var none: RouterTally?
                     experts.forward(a.xn2, n: n, into: xOut, mask: mask, keep: training, tally: &none, random: &random, training: training)
-                } else {
-                    experts.forward(a.xn2, n: n, into: xOut, mask: mask, keep: training, tally: &routerTally, random: &random, training: training)
                 }
             }
             return
@@ -865,6 +868,10 @@ public final class Transformer {
     /// The load-balancing loss's share of the backwards since the last `takeRouterAuxShare()`:
     /// summed over a window's micro-batches, the window's loss (before its coefficient).
     private var routerAuxShare = 0.0
+
+    /// Set by an evaluation: the router's choices of its inference forwards with adapters on (the
+    /// policy's, not a reference's), for the load-balancing loss over the evaluation set.
+    package var evaluationTally: RouterTally?
 
     /// Whether training adds a load-balancing loss.
     package var trainsRouterBalance: Bool { config.experts != nil && routerAuxLossCoef > 0 }

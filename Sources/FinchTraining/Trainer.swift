@@ -317,10 +317,23 @@ public final class Trainer {
         let pass = WindowPass.evaluation(step: state.step)
         let normalisers = try batches.reduce(objective.windowNormalisers(eval, mine: eval, model: model, pass: pass)) { $0 + objective.normalisers(of: $1) }
         var metrics: [String: Double] = [:]
+        // A mixture of experts' load-balancing loss, as in training: over the policy's forwards of
+        // the whole set (one big batch), times its coefficient in the loss.
+        if model.trainsRouterBalance, let experts = model.config.experts?.expertCount { model.evaluationTally = RouterTally(experts: experts) }
+        defer { model.evaluationTally = nil }
         for (i, batch) in batches.enumerated() where i % group.size == group.rank {
             for (key, value) in try objective.evaluate(batch, model: model, window: normalisers) { metrics[key, default: 0] += value }
         }
         if group.isRoot { for (key, value) in objective.finishWindow(pass) { metrics[key, default: 0] += value } }
+        if let tally = model.evaluationTally {
+            var values = tally.flattened
+            try group.sum(&values, "all-reduce of the router's choices (evaluation at step \(state.step))")
+            let aux = RouterTally(flattened: values).loss
+            if group.isRoot {
+                metrics["aux_loss", default: 0] += aux
+                metrics["loss", default: 0] += Double(model.routerAuxLossCoef) * aux
+            }
+        }
         return try group.sumAtRoot(metrics, "gathering the evaluation metrics (step \(state.step))")
     }
 

@@ -113,6 +113,39 @@ final class AccumulationTests: XCTestCase {
         }
     }
 
+    /// Evaluation adds the load-balancing loss too (TRL's eval loss is the model's loss, aux term
+    /// included): over the policy's forwards of the whole set, as one batch, times its coefficient;
+    /// DPO's reference passes (adapters off) are not counted.
+    func testEvaluationAddsTheLoadBalancingLoss() throws {
+        directory = TestSupport.fixtures.appendingPathComponent("parity/qwen3_moe").path
+        let eval = Self.sftExamples()
+        func evaluate(coef: Float?, _ objective: any Objective, _ examples: [Example]) throws -> [String: Double] {
+            let model = try Transformer(files: ModelFiles.open(directory), fineTuning: try lora())
+            try PEFTAdapter.load(directory: directory + "/adapter", into: model)
+            if let coef { model.routerAuxLossCoef = coef }
+            var settings = TrainerSettings()
+            settings.batchSize = 2
+            return try Trainer(model: model, objective: objective, train: examples, eval: examples, settings: settings).evaluate()
+        }
+        let with = try evaluate(coef: nil, SFTObjective(), eval), without = try evaluate(coef: 0, SFTObjective(), eval)
+        let aux = try XCTUnwrap(with["aux_loss"])
+        XCTAssertNil(without["aux_loss"])
+        XCTAssertEqual(with["loss"]!, without["loss"]! + Double(Float(0.1)) * aux, accuracy: 1e-9)  // the config's coefficient, as a Float
+        // The tally of one forward of the whole set, counted independently.
+        let model = try Transformer(files: ModelFiles.open(directory), fineTuning: try lora())
+        try PEFTAdapter.load(directory: directory + "/adapter", into: model)
+        let batch = TokenBatch(rows: eval.map { $0.fields["input_ids"]!.map(Int.init) })
+        let expected = try XCTUnwrap(model.routerTally(of: batch)).loss
+        XCTAssertEqual(aux, expected, accuracy: 1e-6 * expected)
+        XCTAssertGreaterThan(aux, 1)
+        // DPO: the reference (adapters off) routes differently; only the policy counts, so the
+        // aux term is the ORPO evaluation's of the same rows (both score chosen and rejected).
+        let pairs = Self.preferenceExamples()
+        let dpo = try evaluate(coef: nil, try PreferenceObjective(loss: .dpo(kind: .sigmoid, beta: 0.1, labelSmoothing: 0), reference: .adaptersOff), pairs)
+        let orpo = try evaluate(coef: nil, try PreferenceObjective(loss: .orpo(beta: 0.1)), pairs)
+        XCTAssertEqual(try XCTUnwrap(dpo["aux_loss"]), try XCTUnwrap(orpo["aux_loss"]), accuracy: 1e-7 * orpo["aux_loss"]!)
+    }
+
     func testDPO() throws {
         for kind in PreferenceLoss.DPOKind.allCases {
             try assertExact("dpo \(kind) lora", tuning: try lora(), examples: Self.preferenceExamples()) { _ in
