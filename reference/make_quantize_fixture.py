@@ -4,6 +4,7 @@
 For each GGML type, `<TYPE>.input` holds float values (F32, flat) and `<TYPE>.bytes` the blocks a
 reference quantizer writes for them (byte values stored as F32 0..255, flat):
   - Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: gguf-py's `gguf.quants.quantize` (a port of ggml's quantize_row_*_ref);
+  - IQ4_NL, IQ4_XS: ggml_quantize_chunk of llama-cpp-python's libggml-base (`--llama-cpp`);
   - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: llama.cpp's own quantizer through llama-cpp-python, when it is
     installed (`--llama-cpp`): a tiny llama GGUF whose matrices hold the inputs is quantized with
     llama_model_quantize (pure, no importance matrix) and its blocks are read back with gguf-py.
@@ -77,7 +78,9 @@ def llama_cpp_blocks(x, qtype, ftype):
         return np.array(t.data, dtype=np.uint8).reshape(-1)
 
 
-GGML_TYPE_IDS = {QT.Q4_0: 2, QT.Q4_1: 3, QT.Q5_0: 6, QT.Q5_1: 7, QT.Q2_K: 10, QT.Q3_K: 11, QT.Q4_K: 12, QT.Q5_K: 13, QT.Q6_K: 14}
+GGML_TYPE_IDS = {QT.Q4_0: 2, QT.Q4_1: 3, QT.Q5_0: 6, QT.Q5_1: 7, QT.Q2_K: 10, QT.Q3_K: 11, QT.Q4_K: 12, QT.Q5_K: 13, QT.Q6_K: 14,
+                 QT.IQ4_NL: 20, QT.IQ4_XS: 23}
+IQ_TYPES = [QT.IQ4_NL, QT.IQ4_XS]   # written by ggml_quantize_chunk alone (what llama-quantize calls)
 
 
 def importance(rng, columns=512):
@@ -100,8 +103,9 @@ def ggml_weighted_blocks(x, qtype, weights):
     block, block_bytes = gguf.GGML_QUANT_SIZES[qtype]
     out = np.zeros(rows * columns // block * block_bytes, dtype=np.uint8)
     src = np.ascontiguousarray(x, dtype=np.float32)
-    w = np.ascontiguousarray(weights, dtype=np.float32)
-    n = lib.ggml_quantize_chunk(GGML_TYPE_IDS[qtype], src.ctypes.data, out.ctypes.data, 0, rows, columns, w.ctypes.data)
+    w = None if weights is None else np.ascontiguousarray(weights, dtype=np.float32)
+    n = lib.ggml_quantize_chunk(GGML_TYPE_IDS[qtype], src.ctypes.data, out.ctypes.data, 0, rows, columns,
+                                None if weights is None else w.ctypes.data)
     assert n == out.size, (n, out.size)
     return out
 
@@ -124,6 +128,9 @@ def main():
             blocks = llama_cpp_blocks(x, qt, ftype)
             out[f"{qt.name}.input"] = x.reshape(-1)
             out[f"{qt.name}.bytes"] = blocks.astype(np.float32)
+        for qt in IQ_TYPES:
+            out[f"{qt.name}.input"] = x.reshape(-1)
+            out[f"{qt.name}.bytes"] = ggml_weighted_blocks(x, qt, None).astype(np.float32)
         weights = importance(np.random.default_rng(20261205))
         for qt in GGML_TYPE_IDS:
             out[f"{qt.name}.importance"] = weights

@@ -18,7 +18,7 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "hf, gguf, or gguf-lora (the --adapter alone, as llama.cpp's LoRA adapter GGUF).") var format: String
     @Option(help: "f32, f16 or bf16; for gguf also any --quant type.") var dtype: String = "f32"
     @Option(help: ArgumentHelp("gguf: quantize as llama.cpp's quantizer does for this file type.",
-                               discussion: "q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k, q5_0, q5_1, q4_0, q4_1. "
+                               discussion: "q8_0, q6_k, q5_k_m, q5_k_s, q4_k_m, q4_k_s, q3_k_l, q3_k_m, q3_k_s, q2_k, q5_0, q5_1, q4_0, q4_1, iq4_nl, iq4_xs. "
                                    + "_M/_S/_L mixtures keep the tensors llama.cpp protects in a higher type; rows that do not split "
                                    + "into 256-value blocks fall back as llama.cpp's do (Q4_K to Q5_0, Q5_K to Q5_1, Q6_K to Q8_0)."))
     var quant: String?

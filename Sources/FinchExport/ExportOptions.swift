@@ -17,7 +17,7 @@ public enum ExportFormat: String, CaseIterable, Sendable {
 /// protects in Q6_K; see `GGUFTensorTypes`).
 public enum ExportDType: String, CaseIterable, Sendable {
     case f32, f16, bf16, q8_0
-    case q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k
+    case q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k, iq4_nl, iq4_xs
 
     /// Parses a user's spelling (case-insensitive), failing with the valid names.
     public init(parsing text: String) throws {
@@ -43,6 +43,8 @@ public enum ExportDType: String, CaseIterable, Sendable {
         case .q4_k_s, .q4_k_m: .q4_K
         case .q5_k_s, .q5_k_m: .q5_K
         case .q6_k: .q6_K
+        case .iq4_nl: .iq4_NL
+        case .iq4_xs: .iq4_XS
         }
     }
 
@@ -65,6 +67,8 @@ public enum ExportDType: String, CaseIterable, Sendable {
         case .q5_k_s: 16
         case .q5_k_m: 17
         case .q6_k: 18
+        case .iq4_nl: 25
+        case .iq4_xs: 30
         case .bf16: 32
         }
     }

@@ -45,12 +45,13 @@ struct GGUFTensorTypes {
         var type = base
         if name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight") {
             type = columns % base.blockSize != 0 ? .q8_0 : base == .q8_0 ? .q8_0 : .q6_K
-        } else if name.contains("attn_v.weight") {
+        } else if Self.isAttentionV(name) {
             let layer = Self.layer(of: name)
             switch fileType {
             case .q2_k: type = groupSize >= 4 ? .q4_K : .q3_K
             case .q3_k_m: type = layer < 2 ? .q5_K : .q4_K
             case .q3_k_l: type = .q5_K
+            case .iq4_nl, .iq4_xs: if groupSize >= 4 { type = .q5_K }
             case .q4_k_m, .q5_k_m: if Self.usesMoreBits(layer, of: layerCount) { type = .q6_K }
             case .q4_k_s: if layer < 4 { type = .q5_K }
             default: break
@@ -63,12 +64,13 @@ struct GGUFTensorTypes {
             case .q3_k_l: type = .q5_K
             case .q4_k_m, .q5_k_m: if Self.usesMoreBits(layer, of: layerCount) { type = .q6_K }
             case .q4_k_s: if layer < layerCount / 8 { type = .q5_K }
+            case .iq4_nl, .iq4_xs: if !hasImportance && layer < layerCount / 8 { type = .q5_K }
             case .q4_0, .q5_0: if hasImportance && layer < layerCount / 8 { type = fileType == .q4_0 ? .q4_1 : .q5_1 }
             default: break
             }
         } else if name.contains("attn_output.weight") {
             if expertCount == 8 {
-                if [.q2_k, .q3_k_s, .q3_k_m, .q4_k_s, .q4_k_m].contains(fileType) { type = .q5_K }
+                if [.q2_k, .q3_k_s, .q3_k_m, .q4_k_s, .q4_k_m, .iq4_nl, .iq4_xs].contains(fileType) { type = .q5_K }
             } else {
                 switch fileType {
                 case .q2_k: type = .q3_K
@@ -79,9 +81,12 @@ struct GGUFTensorTypes {
             }
         }
         // llama.cpp's bump for 8-expert models: attn_v (after its mixture's rule) and attn_k at Q8_0.
-        if expertCount == 8 && (name.contains("attn_v.weight") || name.contains("attn_k.weight")) { type = .q8_0 }
+        if expertCount == 8 && (Self.isAttentionV(name) || name.contains("attn_k.weight")) { type = .q8_0 }
         return Self.fallback(type, columns: columns)
     }
+
+    /// llama.cpp's attn_v category, which holds a joined q, k, v (Phi-3's attn_qkv) too.
+    static func isAttentionV(_ name: String) -> Bool { name.contains("attn_v.weight") || name.contains("attn_qkv.weight") }
 
     /// llama.cpp's tensor_type_fallback: a K type for rows that do not split into 256-value blocks
     /// becomes a block-32 type of at least its precision; F16 where even 32 does not divide.
@@ -92,6 +97,7 @@ struct GGUFTensorTypes {
         case .q4_K: .q5_0
         case .q5_K: .q5_1
         case .q6_K: .q8_0
+        case .iq4_XS: .iq4_NL
         default: .f16
         }
         return columns % replacement.blockSize == 0 ? replacement : .f16

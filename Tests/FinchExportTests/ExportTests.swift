@@ -127,6 +127,33 @@ final class ExportTests: TemporaryDirectoryTestCase {
                        + "attn_output.weight F16 x30; ffn_gate.weight F16 x30; ffn_up.weight F16 x30; ffn_down.weight F16 x30; attn_norm.weight F32 x30")
     }
 
+    /// IQ4_NL and IQ4_XS files, and Phi-3's joined attn_qkv (llama.cpp counts it as attn_v): the
+    /// types llama.cpp's quantizer gave SmolLM2 (with and without an importance matrix) and a
+    /// 2-layer Phi-3, compared by hand with reference/llamacpp_quantize.py.
+    func testIQ4FileTypesAndJoinedQKVFollowLlamaCpp() {
+        for fileType in [ExportDType.iq4_nl, .iq4_xs] {
+            let base = fileType.dtype
+            let plain = GGUFTensorTypes(fileType: fileType, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
+            let weighted = GGUFTensorTypes(fileType: fileType, layerCount: 30, groupSize: 3, tiedEmbeddings: true, hasImportance: true)
+            XCTAssertEqual((0..<30).filter { plain.type(of: "blk.\($0).ffn_down.weight", shape: [576, 1536]) == .q5_K }, [0, 1, 2], fileType.rawValue)
+            XCTAssertEqual(plain.type(of: "blk.3.ffn_down.weight", shape: [576, 1536]), base)
+            XCTAssertEqual(weighted.type(of: "blk.0.ffn_down.weight", shape: [576, 1536]), base, "an importance matrix lifts the rule")
+            XCTAssertEqual(plain.type(of: "blk.0.attn_q.weight", shape: [576, 576]), .iq4_NL, "576 columns: IQ4_XS falls back to IQ4_NL")
+            XCTAssertEqual(plain.type(of: "token_embd.weight", shape: [49152, 576]), .q8_0)
+            let gqa4 = GGUFTensorTypes(fileType: fileType, layerCount: 16, groupSize: 4, tiedEmbeddings: false)
+            XCTAssertEqual(gqa4.type(of: "blk.5.attn_v.weight", shape: [512, 2048]), .q5_K, "n_gqa >= 4")
+            XCTAssertEqual(gqa4.type(of: "token_embd.weight", shape: [128256, 2048]), base)
+        }
+        let phi = GGUFTensorTypes(fileType: .q4_k_m, layerCount: 32, groupSize: 1, tiedEmbeddings: false)
+        XCTAssertEqual(phi.type(of: "blk.0.attn_qkv.weight", shape: [9216, 3072]), .q6_K)
+        XCTAssertEqual(phi.type(of: "blk.5.attn_qkv.weight", shape: [9216, 3072]), .q4_K)
+        XCTAssertEqual(GGUFTensorTypes(fileType: .q3_k_m, layerCount: 32, groupSize: 1, tiedEmbeddings: false)
+                        .type(of: "blk.1.attn_qkv.weight", shape: [9216, 3072]), .q5_K)
+        // The tiny Phi-3 fixture (64 columns): llama.cpp's q4_k_m holds layer 1's attn_qkv in Q8_0 (Q6_K's fallback).
+        XCTAssertEqual(GGUFTensorTypes(fileType: .q4_k_m, layerCount: 2, groupSize: 1, tiedEmbeddings: false)
+                        .type(of: "blk.1.attn_qkv.weight", shape: [192, 64]), .q8_0)
+    }
+
     /// An 8-expert model (llama.cpp's Mixtral rule): attn_k and attn_v at Q8_0, attn_output at Q5_K
     /// in the low-bit mixtures, the stacked experts as the dense projections, the router F32. The
     /// same choices, and the same bytes, as llama.cpp's quantizer on a 4-layer Qwen3-MoE with 8

@@ -4,11 +4,11 @@ import FinchTestSupport
 @testable import FinchKernels
 @testable import FinchIO
 
-/// Finch's quantizers write the blocks llama.cpp's reference quantizers write: byte for byte
-/// against gguf-py (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and llama.cpp itself (the K types), and every
-/// written type dequantizes back within its precision.
+/// Finch's quantizers write the blocks llama.cpp's quantizers write: byte for byte against
+/// gguf-py (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and llama.cpp itself (the K types, IQ4_NL, IQ4_XS; with
+/// and without an importance matrix), and every written type dequantizes back within its precision.
 final class QuantizeTests: XCTestCase {
-    static let writable: [DType] = [.q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
+    static let writable: [DType] = [.q8_0, .q4_0, .q4_1, .q5_0, .q5_1, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .iq4_NL, .iq4_XS]
 
     func encode(_ values: [Float], as type: DType) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: values.count / type.blockSize * type.blockBytes)
@@ -76,7 +76,7 @@ final class QuantizeTests: XCTestCase {
         // About 1.1x what each type gives here (a level step / sqrt(12) of a block's range): a
         // wrongly packed level or scale gives errors of order 1.
         let bounds: [DType: Double] = [.q8_0: 0.006, .q6_K: 0.02, .q5_0: 0.048, .q5_1: 0.043, .q5_K: 0.04, .q4_0: 0.095,
-                                       .q4_1: 0.087, .q4_K: 0.08, .q3_K: 0.17, .q2_K: 0.33]
+                                       .q4_1: 0.087, .q4_K: 0.08, .q3_K: 0.17, .q2_K: 0.33, .iq4_NL: 0.085, .iq4_XS: 0.085]
         let values = TestSupport.randomArray(4 * 512, seed: 17)
         for type in Self.writable {
             let back = decode(encode(values, as: type), as: type)

@@ -304,7 +304,7 @@ private func dequantizeQ5_K(_ p: UnsafePointer<UInt8>, _ y: UnsafeMutablePointer
 }
 
 /// The sixteen non-uniform levels of IQ4_NL and IQ4_XS (ggml's kvalues_iq4nl).
-private let iq4Levels: [Float] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+let iq4Levels: [Float] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
 
 // block_iq4_nl (18 bytes): fp16 d, qs[16] (nibbles index iq4Levels; low: values 0..<16, high:
 // 16..<32); y = d * level.

@@ -636,6 +636,110 @@ private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
     }
 }
 
+/// ggml's best_index_int8 over IQ4's 16 non-uniform levels: the index of the level nearest x
+/// (below the first: 0; above the last: 15; a tie between two levels: the upper one).
+@inline(__always)
+private func nearestIQ4Level(_ levels: UnsafePointer<Float>, _ x: Float) -> Int {
+    if x <= levels[0] { return 0 }
+    if x >= levels[15] { return 15 }
+    var low = 0, high = 15
+    while high - low > 1 {
+        let middle = (low + high) / 2
+        if x < levels[middle] { high = middle } else { low = middle }
+    }
+    return x - levels[high - 1] < levels[high] - x ? high - 1 : high
+}
+
+/// IQ4_NL (18 bytes per 32: d, then 16 bytes of 4-bit indices into the 16 levels of
+/// `iq4Levels`) and IQ4_XS (136 bytes per 256: d, 6-bit scales of its eight 32-blocks, the same
+/// indices), as llama.cpp's quantizer writes them (ggml's quantize_row_iq4_nl_impl with 7 tries
+/// each way): each 32-block's scale is the least-squares one of the best of 15 candidate inverse
+/// scales (-127 + t) / max under weights x^2, or importance * sqrt(2 mean x^2 + x^2) with an
+/// importance matrix (`importance`: one row's weights; `count` is then that row). IQ4_XS then
+/// stores each block's scale as a 6-bit multiple of d = -(the largest) / 32 and re-picks the levels.
+private func quantizeRowIQ4(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRawPointer, count: Int, superBlock: Int,
+                            importance: UnsafePointer<Float>? = nil) {
+    let out = dst.assumingMemoryBound(to: UInt8.self), blockBytes = superBlock == 32 ? 18 : 136, subBlocks = superBlock / 32
+    var levels = [UInt8](repeating: 0, count: superBlock), weights = [Float](repeating: 0, count: 32), scales = [Float](repeating: 0, count: subBlocks)
+    iq4Levels.withUnsafeBufferPointer { table in
+        let values = table.baseAddress!
+        for b in 0..<(count / superBlock) {
+            let x = src + b &* superBlock, block = out + b &* blockBytes
+            block.update(repeating: 0, count: blockBytes)
+            var sigma2: Float = 0
+            for j in 0..<superBlock { sigma2 += x[j] * x[j] }
+            sigma2 *= 2 / Float(superBlock)
+            var maxScale: Float = 0, largestMagnitude: Float = 0
+            for sub in 0..<subBlocks {
+                let xb = x + 32 &* sub
+                if let importance {
+                    let qw = importance + (b &* superBlock &+ 32 &* sub)
+                    for j in 0..<32 { weights[j] = qw[j] * (sigma2 + xb[j] * xb[j]).squareRoot() }
+                } else {
+                    for j in 0..<32 { weights[j] = xb[j] * xb[j] }
+                }
+                var amax: Float = 0, max: Float = 0
+                for j in 0..<32 where abs(xb[j]) > amax { amax = abs(xb[j]); max = xb[j] }
+                if amax < 1e-15 {
+                    scales[sub] = 0
+                    continue
+                }
+                var d = -max / values[0]
+                var id = 1 / d
+                var sumQX: Float = 0, sumQ2: Float = 0
+                for j in 0..<32 {
+                    let l = nearestIQ4Level(values, id * xb[j])
+                    levels[32 &* sub &+ j] = UInt8(l)
+                    let q = values[l], w = weights[j]
+                    sumQX += w * q * xb[j]
+                    sumQ2 += w * q * q
+                }
+                d = sumQ2 > 0 ? sumQX / sumQ2 : 0
+                var best = d * sumQX
+                for t in -7...7 {
+                    id = (Float(t) + values[0]) / max
+                    sumQX = 0; sumQ2 = 0
+                    for j in 0..<32 {
+                        let q = values[nearestIQ4Level(values, id * xb[j])], w = weights[j]
+                        sumQX += w * q * xb[j]
+                        sumQ2 += w * q * q
+                    }
+                    if sumQ2 > 0 && sumQX * sumQX > best * sumQ2 {
+                        d = sumQX / sumQ2; best = d * sumQX
+                    }
+                }
+                scales[sub] = d
+                if abs(d) > largestMagnitude { largestMagnitude = abs(d); maxScale = d }
+            }
+            if subBlocks > 1 {
+                let d = -maxScale / 32
+                storeHalf(d, block)
+                let id: Float = d != 0 ? 1 / d : 0
+                var scalesHigh: UInt16 = 0
+                let scalesLow = block + 4
+                for sub in 0..<subBlocks {
+                    var l = Swift.max(-32, Swift.min(31, nearestInt(id * scales[sub])))
+                    let dl = d * Float(l), idl: Float = dl != 0 ? 1 / dl : 0
+                    for j in 0..<32 { levels[32 &* sub &+ j] = UInt8(nearestIQ4Level(values, idl * x[32 &* sub &+ j])) }
+                    l += 32
+                    scalesLow[sub / 2] |= UInt8(l & 0x0F) << UInt8(4 &* (sub % 2))
+                    scalesHigh |= UInt16(l >> 4) << UInt16(2 &* sub)
+                }
+                block[2] = UInt8(truncatingIfNeeded: scalesHigh)
+                block[3] = UInt8(truncatingIfNeeded: scalesHigh >> 8)
+            } else {
+                storeHalf(scales[0], block)
+                let id: Float = scales[0] != 0 ? 1 / scales[0] : 0
+                for j in 0..<32 { levels[j] = UInt8(nearestIQ4Level(values, id * x[j])) }
+            }
+            let qs = block + (subBlocks > 1 ? 8 : 2)
+            for sub in 0..<subBlocks {
+                for j in 0..<16 { qs[16 &* sub &+ j] = levels[32 &* sub &+ j] | levels[32 &* sub &+ 16 &+ j] << 4 }
+            }
+        }
+    }
+}
+
 /// Encodes `rows` rows of `columns` floats as `dtype` at `dst`, as llama.cpp's quantizer does
 /// with an importance matrix: `importance` holds one weight per column (the mean squared
 /// activation that column of the weight meets), and each block's scales are fit to minimise the
@@ -657,13 +761,14 @@ package func encodeRows(_ src: UnsafePointer<Float>, as dtype: DType, into dst: 
         case .q3_K: quantizeRowQ3_K(x, out, count: columns, importance: importance)
         case .q4_K, .q5_K: quantizeRowQ45_K(x, out, count: columns, bits: dtype == .q4_K ? 4 : 5, importance: importance)
         case .q6_K: quantizeRowQ6_K(x, out, count: columns, importance: importance)
+        case .iq4_NL, .iq4_XS: quantizeRowIQ4(x, out, count: columns, superBlock: dtype.blockSize, importance: importance)
         default: preconditionFailure("encodeRows: Finch does not write \(dtype.rawValue)")
         }
     }
     return rows &* rowBytes
 }
 
-/// Encodes `count` floats as `dtype` (F32, F16, BF16 or any GGML block type but the IQ4s) at `dst`;
+/// Encodes `count` floats as `dtype` (F32, F16, BF16 or any GGML block type) at `dst`;
 /// returns the bytes written.
 /// F16 and BF16 round to nearest even, as PyTorch and ggml do.
 @discardableResult
@@ -688,8 +793,7 @@ package func encodeRow(_ src: UnsafePointer<Float>, as dtype: DType, into dst: U
     case .q3_K: quantizeRowQ3_K(src, dst, count: count)
     case .q4_K, .q5_K: quantizeRowQ45_K(src, dst, count: count, bits: dtype == .q4_K ? 4 : 5)
     case .q6_K: quantizeRowQ6_K(src, dst, count: count)
-    case .iq4_NL, .iq4_XS:
-        preconditionFailure("encodeRow: Finch does not write \(dtype.rawValue)")
+    case .iq4_NL, .iq4_XS: quantizeRowIQ4(src, dst, count: count, superBlock: dtype.blockSize)
     }
     return count / dtype.blockSize &* dtype.blockBytes
 }
