@@ -113,7 +113,7 @@ private func quantizeWeightedRowBlock32(_ x: UnsafePointer<Float>, _ dst: Unsafe
     var weights = [Float](repeating: 0, count: 32), levels = [UInt8](repeating: 0, count: 32)
     for b in 0..<(columns / 32) {
         let xb = x + 32 &* b, qw = importance + 32 &* b, block = out + b &* blockBytes
-        for j in 0..<32 { weights[j] = qw[j] * (sigma2 + xb[j] * xb[j]).squareRoot() }
+        _ = importanceWeights(xb, qw, count: 32, spread: sigma2, into: &weights)
         weights.withUnsafeBufferPointer { w in
             levels.withUnsafeMutableBufferPointer { L in
                 if withMin {
@@ -287,6 +287,26 @@ private func quantizeRowQ6_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
     }
 }
 
+/// ggml's spread of a 256-value block for importance weights: mean x^2, doubled where its
+/// quantizer doubles it (Q3_K, Q4_K, Q5_K; not Q2_K).
+@inline(__always)
+private func blockSpread(_ x: UnsafePointer<Float>, doubled: Bool) -> Float {
+    var sumX2: Float = 0
+    for j in 0..<256 { sumX2 += x[j] * x[j] }
+    return doubled ? 2 * sumX2 / 256 : sumX2 / 256
+}
+
+/// A sub-block's weights under an importance matrix, importance * sqrt(spread + x^2), into
+/// `weights`; returns their sum.
+@inline(__always)
+private func importanceWeights(_ xs: UnsafePointer<Float>, _ qw: UnsafePointer<Float>, count: Int, spread: Float,
+                               into weights: inout [Float]) -> Float {
+    for l in 0..<count { weights[l] = qw[l] * (spread + xs[l] * xs[l]).squareRoot() }
+    var total: Float = 0
+    for l in 0..<count { total += weights[l] }
+    return total
+}
+
 /// Q4_K (144 bytes per 256) and Q5_K (176): eight 32-value sub-blocks, each with a 6-bit scale
 /// and a 6-bit min of the block's half-precision d and dmin (packed as Dequantize reads them);
 /// levels then re-rounded against the stored scales. Without `importance`, ggml's reference:
@@ -307,15 +327,10 @@ private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableR
         levels.withUnsafeMutableBufferPointer { L in
             let d: Float, dmin: Float
             if let importance {
-                var sumX2: Float = 0
-                for l in 0..<256 { sumX2 += x[l] * x[l] }
-                let sigma2 = 2 * sumX2 / 256
+                let spread = blockSpread(x, doubled: true)
                 for sub in 0..<8 {
-                    let xs = x + 32 &* sub, qw = importance + (256 &* b &+ 32 &* sub)
-                    for l in 0..<32 { weights[l] = qw[l] * (sigma2 + xs[l] * xs[l]).squareRoot() }
-                    var total: Float = 0
-                    for l in 0..<32 { total += weights[l] }
-                    totals[sub] = total
+                    let xs = x + 32 &* sub
+                    totals[sub] = importanceWeights(xs, importance + (256 &* b &+ 32 &* sub), count: 32, spread: spread, into: &weights)
                     (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
                         fitScaleAndMin(32, nmax: nmax, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 32 &* sub,
                                        rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
@@ -466,15 +481,10 @@ private func quantizeRowQ2_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
         levels.withUnsafeMutableBufferPointer { L in
             block.update(repeating: 0, count: 84)
             if let importance {
-                var sumX2: Float = 0
-                for j in 0..<256 { sumX2 += x[j] * x[j] }
-                let sigma2 = sumX2 / 256
+                let spread = blockSpread(x, doubled: false)
                 for sub in 0..<16 {
-                    let xs = x + 16 &* sub, qw = importance + (256 &* b &+ 16 &* sub)
-                    for l in 0..<16 { weights[l] = qw[l] * (sigma2 + xs[l] * xs[l]).squareRoot() }
-                    var total: Float = 0
-                    for l in 0..<16 { total += weights[l] }
-                    totals[sub] = total
+                    let xs = x + 16 &* sub
+                    totals[sub] = importanceWeights(xs, importance + (256 &* b &+ 16 &* sub), count: 16, spread: spread, into: &weights)
                     (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
                         fitScaleAndMin(16, nmax: 3, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 16 &* sub,
                                        rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
@@ -590,15 +600,10 @@ private func quantizeRowQ3_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
                 packed[8 &+ sub % 4] |= UInt8(truncatingIfNeeded: l >> 4) << UInt8(2 &* (sub / 4))
             }
             if let importance {
-                var sumX2: Float = 0
-                for j in 0..<256 { sumX2 += x[j] * x[j] }
-                let sigma2 = 2 * sumX2 / 256
+                let spread = blockSpread(x, doubled: true)
                 for sub in 0..<16 {
-                    let xs = x + 16 &* sub, qw = importance + (256 &* b &+ 16 &* sub)
-                    for l in 0..<16 { weights[l] = qw[l] * (sigma2 + xs[l] * xs[l]).squareRoot() }
-                    var total: Float = 0
-                    for l in 0..<16 { total += weights[l] }
-                    totals[sub] = total
+                    let xs = x + 16 &* sub
+                    totals[sub] = importanceWeights(xs, importance + (256 &* b &+ 16 &* sub), count: 16, spread: spread, into: &weights)
                     scales[sub] = weights.withUnsafeBufferPointer {
                         fitSymmetricScale(16, nmax: 4, xs, levels: L.baseAddress! + 16 &* sub, weights: $0.baseAddress!)
                     }
@@ -673,8 +678,7 @@ private func quantizeRowIQ4(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRaw
             for sub in 0..<subBlocks {
                 let xb = x + 32 &* sub
                 if let importance {
-                    let qw = importance + (b &* superBlock &+ 32 &* sub)
-                    for j in 0..<32 { weights[j] = qw[j] * (sigma2 + xb[j] * xb[j]).squareRoot() }
+                    _ = importanceWeights(xb, importance + (b &* superBlock &+ 32 &* sub), count: 32, spread: sigma2, into: &weights)
                 } else {
                     for j in 0..<32 { weights[j] = xb[j] * xb[j] }
                 }
