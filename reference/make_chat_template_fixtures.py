@@ -202,10 +202,22 @@ def template_cases():
                              {"system_user": PLAIN["system_user"], "system_full": PLAIN["system_full"]})
         cases.append(case("tools", extra, [SYS, U_WEATHER, A_CALL, T_RESULT, A_FINAL], False, TOOLS,
                           bos_token="<s>", eos_token="</s>"))
-    # Phi-3.5 has no tool syntax: with text in the calling turn it renders (tool turns skipped).
-    cases.append(case("tools_with_text", "microsoft-Phi-3.5-mini-instruct.jinja",
-                      [SYS, U_WEATHER, A_CALL_WITH_TEXT, T_RESULT, T_RESULT2, A_FINAL], False, TOOLS,
-                      bos_token="<s>", eos_token="</s>"))
+    # A calling turn with text and two calls with ids (as agent datasets hold them; Mistral Small
+    # wants 9-character ids), their results, and the answer: templates that need a turn's content
+    # (Qwen3, Phi-3.5, ...) render it; Phi-3.5 has no tool syntax and skips the tool turns.
+    a_calls = {"role": "assistant", "content": "Let me check.",
+               "tool_calls": [tool_call("get_weather", {"city": "Paris"}, "abcDEF123"),
+                              tool_call("get_time", {"tz": "Europe/Paris"}, "xyzUVW789")]}
+    results = [{"role": "tool", "content": "{\"temperature\": 22}", "tool_call_id": "abcDEF123"},
+               {"role": "tool", "content": "14:30", "tool_call_id": "xyzUVW789"}]
+    for extra in EXTRA_TEMPLATES:
+        cases.append(case("tools_with_text", extra, [SYS, U_WEATHER, a_calls] + results + [A_FINAL], False, TOOLS,
+                          bos_token="<s>", eos_token="</s>"))
+    cases.append(case("tools_with_text_no_thinking", "Qwen-Qwen3-0.6B.jinja", [SYS, U_WEATHER, a_calls] + results + [A_FINAL, U2],
+                      True, TOOLS, bos_token="<s>", eos_token="</s>", enable_thinking=False))
+    # Gemma 2 has no system or tool role: its template raises, as transformers does.
+    cases.append(case("error_tools", "google-gemma-2-2b-it.jinja", [U_WEATHER, a_calls] + results + [A_FINAL], False, TOOLS,
+                      **SPECIAL["gemma"]))
     reasoning = {"role": "assistant", "content": "Paris.", "thinking": "The user asks about France."}
     for extra, name, kwargs in EXTRA_KWARGS:
         cases.append(case(name, extra, [SYS, U1, reasoning, U2], True, bos_token="<s>", eos_token="</s>", **kwargs))
