@@ -78,8 +78,9 @@ public enum MetricsPlot {
             let v = y0 + (y1 - y0) * Double(i) / 4, yy = py(v)
             s += "<line x1=\"\(f(x))\" y1=\"\(f(yy))\" x2=\"\(f(x + width))\" y2=\"\(f(yy))\" stroke=\"#eee\"/>\n"
             s += "<text x=\"\(f(x - 6))\" y=\"\(f(yy + 4))\" text-anchor=\"end\">\(label(v))</text>\n"
-            let step = x0 + (x1 - x0) * Double(i) / 4
-            s += "<text x=\"\(f(px(step)))\" y=\"\(f(y + height + 16))\" text-anchor=\"middle\">\(x1 - x0 >= 4 ? String(Int(step.rounded())) : label(step))</text>\n"
+        }
+        for step in stepTicks(x0, x1) {
+            s += "<text x=\"\(f(px(step)))\" y=\"\(f(y + height + 16))\" text-anchor=\"middle\">\(Int(step))</text>\n"
         }
         s += "<text x=\"\(f(x + width / 2))\" y=\"\(f(y + height + 32))\" text-anchor=\"middle\" fill=\"#555\">step</text>\n"
         for (i, series) in panel.series.enumerated() {
@@ -93,6 +94,19 @@ public enum MetricsPlot {
             s += "<text x=\"\(f(lx + 24))\" y=\"\(f(ly))\">\(escape(series.name))</text>\n"
         }
         return s + "</g>\n"
+    }
+
+    /// The step axis's ticks: whole steps at multiples of 1, 2 or 5 times a power of ten, at most
+    /// six in [x0, x1], each labelled with its own step.
+    static func stepTicks(_ x0: Double, _ x1: Double) -> [Double] {
+        // 1, 2, 5, 10, 20, 50, ...: the first that leaves at most five intervals.
+        var k = 0, unit = 1.0
+        while (x1 - x0) / unit > 5 {
+            k += 1
+            unit = [1.0, 2, 5][k % 3] * pow(10, Double(k / 3))
+        }
+        let first = (x0 / unit).rounded(.up) * unit
+        return stride(from: first, through: x1 + 1e-9, by: unit).map { $0 }
     }
 
     static func label(_ v: Double) -> String {

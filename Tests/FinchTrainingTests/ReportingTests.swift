@@ -90,6 +90,20 @@ final class ReportingTests: TemporaryDirectoryTestCase {
         XCTAssertEqual(xs.count, 6)
         XCTAssertEqual(xs, xs.sorted())
         XCTAssertTrue(MetricsPlot.svg([], title: "empty").contains("no metrics logged"))
+        // Step ticks are whole steps placed where those steps are (a tick labelled "2" once sat at 1.5).
+        XCTAssertEqual(MetricsPlot.stepTicks(0, 6), [0, 2, 4, 6])
+        XCTAssertEqual(MetricsPlot.stepTicks(1, 6), [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(MetricsPlot.stepTicks(0, 1), [0, 1])
+        XCTAssertEqual(MetricsPlot.stepTicks(3, 1000), [200, 400, 600, 800, 1000])
+        XCTAssertEqual(MetricsPlot.stepTicks(0, 120), [0, 50, 100])
+        XCTAssertEqual(MetricsPlot.stepTicks(-1, 1), [-1, 0, 1])
+        let labels = svg.components(separatedBy: "text-anchor=\"middle\">").dropFirst().compactMap { Double($0.prefix { $0 != "<" }) }
+        XCTAssertEqual(Array(labels.prefix(6)), [1, 2, 3, 4, 5, 6], "the first panel's step labels")
+        // Each label sits over its step: the same x as the train loss point of that step.
+        let tickXs = svg.components(separatedBy: "<text x=\"").dropFirst().compactMap { part -> Double? in
+            part.contains("text-anchor=\"middle\">") && !part.contains(">step<") ? Double(part.prefix { $0 != "\"" }) : nil
+        }
+        XCTAssertEqual(Array(tickXs.prefix(6)), xs)
 
         let run = temporary.appendingPathComponent("run").path
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
