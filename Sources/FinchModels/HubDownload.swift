@@ -113,7 +113,7 @@ public struct HubDownloader: Sendable {
         let blob = (blobs as NSString).appendingPathComponent(etag)
         if !manager.fileExists(atPath: blob) {
             let partial = blob + ".incomplete"
-            if !manager.fileExists(atPath: partial) { manager.createFile(atPath: partial, contents: nil) }
+            if !manager.fileExists(atPath: partial) { _ = manager.createFile(atPath: partial, contents: nil) }  // a failure surfaces when it is opened
             let have = ((try? manager.attributesOfItem(atPath: partial))?[.size] as? NSNumber)?.intValue ?? 0
             if size.map({ have < $0 }) ?? true {
                 try HTTP.download(url, headers: authorization, appendingTo: partial, from: have, timeout: timeout)

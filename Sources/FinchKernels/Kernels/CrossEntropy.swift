@@ -44,7 +44,7 @@ package func crossEntropy(hidden: UnsafePointer<Float>, targets: UnsafePointer<I
                          head: WeightMatrix, outputs: CrossEntropyOutputs = CrossEntropyOutputs(),
                          backward: CrossEntropyBackward? = nil, softcap: Float = 0, logitScale: Float = 1,
                          chunkRows: Int = 256) -> (loss: Double, count: Int) {
-    let dim = head.columns, vocab = head.rows
+    let vocab = head.rows
     let scored = (0..<rows).filter { targets[$0] >= 0 }
     for r in 0..<rows where targets[r] < 0 {
         outputs.logProbs?[r] = 0; outputs.entropies?[r] = 0; outputs.correct?[r] = 0
