@@ -261,6 +261,7 @@ SNIPPETS = [
     "{{ '<'|escape }}|{{ ('<'|escape)|escape }}|{{ '<'|forceescape|forceescape }}|{{ ('x'|safe + '<')|length }}|{{ ('x'|safe + '<')|upper }}",
     "{% set m = 'a'|safe %}{{ m + '<' }}|{{ ['<'|safe, 'b']|join('&') }}|{{ 'a'|safe == 'a' }}|{{ ('a'|safe) in 'cab' }}|{{ {'k': 1}|tojson|safe + '\"' }}",
     "{{ 'a'|safe + 1 }}",
+    "{% macro m(x, y='<') %}{{ x + y }}{% endmacro %}{{ m('a'|safe) }}|{{ m('a') }}|{{ m('b'|safe, y='&'|safe) }}|{% set ns = namespace(v='c'|safe) %}{{ ns.v + '>' }}",
     # whitespace control, trim_blocks, lstrip_blocks
     "a\n  {% if true %}\n    b\n  {% endif %}\nc\n",
     "a  {%- if true -%}  b  {%- endif -%}  c",

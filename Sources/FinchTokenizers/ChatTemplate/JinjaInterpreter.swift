@@ -99,7 +99,7 @@ final class JinjaInterpreter {
         var globalVariables = Self.sharedGlobals
         let now = self.now
         globalVariables["strftime_now"] = .function(JinjaFunction(name: "strftime_now") { args in
-            guard case .string(let format)? = args.positional.first else {
+            guard case .string(let format)? = args.positional.first?.demoted else {
                 throw JinjaRuntimeError("strftime_now() needs a format string")
             }
             return .string(pythonStrftime(format, now()))
@@ -415,10 +415,14 @@ final class JinjaInterpreter {
         return try otherwise.map { try evaluate($0, scope) } ?? .undefined
     }
 
-    private func evaluateArguments(_ arguments: JinjaCallArguments, _ scope: JinjaScope) throws -> JinjaArguments {
-        // Arguments see a Markup as its string (a macro's too: a small departure from jinja2).
-        JinjaArguments(try arguments.positional.map { try evaluate($0, scope).demoted },
-                       keywords: try arguments.keywords.map { ($0.name, try evaluate($0.value, scope).demoted) })
+    /// Filters, tests and methods see a Markup argument as its string (`demote`); a macro or
+    /// global function gets it as it is, as in jinja2.
+    private func evaluateArguments(_ arguments: JinjaCallArguments, _ scope: JinjaScope, demote: Bool = true) throws -> JinjaArguments {
+        func value(_ expr: JinjaExpr) throws -> JinjaValue {
+            let v = try evaluate(expr, scope)
+            return demote ? v.demoted : v
+        }
+        return JinjaArguments(try arguments.positional.map(value), keywords: try arguments.keywords.map { ($0.name, try value($0.value)) })
     }
 
     private func evaluateCall(_ callee: JinjaExpr, _ arguments: JinjaCallArguments, _ scope: JinjaScope) throws -> JinjaValue {
@@ -438,7 +442,7 @@ final class JinjaInterpreter {
         guard case .function(let f) = function else {
             throw JinjaRuntimeError("'\(function.typeName)' object is not callable")
         }
-        return try f.call(try evaluateArguments(arguments, scope))
+        return try f.call(try evaluateArguments(arguments, scope, demote: false))
     }
 
     /// The expression as source-like text, for "'x.y' is undefined" messages.
