@@ -2,7 +2,8 @@
 """Quantize a GGUF model with llama.cpp's own quantizer, as a reference for Finch.
 
 Usage:
-    python3 reference/llamacpp_quantize.py INPUT.gguf OUTPUT.gguf TYPE [--imatrix FILE]
+    python3 reference/llamacpp_quantize.py INPUT.gguf OUTPUT.gguf TYPE [--imatrix FILE] [--pure]
+        [--output-tensor-type T] [--token-embedding-type T]
 
 TYPE is one of the llama.cpp file types listed in FTYPES below (q4_0, q4_k_m,
 iq4_xs, ...). The work is done by ``llama_cpp.llama_model_quantize`` from the
@@ -113,11 +114,21 @@ def tensor_type_counts(path: str) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+GGML_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q2_k": 10, "q3_k": 11,
+              "q4_k": 12, "q5_k": 13, "q6_k": 14, "iq4_nl": 20, "iq4_xs": 23, "bf16": 30}
+
+
 def quantize(src: str, dst: str, qtype: str, imatrix_path: str | None = None,
-             nthread: int = 2) -> None:
+             nthread: int = 2, pure: bool = False, output_type: str | None = None,
+             embedding_type: str | None = None) -> None:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, FTYPES[qtype])
     params.nthread = nthread
+    params.pure = pure
+    if output_type:
+        params.output_tensor_type = GGML_TYPES[output_type.lower()]
+    if embedding_type:
+        params.token_embedding_type = GGML_TYPES[embedding_type.lower()]
 
     # Keep the imatrix buffers referenced until the C call returns.
     keep_alive = []
@@ -149,9 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("output", help="destination GGUF")
     ap.add_argument("type", choices=sorted(FTYPES), type=str.lower)
     ap.add_argument("--imatrix", help="importance matrix (GGUF or legacy .dat)")
+    ap.add_argument("--pure", action="store_true", help="every matrix in the base type (llama-quantize --pure)")
+    ap.add_argument("--output-tensor-type", help="GGML type of output.weight (llama-quantize's option)")
+    ap.add_argument("--token-embedding-type", help="GGML type of token_embd.weight (llama-quantize's option)")
     args = ap.parse_args(argv)
 
-    quantize(args.input, args.output, args.type, args.imatrix)
+    quantize(args.input, args.output, args.type, args.imatrix, pure=args.pure,
+             output_type=args.output_tensor_type, embedding_type=args.token_embedding_type)
 
     counts = tensor_type_counts(args.output)
     print(f"tensor types in {args.output} ({sum(counts.values())} tensors):")

@@ -26,6 +26,11 @@ struct ExportCommand: ParsableCommand {
                                discussion: "As llama-quantize --imatrix: each weight's blocks are fit so that the columns that carry "
                                    + "the largest activations lose least (written by llama-imatrix or `finch imatrix`)."))
     var imatrix: String?
+    @Flag(help: "gguf with --quant: every matrix in the type's base type, none protected (llama-quantize --pure).") var pure = false
+    @Option(name: .customLong("output-tensor-type"), help: "gguf: the output matrix (and a tied embedding) in this GGML type, e.g. q8_0 or f16.")
+    var outputTensorType: String?
+    @Option(name: .customLong("token-embedding-type"), help: "gguf: the token embedding in this GGML type, e.g. q8_0 or f16.")
+    var tokenEmbeddingType: String?
     @Option(help: "The folder (hf) or .gguf file (gguf) to create.") var output: String
     @Flag(help: "Replace an existing output (only once the new one is complete).") var overwrite = false
     @Flag(name: .customLong("allow-nonfinite"), help: "Load a model whose weights hold NaN or infinity (refused by default).")
@@ -41,6 +46,16 @@ struct ExportCommand: ParsableCommand {
                                         output: output, overwrite: overwrite)
             options.allowNonFinite = allowNonFinite
             options.imatrix = imatrix
+            options.pure = pure
+            func ggmlType(_ text: String?, _ flag: String) throws -> DType? {
+                guard let text else { return nil }
+                guard let type = DType.allCases.first(where: { $0.rawValue.lowercased() == text.lowercased() }) else {
+                    throw ValidationError("unknown \(flag) '\(text)'; valid: \(DType.allCases.map { $0.rawValue.lowercased() }.joined(separator: ", "))")
+                }
+                return type
+            }
+            options.outputTensorType = try ggmlType(outputTensorType, "--output-tensor-type")
+            options.tokenEmbeddingType = try ggmlType(tokenEmbeddingType, "--token-embedding-type")
             let start = Date()
             let summary = try Exporter.export(options)
             let merged = adapter == nil ? "no adapter"

@@ -105,6 +105,12 @@ public struct ExportOptions: Sendable {
     /// quantized GGUF: each weight's blocks are fit to the columns that matter most, as
     /// `llama-quantize --imatrix` does. Nil quantizes as llama-quantize does without one.
     public var imatrix: String? = nil
+    /// gguf: llama-quantize's `--pure`: every matrix in the `dtype`'s base type, none protected.
+    public var pure = false
+    /// gguf: the output matrix (and a tied embedding) in this type, as llama-quantize's `--output-tensor-type`.
+    public var outputTensorType: DType? = nil
+    /// gguf: the token embedding in this type, as llama-quantize's `--token-embedding-type`.
+    public var tokenEmbeddingType: DType? = nil
 
     /// Options as `finch export` builds them; shards default to 2 GB.
     public init(model: String, adapter: String? = nil, format: ExportFormat, dtype: ExportDType = .f32, output: String,

@@ -75,6 +75,10 @@ public enum Exporter {
         if FileManager.default.fileExists(atPath: output) && !options.overwrite { throw ExportError.outputExists(path: output) }
         try checkWritableParent(of: output)
         if options.format == .ggufLoRA && options.adapter == nil { throw ExportError.adapterRequired(format: options.format) }
+        if options.format != .gguf && (options.pure || options.outputTensorType != nil || options.tokenEmbeddingType != nil) {
+            throw ExportError.unsupported(format: options.format, what: "--pure, --output-tensor-type or --token-embedding-type", found: options.format.rawValue,
+                                          supported: ["gguf"])
+        }
         if options.imatrix != nil && (options.format != .gguf || !options.dtype.dtype.isQuantized || options.dtype == .q8_0) {
             throw ExportError.unsupported(format: options.format, what: "--imatrix with --dtype", found: options.dtype.rawValue,
                                           supported: ["gguf with a quantized type other than q8_0 (q4_k_m, q5_k_m, q6_k, q4_0, ...)"])
@@ -357,11 +361,20 @@ enum GGUFExport {
             sources[stacked[key]!].hf = hf
         }
         let extra = ropeTensors.map { GGUFWriter.Tensor(name: $0.name, shape: [$0.values.count], dtype: .f32) }
-        let types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
+        var types = GGUFTensorTypes(fileType: options.dtype, layerCount: config.layerCount,
                                     groupSize: config.headCount / max(1, config.kvHeadCount), tiedEmbeddings: config.tieWordEmbeddings,
                                     expertCount: config.experts?.expertCount ?? 1, hasImportance: importance != nil)
+        types.pure = options.pure
+        types.outputType = options.outputTensorType
+        types.embeddingType = options.tokenEmbeddingType
         let tensors = extra + sources.map { source -> GGUFWriter.Tensor in
             GGUFWriter.Tensor(name: source.gguf, shape: source.shape, dtype: types.type(of: source.gguf, shape: source.shape))
+        }
+        for tensor in tensors where tensor.shape.last! % tensor.dtype.blockSize != 0 {
+            // Only a type the user named can land here (llama.cpp's choices fall back).
+            let flag = tensor.name == "output.weight" ? "--output-tensor-type" : "--token-embedding-type"
+            throw ExportError.unsupported(format: .gguf, what: "\(flag) for \(tensor.name)", found: "\(tensor.dtype.rawValue) (blocks of \(tensor.dtype.blockSize))",
+                                          supported: ["a type whose blocks divide its \(tensor.shape.last!) columns (F32, F16, BF16, or blocks of 32 such as Q8_0 where they fit)"])
         }
 
         var metadata: [(key: String, value: GGUFValue)]

@@ -17,6 +17,11 @@ struct GGUFTensorTypes {
     /// An importance matrix is given (llama.cpp's has_imatrix): Q4_0 and Q5_0 files then keep the
     /// first eighth of the layers' ffn_down in Q4_1 / Q5_1.
     let hasImportance: Bool
+    /// llama-quantize's `--pure`: every matrix in the base type (rows that do not fit it fall back).
+    var pure = false
+    /// llama-quantize's `--output-tensor-type` and `--token-embedding-type`: those tensors in this
+    /// type, as given (a tied embedding follows the output's unless its own is given).
+    var outputType: DType? = nil, embeddingType: DType? = nil
 
     init(fileType: ExportDType, layerCount: Int, groupSize: Int, tiedEmbeddings: Bool, expertCount: Int = 1, hasImportance: Bool = false) {
         self.fileType = fileType; self.layerCount = layerCount; self.groupSize = groupSize; self.tiedEmbeddings = tiedEmbeddings
@@ -40,10 +45,16 @@ struct GGUFTensorTypes {
         let base = fileType.dtype
         // Norms, 1-D tensors and a mixture of experts' router stay f32, as llama.cpp writes and quantizes them.
         guard shape.count >= 2, name.hasSuffix("weight"), !name.contains("_norm.weight"), !name.contains("ffn_gate_inp") else { return .f32 }
+        // The user's types for these two come first and as given (llama.cpp checks them before anything else).
+        if let embeddingType, name == "token_embd.weight" { return embeddingType }
+        if let outputType, name == "output.weight" { return outputType }
         guard base.isQuantized else { return base }
         let columns = shape.last!
+        if pure { return Self.fallback(base, columns: columns) }
         var type = base
-        if name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight") {
+        if let outputType, tiedEmbeddings && name == "token_embd.weight" {
+            type = outputType
+        } else if name == "output.weight" || (tiedEmbeddings && name == "token_embd.weight") {
             type = columns % base.blockSize != 0 ? .q8_0 : base == .q8_0 ? .q8_0 : .q6_K
         } else if Self.isAttentionV(name) {
             let layer = Self.layer(of: name)

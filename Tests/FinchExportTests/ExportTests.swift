@@ -154,6 +154,39 @@ final class ExportTests: TemporaryDirectoryTestCase {
                         .type(of: "blk.1.attn_qkv.weight", shape: [192, 64]), .q8_0)
     }
 
+    /// llama-quantize's `--pure`, `--output-tensor-type` and `--token-embedding-type`: the types its
+    /// quantizer gave SmolLM2 with them (all 272 tensors equal, by hand with
+    /// `reference/llamacpp_quantize.py ... --pure` etc.), and a named type that does not fit refused.
+    func testPureAndUserTypesFollowLlamaCpp() throws {
+        var pure = GGUFTensorTypes(fileType: .q4_k_m, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
+        pure.pure = true
+        XCTAssertEqual(pure.type(of: "blk.0.ffn_down.weight", shape: [576, 1536]), .q4_K, "no layer protected")
+        XCTAssertEqual(pure.type(of: "blk.0.attn_v.weight", shape: [192, 576]), .q5_0, "the fallback still applies")
+        XCTAssertEqual(pure.type(of: "token_embd.weight", shape: [49152, 576]), .q5_0)
+        var tied = GGUFTensorTypes(fileType: .q4_k_m, layerCount: 30, groupSize: 3, tiedEmbeddings: true)
+        tied.outputType = .q8_0
+        XCTAssertEqual(tied.type(of: "token_embd.weight", shape: [49152, 576]), .q8_0, "a tied embedding follows the output's type")
+        tied.embeddingType = .f16
+        XCTAssertEqual(tied.type(of: "token_embd.weight", shape: [49152, 576]), .f16, "its own type wins")
+        var untied = GGUFTensorTypes(fileType: .q5_k_m, layerCount: 16, groupSize: 4, tiedEmbeddings: false)
+        untied.outputType = .f16
+        untied.embeddingType = .q4_0
+        XCTAssertEqual(untied.type(of: "output.weight", shape: [128256, 2048]), .f16)
+        XCTAssertEqual(untied.type(of: "token_embd.weight", shape: [128256, 2048]), .q4_0)
+        XCTAssertEqual(untied.type(of: "blk.0.attn_q.weight", shape: [2048, 2048]), .q5_K)
+
+        var options = ExportOptions(model: parity("llama_tied"), format: .gguf, dtype: .q4_0, output: out("t.gguf"))
+        options.tokenEmbeddingType = .q6_K  // 256-value blocks, 64 columns
+        XCTAssertThrowsError(try Exporter.export(options)) { error in
+            for part in ["--token-embedding-type", "token_embd.weight", "Q6_K", "64 columns"] { XCTAssertTrue("\(error)".contains(part), "\(error)") }
+        }
+        options.tokenEmbeddingType = .q8_0
+        XCTAssertEqual(try Exporter.export(options).tensorTypes?.hasPrefix("token_embd.weight Q8_0"), true)
+        var hf = ExportOptions(model: parity("llama_tied"), format: .hf, output: out("hf"))
+        hf.pure = true
+        XCTAssertThrowsError(try Exporter.export(hf)) { XCTAssertTrue("\($0)".contains("--pure"), "\($0)") }
+    }
+
     /// An 8-expert model (llama.cpp's Mixtral rule): attn_k and attn_v at Q8_0, attn_output at Q5_K
     /// in the low-bit mixtures, the stacked experts as the dense projections, the router F32. The
     /// same choices, and the same bytes, as llama.cpp's quantizer on a 4-layer Qwen3-MoE with 8
