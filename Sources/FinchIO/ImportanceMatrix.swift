@@ -66,7 +66,7 @@ public struct ImportanceMatrix: Sendable {
             for (expert, c) in perExpert.enumerated() {
                 // llama-quantize: counts rounded to integers (lround), then a float division; an
                 // expert that saw no token weighs every column 1.
-                let n = Float(Int(c.rounded(.toNearestOrAwayFromZero)))
+                let n = c.rounded(.toNearestOrAwayFromZero)  // lround's value, without its overflow
                 for i in expert * columns..<(expert + 1) * columns { normalised[i] = n > 0 ? values[i] / n : 1 }
             }
             entries[name] = normalised

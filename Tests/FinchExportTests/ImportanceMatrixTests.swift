@@ -61,6 +61,9 @@ final class ImportanceMatrixTests: TemporaryDirectoryTestCase {
         // Expert 0: sums / 4; expert 1 saw no token: every column weighs 1.
         XCTAssertEqual(gguf.entries["blk.0.ffn_down_exps.weight"], sums[..<32].map { $0 / 4 } + [Float](repeating: 1, count: 32))
         XCTAssertEqual(gguf.entries["blk.0.attn_q.weight"], sums[..<32].map { $0 / 3 })
+        // A count past any integer type (a damaged file) divides as a float, no trap.
+        try writeGGUF(out("huge.gguf"), entries: [("blk.0.attn_q.weight", [1e30, 2e30], [1e30])])
+        XCTAssertEqual(try ImportanceMatrix.read(path: out("huge.gguf")).entries["blk.0.attn_q.weight"], [1, 2])
 
         IOTestSupport.writeBytes(legacyBytes([("blk.0.attn_k.weight", 3, [3, 6, 1.5]), ("blk.1.attn_k.weight", 0, [2, 4])]), to: out("m.dat"))
         let legacy = try ImportanceMatrix.read(path: out("m.dat"))
