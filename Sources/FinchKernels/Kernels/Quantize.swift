@@ -307,6 +307,23 @@ private func importanceWeights(_ xs: UnsafePointer<Float>, _ qw: UnsafePointer<F
     return total
 }
 
+/// ggml's weighted fit of a 256-value block's sub-blocks of `size` values with a min (make_qkx3_quants
+/// under importance * sqrt(spread + x^2), levels 0...nmax into `levels`): each sub-block's scale,
+/// min and weight total, for Q2_K, Q4_K and Q5_K under an importance matrix.
+private func fitSubBlocksWithMin(_ x: UnsafePointer<Float>, importance: UnsafePointer<Float>, size: Int, nmax: Int, doubledSpread: Bool,
+                                 levels: UnsafeMutablePointer<UInt8>, scales: inout [Float], mins: inout [Float], totals: inout [Float],
+                                 weights: inout [Float]) {
+    let spread = blockSpread(x, doubled: doubledSpread)
+    for sub in 0..<(256 / size) {
+        let xs = x + size &* sub
+        totals[sub] = importanceWeights(xs, importance + size &* sub, count: size, spread: spread, into: &weights)
+        (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
+            fitScaleAndMin(size, nmax: nmax, xs, weights: $0.baseAddress!, levels: levels + size &* sub,
+                           rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
+        }
+    }
+}
+
 /// Q4_K (144 bytes per 256) and Q5_K (176): eight 32-value sub-blocks, each with a 6-bit scale
 /// and a 6-bit min of the block's half-precision d and dmin (packed as Dequantize reads them);
 /// levels then re-rounded against the stored scales. Without `importance`, ggml's reference:
@@ -327,15 +344,8 @@ private func quantizeRowQ45_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableR
         levels.withUnsafeMutableBufferPointer { L in
             let d: Float, dmin: Float
             if let importance {
-                let spread = blockSpread(x, doubled: true)
-                for sub in 0..<8 {
-                    let xs = x + 32 &* sub
-                    totals[sub] = importanceWeights(xs, importance + (256 &* b &+ 32 &* sub), count: 32, spread: spread, into: &weights)
-                    (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
-                        fitScaleAndMin(32, nmax: nmax, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 32 &* sub,
-                                       rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
-                    }
-                }
+                fitSubBlocksWithMin(x, importance: importance + 256 &* b, size: 32, nmax: nmax, doubledSpread: true, levels: L.baseAddress!,
+                                    scales: &scales, mins: &mins, totals: &totals, weights: &weights)
                 d = fitPositiveScale(8, nmax: 63, scales, levels: &scaleLevels, weights: totals)
                 dmin = fitPositiveScale(8, nmax: 63, mins, levels: &minLevels, weights: totals)
                 // ggml clamps the Q5_K levels only.
@@ -481,15 +491,8 @@ private func quantizeRowQ2_K(_ src: UnsafePointer<Float>, _ dst: UnsafeMutableRa
         levels.withUnsafeMutableBufferPointer { L in
             block.update(repeating: 0, count: 84)
             if let importance {
-                let spread = blockSpread(x, doubled: false)
-                for sub in 0..<16 {
-                    let xs = x + 16 &* sub
-                    totals[sub] = importanceWeights(xs, importance + (256 &* b &+ 16 &* sub), count: 16, spread: spread, into: &weights)
-                    (scales[sub], mins[sub]) = weights.withUnsafeBufferPointer {
-                        fitScaleAndMin(16, nmax: 3, xs, weights: $0.baseAddress!, levels: L.baseAddress! + 16 &* sub,
-                                       rmin: -0.9, rdelta: 0.05, nstep: 36, absoluteError: false)
-                    }
-                }
+                fitSubBlocksWithMin(x, importance: importance + 256 &* b, size: 16, nmax: 3, doubledSpread: false, levels: L.baseAddress!,
+                                    scales: &scales, mins: &mins, totals: &totals, weights: &weights)
                 storeHalf(fitPositiveScale(16, nmax: 15, scales, levels: &scaleLevels, weights: totals), block + 80)
                 storeHalf(fitPositiveScale(16, nmax: 15, mins, levels: &minLevels, weights: totals), block + 82)
                 for sub in 0..<16 { block[sub] = scaleLevels[sub] | minLevels[sub] << 4 }
