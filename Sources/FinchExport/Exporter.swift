@@ -148,7 +148,7 @@ public enum Exporter {
 enum HFFolderWriter {
     static let tokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"]
 
-    static func write(_ merged: MergedWeights, options: ExportOptions, importance: ImportanceMatrix? = nil) throws -> ExportSummary {
+    static func write(_ merged: MergedWeights, options: ExportOptions) throws -> ExportSummary {
         let files = merged.files
         let dtype = options.dtype.dtype
         let torchDType = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][dtype.rawValue]!
@@ -395,7 +395,7 @@ enum GGUFExport {
         let weighting = try importance.map { try ImportanceWeighting($0, tensors: tensors) }
         if let importance {
             // What llama-quantize records of its --imatrix.
-            set("quantize.imatrix.file", .string(options.imatrix ?? importance.path))
+            set("quantize.imatrix.file", .string(importance.path))
             if let dataset = importance.datasets.first { set("quantize.imatrix.dataset", .string(dataset)) }
             set("quantize.imatrix.entries_count", .uint32(UInt32(importance.entries.count)))
             if importance.chunkCount > 0 { set("quantize.imatrix.chunks_count", .uint32(UInt32(importance.chunkCount))) }
