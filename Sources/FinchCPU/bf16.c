@@ -1,19 +1,8 @@
 // f32 <-> bf16 with round-to-nearest-even (NaN stays NaN), one kernel per instruction set.
 #include "FinchCPU.h"
-#include <string.h>
-#if defined(__x86_64__)
-#include <immintrin.h>
-#endif
+#include "bf16_round.h"
 
 static int level = 0;
-
-static inline uint16_t bf16_of(float x) {
-    uint32_t u;
-    memcpy(&u, &x, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);   // quiet NaN
-    u += 0x7fffu + ((u >> 16) & 1);
-    return (uint16_t)(u >> 16);
-}
 
 static inline float f32_of(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -26,17 +15,6 @@ static void to_bf16_c(const float *src, uint16_t *dst, size_t n) { for (size_t i
 static void to_f32_c(const uint16_t *src, float *dst, size_t n) { for (size_t i = 0; i < n; i++) dst[i] = f32_of(src[i]); }
 
 #if defined(__x86_64__)
-// Integer rounding on 8 lanes: u + 0x7fff + ((u >> 16) & 1), NaNs quieted instead.
-__attribute__((target("avx2")))
-static inline __m256i round8(__m256 x) {
-    __m256i u = _mm256_castps_si256(x);
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    __m256i q = _mm256_or_si256(u, _mm256_set1_epi32(0x400000));
-    return _mm256_blendv_epi8(r, q, nan);             // high halves hold the bf16 values
-}
-
 __attribute__((target("avx2")))
 static void to_bf16_avx2(const float *src, uint16_t *dst, size_t n) {
     size_t i = 0;

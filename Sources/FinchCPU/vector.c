@@ -1,8 +1,9 @@
 // The vector loops between matrix products, compiled twice: for AVX2 + FMA + F16C (x86-64-v3,
 // every x86-64 CPU since 2013-2015) with target attributes, and as portable C, one chosen at run
-// time (finch_vector_set_level). Both paths do the same operations in the same order, fused
-// multiply-adds included (fmaf in the portable one), so they agree up to the order of the final
-// horizontal sums. Nothing here depends on the flags of the machine that built it.
+// time (finch_vector_set_level); the loops built on exp a third time, for AVX-512F. Every path
+// does the same operations in the same order, fused multiply-adds included (fmaf in the portable
+// one), so they agree bit for bit (the K-quant and 8-bit activation rows up to the order of their sums).
+// Nothing here depends on the flags of the machine that built it.
 //
 //   - fast exp and the softmax / cross-entropy loops built on it (libm's expf does one value at
 //     a time and was most of their time);
@@ -11,6 +12,7 @@
 //     of quantized rows with vectors rounded to 8 bits (llama.cpp's arithmetic);
 //   - decoding attention's key scores and weighted values.
 #include "FinchCPU.h"
+#include "bf16_round.h"
 #include <math.h>
 #include <string.h>
 #if defined(__x86_64__)
@@ -21,13 +23,14 @@
 // Fused multiply-adds only where written: the two paths must round alike.
 #pragma STDC FP_CONTRACT OFF
 
-static int level = 0;   // 0 portable, 1 AVX2 + FMA + F16C
+static int level = 0;   // 0 portable, 1 AVX2 + FMA + F16C, 2 also AVX-512F (the exp loops)
 
 int finch_vector_set_level(int maxLevel, uint32_t f) {
     int l = 0;
 #if defined(__x86_64__)
     uint32_t need = FINCH_CPU_AVX2 | FINCH_CPU_FMA | FINCH_CPU_F16C;
     if ((f & need) == need) l = 1;
+    if (l == 1 && (f & FINCH_CPU_AVX512F)) l = 2;
 #endif
     level = l < maxLevel ? l : maxLevel;
     return level;
@@ -93,6 +96,42 @@ AVX2 static inline float hsum8(__m256 v) {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
+
+// exp8's operations on 16 lanes: each lane's result is exp8's bit for bit. The loops that sum
+// add the two 8-lane halves to an 8-lane sum one after the other, as the AVX2 loop adds two
+// consecutive groups of 8, so their sums are the same too.
+#define AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
+AVX512 static inline __m512 exp16(__m512 x) {
+    __m512 c = _mm512_max_ps(_mm512_set1_ps(EXP_LO), x);
+    c = _mm512_min_ps(_mm512_set1_ps(EXP_HI), c);
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(c, _mm512_set1_ps(LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(C1), c);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(C2), r);
+    __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(P0), r, _mm512_set1_ps(P1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(P5));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1)));
+    __m512i e = _mm512_sub_epi32(_mm512_castps_si512(_mm512_add_ps(n, _mm512_set1_ps(12582912.0f))), _mm512_set1_epi32(0x4B400000));
+    __m512i bits = _mm512_slli_epi32(_mm512_add_epi32(e, _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(p, _mm512_castsi512_ps(bits));
+}
+
+// sum + the low 8 lanes of v, then + the high 8 (the order of two AVX2 steps).
+AVX512 static inline __m256 add_halves(__m256 sum, __m512 v) {
+    sum = _mm256_add_ps(sum, _mm512_castps512_ps256(v));
+    return _mm256_add_ps(sum, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// 16 lanes rounded to bf16 as store_bf16x8 rounds them.
+AVX512 static inline void store_bf16x16(uint16_t *dst, __m512 x) {
+    __m512i u = _mm512_castps_si512(x);
+    __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
+    _mm256_storeu_si256((__m256i *)dst, _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16)));
+}
 #endif
 
 // The portable path keeps 8 partial sums as the vector one does, summed in the same order.
@@ -116,8 +155,30 @@ AVX2 static float exp_shifted_avx2(float *x, int64_t n, float shift) {
 }
 #endif
 
+#if defined(__x86_64__)
+AVX512 static float exp_shifted_avx512(float *x, int64_t n, float shift) {
+    __m256 sum = _mm256_setzero_ps();
+    __m512 s = _mm512_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+        _mm512_storeu_ps(x + i, v);
+        sum = add_halves(sum, v);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(shift)));
+        _mm256_storeu_ps(x + i, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    float total = hsum8(sum);
+    for (; i < n; i++) { float v = exp1(x[i] - shift); x[i] = v; total += v; }
+    return total;
+}
+#endif
+
 float finch_exp_shifted(float *x, int64_t n, float shift) {
 #if defined(__x86_64__)
+    if (level >= 2) return exp_shifted_avx512(x, n, shift);
     if (level >= 1) return exp_shifted_avx2(x, n, shift);
 #endif
     float sum[8] = {0};
@@ -145,8 +206,33 @@ AVX2 static float exp_sums_avx2(float *x, int64_t n, float shift, float *weighte
 }
 #endif
 
+#if defined(__x86_64__)
+AVX512 static float exp_sums_avx512(float *x, int64_t n, float shift, float *weighted) {
+    __m256 sum = _mm256_setzero_ps(), w = _mm256_setzero_ps();
+    __m512 s = _mm512_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(x + i), e = exp16(_mm512_sub_ps(v, s));
+        _mm512_storeu_ps(x + i, e);
+        sum = add_halves(sum, e);
+        w = add_halves(w, _mm512_mul_ps(e, v));
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_loadu_ps(x + i), e = exp8(_mm256_sub_ps(v, _mm256_set1_ps(shift)));
+        _mm256_storeu_ps(x + i, e);
+        sum = _mm256_add_ps(sum, e);
+        w = _mm256_add_ps(w, _mm256_mul_ps(e, v));
+    }
+    float total = hsum8(sum), wt = hsum8(w);
+    for (; i < n; i++) { float v = x[i], e = exp1(v - shift); x[i] = e; total += e; wt += e * v; }
+    *weighted = wt;
+    return total;
+}
+#endif
+
 float finch_exp_sums(float *x, int64_t n, float shift, float *weighted) {
 #if defined(__x86_64__)
+    if (level >= 2) return exp_sums_avx512(x, n, shift, weighted);
     if (level >= 1) return exp_sums_avx2(x, n, shift, weighted);
 #endif
     float sum[8] = {0}, w[8] = {0};
@@ -169,8 +255,18 @@ AVX2 static void scaled_exp_avx2(float *x, int64_t n, float shift, float scale) 
 }
 #endif
 
+#if defined(__x86_64__)
+AVX512 static void scaled_exp_avx512(float *x, int64_t n, float shift, float scale) {
+    __m512 s = _mm512_set1_ps(shift), k = _mm512_set1_ps(scale);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), s)), k));
+    for (; i < n; i++) x[i] = exp1(x[i] - shift) * scale;
+}
+#endif
+
 void finch_scaled_exp(float *x, int64_t n, float shift, float scale) {
 #if defined(__x86_64__)
+    if (level >= 2) { scaled_exp_avx512(x, n, shift, scale); return; }
     if (level >= 1) { scaled_exp_avx2(x, n, shift, scale); return; }
 #endif
     for (int64_t i = 0; i < n; i++) x[i] = exp1(x[i] - shift) * scale;
@@ -197,6 +293,96 @@ float finch_max(const float *x, int64_t n) {
     float m = -INFINITY;
     for (int64_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
     return m;
+}
+
+// MARK: - Attention rows with bf16 products
+
+// Both write a row's bf16 values straight from the f32 scores: one pass where exp in place, a
+// scaling pass and a rounding pass each read and wrote the row before.
+
+#if defined(__x86_64__)
+AVX2 static float exp_to_bf16_avx2(const float *s, int64_t n, float shift, uint16_t *p) {
+    __m256 sum = _mm256_setzero_ps(), k = _mm256_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), k));
+        store_bf16x8(p + i, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    float total = hsum8(sum);
+    for (; i < n; i++) { float v = exp1(s[i] - shift); p[i] = bf16_of(v); total += v; }
+    return total;
+}
+
+AVX2 static void attention_row_grad_avx2(const float *s, const float *dp, int64_t n, float lse, float delta,
+                                         uint16_t *p, uint16_t *ds) {
+    __m256 l = _mm256_set1_ps(lse), d = _mm256_set1_ps(delta);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), l));
+        store_bf16x8(p + i, e);
+        store_bf16x8(ds + i, _mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(dp + i), d)));
+    }
+    for (; i < n; i++) { float e = exp1(s[i] - lse); p[i] = bf16_of(e); ds[i] = bf16_of(e * (dp[i] - delta)); }
+}
+
+AVX512 static float exp_to_bf16_avx512(const float *s, int64_t n, float shift, uint16_t *p) {
+    __m256 sum = _mm256_setzero_ps();
+    __m512 k = _mm512_set1_ps(shift);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), k));
+        store_bf16x16(p + i, v);
+        sum = add_halves(sum, v);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), _mm256_set1_ps(shift)));
+        store_bf16x8(p + i, v);
+        sum = _mm256_add_ps(sum, v);
+    }
+    float total = hsum8(sum);
+    for (; i < n; i++) { float v = exp1(s[i] - shift); p[i] = bf16_of(v); total += v; }
+    return total;
+}
+
+AVX512 static void attention_row_grad_avx512(const float *s, const float *dp, int64_t n, float lse, float delta,
+                                             uint16_t *p, uint16_t *ds) {
+    __m512 l = _mm512_set1_ps(lse), d = _mm512_set1_ps(delta);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), l));
+        store_bf16x16(p + i, e);
+        store_bf16x16(ds + i, _mm512_mul_ps(e, _mm512_sub_ps(_mm512_loadu_ps(dp + i), d)));
+    }
+    for (; i < n; i++) { float e = exp1(s[i] - lse); p[i] = bf16_of(e); ds[i] = bf16_of(e * (dp[i] - delta)); }
+}
+#endif
+
+float finch_exp_to_bf16(const float *s, int64_t visible, int64_t length, float shift, uint16_t *p) {
+    if (length > visible) memset(p + visible, 0, (size_t)(length - visible) * sizeof *p);
+#if defined(__x86_64__)
+    if (level >= 2) return exp_to_bf16_avx512(s, visible, shift, p);
+    if (level >= 1) return exp_to_bf16_avx2(s, visible, shift, p);
+#endif
+    float sum[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= visible; i += 8) for (int j = 0; j < 8; j++) { float v = exp1(s[i + j] - shift); p[i + j] = bf16_of(v); sum[j] += v; }
+    float total = hsum8_c(sum);
+    for (; i < visible; i++) { float v = exp1(s[i] - shift); p[i] = bf16_of(v); total += v; }
+    return total;
+}
+
+void finch_attention_row_grad_bf16(const float *s, const float *dp, int64_t visible, int64_t length, float lse, float delta,
+                                   uint16_t *p, uint16_t *ds) {
+    if (length > visible) {
+        memset(p + visible, 0, (size_t)(length - visible) * sizeof *p);
+        memset(ds + visible, 0, (size_t)(length - visible) * sizeof *ds);
+    }
+#if defined(__x86_64__)
+    if (level >= 2) { attention_row_grad_avx512(s, dp, visible, lse, delta, p, ds); return; }
+    if (level >= 1) { attention_row_grad_avx2(s, dp, visible, lse, delta, p, ds); return; }
+#endif
+    for (int64_t i = 0; i < visible; i++) { float e = exp1(s[i] - lse); p[i] = bf16_of(e); ds[i] = bf16_of(e * (dp[i] - delta)); }
 }
 
 // MARK: - SwiGLU
@@ -229,10 +415,39 @@ AVX2 static void swiglu_backward_avx2(float *dg, float *du, const float *dh, con
         dg[j] = dh[j] * u[j] * sig * (1 + g[j] * (1 - sig));
     }
 }
+
+AVX512 static void swiglu_forward_avx512(float *h, const float *g, const float *u, int64_t n) {
+    __m512 one = _mm512_set1_ps(1), zero = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 gv = _mm512_loadu_ps(g + j);
+        __m512 e = exp16(_mm512_sub_ps(zero, gv));
+        _mm512_storeu_ps(h + j, _mm512_mul_ps(_mm512_div_ps(gv, _mm512_add_ps(one, e)), _mm512_loadu_ps(u + j)));
+    }
+    for (; j < n; j++) h[j] = g[j] / (1 + exp1(-g[j])) * u[j];
+}
+
+AVX512 static void swiglu_backward_avx512(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
+    __m512 one = _mm512_set1_ps(1), zero = _mm512_setzero_ps();
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        __m512 gv = _mm512_loadu_ps(g + j), uv = _mm512_loadu_ps(u + j), dv = _mm512_loadu_ps(dh + j);
+        __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(zero, gv))));
+        _mm512_storeu_ps(du + j, _mm512_mul_ps(_mm512_mul_ps(dv, gv), sig));
+        __m512 slope = _mm512_add_ps(one, _mm512_mul_ps(gv, _mm512_sub_ps(one, sig)));
+        _mm512_storeu_ps(dg + j, _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(dv, uv), sig), slope));
+    }
+    for (; j < n; j++) {
+        float sig = 1 / (1 + exp1(-g[j]));
+        du[j] = dh[j] * g[j] * sig;
+        dg[j] = dh[j] * u[j] * sig * (1 + g[j] * (1 - sig));
+    }
+}
 #endif
 
 void finch_swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
 #if defined(__x86_64__)
+    if (level >= 2) { swiglu_forward_avx512(h, g, u, n); return; }
     if (level >= 1) { swiglu_forward_avx2(h, g, u, n); return; }
 #endif
     for (int64_t j = 0; j < n; j++) h[j] = g[j] / (1 + exp1(-g[j])) * u[j];
@@ -240,6 +455,7 @@ void finch_swiglu_forward(float *h, const float *g, const float *u, int64_t n) {
 
 void finch_swiglu_backward(float *dg, float *du, const float *dh, const float *g, const float *u, int64_t n) {
 #if defined(__x86_64__)
+    if (level >= 2) { swiglu_backward_avx512(dg, du, dh, g, u, n); return; }
     if (level >= 1) { swiglu_backward_avx2(dg, du, dh, g, u, n); return; }
 #endif
     for (int64_t j = 0; j < n; j++) {

@@ -3,9 +3,9 @@ import FinchCPU
 import XCTest
 import FinchTestSupport
 
-/// FinchCPU/vector.c's loops give the same numbers at every level: the AVX2 + FMA + F16C
-/// kernels and the portable C ones do the same fused multiply-adds in the same order, so their
-/// results are equal bit for bit (the 8-bit activation products, whose float additions are
+/// FinchCPU/vector.c's loops give the same numbers at every level: the AVX-512F exp loops, the
+/// AVX2 + FMA + F16C kernels and the portable C ones do the same fused multiply-adds in the same
+/// order, so their results are equal bit for bit (the 8-bit activation products, whose float additions are
 /// ordered differently, within 1e-6 of the sum of |w x|). Each kernel is also checked against a plain reference.
 final class VectorKernelTests: XCTestCase {
     /// Runs `body` at the portable level and at the native one, restoring the native one.
@@ -19,11 +19,23 @@ final class VectorKernelTests: XCTestCase {
         return (portable, body())
     }
 
+    /// `body` at every level from portable up to the native one (the exp loops: portable, AVX2,
+    /// AVX-512F where present), restoring the native one.
+    private func atEachLevel<T>(_ body: () -> T) throws -> [T] {
+        let native = CPU.vectorLevel
+        guard native >= 1 else { throw XCTSkip("VectorKernelTests: this CPU has no AVX2 + FMA + F16C (\(CPU.description))") }
+        defer { _ = finch_vector_set_level(Int32(native), CPU.features.rawValue) }
+        return (0...native).map { level in
+            XCTAssertEqual(Int(finch_vector_set_level(Int32(level), CPU.features.rawValue)), level)
+            return body()
+        }
+    }
+
     /// Values around the softmax's range, a NaN, infinities and an odd count (a scalar tail).
     private let values: [Float] = TestSupport.randomArray(203, seed: 7).map { $0 * 40 } + [-.infinity, 0, -100, 90]
 
     func testExpLoopsAgreeAndMatchLibm() throws {
-        let (portable, native) = try atEveryLevel { () -> [Float] in
+        let levels = try atEachLevel { () -> [Float] in
             var a = values, b = values, c = values
             let sum = finch_exp_shifted(&a, Int64(a.count), 3)
             var weighted: Float = 0
@@ -31,7 +43,8 @@ final class VectorKernelTests: XCTestCase {
             finch_scaled_exp(&c, Int64(c.count), 3, 0.5)
             return a + b + c + [sum, sum2, weighted, finch_max(values, Int64(values.count)), finch_exp(1.5)]
         }
-        XCTAssertEqual(portable.map(\.bitPattern), native.map(\.bitPattern))
+        let native = levels.last!
+        for (level, result) in levels.enumerated() { XCTAssertEqual(result.map(\.bitPattern), native.map(\.bitPattern), "level \(level)") }
         for (x, got) in zip(values, native.prefix(values.count)) where x - 3 > -87 && x - 3 < 88 {
             let want = Foundation.exp(Double(x - 3))
             XCTAssertEqual(Double(got), want, accuracy: 4e-7 * want, "exp(\(x) - 3)")
@@ -43,17 +56,47 @@ final class VectorKernelTests: XCTestCase {
         XCTAssertEqual(finch_max([Float.nan, 1, -2], 3), 1, "NaNs are skipped")
     }
 
+    /// Attention's fused rows with bf16 products give, bit for bit and at every level, what the
+    /// separate passes gave: exp in place then rounding (forward: unnormalised, the same sum as
+    /// finch_exp_shifted), and exp, dS = P (dP - delta) then rounding both (backward); the
+    /// columns from `visible` to `length` are zeros.
+    func testAttentionRowsToBF16MatchTheSeparatePasses() throws {
+        let visible = 203, length = 211
+        let s = Array(values.prefix(visible - 1)) + [-.infinity]
+        let dp = TestSupport.randomArray(visible, seed: 12)
+        func bf16(_ x: [Float]) -> [UInt16] { var out = [UInt16](repeating: 0, count: x.count); finch_f32_to_bf16(x, &out, x.count); return out }
+        let levels = try atEachLevel { () -> [UInt16] in
+            var p = [UInt16](repeating: 0xffff, count: length), gp = p, gds = p
+            let sum = finch_exp_to_bf16(s, Int64(visible), Int64(length), 3, &p)
+            finch_attention_row_grad_bf16(s, dp, Int64(visible), Int64(length), 3, 0.25, &gp, &gds)
+            // the separate passes
+            var e = s
+            let want = finch_exp_shifted(&e, Int64(visible), 3)
+            XCTAssertEqual(sum.bitPattern, want.bitPattern, "sum of the exponentials")
+            var scaled = s
+            finch_scaled_exp(&scaled, Int64(visible), 3, 1)
+            let ds = zip(scaled, dp).map { $0 * ($1 - 0.25) }
+            let zeros = [UInt16](repeating: 0, count: length - visible)
+            XCTAssertEqual(p, bf16(e) + zeros, "forward row")
+            XCTAssertEqual(gp, bf16(scaled) + zeros, "backward P")
+            XCTAssertEqual(gds, bf16(ds) + zeros, "backward dS")
+            return p + gp + gds
+        }
+        for (level, result) in levels.enumerated() { XCTAssertEqual(result, levels[0], "level \(level)") }
+    }
+
     func testSwiGLUAgrees() throws {
         let n = 203
         let g = TestSupport.randomArray(n, seed: 8).map { $0 * 6 }, u = TestSupport.randomArray(n, seed: 9)
         let dh = TestSupport.randomArray(n, seed: 10)
-        let (portable, native) = try atEveryLevel { () -> [Float] in
+        let levels = try atEachLevel { () -> [Float] in
             var h = [Float](repeating: 0, count: n), dg = h, du = h
             finch_swiglu_forward(&h, g, u, Int64(n))
             finch_swiglu_backward(&dg, &du, dh, g, u, Int64(n))
             return h + dg + du
         }
-        XCTAssertEqual(portable.map(\.bitPattern), native.map(\.bitPattern))
+        let native = levels.last!
+        for (level, result) in levels.enumerated() { XCTAssertEqual(result.map(\.bitPattern), native.map(\.bitPattern), "level \(level)") }
         for j in 0..<n {
             let sig = 1 / (1 + Foundation.exp(-Double(g[j])))
             XCTAssertEqual(Double(native[j]), Double(g[j]) * sig * Double(u[j]), accuracy: 1e-5)

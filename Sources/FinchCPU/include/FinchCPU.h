@@ -61,11 +61,12 @@ float finch_int8_dot_q4_0(const uint8_t *row, const int8_t *qx, const float *dx,
 /// The same for q4_1 rows (20-byte blocks).
 float finch_int8_dot_q4_1(const uint8_t *row, const int8_t *qx, const float *dx, const int32_t *sx, int64_t blocks);
 
-// MARK: - Vector loops (vector.c): AVX2 + FMA + F16C or portable, chosen at run time
+// MARK: - Vector loops (vector.c): AVX-512F, AVX2 + FMA + F16C or portable, chosen at run time
 
-/// The level the loops below use: 0 portable C, 1 AVX2 + FMA + F16C. `maxLevel` caps it (the
-/// FINCH_ISA override); returns the level chosen. Both levels do the same fused multiply-adds
-/// in the same order, except the K-quant rows of `finch_matvec` (the same sums in another order).
+/// The level the loops below use: 0 portable C, 1 AVX2 + FMA + F16C, 2 also AVX-512F for the
+/// exp loops (exp, softmax and attention rows, SwiGLU). `maxLevel` caps it (the FINCH_ISA
+/// override); returns the level chosen. Every level does the same fused multiply-adds in the
+/// same order, except the K-quant rows of `finch_matvec` (the same sums in another order).
 int finch_vector_set_level(int maxLevel, uint32_t features);
 /// A fast exp (about 1 ulp on [-87.3, 88.7]; 0 below about -87.7, infinity above 88.7, NaN stays NaN).
 float finch_exp(float x);
@@ -78,6 +79,14 @@ float finch_exp_sums(float *x, int64_t count, float shift, float *weighted);
 void finch_scaled_exp(float *x, int64_t count, float shift, float scale);
 /// The largest value, NaNs skipped (-infinity when there is none).
 float finch_max(const float *x, int64_t count);
+/// Attention's probabilities before normalising, for a bf16 P.V product: p[j] = bf16(exp(s[j] -
+/// shift)) for j < visible and 0 up to length; returns the sum of the unrounded exponentials (as
+/// `finch_exp_shifted` sums them).
+float finch_exp_to_bf16(const float *s, int64_t visible, int64_t length, float shift, uint16_t *p);
+/// One score row of attention's backward with bf16 products: p[j] = bf16(e), ds[j] = bf16(e (dp[j] -
+/// delta)) with e = exp(s[j] - lse), for j < visible; both 0 up to length.
+void finch_attention_row_grad_bf16(const float *s, const float *dp, int64_t visible, int64_t length, float lse, float delta,
+                                   uint16_t *p, uint16_t *ds);
 /// h = silu(g) * u, elementwise.
 void finch_swiglu_forward(float *h, const float *g, const float *u, int64_t count);
 /// The gradients of `finch_swiglu_forward` given dh (written, not accumulated).

@@ -200,6 +200,20 @@ private func softmaxCausalRow(_ s: UnsafeMutablePointer<Float>, visible: Int, le
     return m + logf(sum)
 }
 
+/// `softmaxCausalRow` for a bf16 P V product: the row's exponentials, shifted by its largest
+/// score and rounded to bf16, go to `p` (0 past `visible`, up to `length`) unnormalised, and the
+/// product's row is divided by their sum afterwards, as PyTorch's fused CPU attention rounds its
+/// probabilities. Returns the log-sum-exp and 1 / sum (-infinity and 0 when no key is visible).
+@inline(__always)
+private func exponentialsRowBF16(_ s: UnsafeMutablePointer<Float>, visible: Int, length: Int, mask: UnsafePointer<Float>?,
+                                 hidden: Range<Int>, keys: BlockKeys, into p: UnsafeMutablePointer<UInt16>) -> (lse: Float, inverse: Float) {
+    hideColumns(s, visible: visible, mask: mask, hidden: hidden, keys: keys)
+    let m = maxValue(s, count: visible)
+    guard m > -.infinity else { p.update(repeating: 0, count: length); return (-.infinity, 0) }
+    let sum = finch_exp_to_bf16(s, Int64(visible), Int64(length), m, p)
+    return (m + logf(sum), 1 / sum)
+}
+
 /// Sets to -infinity the columns among the first `visible` whose key is padding (mask 0) or
 /// in `hidden`.
 @inline(__always)
@@ -309,11 +323,12 @@ package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutab
     let R = kvRows ?? T, S = queryStart, K = S + T   // K: keys of the last query
     precondition(S == 0 || visibility.segmentStarts == nil, "attentionForward: packed sequences start at position 0")
     precondition(visibility.prefixEnds == nil || shape.window == 0, "attentionForward: a shared prompt with a sliding window")
-    forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D)) { b, kvh, blocks, _, scratch, products in
+    forEachKVGroup(shape, parts: attentionParts(shape), queryStart: S, scratchFloats: G * B * (K + 2 * D + 1)) { b, kvh, blocks, _, scratch, products in
         let kb = k + b * R * shape.kvStride + kvh * D
         let vb = v + b * R * shape.kvStride + kvh * D
         let mask = keyMask.map { $0 + b * R }
         let scores = scratch, stackedQ = scratch + G * B * K, stackedOut = stackedQ + G * B * D
+        let inverses = stackedOut + G * B * D   // [G * B] 1 / sum of each row's exponentials (bf16 products)
         let half = shape.bf16Products ? AttentionBF16Scratch(keyRows: K, blockRows: G * B, columns: K, headDim: D) : nil
         defer { half?.deallocate() }
         let (keys, values) = AttentionBF16Scratch.operands(half, keys: kb, values: vb, rows: K, shape: shape)
@@ -337,23 +352,26 @@ package func attentionForward(out: UnsafeMutablePointer<Float>, lse: UnsafeMutab
             for g in 0..<G {
                 let lseRow = lse + (b * shape.heads + kvh * G + g) * T
                 for r in 0..<rows {
-                    let i = i0 + r, row = scores + (g * rows + r) * columns
+                    let i = i0 + r, index = g * rows + r, row = scores + index * columns
                     let cols = blockKeys.columns(query: S + i, hidden: visibility.hidden(query: S + i, at: b * T + i, shape: shape))
                     if shape.softcap > 0 { softcapInPlace(row, count: cols.visible, cap: shape.softcap) }
-                    lseRow[i] = softmaxCausalRow(row, visible: cols.visible, length: columns, mask: mask,
-                                                 hidden: cols.hidden, keys: blockKeys)
+                    if let half {
+                        (lseRow[i], inverses[index]) = exponentialsRowBF16(row, visible: cols.visible, length: columns, mask: mask,
+                                                                           hidden: cols.hidden, keys: blockKeys,
+                                                                           into: half.probabilities + index * columns)
+                    } else {
+                        lseRow[i] = softmaxCausalRow(row, visible: cols.visible, length: columns, mask: mask,
+                                                     hidden: cols.hidden, keys: blockKeys)
+                    }
                 }
             }
-            var probabilities = AttentionOperand.f32(scores, ld: columns)
-            if let half {
-                AttentionBF16Scratch.round(scores, ld: columns, rows: m, columns: columns, into: half.probabilities)
-                probabilities = .bf16(half.probabilities, ld: columns)
-            }
+            let probabilities = half.map { AttentionOperand.bf16($0.probabilities, ld: columns) } ?? .f32(scores, ld: columns)
             // out = P V   [G * rows, D]
             for (index, run) in runs.enumerated() {
                 products.gemm(.none, .none, m: m, n: D, k: run.count, a: probabilities.advanced(columns: run.column),
                               b: values.advanced(rows: run.key), beta: index == 0 ? 0 : 1, c: stackedOut, ldc: D)
             }
+            if half != nil { for index in 0..<m { scaleInPlace(stackedOut + index * D, count: D, by: inverses[index]) } }
             heads.scatter(stackedOut, into: out)
         }
     }
@@ -386,6 +404,7 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
                               v: UnsafePointer<Float>, out: UnsafePointer<Float>, lse: UnsafePointer<Float>,
                               keyMask: UnsafePointer<Float>?, visibility: KeyVisibility = .causal, shape: AttentionShape) {
     let T = shape.seq, D = shape.headDim, G = shape.group, B = min(attentionQueryBlock, T)
+    _ = CPU.vectorLevel   // finch_attention_row_grad_bf16's level
     // Parts after the first of a (row, KV head) sum their dK and dV into buffers of their own,
     // [T, D] each, added to dk and dv in part order afterwards (the same sums on every run).
     let parts = attentionParts(shape), pairs = shape.batch * shape.kvHeads
@@ -416,6 +435,7 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
         let half = shape.bf16Products ? AttentionBF16Scratch(keyRows: T, blockRows: G * B, columns: T, headDim: D) : nil
         defer { half?.deallocate() }
         let (keys, values) = AttentionBF16Scratch.operands(half, keys: kb, values: vb, rows: T, shape: shape)
+        let fused = shape.softcap == 0   // with bf16 products: P and dS rounded row by row as they are made
         for block in blocks {
             let i0 = block * B, rows = min(B, T - i0), m = G * rows
             let blockKeys = BlockKeys(queries: i0..<i0 + rows, S: 0, shape: shape, b: b, visibility: visibility)
@@ -448,10 +468,21 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
                     for d in 0..<D { delta += stackedDO[row * D + d] * stackedO[row * D + d] }
                     if l == -Float.infinity {
                         pr.update(repeating: 0, count: columns); dsr.update(repeating: 0, count: columns)
+                        if let half, fused {
+                            (half.probabilities + row * columns).update(repeating: 0, count: columns)
+                            (half.scoreGradients + row * columns).update(repeating: 0, count: columns)
+                        }
                         continue
                     }
                     let cols = blockKeys.columns(query: i, hidden: visibility.hidden(query: i, at: b * T + i, shape: shape))
                     let visible = cols.visible
+                    if let half, fused {
+                        // P and dS rounded to bf16 in one pass over the row (the same values as below)
+                        hideColumns(pr, visible: visible, mask: mask, hidden: cols.hidden, keys: blockKeys)
+                        finch_attention_row_grad_bf16(pr, dsr, Int64(visible), Int64(columns), l, delta,
+                                                      half.probabilities + row * columns, half.scoreGradients + row * columns)
+                        continue
+                    }
                     // S = c tanh(S0 / c) with a softcap: dS0 = dS (1 - tanh^2)
                     if shape.softcap > 0 {
                         let c = shape.softcap
@@ -474,8 +505,10 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
             }
             var probabilities = AttentionOperand.f32(p, ld: columns), scoreGradients = AttentionOperand.f32(ds, ld: columns)
             if let half {
-                AttentionBF16Scratch.round(p, ld: columns, rows: m, columns: columns, into: half.probabilities)
-                AttentionBF16Scratch.round(ds, ld: columns, rows: m, columns: columns, into: half.scoreGradients)
+                if !fused {
+                    AttentionBF16Scratch.round(p, ld: columns, rows: m, columns: columns, into: half.probabilities)
+                    AttentionBF16Scratch.round(ds, ld: columns, rows: m, columns: columns, into: half.scoreGradients)
+                }
                 probabilities = .bf16(half.probabilities, ld: columns); scoreGradients = .bf16(half.scoreGradients, ld: columns)
             }
             // dV += P^T dO ; dQ = scale * dS K ; dK += scale * dS^T Q   (over the visible keys)

@@ -172,10 +172,19 @@ public enum CPU {
     }()
 
     /// Chooses the vector loops of FinchCPU/vector.c (exp, SwiGLU, matrix-vector products,
-    /// decoding attention): AVX2 + FMA + F16C, or portable C under FINCH_ISA=portable or on a CPU
+    /// decoding attention): AVX2 + FMA + F16C, with the exp loops on AVX-512F where the CPU has it
+    /// (the same numbers, 16 lanes at a time), or portable C under FINCH_ISA=portable or on a CPU
     /// without them. Touched before the first call of each kind; tests set a lower level with
     /// `finch_vector_set_level` and restore this one.
-    static let vectorLevel: Int = Int(finch_vector_set_level(level == .portable ? 0 : 1, features.rawValue))
+    static let vectorLevel: Int = {
+        let cap: Int
+        switch level {
+        case .portable: cap = 0
+        case .avx2: cap = 1
+        case .avx512, .avx512VNNI, .avx512BF16, .amx: cap = 2
+        }
+        return Int(finch_vector_set_level(Int32(cap), features.rawValue))
+    }()
 }
 
 /// bf16 (the upper half of an f32) conversions, rounding to nearest even as PyTorch does.

@@ -19,6 +19,13 @@ func expShiftedInPlace(_ x: UnsafeMutablePointer<Float>, count: Int, shift: Floa
     return finch_exp_shifted(x, Int64(count), shift)
 }
 
+/// The largest value (-infinity when there is none).
+@inline(__always)
+func maxValue(_ x: UnsafePointer<Float>, count: Int) -> Float {
+    _ = CPU.vectorLevel
+    return finch_max(x, Int64(count))
+}
+
 /// The largest value and its index (the first one on ties).
 @inline(__always)
 func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
