@@ -62,14 +62,21 @@ typedef struct {
     float alpha, beta;
 } key_t_;
 
+// A cached product: a primitive for one shape with its memory objects, or a family's entry
+// (key with m = k = 0: the same product at every m and k) holding how many of its shapes were
+// new and, from FAMILY_RUNTIME_AFTER on, a primitive whose m and k are given at each call.
 typedef struct {
     key_t_ key;
     primitive_t primitive;
     memory_t a, b, c;
-    int used;
+    int used, misses;
 } entry_t;
 
-enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768 };
+// A product whose rows change from call to call (the tokens routed to each expert, batches of
+// other lengths) would create a primitive per call (0.4-0.9 ms, as long as the product itself):
+// from its fourth new shape on, one primitive with run-time m and k serves them all.
+enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768, FAMILY_RUNTIME_AFTER = 4 };
+static const int64_t RUNTIME_DIM = INT64_MIN;   // DNNL_RUNTIME_DIM_VAL
 typedef struct { entry_t slots[CACHE_SLOTS]; int count; } cache_t;
 static cache_t shared_cache;               // products on all threads, under `lock`
 static _Thread_local cache_t *task_cache;  // products of one thread inside a parallel task
@@ -165,11 +172,11 @@ static void clear_cache(cache_t *cache) {
     for (int i = 0; i < CACHE_SLOTS; i++) {
         entry_t *e = &cache->slots[i];
         if (!e->used) continue;
-        dnnl.primitive_destroy(e->primitive);
-        dnnl.memory_destroy(e->a);
-        dnnl.memory_destroy(e->b);
-        dnnl.memory_destroy(e->c);
-        e->used = 0;
+        if (e->primitive) dnnl.primitive_destroy(e->primitive);
+        if (e->a) dnnl.memory_destroy(e->a);
+        if (e->b) dnnl.memory_destroy(e->b);
+        if (e->c) dnnl.memory_destroy(e->c);
+        memset(e, 0, sizeof *e);
     }
     cache->count = 0;
 }
@@ -182,7 +189,8 @@ static status_t describe(memory_desc_t *md, int64_t rows, int64_t cols, int64_t 
     return dnnl.memory_desc_init_by_strides(md, 2, dims, dt, strides);
 }
 
-static entry_t *create(const key_t_ *key, entry_t *slot, cache_t *cache) {
+// The matmul primitive for `key` (m and k of RUNTIME_DIM: given at each call); NULL if oneDNN has none.
+static primitive_t make_primitive(const key_t_ *key) {
     int dt = key->type == FINCH_BF16 ? DT_BF16 : DT_F32;
     memory_desc_t a, b, c;
     matmul_desc_t op;
@@ -218,13 +226,33 @@ static entry_t *create(const key_t_ *key, entry_t *slot, cache_t *cache) {
     s = dnnl.primitive_create(&p, pd);
     dnnl.primitive_desc_destroy(pd);
     if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN could not create a matmul (status %d)", s); return NULL; }
-    memory_t ma = NULL, mb = NULL, mc = NULL;
-    if (dnnl.memory_create(&ma, &a, dnnl.engine, NULL) || dnnl.memory_create(&mb, &b, dnnl.engine, NULL)
-        || dnnl.memory_create(&mc, &c, dnnl.engine, NULL)) {
-        dnnl.primitive_destroy(p);
-        if (ma) dnnl.memory_destroy(ma);
-        if (mb) dnnl.memory_destroy(mb);
+    return p;
+}
+
+// The three memory objects of a product of `key`'s shape (data pointers set at each call).
+static int make_memories(const key_t_ *key, memory_t *ma, memory_t *mb, memory_t *mc, void *a, void *b, void *c) {
+    int dt = key->type == FINCH_BF16 ? DT_BF16 : DT_F32;
+    memory_desc_t da, db, dc;
+    memset(&da, 0, sizeof da); memset(&db, 0, sizeof db); memset(&dc, 0, sizeof dc);
+    *ma = *mb = *mc = NULL;
+    if (describe(&da, key->m, key->k, key->lda, key->transA, dt) || describe(&db, key->k, key->n, key->ldb, key->transB, dt)
+        || describe(&dc, key->m, key->n, key->ldc, 0, DT_F32)
+        || dnnl.memory_create(ma, &da, dnnl.engine, a) || dnnl.memory_create(mb, &db, dnnl.engine, b)
+        || dnnl.memory_create(mc, &dc, dnnl.engine, c)) {
+        if (*ma) dnnl.memory_destroy(*ma);
+        if (*mb) dnnl.memory_destroy(*mb);
         snprintf(lastError, sizeof lastError, "oneDNN could not create memory objects");
+        return -1;
+    }
+    return 0;
+}
+
+static entry_t *create(const key_t_ *key, entry_t *slot, cache_t *cache) {
+    primitive_t p = make_primitive(key);
+    if (!p) return NULL;
+    memory_t ma = NULL, mb = NULL, mc = NULL;
+    if (make_memories(key, &ma, &mb, &mc, NULL, NULL, NULL)) {
+        dnnl.primitive_destroy(p);
         return NULL;
     }
     slot->key = *key;
@@ -235,19 +263,25 @@ static entry_t *create(const key_t_ *key, entry_t *slot, cache_t *cache) {
     return slot;
 }
 
-// The cached primitive for `key` in `cache`, created on first use; NULL if oneDNN has none.
-static entry_t *lookup(cache_t *cache, const key_t_ *key) {
+// The entry of `key` in `cache`, or NULL.
+static entry_t *find(cache_t *cache, const key_t_ *key) {
     uint64_t h = hash_key(key);
     for (int probe = 0; probe < CACHE_SLOTS; probe++) {
         entry_t *slot = &cache->slots[(h + probe) % CACHE_SLOTS];
-        if (!slot->used) {
-            if (cache->count >= CACHE_LIMIT) {           // many shapes (varying lengths): start afresh
-                clear_cache(cache);
-                slot = &cache->slots[h % CACHE_SLOTS];
-            }
-            return create(key, slot, cache);
-        }
+        if (!slot->used) return NULL;
         if (memcmp(&slot->key, key, sizeof *key) == 0) return slot;
+    }
+    return NULL;
+}
+
+// The empty slot where `key` goes (after emptying a cache that holds CACHE_LIMIT entries:
+// many shapes, start afresh); NULL if there is none.
+static entry_t *reserve(cache_t *cache, const key_t_ *key) {
+    if (cache->count >= CACHE_LIMIT) clear_cache(cache);
+    uint64_t h = hash_key(key);
+    for (int probe = 0; probe < CACHE_SLOTS; probe++) {
+        entry_t *slot = &cache->slots[(h + probe) % CACHE_SLOTS];
+        if (!slot->used) return slot;
     }
     return NULL;
 }
@@ -259,6 +293,41 @@ static status_t execute(entry_t *e, stream_t stream, const void *a, const void *
     exec_arg_t args[3] = {{ARG_SRC, e->a}, {ARG_WEIGHTS, e->b}, {ARG_DST, e->c}};
     status_t s = dnnl.primitive_execute(e->primitive, stream, 3, args);
     return s == 0 ? dnnl.stream_wait(stream) : s;
+}
+
+// A family's run-time-shape primitive on `key`'s m and k, with memory objects of this call.
+static status_t execute_family(entry_t *f, stream_t stream, const key_t_ *key, const void *a, const void *b, float *c) {
+    memory_t ma, mb, mc;
+    if (make_memories(key, &ma, &mb, &mc, (void *)a, (void *)b, c)) return -1;
+    exec_arg_t args[3] = {{ARG_SRC, ma}, {ARG_WEIGHTS, mb}, {ARG_DST, mc}};
+    status_t s = dnnl.primitive_execute(f->primitive, stream, 3, args);
+    if (s == 0) s = dnnl.stream_wait(stream);
+    dnnl.memory_destroy(ma); dnnl.memory_destroy(mb); dnnl.memory_destroy(mc);
+    return s;
+}
+
+// c = alpha op(a) op(b) + beta c through `cache`: the shape's own primitive when it has one;
+// else its family's run-time-shape one once the family has seen FAMILY_RUNTIME_AFTER new shapes;
+// else a new primitive for the shape. -2: oneDNN has no matmul for it.
+static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const void *a, const void *b, float *c) {
+    entry_t *e = find(cache, key);
+    if (e) return execute(e, stream, a, b, c);
+    key_t_ family = *key;
+    family.m = 0; family.k = 0;
+    entry_t *f = find(cache, &family);
+    if (!f && (f = reserve(cache, &family))) {
+        f->key = family; f->used = 1;
+        cache->count++;
+    }
+    if (f && !f->primitive && ++f->misses == FAMILY_RUNTIME_AFTER) {   // one try
+        key_t_ runtime = *key;
+        runtime.m = RUNTIME_DIM; runtime.k = RUNTIME_DIM;
+        f->primitive = make_primitive(&runtime);
+    }
+    if (f && f->primitive) return execute_family(f, stream, key, a, b, c);
+    e = reserve(cache, key);
+    if (!e || !create(key, e, cache)) return -2;
+    return execute(e, stream, a, b, c);
 }
 
 static int make_key(key_t_ *key, int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
@@ -277,10 +346,9 @@ int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k,
     key_t_ key;
     if (make_key(&key, transA, transB, m, n, k, alpha, lda, ldb, type, beta, ldc)) return -1;
     pthread_mutex_lock(&lock);
-    entry_t *e = lookup(&shared_cache, &key);
-    status_t s = e ? execute(e, dnnl.stream, a, b, c) : -2;
+    status_t s = run(&shared_cache, dnnl.stream, &key, a, b, c);
     pthread_mutex_unlock(&lock);
-    if (!e) return -2;
+    if (s == -2) return -2;
     if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN matmul failed (status %d)", s); return -3; }
     return 0;
 }
@@ -307,10 +375,9 @@ int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64
     // calling thread's own), then whatever it had: Dispatch runs part of its loops on the caller.
     int before = dnnl.omp_get_max_threads();
     dnnl.omp_set_num_threads(1);
-    entry_t *e = lookup(task_cache, &key);
-    status_t s = e ? execute(e, task_stream, a, b, c) : -2;
+    status_t s = run(task_cache, task_stream, &key, a, b, c);
     dnnl.omp_set_num_threads(before);
-    if (!e) return -2;
+    if (s == -2) return -2;
     if (s != 0) return -3;
     return 0;
 }

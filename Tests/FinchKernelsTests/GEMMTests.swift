@@ -280,6 +280,52 @@ final class GEMMTests: XCTestCase {
         XCTAssertEqual(GEMM.registry.map { $0.name }, ["onednn", "openblas"])
     }
 
+    /// Products whose rows change from call to call (the tokens routed to each expert) share one
+    /// oneDNN primitive with run-time m and k from their fourth new shape on (FAMILY_RUNTIME_AFTER
+    /// in onednn.c): the first three shapes get their own primitives, the later ones none, and
+    /// every product equals a naive loop; rows (NT, NN) and the inner dimension (TN, the weight
+    /// gradients) vary, in f32 and bf16, with alpha and beta, on all threads and inside a task.
+    func testProductsOfVaryingRowsShareOneRunTimeShapePrimitive() throws {
+        guard GEMM.backend.name == OneDNNGEMM.name, let backend = OneDNNGEMM.load().backend else {
+            throw XCTSkip("testProductsOfVaryingRowsShareOneRunTimeShapePrimitive: oneDNN is not loaded (\(GEMM.description))")
+        }
+        var rng = FinchRandom(seed: 17)
+        for elements in [GEMMElements.f32, .bf16] where elements == .f32 || backend.nativeBF16 {
+            for (tA, tB) in [(GEMM.Transpose.none, GEMM.Transpose.transpose), (.none, .none), (.transpose, .none)] {
+                for onCallingThread in [false, true] {
+                    // n unique to this loop, so the family is new; what varies: m, or k for TN.
+                    let n = 40 + 3 * (tA == .transpose ? 2 : tB == .transpose ? 1 : 0) + (onCallingThread ? 20 : 0) + (elements == .bf16 ? 40 : 0)
+                    let before = finch_onednn_cached_primitives()
+                    for (index, size) in [7, 19, 33, 5, 64, 12, 19].enumerated() {
+                        let (m, k) = tA == .transpose ? (24, size) : (size, 24)
+                        let lda = tA == .none ? 30 : 29, ldb = tB == .none ? n + 2 : 31, ldc = n + 1
+                        let round: (Float) -> Float = elements == .bf16 ? { Self.float(Self.referenceBF16($0)) } : { $0 }
+                        let a = (0..<(tA == .none ? m : k) * lda).map { _ in round(rng.nextFloat() - 0.5) }
+                        let b = (0..<(tB == .none ? k : n) * ldb).map { _ in round(rng.nextFloat() - 0.5) }
+                        let c0 = (0..<m * ldc).map { _ in rng.nextFloat() - 0.5 }
+                        let p = GEMMProblem(transA: tA, transB: tB, m: m, n: n, k: k, alpha: 0.75, beta: 0.5, lda: lda, ldb: ldb, ldc: ldc)
+                        var expected = c0, got = c0
+                        XCTAssertTrue(NaiveBackend().multiply(p, a: a, b: b, elements: .f32, c: &expected))
+                        func bits(_ x: [Float]) -> [UInt16] { x.map { UInt16($0.bitPattern >> 16) } }
+                        let (pa, pb): ([UInt8], [UInt8]) = elements == .f32
+                            ? (a.withUnsafeBytes { Array($0) }, b.withUnsafeBytes { Array($0) })
+                            : (bits(a).withUnsafeBytes { Array($0) }, bits(b).withUnsafeBytes { Array($0) })
+                        let ok = onCallingThread ? backend.multiplyOnCallingThread(p, a: pa, b: pb, elements: elements, c: &got)
+                                                 : backend.multiply(p, a: pa, b: pb, elements: elements, c: &got)
+                        XCTAssertTrue(ok, "\(elements) \(tA) \(tB) size \(size)")
+                        for i in 0..<m { for j in 0..<n {
+                            XCTAssertEqual(got[i * ldc + j], expected[i * ldc + j], accuracy: 1e-5,
+                                           "\(elements) \(tA) \(tB) size \(size) (call \(index)) [\(i), \(j)]")
+                        } }
+                    }
+                    // The shared cache: 3 shapes' primitives + the family's (unless it was emptied on the way).
+                    let after = finch_onednn_cached_primitives()
+                    if !onCallingThread && after >= before { XCTAssertEqual(after - before, 4, "\(elements) \(tA) \(tB)") }
+                }
+            }
+        }
+    }
+
     /// Every registered backend computes the same products as a naive loop (transposes, alpha,
     /// beta, strides), and the one in use says what it is.
     func testEveryRegisteredBackendMatchesNaiveLoops() throws {
