@@ -69,12 +69,14 @@ typedef struct {
     key_t_ key;
     primitive_t primitive;
     memory_t a, b, c;
-    int used, misses;
+    int used, misses, fixedOnly;
 } entry_t;
 
 // A product whose rows change from call to call (the tokens routed to each expert, batches of
 // other lengths) would create a primitive per call (0.4-0.9 ms, as long as the product itself):
-// from its fourth new shape on, one primitive with run-time m and k serves them all.
+// from its fourth new shape on, one primitive with run-time m and k serves them all. oneDNN 2.x
+// runs those on its AVX-512 / AVX2 gemm, never on AMX: a family whose shapes get AMX kernels
+// keeps a primitive per shape.
 enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768, FAMILY_RUNTIME_AFTER = 4 };
 static const int64_t RUNTIME_DIM = INT64_MIN;   // DNNL_RUNTIME_DIM_VAL
 typedef struct { entry_t slots[CACHE_SLOTS]; int count; } cache_t;
@@ -316,17 +318,19 @@ static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const vo
     family.m = 0; family.k = 0;
     entry_t *f = find(cache, &family);
     if (!f && (f = reserve(cache, &family))) {
+        memset(f, 0, sizeof *f);
         f->key = family; f->used = 1;
         cache->count++;
     }
-    if (f && !f->primitive && ++f->misses == FAMILY_RUNTIME_AFTER) {   // one try
+    if (f && !f->primitive && !f->fixedOnly && ++f->misses == FAMILY_RUNTIME_AFTER) {   // one try
         key_t_ runtime = *key;
         runtime.m = RUNTIME_DIM; runtime.k = RUNTIME_DIM;
         f->primitive = make_primitive(&runtime);
     }
     if (f && f->primitive) return execute_family(f, stream, key, a, b, c);
-    e = reserve(cache, key);
+    e = reserve(cache, key);   // (may empty the cache: f is looked up again below)
     if (!e || !create(key, e, cache)) return -2;
+    if (strstr(lastImplementation, "amx") && (f = find(cache, &family))) f->fixedOnly = 1;
     return execute(e, stream, a, b, c);
 }
 
