@@ -10,7 +10,15 @@ Writes Tests/FinchTestSupport/Fixtures/chat_templates/template_ids.json:
 The Swift test (`TemplateIDTests`) renders the same with Finch's tokenizer and template read from
 the same GGUF and compares text and ids; it skips where the vocabulary files are absent.
 
+With --hub ID ..., it does the same for tokenizers in the Hugging Face cache (the families whose
+tokenizers no package on PyPI carries: Gemma 2's and 3's), writing
+Tests/FinchTestSupport/Fixtures/chat_templates/template_ids_hub.json, where a conversation the
+template refuses (Gemma's system role) records transformers' error message instead of ids; the
+Swift test (`HubTemplateIDTests`) reads the same cached tokenizer through Finch's hub cache and
+skips, by name, the ids that are not cached here.
+
 Usage: python3 reference/make_template_id_fixtures.py [--vocabs ~/.cache/finch/llama-vocabs]
+       python3 reference/make_template_id_fixtures.py --hub google/gemma-2-2b-it google/gemma-3-1b-it
 """
 import argparse
 import json
@@ -19,6 +27,7 @@ import warnings
 
 warnings.filterwarnings("ignore")
 os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")   # cached tokenizers only (read when huggingface_hub is imported)
 
 from transformers import AutoTokenizer
 
@@ -61,10 +70,39 @@ def load_tokenizer(vocabs, name):
                                    eos_token=token(field("tokenizer.ggml.eos_token_id")[0]))
 
 
+def render(tok, messages, generation):
+    """The conversation's text and ids, or transformers' error message where the template raises."""
+    try:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
+    except Exception as e:  # jinja2's TemplateError from raise_exception
+        return {"messages": messages, "add_generation_prompt": generation, "error": str(e)}
+    ids = list(tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=generation, return_dict=True)["input_ids"])
+    return {"messages": messages, "add_generation_prompt": generation, "text": text, "ids": ids}
+
+
+def hub(ids):
+    out = {}
+    for repo in ids:
+        tok = AutoTokenizer.from_pretrained(repo)
+        cases = [render(tok, m, g) for m, g in CONVERSATIONS]
+        # the same conversations with the system message folded into the first user turn
+        cases += [render(tok, [{"role": "user", "content": m[0]["content"] + "\n\n" + m[1]["content"]}] + m[2:], g)
+                  for m, g in CONVERSATIONS if m[0]["role"] == "system"]
+        out[repo] = cases
+        print(f"{repo}: {len(cases)} conversations, {sum(1 for c in cases if 'error' in c)} refused")
+    path = OUT.replace("template_ids.json", "template_ids_hub.json")
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--vocabs", default=os.path.expanduser("~/.cache/finch/llama-vocabs"))
+    ap.add_argument("--hub", nargs="+", metavar="ID", help="tokenizers in the Hugging Face cache instead")
     args = ap.parse_args()
+    if args.hub:
+        return hub(args.hub)
     out = {}
     for name in VOCABS:
         tok = load_tokenizer(args.vocabs, name)
