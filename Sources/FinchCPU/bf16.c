@@ -18,12 +18,8 @@ static void to_f32_c(const uint16_t *src, float *dst, size_t n) { for (size_t i 
 __attribute__((target("avx2")))
 static void to_bf16_avx2(const float *src, uint16_t *dst, size_t n) {
     size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        __m256i a = _mm256_srli_epi32(round8(_mm256_loadu_ps(src + i)), 16);
-        __m256i b = _mm256_srli_epi32(round8(_mm256_loadu_ps(src + i + 8)), 16);
-        __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xd8);
-        _mm256_storeu_si256((__m256i *)(dst + i), packed);
-    }
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(dst + i), pack_bf16x16(_mm256_loadu_ps(src + i), _mm256_loadu_ps(src + i + 8)));
     for (; i < n; i++) dst[i] = bf16_of(src[i]);
 }
 

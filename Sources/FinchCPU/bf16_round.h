@@ -27,6 +27,13 @@ static inline __m256i round8(__m256 x) {
     return _mm256_blendv_epi8(r, q, nan);             // high halves hold the bf16 values
 }
 
+// 16 lanes (a, then b) rounded to bf16, as 16 uint16 values in order.
+__attribute__((target("avx2")))
+static inline __m256i pack_bf16x16(__m256 a, __m256 b) {
+    __m256i x = _mm256_srli_epi32(round8(a), 16), y = _mm256_srli_epi32(round8(b), 16);
+    return _mm256_permute4x64_epi64(_mm256_packus_epi32(x, y), 0xd8);
+}
+
 // 8 lanes rounded to bf16 and stored as 8 uint16 values.
 __attribute__((target("avx2")))
 static inline void store_bf16x8(uint16_t *dst, __m256 x) {
