@@ -160,31 +160,25 @@ public enum CPU {
     /// bf16 arithmetic in hardware (AVX512_BF16 or AMX), within the limit.
     public static var hasNativeBF16: Bool { features.contains(.avx512bf16) || features.contains(.amxBF16) }
 
-    /// Chooses the bf16 conversion kernels; called once before the first conversion.
-    static let bf16Level: Int = {
-        let cap: Int
+    /// The highest kernel level of FinchCPU's C loops that `level` allows: 0 portable, 1 AVX2,
+    /// 2 AVX-512 (each file takes what the CPU also has).
+    private static var kernelLevelCap: Int32 {
         switch level {
-        case .portable: cap = 0
-        case .avx2: cap = 1
-        case .avx512, .avx512VNNI, .avx512BF16, .amx: cap = 2
+        case .portable: 0
+        case .avx2: 1
+        case .avx512, .avx512VNNI, .avx512BF16, .amx: 2
         }
-        return Int(finch_bf16_set_level(Int32(cap), features.rawValue))
-    }()
+    }
+
+    /// Chooses the bf16 conversion kernels; called once before the first conversion.
+    static let bf16Level: Int = Int(finch_bf16_set_level(kernelLevelCap, features.rawValue))
 
     /// Chooses the vector loops of FinchCPU/vector.c (exp, SwiGLU, matrix-vector products,
     /// decoding attention): AVX2 + FMA + F16C, with the exp loops on AVX-512F where the CPU has it
     /// (the same numbers, 16 lanes at a time), or portable C under FINCH_ISA=portable or on a CPU
     /// without them. Touched before the first call of each kind; tests set a lower level with
     /// `finch_vector_set_level` and restore this one.
-    static let vectorLevel: Int = {
-        let cap: Int
-        switch level {
-        case .portable: cap = 0
-        case .avx2: cap = 1
-        case .avx512, .avx512VNNI, .avx512BF16, .amx: cap = 2
-        }
-        return Int(finch_vector_set_level(Int32(cap), features.rawValue))
-    }()
+    static let vectorLevel: Int = Int(finch_vector_set_level(kernelLevelCap, features.rawValue))
 }
 
 /// bf16 (the upper half of an f32) conversions, rounding to nearest even as PyTorch does.
