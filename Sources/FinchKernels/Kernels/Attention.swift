@@ -466,11 +466,12 @@ package func attentionBackward(dq: UnsafeMutablePointer<Float>, dk: UnsafeMutabl
                     let l = lseRow[i]
                     var delta: Float = 0
                     for d in 0..<D { delta += stackedDO[row * D + d] * stackedO[row * D + d] }
-                    if l == -Float.infinity {
-                        pr.update(repeating: 0, count: columns); dsr.update(repeating: 0, count: columns)
+                    if l == -Float.infinity {   // no visible key: P and dS are 0 (in bf16 where made there)
                         if let half, fused {
                             (half.probabilities + row * columns).update(repeating: 0, count: columns)
                             (half.scoreGradients + row * columns).update(repeating: 0, count: columns)
+                        } else {
+                            pr.update(repeating: 0, count: columns); dsr.update(repeating: 0, count: columns)
                         }
                         continue
                     }

@@ -29,8 +29,7 @@ func maxValue(_ x: UnsafePointer<Float>, count: Int) -> Float {
 /// The largest value and its index (the first one on ties).
 @inline(__always)
 func maxAndIndex(_ x: UnsafePointer<Float>, count: Int) -> (Float, Int) {
-    _ = CPU.vectorLevel
-    let m = finch_max(x, Int64(count))
+    let m = maxValue(x, count: count)
     var index = 0
     while index < count && x[index] != m { index += 1 }
     return (m, min(index, max(count - 1, 0)))
