@@ -11,16 +11,19 @@ struct BenchCommand: ParsableCommand {
 
     struct Peak: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "This CPU's measured fp32 FMA peak and, where it has AVX512_BF16, its bf16 dot-product peak.")
+            abstract: "This CPU's measured fp32 FMA peak and, where it has AVX512_BF16 or AMX, its bf16 peak (AMX's tile products where present).")
 
         func run() {
             print("CPU: \(CPU.description)")
             let p = Benchmarks.peaks()
             print(String(format: "finch peak fp32 (%@, %d threads): %.1f GFLOP/s", p.fp32Kind, Parallel.coreCount, p.fp32))
             if let bf16 = p.bf16 {
-                print(String(format: "finch peak bf16 (AVX512_BF16 dot, %d threads): %.1f GFLOP/s", Parallel.coreCount, bf16))
+                print(String(format: "finch peak bf16 (%@, %d threads): %.1f GFLOP/s", p.bf16Kind, Parallel.coreCount, bf16))
+                if p.amx != nil, let dot = p.bf16Dot {
+                    print(String(format: "finch peak bf16 dot products (AVX512_BF16, %d threads): %.1f GFLOP/s", Parallel.coreCount, dot))
+                }
             } else {
-                print("finch peak bf16: this CPU has no AVX512_BF16 (within FINCH_ISA)")
+                print("finch peak bf16: this CPU has no AVX512_BF16 or AMX (within FINCH_ISA)")
             }
         }
     }
@@ -36,7 +39,7 @@ struct BenchCommand: ParsableCommand {
             print("GEMM: \(GEMM.description); bf16 \(GEMM.nativeBF16 ? "native" : "portable (rounded inputs, fp32 GEMM)")")
             let peaks = Benchmarks.peaks()
             print(String(format: "peaks: fp32 %.1f GFLOP/s (%@)%@", peaks.fp32, peaks.fp32Kind,
-                         peaks.bf16.map { String(format: ", bf16 %.1f GFLOP/s", $0) } ?? ""))
+                         peaks.bf16.map { String(format: ", bf16 %.1f GFLOP/s (%@)", $0, peaks.bf16Kind) } ?? ""))
             for (m, n, k) in [(2048, 576, 576), (2048, 1536, 576), (2048, 576, 1536), (2048, 49152, 576)] {
                 for path in Benchmarks.GEMMPath.allCases {
                     if path == .openBLAS && GEMM.backend is OpenBLASGEMM { continue }

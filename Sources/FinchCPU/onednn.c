@@ -69,14 +69,14 @@ typedef struct {
     key_t_ key;
     primitive_t primitive;
     memory_t a, b, c;
-    int used, misses, fixedOnly;
+    int used, misses;
 } entry_t;
 
 // A product whose rows change from call to call (the tokens routed to each expert, batches of
 // other lengths) would create a primitive per call (0.4-0.9 ms, as long as the product itself):
 // from its fourth new shape on, one primitive with run-time m and k serves them all. oneDNN 2.x
-// runs those on its AVX-512 / AVX2 gemm, never on AMX: a family whose shapes get AMX kernels
-// keeps a primitive per shape.
+// runs those on its AVX-512 / AVX2 gemm, never on AMX: where bf16 products get AMX kernels, bf16
+// families keep a primitive per shape.
 enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768, FAMILY_RUNTIME_AFTER = 4 };
 static const int64_t RUNTIME_DIM = INT64_MIN;   // DNNL_RUNTIME_DIM_VAL
 typedef struct { entry_t slots[CACHE_SLOTS]; int count; } cache_t;
@@ -308,6 +308,8 @@ static status_t execute_family(entry_t *f, stream_t stream, const key_t_ *key, c
     return s;
 }
 
+static int dense_bf16_uses_amx(void);
+
 // c = alpha op(a) op(b) + beta c through `cache`: the shape's own primitive when it has one;
 // else its family's run-time-shape one once the family has seen FAMILY_RUNTIME_AFTER new shapes;
 // else a new primitive for the shape. -2: oneDNN has no matmul for it.
@@ -322,7 +324,9 @@ static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const vo
         f->key = family; f->used = 1;
         cache->count++;
     }
-    if (f && !f->primitive && !f->fixedOnly && ++f->misses == FAMILY_RUNTIME_AFTER) {   // one try
+    // (With AMX, bf16 products keep a primitive per shape: a run-time-shape one has no AMX kernel.)
+    if (f && !f->primitive && !(key->type == FINCH_BF16 && dense_bf16_uses_amx())
+        && ++f->misses == FAMILY_RUNTIME_AFTER) {   // one try
         key_t_ runtime = *key;
         runtime.m = RUNTIME_DIM; runtime.k = RUNTIME_DIM;
         f->primitive = make_primitive(&runtime);
@@ -330,8 +334,94 @@ static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const vo
     if (f && f->primitive) return execute_family(f, stream, key, a, b, c);
     e = reserve(cache, key);   // (may empty the cache: f is looked up again below)
     if (!e || !create(key, e, cache)) return -2;
-    if (strstr(lastImplementation, "amx") && (f = find(cache, &family))) f->fixedOnly = 1;
     return execute(e, stream, a, b, c);
+}
+
+// MARK: Dense operands for AMX
+//
+// oneDNN 2.x runs a bf16 product on AMX (brgemm) only when its three matrices are dense (each
+// leading dimension equal to the row length); a product with a strided operand (a slice of a
+// wider matrix: attention's score blocks, the fused gate/up output) goes to its gemm:jit, which
+// has no AMX kernel and on such CPUs ran 5-10x slower than the AMX one (with 16x63 .. 898x1536
+// outputs). Where dense bf16 products get AMX kernels, a strided one runs on dense copies of
+// its strided operands instead (the product into a dense buffer, then added to C).
+
+// 1 when oneDNN runs dense bf16 products on AMX here (within FINCH_ISA), 0 otherwise; -1 unknown.
+static int amxProducts = -1;
+
+static int dense_bf16_uses_amx(void) {
+    if (amxProducts >= 0) return amxProducts;
+    key_t_ probe;
+    memset(&probe, 0, sizeof probe);
+    probe.m = probe.n = probe.k = probe.lda = probe.ldb = probe.ldc = 64;
+    probe.transB = 1; probe.type = FINCH_BF16; probe.alpha = 1;
+    char saved[sizeof lastImplementation];
+    memcpy(saved, lastImplementation, sizeof saved);
+    primitive_t p = make_primitive(&probe);
+    amxProducts = p && strstr(lastImplementation, "amx") != NULL;
+    if (p) dnnl.primitive_destroy(p);
+    memcpy(lastImplementation, saved, sizeof saved);
+    return amxProducts;
+}
+
+int finch_onednn_amx_products(void) { return dnnl.loaded && dense_bf16_uses_amx(); }
+
+typedef struct { void *pointer; size_t bytes; } dense_buffer_t;
+static _Thread_local dense_buffer_t denseA, denseB, denseC;
+
+static void *dense_reserve(dense_buffer_t *buffer, size_t bytes) {
+    if (bytes > buffer->bytes) {
+        free(buffer->pointer);
+        buffer->pointer = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        buffer->bytes = buffer->pointer ? bytes : 0;
+    }
+    return buffer->pointer;
+}
+
+// rows x columns elements of `size` bytes from src (rows `ld` elements apart) to dst (dense).
+static void copy_rows(void *dst, const void *src, int64_t rows, int64_t columns, int64_t ld, size_t size) {
+    for (int64_t r = 0; r < rows; r++)
+        memcpy((char *)dst + (size_t)(r * columns) * size, (const char *)src + (size_t)(r * ld) * size, (size_t)columns * size);
+}
+
+// `run`, with strided operands of a bf16 product copied to dense buffers where that gets it an
+// AMX kernel. Returns -1 when a buffer cannot be allocated.
+static status_t run_dense(cache_t *cache, stream_t stream, const key_t_ *key, const void *a, const void *b, float *c) {
+    int64_t aRows = key->transA ? key->k : key->m, aColumns = key->transA ? key->m : key->k;
+    int64_t bRows = key->transB ? key->n : key->k, bColumns = key->transB ? key->k : key->n;
+    if (key->type != FINCH_BF16 || (key->lda == aColumns && key->ldb == bColumns && key->ldc == key->n)
+        || !dense_bf16_uses_amx())
+        return run(cache, stream, key, a, b, c);
+    key_t_ dense = *key;
+    if (key->lda != aColumns) {
+        void *copy = dense_reserve(&denseA, (size_t)(aRows * aColumns) * 2);
+        if (!copy) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
+        copy_rows(copy, a, aRows, aColumns, key->lda, 2);
+        a = copy; dense.lda = aColumns;
+    }
+    if (key->ldb != bColumns) {
+        void *copy = dense_reserve(&denseB, (size_t)(bRows * bColumns) * 2);
+        if (!copy) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
+        copy_rows(copy, b, bRows, bColumns, key->ldb, 2);
+        b = copy; dense.ldb = bColumns;
+    }
+    if (key->ldc == key->n) return run(cache, stream, &dense, a, b, c);
+    // alpha op(a) op(b) into a dense buffer, then c = that + beta c row by row.
+    float *out = dense_reserve(&denseC, (size_t)(key->m * key->n) * 4);
+    if (!out) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
+    dense.ldc = key->n;
+    dense.beta = 0;
+    status_t s = run(cache, stream, &dense, a, b, out);
+    if (s != 0) return s;
+    const float beta = key->beta;
+    for (int64_t r = 0; r < key->m; r++) {
+        float *row = c + r * key->ldc;
+        const float *product = out + r * key->n;
+        if (beta == 0) memcpy(row, product, (size_t)key->n * 4);
+        else if (beta == 1) for (int64_t j = 0; j < key->n; j++) row[j] += product[j];
+        else for (int64_t j = 0; j < key->n; j++) row[j] = product[j] + beta * row[j];
+    }
+    return 0;
 }
 
 static int make_key(key_t_ *key, int transA, int transB, int64_t m, int64_t n, int64_t k, float alpha,
@@ -350,7 +440,7 @@ int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k,
     key_t_ key;
     if (make_key(&key, transA, transB, m, n, k, alpha, lda, ldb, type, beta, ldc)) return -1;
     pthread_mutex_lock(&lock);
-    status_t s = run(&shared_cache, dnnl.stream, &key, a, b, c);
+    status_t s = run_dense(&shared_cache, dnnl.stream, &key, a, b, c);
     pthread_mutex_unlock(&lock);
     if (s == -2) return -2;
     if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN matmul failed (status %d)", s); return -3; }
@@ -379,7 +469,7 @@ int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64
     // calling thread's own), then whatever it had: Dispatch runs part of its loops on the caller.
     int before = dnnl.omp_get_max_threads();
     dnnl.omp_set_num_threads(1);
-    status_t s = run(task_cache, task_stream, &key, a, b, c);
+    status_t s = run_dense(task_cache, task_stream, &key, a, b, c);
     dnnl.omp_set_num_threads(before);
     if (s == -2) return -2;
     if (s != 0) return -3;

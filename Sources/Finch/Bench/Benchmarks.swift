@@ -56,28 +56,37 @@ public enum Benchmarks {
         /// Which loop measured `fp32`: "AVX-512 FMA" or "AVX2 FMA" (0 GFLOP/s without AVX2 + FMA).
         public var fp32Kind: String
         /// bf16 dot-product GFLOP/s (AVX512_BF16 `vdpbf16ps`), where the CPU has it.
-        public var bf16: Double?
+        public var bf16Dot: Double?
+        /// bf16 tile-product GFLOP/s (AMX `tdpbf16ps`), where the CPU has it and Linux grants it.
+        public var amx: Double?
+        /// The bf16 peak: AMX's where the CPU has it (oneDNN runs bf16 products there), else the
+        /// AVX512_BF16 dot product's.
+        public var bf16: Double? { amx ?? bf16Dot }
+        /// Which loop measured `bf16`.
+        public var bf16Kind: String { amx != nil ? "AMX tiles" : "AVX512_BF16 dot" }
     }
 
     /// Best of `repetitions` runs of the peak loops on every core at once.
     public static func peaks(repetitions: Int = 3) -> Peaks {
         let cores = Parallel.coreCount
-        func measure(kind: Int32, lanes: Int) -> Double {
-            let iterations: Int64 = 20_000_000
+        func measure(kind: Int32, flopsPerIteration: Double, iterations: Int64 = 20_000_000) -> Double {
             var best = 0.0
             for _ in 0..<repetitions {
                 let start = now()
                 concurrentPerform(iterations: cores) { _ in _ = finchPeakLoop(kind, iterations) }
                 let seconds = now() - start
-                best = max(best, Double(cores) * Double(iterations) * 12 * Double(lanes) * 2 / seconds / 1e9)
+                best = max(best, Double(cores) * Double(iterations) * flopsPerIteration / seconds / 1e9)
             }
             return best
         }
         let f = CPU.features
         let wide = f.contains(.avx512f)
-        let fp32 = f.contains(.avx2) && f.contains(.fma) ? measure(kind: wide ? 1 : 0, lanes: wide ? 16 : 8) : 0
-        let bf16 = f.contains(.avx512bf16) ? measure(kind: 2, lanes: 32) : nil
-        return Peaks(fp32: fp32, fp32Kind: wide ? "AVX-512 FMA" : "AVX2 FMA", bf16: bf16)
+        let fp32 = f.contains(.avx2) && f.contains(.fma) ? measure(kind: wide ? 1 : 0, flopsPerIteration: 12 * (wide ? 16 : 8) * 2) : 0
+        let dot = f.contains(.avx512bf16) ? measure(kind: 2, flopsPerIteration: 12 * 32 * 2) : nil
+        // Each thread asks for the tile state: Linux grants it per process, the call is cheap.
+        let amx = f.isSuperset(of: [.amxTile, .amxBF16]) && finchAMXRequest()
+            ? measure(kind: 3, flopsPerIteration: 4 * 16 * 16 * 32 * 2, iterations: 2_000_000) : nil
+        return Peaks(fp32: fp32, fp32Kind: wide ? "AVX-512 FMA" : "AVX2 FMA", bf16Dot: dot, amx: amx)
     }
 
     /// The speed of one training step (median over the timed repetitions).
@@ -259,6 +268,9 @@ extension Benchmarks {
     }
 }
 
-/// The C peak loop (kind 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX512_BF16 dot), called only where the CPU has it.
+/// The C peak loop (kind 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX512_BF16 dot, 3 AMX tiles), called only where the CPU has it.
 @inline(never)
 func finchPeakLoop(_ kind: Int32, _ iterations: Int64) -> Float { finch_peak_loop(kind, iterations) }
+
+/// Whether Linux grants this process AMX's tile state.
+func finchAMXRequest() -> Bool { finch_amx_request() == 1 }

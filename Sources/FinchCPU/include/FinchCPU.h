@@ -121,9 +121,13 @@ void finch_weighted_values(const float *p, const float *values, int64_t stride, 
 // MARK: - Peak arithmetic loops (for `finch bench peak`)
 
 /// Runs `iterations` rounds of 12 independent vector FMAs (fp32) or bf16 dot products and
-/// returns a value that depends on them. kind: 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX512_BF16 dot.
-/// The caller must check the feature first. Each round is 12 * lanes * 2 FLOPs.
+/// returns a value that depends on them. kind: 0 AVX2 FMA, 1 AVX-512 FMA, 2 AVX512_BF16 dot
+/// (each round 12 * lanes * 2 FLOPs); 3 AMX bf16 tile products (each round 4 * 16384 FLOPs;
+/// call finch_amx_request first). The caller must check the feature first.
 float finch_peak_loop(int kind, int64_t iterations);
+
+/// Asks Linux for the AMX tile data state for this process (arch_prctl); 1 if granted.
+int finch_amx_request(void);
 
 // MARK: - oneDNN (libdnnl.so.2, loaded at run time)
 
@@ -159,6 +163,11 @@ const char *finch_onednn_last_implementation(void);
 const char *finch_onednn_last_error(void);
 /// Number of primitives in the cache.
 int finch_onednn_cached_primitives(void);
+
+/// 1 when oneDNN runs dense bf16 products on AMX here (within FINCH_ISA). Then bf16 products
+/// with a strided operand run on dense copies, and bf16 products of varying rows keep a
+/// primitive per shape (oneDNN 2.x's run-time-shape matmul has no AMX kernel).
+int finch_onednn_amx_products(void);
 
 #ifdef __cplusplus
 }
