@@ -54,24 +54,26 @@ final class Linear {
         for linear in linears { linear.inputObserver?(x, n) }
         GEMM.withBF16Copy(of: x, rows: n, ld: linears[0].inFeatures, precision: linears[0].weight.precision) { xCopy in
             WeightMatrix.multiply(zip(linears, outputs).map { ($0.weight, $1) }, x, n: n, ldy: ldy, xCopy: xCopy)
+            let joint = JointLoRA(linears, outputs: outputs.map { UnsafePointer($0) }, ldy: ldy, saved: saved)
             for i in linears.indices {
                 linears[i].finishForward(x, xCopy: linears[i].weight.precision == linears[0].weight.precision ? xCopy : nil, n: n,
                                          into: outputs[i], ldy: ldy ?? linears[i].outFeatures, saved: saved[i],
-                                         random: &random, training: training)
+                                         random: &random, training: training, lora: joint == nil)
             }
+            joint?.forward(x, xCopy: xCopy, n: n, into: outputs[0])
         }
     }
 
     /// Adds the bias and the LoRA term to y = x W^T (rows `ldy` apart).
     private func finishForward(_ x: UnsafePointer<Float>, xCopy: UnsafePointer<UInt16>?, n: Int, into y: UnsafeMutablePointer<Float>, ldy: Int,
-                               saved: LinearSaved, random: inout FinchRandom, training: Bool) {
+                               saved: LinearSaved, random: inout FinchRandom, training: Bool, lora withLoRA: Bool = true) {
         if let bias {
             let out = outFeatures
             parallelFor(n, grain: 64) { range in
                 for t in range { let row = y + t * ldy; for j in 0..<out { row[j] += bias[j] } }
             }
         }
-        guard let lora = activeLoRA, let xa = saved.xa else { return }
+        guard withLoRA, let lora = activeLoRA, let xa = saved.xa else { return }
         let count = n * inFeatures
         var dropped: UnsafeMutablePointer<Float>?
         defer { dropped?.deallocate() }
@@ -120,17 +122,19 @@ final class Linear {
         GEMM.withBF16Copy(of: oneMatrix ? dys[0] : nil, rows: n, ld: lddy, precision: linears[0].weight.precision) { dyCopy in
             WeightMatrix.multiplyTransposed(zip(linears, dys).map { ($0.weight, $1) }, lddy: lddy, n: n, into: dx, accumulate: accumulate,
                                             dyCopy: dyCopy)
+            let joint = oneMatrix ? JointLoRA(linears, outputs: dys, ldy: lddy, saved: saved) : nil
             for i in linears.indices {
                 linears[i].finishBackward(dys[i], dyCopy: dyCopy.map { $0 + (dys[i] - dys[0]) }, lddy: lddy, x: x, n: n, dx: dx,
-                                          saved: saved[i], scratch: scratch)
+                                          saved: saved[i], scratch: scratch, lora: joint == nil)
             }
+            joint?.backward(dys[0], dyCopy: dyCopy, x: x, n: n, dx: dx)
         }
     }
 
     /// Everything of the backward after the base product dy W: weight and bias gradients when
     /// they train, and the LoRA path (its gradients, and its term added to dx).
     private func finishBackward(_ dy: UnsafePointer<Float>, dyCopy: UnsafePointer<UInt16>?, lddy: Int, x: UnsafePointer<Float>, n: Int, dx: UnsafeMutablePointer<Float>?,
-                                saved: LinearSaved, scratch: UnsafeMutablePointer<Float>) {
+                                saved: LinearSaved, scratch: UnsafeMutablePointer<Float>, lora withLoRA: Bool = true) {
         let out = outFeatures, inF = inFeatures
         if let weightGrad {
             // dW += dy^T x
@@ -142,7 +146,7 @@ final class Linear {
                 for t in 0..<n { let row = dy + t * lddy; for j in cols { biasGrad[j] += row[j] } }
             }
         }
-        guard let lora = activeLoRA, let xa = saved.xa else { return }
+        guard withLoRA, let lora = activeLoRA, let xa = saved.xa else { return }
         let r = lora.rank
         var dropped: UnsafeMutablePointer<Float>?
         defer { dropped?.deallocate() }
@@ -170,5 +174,118 @@ final class Linear {
         } else {
             loraProduct(.none, .none, m: n, n: inF, k: r, a: .f32(dxa), lda: r, b: .f32(lora.a), ldb: inF, beta: 1, c: dx, ldc: inF)
         }
+    }
+}
+
+/// The LoRA terms of siblings that share x and write one matrix (gate and up: the two halves of
+/// [n, 2 * intermediate]), run as one: A stacked [R, in] (R the sum of the ranks) and B block
+/// diagonal [out, R], so that each product is dense and made once rather than once per sibling
+/// into a strided half, which oneDNN runs off its fast kernels (AMX) and which read or write
+/// the wide matrix once per sibling. The zero blocks double the thin products' FLOPs (rank 16:
+/// 2 * 16 per output rather than 16); the values are the separate terms' up to the order of
+/// summation. Only without dropout, with every sibling's pair active at one scale and precision.
+struct JointLoRA {
+    /// Tests turn it off to compare with the separate terms.
+    nonisolated(unsafe) static var enabled = true
+
+    let linears: [Linear]
+    let loras: [LoRAModule]
+    let saved: [LinearSaved]
+    let ranks: Int, inFeatures: Int, outFeatures: Int
+    let scale: Float
+    let precision: Precision
+
+    /// Nil unless `outputs` lie one after another in rows `ldy` apart that hold nothing else.
+    init?(_ linears: [Linear], outputs: [UnsafePointer<Float>], ldy: Int?, saved: [LinearSaved]) {
+        guard Self.enabled, linears.count > 1, let ldy else { return nil }
+        var loras: [LoRAModule] = []
+        var column = 0
+        for (i, linear) in linears.enumerated() {
+            guard linear.loraEnabled, let lora = linear.lora, saved[i].xa != nil, lora.dropout == 0,
+                  lora.scale == linears[0].lora?.scale, linear.weight.precision == linears[0].weight.precision,
+                  linear.inFeatures == linears[0].inFeatures, outputs[i] == outputs[0] + column else { return nil }
+            loras.append(lora)
+            column += linear.outFeatures
+        }
+        guard column == ldy else { return nil }
+        self.linears = linears; self.loras = loras; self.saved = saved
+        ranks = loras.reduce(0) { $0 + $1.rank }
+        inFeatures = linears[0].inFeatures; outFeatures = column
+        scale = loras[0].scale
+        precision = linears[0].weight.precision
+    }
+
+    /// A of every sibling, one after another [R, in].
+    private func stackedA() -> UnsafeMutablePointer<Float> {
+        let a = UnsafeMutablePointer<Float>.allocate(capacity: ranks * inFeatures)
+        var row = 0
+        for lora in loras { (a + row * inFeatures).update(from: lora.a, count: lora.rank * inFeatures); row += lora.rank }
+        return a
+    }
+
+    /// B of every sibling on the diagonal of [out, R], zeros elsewhere.
+    private func blockDiagonalB() -> UnsafeMutablePointer<Float> {
+        let b = UnsafeMutablePointer<Float>.allocate(capacity: outFeatures * ranks)
+        b.initialize(repeating: 0, count: outFeatures * ranks)
+        var row = 0, column = 0
+        for (linear, lora) in zip(linears, loras) {
+            for o in 0..<linear.outFeatures { (b + (row + o) * ranks + column).update(from: lora.b + o * lora.rank, count: lora.rank) }
+            row += linear.outFeatures; column += lora.rank
+        }
+        return b
+    }
+
+    /// y [n, out] += scale * (x A^T) B^T, keeping each sibling's xa for backward.
+    func forward(_ x: UnsafePointer<Float>, xCopy: UnsafePointer<UInt16>?, n: Int, into y: UnsafeMutablePointer<Float>) {
+        let a = stackedA(), b = blockDiagonalB(), xa = UnsafeMutablePointer<Float>.allocate(capacity: n * ranks)
+        defer { a.deallocate(); b.deallocate(); xa.deallocate() }
+        GEMM.multiply(.none, .transpose, m: n, n: ranks, k: inFeatures, a: .f32(x, copy: xCopy), lda: inFeatures,
+                      b: .f32(a), ldb: inFeatures, c: xa, ldc: ranks, precision: precision)
+        var column = 0
+        for (lora, kept) in zip(loras, saved) {
+            let dst = kept.xa!
+            for t in 0..<n { (dst + t * lora.rank).update(from: xa + t * ranks + column, count: lora.rank) }
+            column += lora.rank
+        }
+        GEMM.multiply(.none, .transpose, m: n, n: outFeatures, k: ranks, alpha: scale, a: .f32(xa), lda: ranks,
+                      b: .f32(b), ldb: ranks, beta: 1, c: y, ldc: outFeatures, precision: precision)
+    }
+
+    /// Given dy [n, out]: each sibling's dA and dB (accumulated), and dx += their terms.
+    func backward(_ dy: UnsafePointer<Float>, dyCopy: UnsafePointer<UInt16>?, x: UnsafePointer<Float>, n: Int,
+                  dx: UnsafeMutablePointer<Float>?) {
+        let a = stackedA(), b = blockDiagonalB()
+        let xa = UnsafeMutablePointer<Float>.allocate(capacity: n * ranks), dxa = UnsafeMutablePointer<Float>.allocate(capacity: n * ranks)
+        let db = UnsafeMutablePointer<Float>.allocate(capacity: outFeatures * ranks)
+        let da = UnsafeMutablePointer<Float>.allocate(capacity: ranks * inFeatures)
+        defer { a.deallocate(); b.deallocate(); xa.deallocate(); dxa.deallocate(); db.deallocate(); da.deallocate() }
+        var column = 0
+        for (lora, kept) in zip(loras, saved) {
+            let src = kept.xa!
+            for t in 0..<n { (xa + t * ranks + column).update(from: src + t * lora.rank, count: lora.rank) }
+            column += lora.rank
+        }
+        // dB = scale * dy^T xa [out, R] (its diagonal blocks); dxa = scale * dy B [n, R]
+        GEMM.multiply(.transpose, .none, m: outFeatures, n: ranks, k: n, alpha: scale, a: .f32(dy, copy: dyCopy), lda: outFeatures,
+                      b: .f32(xa), ldb: ranks, c: db, ldc: ranks, precision: precision)
+        GEMM.multiply(.none, .none, m: n, n: ranks, k: outFeatures, alpha: scale, a: .f32(dy, copy: dyCopy), lda: outFeatures,
+                      b: .f32(b), ldb: ranks, c: dxa, ldc: ranks, precision: precision)
+        // dA = dxa^T x [R, in], from f32 x as the separate terms do
+        GEMM.multiply(.transpose, .none, m: ranks, n: inFeatures, k: n, a: .f32(dxa), lda: ranks, b: .f32(x), ldb: inFeatures,
+                      c: da, ldc: inFeatures, precision: .fp32)
+        var row = 0
+        column = 0
+        for (linear, lora) in zip(linears, loras) {
+            for o in 0..<linear.outFeatures {
+                let dst = lora.db + o * lora.rank, src = db + (row + o) * ranks + column
+                for j in 0..<lora.rank { dst[j] += src[j] }
+            }
+            let dst = lora.da, src = da + column * inFeatures
+            for i in 0..<lora.rank * inFeatures { dst[i] += src[i] }
+            row += linear.outFeatures; column += lora.rank
+        }
+        guard let dx else { return }
+        GEMM.multiply(.none, .none, m: n, n: inFeatures, k: ranks, a: .f32(dxa), lda: ranks, b: .f32(a), ldb: inFeatures,
+                      beta: 1, c: dx, ldc: inFeatures, precision: precision)
     }
 }

@@ -32,6 +32,31 @@ final class LoRATests: XCTestCase {
         XCTAssertEqual(model.logits(tokens), base.logits(tokens))
     }
 
+    /// Gate and up's LoRA terms run as one (`JointLoRA`: A stacked, B block diagonal): the
+    /// loss and every gradient equal those of the separate terms, to fp32 rounding.
+    func testGateAndUpLoRATermsRunTogetherAsTheSeparateOnesDo() throws {
+        let config = LoRAConfig(rank: 4, alpha: 8, targets: ["gate_proj", "up_proj", "q_proj"])
+        let model = try Transformer(files: ModelFiles.open(directory), fineTuning: .lora(config), seed: 5)
+        let p = model.parameters!
+        for i in 0..<p.count { p.values[i] += Float(i % 7) * 0.01 - 0.03 }   // nonzero B
+        let (tokens, targets) = batch()
+        func run(joint: Bool) -> (loss: Double, grads: [Float]) {
+            JointLoRA.enabled = joint
+            defer { JointLoRA.enabled = true }
+            p.zeroGrads()
+            let loss = model.crossEntropyStep(tokens, targets: targets, weight: 1).sum
+            return (loss, Array(UnsafeBufferPointer(start: p.grads, count: p.count)))
+        }
+        let together = run(joint: true), apart = run(joint: false)
+        XCTAssertEqual(together.loss, apart.loss, accuracy: 1e-6 * abs(apart.loss))
+        for entry in p.entries {
+            let range = entry.offset..<entry.offset + entry.count
+            let error = S.relativeL2(Array(together.grads[range]), Array(apart.grads[range]))
+            XCTAssertLessThan(error, 1e-5, entry.name)
+            XCTAssertGreaterThan(apart.grads[range].map(abs).max()!, 0, "\(entry.name) has a gradient")
+        }
+    }
+
     /// With dropout the gradient is that of the loss under the sampled mask: replaying the same
     /// random state makes the loss a deterministic function whose differences we can take.
     func testDropoutGradientMatchesFiniteDifferencesUnderTheSameMask() throws {
