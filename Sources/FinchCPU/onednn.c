@@ -324,9 +324,10 @@ static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const vo
         f->key = family; f->used = 1;
         cache->count++;
     }
-    // (With AMX, bf16 products keep a primitive per shape: a run-time-shape one has no AMX kernel.)
-    if (f && !f->primitive && !(key->type == FINCH_BF16 && dense_bf16_uses_amx())
-        && ++f->misses == FAMILY_RUNTIME_AFTER) {   // one try
+    // (With AMX, bf16 products keep a primitive per shape: a run-time-shape one has no AMX
+    // kernel; `run_amx` rounds the rows of such a family up instead.)
+    if (f && !f->primitive && ++f->misses == FAMILY_RUNTIME_AFTER
+        && !(key->type == FINCH_BF16 && dense_bf16_uses_amx())) {   // one try
         key_t_ runtime = *key;
         runtime.m = RUNTIME_DIM; runtime.k = RUNTIME_DIM;
         f->primitive = make_primitive(&runtime);
@@ -337,14 +338,20 @@ static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const vo
     return execute(e, stream, a, b, c);
 }
 
-// MARK: Dense operands for AMX
+// MARK: Dense, row-rounded operands for AMX
 //
 // oneDNN 2.x runs a bf16 product on AMX (brgemm) only when its three matrices are dense (each
 // leading dimension equal to the row length); a product with a strided operand (a slice of a
-// wider matrix: attention's score blocks, the fused gate/up output) goes to its gemm:jit, which
-// has no AMX kernel and on such CPUs ran 5-10x slower than the AMX one (with 16x63 .. 898x1536
-// outputs). Where dense bf16 products get AMX kernels, a strided one runs on dense copies of
-// its strided operands instead (the product into a dense buffer, then added to C).
+// wider matrix: attention's score blocks, dV and dK rows within the KV heads) goes to its
+// gemm:jit, which has no AMX kernel and on such CPUs ran 5-10x slower than the AMX one (16x63
+// .. 898x1536 outputs). And a product whose rows change from call to call (the tokens routed to
+// each expert) would create an AMX primitive at nearly every call (0.4-0.9 ms each; 2362 in
+// three MoE steps, 1.9 s), as the run-time-shape one has no AMX kernel. So where dense bf16
+// products get AMX kernels, `run_amx` runs a product on dense copies of its strided operands,
+// and once its family has met FAMILY_RUNTIME_AFTER new shapes, with the rows that vary (m, or
+// k when A is transposed: a weight gradient's tokens) rounded up to a multiple of ROW_BUCKET
+// with zeros; the product goes to a dense buffer and is added to C.
+enum { ROW_BUCKET = 32 };
 
 // 1 when oneDNN runs dense bf16 products on AMX here (within FINCH_ISA), 0 otherwise; -1 unknown.
 static int amxProducts = -1;
@@ -378,38 +385,52 @@ static void *dense_reserve(dense_buffer_t *buffer, size_t bytes) {
     return buffer->pointer;
 }
 
-// rows x columns elements of `size` bytes from src (rows `ld` elements apart) to dst (dense).
-static void copy_rows(void *dst, const void *src, int64_t rows, int64_t columns, int64_t ld, size_t size) {
-    for (int64_t r = 0; r < rows; r++)
-        memcpy((char *)dst + (size_t)(r * columns) * size, (const char *)src + (size_t)(r * ld) * size, (size_t)columns * size);
+// rows x columns bf16 values from src (rows `ld` apart) into dst [paddedRows, paddedColumns],
+// dense, zeros around.
+static void copy_padded(uint16_t *dst, const uint16_t *src, int64_t rows, int64_t columns, int64_t ld,
+                        int64_t paddedRows, int64_t paddedColumns) {
+    for (int64_t r = 0; r < rows; r++) {
+        memcpy(dst + r * paddedColumns, src + r * ld, (size_t)columns * 2);
+        if (paddedColumns > columns) memset(dst + r * paddedColumns + columns, 0, (size_t)(paddedColumns - columns) * 2);
+    }
+    if (paddedRows > rows) memset(dst + rows * paddedColumns, 0, (size_t)((paddedRows - rows) * paddedColumns) * 2);
 }
 
-// `run`, with strided operands of a bf16 product copied to dense buffers where that gets it an
-// AMX kernel. Returns -1 when a buffer cannot be allocated.
-static status_t run_dense(cache_t *cache, stream_t stream, const key_t_ *key, const void *a, const void *b, float *c) {
+static int64_t round_up(int64_t x, int64_t step) { return (x + step - 1) / step * step; }
+
+// `run`, for a bf16 product where dense bf16 products get AMX kernels: strided operands copied
+// dense, and a varying family's rows rounded up (see above). -1: no memory for a copy.
+static status_t run_amx(cache_t *cache, stream_t stream, const key_t_ *key, const void *a, const void *b, float *c) {
+    if (key->type != FINCH_BF16 || !dense_bf16_uses_amx()) return run(cache, stream, key, a, b, c);
     int64_t aRows = key->transA ? key->k : key->m, aColumns = key->transA ? key->m : key->k;
     int64_t bRows = key->transB ? key->n : key->k, bColumns = key->transB ? key->k : key->n;
-    if (key->type != FINCH_BF16 || (key->lda == aColumns && key->ldb == bColumns && key->ldc == key->n)
-        || !dense_bf16_uses_amx())
-        return run(cache, stream, key, a, b, c);
     key_t_ dense = *key;
-    if (key->lda != aColumns) {
-        void *copy = dense_reserve(&denseA, (size_t)(aRows * aColumns) * 2);
-        if (!copy) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
-        copy_rows(copy, a, aRows, aColumns, key->lda, 2);
-        a = copy; dense.lda = aColumns;
+    dense.lda = aColumns; dense.ldb = bColumns; dense.ldc = key->n;
+    if (key->ldc != key->n) dense.beta = 0;   // (the product goes to a dense buffer)
+    key_t_ family = dense;
+    family.m = 0; family.k = 0;
+    entry_t *f;
+    if (!find(cache, &dense) && (f = find(cache, &family)) && f->misses >= FAMILY_RUNTIME_AFTER) {
+        if (key->transA) dense.k = round_up(key->k, ROW_BUCKET); else dense.m = round_up(key->m, ROW_BUCKET);
+        dense.lda = key->transA ? dense.m : dense.k; dense.ldb = key->transB ? dense.k : key->n;
     }
-    if (key->ldb != bColumns) {
-        void *copy = dense_reserve(&denseB, (size_t)(bRows * bColumns) * 2);
+    int64_t aRows2 = key->transA ? dense.k : dense.m, bRows2 = key->transB ? key->n : dense.k;
+    if (key->lda != dense.lda || aRows2 != aRows) {
+        uint16_t *copy = dense_reserve(&denseA, (size_t)(aRows2 * dense.lda) * 2);
         if (!copy) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
-        copy_rows(copy, b, bRows, bColumns, key->ldb, 2);
-        b = copy; dense.ldb = bColumns;
+        copy_padded(copy, a, aRows, aColumns, key->lda, aRows2, dense.lda);
+        a = copy;
     }
-    if (key->ldc == key->n) return run(cache, stream, &dense, a, b, c);
-    // alpha op(a) op(b) into a dense buffer, then c = that + beta c row by row.
-    float *out = dense_reserve(&denseC, (size_t)(key->m * key->n) * 4);
+    if (key->ldb != dense.ldb || bRows2 != bRows) {
+        uint16_t *copy = dense_reserve(&denseB, (size_t)(bRows2 * dense.ldb) * 2);
+        if (!copy) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
+        copy_padded(copy, b, bRows, bColumns, key->ldb, bRows2, dense.ldb);
+        b = copy;
+    }
+    if (key->ldc == key->n && dense.m == key->m) return run(cache, stream, &dense, a, b, c);
+    // alpha op(a) op(b) into a dense buffer, then c = its first m rows + beta c.
+    float *out = dense_reserve(&denseC, (size_t)(dense.m * key->n) * 4);
     if (!out) { snprintf(lastError, sizeof lastError, "out of memory for a dense copy"); return -1; }
-    dense.ldc = key->n;
     dense.beta = 0;
     status_t s = run(cache, stream, &dense, a, b, out);
     if (s != 0) return s;
@@ -440,7 +461,7 @@ int finch_onednn_matmul(int transA, int transB, int64_t m, int64_t n, int64_t k,
     key_t_ key;
     if (make_key(&key, transA, transB, m, n, k, alpha, lda, ldb, type, beta, ldc)) return -1;
     pthread_mutex_lock(&lock);
-    status_t s = run_dense(&shared_cache, dnnl.stream, &key, a, b, c);
+    status_t s = run_amx(&shared_cache, dnnl.stream, &key, a, b, c);
     pthread_mutex_unlock(&lock);
     if (s == -2) return -2;
     if (s != 0) { snprintf(lastError, sizeof lastError, "oneDNN matmul failed (status %d)", s); return -3; }
@@ -469,7 +490,7 @@ int finch_onednn_task_matmul(int transA, int transB, int64_t m, int64_t n, int64
     // calling thread's own), then whatever it had: Dispatch runs part of its loops on the caller.
     int before = dnnl.omp_get_max_threads();
     dnnl.omp_set_num_threads(1);
-    status_t s = run_dense(task_cache, task_stream, &key, a, b, c);
+    status_t s = run_amx(task_cache, task_stream, &key, a, b, c);
     dnnl.omp_set_num_threads(before);
     if (s == -2) return -2;
     if (s != 0) return -3;
