@@ -8,7 +8,7 @@ ratios, which come from the same run, rather than the absolute figures; the load
 at the start of each row is recorded.
 
 Rows:
-  gemm     `finch bench peak` measures this CPU's fp32 FMA and bf16 dot-product peaks; `finch bench
+  gemm     `finch bench peak` measures this CPU's fp32 FMA and bf16 peaks (AMX tiles or AVX512_BF16 dots); `finch bench
            gemm` (fp32, bf16 and OpenBLAS) and bench/torch_gemm.py run SmolLM2's shapes. MFU =
            achieved model GFLOP/s / the peak of the run's precision (bf16 runs: the bf16 peak).
   orpo     2 pairs x 256 tokens per step (4 rows of 256; 64 prompt tokens masked).
