@@ -310,14 +310,23 @@ static status_t execute_family(entry_t *f, stream_t stream, const key_t_ *key, c
 
 static int dense_bf16_uses_amx(void);
 
+// The family of `key`: the same product at every m and k. Where bf16 products run on AMX,
+// `run_amx` hands `run` dense bf16 products only, whose strides follow from m, n and k (a
+// transposed B's row length is k), so the family leaves them out too.
+static key_t_ family_of(const key_t_ *key) {
+    key_t_ family = *key;
+    family.m = 0; family.k = 0;
+    if (key->type == FINCH_BF16 && dense_bf16_uses_amx()) { family.lda = 0; family.ldb = 0; }
+    return family;
+}
+
 // c = alpha op(a) op(b) + beta c through `cache`: the shape's own primitive when it has one;
 // else its family's run-time-shape one once the family has seen FAMILY_RUNTIME_AFTER new shapes;
 // else a new primitive for the shape. -2: oneDNN has no matmul for it.
 static status_t run(cache_t *cache, stream_t stream, const key_t_ *key, const void *a, const void *b, float *c) {
     entry_t *e = find(cache, key);
     if (e) return execute(e, stream, a, b, c);
-    key_t_ family = *key;
-    family.m = 0; family.k = 0;
+    key_t_ family = family_of(key);
     entry_t *f = find(cache, &family);
     if (!f && (f = reserve(cache, &family))) {
         memset(f, 0, sizeof *f);
@@ -407,8 +416,7 @@ static status_t run_amx(cache_t *cache, stream_t stream, const key_t_ *key, cons
     key_t_ dense = *key;
     dense.lda = aColumns; dense.ldb = bColumns; dense.ldc = key->n;
     if (key->ldc != key->n) dense.beta = 0;   // (the product goes to a dense buffer)
-    key_t_ family = dense;
-    family.m = 0; family.k = 0;
+    key_t_ family = family_of(&dense);
     entry_t *f;
     if (!find(cache, &dense) && (f = find(cache, &family)) && f->misses >= FAMILY_RUNTIME_AFTER) {
         if (key->transA) dense.k = round_up(key->k, ROW_BUCKET); else dense.m = round_up(key->m, ROW_BUCKET);

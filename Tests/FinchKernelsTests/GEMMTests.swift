@@ -284,7 +284,7 @@ final class GEMMTests: XCTestCase {
     /// oneDNN primitive with run-time m and k from their fourth new shape on (FAMILY_RUNTIME_AFTER
     /// in onednn.c): the first three shapes get their own primitives, the later ones none, and
     /// every product equals a naive loop; rows (NT, NN) and the inner dimension (TN, the weight
-    /// gradients) vary, in f32 and bf16, with alpha and beta, on all threads and inside a task.
+    /// gradients, and TT) vary, in f32 and bf16, with alpha and beta, on all threads and inside a task.
     /// Where bf16 products run on AMX, bf16 keeps primitives per shape, these strided products
     /// run on dense copies and, from the fifth new shape, with the varying rows rounded up to a
     /// multiple of 32 (`run_amx` in onednn.c).
@@ -294,14 +294,15 @@ final class GEMMTests: XCTestCase {
         }
         var rng = FinchRandom(seed: 17)
         for elements in [GEMMElements.f32, .bf16] where elements == .f32 || backend.nativeBF16 {
-            for (tA, tB) in [(GEMM.Transpose.none, GEMM.Transpose.transpose), (.none, .none), (.transpose, .none)] {
+            for (tA, tB) in [(GEMM.Transpose.none, GEMM.Transpose.transpose), (.none, .none), (.transpose, .none), (.transpose, .transpose)] {
                 for onCallingThread in [false, true] {
                     // n unique to this loop, so the family is new; what varies: m, or k for TN.
-                    let n = 40 + 3 * (tA == .transpose ? 2 : tB == .transpose ? 1 : 0) + (onCallingThread ? 20 : 0) + (elements == .bf16 ? 40 : 0)
+                    let kind = tA == .transpose ? (tB == .transpose ? 3 : 2) : tB == .transpose ? 1 : 0
+                    let n = 40 + 3 * kind + (onCallingThread ? 20 : 0) + (elements == .bf16 ? 40 : 0)
                     let before = finch_onednn_cached_primitives()
                     for (index, size) in [7, 19, 33, 5, 64, 12, 19].enumerated() {
                         let (m, k) = tA == .transpose ? (24, size) : (size, 24)
-                        let lda = tA == .none ? 30 : 29, ldb = tB == .none ? n + 2 : 31, ldc = n + 1
+                        let lda = tA == .none ? 30 : 29, ldb = tB == .none ? n + 2 : tA == .none ? 31 : 70, ldc = n + 1
                         let round: (Float) -> Float = elements == .bf16 ? { Self.float(Self.referenceBF16($0)) } : { $0 }
                         let a = (0..<(tA == .none ? m : k) * lda).map { _ in round(rng.nextFloat() - 0.5) }
                         let b = (0..<(tB == .none ? k : n) * ldb).map { _ in round(rng.nextFloat() - 0.5) }
