@@ -76,7 +76,7 @@ typedef struct {
 // other lengths) would create a primitive per call (0.4-0.9 ms, as long as the product itself):
 // from its fourth new shape on, one primitive with run-time m and k serves them all. oneDNN 2.x
 // runs those on its AVX-512 / AVX2 gemm, never on AMX: where bf16 products get AMX kernels, bf16
-// families keep a primitive per shape.
+// families keep primitives per shape, with their varying rows rounded up (`run_amx`).
 enum { CACHE_SLOTS = 1024, CACHE_LIMIT = 768, FAMILY_RUNTIME_AFTER = 4 };
 static const int64_t RUNTIME_DIM = INT64_MIN;   // DNNL_RUNTIME_DIM_VAL
 typedef struct { entry_t slots[CACHE_SLOTS]; int count; } cache_t;
